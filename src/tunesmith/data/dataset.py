@@ -1,0 +1,119 @@
+"""A prepared dataset: an immutable folder of split JSONL files plus a manifest, registered by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tunesmith.data.example import Example, content_hash
+from tunesmith.data.formats import FormatName, load_examples
+from tunesmith.data.split import SPLITS, OverlapReport, check_overlap, drop_exact_duplicates, remove_leaks, split_examples
+from tunesmith.errors import UserError
+from tunesmith.registry.store import Registry
+from tunesmith.workspace import Workspace, safe_name
+
+
+class Manifest(BaseModel):
+    name: str
+    version: str
+    format: str
+    source: str
+    source_sha256: str
+    seed: int
+    split_ratios: tuple[float, float, float]
+    counts: dict[str, int]
+    split_hashes: dict[str, str]
+    removed: dict[str, int]
+    overlap: OverlapReport
+
+
+class Dataset(BaseModel):
+    path: Path
+    manifest: Manifest
+    splits: dict[str, list[Example]]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(target: Path, files: dict[str, str]) -> None:
+    """Write into a temporary sibling folder and rename it into place, so a crash leaves no half dataset."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_dataset(
+    source: Path,
+    workspace: Workspace,
+    *,
+    name: str | None = None,
+    fmt: FormatName | None = None,
+    seed: int = 0,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Dataset:
+    """load → de-duplicate → split by seed → remove leaks → write → register."""
+    name = safe_name(name or source.stem, "dataset name")
+    examples, fmt = load_examples(source, fmt)
+    examples, n_duplicates = drop_exact_duplicates(examples)
+    splits = split_examples(examples, ratios, seed)
+    removed = {"exact_duplicates": n_duplicates, **{f"{k}_leaked_into_train": v for k, v in remove_leaks(splits).items()}}
+    split_hashes = {s: content_hash(splits[s]) for s in SPLITS}
+    version = hashlib.sha256(json.dumps([fmt, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
+    manifest = Manifest(
+        name=name, version=version, format=fmt, source=str(source), source_sha256=_sha256(source), seed=seed,
+        split_ratios=ratios, counts={s: len(splits[s]) for s in SPLITS}, split_hashes=split_hashes,
+        removed=removed, overlap=check_overlap(splits),
+    )
+    target = workspace.dataset_dir(name)
+    existing = read_manifest(target) if (target / "manifest.json").exists() else None
+    if existing is not None and existing.version != version:
+        raise UserError(
+            f"dataset '{name}' already exists with another version ({existing.version}); datasets are immutable",
+            fix=f"give the new one another name with --out, e.g. --out {name}-v2",
+        )
+    if existing is None:
+        files = {f"{s}.jsonl": "".join(e.model_dump_json() + "\n" for e in splits[s]) for s in SPLITS}
+        files["manifest.json"] = manifest.model_dump_json(indent=2)
+        _write_atomically(target, files)
+    Registry(workspace.registry_db).add_dataset(name, version, target, fmt, manifest.counts, str(source))
+    return Dataset(path=target, manifest=manifest, splits=splits)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    return Manifest.model_validate_json((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def load_dataset(workspace: Workspace, name: str) -> Dataset:
+    folder = workspace.dataset_dir(name)
+    if not (folder / "manifest.json").is_file():
+        raise UserError(f"no dataset named '{name}' in {workspace.datasets}", fix="run `tunesmith data prepare FILE --out NAME` first, or pass a file path")
+    splits = {}
+    for split in SPLITS:
+        lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        splits[split] = [Example.model_validate_json(line) for line in lines if line.strip()]
+    return Dataset(path=folder, manifest=read_manifest(folder), splits=splits)

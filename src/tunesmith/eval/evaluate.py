@@ -1,0 +1,95 @@
+"""`tunesmith eval`: the tuned model (and, if asked, its base) on the same examples, prompts and decoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import EvalSpec, ModelSpec, RunSpec, validate_spec
+from tunesmith.data.dataset import Dataset, load_dataset
+from tunesmith.data.example import Example
+from tunesmith.eval.generate import generate_batched
+from tunesmith.eval.metrics import aggregate, score_example
+from tunesmith.models.loading import load_model, load_tokenizer
+from tunesmith.registry.store import Registry
+from tunesmith.runfolder import RunInfo, load_run_info, write_json
+from tunesmith.train.collate import end_of_turn_ids
+from tunesmith.ui import progress
+from tunesmith.workspace import Workspace
+
+import yaml
+
+
+def load_run_spec_from_folder(run_dir: Path) -> RunSpec:
+    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    data.pop("versions", None)
+    return validate_spec(RunSpec, data, str(run_dir / "config.yaml"))
+
+
+def load_tuned(run_dir: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
+    """The tuned model with the tokenizer (and so the chat template) saved beside its weights at training."""
+    artefact = run_dir / info.artefact
+    if info.artefact == "model":
+        model, tokenizer, _ = load_model(model_spec, str(artefact))
+        return model, tokenizer
+    from peft import PeftModel
+
+    base, _, _ = load_model(model_spec, info.base_model_path)
+    model = PeftModel.from_pretrained(base, artefact).merge_and_unload()
+    return model, load_tokenizer(str(artefact), model_spec.trust_remote_code)
+
+
+def load_base(info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
+    model, tokenizer, _ = load_model(model_spec, info.base_model_path)
+    return model, tokenizer
+
+
+def evaluate_model(model: Any, tokenizer: Any, examples: list[Example], spec: EvalSpec, label: str) -> tuple[list[dict], dict[str, float]]:
+    eot = end_of_turn_ids(tokenizer)
+    with progress() as bar:
+        task = bar.add_task(f"evaluating {label}", total=len(examples), info="")
+        outputs, seconds = generate_batched(
+            model, tokenizer, examples, eot, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+            on_batch=lambda n: bar.update(task, advance=n),
+        )
+    rows = []
+    for example, output in zip(examples, outputs):
+        scores = score_example(output, example.reference or "", example.label)
+        prompt = example.prompt_messages[-1].content if example.prompt_messages else ""
+        rows.append({"id": example.id, "prompt": prompt, "reference": example.reference, "prediction": output, **scores})
+    return rows, aggregate(rows, seconds)
+
+
+def eval_examples(dataset: Dataset, spec: EvalSpec) -> list[Example]:
+    examples = [e for e in dataset.splits[spec.split] if e.reference is not None]
+    return examples[: spec.limit] if spec.limit else examples
+
+
+def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_base: bool) -> dict[str, dict[str, float]]:
+    """load → generate → score → write eval/ and the registry. Returns metrics per model id."""
+    info = load_run_info(run_dir)
+    run_spec = load_run_spec_from_folder(run_dir)
+    examples = eval_examples(load_dataset(workspace, info.dataset), spec)
+    loaders = {"tuned": lambda: load_tuned(run_dir, info, run_spec.model)}
+    if compare_base:
+        loaders = {"base": lambda: load_base(info, run_spec.model), **loaders}
+    results = {}
+    for model_id, loader in loaders.items():
+        model, tokenizer = loader()
+        rows, metrics = evaluate_model(model, tokenizer, examples, spec, model_id)
+        del model
+        save_evaluation(workspace, run_dir, info, spec.split, model_id, rows, metrics)
+        results[model_id] = metrics
+    return results
+
+
+def save_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, split: str, model_id: str, rows: list[dict], metrics: dict[str, float]) -> None:
+    folder = run_dir / "eval"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{split}-{model_id}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary_path = folder / "report.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    summary.setdefault(split, {})[model_id] = {"model": info.base_model if model_id == "base" else info.run_id, "metrics": metrics}
+    write_json(summary_path, summary)
+    Registry(workspace.registry_db).add_evaluation(info.run_id, model_id, split, len(rows), metrics)

@@ -1,0 +1,46 @@
+"""Batched greedy generation with the training chat template, stopping at end-of-turn."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from tunesmith.data.example import Example
+from tunesmith.train.collate import render_prompt
+
+
+@torch.no_grad()
+def generate_batched(
+    model: Any, tokenizer: Any, examples: list[Example], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None
+) -> tuple[list[str], float]:
+    """Outputs in the examples' order, and the seconds taken. Prompts of similar length share a
+    batch so little compute goes to padding; left padding keeps every prompt's end aligned."""
+    model.eval()
+    prompts = [render_prompt(tokenizer, e) for e in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_ids[0]
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        encoded = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        generated = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot_ids, pad_token_id=pad_id,
+            temperature=None, top_p=None, top_k=None,
+        )
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        for row, index in enumerate(chunk):
+            outputs[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+        if on_batch:
+            on_batch(len(chunk))
+    return outputs, time.perf_counter() - started
+
+
+def generate_one(model: Any, tokenizer: Any, messages: list[dict], eot_ids: list[int], max_new_tokens: int = 256) -> str:
+    example = Example(id="prompt", messages=messages)
+    outputs, _ = generate_batched(model, tokenizer, [example], eot_ids, max_new_tokens=max_new_tokens, batch_size=1)
+    return outputs[0]

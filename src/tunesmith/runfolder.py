@@ -1,0 +1,97 @@
+"""The run folder: everything needed to understand or repeat a run. The registry only indexes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from tunesmith import __version__
+from tunesmith.config import RunSpec, spec_to_yaml
+from tunesmith.errors import UserError
+from tunesmith.workspace import Workspace, safe_name
+
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
+
+
+class RunInfo(BaseModel):
+    """run.json: what was trained and where its weights are."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    status: str
+    base_model: str
+    base_model_path: str
+    method: str
+    artefact: str  # "adapter" or "model", a folder inside the run
+    dataset: str
+    dataset_version: str
+    end_of_turn_ids: list[int]
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    train_seconds: float | None = None
+    dropped_examples: list[str] = []
+
+
+def versions() -> dict[str, str]:
+    found = {"tunesmith": __version__, "python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def new_run_id(label: str) -> str:
+    return safe_name(f"{label}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}", "run id")
+
+
+def write_config(run_dir: Path, spec: RunSpec) -> None:
+    (run_dir / "config.yaml").write_text(spec_to_yaml(spec, {"versions": versions()}), encoding="utf-8")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write via a temporary file and rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_run_info(run_dir: Path, info: RunInfo) -> None:
+    write_json(run_dir / "run.json", info.model_dump(mode="json"))
+
+
+def load_run_info(run_dir: Path) -> RunInfo:
+    return RunInfo.model_validate_json((run_dir / "run.json").read_text(encoding="utf-8"))
+
+
+def find_run(workspace: Workspace, ref: str) -> Path:
+    """A run id in the workspace, or a path to a run folder."""
+    candidate = Path(ref)
+    if (candidate / "run.json").is_file():
+        return candidate.resolve()
+    if "/" not in ref and ref not in (".", ".."):
+        folder = workspace.run_dir(ref)
+        if (folder / "run.json").is_file():
+            return folder
+    raise UserError(f"no run '{ref}' in {workspace.runs}", fix="`tunesmith runs list` shows the run ids")
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Copy a folder into place atomically: the old target stays whole until the new one is complete."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    shutil.rmtree(staging)
+    shutil.copytree(source, staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)

@@ -1,0 +1,46 @@
+"""Token-level cross-entropy over trained positions only.
+
+The output projection runs only on positions that carry a label. With loss on assistant
+tokens, that is a small share of the sequence, and on a 49k-token vocabulary the skipped
+projection is a large share of the step's compute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.train.collate import IGNORE
+
+
+def _unwrap(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _selective_head_supported(model: Any) -> bool:
+    base = _unwrap(model)
+    config = getattr(base, "config", None)
+    return (
+        hasattr(base, "get_decoder")
+        and base.get_output_embeddings() is not None
+        and not getattr(config, "final_logit_softcapping", None)
+        and getattr(config, "logit_scale", None) is None
+    )
+
+
+def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of trained tokens): the caller divides by the tokens of the
+    whole optimiser step, so gradient accumulation weighs every token equally."""
+    targets = batch["labels"][:, 1:]
+    selected = targets != IGNORE
+    n_tokens = int(selected.sum())
+    if _selective_head_supported(model):
+        base = _unwrap(model)
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][selected])
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][selected]
+    loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
+    return loss, n_tokens

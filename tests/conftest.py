@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-weight Llama and a small BPE tokenizer built in code, so every
+stage runs end to end on CPU in seconds with no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
+    """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on `corpus`; pad == eos
+    (as in SmolLM2), the setting that silently stops models from learning to end their turn."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        # Large enough initial embeddings that adapters alone can move the output distribution.
+        # (At the usual 0.02 a 32-wide model's logits stay near uniform whatever LoRA does.)
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_records(n: int = 60, seed: int = 0) -> list[dict]:
+    """A small, learnable chat task: the demo's ticket router, shortened."""
+    from tunesmith.demo.tickets import generate
+
+    return generate(n, seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    corpus = [m["content"] for r in tiny_records(200, 1) for m in r["messages"]]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), corpus)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty TUNESMITH_HOME per test, so tests never see each other's registry."""
+    folder = tmp_path / "home"
+    monkeypatch.setenv("TUNESMITH_HOME", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def tickets_file(tmp_path) -> Path:
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(60)), encoding="utf-8")
+    return path

@@ -1,0 +1,91 @@
+"""data → train → eval → registry, end to end through the CLI, on a tiny model in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clihelp import run_cli
+
+
+def train_tiny(capsys, tiny_model, tickets_file, *extra: str):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4", *extra)
+    assert result.code == 0, result.err
+    return result.out.strip().splitlines()[-1]
+
+
+def test_lora_run_end_to_end(capsys, home, tiny_model, tickets_file):
+    run_id = train_tiny(capsys, tiny_model, tickets_file, "--lr", "3e-2")
+    run_dir = home / "runs" / run_id
+    for name in ("config.yaml", "dataset.json", "metrics.jsonl", "run.json", "loss.png", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"):
+        assert (run_dir / name).is_file(), name
+    config = (run_dir / "config.yaml").read_text()
+    assert "tunesmith:" in config and "transformers:" in config and "lr: 0.03" in config
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val_losses) == 3  # validation loss every epoch
+    assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses  # the loss fell
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["best_val_loss"] == min(val_losses) and info["status"] == "completed"
+
+    result = run_cli(capsys, "eval", run_id, "--compare-base", "--max-new-tokens", "12")
+    assert result.code == 0, result.err
+    assert "exact_match" in result.out and "base" in result.out and "tuned" in result.out
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert set(report["test"]) == {"base", "tuned"}
+    rows = (run_dir / "eval" / "test-tuned.jsonl").read_text().splitlines()
+    assert len(rows) == json.loads((run_dir / "dataset.json").read_text())["counts"]["test"]
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "no evaluation example appears in training" in html
+
+    listing = run_cli(capsys, "runs", "list")
+    assert listing.code == 0 and run_id[:20] in listing.out
+    shown = run_cli(capsys, "runs", "show", run_id)
+    assert shown.code == 0 and "exact_match" in shown.out and "tickets" in shown.out
+
+    answer = run_cli(capsys, "generate", run_id, "--prompt", "SSO-12 login loop, nobody can work", "--max-new-tokens", "5")
+    assert answer.code == 0 and answer.out.strip()
+
+
+def test_every_trainable_lora_parameter_changed(capsys, home, tiny_model, tickets_file):
+    from tunesmith.config import TrainSpec
+    from tunesmith.train.methods import apply_method
+    from transformers import AutoModelForCausalLM
+
+    run_id = train_tiny(capsys, tiny_model, tickets_file, "--lr", "3e-2")
+    trained = load_file(str(home / "runs" / run_id / "adapter" / "adapter_model.safetensors"))
+    torch.manual_seed(0)  # the run's seed: the same initial adapter the run started from
+    initial = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model), TrainSpec())
+    initial_state = {n: p for n, p in initial.named_parameters() if p.requires_grad}
+    assert len(trained) == len(initial_state) > 0
+    for name, before in initial_state.items():
+        key = name.replace(".default", "")
+        assert not torch.allclose(trained[key], before.detach()), f"{name} did not change"
+
+
+def test_full_fine_tuning_changes_every_weight(capsys, home, tiny_model, tickets_file):
+    run_id = train_tiny(capsys, tiny_model, tickets_file, "--method", "full", "--lr", "1e-3")
+    base = load_file(str(tiny_model / "model.safetensors"))
+    tuned = load_file(str(home / "runs" / run_id / "model" / "model.safetensors"))
+    assert base.keys() == tuned.keys()
+    unchanged = [k for k in base if torch.equal(base[k], tuned[k])]
+    assert unchanged == []
+
+
+def test_training_is_reproducible_with_the_same_seed(capsys, home, tiny_model, tickets_file):
+    first = train_tiny(capsys, tiny_model, tickets_file)
+    second = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4").out.strip().splitlines()[-1]
+    curves = [[json.loads(line).get("loss") for line in (home / "runs" / r / "metrics.jsonl").read_text().splitlines()] for r in (first, second)]
+    assert curves[0] == curves[1]
+
+
+@pytest.mark.parametrize("ref", ["no-such-run", "../escape"])
+def test_unknown_run_is_a_clear_error(capsys, home, ref):
+    result = run_cli(capsys, "eval", ref)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "runs list" in result.err or "not a valid name" in result.err
