@@ -24,11 +24,10 @@ def test_embedded_model_trains_a_few_steps_and_answers_with_its_template(capsys,
     run_dir = home / "runs" / run_id
     losses = [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    generation = json.loads((run_dir / "adapter" / "generation_config.json").read_text()) if (run_dir / "adapter" / "generation_config.json").exists() else None
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["end_of_turn_ids"][0] == 2  # <|im_end|>, which is also SmolLM2's pad token
-    if generation is not None:
-        assert 2 in (generation["eos_token_id"] if isinstance(generation["eos_token_id"], list) else [generation["eos_token_id"]])
+    assert info["end_of_turn_ids"] == [2]  # <|im_end|>, which is also SmolLM2's pad token
+    generation = json.loads((run_dir / "adapter" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [2]  # serving stops where training taught the model to stop
 
     answer = run_cli(capsys, "generate", run_id, "--prompt", "KST-12 is down, nobody can work", "--max-new-tokens", "40")
     assert answer.code == 0 and answer.out.strip()
