@@ -18,7 +18,7 @@ def train_tiny(capsys, tiny_model, tickets_file, *extra: str):
     return result.out.strip().splitlines()[-1]
 
 
-def test_lora_run_end_to_end(capsys, home, tiny_model, tickets_file):
+def test_lora_run_end_to_end(capsys, monkeypatch, home, tiny_model, tickets_file):
     run_id = train_tiny(capsys, tiny_model, tickets_file, "--lr", "3e-2")
     run_dir = home / "runs" / run_id
     for name in ("config.yaml", "dataset.json", "metrics.jsonl", "run.json", "loss.png", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"):
@@ -50,6 +50,11 @@ def test_lora_run_end_to_end(capsys, home, tiny_model, tickets_file):
 
     answer = run_cli(capsys, "generate", run_id, "--prompt", "SSO-12 login loop, nobody can work", "--max-new-tokens", "5")
     assert answer.code == 0 and answer.out.strip()
+
+    typed = iter(["SSO-12 login loop", "/reset", "GW-9 is slow", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    session = run_cli(capsys, "chat", run_id, "--max-new-tokens", "5")
+    assert session.code == 0 and session.out.count("model> ") == 2
 
 
 def test_every_trainable_lora_parameter_changed(capsys, home, tiny_model, tickets_file):
@@ -89,3 +94,23 @@ def test_unknown_run_is_a_clear_error(capsys, home, ref):
     result = run_cli(capsys, "eval", ref)
     assert result.code == 2 and "Traceback" not in result.err
     assert "runs list" in result.err or "not a valid name" in result.err
+
+
+def test_validation_several_times_per_epoch_keeps_the_best_checkpoint(capsys, home, tiny_model, tickets_file, tmp_path):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{epochs: 2, batch_size: 4, lr: 3.0e-2, evals_per_epoch: 3}}\n")
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    validations = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    per_epoch = -(-json.loads((run_dir / "dataset.json").read_text())["counts"]["train"] // 4)
+    expected = sorted({e * per_epoch - (k * per_epoch) // 3 for e in (1, 2) for k in range(3)})
+    assert [r["step"] for r in validations] == expected and len(expected) == 6
+    best = min(validations, key=lambda r: r["val_loss"])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["best_step"] == best["step"] and info["best_val_loss"] == best["val_loss"]
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == sorted({f"step-{best['step']}", f"step-{2 * per_epoch}"})
+    adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert adapter == (run_dir / "checkpoints" / f"step-{best['step']}" / "adapter_model.safetensors").read_bytes()

@@ -90,7 +90,7 @@ def train_cmd(
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     spec = load_run_spec(config, overrides)
     result = train(spec, _workspace())
-    console.print(f"[green]run {result.info.run_id} completed[/]: best epoch {result.info.best_epoch}, validation loss {result.info.best_val_loss}")
+    console.print(f"[green]run {result.info.run_id} completed[/]: best at step {result.info.best_step} (epoch {result.info.best_epoch}), validation loss {result.info.best_val_loss}")
     console.print(f"run folder: {result.run_dir}")
     typer.echo(result.info.run_id)
 

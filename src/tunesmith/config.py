@@ -59,6 +59,7 @@ class TrainSpec(_Spec):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
+    evals_per_epoch: int = Field(1, ge=1, le=100, description="validation loss (and a checkpoint) this many times per epoch")
     train_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec)

@@ -77,7 +77,7 @@ def print_run(workspace: Workspace, run_id: str) -> None:
     info_path = workspace.run_dir(run_id) / "run.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        out.print(f"[bold]best epoch[/]: {info.get('best_epoch')}  [bold]train seconds[/]: {info.get('train_seconds')}")
+        out.print(f"[bold]best step[/]: {info.get('best_step')} (epoch {info.get('best_epoch')})  [bold]train seconds[/]: {info.get('train_seconds')}")
     by_split: dict[str, dict[str, dict[str, float]]] = {}
     for evaluation in registry.evaluations(run_id):
         by_split.setdefault(evaluation["split"], {})[evaluation["model_id"]] = evaluation["metrics"]

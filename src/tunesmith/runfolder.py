@@ -36,7 +36,8 @@ class RunInfo(BaseModel):
     dataset: str
     dataset_version: str
     end_of_turn_ids: list[int]
-    best_epoch: int | None = None
+    best_step: int | None = None
+    best_epoch: float | None = None
     best_val_loss: float | None = None
     train_seconds: float | None = None
     dropped_examples: list[str] = []

@@ -49,14 +49,20 @@ def split_examples(examples: list[Example], ratios: tuple[float, float, float], 
     out: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for label in sorted(groups, key=lambda x: (x is None, x or "")):
         ordered = sorted(groups[label], key=lambda e: _rank(e, seed))
-        n_val = round(len(ordered) * ratios[1])
-        n_test = round(len(ordered) * ratios[2])
+        n_val, n_test = (_share(len(ordered), r) for r in ratios[1:])
         out["test"].extend(ordered[:n_test])
         out["validation"].extend(ordered[n_test : n_test + n_val])
         out["train"].extend(ordered[n_test + n_val :])
     for name in SPLITS:
         out[name].sort(key=lambda e: _rank(e, seed))
     return out
+
+
+def _share(n: int, ratio: float) -> int:
+    """Examples of one class for an evaluation split: a class with 3 or more examples is never
+    left out of it by rounding, so every class gets scored."""
+    share = round(n * ratio)
+    return max(share, 1) if ratio > 0 and n >= 3 else share
 
 
 def _prompt_key(example: Example) -> str:

@@ -22,10 +22,13 @@ TEAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "DEVICES": (("RMA", "HWK"), ("a dead HWK scanner", "the RMA label", "firmware 4.2 rollout", "a cracked dock", "battery swelling", "the replacement unit")),
 }
 
+# Priorities are words, not "P1/P2/P3": the digits' output embeddings are so alike that a LoRA
+# adapter on a 135M model barely separates them in one epoch (measured: chance level), while
+# full fine-tuning does. Words also read better in a queue.
 PRIORITY_CUES = {
-    "P1": ("production is down", "all customers are affected", "this is a sev1", "we are losing money every minute", "nobody can work", "complete outage since 9am"),
-    "P2": ("it happens intermittently", "some users see it", "it is slowing us down", "there is a workaround but it hurts", "about a third of requests fail", "it started after the last update"),
-    "P3": ("no rush on this", "whenever you get a chance", "just a cosmetic thing", "more of a question really", "low priority", "not urgent at all"),
+    "urgent": ("production is down", "all customers are affected", "this is a sev1", "we are losing money every minute", "nobody can work", "complete outage since 9am"),
+    "normal": ("it happens intermittently", "some users see it", "it is slowing us down", "there is a workaround but it hurts", "about a third of requests fail", "it started after the last update"),
+    "low": ("no rush on this", "whenever you get a chance", "just a cosmetic thing", "more of a question really", "low priority", "not urgent at all"),
 }
 
 OPENERS = ("Hi team,", "Hello,", "hey", "Good morning support,", "", "Hi Nimbus,", "To whom it may concern,", "URGENT?", "Quick one:")

@@ -65,7 +65,7 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 th{{background:#f3f3f3}}.ok{{color:#17692a}}.bad{{color:#b00020}}pre{{background:#f7f7f7;padding:1em;overflow:auto}}</style></head><body>
 <h1>Run {html.escape(run['run_id'])}</h1>
 <p>Base model <b>{html.escape(run['base_model'])}</b>, method <b>{html.escape(run['method'])}</b>, dataset <b>{html.escape(run['dataset'])}</b>
-version <code>{html.escape(run['dataset_version'])}</code>; best epoch {run.get('best_epoch')} (validation loss {run.get('best_val_loss')}),
+version <code>{html.escape(run['dataset_version'])}</code>; best at step {run.get('best_step')} (epoch {run.get('best_epoch')}) (validation loss {run.get('best_val_loss')}),
 training took {run.get('train_seconds')} s.</p>
 <h2>Base vs tuned</h2>{_metrics_section(report)}
 <h2>Training</h2>{image}

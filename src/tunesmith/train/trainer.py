@@ -81,7 +81,7 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
     started = time.perf_counter()
     history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info)
     info.train_seconds = round(time.perf_counter() - started, 1)
-    replace_folder(run_dir / "checkpoints" / f"epoch-{info.best_epoch}", run_dir / info.artefact)
+    replace_folder(run_dir / "checkpoints" / f"step-{info.best_step}", run_dir / info.artefact)
     info.status = "completed"
     save_run_info(run_dir, info)
     plot_loss(history, run_dir / "loss.png")
@@ -99,38 +99,45 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
     )
+    # Validation points spread evenly over each epoch; the last one always ends the epoch.
+    eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
     history: list[dict] = []
-    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     step, started, tokens_seen = 0, time.perf_counter(), 0
-    with progress() as bar:
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
         task = bar.add_task("training", total=total_steps, info="")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, epoch)
             for group_start in range(0, len(batches), cfg.grad_accum):
                 group = batches[group_start : group_start + cfg.grad_accum]
-                loss_value, n_tokens, n_real = _optimizer_step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+                loss_value, grad_norm, n_trained, n_real = _optimizer_step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
                 schedule.step()
                 step += 1
                 tokens_seen += n_real
+                elapsed = time.perf_counter() - started
                 record = {
                     "step": step, "epoch": round(epoch - 1 + (group_start + len(group)) / len(batches), 4), "loss": round(loss_value, 5),
-                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(float(n_tokens["grad_norm"]), 4), "trained_tokens": n_tokens["trained"],
-                    "tokens": n_real, "tokens_per_s": round(tokens_seen / (time.perf_counter() - started), 1),
-                    "elapsed_s": round(time.perf_counter() - started, 1),
+                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(grad_norm, 4), "trained_tokens": n_trained,
+                    "tokens": n_real, "tokens_per_s": round(tokens_seen / elapsed, 1), "elapsed_s": round(elapsed, 1),
                 }
                 _log(metrics_file, history, record)
                 bar.update(task, advance=1, info=f"epoch {epoch} loss {loss_value:.3f} {record['tokens_per_s']:.0f} tok/s")
-            val_loss = evaluate_loss(model, val_items, pad_id, device, cfg.batch_size) if val_items else None
-            _log(metrics_file, history, {"step": step, "epoch": epoch, "val_loss": val_loss})
-            bar.update(task, info=f"epoch {epoch} val_loss {val_loss:.3f}" if val_loss is not None else f"epoch {epoch}")
-            _save_checkpoint(model, tokenizer, run_dir, epoch, info.end_of_turn_ids)
-            if info.best_val_loss is None or (val_loss is not None and val_loss < info.best_val_loss) or val_loss is None:
-                info.best_epoch, info.best_val_loss = epoch, val_loss
-                save_run_info(run_dir, info)
-            _prune_checkpoints(run_dir, {epoch, info.best_epoch})
-    metrics_file.close()
+                if step in eval_steps:
+                    val_loss = _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, cfg.batch_size, run_dir, info, step, record["epoch"])
+                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], "val_loss": val_loss})
+                    bar.update(task, info=f"epoch {epoch} val_loss {val_loss}")
     return history
+
+
+def _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, batch_size, run_dir: Path, info: RunInfo, step: int, epoch: float) -> float | None:
+    """Validation loss now; a checkpoint; the best one (lowest validation loss) is remembered and kept."""
+    val_loss = evaluate_loss(model, val_items, pad_id, device, batch_size) if val_items else None
+    _save_checkpoint(model, tokenizer, run_dir, step, info.end_of_turn_ids)
+    if val_loss is None or info.best_val_loss is None or val_loss < info.best_val_loss:
+        info.best_step, info.best_epoch, info.best_val_loss = step, epoch, val_loss
+        save_run_info(run_dir, info)
+    _prune_checkpoints(run_dir, {step, info.best_step})
+    return val_loss
 
 
 def _log(handle, history: list[dict], record: dict) -> None:
@@ -139,8 +146,9 @@ def _log(handle, history: list[dict], record: dict) -> None:
     handle.flush()
 
 
-def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, dict, int]:
-    """One optimiser step over a group of micro-batches, every trained token weighted equally."""
+def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, float, int, int]:
+    """One optimiser step over a group of micro-batches, every trained token weighted equally.
+    Returns (loss per trained token, gradient norm, trained tokens, real tokens)."""
     total_trained = sum(item.n_trained for batch in group for item in batch)
     total_loss, real_tokens = 0.0, 0
     for batch in group:
@@ -157,7 +165,7 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
         )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total_loss / total_trained, {"trained": total_trained, "grad_norm": grad_norm}, real_tokens
+    return total_loss / total_trained, float(grad_norm), total_trained, real_tokens
 
 
 @torch.no_grad()
@@ -174,9 +182,9 @@ def evaluate_loss(model, items: list[Encoded], pad_id: int, device, batch_size: 
     return round(total / max(1, count), 5)
 
 
-def _save_checkpoint(model, tokenizer, run_dir: Path, epoch: int, eot_ids: list[int]) -> None:
+def _save_checkpoint(model, tokenizer, run_dir: Path, step: int, eot_ids: list[int]) -> None:
     """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
-    target = run_dir / "checkpoints" / f"epoch-{epoch}"
+    target = run_dir / "checkpoints" / f"step-{step}"
     staging = target.with_name(f".{target.name}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
@@ -191,7 +199,7 @@ def _save_checkpoint(model, tokenizer, run_dir: Path, epoch: int, eot_ids: list[
 
 
 def _prune_checkpoints(run_dir: Path, keep: set[int]) -> None:
-    """Full-model checkpoints are large: keep only the best and the latest epoch."""
-    for folder in (run_dir / "checkpoints").glob("epoch-*"):
+    """Full-model checkpoints are large: keep only the best and the latest."""
+    for folder in (run_dir / "checkpoints").glob("step-*"):
         if int(folder.name.split("-")[1]) not in keep:
             shutil.rmtree(folder)
