@@ -16,7 +16,11 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   exit 0
 fi
 echo "no GPU found: installing the CPU build of torch $TORCH_VERSION"
-# A CPU wheel already on this machine (pip's find-links) costs no download; otherwise
-# PyTorch's own CPU index, whose +cpu build sorts above PyPI's CUDA build of the same version.
-"$PY" -m pip install -q --no-index "torch==$TORCH_VERSION" 2>/dev/null ||
+# A CPU wheel already on this machine (pip's find-links) costs no download: install it alone,
+# then its dependencies from the usual index (torch itself is then already satisfied).
+# Otherwise PyTorch's own CPU index, whose +cpu build sorts above PyPI's CUDA build.
+if "$PY" -m pip install -q --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==$TORCH_VERSION"
+else
   "$PY" -m pip install -q "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
+fi

@@ -73,3 +73,16 @@ def test_datasets_are_immutable(tmp_path, tickets_file):
     with pytest.raises(UserError, match="already exists with another version"):
         prepare_dataset(tickets_file, ws, name="t", seed=9)
     assert load_dataset(ws, "t").manifest.seed == 0  # the original is untouched
+
+
+def test_a_changed_file_without_a_chosen_name_gets_a_versioned_name(tmp_path, tickets_file):
+    ws = Workspace.from_env(tmp_path / "ws")
+    first = prepare_dataset(tickets_file, ws)
+    tickets_file.write_text(tickets_file.read_text() + json.dumps({"prompt": "new q", "completion": "new a"}) + "\n")
+    with pytest.raises(ProblemList):  # mixed formats are refused, not guessed
+        prepare_dataset(tickets_file, ws)
+    lines = tickets_file.read_text().splitlines()[:-2]
+    tickets_file.write_text("\n".join(lines) + "\n")
+    second = prepare_dataset(tickets_file, ws)
+    assert first.name == "tickets" and second.name == f"tickets-{second.version}" and second.version != first.version
+    assert load_dataset(ws, "tickets").version == first.version

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.dataset import load_dataset
+from tunesmith.errors import UserError
 from tunesmith.eval.evaluate import load_run_spec_from_folder, load_tuned
 from tunesmith.eval.generate import generate_one
 from tunesmith.runfolder import find_run, load_run_info
@@ -18,7 +19,7 @@ def trained_system_prompt(workspace: Workspace, dataset_name: str) -> str | None
     """The system message the training examples shared, so a bare prompt is asked the way the model learned."""
     try:
         train = load_dataset(workspace, dataset_name).splits["train"]
-    except Exception:
+    except UserError:  # the dataset was made in another TUNESMITH_HOME: ask without a system message
         return None
     systems = {e.messages[0].content for e in train if e.messages and e.messages[0].role == "system"}
     return systems.pop() if len(systems) == 1 else None

@@ -8,12 +8,12 @@ from rich.table import Table
 
 from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
+from tunesmith.eval.metrics import headline_first
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import find_run
 from tunesmith.ui import out
 from tunesmith.workspace import Workspace
 
-HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
 
 
 def print_dataset(dataset: Dataset) -> None:
@@ -30,10 +30,6 @@ def print_dataset(dataset: Dataset) -> None:
     out.print(f"folder: {dataset.path}")
 
 
-def _ordered(names) -> list[str]:
-    return sorted(names, key=lambda k: (k not in HEADLINE, HEADLINE.index(k) if k in HEADLINE else 0, k))
-
-
 def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned") -> None:
     models = list(results)
     table = Table(title=title)
@@ -42,7 +38,7 @@ def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs
         table.add_column(model, justify="right")
     if len(models) == 2:
         table.add_column("delta", justify="right")
-    for name in _ordered({k for metrics in results.values() for k in metrics}):
+    for name in headline_first({k for metrics in results.values() for k in metrics}):
         values = [results[m].get(name) for m in models]
         cells = [f"{v:.3f}" if isinstance(v, float) else "-" for v in values]
         if len(models) == 2:

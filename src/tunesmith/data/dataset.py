@@ -77,6 +77,7 @@ def prepare_dataset(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> Dataset:
     """load → de-duplicate → split by seed → remove leaks → write → register."""
+    explicit_name = name is not None
     name = safe_name(name or source.stem, "dataset name")
     examples, fmt = load_examples(source, fmt)
     examples, n_duplicates = drop_exact_duplicates(examples)
@@ -91,6 +92,12 @@ def prepare_dataset(
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
+    if existing is not None and existing.version != version and not explicit_name:
+        # The file changed since it was last prepared: the new content gets its own name, the old stays.
+        name = safe_name(f"{name}-{version}", "dataset name")
+        manifest.name = name
+        target = workspace.dataset_dir(name)
+        existing = read_manifest(target) if (target / "manifest.json").exists() else None
     if existing is not None and existing.version != version:
         raise UserError(
             f"dataset '{name}' already exists with another version ({existing.version}); datasets are immutable",

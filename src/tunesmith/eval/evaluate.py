@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunesmith.config import EvalSpec, ModelSpec, RunSpec, validate_spec
 from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
@@ -17,8 +19,6 @@ from tunesmith.runfolder import RunInfo, load_run_info, write_json
 from tunesmith.train.collate import end_of_turn_ids
 from tunesmith.ui import progress
 from tunesmith.workspace import Workspace
-
-import yaml
 
 
 def load_run_spec_from_folder(run_dir: Path) -> RunSpec:

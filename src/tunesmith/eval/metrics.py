@@ -8,6 +8,12 @@ from typing import Any
 from sklearn.metrics import f1_score
 
 INVALID = "<invalid>"
+HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
+
+
+def headline_first(names) -> list[str]:
+    """Metric names in reading order: the headline metrics, then the rest alphabetically."""
+    return sorted(names, key=lambda k: (k not in HEADLINE, HEADLINE.index(k) if k in HEADLINE else 0, k))
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:

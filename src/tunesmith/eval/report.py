@@ -7,7 +7,8 @@ import html
 import json
 from pathlib import Path
 
-HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
+from tunesmith.eval.metrics import headline_first
+
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -23,7 +24,7 @@ def _fmt(value: object) -> str:
 def _metrics_section(report: dict) -> str:
     parts = []
     for split, by_model in report.items():
-        names = sorted({k for m in by_model.values() for k in m["metrics"]}, key=lambda k: (k not in HEADLINE, HEADLINE.index(k) if k in HEADLINE else 0, k))
+        names = headline_first({k for m in by_model.values() for k in m["metrics"]})
         models = [m for m in ("base", "tuned") if m in by_model] + [m for m in by_model if m not in ("base", "tuned")]
         rows = []
         for name in names:
