@@ -32,13 +32,14 @@ def print_dataset(dataset: Dataset) -> None:
 
 def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned") -> None:
     models = list(results)
-    table = Table(title=title)
+    sizes = sorted({int(m["n"]) for m in results.values() if "n" in m})
+    table = Table(title=f"{title} ({' / '.join(map(str, sizes))} examples)" if sizes else title)
     table.add_column("metric")
     for model in models:
         table.add_column(model, justify="right")
     if len(models) == 2:
         table.add_column("delta", justify="right")
-    for name in headline_first({k for metrics in results.values() for k in metrics}):
+    for name in headline_first({k for metrics in results.values() for k in metrics} - {"n"}):
         values = [results[m].get(name) for m in models]
         cells = [f"{v:.3f}" if isinstance(v, float) else "-" for v in values]
         if len(models) == 2:

@@ -44,7 +44,7 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     tuned_model, tuned_tokenizer = load_tuned(result.run_dir, result.info, spec.model)
     tuned_rows, tuned_metrics = evaluate_model(tuned_model, tuned_tokenizer, examples, EVAL, "tuned")
     save_evaluation(workspace, result.run_dir, result.info, EVAL.split, "tuned", tuned_rows, tuned_metrics)
-    print_comparison({"base": base_metrics, "tuned": tuned_metrics}, title=f"{spec.model.name}: base vs tuned on {len(examples)} held-out tickets")
+    print_comparison({"base": base_metrics, "tuned": tuned_metrics}, title=f"{spec.model.name}: base vs tuned on held-out tickets")
     report = write_report(result.run_dir)
     console.print(f"run {result.info.run_id}: report {report}, loss curve {result.run_dir / 'loss.png'}")
     console.print(f"quickstart took {time.perf_counter() - started:.0f} s; try: tunesmith chat {result.info.run_id}")

@@ -24,7 +24,7 @@ def _fmt(value: object) -> str:
 def _metrics_section(report: dict) -> str:
     parts = []
     for split, by_model in report.items():
-        names = headline_first({k for m in by_model.values() for k in m["metrics"]})
+        names = headline_first({k for m in by_model.values() for k in m["metrics"]} - {"n"})
         models = [m for m in ("base", "tuned") if m in by_model] + [m for m in by_model if m not in ("base", "tuned")]
         rows = []
         for name in names:
@@ -32,7 +32,8 @@ def _metrics_section(report: dict) -> str:
             delta = values[-1] - values[0] if len(values) == 2 and None not in values else ""
             rows.append([name, *[_fmt(v) for v in values], _fmt(delta) if delta != "" else ""])
         header = ["metric", *[f"{m} ({by_model[m]['model']})" for m in models], "delta" if len(models) == 2 else ""]
-        parts.append(f"<h3>{html.escape(split)} split</h3>" + _table(header, rows))
+        n = next(iter(by_model.values()))["metrics"].get("n")
+        parts.append(f"<h3>{html.escape(split)} split ({n:.0f} examples)</h3>" + _table(header, rows))
     return "".join(parts) or "<p>No evaluation yet: run <code>tunesmith eval RUN --compare-base</code>.</p>"
 
 

