@@ -66,3 +66,21 @@ def test_dataset_name_cannot_escape_the_workspace(tmp_path, capsys, home, ticket
 def test_usage_errors_exit_2(capsys):
     assert run_cli(capsys, "train", "--epochs", "many").code == 2
     assert run_cli(capsys, "no-such-command").code == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "mentions"),
+    [
+        (["quickstart"], "--epochs"),
+        (["data", "prepare"], "--format"),
+        (["train"], "--method"),
+        (["eval"], "--compare-base"),
+        (["generate"], "--prompt"),
+        (["chat"], "--system"),
+        (["runs", "list"], "dataset version"),
+        (["runs", "show"], "RUN"),
+    ],
+)
+def test_every_command_has_help(capsys, command, mentions):
+    result = run_cli(capsys, *command, "--help")
+    assert result.code == 0 and mentions in result.out
