@@ -78,7 +78,7 @@ def test_usage_errors_exit_2(capsys):
         (["generate"], "--prompt"),
         (["chat"], "--system"),
         (["runs", "list"], "dataset version"),
-        (["runs", "show"], "RUN"),
+        (["runs", "show"], "run id"),
     ],
 )
 def test_every_command_has_help(capsys, command, mentions):
