@@ -17,14 +17,31 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PrepareSpec(_Spec):
+    """The steps `data prepare` runs between reading a file and writing the dataset, each switchable."""
+
+    mapping: dict[str, str] = Field(default_factory=dict, description="canonical field -> the file's field, e.g. {prompt: question}")
+    clean: bool = Field(True, description="Unicode repair, whitespace normalisation, empty examples dropped, output-style lint")
+    normalise_outputs: bool = Field(False, description="rewrite label spelling variants to the most common one")
+    pii: Literal["off", "report", "redact", "drop"] = Field("report", description="what to do with personal data found")
+    pii_ner: bool = Field(True, description="also find person names with spaCy NER (slower)")
+    dedup: bool = Field(True, description="remove exact duplicates")
+    near_dedup: bool = Field(True, description="also remove near-duplicates (MinHash LSH)")
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity at or above which two examples are near-duplicates")
+    group_by: str | None = Field(None, description="meta field whose groups never straddle splits, e.g. customer_id")
+    validation_file: Path | None = Field(None, description="use this file as the validation split instead of carving one out")
+    test_file: Path | None = Field(None, description="use this file as the test split instead of carving one out")
+
+
 class DataSpec(_Spec):
     """Where the examples come from: a registered dataset name, or a file prepared on the fly."""
 
     dataset: str | None = Field(None, description="name of a dataset made by `tunesmith data prepare`")
-    path: Path | None = Field(None, description="a JSONL/JSON/CSV file; prepared (split by seed) when the run starts")
-    format: Literal["messages", "prompt_completion", "input_output"] | None = None
+    path: Path | None = Field(None, description="a JSONL/JSON/CSV/Parquet file; prepared when the run starts")
+    format: Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"] | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    prepare: PrepareSpec = Field(default_factory=PrepareSpec)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":

@@ -8,14 +8,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from tunesmith.data.example import Example, content_hash
-from tunesmith.data.formats import FormatName, load_examples
-from tunesmith.data.split import SPLITS, OverlapReport, check_overlap, drop_exact_duplicates, remove_leaks, split_examples
+from tunesmith.config import PrepareSpec
+from tunesmith.data.formats import FormatName
+from tunesmith.data.prepare import StepRecord, run_steps
+from tunesmith.data.split import SPLITS, OverlapReport, check_overlap
 from tunesmith.errors import UserError
 from tunesmith.registry.store import Registry
+from tunesmith.ui import console
 from tunesmith.workspace import Workspace, safe_name
 
 
@@ -31,6 +35,8 @@ class Manifest(BaseModel):
     split_hashes: dict[str, str]
     removed: dict[str, int]
     overlap: OverlapReport
+    settings: dict[str, Any] = {}
+    steps: list[StepRecord] = []
 
 
 class Dataset(BaseModel):
@@ -75,20 +81,21 @@ def prepare_dataset(
     fmt: FormatName | None = None,
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    options: PrepareSpec | None = None,
 ) -> Dataset:
-    """load → de-duplicate → split by seed → remove leaks → write → register."""
+    """read → clean → PII → dedup → split by seed → remove leaks → write → register."""
+    options = options or PrepareSpec()
     explicit_name = name is not None
     name = safe_name(name or source.stem, "dataset name")
-    examples, fmt = load_examples(source, fmt)
-    examples, n_duplicates = drop_exact_duplicates(examples)
-    splits = split_examples(examples, ratios, seed)
-    removed = {"exact_duplicates": n_duplicates, **{f"{k}_leaked_into_train": v for k, v in remove_leaks(splits).items()}}
+    console.print(f"preparing {source}")
+    prepared = run_steps(source, fmt, seed, ratios, options)
+    splits = prepared.splits
     split_hashes = {s: content_hash(splits[s]) for s in SPLITS}
-    version = hashlib.sha256(json.dumps([fmt, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
+    version = hashlib.sha256(json.dumps([prepared.format, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
     manifest = Manifest(
-        name=name, version=version, format=fmt, source=str(source), source_sha256=_sha256(source), seed=seed,
+        name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
         split_ratios=ratios, counts={s: len(splits[s]) for s in SPLITS}, split_hashes=split_hashes,
-        removed=removed, overlap=check_overlap(splits),
+        removed=prepared.removed, overlap=check_overlap(splits), settings=options.model_dump(mode="json"), steps=prepared.steps,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
@@ -107,7 +114,7 @@ def prepare_dataset(
         files = {f"{s}.jsonl": "".join(e.model_dump_json() + "\n" for e in splits[s]) for s in SPLITS}
         files["manifest.json"] = manifest.model_dump_json(indent=2)
         _write_atomically(target, files)
-    Registry(workspace.registry_db).add_dataset(name, version, target, fmt, manifest.counts, str(source))
+    Registry(workspace.registry_db).add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
     return Dataset(path=target, manifest=manifest, splits=splits)
 
 

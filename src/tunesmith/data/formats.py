@@ -1,14 +1,19 @@
 """Read a user's file and turn each record into an Example, naming the line of every problem.
 
-Formats (auto-detected from the record's keys, or named): chat `messages` (OpenAI style),
-`prompt`/`completion`, `input_text`/`output_text` (Vertex AI style).
+Files: JSONL (one record a line), JSON (one array), CSV (a header row), Parquet (streamed in
+batches). Formats, auto-detected from the record's keys or named: chat `messages` (OpenAI
+style, optional per-message `weight` 0/1), `prompt`/`completion`, `input_text`/`output_text`
+(Vertex AI style), Alpaca `instruction`/`input`/`output`, ShareGPT `conversations`
+(`from`/`value`), classification `text`/`label`. Other key names are renamed to these with a
+mapping {canonical: file's key}.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,47 +22,255 @@ from pydantic import ValidationError
 from tunesmith.data.example import Example, Message
 from tunesmith.errors import ProblemList, UserError
 
-FormatName = Literal["messages", "prompt_completion", "input_output"]
+FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"]
+# Detection order matters: chat formats first, and classification last because `label` also
+# rides along on records of the other formats (the demo's chat records carry one).
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "input_output": ("input_text", "output_text"),
+    "classification": ("text", "label"),
 }
+FORMAT_NAMES: tuple[str, ...] = tuple(FORMAT_KEYS)
+# Top-level keys a mapping may rename to: every format's fields plus the optional ones.
+CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "system", "id", "meta"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_PROBLEMS_SHOWN = 20
 
 
+class RecordError(UserError):
+    """A record that could not be read at all; `code` names the kind for the validator."""
+
+    def __init__(self, code: str, message: str, *, fix: str):
+        self.code = code
+        super().__init__(message, fix=fix)
+
+
+# ---------------------------------------------------------------- reading files
+
+
 def read_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed record); a line that is not JSON yields a UserError instead."""
+    """Yield (line number, parsed record); a record that cannot be read yields a RecordError instead.
+
+    Streams JSONL, CSV and Parquet, so memory does not grow with the file; a .json array is
+    read whole (it is one value), which is why JSONL is the format for large files.
+    """
     if not path.is_file():
         raise UserError(f"no such file: {path}", fix="check the path")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            for row_number, row in enumerate(csv.DictReader(handle), start=2):
-                yield row_number, row
-        return
-    if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"not valid JSON: {exc}", where=str(path), fix="a .json file holds one array of records") from None
-        if not isinstance(data, list):
-            raise UserError("a .json file must hold an array of records", where=str(path), fix="use JSONL for one record per line")
-        yield from enumerate(data, start=1)
-        return
+        yield from _read_csv(path)
+    elif suffix == ".json":
+        yield from _read_json_array(path)
+    elif suffix in PARQUET_SUFFIXES:
+        yield from _read_parquet(path)
+    else:
+        yield from _read_jsonl(path)
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RecordError("invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})", fix="each line must be one JSON object")
+    except RecursionError:
+        return RecordError("invalid_json", "JSON nested too deeply to read", fix="flatten the record")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
+                # A BOM on the first line and CRLF endings are what Windows editors write: not problems.
                 text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8").strip()
-            except UnicodeDecodeError:
-                yield line_number, UserError("line is not UTF-8 text", fix="re-save the file as UTF-8")
+            except UnicodeDecodeError as exc:
+                yield line_number, RecordError("encoding", f"line is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", fix="re-save the file as UTF-8")
                 continue
-            if not text:
-                continue
+            if text:
+                yield line_number, _parse_json(text)
+
+
+class _DecodedLines:
+    """UTF-8 lines for the csv module, remembering which physical lines held bytes that are not UTF-8."""
+
+    def __init__(self, handle: Iterable[bytes]):
+        self._lines = iter(handle)
+        self.line_number = 0
+        self.bad_lines: list[int] = []  # drained by the reader after every row, so it stays small
+
+    def __iter__(self) -> _DecodedLines:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        self.line_number += 1
+        if self.line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.bad_lines.append(self.line_number)
+            return raw.decode("utf-8", errors="replace")
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as handle:
+        lines = _DecodedLines(handle)
+        reader = csv.reader(lines)
+        header = _csv_header(reader, lines)
+        if header is None:
+            return
+        while True:
+            start = reader.line_num + 1
             try:
-                yield line_number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield line_number, UserError(f"not valid JSON ({exc.msg} at column {exc.colno})", fix="each line must be one JSON object")
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield start, RecordError("invalid_csv", f"not a readable CSV row ({exc})", fix="quote fields that hold commas, quotes or line breaks")
+                continue
+            if lines.bad_lines:
+                yield lines.bad_lines[0], RecordError("encoding", "row is not UTF-8 text", fix="re-save the file as UTF-8")
+                lines.bad_lines.clear()
+                continue
+            if row and any(cell.strip() for cell in row):
+                yield start, _csv_record(header, row)
+
+
+def _csv_header(reader: Any, lines: _DecodedLines) -> list[str] | None:
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return None
+    lines.bad_lines.clear()  # a mangled header shows up as missing fields on every row instead
+    return [name.strip() for name in header]
+
+
+def _csv_record(header: list[str], row: list[str]) -> Any:
+    if len(row) > len(header):
+        return RecordError("invalid_csv", f"row has {len(row)} fields but the header names {len(header)}", fix="quote fields that hold commas")
+    # A short row leaves its last columns out, so they read as missing fields rather than as "".
+    return {name: _csv_value(name, value) for name, value in zip(header, row)}
+
+
+def _csv_value(name: str, value: str) -> Any:
+    # A chat column in CSV holds the conversation as JSON text.
+    if name in ("messages", "conversations") and value.lstrip().startswith("["):
+        parsed = _parse_json(value)
+        return value if isinstance(parsed, RecordError) else parsed
+    return value
+
+
+def _read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield raw.count(b"\n", 0, exc.start) + 1, RecordError("encoding", "file is not UTF-8 text", fix="re-save the file as UTF-8")
+        text = raw.decode("utf-8-sig", errors="replace")
+    yield from _json_array_items(text)
+
+
+def _json_array_items(text: str) -> Iterator[tuple[int, Any]]:
+    """Each element of the array with the line it starts on, so problems point at the right place."""
+    decoder = json.JSONDecoder()
+    position = _skip_space(text, 0)
+    if position >= len(text):
+        return
+    if text[position] != "[":
+        yield _line_of(text, position), RecordError("data_type", "a .json file must hold one array of records", fix="wrap the records in [ ... ], or use JSONL (one record a line)")
+        return
+    position = _skip_space(text, position + 1)
+    if text.startswith("]", position):
+        return
+    while position < len(text):
+        line = _line_of(text, position)
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            # Named by the record's first line (where the user looks), with the exact spot in the message.
+            yield line, RecordError("invalid_json", f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", fix="fix this record; the rest of the array cannot be read past it")
+            return
+        except RecursionError:
+            yield line, RecordError("invalid_json", "JSON nested too deeply to read", fix="flatten the record")
+            return
+        yield line, value
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position = _skip_space(text, position + 1)
+        elif text.startswith("]", position):
+            return
+        else:
+            yield _line_of(text, position), RecordError("invalid_json", "expected ',' or ']' after a record", fix="separate records with commas and close the array")
+            return
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _line_of(text: str, position: int) -> int:
+    return text.count("\n", 0, position) + 1
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        yield 0, RecordError("invalid_parquet", f"not a readable Parquet file ({exc})", fix="re-export the file as Parquet, or use JSONL")
+        return
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except Exception as exc:
+        yield row + 1, RecordError("invalid_parquet", f"Parquet data unreadable from this row on ({exc})", fix="re-export the file")
+
+
+# ---------------------------------------------------------------- formats
+
+
+def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """`canonical=file_key` pairs (also comma-separated) into a mapping; bad pairs are a usage error."""
+    mapping: dict[str, str] = {}
+    for chunk in pairs:
+        for pair in filter(None, (p.strip() for p in chunk.split(","))):
+            canonical, sep, source = pair.partition("=")
+            if not sep or not canonical.strip() or not source.strip():
+                raise UserError(f"--map {pair!r} is not canonical=file_key", fix="write it like --map prompt=question completion=answer")
+            mapping[canonical.strip()] = source.strip()
+    check_mapping(mapping)
+    return mapping
+
+
+def check_mapping(mapping: dict[str, str] | None) -> None:
+    unknown = sorted(set(mapping or {}) - CANONICAL_KEYS)
+    if unknown:
+        raise UserError(
+            f"cannot map to {', '.join(unknown)}: not a field tunesmith reads",
+            fix=f"the left side names a canonical field ({', '.join(sorted(CANONICAL_KEYS))}); the right side the file's key",
+        )
+
+
+def apply_mapping(record: Any, mapping: dict[str, str] | None) -> Any:
+    """The record with the file's keys renamed to canonical ones; records that are not objects pass through."""
+    if not mapping or not isinstance(record, dict):
+        return record
+    renamed = dict(record)
+    for canonical, source in mapping.items():
+        if source in record:
+            renamed.pop(source, None)
+            renamed[canonical] = record[source]
+    return renamed
 
 
 def detect_format(record: Any) -> FormatName | None:
@@ -76,18 +289,43 @@ def _text(record: dict, key: str) -> str:
     return value
 
 
+def _scalar_text(record: dict, key: str) -> str:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise ValueError(f"field '{key}' must be a non-empty string or number")
+    return str(value)
+
+
 def _from_messages(record: dict) -> list[Message]:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' must be a non-empty list of {role, content} objects")
+    return [_message(message, f"messages[{index}]") for index, message in enumerate(messages)]
+
+
+def _message(message: Any, where: str) -> Message:
+    try:
+        return Message.model_validate(message)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "message"
+        raise ValueError(f"{where}.{field}: {first['msg']}") from None
+
+
+def _from_sharegpt(record: dict) -> list[Message]:
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("field 'conversations' must be a non-empty list of {from, value} objects")
     out = []
-    for index, message in enumerate(messages):
-        try:
-            out.append(Message.model_validate(message))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "message"
-            raise ValueError(f"messages[{index}].{field}: {first['msg']}") from None
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES:
+            raise ValueError(f"conversations[{index}].from must be one of {', '.join(SHAREGPT_ROLES)}")
+        fields = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
+        if "weight" in turn:
+            fields["weight"] = turn["weight"]
+        extra = set(turn) - {"from", "value", "weight"}
+        fields.update({key: turn[key] for key in extra})  # left in so Message refuses them by name
+        out.append(_message(fields, f"conversations[{index}]"))
     return out
 
 
@@ -99,17 +337,36 @@ def _from_input_output(record: dict) -> list[Message]:
     return [Message(role="user", content=_text(record, "input_text")), Message(role="assistant", content=_text(record, "output_text"))]
 
 
+def _from_alpaca(record: dict) -> list[Message]:
+    extra = record.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise ValueError("field 'input' must be a string when present")
+    user = _text(record, "instruction") + (f"\n\n{extra}" if extra and extra.strip() else "")
+    system = record.get("system")
+    head = [Message(role="system", content=system)] if isinstance(system, str) and system.strip() else []
+    return head + [Message(role="user", content=user), Message(role="assistant", content=_text(record, "output"))]
+
+
+def _from_classification(record: dict) -> list[Message]:
+    return [Message(role="user", content=_text(record, "text")), Message(role="assistant", content=_scalar_text(record, "label"))]
+
+
 _CONVERTERS: dict[str, Callable[[dict], list[Message]]] = {
     "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "alpaca": _from_alpaca,
     "prompt_completion": _from_prompt_completion,
     "input_output": _from_input_output,
+    "classification": _from_classification,
 }
 
 
 def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if detect_format(record) != fmt:
+    if fmt not in _CONVERTERS:
+        raise ValueError(f"unknown format '{fmt}' (known: {', '.join(FORMAT_NAMES)})")
+    if not all(key in record for key in FORMAT_KEYS[fmt]):
         raise ValueError(f"record is not in the file's format '{fmt}' (needs keys {', '.join(FORMAT_KEYS[fmt])})")
     messages = _CONVERTERS[fmt](record)
     if not any(m.role == "assistant" for m in messages):
@@ -119,17 +376,26 @@ def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     return Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
 
 
-def load_examples(path: Path, fmt: FormatName | None = None) -> tuple[list[Example], FormatName]:
+def check_format_name(fmt: str | None) -> FormatName | None:
+    if fmt is not None and fmt not in FORMAT_KEYS:
+        raise UserError(f"unknown format '{fmt}'", fix=f"use one of {', '.join(FORMAT_NAMES)}, or leave --format out to detect it")
+    return fmt  # type: ignore[return-value]
+
+
+def load_examples(path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None) -> tuple[list[Example], FormatName]:
     """Read every record; report every bad line at once rather than stopping at the first."""
+    fmt = check_format_name(fmt)
+    check_mapping(mapping)
     examples: list[Example] = []
     problems: list[str] = []
     for line, record in read_records(path):
         if isinstance(record, UserError):
             problems.append(f"{path}:{line}: {record}")
             continue
+        record = apply_mapping(record, mapping)
         fmt = fmt or detect_format(record)
         if fmt is None:
-            problems.append(f"{path}:{line}: unknown format (keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})")
+            problems.append(f"{path}:{line}: unknown format (keys: {sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__})")
             continue
         try:
             examples.append(to_example(record, fmt, example_id=f"{path.stem}-{line}"))
@@ -137,7 +403,7 @@ def load_examples(path: Path, fmt: FormatName | None = None) -> tuple[list[Examp
             problems.append(f"{path}:{line}: {exc}")
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN] + ([f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more"] if len(problems) > MAX_PROBLEMS_SHOWN else [])
-        raise ProblemList(f"{len(problems)} problem(s) in {path}", shown, fix="fix the lines above, or name the format with --format " + "|".join(FORMAT_KEYS))
+        raise ProblemList(f"{len(problems)} problem(s) in {path}", shown, fix="fix the lines above (`tunesmith data validate` lists them all), or name the format with --format " + "|".join(FORMAT_NAMES))
     if not examples or fmt is None:
         raise UserError(f"{path} holds no examples", fix="add at least one record, e.g. {\"messages\": [...]}")
     return examples, fmt

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from tunesmith.data.example import Example
+from tunesmith.errors import UserError
+
+MAX_LISTED = 200  # leaked pairs listed in a report; counts stay exact
 
 SPLITS = ("train", "validation", "test")
 
@@ -41,8 +44,13 @@ def drop_exact_duplicates(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
-def split_examples(examples: list[Example], ratios: tuple[float, float, float], seed: int) -> dict[str, list[Example]]:
-    """Split per label when examples carry one, so every class appears in every split."""
+def split_examples(
+    examples: list[Example], ratios: tuple[float, float, float], seed: int, group_by: str | None = None
+) -> dict[str, list[Example]]:
+    """Split per label when examples carry one, so every class appears in every split; with
+    `group_by`, whole groups (examples sharing `meta[group_by]`) go to one split instead."""
+    if group_by is not None:
+        return _split_groups(examples, ratios, seed, group_by)
     groups: dict[str | None, list[Example]] = defaultdict(list)
     for example in examples:
         groups[example.label].append(example)
@@ -65,6 +73,59 @@ def _share(n: int, ratio: float) -> int:
     return max(share, 1) if ratio > 0 and n >= 3 else share
 
 
+def _group_key(example: Example, group_by: str) -> str:
+    if group_by not in example.meta or example.meta[group_by] is None:
+        raise UserError(
+            f"example '{example.id}' has no meta.{group_by}, so it cannot be kept with its group",
+            where=f"example {example.id}",
+            fix=f"give every example a meta.{group_by} value, or split without --group-by",
+        )
+    return str(example.meta[group_by])
+
+
+def _split_groups(examples: list[Example], ratios: tuple[float, float, float], seed: int, group_by: str) -> dict[str, list[Example]]:
+    """Whole groups in a seeded-hash order fill test, then validation, then train. A group is
+    never cut, so split sizes only approach the ratios and label stratification is lost: a
+    conversation or user split across train and test would let the test measure memory."""
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        groups[_group_key(example, group_by)].append(example)
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:group:{g}".encode()).hexdigest())
+    targets = {"test": len(examples) * ratios[2], "validation": len(examples) * ratios[1]}
+    out: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for group in order:
+        out[_open_split(out, targets, len(groups[group]))].extend(groups[group])
+    for name in SPLITS:
+        out[name].sort(key=lambda e: _rank(e, seed))
+    return out
+
+
+def _open_split(out: dict[str, list[Example]], targets: dict[str, float], size: int) -> str:
+    # A group joins an evaluation split while that brings its size closer to the target.
+    for name in ("test", "validation"):
+        if abs(len(out[name]) + size - targets[name]) < abs(len(out[name]) - targets[name]):
+            return name
+    return "train"
+
+
+def assign_given_splits(
+    train: list[Example],
+    validation: list[Example] | None = None,
+    test: list[Example] | None = None,
+    *,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    group_by: str | None = None,
+) -> dict[str, list[Example]]:
+    """Splits the user supplied are kept exactly as given; only the missing ones are carved out
+    of `train`, in the proportions `ratios` give them relative to train."""
+    given = {"validation": validation, "test": test}
+    wanted = tuple(0.0 if given.get(name) is not None else r for name, r in zip(SPLITS, ratios))
+    total = sum(wanted)
+    carved = split_examples(train, tuple(r / total for r in wanted), seed, group_by)  # type: ignore[arg-type]
+    return {name: list(given[name]) if given.get(name) is not None else carved[name] for name in SPLITS}  # type: ignore[arg-type]
+
+
 def _prompt_key(example: Example) -> str:
     return Example(id="", messages=example.prompt_messages).content_key()
 
@@ -79,12 +140,46 @@ def check_overlap(splits: dict[str, list[Example]]) -> OverlapReport:
     )
 
 
-def remove_leaks(splits: dict[str, list[Example]]) -> dict[str, int]:
-    """Evaluation examples whose prompt also appears in train would measure memory, not skill."""
+class LeakedPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    split: str
+    removed: str
+    train_id: str | None  # None for exact prompt matches, where any training copy will do
+    kind: str  # "exact" or "near"
+
+
+class LeakReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exact: dict[str, int]
+    near: dict[str, int]
+    near_threshold: float | None
+    pairs: list[LeakedPair]  # near pairs, capped at MAX_LISTED
+
+    @property
+    def removed(self) -> dict[str, int]:
+        return {name: self.exact[name] + self.near.get(name, 0) for name in self.exact}
+
+
+def remove_leaks(splits: dict[str, list[Example]], near_threshold: float | None = None) -> dict[str, int]:
+    """Evaluation examples whose prompt also appears in train would measure memory, not skill.
+    Removes them from `splits` in place; returns how many left each evaluation split."""
+    return remove_leaks_detailed(splits, near_threshold).removed
+
+
+def remove_leaks_detailed(splits: dict[str, list[Example]], near_threshold: float | None = None) -> LeakReport:
+    """Exact prompt matches, and with `near_threshold` also prompts that are near-duplicates of a
+    training prompt (a reworded copy leaks the answer just the same)."""
+    from tunesmith.data.dedup import near_duplicate_pairs  # datasketch only when near checks are asked for
+
     train_prompts = {_prompt_key(e) for e in splits["train"]}
-    removed = {}
+    exact, near, pairs = {}, {}, []
     for name in ("validation", "test"):
         before = len(splits[name])
         splits[name] = [e for e in splits[name] if _prompt_key(e) not in train_prompts]
-        removed[name] = before - len(splits[name])
-    return removed
+        exact[name] = before - len(splits[name])
+        if near_threshold is not None:
+            found = dict(near_duplicate_pairs(splits[name], splits["train"], near_threshold, prompt_only=True))
+            splits[name] = [e for e in splits[name] if e.id not in found]
+            near[name] = len(found)
+            pairs += [LeakedPair(split=name, removed=c, train_id=t, kind="near") for c, t in found.items()]
+    return LeakReport(exact=exact, near=near, near_threshold=near_threshold, pairs=pairs[:MAX_LISTED])

@@ -10,7 +10,8 @@ from tunesmith.demo.tickets import write_jsonl
 from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, save_evaluation
 from tunesmith.eval.report import write_report
 from tunesmith.models.loading import load_model, resolve_model_path
-from tunesmith.report_cli import print_comparison, print_dataset
+from tunesmith.data.report import summarise_dataset
+from tunesmith.report_cli import print_comparison
 from tunesmith.train.trainer import train
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
@@ -27,7 +28,7 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     write_jsonl(source, n_examples, seed)
     console.rule("1/4 data")
     dataset = prepare_dataset(source, workspace, name=f"{DATASET}-{n_examples}-{seed}", seed=seed)
-    print_dataset(dataset)
+    summarise_dataset(dataset)
     spec = RunSpec.model_validate(
         {"name": "quickstart", "data": {"dataset": dataset.name}, "train": {"method": "lora", "epochs": epochs, "lr": 2e-3, "batch_size": 8, "evals_per_epoch": 2, "seed": seed}, "eval": EVAL.model_dump()}
     )

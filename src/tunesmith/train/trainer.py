@@ -35,7 +35,7 @@ class TrainResult:
 
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
-        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios)
+        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios, options=spec.data.prepare)
     return load_dataset(workspace, spec.data.dataset or "")
 
 

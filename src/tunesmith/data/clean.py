@@ -1,0 +1,263 @@
+"""Repair and tidy example text, and lint the answers for inconsistencies a model would learn.
+
+A fine-tuned model copies its data's habits: mojibake, ragged whitespace, three list styles and
+"Billing"/"billing"/"BILLING" for one label all come back out of it. Cleaning fixes what can be
+fixed without changing meaning; the lint reports the rest, and rewrites label spellings only
+when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Literal
+
+import ftfy
+from pydantic import BaseModel, ConfigDict
+
+from tunesmith.data.example import Example, Message
+
+MAX_IDS = 20  # ids listed per finding; counts stay exact
+LABEL_MAX_CHARS = 40  # an answer this short, on one line, is treated as a label
+
+# Only the encoding repairs: quotes, ligatures, full-width forms and HTML entities can be
+# deliberate content (code, markup), so ftfy's other fixes stay off.
+_FTFY = ftfy.TextFixerConfig(
+    unescape_html=False, uncurl_quotes=False, fix_latin_ligatures=False, fix_character_width=False,
+    fix_line_breaks=False, explain=False,
+)
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_INNER_RUN = re.compile(r"(?<=\S)[ \t]+(?=\S)")
+_LIST_STYLES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("Step 1:", re.compile(r"^\s*step\s+\d+\s*[:.)-]", re.IGNORECASE)),
+    ("1.", re.compile(r"^\s*\d+\.\s")),
+    ("1)", re.compile(r"^\s*\(?\d+\)\s")),
+    ("- ", re.compile(r"^\s*-\s")),
+    ("* ", re.compile(r"^\s*\*\s")),
+    ("• ", re.compile(r"^\s*•\s")),
+)
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    count: int
+    example_ids: list[str]
+
+
+class StyleFinding(BaseModel):
+    """One inconsistency across answers: the spellings (or list styles) seen, most common first."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["list_style", "label_spelling", "label_field", "json_value"]
+    key: str | None = None  # the JSON key, for json_value findings
+    canonical: str
+    variants: list[Variant]
+
+
+class CleanReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    examples_in: int
+    examples_out: int
+    repaired_unicode: int
+    whitespace_changed: int
+    dropped_empty: int
+    dropped_ids: list[str]
+    findings: list[StyleFinding]
+    normalised: int  # examples whose answers or label were rewritten to the common spelling
+
+
+def clean_examples(examples: list[Example], *, normalise_outputs: bool = False) -> tuple[list[Example], CleanReport]:
+    """repair unicode → tidy whitespace → drop empty → lint answers (→ normalise labels)."""
+    repaired, tidied, kept, dropped = 0, 0, [], []
+    for example in examples:
+        fixed = _map_text(example, repair_unicode)
+        spaced = _map_text(fixed, normalise_whitespace)
+        repaired += fixed != example
+        tidied += spaced != fixed
+        (kept if _has_content(spaced) else dropped).append(spaced)
+    findings = lint_outputs(kept)
+    normalised = 0
+    if normalise_outputs:
+        kept, normalised = _normalise(kept, findings)
+    report = CleanReport(
+        examples_in=len(examples), examples_out=len(kept), repaired_unicode=repaired, whitespace_changed=tidied,
+        dropped_empty=len(dropped), dropped_ids=[e.id for e in dropped[:MAX_IDS]], findings=findings, normalised=normalised,
+    )
+    return kept, report
+
+
+def repair_unicode(text: str) -> str:
+    return ftfy.fix_text(text, _FTFY)
+
+
+def normalise_whitespace(text: str) -> str:
+    """CRLF → LF, trailing spaces gone, runs of spaces/tabs inside prose lines collapsed, at most
+    one blank line. Leading indentation is kept (it nests lists and code), and fenced code blocks
+    are left exactly as written, since spaces inside code and string literals are meaningful."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out: list[str] = []
+    in_code = False
+    for line in lines:
+        if _FENCE.match(line):
+            in_code = not in_code
+            out.append(line.rstrip())
+        elif in_code:
+            out.append(line)
+        elif line.strip():
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(indent + _INNER_RUN.sub(" ", line.strip()))
+        elif out and out[-1] != "":
+            out.append("")
+    text = "\n".join(out).rstrip()
+    # A first line indented as code keeps its indentation; prose loses its leading spaces.
+    return text if text.startswith(("    ", "\t")) else text.lstrip()
+
+
+def _map_text(example: Example, fix: Callable[[str], str]) -> Example:
+    messages = [_with_content(m, fix(m.content)) for m in example.messages]
+    if all(a is b for a, b in zip(messages, example.messages)):
+        return example
+    return example.model_copy(update={"messages": messages})
+
+
+def _with_content(message: Message, content: str) -> Message:
+    return message if content == message.content else Message(role=message.role, content=content, weight=message.weight)
+
+
+def _has_content(example: Example) -> bool:
+    """Something to answer and something to learn: a non-empty user turn and a non-empty answer."""
+    roles = {m.role for m in example.messages if m.content.strip()}
+    return {"user", "assistant"} <= roles
+
+
+# --- the lint -------------------------------------------------------------------------------
+
+
+def lint_outputs(examples: list[Example]) -> list[StyleFinding]:
+    findings = [_list_style_finding(examples)]
+    findings += _spelling_findings("label_spelling", None, _short_answers(examples))
+    findings += _spelling_findings("label_field", None, [(e.id, e.label) for e in examples if e.label])
+    for key, values in _json_string_values(examples).items():
+        findings += _spelling_findings("json_value", key, values)
+    return [f for f in findings if f is not None]
+
+
+def _answers(example: Example) -> list[str]:
+    return [m.content for m in example.messages if m.role == "assistant"]
+
+
+def list_styles(text: str) -> set[str]:
+    styles = set()
+    for line in text.split("\n"):
+        style = next((name for name, pattern in _LIST_STYLES if pattern.match(line)), None)
+        if style:
+            styles.add(style)
+    return styles
+
+
+def _list_style_finding(examples: list[Example]) -> StyleFinding | None:
+    seen: dict[str, list[str]] = defaultdict(list)
+    for example in examples:
+        for style in sorted(set().union(*map(list_styles, _answers(example)))):
+            seen[style].append(example.id)
+    if len(seen) < 2:
+        return None
+    variants = sorted((Variant(text=s, count=len(ids), example_ids=ids[:MAX_IDS]) for s, ids in seen.items()), key=lambda v: -v.count)
+    return StyleFinding(kind="list_style", canonical=variants[0].text, variants=variants)
+
+
+def _short_answers(examples: list[Example]) -> list[tuple[str, str]]:
+    return [(e.id, a) for e in examples for a in _answers(e) if a and len(a) <= LABEL_MAX_CHARS and "\n" not in a and not _is_json(a)]
+
+
+def _is_json(text: str) -> bool:
+    return text[:1] in "{[" and _load_object(text) is not None
+
+
+def _load_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _json_string_values(examples: list[Example]) -> dict[str, list[tuple[str, str]]]:
+    """Top-level string values of JSON-object answers, per key."""
+    values: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for example in examples:
+        for answer in _answers(example):
+            obj = _load_object(answer) if answer[:1] == "{" else None
+            for key, value in (obj or {}).items():
+                if isinstance(value, str) and len(value) <= LABEL_MAX_CHARS:
+                    values[key].append((example.id, value))
+    return values
+
+
+def spelling_key(text: str) -> str:
+    """What is left of a label once case, whitespace and punctuation are ignored."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def _spelling_findings(kind: str, key: str | None, values: list[tuple[str, str]]) -> list[StyleFinding]:
+    groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for example_id, text in values:
+        if spelling_key(text):
+            groups[spelling_key(text)][text].append(example_id)
+    findings = []
+    for spellings in groups.values():
+        if len(spellings) < 2:
+            continue
+        # Most common first; ties go to the spelling seen first, so the choice is stable.
+        ordered = sorted(spellings.items(), key=lambda item: -len(item[1]))
+        variants = [Variant(text=t, count=len(ids), example_ids=ids[:MAX_IDS]) for t, ids in ordered]
+        findings.append(StyleFinding(kind=kind, key=key, canonical=variants[0].text, variants=variants))  # type: ignore[arg-type]
+    return findings
+
+
+# --- normalisation --------------------------------------------------------------------------
+
+
+def _normalise(examples: list[Example], findings: list[StyleFinding]) -> tuple[list[Example], int]:
+    answers = {v.text: f.canonical for f in findings if f.kind == "label_spelling" for v in f.variants}
+    labels = {v.text: f.canonical for f in findings if f.kind == "label_field" for v in f.variants}
+    json_values: dict[str, dict[str, str]] = defaultdict(dict)
+    for f in findings:
+        if f.kind == "json_value" and f.key is not None:
+            json_values[f.key].update({v.text: f.canonical for v in f.variants})
+    out, changed = [], 0
+    for example in examples:
+        new = _normalise_one(example, answers, labels, json_values)
+        changed += new != example
+        out.append(new)
+    return out, changed
+
+
+def _normalise_one(example: Example, answers: dict[str, str], labels: dict[str, str], json_values: dict[str, dict[str, str]]) -> Example:
+    messages = [
+        _with_content(m, answers.get(m.content) or _rewrite_json(m.content, json_values)) if m.role == "assistant" else m
+        for m in example.messages
+    ]
+    label = labels.get(example.label, example.label) if example.label is not None else None
+    if label == example.label and all(a is b for a, b in zip(messages, example.messages)):
+        return example
+    return example.model_copy(update={"messages": messages, "label": label})
+
+
+def _rewrite_json(text: str, json_values: dict[str, dict[str, str]]) -> str:
+    obj = _load_object(text) if json_values and text[:1] == "{" else None
+    if obj is None:
+        return text
+    wanted = {k: json_values.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in obj.items()}
+    if wanted == obj:
+        return text
+    rewritten = text
+    for key, value in obj.items():
+        if wanted[key] != value:
+            # Replace the value in place so the answer keeps its own layout and key order.
+            pattern = re.compile(re.escape(json.dumps(key)) + r"(\s*:\s*)" + re.escape(json.dumps(value, ensure_ascii=False)))
+            rewritten = pattern.sub(lambda m, new=wanted[key]: json.dumps(key) + m.group(1) + json.dumps(new, ensure_ascii=False), rewritten, count=1)
+    return rewritten if _load_object(rewritten) == wanted else json.dumps(wanted, ensure_ascii=False)

@@ -1,0 +1,76 @@
+"""What `data prepare` and `data stats` print and write: the summary tables, a token-length
+histogram and the dataset's report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from tunesmith.data.dataset import Dataset, load_dataset
+from tunesmith.data.stats import DatasetStats, dataset_stats, plot_length_histogram, print_stats
+from tunesmith.ui import console
+from tunesmith.workspace import Workspace
+
+
+def _stats(splits: dict, model: str | None, folder: Path | None) -> DatasetStats:
+    tokenizer, per_token = None, None
+    if model:
+        from tunesmith.data.validate import load_tokenizer_only
+        from tunesmith.train.estimate import seconds_per_token
+
+        tokenizer = load_tokenizer_only(model)
+        console.print("timing a few training steps on this machine for the estimate")
+        per_token = seconds_per_token(model, splits.get("train") or next(iter(splits.values())))
+    stats = dataset_stats(splits, tokenizer, seconds_per_token=per_token)
+    print_stats(stats)
+    if folder is not None and stats.token_lengths:
+        console.print(f"token-length histogram: {plot_length_histogram(stats, folder / 'lengths.png')}")
+    return stats
+
+
+def summarise_dataset(dataset: Dataset, model: str | None = None) -> Path:
+    from tunesmith.report_cli import print_dataset
+
+    print_dataset(dataset)
+    stats = _stats(dataset.splits, model, dataset.path)
+    path = write_dataset_report(dataset, stats)
+    console.print(f"report: {path}")
+    return path
+
+
+def stats_command(workspace: Workspace, source: str, model: str | None, fmt: str | None) -> DatasetStats:
+    if Path(source).is_file():
+        from tunesmith.data.formats import load_examples
+
+        examples, _ = load_examples(Path(source), fmt)  # type: ignore[arg-type]
+        return _stats({"all": examples}, model, Path(source).parent)
+    dataset = load_dataset(workspace, source)
+    return _stats(dataset.splits, model, dataset.path)
+
+
+def write_dataset_report(dataset: Dataset, stats: DatasetStats) -> Path:
+    m = dataset.manifest
+    rows = "".join(f"<tr><td>{s}</td><td>{m.counts[s]}</td><td><code>{m.split_hashes[s]}</code></td></tr>" for s in m.counts)
+    steps = "".join(
+        f"<tr><td>{html.escape(step.step)}</td><td>{step.examples_in}</td><td>{step.examples_out}</td>"
+        f"<td><code>{html.escape(json.dumps(step.settings))}</code></td>"
+        f"<td><details><summary>details</summary><pre>{html.escape(json.dumps(step.report, indent=1)[:20000])}</pre></details></td></tr>"
+        for step in m.steps
+    )
+    plot = dataset.path / "lengths.png"
+    image = f'<img alt="token lengths" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">' if plot.exists() else ""
+    leak = "no evaluation example appears in training" if m.overlap.clean else "EVALUATION EXAMPLES FOUND IN TRAINING"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dataset {html.escape(m.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}}pre{{white-space:pre-wrap}}</style></head><body>
+<h1>Dataset {html.escape(m.name)} <small>version {m.version}</small></h1>
+<p>From <code>{html.escape(m.source)}</code> (sha256 <code>{m.source_sha256[:16]}</code>), format {m.format}, seed {m.seed}, ratios {list(m.split_ratios)}.</p>
+<h2>Splits</h2><table><tr><th>split</th><th>examples</th><th>content hash</th></tr>{rows}</table>
+<p>Overlap check: {leak} ({html.escape(json.dumps(m.overlap.model_dump()))}).</p>
+<h2>Steps</h2><table><tr><th>step</th><th>in</th><th>out</th><th>settings</th><th>report</th></tr>{steps}</table>
+<h2>Statistics</h2><pre>{html.escape(stats.model_dump_json(indent=1, exclude={"token_lengths"}))}</pre>{image}</body></html>"""
+    path = dataset.path / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
