@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tunesmith.config import PrepareSpec
 from tunesmith.data.dataset import load_dataset, prepare_dataset
 from tunesmith.data.formats import load_examples
 from tunesmith.errors import ProblemList, UserError
@@ -86,3 +87,13 @@ def test_a_changed_file_without_a_chosen_name_gets_a_versioned_name(tmp_path, ti
     second = prepare_dataset(tickets_file, ws)
     assert first.name == "tickets" and second.name == f"tickets-{second.version}" and second.version != first.version
     assert load_dataset(ws, "tickets").version == first.version
+
+
+def test_an_evaluation_label_never_seen_in_training_is_warned_about(tmp_path):
+    records = [{"text": f"sample number {i}", "label": "common"} for i in range(30)]
+    given_test = [{"text": "an unusual request", "label": "rare"}, {"text": "a usual request", "label": "common"}]
+    ws = Workspace.from_env(tmp_path / "ws")
+    options = PrepareSpec(pii="off", near_dedup=False, test_file=write_lines(tmp_path / "test.jsonl", given_test))
+    dataset = prepare_dataset(write_lines(tmp_path / "c.jsonl", records), ws, options=options)
+    assert [e.label for e in dataset.splits["test"]] == ["rare", "common"]  # a given test split is kept as given
+    assert dataset.manifest.warnings == ["label_unseen_in_train: test has label(s) rare that no training example has"]

@@ -60,6 +60,11 @@ def data_prepare(
     validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="use this file as the validation split"),
     test_file: Optional[Path] = typer.Option(None, "--test-file", help="use this file as the test split"),
     model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer for the summary"),
+    augment: int = typer.Option(0, "--augment", help="paraphrases per training example (0: none); synthetic examples stay in train"),
+    augment_fraction: float = typer.Option(1.0, "--augment-fraction", help="share of training examples to paraphrase"),
+    augment_model: str = typer.Option("smollm2-135m-instruct", "--augment-model", help="local model that paraphrases"),
+    augment_url: Optional[str] = typer.Option(None, "--augment-url", help="OpenAI-compatible base URL to paraphrase with instead (key from $OPENAI_API_KEY)"),
+    augment_endpoint_model: Optional[str] = typer.Option(None, "--augment-endpoint-model", help="model name at --augment-url"),
 ) -> None:
     """Check, clean, scrub, de-duplicate, split by seed and register a dataset; its content hash is its version."""
     from tunesmith.config import DataSpec, validate_spec
@@ -71,6 +76,8 @@ def data_prepare(
         "mapping": parse_mapping(map_pairs or []), "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
         "dedup": dedup, "near_dedup": near_dedup, "near_threshold": near_threshold, "group_by": group_by,
         "validation_file": validation_file, "test_file": test_file,
+        "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url,
+                    "endpoint_model": augment_endpoint_model} if augment else None,
     }
     spec = validate_spec(DataSpec, {"path": file, "format": format, "seed": seed, "split_ratios": _parse_ratios(split), "prepare": options}, "command-line flags")
     dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare)

@@ -17,6 +17,18 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentSpec(_Spec):
+    """Paraphrases of training examples' user turns; synthetic examples never enter validation or test."""
+
+    per_example: int = Field(1, ge=1, le=10, description="paraphrases tried per chosen example")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of training examples to paraphrase")
+    model: str = Field(EMBEDDED_MODEL, description="local model that writes paraphrases (when no url is given)")
+    url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    endpoint_model: str | None = Field(None, description="model name to ask the endpoint for")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+    max_new_tokens: int = Field(256, ge=8, le=4096)
+
+
 class PrepareSpec(_Spec):
     """The steps `data prepare` runs between reading a file and writing the dataset, each switchable."""
 
@@ -31,6 +43,7 @@ class PrepareSpec(_Spec):
     group_by: str | None = Field(None, description="meta field whose groups never straddle splits, e.g. customer_id")
     validation_file: Path | None = Field(None, description="use this file as the validation split instead of carving one out")
     test_file: Path | None = Field(None, description="use this file as the test split instead of carving one out")
+    augment: AugmentSpec | None = Field(None, description="paraphrase training examples (off unless given)")
 
 
 class DataSpec(_Spec):

@@ -37,6 +37,7 @@ class Manifest(BaseModel):
     overlap: OverlapReport
     settings: dict[str, Any] = {}
     steps: list[StepRecord] = []
+    warnings: list[str] = []
 
 
 class Dataset(BaseModel):
@@ -96,6 +97,7 @@ def prepare_dataset(
         name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
         split_ratios=ratios, counts={s: len(splits[s]) for s in SPLITS}, split_hashes=split_hashes,
         removed=prepared.removed, overlap=check_overlap(splits), settings=options.model_dump(mode="json"), steps=prepared.steps,
+        warnings=prepared.warnings,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
@@ -113,6 +115,8 @@ def prepare_dataset(
     if existing is None:
         files = {f"{s}.jsonl": "".join(e.model_dump_json() + "\n" for e in splits[s]) for s in SPLITS}
         files["manifest.json"] = manifest.model_dump_json(indent=2)
+        if prepared.review:
+            files["augment_review.jsonl"] = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prepared.review)
         _write_atomically(target, files)
     Registry(workspace.registry_db).add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
     return Dataset(path=target, manifest=manifest, splits=splits)

@@ -33,6 +33,8 @@ class Prepared(BaseModel):
     splits: dict[str, list[Example]]
     steps: list[StepRecord]
     removed: dict[str, int]
+    warnings: list[str] = []
+    review: list[dict[str, Any]] = []
 
 
 def _run_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples: list[Example], step) -> list[Example]:
@@ -71,7 +73,34 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     removed = {step.step: step.examples_in - step.examples_out for step in steps}
     removed.pop("leakage")
     removed.update({f"{name}_leaked_into_train": n for name, n in leaks.removed.items()})
-    return Prepared(format=fmt, splits=splits, steps=steps, removed=removed)
+    review = _augment(splits, steps, options) if options.augment else []
+    return Prepared(format=fmt, splits=splits, steps=steps, removed=removed, warnings=_unseen_labels(splits), review=review)
+
+
+def _augment(splits: dict[str, list[Example]], steps: list[StepRecord], options: PrepareSpec) -> list[dict]:
+    """Runs after the split and the leak check, on train alone, so no synthetic text is ever evaluated on."""
+    from tunesmith.data.augment import augment_train, make_generator
+
+    spec = options.augment
+    generator, name = make_generator(spec)
+    synthetic, report, review = augment_train(splits["train"], spec, generator, name)
+    steps.append(StepRecord(step="augment", settings=spec.model_dump(mode="json"), examples_in=len(splits["train"]),
+                            examples_out=len(splits["train"]) + len(synthetic), report=report.model_dump(mode="json")))
+    splits["train"] = splits["train"] + synthetic
+    console.print(f"  augment: {report.added} paraphrase(s) added to train, {sum(report.rejected.values())} rejected {report.rejected or ''}; review them in augment_review.jsonl")
+    return review
+
+
+def _unseen_labels(splits: dict[str, list[Example]]) -> list[str]:
+    """label_unseen_in_train: an evaluation label the model never saw in training cannot be learned."""
+    seen = {e.label for e in splits["train"] if e.label is not None}
+    warnings = []
+    for name in ("validation", "test"):
+        unseen = sorted({e.label for e in splits[name] if e.label is not None} - seen)
+        if unseen:
+            warnings.append(f"label_unseen_in_train: {name} has label(s) {', '.join(unseen)} that no training example has")
+            console.print(f"  [yellow]{warnings[-1]}[/]")
+    return warnings
 
 
 def _split(examples: list[Example], fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, list[Example]]:

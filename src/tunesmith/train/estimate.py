@@ -24,6 +24,7 @@ def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec 
     model = apply_method(model, spec)
     model.train()
     items, _ = encode_all(tokenizer, examples[: spec.batch_size * (CALIBRATION_STEPS + 1)], spec.max_seq_len, spec.train_on)
+    items.sort(key=lambda item: len(item.input_ids))  # training groups by length too; unsorted batches time padding
     batches = [items[i : i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
