@@ -38,6 +38,9 @@ def test_lora_run_end_to_end(capsys, monkeypatch, home, tiny_model, tickets_file
     assert "exact_match" in result.out and "base" in result.out and "tuned" in result.out
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert set(report["test"]) == {"base", "tuned"}
+    comparison = report["comparisons"]["test"]
+    assert comparison["test"] == "mcnemar_exact" and comparison["ci_low"] <= comparison["delta"] <= comparison["ci_high"]
+    assert len(comparison["improved_ids"]) == comparison["improved"]
     rows = (run_dir / "eval" / "test-tuned.jsonl").read_text().splitlines()
     assert len(rows) == json.loads((run_dir / "dataset.json").read_text())["counts"]["test"]
     html = (run_dir / "report.html").read_text()

@@ -7,7 +7,7 @@ import time
 from tunesmith.config import EvalSpec, RunSpec
 from tunesmith.data.dataset import prepare_dataset
 from tunesmith.demo.tickets import write_jsonl
-from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, save_evaluation
+from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, save_comparison, save_evaluation
 from tunesmith.eval.report import write_report
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.data.report import summarise_dataset
@@ -45,6 +45,7 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     tuned_model, tuned_tokenizer = load_tuned(result.run_dir, result.info, spec.model)
     tuned_rows, tuned_metrics = evaluate_model(tuned_model, tuned_tokenizer, examples, EVAL, "tuned")
     save_evaluation(workspace, result.run_dir, result.info, EVAL.split, "tuned", tuned_rows, tuned_metrics)
+    save_comparison(result.run_dir, EVAL.split, base_rows, tuned_rows)
     print_comparison({"base": base_metrics, "tuned": tuned_metrics}, title=f"{spec.model.name}: base vs tuned on held-out tickets")
     report = write_report(result.run_dir)
     console.print(f"run {result.info.run_id}: report {report}, loss curve {result.run_dir / 'loss.png'}")

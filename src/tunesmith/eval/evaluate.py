@@ -17,7 +17,7 @@ from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, load_run_info, write_json
 from tunesmith.train.collate import end_of_turn_ids
-from tunesmith.ui import progress
+from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
 
 
@@ -74,14 +74,35 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
     loaders = {"tuned": lambda: load_tuned(run_dir, info, run_spec.model)}
     if compare_base:
         loaders = {"base": lambda: load_base(info, run_spec.model), **loaders}
-    results = {}
+    results, rows_by_model = {}, {}
     for model_id, loader in loaders.items():
         model, tokenizer = loader()
-        rows, metrics = evaluate_model(model, tokenizer, examples, spec, model_id)
+        rows_by_model[model_id], results[model_id] = evaluate_model(model, tokenizer, examples, spec, model_id)
         del model
-        save_evaluation(workspace, run_dir, info, spec.split, model_id, rows, metrics)
-        results[model_id] = metrics
+        save_evaluation(workspace, run_dir, info, spec.split, model_id, rows_by_model[model_id], results[model_id])
+    if compare_base:
+        save_comparison(run_dir, spec.split, rows_by_model["base"], rows_by_model["tuned"])
     return results
+
+
+def save_comparison(run_dir: Path, split: str, base_rows: list[dict], tuned_rows: list[dict]) -> dict:
+    """Is tuned better than base beyond chance? Paired on the same examples: exact-match delta with a
+    95% bootstrap interval, McNemar's exact test, and which examples got better or worse."""
+    from tunesmith.eval.significance import changed_examples, compare_paired
+
+    ids = [r["id"] for r in tuned_rows]
+    base, tuned = [r["exact_match"] for r in base_rows], [r["exact_match"] for r in tuned_rows]
+    improved, regressed = changed_examples(ids, base, tuned)
+    comparison = {"metric": "exact_match", **compare_paired(base, tuned).model_dump(), "improved_ids": improved, "regressed_ids": regressed}
+    summary_path = run_dir / "eval" / "report.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary.setdefault("comparisons", {})[split] = comparison
+    write_json(summary_path, summary)
+    console.print(
+        f"exact match tuned - base: {comparison['delta']:+.3f} (95% CI {comparison['ci_low']:+.3f} to {comparison['ci_high']:+.3f}), "
+        f"McNemar p = {comparison['p_value']:.2g}; {len(improved)} example(s) improved, {len(regressed)} regressed"
+    )
+    return comparison
 
 
 def save_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, split: str, model_id: str, rows: list[dict], metrics: dict[str, float]) -> None:

@@ -21,9 +21,21 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _comparison_line(comparison: dict | None) -> str:
+    if not comparison:
+        return ""
+    verdict = "significant" if comparison["significant"] else "not significant"
+    return (f"<p>Exact match, tuned minus base: <b>{comparison['delta']:+.3f}</b> (95% bootstrap CI {comparison['ci_low']:+.3f} to "
+            f"{comparison['ci_high']:+.3f}); McNemar exact p = {comparison['p_value']:.2g} ({verdict} at 5%); "
+            f"{comparison['improved']} example(s) improved, {comparison['regressed']} regressed.</p>")
+
+
 def _metrics_section(report: dict) -> str:
     parts = []
+    comparisons = report.get("comparisons", {})
     for split, by_model in report.items():
+        if split == "comparisons":
+            continue
         names = headline_first({k for m in by_model.values() for k in m["metrics"]} - {"n"})
         models = [m for m in ("base", "tuned") if m in by_model] + [m for m in by_model if m not in ("base", "tuned")]
         rows = []
@@ -33,7 +45,7 @@ def _metrics_section(report: dict) -> str:
             rows.append([name, *[_fmt(v) for v in values], _fmt(delta) if delta != "" else ""])
         header = ["metric", *[f"{m} ({by_model[m]['model']})" for m in models], "delta" if len(models) == 2 else ""]
         n = next(iter(by_model.values()))["metrics"].get("n")
-        parts.append(f"<h3>{html.escape(split)} split ({n:.0f} examples)</h3>" + _table(header, rows))
+        parts.append(f"<h3>{html.escape(split)} split ({n:.0f} examples)</h3>" + _table(header, rows) + _comparison_line(comparisons.get(split)))
     return "".join(parts) or "<p>No evaluation yet: run <code>tunesmith eval RUN --compare-base</code>.</p>"
 
 
