@@ -181,6 +181,27 @@ def eval_cmd(
     console.print(f"report: {write_report(run_dir)}")
 
 
+@app.command("score")
+def score_cmd(
+    predictions: Path = typer.Argument(..., help='JSONL of {"id": ..., "prediction": ...} lines ("output" or "text" also work)'),
+    references: Path = typer.Option(..., "--references", "-r", help="any file `data prepare` reads; the final assistant message is the reference"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="comma-separated: exact_match, accuracy, f1, confusion_matrix, rouge, bleu, chrf, valid_json, field_accuracy, json_schema, length (default: chosen by task)"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="JSON Schema file the answers must conform to (adds schema_valid)"),
+    custom: Optional[list[str]] = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
+    format: Optional[str] = typer.Option(None, "--format", help="format of the references file: " + FORMAT_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for report.json and scores.jsonl (per-example scores)"),
+) -> None:
+    """Score any system's outputs against references without loading a model (also `tunesmith eval score`)."""
+    from tunesmith.eval.score import print_score_report, score_files, write_score_report
+
+    names = [m for m in metrics.split(",") if m.strip()] if metrics is not None else None
+    report = score_files(predictions, references, names, json_schema_file=json_schema, custom=custom, fmt=format)
+    print_score_report(report)
+    if out is not None:
+        summary, rows = write_score_report(report, out)
+        console.print(f"report: {summary}\nper-example scores: {rows}")
+
+
 @app.command()
 def generate(
     run: str = typer.Argument(..., help="run id or run folder"),
@@ -226,7 +247,10 @@ def runs_show(run: str = typer.Argument(..., help="run id")) -> None:
 def main() -> None:
     """Usage errors exit 2 through Typer; a UserError from any stage is printed without a traceback and exits 2."""
     try:
-        app()
+        if sys.argv[1:3] == ["eval", "score"]:  # `eval RUN` is one command; `eval score` is the `score` command
+            app(args=["score", *sys.argv[3:]], prog_name="tunesmith eval")
+        else:
+            app()
     except UserError as exc:
         from rich.markup import escape
 
