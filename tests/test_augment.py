@@ -3,47 +3,28 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+
+from chatserver import ChatCompletions, serve
 
 from clihelp import run_cli
 from tunesmith.data.augment import rejection
 
 
-class _Paraphraser(BaseHTTPRequestHandler):
-    """A small OpenAI-compatible chat-completions server on 127.0.0.1: it rewords by a fixed rule
-    and, for one message in three, drops the product code, which the filter must catch."""
+class _Paraphraser(ChatCompletions):
+    """Rewords by a fixed rule and, for one message in three, drops the product code, which the
+    filter must catch."""
 
-    calls = 0
-    seen_keys: list[str | None] = []
-
-    def do_POST(self):  # noqa: N802 - the stdlib's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Paraphraser.calls += 1
-        _Paraphraser.seen_keys.append(self.headers.get("Authorization"))
+    def reply(self, body: dict) -> str | None:
         text = body["messages"][-1]["content"]
-        reply = f"Rephrased: {text}" if _Paraphraser.calls % 3 else "Something is broken, please help."
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):  # keep test output clean
-        pass
+        return f"Rephrased: {text}" if type(self).calls % 3 else "Something is broken, please help."
 
 
 @pytest.fixture()
 def paraphrase_server():
-    server = HTTPServer(("127.0.0.1", 0), _Paraphraser)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Paraphraser.calls, _Paraphraser.seen_keys = 0, []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serve(_Paraphraser) as url:
+        yield url
 
 
 def test_endpoint_paraphrases_join_train_only_and_are_listed_for_review(capsys, home, tickets_file, paraphrase_server, monkeypatch):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+
+from chatserver import ChatCompletions, serve
 
 from tunesmith.errors import UserError
 from tunesmith.eval.judge import (
@@ -48,38 +48,15 @@ def judge_reply(model: str, messages: list[dict]) -> str:
     return "They are equally good. [[C]]"
 
 
-class _Judge(BaseHTTPRequestHandler):
-    seen_keys: list[str | None] = []
-    calls = 0
-
-    def do_POST(self):  # noqa: N802 - the stdlib's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Judge.calls += 1
-        _Judge.seen_keys.append(self.headers.get("Authorization"))
-        if body["model"] == "locked":
-            self.send_error(401, "invalid key")
-            return
-        reply = judge_reply(body["model"], body["messages"])
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+class _Judge(ChatCompletions):
+    def reply(self, body: dict) -> str | None:
+        return None if body["model"] == "locked" else judge_reply(body["model"], body["messages"])
 
 
 @pytest.fixture()
 def judge_server():
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    _Judge.seen_keys, _Judge.calls = [], 0
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve(_Judge) as url:
+        yield url
 
 
 PAIRS = [
