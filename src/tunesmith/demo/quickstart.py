@@ -30,7 +30,7 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     dataset = prepare_dataset(source, workspace, name=f"{DATASET}-{n_examples}-{seed}", seed=seed)
     summarise_dataset(dataset)
     spec = RunSpec.model_validate(
-        {"name": "quickstart", "data": {"dataset": dataset.name}, "train": {"method": "lora", "epochs": epochs, "lr": 2e-3, "batch_size": 8, "evals_per_epoch": 2, "seed": seed}, "eval": EVAL.model_dump()}
+        {"name": "quickstart", "data": {"dataset": dataset.name}, "train": {"method": "lora", "epochs": epochs, "lr": 2e-3, "batch_size": 4, "evals_per_epoch": 2, "seed": seed}, "eval": EVAL.model_dump()}
     )
     console.rule("2/4 base model on the test split")
     resolve_model_path(spec.model.name)  # converts the embedded model once, before the clock of any stage
