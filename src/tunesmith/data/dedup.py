@@ -1,4 +1,4 @@
-"""Exact and near-duplicate removal (MinHash + LSH from datasketch), keeping the first occurrence.
+"""Exact and near-duplicate removal (MinHash + LSH, see nearlsh.py), keeping the first occurrence.
 
 Near-duplicates are found on the user and assistant text; system prompts are left out because
 one shared instruction would make every pair of examples look alike.
@@ -20,10 +20,13 @@ import re
 import statistics
 from collections.abc import Iterable
 
-from datasketch import MinHash, MinHashLSH
+from collections.abc import Callable
+
 from pydantic import BaseModel, ConfigDict
 
+from tunesmith.data import nearlsh
 from tunesmith.data.example import Example
+from tunesmith.data.nearlsh import jaccard
 
 MAX_LISTED = 200  # removed pairs listed in a report; counts stay exact
 CHAR_SHINGLE_BELOW = 5  # median words under which character shingles are used
@@ -32,6 +35,7 @@ WORDS_PER_SHINGLE_WORD = 25  # n ≥ 25·k keeps a 2-word edit above Jaccard 0.8
 # almost never missed, then verify exactly.
 LSH_MARGIN = 0.15
 _WORD = re.compile(r"\w+")
+SetsOf = Callable[[list[int]], dict[int, set[str]]]  # shingle sets of the examples at these positions
 
 
 class DuplicatePair(BaseModel):
@@ -80,15 +84,38 @@ def near_duplicate_pairs(
         return []
     texts = [dedup_text(e, prompt_only) for e in candidates], [dedup_text(e, prompt_only) for e in reference]
     shingler = choose_shingles(texts[0] + texts[1])
-    index = _Index(threshold, num_perm, seed)
-    for example, text in zip(reference, texts[1]):
-        index.add(example.id, shingler(text))
-    found = []
-    for example, text in zip(candidates, texts[0]):
-        match = index.best_match(shingler(text))
-        if match is not None:
-            found.append((example.id, match[0]))
-    return found
+    sets = [shingler(t) for t in texts[0]], [shingler(t) for t in texts[1]]
+    found = near_matches(sets[0], sets[1], _by_index(sets[0]), _by_index(sets[1]), threshold, num_perm, seed)
+    return [(candidates[q].id, reference[ref].id) for q, ref in sorted(found.items())]
+
+
+def near_matches(queries: Iterable[set[str]], reference: Iterable[set[str]], query_sets: SetsOf, reference_sets: SetsOf,
+                 threshold: float, num_perm: int = 128, seed: int = 0) -> dict[int, int]:
+    """query index -> index of its most similar reference at or above the threshold."""
+    sketcher = _sketcher(threshold, num_perm, seed)
+    query_sketches, reference_sketches = sketcher.sketch(queries), sketcher.sketch(reference)
+    if not len(query_sketches) or not len(reference_sketches):
+        return {}
+    q, ref = nearlsh.cross_pairs(query_sketches, reference_sketches, threshold)
+    return nearlsh.best_reference(nearlsh.exact_scores(q, ref, query_sets, reference_sets, threshold))
+
+
+def near_duplicates_in_order(sets: Iterable[set[str]], sets_of: SetsOf, threshold: float, num_perm: int = 128,
+                             seed: int = 0) -> list[tuple[int, int, float]]:
+    """(removed, kept, similarity) by position: each example against the earlier ones kept."""
+    sketches = _sketcher(threshold, num_perm, seed).sketch(sets)
+    i, j = nearlsh.self_pairs(sketches, threshold)
+    return nearlsh.sequential_keep(len(sketches), nearlsh.exact_scores(i, j, sets_of, sets_of, threshold))
+
+
+def _sketcher(threshold: float, num_perm: int, seed: int) -> nearlsh.Sketcher:
+    if not 0 < threshold <= 1:
+        raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+    return nearlsh.Sketcher(max(0.05, threshold - LSH_MARGIN), num_perm, seed)
+
+
+def _by_index(sets: list[set[str]]) -> SetsOf:
+    return lambda indices: {i: sets[i] for i in indices}
 
 
 # --- text and shingles -------------------------------------------------------------------------
@@ -130,10 +157,6 @@ def choose_shingles(texts: Iterable[str]) -> Shingler:
     return Shingler("word", int(min(3, max(1, median // WORDS_PER_SHINGLE_WORD))))
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
 # --- the two passes ------------------------------------------------------------------------------
 
 
@@ -153,52 +176,9 @@ def _drop_exact(examples: list[Example]) -> tuple[list[Example], list[DuplicateP
 def _drop_near(
     examples: list[Example], shingler: Shingler, threshold: float, num_perm: int, seed: int
 ) -> tuple[list[Example], list[DuplicatePair]]:
-    # Only kept examples enter the index: a chain a≈b≈c with a≉c keeps a and c.
-    index = _Index(threshold, num_perm, seed)
-    kept, pairs = [], []
-    for example in examples:
-        shingles = shingler(dedup_text(example))
-        minhash = index.minhash(shingles)
-        match = index.best_match(shingles, minhash)
-        if match is None:
-            index.add(example.id, shingles, minhash)
-            kept.append(example)
-        else:
-            pairs.append(DuplicatePair(removed=example.id, kept=match[0], kind="near", similarity=round(match[1], 4)))
-    return kept, pairs
-
-
-class _Index:
-    """MinHashLSH for candidates, exact Jaccard on the kept shingle sets to confirm them."""
-
-    def __init__(self, threshold: float, num_perm: int, seed: int):
-        if not 0 < threshold <= 1:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
-        self.threshold = threshold
-        self.lsh = MinHashLSH(threshold=max(0.05, threshold - LSH_MARGIN), num_perm=num_perm)
-        # Drawing the permutations once, not per MinHash, is most of dedup's speed.
-        template = MinHash(num_perm=num_perm, seed=seed)
-        self.permutations, self.scheme = template.permutations, template.scheme
-        self.num_perm, self.seed = num_perm, seed
-        self.sets: dict[str, set[str]] = {}
-
-    def minhash(self, shingles: set[str]) -> MinHash:
-        minhash = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self.permutations, scheme=self.scheme)
-        minhash.update_batch([s.encode() for s in shingles])
-        return minhash
-
-    def add(self, key: str, shingles: set[str], minhash: MinHash | None = None) -> None:
-        # Ids are not guaranteed unique in user files; the index needs unique keys.
-        slot = f"{len(self.sets)}:{key}"
-        self.sets[slot] = shingles
-        self.lsh.insert(slot, minhash or self.minhash(shingles))
-
-    def best_match(self, shingles: set[str], minhash: MinHash | None = None) -> tuple[str, float] | None:
-        """The most similar indexed example at or above the threshold (earliest on ties)."""
-        best: tuple[float, int, str] | None = None
-        for slot in self.lsh.query(minhash or self.minhash(shingles)):
-            score = jaccard(shingles, self.sets[slot])
-            position = int(slot.split(":", 1)[0])
-            if score >= self.threshold and (best is None or (score, -position) > (best[0], -best[1])):
-                best = (score, position, slot)
-        return None if best is None else (best[2].split(":", 1)[1], best[0])
+    # Only kept examples count as originals: a chain a≈b≈c with a≉c keeps a and c.
+    sets = [shingler(dedup_text(e)) for e in examples]
+    found = near_duplicates_in_order(sets, _by_index(sets), threshold, num_perm, seed)
+    removed = {j for j, _, _ in found}
+    pairs = [DuplicatePair(removed=examples[j].id, kept=examples[i].id, kind="near", similarity=round(score, 4)) for j, i, score in found]
+    return [e for k, e in enumerate(examples) if k not in removed], pairs
