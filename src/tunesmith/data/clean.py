@@ -71,22 +71,45 @@ class CleanReport(BaseModel):
 
 def clean_examples(examples: list[Example], *, normalise_outputs: bool = False) -> tuple[list[Example], CleanReport]:
     """repair unicode → tidy whitespace → drop empty → lint answers (→ normalise labels)."""
-    repaired, tidied, kept, dropped = 0, 0, [], []
-    for example in examples:
-        fixed = _map_text(example, repair_unicode)
-        spaced = _map_text(fixed, normalise_whitespace)
-        repaired += fixed != example
-        tidied += spaced != fixed
-        (kept if _has_content(spaced) else dropped).append(spaced)
-    findings = lint_outputs(kept)
+    cleaner = Cleaner()
+    kept = [e for e in map(cleaner.clean, examples) if e is not None]
+    findings = cleaner.lint.findings()
     normalised = 0
     if normalise_outputs:
         kept, normalised = _normalise(kept, findings)
-    report = CleanReport(
-        examples_in=len(examples), examples_out=len(kept), repaired_unicode=repaired, whitespace_changed=tidied,
-        dropped_empty=len(dropped), dropped_ids=[e.id for e in dropped[:MAX_IDS]], findings=findings, normalised=normalised,
-    )
-    return kept, report
+    return kept, cleaner.report(findings, normalised)
+
+
+class Cleaner:
+    """clean_examples one example at a time, so a file of any size streams through it."""
+
+    def __init__(self) -> None:
+        self.examples_in = self.examples_out = self.repaired = self.tidied = self.dropped = 0
+        self.dropped_ids: list[str] = []
+        self.lint = OutputLint()
+
+    def clean(self, example: Example) -> Example | None:
+        """The cleaned example, or None when nothing is left to learn from."""
+        fixed = _map_text(example, repair_unicode)
+        spaced = _map_text(fixed, normalise_whitespace)
+        self.examples_in += 1
+        self.repaired += fixed != example
+        self.tidied += spaced != fixed
+        if not _has_content(spaced):
+            self.dropped += 1
+            if len(self.dropped_ids) < MAX_IDS:
+                self.dropped_ids.append(spaced.id)
+            return None
+        self.examples_out += 1
+        self.lint.add(spaced)
+        return spaced
+
+    def report(self, findings: list[StyleFinding], normalised: int = 0) -> CleanReport:
+        return CleanReport(
+            examples_in=self.examples_in, examples_out=self.examples_out, repaired_unicode=self.repaired,
+            whitespace_changed=self.tidied, dropped_empty=self.dropped, dropped_ids=self.dropped_ids, findings=findings,
+            normalised=normalised,
+        )
 
 
 def repair_unicode(text: str) -> str:
@@ -137,12 +160,67 @@ def _has_content(example: Example) -> bool:
 
 
 def lint_outputs(examples: list[Example]) -> list[StyleFinding]:
-    findings = [_list_style_finding(examples)]
-    findings += _spelling_findings("label_spelling", None, _short_answers(examples))
-    findings += _spelling_findings("label_field", None, [(e.id, e.label) for e in examples if e.label])
-    for key, values in _json_string_values(examples).items():
-        findings += _spelling_findings("json_value", key, values)
-    return [f for f in findings if f is not None]
+    lint = OutputLint()
+    for example in examples:
+        lint.add(example)
+    return lint.findings()
+
+
+class _Seen:
+    """How often a spelling (or list style) occurred, and the first example ids that used it."""
+
+    __slots__ = ("count", "ids")
+
+    def __init__(self) -> None:
+        self.count, self.ids = 0, []
+
+    def add(self, example_id: str) -> None:
+        self.count += 1
+        if len(self.ids) < MAX_IDS:
+            self.ids.append(example_id)
+
+
+_Groups = dict[str, dict[str, _Seen]]  # spelling key -> spelling -> occurrences
+
+
+class OutputLint:
+    """Collects answers' list styles and label spellings example by example; memory grows with
+    the distinct spellings, not with the examples."""
+
+    def __init__(self) -> None:
+        self.styles: dict[str, _Seen] = defaultdict(_Seen)
+        self.answers: _Groups = defaultdict(lambda: defaultdict(_Seen))
+        self.labels: _Groups = defaultdict(lambda: defaultdict(_Seen))
+        self.json_values: dict[str, _Groups] = defaultdict(lambda: defaultdict(lambda: defaultdict(_Seen)))
+
+    def add(self, example: Example) -> None:
+        answers = _answers(example)
+        for style in sorted(set().union(*map(list_styles, answers))):
+            self.styles[style].add(example.id)
+        for answer in answers:
+            if answer and len(answer) <= LABEL_MAX_CHARS and "\n" not in answer and not _is_json(answer):
+                _add_spelling(self.answers, answer, example.id)
+        if example.label:
+            _add_spelling(self.labels, example.label, example.id)
+        for answer in answers:
+            obj = _load_object(answer) if answer[:1] == "{" else None
+            for key, value in (obj or {}).items():
+                if isinstance(value, str) and len(value) <= LABEL_MAX_CHARS:
+                    _add_spelling(self.json_values[key], value, example.id)
+
+    def findings(self) -> list[StyleFinding]:
+        findings = [_list_style_finding(self.styles)]
+        findings += _spelling_findings("label_spelling", None, self.answers)
+        findings += _spelling_findings("label_field", None, self.labels)
+        for key, groups in self.json_values.items():
+            findings += _spelling_findings("json_value", key, groups)
+        return [f for f in findings if f is not None]
+
+
+def _add_spelling(groups: _Groups, text: str, example_id: str) -> None:
+    key = spelling_key(text)
+    if key:
+        groups[key][text].add(example_id)
 
 
 def _answers(example: Example) -> list[str]:
@@ -158,19 +236,11 @@ def list_styles(text: str) -> set[str]:
     return styles
 
 
-def _list_style_finding(examples: list[Example]) -> StyleFinding | None:
-    seen: dict[str, list[str]] = defaultdict(list)
-    for example in examples:
-        for style in sorted(set().union(*map(list_styles, _answers(example)))):
-            seen[style].append(example.id)
+def _list_style_finding(seen: dict[str, _Seen]) -> StyleFinding | None:
     if len(seen) < 2:
         return None
-    variants = sorted((Variant(text=s, count=len(ids), example_ids=ids[:MAX_IDS]) for s, ids in seen.items()), key=lambda v: -v.count)
+    variants = sorted((Variant(text=s, count=v.count, example_ids=v.ids) for s, v in seen.items()), key=lambda v: -v.count)
     return StyleFinding(kind="list_style", canonical=variants[0].text, variants=variants)
-
-
-def _short_answers(examples: list[Example]) -> list[tuple[str, str]]:
-    return [(e.id, a) for e in examples for a in _answers(e) if a and len(a) <= LABEL_MAX_CHARS and "\n" not in a and not _is_json(a)]
 
 
 def _is_json(text: str) -> bool:
@@ -185,35 +255,19 @@ def _load_object(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _json_string_values(examples: list[Example]) -> dict[str, list[tuple[str, str]]]:
-    """Top-level string values of JSON-object answers, per key."""
-    values: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for example in examples:
-        for answer in _answers(example):
-            obj = _load_object(answer) if answer[:1] == "{" else None
-            for key, value in (obj or {}).items():
-                if isinstance(value, str) and len(value) <= LABEL_MAX_CHARS:
-                    values[key].append((example.id, value))
-    return values
-
-
 def spelling_key(text: str) -> str:
     """What is left of a label once case, whitespace and punctuation are ignored."""
     return "".join(ch for ch in text.casefold() if ch.isalnum())
 
 
-def _spelling_findings(kind: str, key: str | None, values: list[tuple[str, str]]) -> list[StyleFinding]:
-    groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for example_id, text in values:
-        if spelling_key(text):
-            groups[spelling_key(text)][text].append(example_id)
+def _spelling_findings(kind: str, key: str | None, groups: _Groups) -> list[StyleFinding]:
     findings = []
     for spellings in groups.values():
         if len(spellings) < 2:
             continue
         # Most common first; ties go to the spelling seen first, so the choice is stable.
-        ordered = sorted(spellings.items(), key=lambda item: -len(item[1]))
-        variants = [Variant(text=t, count=len(ids), example_ids=ids[:MAX_IDS]) for t, ids in ordered]
+        ordered = sorted(spellings.items(), key=lambda item: -item[1].count)
+        variants = [Variant(text=t, count=v.count, example_ids=v.ids) for t, v in ordered]
         findings.append(StyleFinding(kind=kind, key=key, canonical=variants[0].text, variants=variants))  # type: ignore[arg-type]
     return findings
 

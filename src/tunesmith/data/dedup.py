@@ -140,13 +140,18 @@ class Shingler:
 
     def __call__(self, text: str) -> set[str]:
         words = _WORD.findall(text.casefold())
-        seq: list[str] | str = words if self.unit == "word" else " ".join(words)
-        if len(seq) <= self.k:
-            return {self._join(seq)} if seq else {text.casefold().strip()}
-        return {self._join(seq[i : i + self.k]) for i in range(len(seq) - self.k + 1)}
-
-    def _join(self, part: list[str] | str) -> str:
-        return " ".join(part) if isinstance(part, list) else part
+        if not words:
+            return {text.casefold().strip()}
+        if self.unit == "word":
+            if len(words) <= self.k:
+                return {" ".join(words)}
+            if self.k == 1:
+                return set(words)
+            return {" ".join(gram) for gram in zip(*(words[i:] for i in range(self.k)))}
+        joined = " ".join(words)
+        if len(joined) <= self.k:
+            return {joined}
+        return {joined[i : i + self.k] for i in range(len(joined) - self.k + 1)}
 
 
 def choose_shingles(texts: Iterable[str]) -> Shingler:

@@ -382,28 +382,63 @@ def check_format_name(fmt: str | None) -> FormatName | None:
     return fmt  # type: ignore[return-value]
 
 
+class LoadProblems:
+    """Problems found while reading: the first few kept for the message, all of them counted."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.count = 0
+
+    def add(self, problem: str) -> None:
+        self.count += 1
+        if len(self.shown) < MAX_PROBLEMS_SHOWN:
+            self.shown.append(problem)
+
+    def raise_if_any(self, path: Path) -> None:
+        if self.count:
+            more = [f"... and {self.count - MAX_PROBLEMS_SHOWN} more"] if self.count > MAX_PROBLEMS_SHOWN else []
+            raise ProblemList(f"{self.count} problem(s) in {path}", self.shown + more, fix="fix the lines above (`tunesmith data validate` lists them all), or name the format with --format " + "|".join(FORMAT_NAMES))
+
+
+class ExampleReader:
+    """Streams a file's examples; `fmt` is known once the first record is read, and `problems`
+    holds every line that could not be turned into an example."""
+
+    def __init__(self, path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None):
+        self.path, self.fmt, self.mapping = path, check_format_name(fmt), mapping
+        check_mapping(mapping)
+        self.problems = LoadProblems()
+        self.examples = 0
+
+    def __iter__(self) -> Iterator[Example]:
+        path = self.path
+        for line, record in read_records(path):
+            if isinstance(record, UserError):
+                self.problems.add(f"{path}:{line}: {record}")
+                continue
+            record = apply_mapping(record, self.mapping)
+            self.fmt = self.fmt or detect_format(record)
+            if self.fmt is None:
+                self.problems.add(f"{path}:{line}: unknown format (keys: {sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__})")
+                continue
+            try:
+                example = to_example(record, self.fmt, example_id=f"{path.stem}-{line}")
+            except ValueError as exc:
+                self.problems.add(f"{path}:{line}: {exc}")
+                continue
+            self.examples += 1
+            yield example
+
+    def finish(self) -> FormatName:
+        """Raise for the problems found (all lines are reported at once) or an empty file."""
+        self.problems.raise_if_any(self.path)
+        if not self.examples or self.fmt is None:
+            raise UserError(f"{self.path} holds no examples", fix="add at least one record, e.g. {\"messages\": [...]}")
+        return self.fmt
+
+
 def load_examples(path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None) -> tuple[list[Example], FormatName]:
     """Read every record; report every bad line at once rather than stopping at the first."""
-    fmt = check_format_name(fmt)
-    check_mapping(mapping)
-    examples: list[Example] = []
-    problems: list[str] = []
-    for line, record in read_records(path):
-        if isinstance(record, UserError):
-            problems.append(f"{path}:{line}: {record}")
-            continue
-        record = apply_mapping(record, mapping)
-        fmt = fmt or detect_format(record)
-        if fmt is None:
-            problems.append(f"{path}:{line}: unknown format (keys: {sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__})")
-            continue
-        try:
-            examples.append(to_example(record, fmt, example_id=f"{path.stem}-{line}"))
-        except ValueError as exc:
-            problems.append(f"{path}:{line}: {exc}")
-    if problems:
-        shown = problems[:MAX_PROBLEMS_SHOWN] + ([f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more"] if len(problems) > MAX_PROBLEMS_SHOWN else [])
-        raise ProblemList(f"{len(problems)} problem(s) in {path}", shown, fix="fix the lines above (`tunesmith data validate` lists them all), or name the format with --format " + "|".join(FORMAT_NAMES))
-    if not examples or fmt is None:
-        raise UserError(f"{path} holds no examples", fix="add at least one record, e.g. {\"messages\": [...]}")
-    return examples, fmt
+    reader = ExampleReader(path, fmt, mapping)
+    examples = list(reader)
+    return examples, reader.finish()

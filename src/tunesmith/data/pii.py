@@ -374,28 +374,45 @@ def scrub_examples(
 ) -> tuple[list[Example], PiiReport]:
     """Scan every message of every example: `report` returns them unchanged, `redact` replaces
     each finding with a typed placeholder, `drop` leaves out examples with any finding."""
-    spans_of = _spans_by_content(examples, ner=ner)
-    report = PiiReport(mode=mode, examples_scanned=len(examples), examples_affected=0, examples_dropped=0)
-    counts: Counter[str] = Counter()
-    kept: list[Example] = []
-    for example in examples:
-        per_message = [spans_of[m.content] for m in example.messages]
-        _record(report, counts, example.id, per_message)
-        if not any(per_message):
-            kept.append(example)
-        elif mode == "redact":
-            kept.append(_redacted(example, per_message))
-        elif mode == "report":
-            kept.append(example)
-    report.counts = dict(sorted(counts.items()))
-    report.examples_dropped = len(examples) - len(kept)
-    return kept, report
+    scrubber = Scrubber(mode, ner=ner)
+    kept = scrubber.scrub(examples)
+    return kept, scrubber.finish()
 
 
-def _spans_by_content(examples: list[Example], *, ner: bool) -> dict[str, list[PiiSpan]]:
-    # System prompts and stock replies repeat across a dataset: each distinct text is scanned once.
-    distinct = list(dict.fromkeys(m.content for e in examples for m in e.messages))
-    return dict(zip(distinct, find_pii_batch(distinct, ner=ner)))
+class Scrubber:
+    """scrub_examples a batch at a time (NER is fastest on batches), for files of any size."""
+
+    CACHE_LIMIT = 100_000
+
+    def __init__(self, mode: ScrubMode, *, ner: bool = True):
+        self.mode, self.ner = mode, ner
+        self.report = PiiReport(mode=mode, examples_scanned=0, examples_affected=0, examples_dropped=0)
+        self.counts: Counter[str] = Counter()
+        # System prompts and stock replies repeat across a dataset: each distinct text is scanned once.
+        self._spans: dict[str, list[PiiSpan]] = {}
+
+    def scrub(self, examples: list[Example]) -> list[Example]:
+        distinct = [t for t in dict.fromkeys(m.content for e in examples for m in e.messages) if t not in self._spans]
+        if len(self._spans) + len(distinct) > self.CACHE_LIMIT:
+            self._spans = {}
+        self._spans.update(zip(distinct, find_pii_batch(distinct, ner=self.ner)))
+        kept: list[Example] = []
+        for example in examples:
+            per_message = [self._spans[m.content] if m.content in self._spans else find_pii(m.content, ner=self.ner) for m in example.messages]
+            _record(self.report, self.counts, example.id, per_message)
+            if not any(per_message):
+                kept.append(example)
+            elif self.mode == "redact":
+                kept.append(_redacted(example, per_message))
+            elif self.mode == "report":
+                kept.append(example)
+        self.report.examples_scanned += len(examples)
+        self.report.examples_dropped += len(examples) - len(kept)
+        return kept
+
+    def finish(self) -> PiiReport:
+        self.report.counts = dict(sorted(self.counts.items()))
+        return self.report
 
 
 def _record(report: PiiReport, counts: Counter[str], example_id: str, per_message: list[list[PiiSpan]]) -> None:
@@ -418,5 +435,5 @@ def _redacted(example: Example, per_message: list[list[PiiSpan]]) -> Example:
 
 __all__ = [
     "PiiLocation", "PiiReport", "PiiSpan", "ScrubMode", "card_ok", "find_pii", "find_pii_batch", "iban_ok",
-    "luhn_ok", "get_analyzer", "redact", "scrub_examples",
+    "luhn_ok", "get_analyzer", "redact", "scrub_examples", "Scrubber",
 ]
