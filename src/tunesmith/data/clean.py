@@ -276,18 +276,24 @@ def _spelling_findings(kind: str, key: str | None, groups: _Groups) -> list[Styl
 
 
 def _normalise(examples: list[Example], findings: list[StyleFinding]) -> tuple[list[Example], int]:
+    normalise = normalise_with(findings)
+    out, changed = [], 0
+    for example in examples:
+        new = normalise(example)
+        changed += new != example
+        out.append(new)
+    return out, changed
+
+
+def normalise_with(findings: list[StyleFinding]) -> Callable[[Example], Example]:
+    """The rewrite to the most common spelling that `findings` call for, one example at a time."""
     answers = {v.text: f.canonical for f in findings if f.kind == "label_spelling" for v in f.variants}
     labels = {v.text: f.canonical for f in findings if f.kind == "label_field" for v in f.variants}
     json_values: dict[str, dict[str, str]] = defaultdict(dict)
     for f in findings:
         if f.kind == "json_value" and f.key is not None:
             json_values[f.key].update({v.text: f.canonical for v in f.variants})
-    out, changed = [], 0
-    for example in examples:
-        new = _normalise_one(example, answers, labels, json_values)
-        changed += new != example
-        out.append(new)
-    return out, changed
+    return lambda example: _normalise_one(example, answers, labels, json_values)
 
 
 def _normalise_one(example: Example, answers: dict[str, str], labels: dict[str, str], json_values: dict[str, dict[str, str]]) -> Example:

@@ -7,16 +7,20 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from pydantic import BaseModel
+import numpy as np
+from pydantic import BaseModel, PrivateAttr
 
-from tunesmith.data.example import Example, content_hash
 from tunesmith.config import PrepareSpec
+from tunesmith.data.example import Example
 from tunesmith.data.formats import FormatName
-from tunesmith.data.prepare import StepRecord, run_steps
-from tunesmith.data.split import SPLITS, OverlapReport, check_overlap
+from tunesmith.data.prepare import Prepared, StepRecord, run_steps
+from tunesmith.data.rows import Rows, content_hash
+from tunesmith.data.rowsplit import check_overlap
+from tunesmith.data.split import SPLITS, OverlapReport
 from tunesmith.errors import UserError
 from tunesmith.registry.store import Registry
 from tunesmith.ui import console
@@ -43,7 +47,15 @@ class Manifest(BaseModel):
 class Dataset(BaseModel):
     path: Path
     manifest: Manifest
-    splits: dict[str, list[Example]]
+    _splits: dict[str, list[Example]] | None = PrivateAttr(default=None)
+
+    @property
+    def splits(self) -> dict[str, list[Example]]:
+        """The examples, read from the split files on first use: preparing or naming a large
+        dataset does not load it."""
+        if self._splits is None:
+            self._splits = {split: _read_split(self.path / f"{split}.jsonl") for split in SPLITS}
+        return self._splits
 
     @property
     def name(self) -> str:
@@ -62,13 +74,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(target: Path, files: dict[str, str]) -> None:
+def _write_atomically(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> None:
     """Write into a temporary sibling folder and rename it into place, so a crash leaves no half dataset."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, write in files.items():
+            with (staging / name).open("wb") as handle:
+                write(handle)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -89,15 +102,26 @@ def prepare_dataset(
     explicit_name = name is not None
     name = safe_name(name or source.stem, "dataset name")
     console.print(f"preparing {source}")
-    prepared = run_steps(source, fmt, seed, ratios, options)
-    splits = prepared.splits
-    split_hashes = {s: content_hash(splits[s]) for s in SPLITS}
+    workspace.datasets.mkdir(parents=True, exist_ok=True)
+    # The spill file sits beside the datasets (same disk as the result), not in a small /tmp.
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=workspace.datasets) as workdir:
+        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir))
+        try:
+            return _register(prepared, source, workspace, name, explicit_name, seed, ratios, options)
+        finally:
+            prepared.rows.close()
+
+
+def _register(prepared: Prepared, source: Path, workspace: Workspace, name: str, explicit_name: bool, seed: int,
+              ratios: tuple[float, float, float], options: PrepareSpec) -> Dataset:
+    rows, splits, extra = prepared.rows, prepared.splits, {"train": prepared.extra_train}
+    split_hashes = {s: content_hash(rows, splits[s], extra.get(s, [])) for s in SPLITS}
     version = hashlib.sha256(json.dumps([prepared.format, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
     manifest = Manifest(
         name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
-        split_ratios=ratios, counts={s: len(splits[s]) for s in SPLITS}, split_hashes=split_hashes,
-        removed=prepared.removed, overlap=check_overlap(splits), settings=options.model_dump(mode="json"), steps=prepared.steps,
-        warnings=prepared.warnings,
+        split_ratios=ratios, counts={s: len(splits[s]) + len(extra.get(s, [])) for s in SPLITS}, split_hashes=split_hashes,
+        removed=prepared.removed, overlap=check_overlap(rows, splits, prepared.extra_train), settings=options.model_dump(mode="json"),
+        steps=prepared.steps, warnings=prepared.warnings,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
@@ -113,13 +137,26 @@ def prepare_dataset(
             fix=f"give the new one another name with --out, e.g. --out {name}-v2",
         )
     if existing is None:
-        files = {f"{s}.jsonl": "".join(e.model_dump_json() + "\n" for e in splits[s]) for s in SPLITS}
-        files["manifest.json"] = manifest.model_dump_json(indent=2)
+        files = {f"{s}.jsonl": _split_writer(rows, splits[s], extra.get(s, [])) for s in SPLITS}
+        files["manifest.json"] = lambda handle: handle.write(manifest.model_dump_json(indent=2).encode())
         if prepared.review:
-            files["augment_review.jsonl"] = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prepared.review)
+            files["augment_review.jsonl"] = lambda handle: handle.writelines((json.dumps(row, ensure_ascii=False) + "\n").encode() for row in prepared.review)
         _write_atomically(target, files)
     Registry(workspace.registry_db).add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
-    return Dataset(path=target, manifest=manifest, splits=splits)
+    return Dataset(path=target, manifest=manifest)
+
+
+def _split_writer(rows: Rows, selected: np.ndarray, extra: list[Example]) -> Callable[[BinaryIO], None]:
+    def write(handle: BinaryIO) -> None:
+        handle.writelines(rows.lines(selected))
+        handle.writelines((e.model_dump_json() + "\n").encode() for e in extra)
+
+    return write
+
+
+def _read_split(path: Path) -> list[Example]:
+    with path.open(encoding="utf-8") as handle:
+        return [Example.model_validate_json(line) for line in handle if line.strip()]
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -130,8 +167,4 @@ def load_dataset(workspace: Workspace, name: str) -> Dataset:
     folder = workspace.dataset_dir(name)
     if not (folder / "manifest.json").is_file():
         raise UserError(f"no dataset named '{name}' in {workspace.datasets}", fix="run `tunesmith data prepare FILE --out NAME` first, or pass a file path")
-    splits = {}
-    for split in SPLITS:
-        lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        splits[split] = [Example.model_validate_json(line) for line in lines if line.strip()]
-    return Dataset(path=folder, manifest=read_manifest(folder), splits=splits)
+    return Dataset(path=folder, manifest=read_manifest(folder))

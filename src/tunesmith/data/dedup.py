@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import re
 import statistics
+from typing import TYPE_CHECKING
 from collections.abc import Iterable
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
+
+import numpy as np
 
 from tunesmith.data import nearlsh
 from tunesmith.data.example import Example
 from tunesmith.data.nearlsh import jaccard
+
+if TYPE_CHECKING:
+    from tunesmith.data.rows import Rows
 
 MAX_LISTED = 200  # removed pairs listed in a report; counts stay exact
 CHAR_SHINGLE_BELOW = 5  # median words under which character shingles are used
@@ -70,6 +76,34 @@ def dedup_examples(
     report = DedupReport(
         examples_in=len(examples), examples_out=len(kept), exact=n_exact, near=len(pairs) - n_exact,
         threshold=threshold if near else None, shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
+    )
+    return kept, report
+
+
+def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0) -> tuple[np.ndarray, DedupReport]:
+    """dedup_examples for examples held as Rows: the rows kept, in file order, and the report."""
+    n = len(rows)
+    _, first, inverse = np.unique(rows.column("exact"), return_index=True, return_inverse=True)
+    original = first[inverse.reshape(-1)]  # the row each row repeats; itself for a first occurrence
+    kept = np.flatnonzero(original == np.arange(n))
+    repeats = np.flatnonzero(original != np.arange(n))
+    listed = repeats[:MAX_LISTED]
+    pairs = [DuplicatePair(removed=r, kept=k, kind="exact", similarity=1.0) for r, k in zip(rows.ids(listed), rows.ids(original[listed]))]
+    shingler = shingler_for_lengths(rows.column("words")[kept]) if near else None
+    n_near = 0
+    if shingler is not None:
+        def sets_of(positions: list[int]) -> dict[int, set[str]]:
+            return {p: shingler(t) for p, t in zip(positions, rows.texts(kept[positions]))}
+
+        found = near_duplicates_in_order((shingler(t) for t in rows.texts(kept)), sets_of, threshold, num_perm, seed)
+        n_near = len(found)
+        listed_near = found[: max(0, MAX_LISTED - len(pairs))]
+        removed_ids, kept_ids = rows.ids([int(kept[j]) for j, _, _ in listed_near]), rows.ids([int(kept[i]) for _, i, _ in listed_near])
+        pairs += [DuplicatePair(removed=r, kept=k, kind="near", similarity=round(s, 4)) for r, k, (_, _, s) in zip(removed_ids, kept_ids, listed_near)]
+        kept = np.delete(kept, [j for j, _, _ in found])
+    report = DedupReport(
+        examples_in=n, examples_out=len(kept), exact=len(repeats), near=n_near, threshold=threshold if near else None,
+        shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
     )
     return kept, report
 
@@ -155,8 +189,12 @@ class Shingler:
 
 
 def choose_shingles(texts: Iterable[str]) -> Shingler:
-    lengths = [len(_WORD.findall(t)) for t in texts]
-    median = statistics.median(lengths) if lengths else 0
+    return shingler_for_lengths([len(_WORD.findall(t)) for t in texts])
+
+
+def shingler_for_lengths(lengths: Sequence[int]) -> Shingler:
+    """The shingle unit for texts of these word counts (see the module docstring)."""
+    median = statistics.median(lengths) if len(lengths) else 0
     if median < CHAR_SHINGLE_BELOW:
         return Shingler("char", 3)
     return Shingler("word", int(min(3, max(1, median // WORDS_PER_SHINGLE_WORD))))

@@ -40,8 +40,13 @@ class Example(BaseModel):
 
     def content_key(self) -> str:
         """Identity of what the example says, independent of its id: used for hashes and leak checks."""
-        payload = [(m.role, " ".join(m.content.split())) for m in self.messages]
-        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+        return messages_key(self.messages).hex()
+
+
+def messages_key(messages: list[Message]) -> bytes:
+    """The SHA-256 digest behind Example.content_key, for any list of messages (e.g. a prompt)."""
+    payload = [(m.role, " ".join(m.content.split())) for m in messages]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).digest()
 
 
 def content_hash(examples: list[Example]) -> str:

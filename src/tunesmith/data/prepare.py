@@ -1,7 +1,9 @@
 """The steps of `tunesmith data prepare` between reading a file and writing the dataset.
 
 clean → PII → dedup → split → leak check, each switchable, each reporting what it changed.
-The reports go into the dataset's manifest, so a dataset says how it was made.
+The reports go into the dataset's manifest, so a dataset says how it was made. Memory does not
+grow with the file's text: examples stream through clean and PII to disk (rows.py), and dedup,
+split and the leak check work on compact per-example columns.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
-from tunesmith.data.formats import FormatName, load_examples
-from tunesmith.data.split import assign_given_splits, remove_leaks_detailed, split_examples
+from tunesmith.data.formats import ExampleReader, FormatName, load_examples
+from tunesmith.data.rows import Rows
+from tunesmith.data.rowsplit import assign_given, remove_leaks, split_rows, unseen_labels
 from tunesmith.ui import console
 
 
@@ -30,85 +34,124 @@ class StepRecord(BaseModel):
 class Prepared(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     format: str
-    splits: dict[str, list[Example]]
+    rows: Rows  # every example on disk; splits name the rows of each split, in order
+    splits: dict[str, np.ndarray]
+    extra_train: list[Example] = []  # examples made after the split (paraphrases), appended to train
     steps: list[StepRecord]
     removed: dict[str, int]
     warnings: list[str] = []
     review: list[dict[str, Any]] = []
 
 
-def _run_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples: list[Example], step) -> list[Example]:
-    kept, report = step(examples)
-    steps.append(StepRecord(step=name, settings=settings, examples_in=len(examples), examples_out=len(kept), report=report.model_dump(mode="json")))
-    changed = f", {len(examples) - len(kept)} removed" if len(kept) != len(examples) else ""
-    console.print(f"  {name}: {len(examples)} examples in{changed}")
-    return kept
+CHUNK = 512  # examples per batch through clean and PII: NER is faster on batches, memory stays flat
 
 
-def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> Prepared:
-    """read → clean → PII → dedup → split → leak check."""
-    examples, fmt = load_examples(source, fmt, options.mapping or None)
+def _record_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples_in: int, examples_out: int, report: BaseModel) -> None:
+    steps.append(StepRecord(step=name, settings=settings, examples_in=examples_in, examples_out=examples_out, report=report.model_dump(mode="json")))
+    changed = f", {examples_in - examples_out} removed" if examples_out != examples_in else ""
+    console.print(f"  {name}: {examples_in} examples in{changed}")
+
+
+def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path) -> Prepared:
+    """read → clean → PII → dedup → split → leak check. Examples stream through the first three
+    into `workdir`; later steps work on row numbers and compact columns (rows.py)."""
+    rows = Rows(workdir, seed, options.group_by)
     steps: list[StepRecord] = []
-    if options.clean:
-        from tunesmith.data.clean import clean_examples
-
-        settings = {"normalise_outputs": options.normalise_outputs}
-        examples = _run_step(steps, "clean", settings, examples, lambda ex: clean_examples(ex, normalise_outputs=options.normalise_outputs))
-        _warn_style(steps[-1].report)
-    if options.pii != "off":
-        from tunesmith.data.pii import scrub_examples
-
-        settings = {"mode": options.pii, "ner": options.pii_ner}
-        examples = _run_step(steps, "pii", settings, examples, lambda ex: scrub_examples(ex, options.pii, ner=options.pii_ner))
-        _warn_pii(steps[-1].report)
+    fmt = _stream_in(source, fmt, options, rows, steps)
     if options.dedup:
-        from tunesmith.data.dedup import dedup_examples
+        from tunesmith.data.dedup import dedup_rows
 
-        settings = {"near": options.near_dedup, "threshold": options.near_threshold}
-        examples = _run_step(steps, "dedup", settings, examples, lambda ex: dedup_examples(ex, near=options.near_dedup, threshold=options.near_threshold, seed=seed))
-    splits = _split(examples, fmt, seed, ratios, options)
-    leaks = remove_leaks_detailed(splits, options.near_threshold if options.near_dedup else None)
-    steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(examples),
+        kept, dedup_report = dedup_rows(rows, near=options.near_dedup, threshold=options.near_threshold, seed=seed)
+        _record_step(steps, "dedup", {"near": options.near_dedup, "threshold": options.near_threshold}, dedup_report.examples_in, dedup_report.examples_out, dedup_report)
+    else:
+        kept = np.arange(len(rows))
+    splits = _split(rows, kept, fmt, seed, ratios, options)
+    leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None)
+    steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(kept),
                             examples_out=sum(len(v) for v in splits.values()), report=leaks.model_dump(mode="json")))
     removed = {step.step: step.examples_in - step.examples_out for step in steps}
     removed.pop("leakage")
     removed.update({f"{name}_leaked_into_train": n for name, n in leaks.removed.items()})
-    review = _augment(splits, steps, options) if options.augment else []
-    return Prepared(format=fmt, splits=splits, steps=steps, removed=removed, warnings=_unseen_labels(splits), review=review)
+    extra, review = _augment(rows, splits, steps, options) if options.augment else ([], [])
+    warnings = unseen_labels(rows, splits, extra)
+    for warning in warnings:
+        console.print(f"  [yellow]{warning}[/]")
+    return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review)
 
 
-def _augment(splits: dict[str, list[Example]], steps: list[StepRecord], options: PrepareSpec) -> list[dict]:
+def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord]) -> FormatName:
+    """Read, clean and scrub the file a batch at a time into `rows`; record the clean and PII steps."""
+    from tunesmith.data.clean import Cleaner, normalise_with
+    from tunesmith.data.pii import Scrubber
+
+    reader = ExampleReader(source, fmt, options.mapping or None)
+    cleaner = Cleaner() if options.clean else None
+    scrubber = Scrubber(options.pii, ner=options.pii_ner) if options.pii != "off" else None
+    # Normalising label spellings needs every answer seen first: cleaned examples wait on disk.
+    staged = (rows.path.parent / "cleaned.jsonl").open("w+b") if cleaner and options.normalise_outputs else None
+
+    def store(batch: list[Example]) -> None:
+        if staged is not None:
+            staged.writelines((e.model_dump_json() + "\n").encode() for e in batch)
+            return
+        for example in scrubber.scrub(batch) if scrubber else batch:
+            rows.add(example)
+
+    batch: list[Example] = []
+    for example in reader:
+        if reader.problems.count:
+            continue  # the file will be refused: only look for its other problems
+        cleaned = cleaner.clean(example) if cleaner else example
+        if cleaned is not None:
+            batch.append(cleaned)
+        if len(batch) == CHUNK:
+            store(batch)
+            batch = []
+    store(batch)
+    fmt = reader.finish()
+    if cleaner:
+        findings, normalised = cleaner.lint.findings(), 0
+        if staged is not None:
+            normalise, staged_file, staged = normalise_with(findings), staged, None
+            staged_file.seek(0)
+            for lines in iter(lambda: staged_file.readlines(1 << 20), []):
+                batch = [Example.model_validate_json(line) for line in lines]
+                out = [normalise(e) for e in batch]
+                normalised += sum(a != b for a, b in zip(out, batch))
+                store(out)
+            staged_file.close()
+        report = cleaner.report(findings, normalised)
+        _record_step(steps, "clean", {"normalise_outputs": options.normalise_outputs}, report.examples_in, report.examples_out, report)
+        _warn_style(steps[-1].report)
+    if scrubber:
+        pii_report = scrubber.finish()
+        _record_step(steps, "pii", {"mode": options.pii, "ner": options.pii_ner}, pii_report.examples_scanned,
+                     pii_report.examples_scanned - pii_report.examples_dropped, pii_report)
+        _warn_pii(steps[-1].report)
+    return fmt
+
+
+def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord], options: PrepareSpec) -> tuple[list[Example], list[dict]]:
     """Runs after the split and the leak check, on train alone, so no synthetic text is ever evaluated on."""
     from tunesmith.data.augment import augment_train, make_generator
 
     spec = options.augment
     generator, name = make_generator(spec)
-    synthetic, report, review = augment_train(splits["train"], spec, generator, name)
-    steps.append(StepRecord(step="augment", settings=spec.model_dump(mode="json"), examples_in=len(splits["train"]),
-                            examples_out=len(splits["train"]) + len(synthetic), report=report.model_dump(mode="json")))
-    splits["train"] = splits["train"] + synthetic
+    train = rows.examples(splits["train"])
+    synthetic, report, review = augment_train(train, spec, generator, name)
+    steps.append(StepRecord(step="augment", settings=spec.model_dump(mode="json"), examples_in=len(train),
+                            examples_out=len(train) + len(synthetic), report=report.model_dump(mode="json")))
     console.print(f"  augment: {report.added} paraphrase(s) added to train, {sum(report.rejected.values())} rejected {report.rejected or ''}; review them in augment_review.jsonl")
-    return review
+    return synthetic, review
 
 
-def _unseen_labels(splits: dict[str, list[Example]]) -> list[str]:
-    """label_unseen_in_train: an evaluation label the model never saw in training cannot be learned."""
-    seen = {e.label for e in splits["train"] if e.label is not None}
-    warnings = []
-    for name in ("validation", "test"):
-        unseen = sorted({e.label for e in splits[name] if e.label is not None} - seen)
-        if unseen:
-            warnings.append(f"label_unseen_in_train: {name} has label(s) {', '.join(unseen)} that no training example has")
-            console.print(f"  [yellow]{warnings[-1]}[/]")
-    return warnings
-
-
-def _split(examples: list[Example], fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, list[Example]]:
-    given = {name: load_examples(path, fmt, options.mapping or None)[0] for name, path in
+def _split(rows: Rows, kept: np.ndarray, fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, np.ndarray]:
+    given = {name: load_examples(path, fmt, options.mapping or None)[0] for name, path in  # type: ignore[arg-type]
              (("validation", options.validation_file), ("test", options.test_file)) if path is not None}
     if given:
-        return assign_given_splits(examples, given.get("validation"), given.get("test"), ratios=ratios, seed=seed, group_by=options.group_by)
-    return split_examples(examples, ratios, seed, options.group_by)
+        given_rows = {name: np.array([rows.add(e) for e in examples], dtype=np.int64) for name, examples in given.items()}
+        return assign_given(rows, kept, given_rows, ratios, seed, options.group_by)
+    return split_rows(rows, kept, ratios, seed, options.group_by)
 
 
 def _warn_style(report: dict[str, Any]) -> None:
