@@ -28,6 +28,7 @@ _FTFY = ftfy.TextFixerConfig(
     unescape_html=False, uncurl_quotes=False, fix_latin_ligatures=False, fix_character_width=False,
     fix_line_breaks=False, explain=False,
 )
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # what ftfy's remove_control_chars removes
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INNER_RUN = re.compile(r"(?<=\S)[ \t]+(?=\S)")
 _LIST_STYLES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -113,6 +114,10 @@ class Cleaner:
 
 
 def repair_unicode(text: str) -> str:
+    # With these settings ftfy can change plain ASCII only by removing control characters (and
+    # the terminal escapes that start with one): most text skips it, which is most of clean's time.
+    if text.isascii() and _ASCII_CONTROL.search(text) is None:
+        return text
     return ftfy.fix_text(text, _FTFY)
 
 
