@@ -126,12 +126,22 @@ def near_duplicate_pairs(
 def near_matches(queries: Iterable[set[str]], reference: Iterable[set[str]], query_sets: SetsOf, reference_sets: SetsOf,
                  threshold: float, num_perm: int = 128, seed: int = 0) -> dict[int, int]:
     """query index -> index of its most similar reference at or above the threshold."""
-    sketcher = _sketcher(threshold, num_perm, seed)
-    query_sketches, reference_sketches = sketcher.sketch(queries), sketcher.sketch(reference)
-    if not len(query_sketches) or not len(reference_sketches):
-        return {}
-    q, ref = nearlsh.cross_pairs(query_sketches, reference_sketches, threshold)
-    return nearlsh.best_reference(nearlsh.exact_scores(q, ref, query_sets, reference_sets, threshold))
+    return NearIndex(reference, reference_sets, threshold, num_perm, seed).matches(queries, query_sets)
+
+
+class NearIndex:
+    """Reference shingle sets sketched once and asked about several query sets (validation, then test)."""
+
+    def __init__(self, reference: Iterable[set[str]], reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0):
+        self.sketcher, self.threshold, self.reference_sets = _sketcher(threshold, num_perm, seed), threshold, reference_sets
+        self.sketches = self.sketcher.sketch(reference)
+
+    def matches(self, queries: Iterable[set[str]], query_sets: SetsOf) -> dict[int, int]:
+        query_sketches = self.sketcher.sketch(queries)
+        if not len(query_sketches) or not len(self.sketches):
+            return {}
+        q, ref = nearlsh.cross_pairs(query_sketches, self.sketches, self.threshold)
+        return nearlsh.best_reference(nearlsh.exact_scores(q, ref, query_sets, self.reference_sets, self.threshold))
 
 
 def near_duplicates_in_order(sets: Iterable[set[str]], sets_of: SetsOf, threshold: float, num_perm: int = 128,

@@ -27,8 +27,8 @@ import numpy as np
 
 SIGNATURE_BITS = 512
 _WORDS = SIGNATURE_BITS // 64
-_BATCH = 4096  # examples hashed per numpy call
-_PAIR_CHUNK = 2_000_000  # candidate pairs expanded at once
+_BATCH = 512  # examples hashed per numpy call: its (shingles x permutations) table is the peak
+_PAIR_CHUNK = 200_000  # candidate pairs expanded at once (~200 bytes each while filtered)
 _HASH_CACHE_LIMIT = 2_000_000
 _M64 = np.uint64(0xFF51AFD7ED558CCD)
 _M64B = np.uint64(0xC4CEB9FE1A85EC53)
@@ -207,7 +207,7 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 def exact_scores(
     left: np.ndarray, right: np.ndarray, sets_left: Callable[[list[int]], dict[int, set[str]]],
-    sets_right: Callable[[list[int]], dict[int, set[str]]], threshold: float, chunk: int = 50_000,
+    sets_right: Callable[[list[int]], dict[int, set[str]]], threshold: float, chunk: int = 5_000,
 ) -> list[tuple[int, int, float]]:
     """(left, right, Jaccard) for the pairs at or above the threshold; shingle sets are fetched a
     chunk of pairs at a time, so only those sets are ever in memory."""

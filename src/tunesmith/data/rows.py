@@ -47,7 +47,7 @@ class Rows:
 
     def add(self, example: Example) -> int:
         """Store one example; returns its row number."""
-        from tunesmith.data.dedup import dedup_text, normalised_key
+        from tunesmith.data.dedup import normalised_key
 
         line = (example.model_dump_json() + "\n").encode()
         self._offsets.append(self._end)
@@ -62,8 +62,12 @@ class Rows:
         self._labels.append(_number(self._label_ids, self.label_names, example.label))
         group = example.meta.get(self.group_by) if self.group_by is not None else None
         self._groups.append(_number(self._group_ids, self.group_names, None if group is None else str(group)))
-        self._words.append(len(_WORD.findall(dedup_text(example))))
-        self._prompt_words.append(len(_WORD.findall(dedup_text(example, prompt_only=True))))
+        # Word counts of dedup_text (no word spans the newline joining two messages), with and
+        # without the final answer.
+        words = [0 if m.role == "system" else len(_WORD.findall(m.content)) for m in example.messages]
+        self._words.append(sum(words))
+        last_is_answer = bool(example.messages) and example.messages[-1].role == "assistant"
+        self._prompt_words.append(sum(words) - (words[-1] if last_is_answer else 0))
         return len(self._offsets) - 1
 
     # --- columns --------------------------------------------------------------------------------

@@ -96,11 +96,12 @@ def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray],
 
 def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None) -> LeakReport:
     """split.remove_leaks_detailed on rows; updates `splits` in place."""
-    from tunesmith.data.dedup import near_matches, shingler_for_lengths
+    from tunesmith.data.dedup import NearIndex, shingler_for_lengths
 
     prompts = rows.column("prompt")
     train = splits["train"]
     train_prompts = prompts[train]
+    indexes: dict[str, NearIndex] = {}  # train sketched once per shingle unit, for both splits
     exact, near, pairs = {}, {}, []
     for name in ("validation", "test"):
         before = len(splits[name])
@@ -113,10 +114,11 @@ def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None) -> Le
         if len(candidates) and len(train):
             words = rows.column("prompt_words")
             shingler = shingler_for_lengths(np.concatenate([words[candidates], words[train]]))
-            matches = near_matches(
-                (shingler(t) for t in rows.texts(candidates, prompt_only=True)), (shingler(t) for t in rows.texts(train, prompt_only=True)),
-                _sets_of(rows, candidates, shingler), _sets_of(rows, train, shingler), near_threshold,
-            )
+            if shingler.name not in indexes:
+                indexes[shingler.name] = NearIndex((shingler(t) for t in rows.texts(train, prompt_only=True)),
+                                                   _sets_of(rows, train, shingler), near_threshold)
+            matches = indexes[shingler.name].matches((shingler(t) for t in rows.texts(candidates, prompt_only=True)),
+                                                     _sets_of(rows, candidates, shingler))
             ordered = sorted(matches.items())
             ids = rows.ids([int(candidates[q]) for q, _ in ordered])
             train_ids = rows.ids([int(train[ref]) for _, ref in ordered])
