@@ -139,22 +139,43 @@ def train_cmd(
     data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
     method: Optional[str] = typer.Option(None, help="lora | full"),
     epochs: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None, help="peak learning rate"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (default: the method's)"),
+    lr_multiplier: Optional[float] = typer.Option(None, "--lr-multiplier", help="peak lr as a multiple of the method's default"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs"),
 ) -> None:
-    """Fine-tune a base model; writes a run folder and registers the run."""
+    """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
+    from tunesmith.train.guards import Budget
     from tunesmith.train.trainer import train
 
-    overrides = {"model.name": model, "train.method": method, "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size, "name": name}
+    budget = Budget(max_time, max_cost, price_per_hour)
+    overrides = {
+        "model.name": model, "train.method": method, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+        "train.lr_multiplier": lr_multiplier, "train.batch_size": batch_size, "name": name,
+    }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
-    spec = load_run_spec(config, overrides)
-    result = train(spec, _workspace())
-    console.print(f"[green]run {result.info.run_id} completed[/]: best at step {result.info.best_step} (epoch {result.info.best_epoch}), validation loss {result.info.best_val_loss}")
+    if resume is not None:
+        from tunesmith.train.resume import resume_run
+
+        result = resume_run(_workspace(), resume, config, overrides, budget)
+    else:
+        result = train(load_run_spec(config, overrides), _workspace(), budget)
+    info = result.info
+    if info.status == "stopped":
+        console.print(f"[yellow]run {info.run_id} stopped[/]: {info.stop_reason}; continue with `tunesmith train --resume {info.run_id}`")
+    else:
+        console.print(f"[green]run {info.run_id} completed[/]: best at step {info.best_step} (epoch {info.best_epoch}), validation loss {info.best_val_loss}")
+        if info.stop_reason:
+            console.print(info.stop_reason)
     console.print(f"run folder: {result.run_dir}")
-    typer.echo(result.info.run_id)
+    typer.echo(info.run_id)
 
 
 @app.command("eval")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunesmith.errors import ProblemList, UserError
 
@@ -46,6 +46,20 @@ class PrepareSpec(_Spec):
     augment: AugmentSpec | None = Field(None, description="paraphrase training examples (off unless given)")
 
 
+class ReplaySpec(_Spec):
+    """Examples of another dataset mixed into every epoch, so the model keeps what it already did well."""
+
+    dataset: str | None = Field(None, description="name of a prepared dataset whose training split is replayed")
+    path: Path | None = Field(None, description="a file, prepared when the run starts")
+    fraction: float = Field(0.1, gt=0.0, le=0.9, description="share of each epoch's examples drawn from the replay data (fresh seeded draw per epoch)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ReplaySpec":
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError("give exactly one of data.replay.dataset or data.replay.path")
+        return self
+
+
 class DataSpec(_Spec):
     """Where the examples come from: a registered dataset name, or a file prepared on the fly."""
 
@@ -55,6 +69,7 @@ class DataSpec(_Spec):
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)
+    replay: ReplaySpec | None = Field(None, description="mix another dataset's training examples into each epoch against forgetting")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -79,26 +94,82 @@ class LoraSpec(_Spec):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+# Peak learning rate of each method at the reference effective batch of 8 examples. LoRA's is
+# what the demo learns well with on SmolLM2-135M (1e-3 to 2e-3); full fine-tuning moves every
+# weight, so 50x lower keeps a pretrained model from being wrecked.
+DEFAULT_LR = {"lora": 1e-3, "full": 2e-5}
+AUTO_RULE = (
+    "auto: batch_size 4 on CPU, 8 on a GPU under 40 GiB, 16 above; effective batch (batch_size x grad_accum) "
+    "n/100 clamped to 4..32 and rounded down to a power of 2 (n = training examples, replay included); "
+    "epochs ceil(1000/n) clamped to 1..5; lr the method's default x sqrt(effective batch / 8)"
+)
+
+
+def _int_or_auto(value: Any, low: int, high: int) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be a whole number from {low} to {high}, or 'auto'")
+    return value
+
+
 class TrainSpec(_Spec):
     method: Literal["lora", "full"] = "lora"
-    epochs: int = Field(2, ge=1, le=1000)
-    lr: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate")
-    batch_size: int = Field(8, ge=1, le=4096)
-    grad_accum: int = Field(1, ge=1, le=1024)
+    epochs: int | Literal["auto"] = Field(2, description=f"passes over the training split (ignored when max_steps is set). {AUTO_RULE}")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; overrides epochs")
+    lr: float | Literal["auto"] | None = Field(
+        None, description=f"peak learning rate; default: the method's ({', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())}); 'auto' scales it with the batch"
+    )
+    lr_multiplier: float | None = Field(None, gt=0, le=100, description="peak lr as a multiple of the method's default (instead of lr)")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="lr after warm-up: linear or cosine decay to 0, or constant")
+    batch_size: int | Literal["auto"] = Field(8, description="examples per micro-batch")
+    grad_accum: int | Literal["auto"] = Field(1, description="micro-batches per optimiser step")
     max_seq_len: int = Field(512, ge=16, le=1_000_000)
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="share of the steps over which the lr rises linearly to its peak")
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     evals_per_epoch: int = Field(1, ge=1, le=100, description="validation loss (and a checkpoint) this many times per epoch")
+    save_every_steps: int | None = Field(None, ge=1, description="also write a resumable checkpoint every N steps (default: at each validation only); the latest and the best are kept")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many validations without a new best validation loss; the best checkpoint is the result")
     train_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec)
 
-    @model_validator(mode="after")
-    def _lr_fits_method(self) -> "TrainSpec":
-        if self.method == "full" and self.lr > 1e-3:
-            raise ValueError(f"lr {self.lr} is far too high for full fine-tuning and would wreck the model; use 1e-5 to 1e-4")
-        return self
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 1000)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 4096)
+
+    @field_validator("grad_accum", mode="before")
+    @classmethod
+    def _grad_accum(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 1024)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_fits_method(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1.0:
+            raise ValueError("must be a number above 0 and at most 1.0, or 'auto'")
+        if info.data.get("method") == "full" and value > 1e-3:
+            raise ValueError(f"lr {value} is far too high for full fine-tuning and would wreck the model; use 1e-5 to 1e-4")
+        return float(value)
+
+    @field_validator("lr_multiplier")
+    @classmethod
+    def _one_lr(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("lr") is not None:
+            raise ValueError("give train.lr or train.lr_multiplier, not both")
+        method = info.data.get("method")
+        if value is not None and method == "full" and value * DEFAULT_LR["full"] > 1e-3:
+            raise ValueError(f"{value} x the full fine-tuning default ({DEFAULT_LR['full']:g}) is far too high and would wreck the model")
+        return value
 
 
 class EvalSpec(_Spec):

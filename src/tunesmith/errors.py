@@ -24,3 +24,9 @@ class ProblemList(UserError):
     def __init__(self, title: str, problems: list[str], *, fix: str | None = None):
         self.problems = problems
         super().__init__(title + "\n" + "\n".join(f"  - {p}" for p in problems), fix=fix)
+
+
+class TrainingFailed(UserError):
+    """Training went wrong at run time (e.g. diverged): the message names what was kept. Exit 1."""
+
+    exit_code = 1

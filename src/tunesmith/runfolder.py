@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith import __version__
@@ -40,6 +41,7 @@ class RunInfo(BaseModel):
     best_epoch: float | None = None
     best_val_loss: float | None = None
     train_seconds: float | None = None
+    stop_reason: str | None = None
     dropped_examples: list[str] = []
 
 
@@ -57,8 +59,21 @@ def new_run_id(label: str) -> str:
     return safe_name(f"{label}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}", "run id")
 
 
-def write_config(run_dir: Path, spec: RunSpec) -> None:
-    (run_dir / "config.yaml").write_text(spec_to_yaml(spec, {"versions": versions()}), encoding="utf-8")
+def write_config(run_dir: Path, spec: RunSpec, notes: dict[str, str] | None = None) -> None:
+    """The resolved config; `notes` (comments on top) say where resolved values came from."""
+    head = "".join(f"# train.{key}: {note}\n" for key, note in (notes or {}).items())
+    (run_dir / "config.yaml").write_text(head + spec_to_yaml(spec, {"versions": versions()}), encoding="utf-8")
+
+
+def read_config(run_dir: Path) -> RunSpec:
+    from tunesmith.config import validate_spec
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml", fix="this run cannot be resumed; start a new one")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data.pop("versions", None)
+    return validate_spec(RunSpec, data, str(path))
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -64,6 +64,11 @@ class Registry:
                 (run_id, name, base_model, method, dataset, dataset_version, "running", str(path), now()),
             )
 
+    def mark_running(self, run_id: str) -> None:
+        """A resumed run is running again."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status = 'running', finished = NULL WHERE id = ?", (run_id,))
+
     def finish_run(self, run_id: str, status: str, best_val_loss: float | None) -> None:
         with self._connect() as db:
             db.execute("UPDATE runs SET status = ?, best_val_loss = ?, finished = ? WHERE id = ?", (status, best_val_loss, now(), run_id))

@@ -1,29 +1,43 @@
-"""`tunesmith train`: load → check → train with validation every epoch → keep the best → save."""
+"""`tunesmith train`: load → check → train, validating and checkpointing as it goes → keep the best → save.
+
+Every checkpoint can be resumed (`train --resume RUN`, see resume.py) and the resumed run is
+step for step the run that was never interrupted: batches are a pure function of seed and
+epoch, and the checkpoint holds the optimiser, the schedule, the RNGs and the step."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from tunesmith.config import RunSpec
+from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
-from tunesmith.errors import UserError
+from tunesmith.data.example import Example
+from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import RunInfo, new_run_id, replace_folder, save_run_info, write_config, write_json
+from tunesmith.runfolder import RunInfo, load_run_info, new_run_id, replace_folder, save_run_info, write_config, write_json
+from tunesmith.train.checkpoint import (
+    checkpoint_dir, latest_checkpoint, load_state, prune_checkpoints, restore_rng, restore_weights, rng_state, save_checkpoint,
+    test_kill, truncate_metrics,
+)
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
+from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, count_parameters
 from tunesmith.train.plot import plot_loss
+from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
+
+
+class Diverged(ArithmeticError):
+    """The loss or the gradient norm stopped being a finite number."""
 
 
 @dataclass
@@ -33,14 +47,38 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Items:
+    """Encoded examples; the replay draw differs per epoch but not per process."""
+
+    train: list[Encoded]
+    validation: list[Encoded]
+    dropped: list[str]
+    replay: list[Encoded] = field(default_factory=list)
+    replay_per_epoch: int = 0
+
+    def for_epoch(self, seed: int, epoch: int) -> list[Encoded]:
+        return self.train + replay_sample(self.replay, self.replay_per_epoch, seed, epoch)
+
+
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
         return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios, options=spec.data.prepare)
     return load_dataset(workspace, spec.data.dataset or "")
 
 
-def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
+def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
+    """The training split of the replay dataset (validation and test stay out of training)."""
+    replay = spec.data.replay
+    if replay is None:
+        return []
+    source = prepare_dataset(replay.path, workspace) if replay.path is not None else load_dataset(workspace, replay.dataset or "")
+    return source.splits["train"]
+
+
+def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
     dataset = resolve_dataset(spec, workspace)
+    replay = resolve_replay(spec, workspace)
     run_id = new_run_id(spec.name or dataset.name)
     run_dir = workspace.run_dir(run_id)
     run_dir.mkdir(parents=True)
@@ -49,17 +87,20 @@ def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
     base_path = resolve_model_path(spec.model.name)
     registry = Registry(workspace.registry_db)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
+    return run_registered(registry, run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget))
+
+
+def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult]) -> TrainResult:
     try:
-        result = _train_in_folder(spec, dataset, run_dir, base_path)
+        result = work()
     except BaseException:
         registry.finish_run(run_id, "failed", None)
         raise
-    registry.finish_run(run_id, "completed", result.info.best_val_loss)
+    registry.finish_run(run_id, result.info.status, result.info.best_val_loss)
     return result
 
 
-def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str) -> TrainResult:
-    model, tokenizer, device = load_model(spec.model, base_path)
+def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: Any) -> Items:
     cfg = spec.train
     train_items, dropped = encode_all(tokenizer, dataset.splits["train"], cfg.max_seq_len, cfg.train_on)
     val_items, _ = encode_all(tokenizer, dataset.splits["validation"], cfg.max_seq_len, cfg.train_on)
@@ -67,88 +108,196 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
         raise UserError("no training example has a token left to learn", fix=f"raise train.max_seq_len (now {cfg.max_seq_len}) or check the assistant turns")
     if dropped:
         console.print(f"[yellow]dropped {len(dropped)} example(s) with nothing to learn after truncation to {cfg.max_seq_len} tokens")
-    eot_ids = end_of_turn_ids(tokenizer)
+    items = Items(train_items, val_items, dropped)
+    if replay and spec.data.replay is not None:
+        items.replay, _ = encode_all(tokenizer, replay, cfg.max_seq_len, cfg.train_on)
+        items.replay_per_epoch = replay_count(len(train_items), spec.data.replay.fraction) if items.replay else 0
+        console.print(f"replay: {items.replay_per_epoch} of {len(items.replay)} replay examples mixed into each epoch")
+    return items
+
+
+def _train_in_folder(
+    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
+) -> TrainResult:
+    model, tokenizer, device = load_model(spec.model, base_path)
+    items = _encode(spec, dataset, replay, tokenizer)
+    cfg, notes = resolve_settings(spec.train, len(items.train) + items.replay_per_epoch, device)
+    spec = spec.model_copy(update={"train": cfg})
+    if resume_from is None:
+        write_config(run_dir, spec, notes)  # the numbers the run actually used
     torch.manual_seed(cfg.seed)  # right before the adapters are initialised, so the same seed gives the same start
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
-    console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(train_items)} examples, device {device}")
-    info = RunInfo(
+    console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
+    info = load_run_info(run_dir) if resume_from is not None else RunInfo(
         run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
         artefact="adapter" if cfg.method == "lora" else "model", dataset=dataset.name, dataset_version=dataset.version,
-        end_of_turn_ids=eot_ids, dropped_examples=dropped,
+        end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped,
     )
+    info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)
-    started = time.perf_counter()
-    history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info)
-    info.train_seconds = round(time.perf_counter() - started, 1)
-    replace_folder(run_dir / "checkpoints" / f"step-{info.best_step}", run_dir / info.artefact)
-    info.status = "completed"
+    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget)
+    if resume_from is not None:
+        loop.restore(resume_from)
+    status, reason = loop.run()
+    return _finish(loop, status, reason)
+
+
+def _finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResult:
+    """The best checkpoint becomes the run's artefact (the latest one if none was validated yet)."""
+    info, run_dir = loop.info, loop.run_dir
+    source = info.best_step if info.best_step is not None else loop.last_saved
+    replace_folder(checkpoint_dir(run_dir, source), run_dir / info.artefact)
+    info.status, info.stop_reason, info.train_seconds = status, reason, round(loop.elapsed(), 1)
     save_run_info(run_dir, info)
-    plot_loss(history, run_dir / "loss.png")
-    return TrainResult(run_dir, info, history)
+    plot_loss(loop.history, run_dir / "loss.png")
+    return TrainResult(run_dir, info, loop.history)
 
 
-def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], val_items: list[Encoded], run_dir: Path, info: RunInfo) -> list[dict]:
-    cfg = spec.train
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(total_steps * cfg.warmup_ratio)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
-    )
-    # Validation points spread evenly over each epoch; the last one always ends the epoch.
-    eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
-    history: list[dict] = []
-    step, started, tokens_seen = 0, time.perf_counter(), 0
-    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
-        task = bar.add_task("training", total=total_steps, info="")
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, epoch)
-            for group_start in range(0, len(batches), cfg.grad_accum):
-                group = batches[group_start : group_start + cfg.grad_accum]
-                loss_value, grad_norm, n_trained, n_real = _optimizer_step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
-                schedule.step()
-                step += 1
-                tokens_seen += n_real
-                elapsed = time.perf_counter() - started
-                record = {
-                    "step": step, "epoch": round(epoch - 1 + (group_start + len(group)) / len(batches), 4), "loss": round(loss_value, 5),
-                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(grad_norm, 4), "trained_tokens": n_trained,
-                    "tokens": n_real, "tokens_per_s": round(tokens_seen / elapsed, 1), "elapsed_s": round(elapsed, 1),
-                }
-                _log(metrics_file, history, record)
-                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss_value:.3f} {record['tokens_per_s']:.0f} tok/s")
-                if step in eval_steps:
-                    val_loss = _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, cfg.batch_size, run_dir, info, step, record["epoch"])
-                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], "val_loss": val_loss})
-                    bar.update(task, info=f"epoch {epoch} val_loss {val_loss}")
-    return history
+class TrainingLoop:
+    """One run's optimiser, schedule and counters; `state_dict` is what a checkpoint needs to continue exactly."""
+
+    def __init__(self, model, tokenizer, device, cfg: TrainSpec, items: Items, run_dir: Path, info: RunInfo, budget: Budget | None):
+        self.model, self.tokenizer, self.device, self.cfg, self.items = model, tokenizer, device, cfg, items
+        self.run_dir, self.info, self.budget = run_dir, info, budget or Budget()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.plan = plan_steps(cfg, len(items.train) + items.replay_per_epoch)
+        self.schedule = make_schedule(self.optimizer, cfg, self.plan.total_steps)
+        self.monitor = Monitor(cfg.early_stopping_patience)
+        self.step, self.tokens_seen, self.seconds_before = 0, 0, 0.0
+        self.last_saved: int | None = None
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Training seconds over the whole run, earlier sessions included."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
+            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(),
+        }
+
+    def restore(self, folder: Path) -> None:
+        state = load_state(folder)
+        restore_weights(self.model, folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.step, self.tokens_seen, self.seconds_before = state["step"], state["tokens_seen"], state["train_seconds"]
+        self.last_saved, self.started = self.step, time.perf_counter()
+        self.history = truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        prune_checkpoints(self.run_dir, {self.step, self.monitor.best_step or self.step})
+        console.print(f"resuming at step {self.step} of {self.plan.total_steps} from {folder}")
+
+    def run(self) -> tuple[str, str | None]:
+        """Train to the last step, or until early stopping or a budget says stop: (run status, why it stopped early)."""
+        self.model.train()
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar:
+            self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
+            if self.step:
+                self._log({"step": self.step, "event": "resumed"})
+            while self.step < self.plan.total_steps:
+                epoch = self.plan.epoch_of(self.step + 1)
+                groups = self._groups(epoch)
+                for index in range(self.step - (epoch - 1) * self.plan.steps_per_epoch, len(groups)):
+                    outcome = self._train_step(epoch, groups, index)
+                    if outcome is not None:
+                        return outcome
+                    if self.step >= self.plan.total_steps:
+                        break
+        return "completed", None
+
+    def _groups(self, epoch: int) -> list[list[list[Encoded]]]:
+        batches = length_grouped_batches(self.items.for_epoch(self.cfg.seed, epoch), self.cfg.batch_size, self.cfg.seed, epoch)
+        return [batches[i : i + self.cfg.grad_accum] for i in range(0, len(batches), self.cfg.grad_accum)]
+
+    def _train_step(self, epoch: int, groups: list, index: int) -> tuple[str, str | None] | None:
+        began, step, lr = time.perf_counter(), self.step + 1, self.optimizer.param_groups[0]["lr"]
+        try:
+            loss, grad_norm, n_trained, n_real = _optimizer_step(
+                self.model, groups[index], self.pad_id, self.device, self.params, self.optimizer, self.cfg.max_grad_norm,
+                on_backward=lambda: test_kill("step", step),
+            )
+        except Diverged as exc:
+            raise self._diverged(step, exc) from None
+        self.schedule.step()
+        self.step, self.tokens_seen = step, self.tokens_seen + n_real
+        elapsed, position = self.elapsed(), round(epoch - 1 + (index + 1) / len(groups), 4)
+        self._log({
+            "step": step, "epoch": position, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4), "trained_tokens": n_trained,
+            "tokens": n_real, "tokens_per_s": round(self.tokens_seen / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 1),
+            "peak_mem_mb": peak_memory_mb(self.device),
+        })
+        self.monitor.add_train_loss(loss)
+        self.bar.update(self.task, advance=1, info=f"epoch {epoch} loss {loss:.3f} {self.history[-1]['tokens_per_s']:.0f} tok/s")
+        if step in self.plan.eval_steps:
+            self._validate(position)
+        elif step in self.plan.save_steps:
+            self._checkpoint()
+        return self._should_stop(time.perf_counter() - began)
+
+    def _should_stop(self, step_seconds: float) -> tuple[str, str | None] | None:
+        if self.step >= self.plan.total_steps:
+            return None
+        if self.monitor.should_stop():
+            reason = f"early stopping: {self.monitor.since_best} validations without a better loss than {self.monitor.best_val_loss} (step {self.monitor.best_step})"
+            self._event("early_stop", reason)
+            return "completed", reason
+        reason = self.budget.exceeded(self.elapsed(), step_seconds)
+        if reason is None:
+            return None
+        if self.last_saved != self.step:
+            self._checkpoint()
+        self._event("stopped", f"{reason}; continue with `tunesmith train --resume {self.run_dir.name}`")
+        return "stopped", reason
+
+    def _validate(self, position: float) -> None:
+        """Validation loss now, logged before the checkpoint: a crash in between re-runs this validation on resume."""
+        val_loss = evaluate_loss(self.model, self.items.validation, self.pad_id, self.device, self.cfg.batch_size) if self.items.validation else None
+        warning = self.monitor.add_validation(self.step, position, val_loss)
+        self._log({"step": self.step, "epoch": position, "val_loss": val_loss})
+        self.bar.update(self.task, info=f"epoch {math.ceil(position)} val_loss {val_loss}")
+        if warning:
+            self._event("overfitting", warning)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict())
+        self.last_saved = self.step
+        self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
+        self.info.train_seconds = round(self.elapsed(), 1)
+        save_run_info(self.run_dir, self.info)
+        prune_checkpoints(self.run_dir, {self.step, self.monitor.best_step or self.step})
+
+    def _diverged(self, step: int, exc: Diverged) -> TrainingFailed:
+        last = latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is kept: {last}" if last is not None else "no checkpoint had been written yet"
+        message = f"{exc} at step {step}; training stopped and {kept}"
+        self._event("diverged", message)
+        self.info.status, self.info.stop_reason = "failed", f"{exc} at step {step}"
+        save_run_info(self.run_dir, self.info)
+        return TrainingFailed(message, fix="lower train.lr (or train.lr_multiplier) or raise train.warmup_ratio, and start a new run")
+
+    def _event(self, kind: str, message: str) -> None:
+        console.print(f"[yellow]{message}")
+        self._log({"step": self.step, "event": kind, "message": message})
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
 
 
-def _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, batch_size, run_dir: Path, info: RunInfo, step: int, epoch: float) -> float | None:
-    """Validation loss now; a checkpoint; the best one (lowest validation loss) is remembered and kept."""
-    val_loss = evaluate_loss(model, val_items, pad_id, device, batch_size) if val_items else None
-    _save_checkpoint(model, tokenizer, run_dir, step, info.end_of_turn_ids)
-    if val_loss is None or info.best_val_loss is None or val_loss < info.best_val_loss:
-        info.best_step, info.best_epoch, info.best_val_loss = step, epoch, val_loss
-        save_run_info(run_dir, info)
-    _prune_checkpoints(run_dir, {step, info.best_step})
-    return val_loss
-
-
-def _log(handle, history: list[dict], record: dict) -> None:
-    history.append(record)
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-
-
-def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, float, int, int]:
+def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None) -> tuple[float, float, int, int]:
     """One optimiser step over a group of micro-batches, every trained token weighted equally.
-    Returns (loss per trained token, gradient norm, trained tokens, real tokens)."""
+    Returns (loss per trained token, gradient norm, trained tokens, real tokens); raises Diverged,
+    before the weights are touched, when the loss or the gradient is not finite."""
     total_trained = sum(item.n_trained for batch in group for item in batch)
     total_loss, real_tokens = 0.0, 0
     for batch in group:
@@ -157,12 +306,13 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
         (loss_sum / total_trained).backward()
         total_loss += float(loss_sum.detach())
         real_tokens += int(tensors["attention_mask"].sum())
+    if on_backward is not None:
+        on_backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if not torch.isfinite(grad_norm) or not math.isfinite(total_loss):
-        raise UserError(
-            f"loss or gradient became {total_loss if not math.isfinite(total_loss) else float(grad_norm)}; training stopped",
-            fix="lower train.lr; the checkpoints of earlier epochs are kept in the run folder",
-        )
+    if not math.isfinite(total_loss):
+        raise Diverged(f"the training loss became {total_loss}")
+    if not torch.isfinite(grad_norm):
+        raise Diverged(f"the gradient norm became {float(grad_norm)}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total_loss / total_trained, float(grad_norm), total_trained, real_tokens
@@ -180,26 +330,3 @@ def evaluate_loss(model, items: list[Encoded], pad_id: int, device, batch_size: 
         count += n
     model.train()
     return round(total / max(1, count), 5)
-
-
-def _save_checkpoint(model, tokenizer, run_dir: Path, step: int, eot_ids: list[int]) -> None:
-    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
-    target = run_dir / "checkpoints" / f"step-{step}"
-    staging = target.with_name(f".{target.name}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        generation.eos_token_id = eot_ids
-        generation.pad_token_id = tokenizer.pad_token_id
-        generation.save_pretrained(staging)
-    staging.rename(target)
-
-
-def _prune_checkpoints(run_dir: Path, keep: set[int]) -> None:
-    """Full-model checkpoints are large: keep only the best and the latest."""
-    for folder in (run_dir / "checkpoints").glob("step-*"):
-        if int(folder.name.split("-")[1]) not in keep:
-            shutil.rmtree(folder)

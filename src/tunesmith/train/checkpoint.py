@@ -1,0 +1,132 @@
+"""Resumable checkpoints: the trained weights (safetensors, loadable on their own) plus
+trainer_state.pt, everything the loop needs to continue exactly where it stopped: optimiser and
+scheduler state, RNG states, the step counter (which fixes the position inside the epoch,
+because batches are a pure function of seed and epoch) and the validation history."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import UserError
+
+STATE_FILE = "trainer_state.pt"
+_STEP_FOLDER = re.compile(r"^step-(\d+)$")
+
+
+def test_kill(point: str, step: int) -> None:
+    """Test hook: TUNESMITH_TEST_KILL_AT=step:7 (inside optimiser step 7) or ckpt:12 (inside the
+    checkpoint write of step 12) SIGKILLs this process, as a power cut would. Inert unless set."""
+    if os.environ.get("TUNESMITH_TEST_KILL_AT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step}"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any]) -> Path:
+    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
+    target = checkpoint_dir(run_dir, step)
+    staging = target.with_name(f".{target.name}.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.eos_token_id = eot_ids
+        generation.pad_token_id = tokenizer.pad_token_id
+        generation.save_pretrained(staging)
+    test_kill("ckpt", step)
+    torch.save(state, staging / STATE_FILE)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Finished checkpoints by step; staging folders (.step-N.tmp) never match."""
+    found = {}
+    for folder in (run_dir / "checkpoints").glob("step-*"):
+        match = _STEP_FOLDER.match(folder.name)
+        if match and (folder / STATE_FILE).is_file():
+            found[int(match.group(1))] = folder
+    return found
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[max(found)] if found else None
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def restore_weights(model: Any, folder: Path) -> None:
+    """Load a checkpoint's trained weights into a model built the same way as the run's."""
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = getattr(result, "unexpected_keys", [])
+    else:
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    if not weights or unexpected:
+        raise UserError(f"checkpoint {folder} does not fit this model ({len(unexpected)} unknown weights)", fix="resume with the base model the run started from")
+
+
+def prune_checkpoints(run_dir: Path, keep: set[int]) -> None:
+    """Full-model checkpoints are large: keep only the best and the latest (and no staging leftovers)."""
+    folder = run_dir / "checkpoints"
+    for child in folder.iterdir() if folder.is_dir() else ():
+        match = _STEP_FOLDER.match(child.name)
+        if (match and int(match.group(1)) not in keep) or (child.name.startswith(".step-") and child.name.endswith(".tmp")):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def truncate_metrics(path: Path, last_step: int) -> list[dict]:
+    """Drop the records written after the checkpoint a run resumes from: they will be written again."""
+    if not path.is_file():
+        return []
+    kept = [r for r in map(_parse, path.read_text(encoding="utf-8").splitlines()) if r is not None and r.get("step", 0) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return kept
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the half-written last line of a killed run
+        return None

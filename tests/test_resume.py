@@ -1,0 +1,91 @@
+"""A run killed at any moment (SIGKILL: mid-step, mid-checkpoint-write) and resumed equals the run
+that was never interrupted, step for step and weight for weight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from clihelp import run_cli
+
+SRC = Path(__file__).parents[1] / "src"
+
+
+def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_TEST_KILL_AT": kill_at or ""}
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def curve(run_dir: Path) -> tuple[list, list]:
+    rows = records(run_dir)
+    return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r], [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+
+
+def only_run(home: Path, before: set[str]) -> Path:
+    (new,) = {p.name for p in (home / "runs").iterdir()} - before
+    return home / "runs" / new
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_model, tickets_file, tmp_path):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
+    config = tmp_path / "run.yaml"
+    # 48 training examples / batch 4 = 12 steps per epoch, 24 in all; validation at 6, 12, 18, 24; checkpoints every 5 steps too.
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\n"
+        "train: {epochs: 2, batch_size: 4, lr: 3.0e-2, evals_per_epoch: 2, save_every_steps: 5, scheduler: cosine}\n"
+    )
+    whole = tunesmith("train", "--config", str(config))
+    assert whole.returncode == 0, whole.stderr
+    reference = (home / "runs" / whole.stdout.strip().splitlines()[-1])
+
+    before = {p.name for p in (home / "runs").iterdir()}
+    killed = tunesmith("train", "--config", str(config), kill_at="step:8")  # inside step 8: the last checkpoint is step 6
+    assert killed.returncode == -9
+    run_dir = only_run(home, before)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    assert max(r["step"] for r in records(run_dir)) == 7
+
+    again = tunesmith("train", "--resume", run_dir.name, kill_at="ckpt:15")  # inside the write of checkpoint 15
+    assert again.returncode == -9
+    assert (run_dir / "checkpoints" / ".step-15.tmp").is_dir()  # the half checkpoint a crash leaves
+    assert max(r["step"] for r in records(run_dir)) == 15
+
+    done = tunesmith("train", "--resume", run_dir.name)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step 12 of 24" in done.stderr  # not the half-written step 15
+    resumed_events = [r["step"] for r in records(run_dir) if r.get("event") == "resumed"]
+    assert resumed_events == [6, 12]
+
+    train_a, val_a = curve(reference)
+    train_b, val_b = curve(run_dir)
+    assert [s for s, _, _ in train_b] == list(range(1, 25))  # every step once: nothing lost, nothing duplicated
+    assert [s for s, _ in val_b] == [6, 12, 18, 24]
+    for (step, loss_a, lr_a), (_, loss_b, lr_b) in zip(train_a, train_b):
+        assert abs(loss_a - loss_b) <= 1e-6 and abs(lr_a - lr_b) <= 1e-12, f"step {step}: {loss_a} vs {loss_b}, lr {lr_a} vs {lr_b}"
+    assert val_a == val_b
+    info_a, info_b = (json.loads((d / "run.json").read_text()) for d in (reference, run_dir))
+    assert info_b["status"] == "completed" and info_a["best_step"] == info_b["best_step"]
+    weights_a = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    weights_b = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.allclose(weights_a[key], weights_b[key], atol=1e-6, rtol=0), key
+    assert not any(p.name.endswith(".tmp") for p in (run_dir / "checkpoints").iterdir())
+
+    # A completed run cannot be resumed, and settings that would change a run are refused by name.
+    result = run_cli(capsys, "train", "--resume", run_dir.name)
+    assert result.code == 2 and "already completed" in result.err
+    result = run_cli(capsys, "train", "--resume", reference.name, "--lr", "0.1", "--batch-size", "4", "--epochs", "3")
+    message = " ".join(result.err.split())  # the terminal wraps long lines
+    assert result.code == 2 and "train.lr: 0.03 in the run, 0.1 given" in message and "train.epochs: 2 in the run, 3 given" in message
+    assert "train.batch_size" not in result.err  # the same value changes nothing
