@@ -142,15 +142,27 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run"),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run."""
     from tunesmith.config import load_run_spec
     from tunesmith.train.trainer import train
 
     overrides = {"model.name": model, "train.method": method, "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size, "name": name}
+    overrides |= {"train.price_per_hour": price_per_hour, "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None}
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     spec = load_run_spec(config, overrides)
+    from tunesmith.train.tracking import check_installed  # budget: estimates and trackers
+
+    check_installed(spec.train.report_to)
+    if dry_run:
+        from tunesmith.train.estimate import dry_run as estimate_only
+
+        estimate_only(spec, _workspace())
+        return
     result = train(spec, _workspace())
     console.print(f"[green]run {result.info.run_id} completed[/]: best at step {result.info.best_step} (epoch {result.info.best_epoch}), validation loss {result.info.best_val_loss}")
     console.print(f"run folder: {result.run_dir}")

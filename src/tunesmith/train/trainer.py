@@ -18,10 +18,13 @@ from tunesmith.errors import UserError
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, new_run_id, replace_folder, save_run_info, write_config, write_json
+from tunesmith.train.callbacks import build_probes  # budget
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
+from tunesmith.train.estimate import estimate_training, print_estimate  # budget
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, count_parameters
 from tunesmith.train.plot import plot_loss
+from tunesmith.train.tracking import open_trackers  # budget
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
 
@@ -72,6 +75,7 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(train_items)} examples, device {device}")
+    print_estimate(estimate_training(model, tokenizer, device, cfg, train_items, val_items, len(dropped)), run_dir)  # budget
     info = RunInfo(
         run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
         artefact="adapter" if cfg.method == "lora" else "model", dataset=dataset.name, dataset_version=dataset.version,
@@ -79,7 +83,8 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
     )
     save_run_info(run_dir, info)
     started = time.perf_counter()
-    history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info)
+    probes = build_probes(spec, dataset.splits["validation"])  # budget: generation eval during training
+    history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info, probes)
     info.train_seconds = round(time.perf_counter() - started, 1)
     replace_folder(run_dir / "checkpoints" / f"step-{info.best_step}", run_dir / info.artefact)
     info.status = "completed"
@@ -88,7 +93,7 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
     return TrainResult(run_dir, info, history)
 
 
-def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], val_items: list[Encoded], run_dir: Path, info: RunInfo) -> list[dict]:
+def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], val_items: list[Encoded], run_dir: Path, info: RunInfo, probes) -> list[dict]:
     cfg = spec.train
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,7 +108,7 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
     eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
     history: list[dict] = []
     step, started, tokens_seen = 0, time.perf_counter(), 0
-    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar, open_trackers(spec, run_dir) as tracker:  # budget: tracker
         task = bar.add_task("training", total=total_steps, info="")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
@@ -120,12 +125,14 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
                     "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(grad_norm, 4), "trained_tokens": n_trained,
                     "tokens": n_real, "tokens_per_s": round(tokens_seen / elapsed, 1), "elapsed_s": round(elapsed, 1),
                 }
-                _log(metrics_file, history, record)
+                _log(metrics_file, history, record, tracker)
                 bar.update(task, advance=1, info=f"epoch {epoch} loss {loss_value:.3f} {record['tokens_per_s']:.0f} tok/s")
                 if step in eval_steps:
                     val_loss = _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, cfg.batch_size, run_dir, info, step, record["epoch"])
-                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], "val_loss": val_loss})
+                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], "val_loss": val_loss}, tracker)
                     bar.update(task, info=f"epoch {epoch} val_loss {val_loss}")
+                for probe_record in probes.run(model, tokenizer, step, record["epoch"]):  # budget: generation eval
+                    _log(metrics_file, history, probe_record, tracker)
     return history
 
 
@@ -140,10 +147,12 @@ def _validate_and_checkpoint(model, tokenizer, val_items, pad_id, device, batch_
     return val_loss
 
 
-def _log(handle, history: list[dict], record: dict) -> None:
+def _log(handle, history: list[dict], record: dict, tracker=None) -> None:
     history.append(record)
     handle.write(json.dumps(record) + "\n")
     handle.flush()
+    if tracker is not None:  # budget
+        tracker.log(record)
 
 
 def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, float, int, int]:
