@@ -147,7 +147,9 @@ def train_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
-    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs"),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run"),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
@@ -157,16 +159,27 @@ def train_cmd(
     budget = Budget(max_time, max_cost, price_per_hour)
     overrides = {
         "model.name": model, "train.method": method, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
-        "train.lr_multiplier": lr_multiplier, "train.batch_size": batch_size, "name": name,
+        "train.lr_multiplier": lr_multiplier, "train.batch_size": batch_size, "name": name, "train.price_per_hour": price_per_hour,
+        "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     if resume is not None:
         from tunesmith.train.resume import resume_run
 
+        overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
         result = resume_run(_workspace(), resume, config, overrides, budget)
     else:
-        result = train(load_run_spec(config, overrides), _workspace(), budget)
+        spec = load_run_spec(config, overrides)
+        from tunesmith.train.tracking import check_installed
+
+        check_installed(spec.train.report_to)
+        if dry_run:
+            from tunesmith.train.estimate import dry_run as estimate_only
+
+            estimate_only(spec, _workspace())
+            return
+        result = train(spec, _workspace(), budget)
     info = result.info
     if info.status == "stopped":
         console.print(f"[yellow]run {info.run_id} stopped[/]: {info.stop_reason}; continue with `tunesmith train --resume {info.run_id}`")

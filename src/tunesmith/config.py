@@ -113,6 +113,14 @@ def _int_or_auto(value: Any, low: int, high: int) -> Any:
     return value
 
 
+class GenerationEvalSpec(_Spec):
+    """Generate on a fixed validation sample during training and score it like `tunesmith eval`."""
+
+    every_steps: int = Field(..., ge=1, description="generate and score at every multiple of this many optimizer steps")
+    sample_size: int = Field(32, ge=1, le=100_000, description="validation examples generated each time (the same ones every time)")
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+
+
 class TrainSpec(_Spec):
     method: Literal["lora", "full"] = "lora"
     epochs: int | Literal["auto"] = Field(2, description=f"passes over the training split (ignored when max_steps is set). {AUTO_RULE}")
@@ -134,6 +142,11 @@ class TrainSpec(_Spec):
     train_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs; the estimate shows the run's cost")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="also send every metrics record to these trackers (offline: files in the run folder or the workspace)"
+    )
+    generation_eval: GenerationEvalSpec | None = Field(None, description="task metrics from generation on a validation sample during training (off unless given)")
 
     @field_validator("epochs", mode="before")
     @classmethod

@@ -1,36 +1,267 @@
-"""How long an epoch will take on this machine, measured rather than guessed: a few real
-optimiser steps of the default method on the user's own examples."""
+"""What a training run will cost before it starts, measured rather than guessed.
+
+Tokens and optimiser steps are counted on the user's own examples exactly as the trainer will
+see them (chat template, truncation, dropped examples). Wall time is extrapolated by token
+count from a few real optimiser steps timed on this machine, on batches drawn from the run's
+own schedule; peak memory is measured during those steps; the cost is time x hourly price.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 
-from tunesmith.config import ModelSpec, TrainSpec
+from tunesmith.config import ModelSpec, RunSpec, TrainSpec
 from tunesmith.data.example import Example
+from tunesmith.errors import UserError
+from tunesmith.train.collate import Encoded, collate, encode_all, length_grouped_batches
+from tunesmith.train.loss import summed_loss
+from tunesmith.ui import console, out
 
-CALIBRATION_STEPS = 2
+# Timed optimiser steps after one warm-up step; enough to average shapes, few enough that the
+# estimate costs a few percent of a run.
+CALIBRATION_STEPS = 3
+
+
+class TrainEstimate(BaseModel):
+    """estimate.json in the run folder, and the table `train --dry-run` prints."""
+
+    examples: int
+    dropped_examples: int
+    epochs: int
+    tokens_per_epoch: int  # real tokens the model reads per epoch, after the chat template and truncation
+    trained_tokens_per_epoch: int  # those that carry loss
+    steps_per_epoch: int
+    total_steps: int
+    validations: int
+    validation_tokens: int  # per validation pass
+    calibration_steps: int
+    seconds_per_token: float
+    validation_seconds_per_token: float | None
+    train_seconds: float
+    validation_seconds: float
+    total_seconds: float
+    peak_memory_bytes: int
+    memory_measure: str
+    device: str
+    price_per_hour: float | None = None
+    cost: float | None = None
+
+
+class _PeakMemory:
+    """Peak memory while the block runs: the CUDA allocator's own peak on GPU; on CPU the
+    process's resident set, sampled, because the allocator there keeps no peak."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self) -> "_PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import psutil
+
+            process = psutil.Process()
+            self.peak = process.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.wait(0.005):
+                    self.peak = max(self.peak, process.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def measure(self) -> str:
+        return "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "process RSS"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(model: Any, group: list[list[Encoded]], pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float) -> int:
+    """The compute of one training step (forward, backward, clipping, AdamW); returns the real tokens read."""
+    total_trained = sum(item.n_trained for batch in group for item in batch)
+    tokens = 0
+    for batch in group:
+        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        loss_sum, _ = summed_loss(model, tensors)
+        (loss_sum / total_trained).backward()
+        tokens += int(tensors["attention_mask"].sum())
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return tokens
+
+
+def _representative(groups: list[list[list[Encoded]]], k: int) -> list[list[list[Encoded]]]:
+    """k step-groups at evenly spaced quantiles of token count, so short and long batches both count."""
+    ordered = sorted(groups, key=lambda g: sum(len(i.input_ids) for b in g for i in b))
+    return [ordered[min(len(ordered) - 1, (len(ordered) * (q + 1)) // (k + 1))] for q in range(k)]
+
+
+def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded]) -> dict[str, Any]:
+    """Seconds per token of training and of validation, and the peak memory, from real steps.
+
+    The optimiser runs with learning rate 0 and the random state is restored afterwards, so
+    the run that follows starts from exactly the weights and seed it would have without this."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, 1)
+    groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+    # The widest group warms up: its allocations are the run's peak, measured below.
+    warm = max(groups, key=lambda g: sum(len(b) * max(len(i.input_ids) for i in b) for b in g))
+    timed = _representative(groups, CALIBRATION_STEPS)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay)
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    was_training = model.training
+    model.train()
+    try:
+        with _PeakMemory(device) as memory:
+            _step(model, warm, pad_id, device, params, optimizer, cfg.max_grad_norm)
+            started, tokens = time.perf_counter(), 0
+            for group in timed:
+                tokens += _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+            train_spt = (time.perf_counter() - started) / max(1, tokens)
+            val_spt = _validation_seconds_per_token(model, val_items, pad_id, device, cfg.batch_size)
+    finally:
+        del optimizer
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        model.train(was_training)
+    return {"seconds_per_token": train_spt, "validation_seconds_per_token": val_spt, "peak_memory_bytes": memory.peak, "memory_measure": memory.measure}
+
+
+@torch.no_grad()
+def _validation_seconds_per_token(model: Any, val_items: list[Encoded], pad_id: int, device: torch.device, batch_size: int) -> float | None:
+    if not val_items:
+        return None
+    ordered = sorted(val_items, key=lambda item: len(item.input_ids))
+    middle = max(0, len(ordered) // 2 - batch_size // 2)
+    tensors = {k: v.to(device) for k, v in collate(ordered[middle : middle + batch_size], pad_id).items()}
+    model.eval()
+    started = time.perf_counter()
+    summed_loss(model, tensors)
+    _sync(device)
+    return (time.perf_counter() - started) / max(1, int(tensors["attention_mask"].sum()))
+
+
+def estimate_training(
+    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], dropped: int = 0
+) -> TrainEstimate:
+    from tunesmith.train.settings import plan_steps
+
+    plan = plan_steps(cfg, len(train_items))  # the trainer's own plan: max_steps, epochs and validation points
+    measured = calibrate(model, tokenizer, device, cfg, train_items, val_items)
+    tokens = sum(len(i.input_ids) for i in train_items)
+    val_tokens = sum(len(i.input_ids) for i in val_items)
+    validations = len(plan.eval_steps)
+    train_seconds = tokens * (plan.total_steps / plan.steps_per_epoch) * measured["seconds_per_token"]
+    val_seconds = val_tokens * validations * (measured["validation_seconds_per_token"] or 0.0)
+    total = train_seconds + val_seconds
+    return TrainEstimate(
+        examples=len(train_items), dropped_examples=dropped, epochs=plan.epochs, tokens_per_epoch=tokens,
+        trained_tokens_per_epoch=sum(i.n_trained for i in train_items), steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
+        validations=validations, validation_tokens=val_tokens, calibration_steps=CALIBRATION_STEPS, **measured,
+        train_seconds=round(train_seconds, 1), validation_seconds=round(val_seconds, 1), total_seconds=round(total, 1), device=str(device),
+        price_per_hour=cfg.price_per_hour, cost=round(total / 3600 * cfg.price_per_hour, 4) if cfg.price_per_hour is not None else None,
+    )
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def print_estimate(estimate: TrainEstimate, run_dir: Path | None = None) -> None:
+    """The table: on stdout for a dry run; in a run, on stderr with the progress (stdout ends with the
+    run id for scripts) and as estimate.json in the run folder, to compare with what the run took."""
+    from rich.table import Table
+
+    e = estimate
+    table = Table(title="training estimate (measured on this machine)", show_header=False)
+    table.add_row("examples", f"{e.examples:,}" + (f" ({e.dropped_examples} dropped: nothing to learn after truncation)" if e.dropped_examples else ""))
+    table.add_row("tokens per epoch", f"{e.tokens_per_epoch:,} ({e.trained_tokens_per_epoch:,} trained)")
+    table.add_row("optimizer steps", f"{e.total_steps:,} ({e.steps_per_epoch:,} per epoch x {e.epochs} epochs)")
+    table.add_row("validation", f"{e.validations} pass(es) over {e.validation_tokens:,} tokens")
+    table.add_row("throughput", f"{1 / e.seconds_per_token:,.0f} tokens/s training on {e.device} ({e.calibration_steps} timed steps after a warm-up)")
+    table.add_row("estimated time", f"{duration(e.total_seconds)} ({duration(e.train_seconds)} training, {duration(e.validation_seconds)} validation; model loading and checkpoints not included)")
+    table.add_row("peak memory", f"{e.peak_memory_bytes / 2**30:.2f} GiB ({e.memory_measure})")
+    table.add_row("estimated cost", f"{e.cost:,.2f} at {e.price_per_hour:g} per hour" if e.cost is not None else "give --price-per-hour to see it")
+    (out if run_dir is None else console).print(table)
+    if run_dir is not None:
+        (run_dir / "estimate.json").write_text(json.dumps(estimate.model_dump(), indent=2) + "\n", encoding="utf-8")
+
+
+def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]:
+    """The dataset's splits without registering anything: a file is prepared in memory only."""
+    if spec.data.path is None:
+        from tunesmith.data.dataset import load_dataset
+
+        return load_dataset(workspace, spec.data.dataset or "").splits
+    from tunesmith.data.prepare import run_steps
+
+    return run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare).splits
+
+
+def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
+    """`train --dry-run`: load → encode → calibrate → print; no run folder, nothing registered."""
+    from tunesmith.models.loading import load_model
+    from tunesmith.train.methods import apply_method
+
+    splits = _splits_read_only(spec, workspace)
+    from tunesmith.train.settings import resolve_settings
+
+    model, tokenizer, device = load_model(spec.model)
+    cfg = spec.train
+    train_items, dropped = encode_all(tokenizer, splits["train"], cfg.max_seq_len, cfg.train_on)
+    cfg, _ = resolve_settings(cfg, len(train_items), device)
+    val_items, _ = encode_all(tokenizer, splits["validation"], cfg.max_seq_len, cfg.train_on)
+    if not train_items:
+        raise UserError("no training example has a token left to learn", fix=f"raise train.max_seq_len (now {cfg.max_seq_len}) or check the assistant turns")
+    torch.manual_seed(cfg.seed)
+    model = apply_method(model, cfg)
+    console.print(f"timing {CALIBRATION_STEPS + 1} optimizer steps on {device} for the estimate")
+    estimate = estimate_training(model, tokenizer, device, cfg, train_items, val_items, len(dropped))
+    print_estimate(estimate)
+    return estimate
 
 
 def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec | None = None) -> float:
+    """Training seconds per token of the default method on these examples (for `data stats`)."""
     from tunesmith.models.loading import load_model
-    from tunesmith.train.collate import encode_all
     from tunesmith.train.methods import apply_method
-    from tunesmith.train.trainer import _optimizer_step
 
     spec = spec or TrainSpec()
     model, tokenizer, device = load_model(ModelSpec(name=model_name))
     model = apply_method(model, spec)
-    model.train()
-    items, _ = encode_all(tokenizer, examples[: spec.batch_size * (CALIBRATION_STEPS + 1)], spec.max_seq_len, spec.train_on)
-    items.sort(key=lambda item: len(item.input_ids))  # training groups by length too; unsorted batches time padding
-    batches = [items[i : i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    _optimizer_step(model, [batches[0]], pad_id, device, params, optimizer, spec.max_grad_norm)  # warm-up: allocations, kernels
-    started, tokens = time.perf_counter(), 0
-    for batch in batches[1:]:
-        tokens += _optimizer_step(model, [batch], pad_id, device, params, optimizer, spec.max_grad_norm)[3]
-    return (time.perf_counter() - started) / max(1, tokens)
+    items, _ = encode_all(tokenizer, examples[: spec.batch_size * 16], spec.max_seq_len, spec.train_on)
+    if not items:
+        raise UserError("no example has a token left to learn", fix=f"check the assistant turns, or raise train.max_seq_len (now {spec.max_seq_len})")
+    return calibrate(model, tokenizer, device, spec, items, [])["seconds_per_token"]

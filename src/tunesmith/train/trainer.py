@@ -26,11 +26,14 @@ from tunesmith.train.checkpoint import (
     checkpoint_dir, latest_checkpoint, load_state, prune_checkpoints, restore_rng, restore_weights, rng_state, save_checkpoint,
     test_kill, truncate_metrics,
 )
+from tunesmith.train.callbacks import Probes, build_probes
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
+from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, count_parameters
 from tunesmith.train.plot import plot_loss
+from tunesmith.train.tracking import open_trackers
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
@@ -129,6 +132,8 @@ def _train_in_folder(
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
+    if resume_from is None:
+        print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped)), run_dir)
     info = load_run_info(run_dir) if resume_from is not None else RunInfo(
         run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
         artefact="adapter" if cfg.method == "lora" else "model", dataset=dataset.name, dataset_version=dataset.version,
@@ -136,7 +141,7 @@ def _train_in_folder(
     )
     info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)
-    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget)
+    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, build_probes(spec, dataset.splits["validation"]))
     if resume_from is not None:
         loop.restore(resume_from)
     status, reason = loop.run()
@@ -157,7 +162,10 @@ def _finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResul
 class TrainingLoop:
     """One run's optimiser, schedule and counters; `state_dict` is what a checkpoint needs to continue exactly."""
 
-    def __init__(self, model, tokenizer, device, cfg: TrainSpec, items: Items, run_dir: Path, info: RunInfo, budget: Budget | None):
+    def __init__(
+        self, model, tokenizer, device, cfg: TrainSpec, items: Items, run_dir: Path, info: RunInfo, budget: Budget | None,
+        spec: RunSpec, probes: Probes | None = None,
+    ):
         self.model, self.tokenizer, self.device, self.cfg, self.items = model, tokenizer, device, cfg, items
         self.run_dir, self.info, self.budget = run_dir, info, budget or Budget()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -170,6 +178,7 @@ class TrainingLoop:
         self.last_saved: int | None = None
         self.history: list[dict] = []
         self.started = time.perf_counter()
+        self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
 
     def elapsed(self) -> float:
         """Training seconds over the whole run, earlier sessions included."""
@@ -198,7 +207,7 @@ class TrainingLoop:
     def run(self) -> tuple[str, str | None]:
         """Train to the last step, or until early stopping or a budget says stop: (run status, why it stopped early)."""
         self.model.train()
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar, open_trackers(self.spec, self.run_dir) as self.tracker:
             self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
             if self.step:
                 self._log({"step": self.step, "event": "resumed"})
@@ -240,6 +249,8 @@ class TrainingLoop:
             self._validate(position)
         elif step in self.plan.save_steps:
             self._checkpoint()
+        for record in self.probes.run(self.model, self.tokenizer, step, position):
+            self._log(record)
         return self._should_stop(time.perf_counter() - began)
 
     def _should_stop(self, step_seconds: float) -> tuple[str, str | None] | None:
@@ -292,6 +303,8 @@ class TrainingLoop:
         self.history.append(record)
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
+        if self.tracker is not None:
+            self.tracker.log(record)
 
 
 def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None) -> tuple[float, float, int, int]:

@@ -1,0 +1,73 @@
+"""train.report_to: every metrics record also reaches TensorBoard / MLflow, offline, with the same numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from clihelp import run_cli
+
+
+def _train(capsys, home, tiny_model, tickets_file, *extra: str):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--no-pii-ner").code == 0
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "2", "--batch-size", "8", *extra)
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, records
+
+
+def _series(records: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records if r.get(key) is not None]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="pip install tensorboard")
+def test_tensorboard_event_files_hold_the_logged_losses(capsys, home, tiny_model, tickets_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, records = _train(capsys, home, tiny_model, tickets_file, "--report-to", "tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for key in ("loss", "val_loss", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        expected = _series(records, key)
+        assert len(logged) == len(expected) > 0
+        for (step, value), (want_step, want) in zip(logged, expected):
+            assert step == want_step and value == pytest.approx(want, rel=1e-6)  # event files store float32
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="pip install mlflow")
+def test_mlflow_sqlite_store_in_the_workspace_holds_the_logged_losses(capsys, home, tiny_model, tickets_file, monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run_dir, records = _train(capsys, home, tiny_model, tickets_file, "--report-to", "mlflow,tensorboard")
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tunesmith").experiment_id])
+    assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
+    assert run.data.params["train.batch_size"] == "8" and run.data.params["model.name"] == str(tiny_model)
+    for key in ("loss", "val_loss"):
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == _series(records, key)
+    assert not (tmp_path / "mlruns").exists()  # nothing left in the user's current folder
+    assert (run_dir / "tensorboard").is_dir()  # both trackers at once
+
+
+def test_a_missing_tracker_package_is_a_usage_error_naming_the_install(capsys, home, tiny_model, tickets_file, monkeypatch):
+    import tunesmith.train.tracking as tracking
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--no-pii-ner").code == 0
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--report-to", "wandb")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "pip install wandb" in result.err and "train.report_to" in result.err
+    assert list((home / "runs").iterdir()) == []
+
+
+def test_an_unknown_tracker_is_reported_with_its_field(capsys, home, tickets_file):
+    result = run_cli(capsys, "train", "--data", str(tickets_file), "--report-to", "neptune")
+    assert result.code == 2 and "train.report_to.0" in result.err
