@@ -170,7 +170,8 @@ def test_messages_with_a_weight_round_trip_through_the_spill_file(tmp_path):
     record = {"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a", "weight": 0},
                            {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}], "meta": {"n": 1.5e20}}
     path = tmp_path / "w.jsonl"
-    path.write_text("".join(json.dumps({**record, "id": f"x{i}", "messages": [*record["messages"][:3], {"role": "assistant", "content": f"b{i}"}]}) + "\n"
+    path.write_text("".join(json.dumps({**record, "id": f"x{i}", "messages": [*record["messages"][:2], {"role": "user", "content": f"again {i}"},
+                                                                               {"role": "assistant", "content": f"b{i}"}]}) + "\n"
                             for i in range(30)), encoding="utf-8")
     dataset = prepare_dataset(path, Workspace.from_env(tmp_path / "ws"), options=PrepareSpec(pii="off", near_dedup=False))
     loaded = [e for split in dataset.splits.values() for e in split]
