@@ -29,6 +29,9 @@ _FTFY = ftfy.TextFixerConfig(
     fix_line_breaks=False, explain=False,
 )
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # what ftfy's remove_control_chars removes
+# Anything normalise_whitespace could change: whitespace other than single spaces and line breaks,
+# runs of spaces, spaces at a line's edge or the text's, two blank lines in a row, code fences.
+_WHITESPACE_TO_FIX = re.compile(r"[^\S \n]|  | \n|\n |\n\n\n|^\s|\s$|```|~~~")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INNER_RUN = re.compile(r"(?<=\S)[ \t]+(?=\S)")
 _LIST_STYLES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -125,6 +128,12 @@ def normalise_whitespace(text: str) -> str:
     """CRLF → LF, trailing spaces gone, runs of spaces/tabs inside prose lines collapsed, at most
     one blank line. Leading indentation is kept (it nests lists and code), and fenced code blocks
     are left exactly as written, since spaces inside code and string literals are meaningful."""
+    if _WHITESPACE_TO_FIX.search(text) is None:
+        return text  # _tidy would not change it; most text is already tidy
+    return _tidy(text)
+
+
+def _tidy(text: str) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     out: list[str] = []
     in_code = False

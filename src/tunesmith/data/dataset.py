@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,6 +56,16 @@ class Dataset(BaseModel):
         if self._splits is None:
             self._splits = {split: _read_split(self.path / f"{split}.jsonl") for split in SPLITS}
         return self._splits
+
+    def iter_split(self, split: str) -> Iterator[Example]:
+        """One split's examples streamed from its file, for a pass over a dataset of any size."""
+        if self._splits is not None:
+            yield from self._splits[split]
+            return
+        with (self.path / f"{split}.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield Example.model_validate_json(line)
 
     @property
     def name(self) -> str:

@@ -95,7 +95,7 @@ def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_pe
         def sets_of(positions: list[int]) -> dict[int, set[str]]:
             return {p: shingler(t) for p, t in zip(positions, rows.texts(kept[positions]))}
 
-        found = near_duplicates_in_order((shingler(t) for t in rows.texts(kept)), sets_of, threshold, num_perm, seed)
+        found = near_duplicates_in_order((shingler(t) for t in rows.texts(kept)), sets_of, threshold, num_perm, seed, count=len(kept))
         n_near = len(found)
         listed_near = found[: max(0, MAX_LISTED - len(pairs))]
         removed_ids, kept_ids = rows.ids([int(kept[j]) for j, _, _ in listed_near]), rows.ids([int(kept[i]) for _, i, _ in listed_near])
@@ -132,12 +132,13 @@ def near_matches(queries: Iterable[set[str]], reference: Iterable[set[str]], que
 class NearIndex:
     """Reference shingle sets sketched once and asked about several query sets (validation, then test)."""
 
-    def __init__(self, reference: Iterable[set[str]], reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0):
+    def __init__(self, reference: Iterable[set[str]], reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0,
+                 count: int | None = None):
         self.sketcher, self.threshold, self.reference_sets = _sketcher(threshold, num_perm, seed), threshold, reference_sets
-        self.sketches = self.sketcher.sketch(reference)
+        self.sketches = self.sketcher.sketch(reference, count)
 
-    def matches(self, queries: Iterable[set[str]], query_sets: SetsOf) -> dict[int, int]:
-        query_sketches = self.sketcher.sketch(queries)
+    def matches(self, queries: Iterable[set[str]], query_sets: SetsOf, count: int | None = None) -> dict[int, int]:
+        query_sketches = self.sketcher.sketch(queries, count)
         if not len(query_sketches) or not len(self.sketches):
             return {}
         q, ref = nearlsh.cross_pairs(query_sketches, self.sketches, self.threshold)
@@ -145,9 +146,9 @@ class NearIndex:
 
 
 def near_duplicates_in_order(sets: Iterable[set[str]], sets_of: SetsOf, threshold: float, num_perm: int = 128,
-                             seed: int = 0) -> list[tuple[int, int, float]]:
+                             seed: int = 0, count: int | None = None) -> list[tuple[int, int, float]]:
     """(removed, kept, similarity) by position: each example against the earlier ones kept."""
-    sketches = _sketcher(threshold, num_perm, seed).sketch(sets)
+    sketches = _sketcher(threshold, num_perm, seed).sketch(sets, count)
     i, j = nearlsh.self_pairs(sketches, threshold)
     return nearlsh.sequential_keep(len(sketches), nearlsh.exact_scores(i, j, sets_of, sets_of, threshold))
 

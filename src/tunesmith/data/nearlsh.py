@@ -20,6 +20,7 @@ example); the texts are read back only for the pairs the bound lets through.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 
@@ -29,7 +30,7 @@ SIGNATURE_BITS = 512
 _WORDS = SIGNATURE_BITS // 64
 _BATCH = 512  # examples hashed per numpy call: its (shingles x permutations) table is the peak
 _PAIR_CHUNK = 200_000  # candidate pairs expanded at once (~200 bytes each while filtered)
-_HASH_CACHE_LIMIT = 2_000_000
+_HASH_CACHE_LIMIT = 200_000  # ~25 MB; frequent shingles are back in it soon after it is cleared
 _M64 = np.uint64(0xFF51AFD7ED558CCD)
 _M64B = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -96,21 +97,34 @@ class Sketcher:
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         return np.minimum.reduceat(phv, starts, axis=1).T, hv, sizes
 
-    def sketch(self, sets: Iterable[set[str]]) -> Sketches:
-        bands, sizes, signatures = [], [], []
+    def sketch(self, sets: Iterable[set[str]], count: int | None = None) -> Sketches:
+        """Sketches of `sets`; with their `count` known the arrays are filled in place (no second copy)."""
+        out = Sketches(np.zeros((count or 0, self.b), np.uint64), np.zeros(count or 0, np.int32), np.zeros((count or 0, _WORDS), np.uint64))
+        parts: list[Sketches] = []
+        filled = 0
         batch: list[set[str]] = []
-        for shingles in sets:
-            batch.append(shingles)
-            if len(batch) == _BATCH:
-                self._sketch_batch(batch, bands, sizes, signatures)
-                batch = []
-        if batch:
-            self._sketch_batch(batch, bands, sizes, signatures)
-        if not sizes:
-            return Sketches(np.zeros((0, self.b), np.uint64), np.zeros(0, np.int32), np.zeros((0, _WORDS), np.uint64))
-        return Sketches(np.concatenate(bands), np.concatenate(sizes), np.concatenate(signatures))
+        for shingles in itertools.chain(sets, [None]):
+            if shingles is not None:
+                batch.append(shingles)
+                if len(batch) < _BATCH:
+                    continue
+            if not batch:
+                break
+            part = self._sketch_batch(batch)
+            if count is None:
+                parts.append(part)
+            else:
+                out.bands[filled : filled + len(batch)], out.sizes[filled : filled + len(batch)] = part.bands, part.sizes
+                out.signatures[filled : filled + len(batch)] = part.signatures
+            filled += len(batch)
+            batch = []
+        if count is None and parts:
+            return Sketches(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("bands", "sizes", "signatures")))
+        if count is not None and filled != count:
+            raise ValueError(f"expected {count} shingle sets, got {filled}")
+        return out
 
-    def _sketch_batch(self, batch: list[set[str]], bands: list, sizes: list, signatures: list) -> None:
+    def _sketch_batch(self, batch: list[set[str]]) -> Sketches:
         values, hv, counts = self.minhashes(batch)
         keys = np.empty((len(batch), self.b), dtype=np.uint64)
         for band in range(self.b):
@@ -122,9 +136,7 @@ class Sketcher:
         bit = hv % np.uint32(SIGNATURE_BITS)
         owner = np.repeat(np.arange(len(batch)), counts)
         np.bitwise_or.at(signature, owner * _WORDS + (bit >> np.uint32(6)), np.uint64(1) << (bit & np.uint32(63)).astype(np.uint64))
-        bands.append(keys)
-        sizes.append(counts.astype(np.int32))
-        signatures.append(signature.reshape(len(batch), _WORDS))
+        return Sketches(keys, counts.astype(np.int32), signature.reshape(len(batch), _WORDS))
 
 
 # --- candidate pairs ----------------------------------------------------------------------------

@@ -158,7 +158,10 @@ class _Pattern:
 
 
 def _has(*parts: str) -> Callable[[str], bool]:
-    return lambda text: any(part in text for part in parts)
+    if len(parts) == 1:
+        part = parts[0]
+        return lambda text: part in text
+    return re.compile("|".join(map(re.escape, parts))).search  # type: ignore[return-value]
 
 
 def _matches(pattern: str, flags: int = 0) -> Callable[[str], bool]:

@@ -6,15 +6,21 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Iterable, Mapping
+from itertools import islice
 from pathlib import Path
 
 from tunesmith.data.dataset import Dataset, load_dataset
+from tunesmith.data.example import Example
 from tunesmith.data.stats import DatasetStats, dataset_stats, plot_length_histogram, print_stats
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
 
+SAMPLE = 64  # training examples enough for the step timing (seconds_per_token uses the first few batches)
 
-def _stats(splits: dict, model: str | None, folder: Path | None) -> DatasetStats:
+
+def _stats(splits: Mapping[str, Iterable[Example]], model: str | None, folder: Path | None, sample: list[Example]) -> DatasetStats:
+    """`sample`: the first training examples, for timing training steps when a model is named."""
     tokenizer, per_token = None, None
     if model:
         from tunesmith.data.validate import load_tokenizer_only
@@ -22,7 +28,7 @@ def _stats(splits: dict, model: str | None, folder: Path | None) -> DatasetStats
 
         tokenizer = load_tokenizer_only(model)
         console.print("timing a few training steps on this machine for the estimate")
-        per_token = seconds_per_token(model, splits.get("train") or next(iter(splits.values())))
+        per_token = seconds_per_token(model, sample)
     stats = dataset_stats(splits, tokenizer, seconds_per_token=per_token)
     print_stats(stats)
     if folder is not None and stats.token_lengths:
@@ -30,11 +36,21 @@ def _stats(splits: dict, model: str | None, folder: Path | None) -> DatasetStats
     return stats
 
 
+def _streamed(dataset: Dataset, model: str | None) -> DatasetStats:
+    """Stats of a prepared dataset read split by split from its files: a large one is never all in memory."""
+    from tunesmith.data.split import SPLITS
+
+    sample = list(islice(dataset.iter_split("train"), SAMPLE)) if model else []
+    if model and not sample:
+        sample = next((list(islice(dataset.iter_split(s), SAMPLE)) for s in SPLITS if dataset.manifest.counts.get(s)), [])
+    return _stats({s: dataset.iter_split(s) for s in SPLITS}, model, dataset.path, sample)
+
+
 def summarise_dataset(dataset: Dataset, model: str | None = None) -> Path:
     from tunesmith.report_cli import print_dataset
 
     print_dataset(dataset)
-    stats = _stats(dataset.splits, model, dataset.path)
+    stats = _streamed(dataset, model)
     path = write_dataset_report(dataset, stats)
     console.print(f"report: {path}")
     return path
@@ -45,9 +61,8 @@ def stats_command(workspace: Workspace, source: str, model: str | None, fmt: str
         from tunesmith.data.formats import load_examples
 
         examples, _ = load_examples(Path(source), fmt)  # type: ignore[arg-type]
-        return _stats({"all": examples}, model, Path(source).parent)
-    dataset = load_dataset(workspace, source)
-    return _stats(dataset.splits, model, dataset.path)
+        return _stats({"all": examples}, model, Path(source).parent, examples[:SAMPLE])
+    return _streamed(load_dataset(workspace, source), model)
 
 
 def write_dataset_report(dataset: Dataset, stats: DatasetStats) -> Path:

@@ -116,9 +116,9 @@ def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None) -> Le
             shingler = shingler_for_lengths(np.concatenate([words[candidates], words[train]]))
             if shingler.name not in indexes:
                 indexes[shingler.name] = NearIndex((shingler(t) for t in rows.texts(train, prompt_only=True)),
-                                                   _sets_of(rows, train, shingler), near_threshold)
+                                                   _sets_of(rows, train, shingler), near_threshold, count=len(train))
             matches = indexes[shingler.name].matches((shingler(t) for t in rows.texts(candidates, prompt_only=True)),
-                                                     _sets_of(rows, candidates, shingler))
+                                                     _sets_of(rows, candidates, shingler), count=len(candidates))
             ordered = sorted(matches.items())
             ids = rows.ids([int(candidates[q]) for q, _ in ordered])
             train_ids = rows.ids([int(train[ref]) for _, ref in ordered])

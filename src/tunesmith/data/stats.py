@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +53,19 @@ class DatasetStats(BaseModel):
 
 
 def dataset_stats(
-    examples_by_split: dict[str, list[Example]], tokenizer: Any = None, *, seconds_per_token: float | None = None
+    examples_by_split: Mapping[str, Iterable[Example]], tokenizer: Any = None, *, seconds_per_token: float | None = None
 ) -> DatasetStats:
+    """Each split is read once, example by example: a split may be a generator over a large file."""
     lengths: dict[str, list[int]] = {}
     splits = {}
     for name, examples in examples_by_split.items():
-        tokens = None
+        splits[name], split_lengths = _split_stats(examples, tokenizer)
         if tokenizer is not None:
-            lengths[name], trained = _token_counts(tokenizer, examples)
-            tokens = _token_stats(lengths[name], trained)
-        splits[name] = _split_stats(examples, tokens)
+            lengths[name] = split_lengths
     train = splits.get("train")
     total = train.tokens.total if train and train.tokens else None
     return DatasetStats(
-        counts={name: len(examples) for name, examples in examples_by_split.items()},
+        counts={name: split.examples for name, split in splits.items()},
         splits=splits,
         token_lengths=lengths,
         train_tokens_per_epoch=total,
@@ -84,19 +84,27 @@ def summarise(values: list[float]) -> Summary | None:
     return Summary(min=ordered[0], mean=statistics.fmean(ordered), median=statistics.median(ordered), p95=p95, max=ordered[-1])
 
 
-def _split_stats(examples: list[Example], tokens: TokenStats | None) -> SplitStats:
-    roles = Counter(m.role for e in examples for m in e.messages)
-    labels = Counter(e.label for e in examples if e.label is not None)
-    turns = summarise([sum(m.role != "system" for m in e.messages) for e in examples])
-    return SplitStats(examples=len(examples), roles=dict(sorted(roles.items())), turns=turns, labels=dict(labels.most_common()), tokens=tokens)
-
-
-def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], int]:
-    # The trainer's own encoding, so "trained tokens" here is exactly what training will count.
-    from tunesmith.train.collate import encode
-
-    encoded = [encode(tokenizer, e, NO_LIMIT) for e in examples]
-    return [len(x.input_ids) for x in encoded], sum(x.n_trained for x in encoded)
+def _split_stats(examples: Iterable[Example], tokenizer: Any) -> tuple[SplitStats, list[int]]:
+    roles: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    turns: list[int] = []
+    lengths: list[int] = []
+    trained = 0
+    if tokenizer is not None:
+        # The trainer's own encoding, so "trained tokens" here is exactly what training will count.
+        from tunesmith.train.collate import encode
+    for example in examples:
+        roles.update(m.role for m in example.messages)
+        if example.label is not None:
+            labels[example.label] += 1
+        turns.append(sum(m.role != "system" for m in example.messages))
+        if tokenizer is not None:
+            encoded = encode(tokenizer, example, NO_LIMIT)
+            lengths.append(len(encoded.input_ids))
+            trained += encoded.n_trained
+    tokens = _token_stats(lengths, trained) if tokenizer is not None else None
+    stats = SplitStats(examples=len(turns), roles=dict(sorted(roles.items())), turns=summarise(turns), labels=dict(labels.most_common()), tokens=tokens)
+    return stats, lengths
 
 
 def _token_stats(lengths: list[int], trained: int) -> TokenStats | None:
