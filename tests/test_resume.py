@@ -89,3 +89,27 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_
     message = " ".join(result.err.split())  # the terminal wraps long lines
     assert result.code == 2 and "train.lr: 0.03 in the run, 0.1 given" in message and "train.epochs: 2 in the run, 3 given" in message
     assert "train.batch_size" not in result.err  # the same value changes nothing
+
+
+def test_full_fine_tuning_resumes_exactly_after_a_budget_stop(home, tiny_model, tickets_file):
+    """Full fine-tuning (tied embeddings, optimiser state for every weight) continues exactly too."""
+    from tunesmith.config import PrepareSpec, RunSpec
+    from tunesmith.data.dataset import prepare_dataset
+    from tunesmith.train.guards import Budget
+    from tunesmith.train.resume import resume
+    from tunesmith.train.trainer import train
+    from tunesmith.workspace import Workspace
+
+    ws = Workspace.from_env()
+    prepare_dataset(tickets_file, ws, name="tickets", options=PrepareSpec(pii="off"))
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
+                                   "train": {"method": "full", "max_steps": 8, "batch_size": 4, "lr": 1e-3, "evals_per_epoch": 2}})
+    whole = train(spec, ws)
+    stopped = train(spec, ws, Budget(max_seconds=1e-3))  # any step takes longer: stops after step 1
+    assert stopped.info.status == "stopped" and [r["step"] for r in stopped.history if "loss" in r] == [1]
+    finished = resume(ws, stopped.run_dir)
+    assert finished.info.status == "completed"
+    assert curve(whole.run_dir) == curve(finished.run_dir)
+    weights_a = load_file(str(whole.run_dir / "model" / "model.safetensors"))
+    weights_b = load_file(str(finished.run_dir / "model" / "model.safetensors"))
+    assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6, rtol=0) for k in weights_a)

@@ -179,7 +179,7 @@ class TrainingLoop:
         return {
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
             "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(),
+            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
         }
 
     def restore(self, folder: Path) -> None:
@@ -188,6 +188,8 @@ class TrainingLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
+        if self.device.type == "cpu":
+            torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
         self.step, self.tokens_seen, self.seconds_before = state["step"], state["tokens_seen"], state["train_seconds"]
         self.last_saved, self.started = self.step, time.perf_counter()
