@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from clihelp import run_cli
+from tunesmith.registry.store import Registry
 
 SRC = Path(__file__).parents[1] / "src"
 
@@ -113,3 +114,23 @@ def test_full_fine_tuning_resumes_exactly_after_a_budget_stop(home, tiny_model, 
     weights_a = load_file(str(whole.run_dir / "model" / "model.safetensors"))
     weights_b = load_file(str(finished.run_dir / "model" / "model.safetensors"))
     assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6, rtol=0) for k in weights_a)
+
+
+def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_model, tickets_file):
+    import signal
+    import time
+
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "20", "--batch-size", "4"]
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12)
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    (run_dir,) = (home / "runs").iterdir()
+    assert process.returncode == 130 and f"tunesmith train --resume {run_dir.name}" in " ".join(err.split())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "stopped" and f"tunesmith train --resume {run_dir.name}" in info["stop_reason"]
+    assert Registry(home / "registry.db").run(run_dir.name)["status"] == "stopped"

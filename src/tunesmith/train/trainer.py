@@ -93,8 +93,8 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
 def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult]) -> TrainResult:
     try:
         result = work()
-    except BaseException:
-        registry.finish_run(run_id, "failed", None)
+    except BaseException as exc:
+        registry.finish_run(run_id, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed", None)
         raise
     registry.finish_run(run_id, result.info.status, result.info.best_val_loss)
     return result
@@ -139,7 +139,13 @@ def _train_in_folder(
     loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget)
     if resume_from is not None:
         loop.restore(resume_from)
-    status, reason = loop.run()
+    try:
+        status, reason = loop.run()
+    except KeyboardInterrupt:
+        info.status, info.stop_reason = "stopped", f"interrupted; `tunesmith train --resume {run_dir.name}` continues from step {loop.last_saved or 0}"
+        save_run_info(run_dir, info)
+        console.print(f"[yellow]{info.stop_reason}")
+        raise
     return _finish(loop, status, reason)
 
 
