@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from clihelp import run_cli
+from tunesmith.registry.store import Registry
 
 SRC = Path(__file__).parents[1] / "src"
 
@@ -89,3 +90,47 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_
     message = " ".join(result.err.split())  # the terminal wraps long lines
     assert result.code == 2 and "train.lr: 0.03 in the run, 0.1 given" in message and "train.epochs: 2 in the run, 3 given" in message
     assert "train.batch_size" not in result.err  # the same value changes nothing
+
+
+def test_full_fine_tuning_resumes_exactly_after_a_budget_stop(home, tiny_model, tickets_file):
+    """Full fine-tuning (tied embeddings, optimiser state for every weight) continues exactly too."""
+    from tunesmith.config import PrepareSpec, RunSpec
+    from tunesmith.data.dataset import prepare_dataset
+    from tunesmith.train.guards import Budget
+    from tunesmith.train.resume import resume
+    from tunesmith.train.trainer import train
+    from tunesmith.workspace import Workspace
+
+    ws = Workspace.from_env()
+    prepare_dataset(tickets_file, ws, name="tickets", options=PrepareSpec(pii="off"))
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
+                                   "train": {"method": "full", "max_steps": 8, "batch_size": 4, "lr": 1e-3, "evals_per_epoch": 2}})
+    whole = train(spec, ws)
+    stopped = train(spec, ws, Budget(max_seconds=1e-3))  # any step takes longer: stops after step 1
+    assert stopped.info.status == "stopped" and [r["step"] for r in stopped.history if "loss" in r] == [1]
+    finished = resume(ws, stopped.run_dir)
+    assert finished.info.status == "completed"
+    assert curve(whole.run_dir) == curve(finished.run_dir)
+    weights_a = load_file(str(whole.run_dir / "model" / "model.safetensors"))
+    weights_b = load_file(str(finished.run_dir / "model" / "model.safetensors"))
+    assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-6, rtol=0) for k in weights_a)
+
+
+def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_model, tickets_file):
+    import signal
+    import time
+
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "20", "--batch-size", "4"]
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12)
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    (run_dir,) = (home / "runs").iterdir()
+    assert process.returncode == 130 and f"tunesmith train --resume {run_dir.name}" in " ".join(err.split())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "stopped" and f"tunesmith train --resume {run_dir.name}" in info["stop_reason"]
+    assert Registry(home / "registry.db").run(run_dir.name)["status"] == "stopped"

@@ -96,8 +96,8 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
 def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult]) -> TrainResult:
     try:
         result = work()
-    except BaseException:
-        registry.finish_run(run_id, "failed", None)
+    except BaseException as exc:
+        registry.finish_run(run_id, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed", None)
         raise
     registry.finish_run(run_id, result.info.status, result.info.best_val_loss)
     return result
@@ -144,7 +144,13 @@ def _train_in_folder(
     loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, build_probes(spec, dataset.splits["validation"]))
     if resume_from is not None:
         loop.restore(resume_from)
-    status, reason = loop.run()
+    try:
+        status, reason = loop.run()
+    except KeyboardInterrupt:
+        info.status, info.stop_reason = "stopped", f"interrupted; `tunesmith train --resume {run_dir.name}` continues from step {loop.last_saved or 0}"
+        save_run_info(run_dir, info)
+        console.print(f"[yellow]{info.stop_reason}")
+        raise
     return _finish(loop, status, reason)
 
 
@@ -188,7 +194,7 @@ class TrainingLoop:
         return {
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
             "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(),
+            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
         }
 
     def restore(self, folder: Path) -> None:
@@ -197,6 +203,8 @@ class TrainingLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
+        if self.device.type == "cpu":
+            torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
         self.step, self.tokens_seen, self.seconds_before = state["step"], state["tokens_seen"], state["train_seconds"]
         self.last_saved, self.started = self.step, time.perf_counter()
