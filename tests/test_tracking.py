@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import pytest
 
@@ -71,3 +72,26 @@ def test_a_missing_tracker_package_is_a_usage_error_naming_the_install(capsys, h
 def test_an_unknown_tracker_is_reported_with_its_field(capsys, home, tickets_file):
     result = run_cli(capsys, "train", "--data", str(tickets_file), "--report-to", "neptune")
     assert result.code == 2 and "train.report_to.0" in result.err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="pip install wandb")
+def test_wandb_runs_offline_into_the_run_folder(tmp_path, monkeypatch):
+    from tunesmith.config import RunSpec
+    from tunesmith.train.tracking import open_trackers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "home" / "runs" / "run-1"
+    run_dir.mkdir(parents=True)
+    spec = RunSpec.model_validate({"data": {"dataset": "d"}, "train": {"report_to": ["wandb"]}})
+    records = [{"step": s, "epoch": s / 4, "loss": round(3 / s + 0.01234, 5)} for s in range(1, 5)] + [{"step": 4, "val_loss": 0.98765}]
+    with open_trackers(spec, run_dir) as trackers:
+        for record in records:
+            trackers.log(record)
+    # wandb 0.31 keeps no Python reader for its offline log; the values are stored as JSON text in
+    # it, written by wandb's own service process, which may finish a moment after run.finish().
+    [log] = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    wanted = [json.dumps(r.get("loss", r.get("val_loss"))).encode() for r in records]
+    deadline = time.monotonic() + 60
+    while any(value not in log.read_bytes() for value in wanted) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [value for value in wanted if value not in log.read_bytes()] == []

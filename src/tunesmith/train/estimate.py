@@ -25,9 +25,15 @@ from tunesmith.train.collate import Encoded, collate, encode_all, length_grouped
 from tunesmith.train.loss import summed_loss
 from tunesmith.ui import console, out
 
-# Timed optimiser steps after one warm-up step; enough to average shapes, few enough that the
-# estimate costs a few percent of a run.
+# Warm-up steps, then timed optimiser steps: enough to average shapes, few enough that the
+# estimate costs a few percent of a run. More than one warm-up: on CPU the first steps of a
+# fresh process were often several times slower than later ones (tiny model: 173, 134, 150,
+# 144, then 1,206-2,559 tokens/s). Short steps are timed until MIN_CALIBRATION_SECONDS have
+# passed, as one scheduler hiccup would otherwise dominate.
+WARMUP_STEPS = 3
 CALIBRATION_STEPS = 3
+MIN_CALIBRATION_SECONDS = 2.0
+MAX_CALIBRATION_STEPS = 30
 
 
 class TrainEstimate(BaseModel):
@@ -73,7 +79,7 @@ class _PeakMemory:
             self.peak = process.memory_info().rss
 
             def sample() -> None:
-                while not self._stop.wait(0.005):
+                while not self._stop.wait(0.02):
                     self.peak = max(self.peak, process.memory_info().rss)
 
             self._thread = threading.Thread(target=sample, daemon=True)
@@ -128,9 +134,9 @@ def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, 1)
     groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-    # The widest group warms up: its allocations are the run's peak, measured below.
-    warm = max(groups, key=lambda g: sum(len(b) * max(len(i.input_ids) for i in b) for b in g))
-    timed = _representative(groups, CALIBRATION_STEPS)
+    # The widest group warms up first: its allocations are the run's peak, measured below.
+    warm = [max(groups, key=lambda g: sum(len(b) * max(len(i.input_ids) for i in b) for b in g)), *groups[: WARMUP_STEPS - 1]]
+    timed = _representative(groups, CALIBRATION_STEPS) + _representative(groups, MAX_CALIBRATION_STEPS - CALIBRATION_STEPS)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay)
     rng = torch.get_rng_state()
@@ -139,10 +145,14 @@ def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, 
     model.train()
     try:
         with _PeakMemory(device) as memory:
-            _step(model, warm, pad_id, device, params, optimizer, cfg.max_grad_norm)
-            started, tokens = time.perf_counter(), 0
+            for group in warm:
+                _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+            started, tokens, n_timed = time.perf_counter(), 0, 0
             for group in timed:
+                if n_timed >= CALIBRATION_STEPS and time.perf_counter() - started >= MIN_CALIBRATION_SECONDS:
+                    break
                 tokens += _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+                n_timed += 1
             train_spt = (time.perf_counter() - started) / max(1, tokens)
             val_spt = _validation_seconds_per_token(model, val_items, pad_id, device, cfg.batch_size)
     finally:
@@ -151,7 +161,10 @@ def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, 
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         model.train(was_training)
-    return {"seconds_per_token": train_spt, "validation_seconds_per_token": val_spt, "peak_memory_bytes": memory.peak, "memory_measure": memory.measure}
+    return {
+        "seconds_per_token": train_spt, "validation_seconds_per_token": val_spt, "calibration_steps": n_timed,
+        "peak_memory_bytes": memory.peak, "memory_measure": memory.measure,
+    }
 
 
 @torch.no_grad()
@@ -162,10 +175,12 @@ def _validation_seconds_per_token(model: Any, val_items: list[Encoded], pad_id: 
     middle = max(0, len(ordered) // 2 - batch_size // 2)
     tensors = {k: v.to(device) for k, v in collate(ordered[middle : middle + batch_size], pad_id).items()}
     model.eval()
-    started = time.perf_counter()
-    summed_loss(model, tensors)
-    _sync(device)
-    return (time.perf_counter() - started) / max(1, int(tensors["attention_mask"].sum()))
+    started, passes = time.perf_counter(), 0
+    while passes < 10 and (passes == 0 or time.perf_counter() - started < MIN_CALIBRATION_SECONDS / 4):
+        summed_loss(model, tensors)
+        _sync(device)
+        passes += 1
+    return (time.perf_counter() - started) / passes / max(1, int(tensors["attention_mask"].sum()))
 
 
 def estimate_training(
@@ -184,7 +199,7 @@ def estimate_training(
     return TrainEstimate(
         examples=len(train_items), dropped_examples=dropped, epochs=plan.epochs, tokens_per_epoch=tokens,
         trained_tokens_per_epoch=sum(i.n_trained for i in train_items), steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
-        validations=validations, validation_tokens=val_tokens, calibration_steps=CALIBRATION_STEPS, **measured,
+        validations=validations, validation_tokens=val_tokens, **measured,
         train_seconds=round(train_seconds, 1), validation_seconds=round(val_seconds, 1), total_seconds=round(total, 1), device=str(device),
         price_per_hour=cfg.price_per_hour, cost=round(total / 3600 * cfg.price_per_hour, 4) if cfg.price_per_hour is not None else None,
     )
@@ -210,7 +225,7 @@ def print_estimate(estimate: TrainEstimate, run_dir: Path | None = None) -> None
     table.add_row("tokens per epoch", f"{e.tokens_per_epoch:,} ({e.trained_tokens_per_epoch:,} trained)")
     table.add_row("optimizer steps", f"{e.total_steps:,} ({e.steps_per_epoch:,} per epoch x {e.epochs} epochs)")
     table.add_row("validation", f"{e.validations} pass(es) over {e.validation_tokens:,} tokens")
-    table.add_row("throughput", f"{1 / e.seconds_per_token:,.0f} tokens/s training on {e.device} ({e.calibration_steps} timed steps after a warm-up)")
+    table.add_row("throughput", f"{1 / e.seconds_per_token:,.0f} tokens/s training on {e.device} ({e.calibration_steps} timed steps after {WARMUP_STEPS} warm-up steps)")
     table.add_row("estimated time", f"{duration(e.total_seconds)} ({duration(e.train_seconds)} training, {duration(e.validation_seconds)} validation; model loading and checkpoints not included)")
     table.add_row("peak memory", f"{e.peak_memory_bytes / 2**30:.2f} GiB ({e.memory_measure})")
     table.add_row("estimated cost", f"{e.cost:,.2f} at {e.price_per_hour:g} per hour" if e.cost is not None else "give --price-per-hour to see it")
@@ -247,7 +262,7 @@ def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
         raise UserError("no training example has a token left to learn", fix=f"raise train.max_seq_len (now {cfg.max_seq_len}) or check the assistant turns")
     torch.manual_seed(cfg.seed)
     model = apply_method(model, cfg)
-    console.print(f"timing {CALIBRATION_STEPS + 1} optimizer steps on {device} for the estimate")
+    console.print(f"timing a few optimizer steps on {device} for the estimate")
     estimate = estimate_training(model, tokenizer, device, cfg, train_items, val_items, len(dropped))
     print_estimate(estimate)
     return estimate
