@@ -41,6 +41,9 @@ class RunInfo(BaseModel):
     best_val_loss: float | None = None
     train_seconds: float | None = None
     dropped_examples: list[str] = []
+    task: str = "causal_lm"
+    labels: list[str] | None = None  # classification: the class names, in the head's output order
+    best_metrics: dict[str, float] | None = None  # classification: validation accuracy and macro-F1 of the kept checkpoint
 
 
 def versions() -> dict[str, str]:

@@ -15,12 +15,12 @@ import torch
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
 from tunesmith.errors import UserError
-from tunesmith.models.loading import load_model, resolve_model_path
+from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, new_run_id, replace_folder, save_run_info, write_config, write_json
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
 from tunesmith.train.loss import summed_loss
-from tunesmith.train.methods import apply_method, count_parameters
+from tunesmith.train.methods import apply_method, artefact_kind, count_parameters, load_for_method
 from tunesmith.train.plot import plot_loss
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
@@ -50,7 +50,12 @@ def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
     registry = Registry(workspace.registry_db)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
     try:
-        result = _train_in_folder(spec, dataset, run_dir, base_path)
+        if spec.train.task == "classification":
+            from tunesmith.train.classify import train_classifier
+
+            result = train_classifier(spec, dataset, run_dir, base_path)
+        else:
+            result = _train_in_folder(spec, dataset, run_dir, base_path)
     except BaseException:
         registry.finish_run(run_id, "failed", None)
         raise
@@ -59,8 +64,8 @@ def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
 
 
 def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str) -> TrainResult:
-    model, tokenizer, device = load_model(spec.model, base_path)
     cfg = spec.train
+    model, tokenizer, device = load_for_method(spec.model, base_path, cfg)
     train_items, dropped = encode_all(tokenizer, dataset.splits["train"], cfg.max_seq_len, cfg.train_on)
     val_items, _ = encode_all(tokenizer, dataset.splits["validation"], cfg.max_seq_len, cfg.train_on)
     if not train_items:
@@ -74,7 +79,7 @@ def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: 
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(train_items)} examples, device {device}")
     info = RunInfo(
         run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
-        artefact="adapter" if cfg.method == "lora" else "model", dataset=dataset.name, dataset_version=dataset.version,
+        artefact=artefact_kind(cfg.method), dataset=dataset.name, dataset_version=dataset.version,
         end_of_turn_ids=eot_ids, dropped_examples=dropped,
     )
     save_run_info(run_dir, info)
