@@ -137,7 +137,8 @@ def train_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
     model: Optional[str] = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
     data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
-    method: Optional[str] = typer.Option(None, help="lora | full"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (README: when to use each)"),
+    task: Optional[str] = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
     epochs: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -147,7 +148,7 @@ def train_cmd(
     from tunesmith.config import load_run_spec
     from tunesmith.train.trainer import train
 
-    overrides = {"model.name": model, "train.method": method, "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size, "name": name}
+    overrides = {"model.name": model, "train.task": task, "train.method": method, "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size, "name": name}
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     spec = load_run_spec(config, overrides)
