@@ -71,3 +71,67 @@ def tickets_file(tmp_path) -> Path:
     path = tmp_path / "tickets.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(60)), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------- classification: a tiny BERT and a learnable text/label task
+
+CLASS_WORDS = {
+    "billing": ["invoice", "refund", "charged twice", "payment failed", "price went up", "receipt"],
+    "bug": ["crashes", "error 500", "is broken", "freezes", "fails to load", "shows a blank page"],
+    "praise": ["love it", "great work", "thanks a lot", "awesome", "excellent support", "very happy"],
+}
+FILLER = ["hello", "so", "today", "the app", "my account", "our team", "again", "please", "this week", "on my phone", "after the update", "honestly"]
+
+
+def classification_records(n: int = 90, seed: int = 0) -> list[dict]:
+    """Texts whose class is given away by one key phrase among filler: learnable in a few steps."""
+    import random
+
+    rng = random.Random(seed)
+    labels = sorted(CLASS_WORDS)
+    records = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = rng.sample(FILLER, 2)
+        words.insert(rng.randrange(3), rng.choice(CLASS_WORDS[label]))
+        records.append({"text": " ".join(words), "label": label})
+    return records
+
+
+def build_tiny_bert(folder: Path, corpus: list[str]) -> Path:
+    """A 2-layer BERT (hidden 32) with a WordPiece tokenizer trained on `corpus`."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[(t, backend.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=128
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)  # an encoder without a head, like all-MiniLM-L6-v2
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), [r["text"] for r in classification_records(300, 1)])
+
+
+@pytest.fixture()
+def classes_file(tmp_path) -> Path:
+    path = tmp_path / "classes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in classification_records(90)), encoding="utf-8")
+    return path

@@ -137,7 +137,8 @@ def train_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
     model: Optional[str] = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
     data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
-    method: Optional[str] = typer.Option(None, help="lora | full"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (README: when to use each)"),
+    task: Optional[str] = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
     epochs: Optional[int] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default: the method's)"),
@@ -158,7 +159,7 @@ def train_cmd(
 
     budget = Budget(max_time, max_cost, price_per_hour)
     overrides = {
-        "model.name": model, "train.method": method, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
+        "model.name": model, "train.task": task, "train.method": method, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
         "train.lr_multiplier": lr_multiplier, "train.batch_size": batch_size, "name": name, "train.price_per_hour": price_per_hour,
         "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
 from tunesmith.errors import ProblemList, UserError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+# The default for `train.task: classification`: the all-MiniLM-L6-v2 encoder shipped in a PyPI package.
+EMBEDDED_ENCODER = "all-minilm-l6-v2"
 
 
 class _Spec(BaseModel):
@@ -88,16 +90,63 @@ class ModelSpec(_Spec):
 
 
 class LoraSpec(_Spec):
-    r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1)
+    """Low-rank adapters; used by methods lora, qlora and dora."""
+
+    r: int = Field(16, ge=1, le=1024, description="rank of each adapter")
+    alpha: int = Field(32, ge=1, description="scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="layer names to adapt, or all-linear")
+
+
+class QloraSpec(_Spec):
+    """4-bit quantisation of the frozen base (bitsandbytes) under LoRA adapters; used by method qlora."""
+
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen weights; NF4 is the QLoRA paper's")
+    double_quant: bool = Field(True, description="also quantise the quantisation constants (saves ~0.4 bit per weight)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: less memory, ~30% more compute")
+
+
+class PromptTuningSpec(_Spec):
+    """Learned virtual tokens prepended to the input embeddings; used by method prompt_tuning."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=1024, description="how many virtual tokens are learned")
+    init: Literal["sample_vocab", "random", "text"] = Field(
+        "sample_vocab", description="start from embeddings of random vocabulary tokens, from N(0,1) noise, or from init_text"
+    )
+    init_text: str | None = Field(None, description="with init: text, the words whose embeddings start the virtual tokens")
+
+    @model_validator(mode="after")
+    def _text_given(self) -> "PromptTuningSpec":
+        if (self.init == "text") != (self.init_text is not None):
+            raise ValueError("init: text needs init_text, and init_text is only read with init: text")
+        return self
+
+
+class PrefixTuningSpec(_Spec):
+    """Learned key/value prefixes in every attention layer; used by method prefix_tuning."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=1024, description="length of the learned prefix")
+    projection: bool = Field(False, description="reparameterise the prefix through a 2-layer MLP (more parameters, steadier training)")
+    projection_hidden_size: int | None = Field(None, ge=1, description="hidden size of that MLP (default: the model's hidden size)")
+
+
+# Which settings section each method reads; a section given for a method that ignores it is refused.
+METHOD_SECTIONS = {
+    "lora": ("lora",),
+    "qlora": ("lora", "qlora"),
+    "dora": ("lora",),
+    "prompt_tuning": ("prompt_tuning",),
+    "prefix_tuning": ("prefix_tuning",),
+    "full": (),
+}
+CLASSIFICATION_METHODS = ("full", "lora", "dora")
+CAUSAL_LM_ONLY = ("max_steps", "save_every_steps", "early_stopping_patience", "generation_eval", "report_to")
 
 
 # Peak learning rate of each method at the reference effective batch of 8 examples. LoRA's is
 # what the demo learns well with on SmolLM2-135M (1e-3 to 2e-3); full fine-tuning moves every
 # weight, so 50x lower keeps a pretrained model from being wrecked.
-DEFAULT_LR = {"lora": 1e-3, "full": 2e-5}
+DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "dora": 1e-3, "full": 2e-5, "prompt_tuning": 3e-2, "prefix_tuning": 1e-2}
 AUTO_RULE = (
     "auto: batch_size 4 on CPU, 8 on a GPU under 40 GiB, 16 above; effective batch (batch_size x grad_accum) "
     "n/100 clamped to 4..32 and rounded down to a power of 2 (n = training examples, replay included); "
@@ -122,7 +171,12 @@ class GenerationEvalSpec(_Spec):
 
 
 class TrainSpec(_Spec):
-    method: Literal["lora", "full"] = "lora"
+    task: Literal["causal_lm", "classification"] = Field(
+        "causal_lm", description="causal_lm: learn to write the assistant's answer; classification: a classifier head predicts the example's label"
+    )
+    method: Literal["lora", "qlora", "dora", "full", "prompt_tuning", "prefix_tuning"] = Field(
+        "lora", description="which parameters learn; see the methods table in README.md"
+    )
     epochs: int | Literal["auto"] = Field(2, description=f"passes over the training split (ignored when max_steps is set). {AUTO_RULE}")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; overrides epochs")
     lr: float | Literal["auto"] | None = Field(
@@ -141,12 +195,51 @@ class TrainSpec(_Spec):
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many validations without a new best validation loss; the best checkpoint is the result")
     train_on: Literal["assistant", "all"] = "assistant"
     seed: int = 0
-    lora: LoraSpec = Field(default_factory=LoraSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="settings of lora, qlora and dora")
+    qlora: QloraSpec = Field(default_factory=QloraSpec, description="settings of qlora's quantised base")
+    prompt_tuning: PromptTuningSpec = Field(default_factory=PromptTuningSpec, description="settings of prompt_tuning")
+    prefix_tuning: PrefixTuningSpec = Field(default_factory=PrefixTuningSpec, description="settings of prefix_tuning")
     price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs; the estimate shows the run's cost")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also send every metrics record to these trackers (offline: files in the run folder or the workspace)"
     )
     generation_eval: GenerationEvalSpec | None = Field(None, description="task metrics from generation on a validation sample during training (off unless given)")
+
+    @field_validator("method")
+    @classmethod
+    def _method_fits_task(cls, method: str, info: ValidationInfo) -> str:
+        if info.data.get("task") == "classification" and method not in CLASSIFICATION_METHODS:
+            raise ValueError(f"train.task classification trains with {', '.join(CLASSIFICATION_METHODS)}, not {method}")
+        return method
+
+    @field_validator("lora", "qlora", "prompt_tuning", "prefix_tuning")
+    @classmethod
+    def _section_fits_method(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for sections the user wrote: settings that would be silently ignored are a mistake to report.
+        method = info.data.get("method")
+        if method is not None and info.field_name not in METHOD_SECTIONS[method]:
+            readers = [m for m, sections in METHOD_SECTIONS.items() if info.field_name in sections]
+            raise ValueError(f"only read by method {' or '.join(readers)}, but train.method is {method}; remove this section or change the method")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _only_sections_in_use(self, handler: Any) -> Any:
+        # The resolved config.yaml shows the settings that took effect, and loads again under the rule above.
+        data = handler(self)
+        if isinstance(data, dict):
+            for section in ("lora", "qlora", "prompt_tuning", "prefix_tuning"):
+                if section not in METHOD_SECTIONS[self.method]:
+                    data.pop(section, None)
+        return data
+
+    @model_validator(mode="after")
+    def _classification_settings(self) -> "TrainSpec":
+        # The classifier's loop is the plain one: settings it would ignore are refused, not dropped silently.
+        if self.task == "classification":
+            unsupported = [name for name in CAUSAL_LM_ONLY if getattr(self, name) not in (None, [])]
+            if unsupported:
+                raise ValueError(f"train.task classification does not support {', '.join(unsupported)} yet; remove them or use task causal_lm")
+        return self
 
     @field_validator("epochs", mode="before")
     @classmethod
@@ -198,6 +291,13 @@ class RunSpec(_Spec):
     data: DataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @model_validator(mode="after")
+    def _encoder_for_classification(self) -> "RunSpec":
+        # The chat model is the default for generation; a classifier defaults to the embedded encoder instead.
+        if self.train.task == "classification" and "name" not in self.model.model_fields_set:
+            self.model.name = EMBEDDED_ENCODER
+        return self
 
 
 def _problems(exc: ValidationError) -> list[str]:

@@ -43,6 +43,9 @@ class RunInfo(BaseModel):
     train_seconds: float | None = None
     stop_reason: str | None = None
     dropped_examples: list[str] = []
+    task: str = "causal_lm"
+    labels: list[str] | None = None  # classification: the class names, in the head's output order
+    best_metrics: dict[str, float] | None = None  # classification: validation accuracy and macro-F1 of the kept checkpoint
 
 
 def versions() -> dict[str, str]:

@@ -13,7 +13,7 @@ from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
 from tunesmith.eval.generate import generate_batched
 from tunesmith.eval.metrics import aggregate, score_example
-from tunesmith.models.loading import load_model, load_tokenizer
+from tunesmith.models.loading import load_model
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, load_run_info, write_json
 from tunesmith.train.collate import end_of_turn_ids
@@ -28,16 +28,12 @@ def load_run_spec_from_folder(run_dir: Path) -> RunSpec:
 
 
 def load_tuned(run_dir: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
-    """The tuned model with the tokenizer (and so the chat template) saved beside its weights at training."""
-    artefact = run_dir / info.artefact
-    if info.artefact == "model":
-        model, tokenizer, _ = load_model(model_spec, str(artefact))
-        return model, tokenizer
-    from peft import PeftModel
+    """The tuned model with the tokenizer (and so the chat template) saved beside its weights at training.
+    Each method is loaded as `train.methods.load_trained` says (LoRA/DoRA merged, QLoRA over its 4-bit base)."""
+    from tunesmith.train.methods import load_trained
 
-    base, _, _ = load_model(model_spec, info.base_model_path)
-    model = PeftModel.from_pretrained(base, artefact).merge_and_unload()
-    return model, load_tokenizer(str(artefact), model_spec.trust_remote_code)
+    train_spec = load_run_spec_from_folder(run_dir).train  # qlora's quantisation settings
+    return load_trained(run_dir / info.artefact, info.method, info.base_model_path, model_spec, train_spec)
 
 
 def load_base(info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
@@ -69,6 +65,10 @@ def eval_examples(dataset: Dataset, spec: EvalSpec) -> list[Example]:
 def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_base: bool) -> dict[str, dict[str, float]]:
     """load → generate → score → write eval/ and the registry. Returns metrics per model id."""
     info = load_run_info(run_dir)
+    if info.task == "classification":
+        from tunesmith.train.classify import evaluate_classifier_run
+
+        return evaluate_classifier_run(workspace, run_dir, info, spec, compare_base)
     run_spec = load_run_spec_from_folder(run_dir)
     examples = eval_examples(load_dataset(workspace, info.dataset), spec)
     loaders = {"tuned": lambda: load_tuned(run_dir, info, run_spec.model)}

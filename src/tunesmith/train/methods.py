@@ -1,27 +1,138 @@
-"""Training methods: which parameters learn. LoRA wraps the base in PEFT adapters; full trains everything."""
+"""Training methods: which parameters learn, how the base is loaded for them, and how the saved
+artefact is loaded back for evaluation, generation and chat.
+
+| method        | what learns                                   | artefact   | loaded back as                       |
+| ------------- | --------------------------------------------- | ---------- | ------------------------------------ |
+| full          | every weight                                  | `model/`   | the saved model                      |
+| lora          | low-rank adapters on the linear layers        | `adapter/` | base + adapter, merged               |
+| dora          | LoRA plus a learned magnitude per output      | `adapter/` | base + adapter, merged               |
+| qlora         | LoRA over a 4-bit (NF4) frozen base           | `adapter/` | the same 4-bit base + adapter        |
+| prompt_tuning | virtual token embeddings before the input     | `adapter/` | base + adapter (nothing to merge)    |
+| prefix_tuning | key/value prefixes in every attention layer   | `adapter/` | base + adapter (nothing to merge)    |
+
+QLoRA is evaluated over the 4-bit base it was trained on, not merged into full precision:
+merging would add the adapter to weights it never saw (the de-quantised ones differ), and
+evaluation should measure the model that was trained.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tunesmith.config import TrainSpec
+from tunesmith.config import ModelSpec, TrainSpec
+from tunesmith.errors import UserError
+
+PEFT_METHODS = ("lora", "qlora", "dora", "prompt_tuning", "prefix_tuning")
+MERGEABLE = ("lora", "dora")  # PEFT folds these into the base weights; prompt learning has nothing to fold
 
 
-def apply_method(model: Any, spec: TrainSpec) -> Any:
+def artefact_kind(method: str) -> str:
+    """The folder inside the run that holds the trained weights."""
+    return "model" if method == "full" else "adapter"
+
+
+def quantization_config(spec: TrainSpec, model_spec: ModelSpec) -> Any:
+    """The bitsandbytes 4-bit config for qlora (compute in the model's dtype: fp32 on CPUs); None otherwise."""
+    if spec.method != "qlora":
+        return None
+    from tunesmith.models.loading import quiet_libraries
+
+    quiet_libraries()  # before bitsandbytes is imported: it warns about an optional kernel package on import
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("train.method qlora needs bitsandbytes", fix="pip install bitsandbytes, or use train.method lora") from None
+    from transformers import BitsAndBytesConfig
+
+    from tunesmith.models.loading import pick_device, pick_dtype
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=spec.qlora.quant_type, bnb_4bit_use_double_quant=spec.qlora.double_quant,
+        bnb_4bit_compute_dtype=pick_dtype(model_spec, pick_device(model_spec)),
+    )
+
+
+def load_for_method(model_spec: ModelSpec, path: str, spec: TrainSpec) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, device): the base as the method trains it (4-bit for qlora)."""
+    from tunesmith.models.loading import load_model
+
+    model, tokenizer, device = load_model(model_spec, path, quantization=quantization_config(spec, model_spec))
+    if spec.method == "qlora":
+        _keep_cpu_inference_in_compute_dtype(model)
+    return model, tokenizer, device
+
+
+def _keep_cpu_inference_in_compute_dtype(model: Any) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes switches 4-bit layers in eval mode to a repacked bf16
+    kernel: evaluation would then compute differently from training (fp32), and the repacking
+    fails outright on layers narrower than its 64-wide block. Keep the path training uses."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def peft_config(spec: TrainSpec, task: str = "causal_lm", tokenizer_path: str | None = None) -> Any:
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    task_type = TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
+    if spec.method in ("lora", "qlora", "dora"):
+        return LoraConfig(
+            task_type=task_type, r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules, use_dora=spec.method == "dora",
+        )
+    if spec.method == "prompt_tuning":
+        settings = spec.prompt_tuning
+        text = {"tokenizer_name_or_path": tokenizer_path, "prompt_tuning_init_text": settings.init_text} if settings.init == "text" else {}
+        return PromptTuningConfig(
+            task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prompt_tuning_init=PromptTuningInit[settings.init.upper()], **text
+        )
+    if spec.method == "prefix_tuning":
+        settings = spec.prefix_tuning
+        hidden = {"encoder_hidden_size": settings.projection_hidden_size} if settings.projection_hidden_size else {}
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prefix_projection=settings.projection, **hidden)
+    raise ValueError(f"no PEFT config for method {spec.method}")
+
+
+def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm") -> Any:
+    """The model with exactly the method's parameters trainable. Seed torch first: adapters start random."""
     if spec.method == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from tunesmith.models.loading import quiet_libraries
 
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
-    )
-    return get_peft_model(model, config)
+    quiet_libraries()
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if spec.method == "qlora":
+        # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.qlora.gradient_checkpointing)
+    return get_peft_model(model, peft_config(spec, task, getattr(model, "name_or_path", None)))
+
+
+def is_prompt_learning(model: Any) -> bool:
+    """Prompt and prefix tuning add virtual tokens in PEFT's own forward, which callers must not bypass."""
+    config = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def load_trained(folder: Path, method: str, base_path: str, model_spec: ModelSpec, spec: TrainSpec, merge: bool = True) -> tuple[Any, Any]:
+    """(model, tokenizer) from a run's artefact folder (or a checkpoint), with the tokenizer saved beside it.
+    LoRA and DoRA are merged into the base when `merge` (faster generation, same outputs)."""
+    from tunesmith.models.loading import load_model, load_tokenizer
+
+    if method == "full":
+        model, tokenizer, _ = load_model(model_spec, str(folder))
+        return model, tokenizer
+    from peft import PeftModel
+
+    base, _, _ = load_for_method(model_spec, base_path, spec)
+    model = PeftModel.from_pretrained(base, folder)
+    if merge and method in MERGEABLE:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, load_tokenizer(str(folder), model_spec.trust_remote_code)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

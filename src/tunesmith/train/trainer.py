@@ -19,7 +19,7 @@ from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
-from tunesmith.models.loading import load_model, resolve_model_path
+from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, load_run_info, new_run_id, replace_folder, save_run_info, write_config, write_json
 from tunesmith.train.checkpoint import (
@@ -31,7 +31,7 @@ from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_id
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.loss import summed_loss
-from tunesmith.train.methods import apply_method, count_parameters
+from tunesmith.train.methods import apply_method, artefact_kind, count_parameters, load_for_method
 from tunesmith.train.plot import plot_loss
 from tunesmith.train.tracking import open_trackers
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
@@ -90,6 +90,10 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     base_path = resolve_model_path(spec.model.name)
     registry = Registry(workspace.registry_db)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
+    if spec.train.task == "classification":
+        from tunesmith.train.classify import train_classifier
+
+        return run_registered(registry, run_id, lambda: train_classifier(spec, dataset, run_dir, base_path))
     return run_registered(registry, run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget))
 
 
@@ -122,7 +126,7 @@ def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: A
 def _train_in_folder(
     spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
 ) -> TrainResult:
-    model, tokenizer, device = load_model(spec.model, base_path)
+    model, tokenizer, device = load_for_method(spec.model, base_path, spec.train)
     items = _encode(spec, dataset, replay, tokenizer)
     cfg, notes = resolve_settings(spec.train, len(items.train) + items.replay_per_epoch, device)
     spec = spec.model_copy(update={"train": cfg})
@@ -136,7 +140,7 @@ def _train_in_folder(
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped)), run_dir)
     info = load_run_info(run_dir) if resume_from is not None else RunInfo(
         run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
-        artefact="adapter" if cfg.method == "lora" else "model", dataset=dataset.name, dataset_version=dataset.version,
+        artefact=artefact_kind(cfg.method), dataset=dataset.name, dataset_version=dataset.version,
         end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped,
     )
     info.status, info.stop_reason = "running", None

@@ -1,0 +1,333 @@
+"""`train.task: classification`: a classifier head on an encoder predicts each example's label.
+
+The text is the example's user turn(s) (classification-format files give exactly one), the
+label its `label`. The default model is the embedded all-MiniLM-L6-v2 encoder; any model that
+`AutoModelForSequenceClassification` loads works. Methods: full, lora and dora (PEFT's
+SEQ_CLS task, which also trains and saves the new head). Validation reports loss, accuracy
+and macro-F1; the checkpoint with the best macro-F1 is kept. The label order is saved in the
+artefact (`labels.json`, and `id2label` in the model config) and in run.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+
+from tunesmith.config import EvalSpec, ModelSpec, RunSpec
+from tunesmith.data.dataset import Dataset, load_dataset
+from tunesmith.data.example import Example
+from tunesmith.errors import UserError
+from tunesmith.runfolder import RunInfo, replace_folder, save_run_info, write_config, write_json
+from tunesmith.train.methods import apply_method, artefact_kind, count_parameters
+from tunesmith.train.plot import plot_loss
+from tunesmith.train.settings import resolve_settings
+from tunesmith.ui import console, progress
+from tunesmith.workspace import Workspace
+
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class Item:
+    input_ids: list[int]
+    label: int
+    example_id: str
+
+
+def example_text(example: Example) -> str:
+    """What the classifier reads: the user turns, without a system prompt shared by every example."""
+    return "\n".join(m.content for m in example.prompt_messages if m.role == "user")
+
+
+def label_names(dataset: Dataset) -> list[str]:
+    """Every label in any split, sorted: the head's output order. Unlabelled examples are refused."""
+    labels = set()
+    for split, examples in dataset.splits.items():
+        for example in examples:
+            if example.label is None:
+                raise UserError(
+                    f"train.task classification needs a label on every example; example {example.id} in {split} has none",
+                    where=f"dataset {dataset.name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
+                )
+            labels.add(example.label)
+    if len(labels) < 2:
+        raise UserError(f"a classifier needs at least two labels; dataset {dataset.name} has {sorted(labels)}", fix="check the label column")
+    return sorted(labels)
+
+
+def load_classifier(spec: ModelSpec, path: str, labels: list[str]) -> tuple[Any, Any, torch.device]:
+    """(model, tokenizer, device): the encoder with a head of len(labels) outputs (new unless the folder has one)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunesmith.models.loading import pick_device, pick_dtype, quiet_libraries
+
+    quiet_libraries()
+    device = pick_device(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+            dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load '{spec.name}' as a classifier: {str(exc).splitlines()[0]}", fix="use an encoder such as all-minilm-l6-v2, a local HF folder or a hub id") from None
+    if tokenizer.pad_token is None:  # decoder models: pad with end-of-sequence, and tell the head where rows end
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer, device
+
+
+def encode(tokenizer: Any, examples: list[Example], label_ids: dict[str, int], max_len: int) -> list[Item]:
+    texts = [example_text(e) for e in examples]
+    ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
+    return [Item(i, label_ids[e.label], e.id) for i, e in zip(ids, examples)]  # type: ignore[index]
+
+
+def collate(items: list[Item], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(item.input_ids) for item in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        mask[row, : len(item.input_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([item.label for item in items])}
+
+
+def _max_len(tokenizer: Any, model: Any, wanted: int) -> int:
+    limits = [wanted, getattr(model.config, "max_position_embeddings", wanted)]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
+
+
+def train_classifier(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str):
+    """load → encode → train with validation accuracy/F1 → keep the best → save. Returns a TrainResult."""
+    from tunesmith.train.trainer import TrainResult
+
+    cfg = spec.train
+    labels = label_names(dataset)
+    torch.manual_seed(cfg.seed)  # before loading: the new head is initialised there
+    model, tokenizer, device = load_classifier(spec.model, base_path, labels)
+    label_ids = {name: i for i, name in enumerate(labels)}
+    max_len = _max_len(tokenizer, model, cfg.max_seq_len)
+    train_items = encode(tokenizer, dataset.splits["train"], label_ids, max_len)
+    val_items = encode(tokenizer, dataset.splits["validation"], label_ids, max_len)
+    if not train_items:
+        raise UserError(f"dataset {dataset.name} has no training examples", fix="check the split ratios")
+    cfg, notes = resolve_settings(cfg, len(train_items), device)
+    spec = spec.model_copy(update={"train": cfg})
+    write_config(run_dir, spec, notes)
+    model = apply_method(model, cfg, task="classification")
+    trainable, total = count_parameters(model)
+    console.print(f"training a {len(labels)}-class classifier: {trainable:,} of {total:,} parameters ({cfg.method}) on {len(train_items)} examples, device {device}")
+    info = RunInfo(
+        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
+        artefact=artefact_kind(cfg.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[],
+        task="classification", labels=labels,
+    )
+    save_run_info(run_dir, info)
+    started = time.perf_counter()
+    history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info)
+    info.train_seconds = round(time.perf_counter() - started, 1)
+    replace_folder(run_dir / "checkpoints" / f"step-{info.best_step}", run_dir / info.artefact)
+    info.status = "completed"
+    save_run_info(run_dir, info)
+    plot_loss(history, run_dir / "loss.png")
+    return TrainResult(run_dir, info, history)
+
+
+def _batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[Item]]:
+    order = list(range(len(items)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [[items[i] for i in order[b : b + batch_size]] for b in range(0, len(order), batch_size)]
+
+
+def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Item], val_items: list[Item], run_dir: Path, info: RunInfo) -> list[dict]:
+    cfg = spec.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(total_steps * cfg.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+    )
+    eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
+    history: list[dict] = []
+    step, started = 0, time.perf_counter()
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
+        task = bar.add_task("training", total=total_steps, info="")
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            batches = _batches(train_items, cfg.batch_size, cfg.seed, epoch)
+            for start in range(0, len(batches), cfg.grad_accum):
+                group = batches[start : start + cfg.grad_accum]
+                loss, grad_norm = _optimizer_step(model, group, tokenizer.pad_token_id, device, params, optimizer, cfg.max_grad_norm)
+                schedule.step()
+                step += 1
+                record = {"step": step, "epoch": round(epoch - 1 + (start + len(group)) / len(batches), 4), "loss": round(loss, 5),
+                          "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(grad_norm, 4), "examples": sum(map(len, group)),
+                          "elapsed_s": round(time.perf_counter() - started, 1)}
+                _log(metrics_file, history, record)
+                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss:.3f}")
+                if step in eval_steps:
+                    scores = _validate_and_checkpoint(model, tokenizer, val_items, device, cfg.batch_size, run_dir, info, step, record["epoch"])
+                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], **scores})
+                    bar.update(task, info=f"epoch {epoch} val accuracy {scores.get('val_accuracy')}")
+    return history
+
+
+def _log(handle, history: list[dict], record: dict) -> None:
+    history.append(record)
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
+
+
+def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, float]:
+    """One step over micro-batches; every example weighs the same whatever the accumulation."""
+    n_examples = sum(len(batch) for batch in group)
+    total = 0.0
+    for batch in group:
+        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        loss_sum = F.cross_entropy(logits.float(), tensors["labels"], reduction="sum")
+        (loss_sum / n_examples).backward()
+        total += float(loss_sum.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if not torch.isfinite(grad_norm) or not math.isfinite(total):
+        raise UserError("loss or gradient became non-finite; training stopped", fix="lower train.lr; earlier checkpoints are kept in the run folder")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n_examples, float(grad_norm)
+
+
+@torch.no_grad()
+def predict(model, items: list[Item], pad_id: int, device, batch_size: int) -> tuple[list[int], float]:
+    """Predicted class per item (in order) and the summed cross-entropy against the items' labels."""
+    model.eval()
+    predicted, loss = [], 0.0
+    for start in range(0, len(items), batch_size):
+        tensors = {k: v.to(device) for k, v in collate(items[start : start + batch_size], pad_id).items()}
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits.float()
+        loss += float(F.cross_entropy(logits, tensors["labels"], reduction="sum"))
+        predicted.extend(logits.argmax(-1).tolist())
+    return predicted, loss
+
+
+def scores(truth: list[int], predicted: list[int], n_labels: int) -> dict[str, float]:
+    return {
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "f1_macro": round(float(f1_score(truth, predicted, labels=list(range(n_labels)), average="macro", zero_division=0)), 4),
+    }
+
+
+def _validate_and_checkpoint(model, tokenizer, val_items, device, batch_size, run_dir: Path, info: RunInfo, step: int, epoch: float) -> dict:
+    """Validation loss, accuracy and macro-F1; a checkpoint; the best macro-F1 (then lower loss) is kept."""
+    found: dict[str, Any] = {}
+    if val_items:
+        predicted, loss = predict(model, val_items, tokenizer.pad_token_id, device, batch_size)
+        model.train()
+        found = {"val_loss": round(loss / len(val_items), 5), **{f"val_{k}": v for k, v in scores([i.label for i in val_items], predicted, len(info.labels or [])).items()}}
+    _save_checkpoint(model, tokenizer, run_dir, step, info.labels or [])
+    best = info.best_metrics or {}
+    better = not found or not best or (found["val_f1_macro"], -found["val_loss"]) > (best["f1_macro"], -(info.best_val_loss or 0.0))
+    if better:
+        info.best_step, info.best_epoch, info.best_val_loss = step, epoch, found.get("val_loss")
+        info.best_metrics = {"accuracy": found["val_accuracy"], "f1_macro": found["val_f1_macro"]} if found else None
+        save_run_info(run_dir, info)
+    for folder in (run_dir / "checkpoints").glob("step-*"):
+        if int(folder.name.split("-")[1]) not in (step, info.best_step):
+            shutil.rmtree(folder)
+    return found
+
+
+def _save_checkpoint(model, tokenizer, run_dir: Path, step: int, labels: list[str]) -> None:
+    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
+    target = run_dir / "checkpoints" / f"step-{step}"
+    staging = target.with_name(f".{target.name}.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
+    staging.rename(target)
+
+
+def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any, torch.device]:
+    """A classification run's artefact: the saved model, or the base encoder with the adapter (and head) merged."""
+    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+    if info.method == "full":
+        return load_classifier(model_spec, str(folder), labels)
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base, _, device = load_classifier(model_spec, info.base_model_path, labels)
+    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    return model, AutoTokenizer.from_pretrained(folder), device
+
+
+def evaluate_classifier_run(workspace: Workspace, run_dir: Path, info: RunInfo, spec: EvalSpec, compare_base: bool) -> dict[str, dict[str, float]]:
+    """load → predict the split → accuracy, F1, confusion matrix → eval/ and the registry."""
+    from tunesmith.eval.evaluate import save_evaluation, load_run_spec_from_folder
+    from tunesmith.eval.metrics import compute_metrics
+
+    labels = info.labels or []
+    examples = load_dataset(workspace, info.dataset).splits[spec.split]
+    examples = examples[: spec.limit] if spec.limit else examples
+    if not examples:
+        raise UserError(f"the {spec.split} split of dataset {info.dataset} is empty", fix="evaluate --split validation, or prepare more data")
+    run_spec = load_run_spec_from_folder(run_dir)
+    model, tokenizer, device = load_trained_classifier(run_dir / info.artefact, info, run_spec.model)
+    # A label the head does not know (absent from the dataset at training) is scored as wrong, never skipped.
+    known = {name: i for i, name in enumerate(labels)}
+    texts = tokenizer([example_text(e) for e in examples], truncation=True, max_length=_max_len(tokenizer, model, run_spec.train.max_seq_len))["input_ids"]
+    items = [Item(ids, known.get(e.label or "", 0), e.id) for ids, e in zip(texts, examples)]
+    started = time.perf_counter()
+    predicted, _ = predict(model, items, tokenizer.pad_token_id, device, spec.batch_size)
+    seconds = time.perf_counter() - started
+    truth, guesses = [e.label or "" for e in examples], [labels[i] for i in predicted]
+    found = compute_metrics(guesses, truth, ["accuracy", "f1", "confusion_matrix"], labels=labels)
+    majority = max(labels, key=lambda name: sum(t == name for t in truth))
+    metrics = {k: round(v, 4) for k, v in found.items() if isinstance(v, float)}
+    metrics.update(n=float(len(examples)), exact_match=metrics["accuracy"], examples_per_s=round(len(examples) / seconds, 2) if seconds > 0 else 0.0,
+                   majority_class_accuracy=round(sum(t == majority for t in truth) / len(truth), 4))
+    rows = [{"id": e.id, "prompt": example_text(e), "reference": t, "prediction": g, "exact_match": float(t == g), "label": t, "predicted_label": g}
+            for e, t, g in zip(examples, truth, guesses)]
+    save_evaluation(workspace, run_dir, info, spec.split, "tuned", rows, metrics)
+    _add_to_report(run_dir, spec.split, found)
+    _print_confusion(found["confusion_matrix"])
+    if compare_base:
+        console.print("[yellow]a classifier's base has an untrained head: compare with majority_class_accuracy (always answering the commonest label) instead")
+    return {"tuned": metrics}
+
+
+def _add_to_report(run_dir: Path, split: str, found: dict[str, Any]) -> None:
+    path = run_dir / "eval" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report[split]["tuned"].update(confusion_matrix=found["confusion_matrix"], per_class=found["per_class"])
+    write_json(path, report)
+
+
+def _print_confusion(confusion: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from tunesmith.ui import out
+
+    table = Table(title="confusion matrix (rows: true label, columns: predicted)")
+    table.add_column("")
+    for name in confusion["labels"]:
+        table.add_column(name, justify="right")
+    for name, row in zip(confusion["labels"], confusion["matrix"]):
+        table.add_row(name, *map(str, row))
+    out.print(table)
+
