@@ -138,24 +138,35 @@ def _train_in_folder(
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
     if resume_from is None:
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped)), run_dir)
-    info = load_run_info(run_dir) if resume_from is not None else RunInfo(
-        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
-        artefact=artefact_kind(cfg.method), dataset=dataset.name, dataset_version=dataset.version,
+    info = _run_info(spec, dataset, run_dir, base_path, tokenizer, items, resuming=resume_from is not None)
+    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, build_probes(spec, dataset.splits["validation"]))
+    if resume_from is not None:
+        loop.restore(resume_from)
+    status, reason = _run_interruptible(loop)
+    return _finish(loop, status, reason)
+
+
+def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, tokenizer: Any, items: Items, resuming: bool) -> RunInfo:
+    info = load_run_info(run_dir) if resuming else RunInfo(
+        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
+        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version,
         end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped,
     )
     info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)
-    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, build_probes(spec, dataset.splits["validation"]))
-    if resume_from is not None:
-        loop.restore(resume_from)
+    return info
+
+
+def _run_interruptible(loop: "TrainingLoop") -> tuple[str, str | None]:
+    """Ctrl-C leaves a run marked stopped with the command that continues it."""
     try:
-        status, reason = loop.run()
+        return loop.run()
     except KeyboardInterrupt:
-        info.status, info.stop_reason = "stopped", f"interrupted; `tunesmith train --resume {run_dir.name}` continues from step {loop.last_saved or 0}"
-        save_run_info(run_dir, info)
+        info = loop.info
+        info.status, info.stop_reason = "stopped", f"interrupted; `tunesmith train --resume {info.run_id}` continues from step {loop.last_saved or 0}"
+        save_run_info(loop.run_dir, info)
         console.print(f"[yellow]{info.stop_reason}")
         raise
-    return _finish(loop, status, reason)
 
 
 def _finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResult:
@@ -210,6 +221,8 @@ class TrainingLoop:
         if self.device.type == "cpu":
             torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
+        # run.json may lag the checkpoint by one write when the run was killed in between
+        self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
         self.step, self.tokens_seen, self.seconds_before = state["step"], state["tokens_seen"], state["train_seconds"]
         self.last_saved, self.started = self.step, time.perf_counter()
         self.history = truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
