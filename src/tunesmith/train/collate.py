@@ -28,7 +28,8 @@ class Encoded:
 
     @property
     def n_trained(self) -> int:
-        return sum(label != IGNORE for label in self.labels)
+        # The first token has nothing before it to predict it from, so it never carries loss.
+        return sum(label != IGNORE for label in self.labels[1:])
 
 
 def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
