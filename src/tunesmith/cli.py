@@ -142,6 +142,7 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run."""
     from tunesmith.config import load_run_spec
@@ -151,10 +152,25 @@ def train_cmd(
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     spec = load_run_spec(config, overrides)
+    if nproc > 1:
+        from tunesmith.train.distributed import launch_spec
+
+        raise typer.Exit(launch_spec(spec, nproc))
     result = train(spec, _workspace())
+    if not _report_here():
+        return
     console.print(f"[green]run {result.info.run_id} completed[/]: best at step {result.info.best_step} (epoch {result.info.best_epoch}), validation loss {result.info.best_val_loss}")
     console.print(f"run folder: {result.run_dir}")
     typer.echo(result.info.run_id)
+
+
+def _report_here() -> bool:
+    """Only process 0 of a data-parallel run reports; every process leaves the process group."""
+    from tunesmith.train.distributed import finish, is_main
+
+    main_process = is_main()
+    finish()
+    return main_process
 
 
 @app.command("eval")

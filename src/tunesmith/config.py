@@ -91,6 +91,11 @@ class TrainSpec(_Spec):
     max_grad_norm: float = Field(1.0, gt=0)
     evals_per_epoch: int = Field(1, ge=1, le=100, description="validation loss (and a checkpoint) this many times per epoch")
     train_on: Literal["assistant", "all"] = "assistant"
+    packing: Literal["auto"] | bool = Field(
+        "auto",
+        description="lay each batch's examples end to end in rows of up to max_seq_len tokens, with no attention "
+        "across examples (same loss, less padding); auto packs when length-grouped batches would be over 10% padding",
+    )
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec)
 

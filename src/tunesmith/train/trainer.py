@@ -18,7 +18,8 @@ from tunesmith.errors import UserError
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, new_run_id, replace_folder, save_run_info, write_config, write_json
-from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
+from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches
+from tunesmith.train import distributed
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, count_parameters
 from tunesmith.train.plot import plot_loss
@@ -40,13 +41,17 @@ def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
 
 
 def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
+    distributed.init_from_env(spec.model.device)
+    if not distributed.is_main():
+        return _train_as_worker(spec, workspace)
     dataset = resolve_dataset(spec, workspace)
+    base_path = resolve_model_path(spec.model.name)
+    distributed.share_from_main(dataset.name)
     run_id = new_run_id(spec.name or dataset.name)
     run_dir = workspace.run_dir(run_id)
     run_dir.mkdir(parents=True)
     write_config(run_dir, spec)
     write_json(run_dir / "dataset.json", dataset.manifest.model_dump(mode="json"))
-    base_path = resolve_model_path(spec.model.name)
     registry = Registry(workspace.registry_db)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
     try:
@@ -56,6 +61,17 @@ def train(spec: RunSpec, workspace: Workspace) -> TrainResult:
         raise
     registry.finish_run(run_id, "completed", result.info.best_val_loss)
     return result
+
+
+def _train_as_worker(spec: RunSpec, workspace: Workspace) -> TrainResult:
+    """Another process of a data-parallel run: the same training; process 0 keeps the run folder."""
+    dataset = load_dataset(workspace, distributed.share_from_main(None))
+    console.quiet = True
+    run_dir = distributed.worker_folder()
+    try:
+        return _train_in_folder(spec, dataset, run_dir, resolve_model_path(spec.model.name))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_in_folder(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str) -> TrainResult:
@@ -92,6 +108,7 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
     cfg = spec.train
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
+    distributed.same_start(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
@@ -101,13 +118,15 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
     )
     # Validation points spread evenly over each epoch; the last one always ends the epoch.
     eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
+    packed, waste = choose_packing(cfg.packing, train_items, cfg.batch_size, cfg.seed)
+    console.print(f"batches {'packed' if packed else 'length-grouped'} (length-grouped padding would be {waste:.0%} of tokens)")
     history: list[dict] = []
     step, started, tokens_seen = 0, time.perf_counter(), 0
     with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
         task = bar.add_task("training", total=total_steps, info="")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, epoch)
+            batches = make_batches(train_items, cfg.batch_size, cfg.seed, epoch, packed, cfg.max_seq_len, *distributed.rank_and_world())
             for group_start in range(0, len(batches), cfg.grad_accum):
                 group = batches[group_start : group_start + cfg.grad_accum]
                 loss_value, grad_norm, n_trained, n_real = _optimizer_step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
@@ -152,11 +171,15 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
     total_trained = sum(item.n_trained for batch in group for item in batch)
     total_loss, real_tokens = 0.0, 0
     for batch in group:
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        loss_sum, _ = summed_loss(model, tensors)
+        real_tokens += sum(len(item.input_ids) for item in batch)
+        local = batch_tensors(batch, pad_id)
+        if local is None:
+            continue
+        loss_sum, _ = summed_loss(model, {k: v.to(device) for k, v in local.items()})
         (loss_sum / total_trained).backward()
         total_loss += float(loss_sum.detach())
-        real_tokens += int(tensors["attention_mask"].sum())
+    distributed.sum_gradients(params)
+    total_loss = distributed.global_sum(total_loss)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if not torch.isfinite(grad_norm) or not math.isfinite(total_loss):
         raise UserError(
