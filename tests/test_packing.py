@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.config import TrainSpec
-from tunesmith.train.collate import IGNORE, Batch, choose_packing, collate, collate_packed, encode_all, make_batches, pack_rows
+from tunesmith.train.collate import IGNORE, Batch, batch_tensors, choose_packing, collate, collate_packed, encode_all, make_batches, pack_rows
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method
 from tunesmith.train.trainer import _optimizer_step
@@ -72,8 +72,8 @@ def test_a_packed_optimizer_step_equals_the_padded_step(tiny_model, setup, monke
 
     items, pad_id = setup
     calls = []
-    real_pack = collate_module.collate_packed
-    monkeypatch.setattr(collate_module, "collate_packed", lambda *a: calls.append(1) or real_pack(*a))
+    real_pack = collate_module._packed_tensors
+    monkeypatch.setattr(collate_module, "_packed_tensors", lambda *a: calls.append(1) or real_pack(*a))
     weights = []
     for packed in (False, True):
         torch.manual_seed(0)
@@ -97,3 +97,21 @@ def test_auto_packs_only_when_padding_would_waste_tokens(setup):
     assert choose_packing(False, items, 8, 0)[0] is False and choose_packing(True, same_length, 8, 0)[0] is True
     epoch = make_batches(items, 3, 0, 1, True, 512)
     assert sorted(i.example_id for b in epoch for i in b) == sorted(i.example_id for i in items)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_forward_passes_split_to_a_token_budget_give_the_same_step(tiny_model, setup, packed):
+    items, pad_id = setup
+    chunks = batch_tensors(Batch(items, packed, 512, max_tokens=300), pad_id)
+    assert len(chunks) > 1 and all(c["input_ids"].numel() <= 300 or c["input_ids"].shape[0] == 1 for c in chunks)
+    assert sum(int((c["labels"][:, 1:] != IGNORE).sum()) for c in chunks) == sum(item.n_trained for item in items)
+    weights = []
+    for budget in (None, 300):
+        torch.manual_seed(0)
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model), TrainSpec(method="full", lr=1e-3))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.5)
+        loss, *_ = _optimizer_step(model, [Batch(items, packed, 512, max_tokens=budget)], pad_id, torch.device("cpu"), params, optimizer, 1e9)
+        weights.append((loss, torch.cat([p.detach().flatten() for p in params])))
+    assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
+    torch.testing.assert_close(weights[0][1], weights[1][1], rtol=1e-4, atol=1e-6)

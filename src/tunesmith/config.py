@@ -96,6 +96,11 @@ class TrainSpec(_Spec):
         description="lay each batch's examples end to end in rows of up to max_seq_len tokens, with no attention "
         "across examples (same loss, less padding); auto packs when length-grouped batches would be over 10% padding",
     )
+    tokens_per_forward: int | None = Field(
+        None, ge=16,
+        description="split each batch into forward passes of at most this many tokens (padding included): less memory, "
+        "same result; default max(max_seq_len, 1024) on CPU, no split on GPU",
+    )
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec)
 

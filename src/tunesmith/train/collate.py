@@ -139,9 +139,9 @@ class Batch(list):
     """One global batch of examples (what the optimiser sees), with how it is laid out into tensors
     and which share of it this process computes (data parallel: rank of world)."""
 
-    def __init__(self, items: list[Encoded], packed: bool = False, capacity: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, items: list[Encoded], packed: bool = False, capacity: int = 0, rank: int = 0, world: int = 1, max_tokens: int | None = None):
         super().__init__(items)
-        self.packed, self.capacity, self.rank, self.world = packed, capacity, rank, world
+        self.packed, self.capacity, self.rank, self.world, self.max_tokens = packed, capacity, rank, world, max_tokens
 
     def local(self) -> list[Encoded]:
         """This process's share: examples dealt longest first to the share with the fewest tokens so far,
@@ -170,7 +170,9 @@ def choose_packing(setting: str | bool, items: list[Encoded], batch_size: int, s
     return (waste > PACKING_WASTE_THRESHOLD if setting == "auto" else bool(setting)), waste
 
 
-def make_batches(items: list[Encoded], batch_size: int, seed: int, epoch: int, packed: bool, capacity: int, rank: int = 0, world: int = 1) -> list[Batch]:
+def make_batches(
+    items: list[Encoded], batch_size: int, seed: int, epoch: int, packed: bool, capacity: int, rank: int = 0, world: int = 1, max_tokens: int | None = None
+) -> list[Batch]:
     """The epoch's global batches. Padded ones are length-grouped to save padding; packed ones need not
     be, so they are plain seeded shuffles (a less length-biased mix of examples in each step)."""
     if packed:
@@ -180,7 +182,7 @@ def make_batches(items: list[Encoded], batch_size: int, seed: int, epoch: int, p
         groups = [[items[i] for i in order[b : b + batch_size]] for b in range(0, len(order), batch_size)]
     else:
         groups = length_grouped_batches(items, batch_size, seed, epoch)
-    return [Batch(group, packed, capacity, rank, world) for group in groups]
+    return [Batch(group, packed, capacity, rank, world, max_tokens) for group in groups]
 
 
 def pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
@@ -203,7 +205,10 @@ def collate_packed(items: list[Encoded], pad_id: int, capacity: int) -> dict[str
     """Rows of examples laid end to end. No attention mask: transformers reads the restarting
     position ids as separate sequences and masks attention between them (masking_utils'
     find_packed_sequence_indices). Padding at a row's end starts a sequence of its own."""
-    rows = pack_rows(items, capacity)
+    return _packed_tensors(pack_rows(items, capacity), pad_id)
+
+
+def _packed_tensors(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(sum(len(item.input_ids) for item in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -221,11 +226,38 @@ def collate_packed(items: list[Encoded], pad_id: int, capacity: int) -> dict[str
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
-def batch_tensors(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor] | None:
-    """This process's share of a batch as model inputs (None when its share is empty)."""
+def _chunks(rows: list[list[Encoded]], width_of, max_tokens: int | None) -> list[list[list[Encoded]]]:
+    """Consecutive rows grouped so that rows x widest row stays within max_tokens (at least one row each)."""
+    if max_tokens is None:
+        return [rows]
+    chunks: list[list[list[Encoded]]] = []
+    for row in rows:
+        if chunks and (len(chunks[-1]) + 1) * max(width_of(row), *map(width_of, chunks[-1])) <= max_tokens:
+            chunks[-1].append(row)
+        else:
+            chunks.append([row])
+    return chunks
+
+
+def batch_tensors(batch: list[Encoded], pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """This process's share of a batch as model inputs, in forward passes of at most batch.max_tokens
+    tokens (padding included). Splitting is exact, since the step divides by the whole batch's
+    trained tokens; it bounds activation memory, which grows with the tokens of one forward pass."""
     if not isinstance(batch, Batch):
-        return collate(batch, pad_id)
+        return [collate(batch, pad_id)]
     local = batch.local()
     if not local:
-        return None
-    return collate_packed(local, pad_id, batch.capacity) if batch.packed else collate(local, pad_id)
+        return []
+    if batch.packed:
+        rows = pack_rows(local, batch.capacity)
+        return [_packed_tensors(chunk, pad_id) for chunk in _chunks(rows, lambda r: sum(len(i.input_ids) for i in r), batch.max_tokens)]
+    rows = [[item] for item in sorted(local, key=lambda item: len(item.input_ids))]
+    return [collate([row[0] for row in chunk], pad_id) for chunk in _chunks(rows, lambda r: len(r[0].input_ids), batch.max_tokens)]
+
+
+def tokens_per_forward(setting: int | None, max_seq_len: int, device_type: str) -> int | None:
+    """None (no limit) on GPUs, where bigger forward passes run faster; on CPUs a pass of about a
+    thousand tokens already keeps the matrix units busy, and more only costs memory."""
+    if setting is not None:
+        return setting
+    return None if device_type == "cuda" else max(max_seq_len, 1024)

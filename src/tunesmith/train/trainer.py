@@ -18,7 +18,7 @@ from tunesmith.errors import UserError
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.runfolder import RunInfo, new_run_id, replace_folder, save_run_info, write_config, write_json
-from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches
+from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
 from tunesmith.train import distributed
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, count_parameters
@@ -126,7 +126,9 @@ def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Encoded], v
         task = bar.add_task("training", total=total_steps, info="")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            batches = make_batches(train_items, cfg.batch_size, cfg.seed, epoch, packed, cfg.max_seq_len, *distributed.rank_and_world())
+            batches = make_batches(
+                train_items, cfg.batch_size, cfg.seed, epoch, packed, cfg.max_seq_len, *distributed.rank_and_world(), tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type)
+            )
             for group_start in range(0, len(batches), cfg.grad_accum):
                 group = batches[group_start : group_start + cfg.grad_accum]
                 loss_value, grad_norm, n_trained, n_real = _optimizer_step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
@@ -172,12 +174,10 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
     total_loss, real_tokens = 0.0, 0
     for batch in group:
         real_tokens += sum(len(item.input_ids) for item in batch)
-        local = batch_tensors(batch, pad_id)
-        if local is None:
-            continue
-        loss_sum, _ = summed_loss(model, {k: v.to(device) for k, v in local.items()})
-        (loss_sum / total_trained).backward()
-        total_loss += float(loss_sum.detach())
+        for local in batch_tensors(batch, pad_id):
+            loss_sum, _ = summed_loss(model, {k: v.to(device) for k, v in local.items()})
+            (loss_sum / total_trained).backward()
+            total_loss += float(loss_sum.detach())
     distributed.sum_gradients(params)
     total_loss = distributed.global_sum(total_loss)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
