@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_bench.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help="reuse this run folder: its data, and the configs already measured there")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.folder)
@@ -254,13 +254,19 @@ def main() -> None:
     from tunesmith.models.loading import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
-    folder = Path(tempfile.mkdtemp(prefix="train-bench-"))
-    write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer))
-    write_jsonl(folder / "val.jsonl", make_chats(8, SEED + 1, tokenizer))
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="train-bench-"))
+    if not (folder / "train.jsonl").is_file():
+        write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer))
+        write_jsonl(folder / "val.jsonl", make_chats(8, SEED + 1, tokenizer))
+    print(f"data and per-config results in {folder}", flush=True)
     lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
+    n = len(lengths)
     gflops = [matmul_gflops()]
     results = {}
     for name in args.configs.split(","):
+        if (folder / f"{name}.json").is_file():
+            results[name] = json.loads((folder / f"{name}.json").read_text())
+            continue
         command = [sys.executable, __file__, "--worker", name, "--folder", str(folder)]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
@@ -272,6 +278,7 @@ def main() -> None:
         layout = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("batches ")]
         if layout:
             results[name]["layout"] = layout[0]
+        (folder / f"{name}.json").write_text(json.dumps(results[name]))
         print(name, results[name], flush=True)
     gflops.append(matmul_gflops())
     peak = max(gflops) * 1e9
