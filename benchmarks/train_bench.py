@@ -24,7 +24,7 @@ MFU: model FLOPs per real token = 4*N, N = the base model's 134.5M weights (the 
 embedding counted once, as the output head): forward 2N, backward 2N for the activation
 gradients, none for the weight gradients of frozen weights; LoRA's own FLOPs (<1%) and the
 attention scores are left out. Divided by this machine's fp32 matmul rate, measured in the
-same run (best of several 2048x2048 torch.matmul).
+same run (best of several 1024- and 2048-square torch.matmul, before and after the configs).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def main() -> None:
     print(f"data and per-config results in {folder}", flush=True)
     lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
     n = len(lengths)
-    gflops = [matmul_gflops(args.threads)]
+    gflops = [matmul_gflops(args.threads, size) for size in (1024, 2048)]
     results = {}
     for name in args.configs.split(","):
         if (folder / f"{name}.json").is_file():
@@ -285,7 +285,7 @@ def main() -> None:
             results[name]["layout"] = layout[0]
         (folder / f"{name}.json").write_text(json.dumps(results[name]))
         print(name, results[name], flush=True)
-    gflops.append(matmul_gflops(args.threads))
+    gflops += [matmul_gflops(args.threads, size) for size in (1024, 2048)]
     peak_wall, peak_cpu = max(g[0] for g in gflops) * 1e9, max(g[1] for g in gflops) * 1e9
     for r in results.values():
         r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
