@@ -151,6 +151,7 @@ def train_cmd(
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
@@ -165,6 +166,8 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
+    if nproc > 1 and (resume is not None or dry_run or max_time is not None or max_cost is not None):
+        raise UserError("--nproc runs a new run without budgets for now", fix="drop --resume/--dry-run/--max-time/--max-cost, or use --nproc 1")
     if resume is not None:
         from tunesmith.train.resume import resume_run
 
@@ -180,7 +183,13 @@ def train_cmd(
 
             estimate_only(spec, _workspace())
             return
+        if nproc > 1:
+            from tunesmith.train.distributed import launch_spec
+
+            raise typer.Exit(launch_spec(spec, nproc))
         result = train(spec, _workspace(), budget)
+        if not _report_here():
+            return
     info = result.info
     if info.status == "stopped":
         console.print(f"[yellow]run {info.run_id} stopped[/]: {info.stop_reason}; continue with `tunesmith train --resume {info.run_id}`")
@@ -190,6 +199,15 @@ def train_cmd(
             console.print(info.stop_reason)
     console.print(f"run folder: {result.run_dir}")
     typer.echo(info.run_id)
+
+
+def _report_here() -> bool:
+    """Only process 0 of a data-parallel run reports; every process leaves the process group."""
+    from tunesmith.train.distributed import finish, is_main
+
+    main_process = is_main()
+    finish()
+    return main_process
 
 
 @app.command("eval")

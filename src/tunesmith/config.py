@@ -140,6 +140,7 @@ METHOD_SECTIONS = {
     "full": (),
 }
 CLASSIFICATION_METHODS = ("full", "lora", "dora")
+VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning")
 CAUSAL_LM_ONLY = ("max_steps", "save_every_steps", "early_stopping_patience", "generation_eval", "report_to")
 
 
@@ -194,6 +195,16 @@ class TrainSpec(_Spec):
     save_every_steps: int | None = Field(None, ge=1, description="also write a resumable checkpoint every N steps (default: at each validation only); the latest and the best are kept")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many validations without a new best validation loss; the best checkpoint is the result")
     train_on: Literal["assistant", "all"] = "assistant"
+    packing: Literal["auto"] | bool = Field(
+        "auto",
+        description="lay each batch's examples end to end in rows of up to max_seq_len tokens, with no attention "
+        "across examples (same loss, less padding); auto packs when length-grouped batches would be over 10% padding",
+    )
+    tokens_per_forward: int | None = Field(
+        None, ge=16,
+        description="split each batch into forward passes of at most this many tokens (padding included): less memory, "
+        "same result; default max(max_seq_len, 1024) on CPU, no split on GPU",
+    )
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec, description="settings of lora, qlora and dora")
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="settings of qlora's quantised base")
@@ -231,6 +242,12 @@ class TrainSpec(_Spec):
                 if section not in METHOD_SECTIONS[self.method]:
                     data.pop(section, None)
         return data
+
+    @model_validator(mode="after")
+    def _packing_fits_method(self) -> "TrainSpec":
+        if self.packing is True and self.method in VIRTUAL_TOKEN_METHODS:
+            raise ValueError(f"train.packing true cannot be used with {self.method}: its virtual tokens precede a whole row, not each packed example; use packing auto or false")
+        return self
 
     @model_validator(mode="after")
     def _classification_settings(self) -> "TrainSpec":

@@ -40,12 +40,15 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     targets = batch["labels"][:, 1:]
     selected = targets != IGNORE
     n_tokens = int(selected.sum())
+    # Packed rows carry position_ids and no attention_mask; with no cache, transformers then keeps
+    # the packed examples from attending to each other.
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if batch.get(key) is not None}
     if _selective_head_supported(model):
         base = _unwrap(model)
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][selected])
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**inputs).logits
         # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
         logits = logits[:, -batch["input_ids"].shape[1] :][:, :-1][selected]
     loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")

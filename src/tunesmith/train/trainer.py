@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from tunesmith.config import RunSpec, TrainSpec
+from tunesmith.config import VIRTUAL_TOKEN_METHODS, RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
@@ -27,7 +28,8 @@ from tunesmith.train.checkpoint import (
     test_kill, truncate_metrics,
 )
 from tunesmith.train.callbacks import Probes, build_probes
-from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids, length_grouped_batches
+from tunesmith.train import distributed
+from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.loss import summed_loss
@@ -80,8 +82,12 @@ def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
 
 
 def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
+    distributed.init_from_env(spec.model.device)
+    if not distributed.is_main():
+        return _train_as_worker(spec, workspace, budget)
     dataset = resolve_dataset(spec, workspace)
     replay = resolve_replay(spec, workspace)
+    distributed.share_from_main(dataset.name)
     run_id = new_run_id(spec.name or dataset.name)
     run_dir = workspace.run_dir(run_id)
     run_dir.mkdir(parents=True)
@@ -95,6 +101,17 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
 
         return run_registered(registry, run_id, lambda: train_classifier(spec, dataset, run_dir, base_path))
     return run_registered(registry, run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget))
+
+
+def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None) -> TrainResult:
+    """Another process of a data-parallel run: the same training; process 0 keeps the run folder."""
+    dataset = load_dataset(workspace, distributed.share_from_main(None))
+    console.quiet = True
+    run_dir = distributed.worker_folder()
+    try:
+        return _train_in_folder(spec, dataset, resolve_replay(spec, workspace), run_dir, resolve_model_path(spec.model.name), budget)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult]) -> TrainResult:
@@ -191,6 +208,7 @@ class TrainingLoop:
         self.run_dir, self.info, self.budget = run_dir, info, budget or Budget()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.params = [p for p in model.parameters() if p.requires_grad]
+        distributed.same_start(self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.plan = plan_steps(cfg, len(items.train) + items.replay_per_epoch)
         self.schedule = make_schedule(self.optimizer, cfg, self.plan.total_steps)
@@ -200,6 +218,11 @@ class TrainingLoop:
         self.history: list[dict] = []
         self.started = time.perf_counter()
         self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
+        # Virtual tokens sit before each row, not before each packed example: those methods never pack.
+        packing = False if cfg.method in VIRTUAL_TOKEN_METHODS else cfg.packing
+        self.packed, waste = choose_packing(packing, items.train, cfg.batch_size, cfg.seed)
+        self.max_tokens = tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type)
+        console.print(f"batches {'packed' if self.packed else 'length-grouped'} (length-grouped padding would be {waste:.0%} of tokens)")
 
     def elapsed(self) -> float:
         """Training seconds over the whole run, earlier sessions included."""
@@ -248,7 +271,10 @@ class TrainingLoop:
         return "completed", None
 
     def _groups(self, epoch: int) -> list[list[list[Encoded]]]:
-        batches = length_grouped_batches(self.items.for_epoch(self.cfg.seed, epoch), self.cfg.batch_size, self.cfg.seed, epoch)
+        batches = make_batches(
+            self.items.for_epoch(self.cfg.seed, epoch), self.cfg.batch_size, self.cfg.seed, epoch, self.packed, self.cfg.max_seq_len,
+            *distributed.rank_and_world(), self.max_tokens,
+        )
         return [batches[i : i + self.cfg.grad_accum] for i in range(0, len(batches), self.cfg.grad_accum)]
 
     def _train_step(self, epoch: int, groups: list, index: int) -> tuple[str, str | None] | None:
@@ -339,13 +365,15 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
     total_trained = sum(item.n_trained for batch in group for item in batch)
     total_loss, real_tokens = 0.0, 0
     for batch in group:
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        loss_sum, _ = summed_loss(model, tensors)
-        (loss_sum / total_trained).backward()
-        total_loss += float(loss_sum.detach())
-        real_tokens += int(tensors["attention_mask"].sum())
+        real_tokens += sum(len(item.input_ids) for item in batch)
+        for local in batch_tensors(batch, pad_id):
+            loss_sum, _ = summed_loss(model, {k: v.to(device) for k, v in local.items()})
+            (loss_sum / total_trained).backward()
+            total_loss += float(loss_sum.detach())
     if on_backward is not None:
         on_backward()
+    distributed.sum_gradients(params)
+    total_loss = distributed.global_sum(total_loss)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if not math.isfinite(total_loss):
         raise Diverged(f"the training loss became {total_loss}")

@@ -1,0 +1,330 @@
+"""Training speed and memory against the usual ways of fine-tuning, on the same data.
+
+    python benchmarks/train_bench.py            # 16 examples (2 steps), every config (~30 min on 2 busy cores)
+    python benchmarks/train_bench.py --quick    # 8 examples (1 step)
+
+LoRA r16 (alpha 32, no dropout) on every linear layer of the embedded SmolLM2-135M-Instruct,
+fp32, one epoch, batch 8, AdamW lr 1e-3 with linear decay and no warm-up, gradient clipping 1.0,
+seed 0, on the same variable-length chats (demo tickets chained into conversations of 64-512
+tokens), with the same tokens and the same assistant-only labels for every config:
+
+  hf_padded     transformers Trainer + PEFT, DataCollatorForSeq2Seq padding to the longest
+  trl_default   TRL SFTTrainer with its defaults (gradient checkpointing on), but fp32 (its bf16
+                default runs ~100x slower on CPUs without native bf16)
+  trl_padfree   TRL SFTTrainer, padding_free=True, no gradient checkpointing
+  trl_packed    TRL SFTTrainer, packing (bfd, rows of 512, 4 rows a step), no gradient checkpointing
+  tunesmith     tunesmith's trainer (train.packing auto)
+
+Each config runs in its own process, so its peak RSS is its own. Throughput is real (non-pad)
+tokens per second of training steps (model loading and data preparation excluded), per
+second of wall time and per second of CPU time (all threads; steadier on a shared machine). The
+held-out loss is the same token-weighted assistant loss on the same 8 unseen chats for all.
+
+MFU: model FLOPs per real token = 4*N, N = the base model's 134.5M weights (the tied
+embedding counted once, as the output head): forward 2N, backward 2N for the activation
+gradients, none for the weight gradients of frozen weights; LoRA's own FLOPs (<1%) and the
+attention scores are left out. Divided by this machine's fp32 matmul rate, measured in the
+same run (best of several 1024- and 2048-square torch.matmul, before and after the configs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = ["hf_padded", "trl_default", "trl_padfree", "trl_packed", "tunesmith"]
+LR, BATCH, MAX_LEN, SEED = 1e-3, 8, 512, 0
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8) -> tuple[float, float]:
+    """(GFLOP per wall second, GFLOP per CPU second) of fp32 matmul, best of several."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), cpu_seconds()
+        torch.matmul(a, b)
+        best_wall, best_cpu = min(best_wall, time.perf_counter() - start), min(best_cpu, max(1e-6, cpu_seconds() - cpu))
+    return 2 * size**3 / best_wall / 1e9, 2 * size**3 / best_cpu / 1e9
+
+
+def make_chats(n: int, seed: int, tokenizer) -> list[dict]:
+    """Conversations of one or more ticket exchanges, each grown towards a length drawn from 64-512 tokens."""
+    from tunesmith.demo.tickets import generate
+
+    rng = random.Random(seed)
+    pool = generate(n * 12, seed)
+    chats, cursor = [], 0
+    for _ in range(n):
+        target = rng.randint(64, MAX_LEN)
+        messages = list(pool[cursor]["messages"])
+        cursor += 1
+        while True:
+            extra = pool[cursor]["messages"][1:]
+            longer = messages + extra
+            text = tokenizer.apply_chat_template(longer, tokenize=False)
+            if cursor + 1 >= len(pool) or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > target:
+                break
+            messages, cursor = longer, cursor + 1
+        chats.append({"messages": messages})
+    return chats
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def encoded(folder: Path, name: str, tokenizer):
+    from tunesmith.data.example import Example, Message
+    from tunesmith.train.collate import encode_all
+
+    records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+    examples = [Example(id=f"{name}-{i}", messages=[Message(**m) for m in r["messages"]]) for i, r in enumerate(records)]
+    items, dropped = encode_all(tokenizer, examples, MAX_LEN, "assistant")
+    assert not dropped
+    return items
+
+
+# ---------------------------------------------------------------- workers (one config per process)
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class StepClock:
+    """Wall and CPU time from the first step's start to the last step's end, the same window for every
+    trainer. CPU time (all threads) is what other work on a shared machine disturbs least."""
+
+    def __init__(self):
+        self.start = self.end = None
+        self.cpu_start = self.cpu_end = None
+
+    def begin(self) -> None:
+        if self.start is None:
+            self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+
+    def finish(self) -> None:
+        self.end, self.cpu_end = time.perf_counter(), cpu_seconds()
+
+    def figures(self) -> dict:
+        return {"train_seconds": round(self.end - self.start, 2), "train_cpu_seconds": round(self.cpu_end - self.cpu_start, 2)}
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Clock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock.begin()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.finish()
+
+        return _Clock()
+
+
+def run_hf_trainer(name: str, folder: Path, model_path: str) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from tunesmith.train.trainer import evaluate_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_items, val_items = encoded(folder, "train", tokenizer), encoded(folder, "val", tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    torch.manual_seed(SEED)
+    common = dict(
+        output_dir=str(folder / name), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+        save_strategy="no", report_to=[], seed=SEED, use_cpu=True, bf16=False, disable_tqdm=True,
+    )
+    clock = StepClock()
+    if name == "hf_padded":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config())
+        rows = [{"input_ids": i.input_ids, "labels": i.labels} for i in train_items]
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=datasets.Dataset.from_list(rows),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100), callbacks=[clock.callback()],
+        )
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        options = {
+            "trl_default": {},
+            "trl_padfree": {"padding_free": True, "max_length": None, "gradient_checkpointing": False},
+            "trl_packed": {"packing": True, "max_length": MAX_LEN, "gradient_checkpointing": False, "per_device_train_batch_size": 4},
+        }[name]
+        rows = [{"input_ids": i.input_ids, "assistant_masks": [int(label != -100) for label in i.labels]} for i in train_items]
+        trainer = SFTTrainer(
+            model=model, args=SFTConfig(**{**common, **options}), train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tokenizer, peft_config=lora_config(), callbacks=[clock.callback()],
+        )
+    trainer.train()
+    real = sum(len(i.input_ids) for i in train_items)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "steps": trainer.state.global_step, "real_tokens": real, **clock.figures(),
+        "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device("cpu"), BATCH),
+    }
+
+
+def run_tunesmith(folder: Path, model_path: str) -> dict:
+    from tunesmith.config import DataSpec, ModelSpec, PrepareSpec, RunSpec, TrainSpec
+    from tunesmith.train import trainer as trainer_module
+    from tunesmith.workspace import Workspace
+
+    # The same window as the HF callback: around every optimiser step.
+    clock, step = StepClock(), trainer_module._optimizer_step
+
+    def timed_step(*args, **kwargs):
+        clock.begin()
+        out = step(*args, **kwargs)
+        clock.finish()
+        return out
+
+    trainer_module._optimizer_step = timed_step
+
+    os.environ["TUNESMITH_HOME"] = str(folder / "tunesmith-home")
+    prepare = PrepareSpec(clean=False, pii="off", dedup=False, near_dedup=False, validation_file=folder / "val.jsonl", test_file=folder / "val.jsonl")
+    spec = RunSpec(
+        name="bench", model=ModelSpec(name=model_path, dtype="float32"),
+        data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare),
+        train=TrainSpec(epochs=1, lr=LR, batch_size=BATCH, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
+    )
+    result = trainer_module.train(spec, Workspace.from_env())
+    steps = [r for r in result.history if "loss" in r]
+    real = sum(r["tokens"] for r in steps)
+    return {"steps": len(steps), "real_tokens": real, **clock.figures(), "heldout_loss": result.info.best_val_loss}
+
+
+def worker(name: str, folder: Path, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    # Every trainer gets the same thread count; tunesmith's loader would otherwise raise it to all cores.
+    torch.set_num_threads = lambda n: None
+    from tunesmith.models.loading import resolve_model_path
+
+    model_path = resolve_model_path("smollm2-135m-instruct")
+    result = run_tunesmith(folder, model_path) if name == "tunesmith" else run_hf_trainer(name, folder, model_path)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["threads"] = torch.get_num_threads()
+    (folder / f"{name}.json").write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- driver
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="8 training examples (one step) instead of 16")
+    parser.add_argument("--examples", type=int, default=None)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per config (1 makes CPU time a steady measure on a busy machine)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "train_bench.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help="reuse this run folder: its data, and the configs already measured there")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.folder, args.threads)
+        return
+    n = args.examples or (8 if args.quick else 16)
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="train-bench-"))
+    if not (folder / "train.jsonl").is_file():
+        write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer))
+        write_jsonl(folder / "val.jsonl", make_chats(8, SEED + 1, tokenizer))
+    print(f"data and per-config results in {folder}", flush=True)
+    lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
+    n = len(lengths)
+    gflops = [matmul_gflops(args.threads, size) for size in (1024, 2048)]
+    results = {}
+    for name in args.configs.split(","):
+        if (folder / f"{name}.json").is_file():
+            results[name] = json.loads((folder / f"{name}.json").read_text())
+            continue
+        command = [sys.executable, __file__, "--worker", name, "--folder", str(folder), "--threads", str(args.threads)]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+            continue
+        results[name] = json.loads((folder / f"{name}.json").read_text())
+        results[name]["process_seconds"] = round(time.perf_counter() - started, 1)
+        layout = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("batches ")]
+        if layout:
+            results[name]["layout"] = layout[0]
+        (folder / f"{name}.json").write_text(json.dumps(results[name]))
+        print(name, results[name], flush=True)
+    gflops += [matmul_gflops(args.threads, size) for size in (1024, 2048)]
+    peak_wall, peak_cpu = max(g[0] for g in gflops) * 1e9, max(g[1] for g in gflops) * 1e9
+    for r in results.values():
+        r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
+        r["tokens_per_cpu_s"] = round(r["real_tokens"] / r["train_cpu_seconds"], 1)
+        r["mfu"] = round(4 * 134.5e6 * r["tokens_per_s"] / peak_wall, 4)
+        r["mfu_cpu_time"] = round(4 * 134.5e6 * r["tokens_per_cpu_s"] / peak_cpu, 4)
+    base = results.get("hf_padded")
+    for r in results.values():
+        if base:
+            r["speed_vs_hf_padded"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+            r["cpu_speed_vs_hf_padded"] = round(r["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 2)
+            r["rss_vs_hf_padded"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
+    payload = {
+        "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "threads": args.threads,
+        "matmul_fp32_gflops_wall_then_per_cpu_s": [[round(g, 1) for g in pair] for pair in gflops],
+        "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
+                 "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
+        "settings": {"method": "LoRA r16 alpha32 all-linear", "dtype": "float32", "batch": BATCH, "epochs": 1, "lr": LR, "max_len": MAX_LEN},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(table(payload))
+
+
+def table(payload: dict) -> str:
+    lines = [
+        "| config | steps | real tokens per CPU-s | vs HF padded | MFU (CPU time) | real tokens/s (wall) | peak RSS (MB) | RSS vs HF | held-out loss |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in payload["results"].items():
+        lines.append(
+            f"| {name} | {r['steps']} | {r['tokens_per_cpu_s']} | {r.get('cpu_speed_vs_hf_padded', '')}x | {r['mfu_cpu_time']:.1%} | "
+            f"{r['tokens_per_s']} | {r['peak_rss_mb']} | {r.get('rss_vs_hf_padded', '')}x | {r['heldout_loss']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

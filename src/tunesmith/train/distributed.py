@@ -1,0 +1,123 @@
+"""Data-parallel training over several processes (torch.distributed: gloo on CPU, nccl on GPU).
+
+Every process builds the same seeded global batches and computes only its share of each
+(collate.Batch.local). Each divides its summed token losses by the trained tokens of the whole
+global step, so summing the gradients over processes gives exactly the one-process gradient:
+`--nproc` changes the speed, never the result. batch_size is the global batch.
+
+Process 0 owns the run folder and the registry; the others train in a throwaway folder, so
+the training code stays the same whatever the process count. Processes are started by
+`tunesmith train --nproc N` (which runs torch.distributed.run), by torchrun, or by
+`accelerate launch`: all three set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    """Started by a launcher as one of several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device_kind: str = "auto") -> None:
+    """Join the process group a launcher set up (a no-op for a single process)."""
+    if not launched() or dist.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available() and device_kind != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def share_from_main(value: Any) -> Any:
+    """Process 0's value, on every process (after process 0 got there: a barrier too)."""
+    if rank_and_world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def same_start(params: list[torch.Tensor]) -> None:
+    """Every process starts from process 0's trainable weights, whatever each initialised."""
+    if rank_and_world()[1] == 1:
+        return
+    with torch.no_grad():
+        for param in params:
+            dist.broadcast(param.data, src=0)
+
+
+def sum_gradients(params: list[torch.Tensor]) -> None:
+    """Sum (not average) the gradients over processes: each already divided by the global token count.
+    One flat buffer, so one collective per step. A process with an empty share adds zeros."""
+    if rank_and_world()[1] == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for param, grad in zip(params, grads):
+        n = grad.numel()
+        param.grad = flat[offset : offset + n].view_as(param).clone()
+        offset += n
+
+
+def global_sum(value: float, device: Any = "cpu") -> float:
+    if rank_and_world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item())
+
+
+def worker_folder() -> Path:
+    """Where a process other than 0 writes what process 0 writes into the run folder; discarded."""
+    return Path(tempfile.mkdtemp(prefix=f"tunesmith-rank{rank_and_world()[0]}-"))
+
+
+def finish() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch_spec(spec: Any, nproc: int) -> int:
+    """Run this resolved spec in nproc processes: every process reads the same config file."""
+    from tunesmith.config import spec_to_yaml
+
+    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as folder:
+        path = Path(folder) / "run.yaml"
+        path.write_text(spec_to_yaml(spec), encoding="utf-8")
+        return launch(path, nproc)
+
+
+def launch(config_path: Path, nproc: int) -> int:
+    """Run `tunesmith train --config config_path` in nproc processes on this machine; returns the exit code.
+    CPU threads are split between the processes (torch.distributed.run would give each one thread)."""
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "tunesmith", "train", "--config", str(config_path),
+    ]
+    return subprocess.run(command, env=env, check=False).returncode
