@@ -115,10 +115,10 @@ def eval_judge(
         raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
     run_dir = find_run(_workspace(), run)
     tuned = _rows(run_dir, split, "tuned", f"run `tunesmith eval {run} --split {split}` first")[:limit]
+    other = _rows(run_dir, split, pairwise, f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`")) if pairwise else []
     ask = endpoint_judge(judge_url, judge_model, api_key_env=api_key_env) if judge_url else _local_ask(judge_local, max_new_tokens)  # type: ignore[arg-type]
     judge_name = f"{judge_model} at {judge_url}" if judge_url else str(judge_local)
     if pairwise:
-        other = _rows(run_dir, split, pairwise, f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`"))
         by_id = {r["id"]: r for r in other}
         items = [PairItem(id=r["id"], prompt=r["prompt"], answer_a=by_id[r["id"]]["prediction"], answer_b=r["prediction"], reference=r["reference"])
                  for r in tuned if r["id"] in by_id]

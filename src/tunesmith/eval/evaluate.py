@@ -140,6 +140,7 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
     dataset = load_dataset(workspace, info.dataset)
     jobs = plan_jobs(workspace, run_dir, info, run_spec, dataset, spec, compare_base=compare_base, compare_runs=compare_runs or [],
                      baselines=baselines or [], forgetting=forgetting)
+    forget_split(run_dir, spec.split)
     results, rows_by_model, probes = {}, {}, {}
     for job in jobs:
         model, tokenizer = job.load()
@@ -159,13 +160,26 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
     return results
 
 
+def forget_split(run_dir: Path, split: str) -> None:
+    """A new evaluation of a split replaces the last one: no model or comparison from an earlier call lingers beside it."""
+    path = run_dir / "eval" / "report.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report.pop(split, None)
+    for section in ("versus", "comparisons", "prompting_verdict", "judge"):
+        report.get(section, {}).pop(split, None)
+    write_json(path, report)
+
+
 def save_comparisons(run_dir: Path, spec: EvalSpec, rows_by_model: dict[str, list[dict]], results: dict[str, dict[str, float]]) -> None:
     """Tuned against every other model evaluated: all metrics; and the plain verdict against the best prompt."""
     from tunesmith.eval.compare import compare_rows, verdict_line
 
     summary_path = run_dir / "eval" / "report.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    versus = summary.setdefault("versus", {}).setdefault(spec.split, {})
+    versus: dict[str, Any] = {}
+    summary.setdefault("versus", {})[spec.split] = versus
     for other in [m for m in rows_by_model if m != "tuned"]:
         versus[other] = compare_rows(rows_by_model[other], rows_by_model["tuned"], results["tuned"], custom=spec.custom_metrics, seed=spec.seed)
         if other == "base":

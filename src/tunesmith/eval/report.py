@@ -198,7 +198,7 @@ def _extras_section(report: dict) -> str:
 
 
 def _samples_section(run_dir: Path, limit: int = 12) -> str:
-    tuned = sorted((run_dir / "eval").glob("*-tuned.jsonl"))
+    tuned = [p for s in ("test", "validation") if (p := run_dir / "eval" / f"{s}-tuned.jsonl").is_file()]
     if not tuned:
         return ""
     base_file = tuned[0].with_name(tuned[0].name.replace("-tuned", "-base"))
