@@ -132,3 +132,20 @@ def test_prompting_baselines_build_the_prompts():
 def test_eval_commands_have_help(capsys, command, mentions):
     result = run_cli(capsys, *command, "--help")
     assert result.code == 0 and mentions in " ".join(result.out.split())
+
+
+@pytest.mark.slow
+def test_probe_on_the_embedded_model_is_quick_and_not_empty():
+    import time
+
+    from tunesmith.config import ModelSpec
+    from tunesmith.eval.forgetting import run_probe
+    from tunesmith.models.loading import load_model
+
+    model, tokenizer, _ = load_model(ModelSpec())
+    started = time.perf_counter()
+    result = run_probe(model, tokenizer)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 120, elapsed
+    assert 0.1 <= result["score"] <= 0.95  # SmolLM2-135M knows some of it (Paris), not all
+    assert next(r for r in result["rows"] if r["id"] == "facts-01")["correct"]
