@@ -43,13 +43,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
     model, tokenizer, _ = load_model(ModelSpec())
+    print(f"model loaded in {time.perf_counter() - started:.1f} s", flush=True)
     records = demo_tickets(args.examples, seed=3)
     examples = [Example(id=str(i), messages=r["messages"][:-1]) for i, r in enumerate(records)]
     eot = end_of_turn_ids(tokenizer)
     load_before = os.getloadavg()[0]
     batched, batched_s = generate_batched(model, tokenizer, examples, eot, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(f"batched: {batched_s:.1f} s", flush=True)
     single, single_s = one_by_one(model, tokenizer, examples, eot, args.max_new_tokens)
+    print(f"one by one: {single_s:.1f} s", flush=True)
     result = {
         "examples": args.examples, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
         "batched_seconds": round(batched_s, 2), "batched_examples_per_s": round(args.examples / batched_s, 3),
