@@ -162,6 +162,8 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
 
 def forget_split(run_dir: Path, split: str) -> None:
     """A new evaluation of a split replaces the last one: no model or comparison from an earlier call lingers beside it."""
+    for stale in (run_dir / "eval").glob(f"{split}-*.jsonl"):
+        stale.unlink()  # per-example answers of models this evaluation may not include
     path = run_dir / "eval" / "report.json"
     if not path.is_file():
         return
