@@ -23,7 +23,7 @@ from tunesmith.train.collate import end_of_turn_ids
 from tunesmith.ui import console
 
 PROBE_FILE = "general_skills.jsonl"
-MAX_NEW_TOKENS = 40  # the longest expected answer (three bullet points) fits; a rambling model is cut short
+MAX_NEW_TOKENS = 32  # the longest expected answer (three bullet points) fits; a rambling model is cut short
 
 
 def load_probes(path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -90,7 +90,7 @@ CHECKS: dict[str, Callable[[str, Any], bool]] = {
 }
 
 
-def run_probe(model: Any, tokenizer: Any, *, probes: list[dict[str, Any]] | None = None, batch_size: int = 16,
+def run_probe(model: Any, tokenizer: Any, *, probes: list[dict[str, Any]] | None = None, batch_size: int = 64,
               max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     """{score, per_category, rows}: the share of probes answered correctly, overall and per category."""
     probes = probes if probes is not None else load_probes()
@@ -105,7 +105,7 @@ def run_probe(model: Any, tokenizer: Any, *, probes: list[dict[str, Any]] | None
     return {"score": round(sum(r["correct"] for r in rows) / len(rows), 4), "per_category": per_category, "rows": rows, "seconds": round(seconds, 2)}
 
 
-def probe_callback(probes: list[dict[str, Any]] | None = None, *, batch_size: int = 16) -> Callable[[Any, Any, int], dict[str, float]]:
+def probe_callback(probes: list[dict[str, Any]] | None = None, *, batch_size: int = 64) -> Callable[[Any, Any, int], dict[str, float]]:
     """The probe as a during-training callback: (model, tokenizer, step) -> {"probe_score": ..., "probe.<category>": ...}.
     The model's train/eval mode and the tokenizer's padding side are restored afterwards."""
     chosen = probes if probes is not None else load_probes()
