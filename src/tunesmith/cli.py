@@ -210,30 +210,6 @@ def _report_here() -> bool:
     return main_process
 
 
-@app.command("eval")
-def eval_cmd(
-    run: str = typer.Argument(..., help="run id or run folder"),
-    split: str = typer.Option("test", help="validation | test"),
-    compare_base: bool = typer.Option(False, "--compare-base", help="also evaluate the base model on the same examples"),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
-) -> None:
-    """Score a run on a held-out split; results go into the run folder and the registry."""
-    from tunesmith.config import EvalSpec, validate_spec
-    from tunesmith.eval.evaluate import evaluate_run
-    from tunesmith.eval.report import write_report
-    from tunesmith.report_cli import print_comparison
-    from tunesmith.runfolder import find_run
-
-    spec = validate_spec(EvalSpec, {"split": split, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit}, "command-line flags")
-    ws = _workspace()
-    run_dir = find_run(ws, run)
-    results = evaluate_run(ws, run_dir, spec, compare_base)
-    print_comparison(results)
-    console.print(f"report: {write_report(run_dir)}")
-
-
 @app.command("score")
 def score_cmd(
     predictions: Path = typer.Argument(..., help='JSONL of {"id": ..., "prediction": ...} lines ("output" or "text" also work)'),
@@ -297,11 +273,17 @@ def runs_show(run: str = typer.Argument(..., help="run id")) -> None:
     print_run(_workspace(), run)
 
 
+from tunesmith.eval.commands import register as _register_eval, route_argv as _route_eval  # noqa: E402
+
+_register_eval(app, runs_app)
+
+
 def main() -> None:
     """Usage errors exit 2 through Typer; a UserError from any stage is printed without a traceback and exits 2."""
     try:
-        if sys.argv[1:3] == ["eval", "score"]:  # `eval RUN` is one command; `eval score` is the `score` command
-            app(args=["score", *sys.argv[3:]], prog_name="tunesmith eval")
+        args, prog = _route_eval(sys.argv[1:])  # `eval RUN` is one command; `eval judge|score|review-*` are others
+        if prog:
+            app(args=args, prog_name="tunesmith")
         else:
             app()
     except UserError as exc:

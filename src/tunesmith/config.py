@@ -300,6 +300,15 @@ class EvalSpec(_Spec):
     max_new_tokens: int = Field(64, ge=1, le=8192)
     batch_size: int = Field(16, ge=1, le=1024)
     limit: int | None = Field(None, ge=1, description="evaluate only the first N examples")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily (reproducible); above 0 samples")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (only when temperature > 0)")
+    seed: int = Field(0, description="seeds sampling, so a sampled evaluation can be repeated")
+    metrics: list[str] | None = Field(None, description="metric names (see `tunesmith score --help`); None chooses by task")
+    custom_metrics: list[str] = Field(default_factory=list, description="your metrics as module:function, fn(predictions, references) -> float | dict")
+    perplexity: bool = Field(True, description="perplexity of the reference answers under each model (from its loss on them)")
+    system_prompt: str | None = Field(None, description="system prompt for the `system` prompting baseline")
+    shots: int = Field(3, ge=1, le=64, description="training examples shown as prior turns in the `few-shot` baseline")
+    forgetting_threshold: float = Field(0.05, ge=0.0, le=1.0, description="warn when the general-skills probe score drops by more than this")
 
 
 class RunSpec(_Spec):

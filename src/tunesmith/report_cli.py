@@ -80,3 +80,49 @@ def print_run(workspace: Workspace, run_id: str) -> None:
         by_split.setdefault(evaluation["split"], {})[evaluation["model_id"]] = evaluation["metrics"]
     for split, results in by_split.items():
         print_comparison(dict(sorted(results.items())), title=f"{split} split")
+
+
+HYPERPARAMETERS = (("method", "train.method"), ("epochs", "train.epochs"), ("lr", "train.lr"), ("batch size", "train.batch_size"),
+                   ("grad accum", "train.grad_accum"), ("max seq len", "train.max_seq_len"), ("lora r", "train.lora.r"),
+                   ("lora alpha", "train.lora.alpha"), ("seed", "train.seed"))
+
+
+def _dotted(data: dict, path: str) -> object:
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
+    """Runs as columns: data version, hyperparameters, best validation loss and every metric of each evaluated model."""
+    import yaml
+
+    if len(refs) < 2:
+        raise UserError("runs compare needs two or more runs", fix="tunesmith runs compare RUN1 RUN2 [RUN3 ...]")
+    folders = [find_run(workspace, ref) for ref in refs]
+    infos = [json.loads((f / "run.json").read_text()) for f in folders]
+    configs = [yaml.safe_load((f / "config.yaml").read_text()) for f in folders]
+    reports = [json.loads((f / "eval" / "report.json").read_text()) if (f / "eval" / "report.json").is_file() else {} for f in folders]
+    table = Table(title="runs side by side")
+    table.add_column("")
+    for info in infos:
+        table.add_column(info["run_id"], justify="right")
+    table.add_row("base model", *(i["base_model"] for i in infos))
+    table.add_row("dataset@version", *(f"{i['dataset']}@{i['dataset_version']}" for i in infos))
+    for label, path in HYPERPARAMETERS:
+        table.add_row(label, *(str(_dotted(c, path)) for c in configs))
+    table.add_row("best val loss", *("-" if i.get("best_val_loss") is None else f"{i['best_val_loss']:.4f}" for i in infos))
+    table.add_row("train seconds", *(str(i.get("train_seconds", "-")) for i in infos))
+    for split in ("test", "validation"):
+        for model in ("tuned", "base"):
+            found = [r.get(split, {}).get(model, {}).get("metrics", {}) for r in reports]
+            for name in headline_first({k for m in found for k in m} - {"n"}):
+                table.add_row(f"{split} {model} {name}", *("-" if m.get(name) is None else f"{m[name]:.3f}" for m in found))
+    forgetting = [r.get("forgetting", {}).get("tuned", {}).get("score") for r in reports]
+    if any(v is not None for v in forgetting):
+        table.add_row("probe score (tuned)", *("-" if v is None else f"{v:.3f}" for v in forgetting))
+    out.print(table)
+    versions = {i["dataset_version"] for i in infos}
+    if len(versions) > 1:
+        out.print(f"[yellow]note:[/] the runs were trained on {len(versions)} different dataset versions; their test splits may differ, "
+                  "so compare test scores with `tunesmith eval RUN1 --compare RUN2` (same examples)")

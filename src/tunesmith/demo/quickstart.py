@@ -8,6 +8,7 @@ from tunesmith.config import EvalSpec, RunSpec
 from tunesmith.data.dataset import prepare_dataset
 from tunesmith.demo.tickets import write_jsonl
 from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, save_comparison, save_evaluation
+from tunesmith.eval.forgetting import run_probe, save_forgetting
 from tunesmith.eval.report import write_report
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.data.report import summarise_dataset
@@ -37,6 +38,7 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     examples = eval_examples(dataset, EVAL)
     base_model, base_tokenizer, _ = load_model(spec.model)
     base_rows, base_metrics = evaluate_model(base_model, base_tokenizer, examples, EVAL, "base")
+    probes = {"base": run_probe(base_model, base_tokenizer)}  # general skills before tuning, for the forgetting check
     del base_model
     console.rule("3/4 fine-tuning (LoRA)")
     result = train(spec, workspace)
@@ -46,6 +48,8 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     tuned_rows, tuned_metrics = evaluate_model(tuned_model, tuned_tokenizer, examples, EVAL, "tuned")
     save_evaluation(workspace, result.run_dir, result.info, EVAL.split, "tuned", tuned_rows, tuned_metrics)
     save_comparison(result.run_dir, EVAL.split, base_rows, tuned_rows)
+    probes["tuned"] = run_probe(tuned_model, tuned_tokenizer)
+    save_forgetting(result.run_dir, probes, EVAL.forgetting_threshold)
     print_comparison({"base": base_metrics, "tuned": tuned_metrics}, title=f"{spec.model.name}: base vs tuned on held-out tickets")
     report = write_report(result.run_dir)
     console.print(f"run {result.info.run_id}: report {report}, loss curve {result.run_dir / 'loss.png'}")

@@ -1,4 +1,5 @@
-"""Batched greedy generation with the training chat template, stopping at end-of-turn."""
+"""Batched generation with the training chat template, stopping at end-of-turn: greedy by default,
+sampled (temperature, top-p, seeded) when asked."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tunesmith.train.methods import is_prompt_learning
 
 @torch.no_grad()
 def generate_batched(
-    model: Any, tokenizer: Any, examples: list[Example], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None
+    model: Any, tokenizer: Any, examples: list[Example], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None,
+    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
 ) -> tuple[list[str], float]:
     """Outputs in the examples' order, and the seconds taken. Prompts of similar length share a
     batch so little compute goes to padding; left padding keeps every prompt's end aligned."""
@@ -26,18 +28,22 @@ def generate_batched(
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_ids[0]
     device = next(model.parameters()).device
+    # transformers warns about sampling settings under greedy decoding, so they are set only when sampling.
+    decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if temperature > 0:  # greedy decoding draws nothing, so it leaves a training run's random stream alone
+        torch.manual_seed(seed)
     started = time.perf_counter()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         encoded = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        if is_prompt_learning(model):
+        if is_prompt_learning(model):  # greedy only: PEFT's generate mishandles virtual tokens (see virtual_tokens.py)
             new_tokens = generate_with_virtual_tokens(
                 model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens, eos_ids=eot_ids, pad_id=pad_id
             )
         else:
             generated = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot_ids, pad_token_id=pad_id,
-                temperature=None, top_p=None, top_k=None,
+                **encoded, max_new_tokens=max_new_tokens, eos_token_id=eot_ids, pad_token_id=pad_id, **decoding,
             )
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):

@@ -9,7 +9,6 @@ own schedule; peak memory is measured during those steps; the cost is time x hou
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from pathlib import Path

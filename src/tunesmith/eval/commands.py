@@ -1,0 +1,218 @@
+"""The evaluation commands: `tunesmith eval RUN`, `eval judge`, `eval review-export`, `eval review-import`
+and `runs compare`. cli.py registers them; `tunesmith eval judge ...` reaches `eval-judge` through main()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tunesmith.errors import UserError
+from tunesmith.ui import console, out
+
+SUBCOMMANDS = {"judge": "eval-judge", "review-export": "eval-review-export", "review-import": "eval-review-import", "score": "score"}
+
+
+def _workspace():
+    from tunesmith.workspace import Workspace
+
+    return Workspace.from_env()
+
+
+def _csv(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def eval_cmd(
+    run: str = typer.Argument(..., help="run id or run folder"),
+    split: Optional[str] = typer.Option(None, help="validation | test (default: the run config's eval.split)"),
+    compare_base: bool = typer.Option(False, "--compare-base", help="also evaluate the base model on the same examples"),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="another run (id or folder) scored on this run's examples and compared metric by metric (repeatable)"),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="prompting baselines for the base model: few-shot,system"),
+    shots: Optional[int] = typer.Option(None, "--shots", help="training examples shown as prior turns in the few-shot baseline (default 3)"),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="system prompt for the system baseline (or eval.system_prompt)"),
+    forgetting: bool = typer.Option(False, "--forgetting", help="score base and tuned on the shipped general-skills probe (about 50 questions)"),
+    forgetting_threshold: Optional[float] = typer.Option(None, "--forgetting-threshold", help="warn when the probe score drops by more than this (default 0.05)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="comma-separated metric names (see `tunesmith score --help`); default: chosen by task"),
+    custom: Optional[list[str]] = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
+    perplexity: Optional[bool] = typer.Option(None, "--perplexity/--no-perplexity", help="perplexity of the reference answers (on by default)"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 (default) decodes greedily; above 0 samples"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass when sampling"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seeds sampling, few-shot choice and the bootstrap"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
+) -> None:
+    """Score a run on a held-out split against its base, prompting baselines or other runs; results go into
+    the run folder (eval/, report.html) and the registry. Also: `eval judge`, `eval review-export`,
+    `eval review-import`, `eval score` (see `tunesmith eval-judge --help` etc.)."""
+    from tunesmith.config import EvalSpec, validate_spec
+    from tunesmith.eval.baselines import parse_baselines
+    from tunesmith.eval.evaluate import evaluate_run, load_run_spec_from_folder
+    from tunesmith.eval.report import write_report
+    from tunesmith.report_cli import print_comparison
+    from tunesmith.runfolder import find_run
+
+    ws = _workspace()
+    run_dir = find_run(ws, run)
+    flags = {"split": split, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit, "temperature": temperature,
+             "top_p": top_p, "seed": seed, "metrics": _csv(metrics), "custom_metrics": custom or None, "perplexity": perplexity,
+             "system_prompt": system_prompt, "shots": shots, "forgetting_threshold": forgetting_threshold}
+    base = load_run_spec_from_folder(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
+    spec = validate_spec(EvalSpec, {**base, **{k: v for k, v in flags.items() if v is not None}}, "the run config's eval section and command-line flags")
+    results = evaluate_run(ws, run_dir, spec, compare_base, compare_runs=compare or [], baselines=parse_baselines(baselines), forgetting=forgetting)
+    print_comparison(results, title=" vs ".join(results))
+    console.print(f"report: {write_report(run_dir)}")
+
+
+def _rows(run_dir: Path, split: str, model_id: str, hint: str) -> list[dict[str, Any]]:
+    path = run_dir / "eval" / f"{split}-{model_id}.jsonl"
+    if not path.is_file():
+        raise UserError(f"no {model_id} answers on the {split} split in {run_dir / 'eval'}", fix=hint)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _local_ask(ref: str, max_new_tokens: int):
+    """A judge that is a local model: a run id/folder (its tuned model) or a base model name/folder."""
+    from tunesmith.config import ModelSpec
+    from tunesmith.eval.evaluate import load_run_spec_from_folder, load_tuned
+    from tunesmith.eval.generate import generate_one
+    from tunesmith.models.loading import load_model
+    from tunesmith.runfolder import find_run, load_run_info
+    from tunesmith.train.collate import end_of_turn_ids
+
+    try:
+        run_dir = find_run(_workspace(), ref)
+    except UserError:
+        model, tokenizer, _ = load_model(ModelSpec(name=ref))
+    else:
+        model, tokenizer = load_tuned(run_dir, load_run_info(run_dir), load_run_spec_from_folder(run_dir).model)
+    eot = end_of_turn_ids(tokenizer)
+    return lambda messages: generate_one(model, tokenizer, messages, eot, max_new_tokens)
+
+
+def eval_judge(
+    run: str = typer.Argument(..., help="run id or run folder, already evaluated with `tunesmith eval`"),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (key from --api-key-env)"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="model name at --judge-url"),
+    judge_local: Optional[str] = typer.Option(None, "--judge-local", help="judge with a local model instead: a run id, or a model name such as smollm2-135m-instruct"),
+    rubric: str = typer.Option("correctness,helpfulness,tone", "--rubric", help="comma-separated criteria, each scored 1-5"),
+    pairwise: Optional[str] = typer.Option(None, "--pairwise", help="compare the tuned answers with 'base' or another run's (evaluated with --compare RUN2), both orders"),
+    split: str = typer.Option("test", help="validation | test"),
+    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="environment variable holding the endpoint's key"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="reply budget of a local judge"),
+) -> None:
+    """LLM-as-a-judge on a run's evaluated answers: rubric grades (1-5) or position-swapped pairwise verdicts; unreadable verdicts are counted."""
+    from tunesmith.eval.judge import JudgeItem, PairItem, compare_pairwise, endpoint_judge, grade, summarize_grades
+    from tunesmith.runfolder import find_run, write_json
+
+    if (judge_url is None) == (judge_local is None):
+        raise UserError("give exactly one judge: --judge-url URL --judge-model NAME, or --judge-local RUN_OR_MODEL", fix="e.g. --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini")
+    if judge_url and not judge_model:
+        raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
+    run_dir = find_run(_workspace(), run)
+    tuned = _rows(run_dir, split, "tuned", f"run `tunesmith eval {run} --split {split}` first")[:limit]
+    other = _rows(run_dir, split, pairwise, f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`")) if pairwise else []
+    ask = endpoint_judge(judge_url, judge_model, api_key_env=api_key_env) if judge_url else _local_ask(judge_local, max_new_tokens)  # type: ignore[arg-type]
+    judge_name = f"{judge_model} at {judge_url}" if judge_url else str(judge_local)
+    if pairwise:
+        by_id = {r["id"]: r for r in other}
+        items = [PairItem(id=r["id"], prompt=r["prompt"], answer_a=by_id[r["id"]]["prediction"], answer_b=r["prediction"], reference=r["reference"])
+                 for r in tuned if r["id"] in by_id]
+        result = compare_pairwise(items, ask=ask)
+        kind, summary = f"pairwise-{pairwise}", {"a": pairwise, "b": "tuned", **result.model_dump(exclude={"verdicts"})}
+        details = [v.model_dump() for v in result.verdicts]
+        out.print(f"tuned vs {pairwise} on {result.n} examples (judge {judge_name}): tuned wins {result.wins_b}, {pairwise} wins {result.wins_a}, "
+                  f"ties {result.ties}, unparseable {result.unparseable}; tuned win rate {result.win_rate_b}; "
+                  f"{result.order_disagreements} verdict(s) changed when the order was swapped")
+    else:
+        criteria = _csv(rubric) or []
+        grades = grade([JudgeItem(id=r["id"], prompt=r["prompt"], answer=r["prediction"], reference=r["reference"]) for r in tuned], criteria, ask=ask)
+        graded = summarize_grades(grades, criteria)
+        kind, summary, details = "rubric", {"criteria": criteria, **graded.model_dump()}, [g.model_dump() for g in grades]
+        means = ", ".join(f"{k} {v if v is not None else '-'}" for k, v in graded.mean.items())
+        out.print(f"rubric grades of the tuned answers on {graded.n} examples (judge {judge_name}): {means}; unparseable {graded.unparseable}")
+    summary["judge"] = judge_name
+    path = run_dir / "eval" / f"judge-{split}-{kind}.json"
+    write_json(path, {"summary": summary, "items": details})
+    _update_report(run_dir, ["judge", split, kind], summary)
+    console.print(f"verdicts: {path}")
+
+
+def _update_report(run_dir: Path, keys: list[str], value: Any) -> None:
+    from tunesmith.eval.report import write_report
+    from tunesmith.runfolder import write_json
+
+    path = run_dir / "eval" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    node = report
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    write_json(path, report)
+    write_report(run_dir)
+
+
+def eval_review_export(
+    run: str = typer.Argument(..., help="run id or run folder, evaluated with `tunesmith eval RUN --compare-base`"),
+    fraction: float = typer.Option(0.1, "--fraction", help="share of the evaluated examples to put in front of reviewers"),
+    split: str = typer.Option("test", help="validation | test"),
+    seed: int = typer.Option(0, help="which examples are drawn, and which answer is shown first"),
+) -> None:
+    """A blinded A/B review sheet of base vs tuned answers: review.csv and a self-contained review.html (keep review-key.json to yourself)."""
+    from tunesmith.eval.review import export_review
+    from tunesmith.runfolder import find_run
+
+    run_dir = find_run(_workspace(), run)
+    hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
+    base = {r["id"]: r for r in _rows(run_dir, split, "base", hint)}
+    rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r["reference"], "answer_a": base[r["id"]]["prediction"], "answer_b": r["prediction"]}
+            for r in _rows(run_dir, split, "tuned", hint) if r["id"] in base]
+    csv_path, html_path, key_path = export_review(rows, run_dir / "eval" / "review", fraction=fraction, seed=seed)
+    out.print(f"review sheet for raters: {csv_path}\n  the same as a page with rating fields: {html_path}\n  key (who wrote which answer; keep it): {key_path}")
+    out.print(f"when filled in: tunesmith eval review-import {run} FILLED.csv [MORE.csv ...]")
+
+
+def eval_review_import(
+    run: str = typer.Argument(..., help="run id or run folder the sheet was exported from"),
+    files: list[Path] = typer.Argument(..., help="filled review CSV(s), one per rater"),
+) -> None:
+    """Unblind filled review sheets: tuned-vs-base win rate, mean ratings and, with several raters, their agreement."""
+    from tunesmith.eval.review import import_review
+    from tunesmith.runfolder import find_run
+
+    run_dir = find_run(_workspace(), run)
+    key = run_dir / "eval" / "review" / "review-key.json"
+    if not key.is_file():
+        raise UserError(f"no review key in {key.parent}", fix=f"export the sheet first: tunesmith eval review-export {run}")
+    result = import_review(files, key)
+    out.print(f"{result.rated} preference(s) from {result.raters} rater(s): tuned wins {result.tuned_wins}, base wins {result.base_wins}, "
+              f"ties {result.ties}; tuned win rate {result.win_rate_tuned}; mean rating {result.mean_rating}")
+    if result.agreement is not None:
+        out.print(f"rater agreement {result.agreement} (Cohen's kappa {result.cohen_kappa}) over {result.agreement_rows} shared row(s)")
+    _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], **result.model_dump()})
+
+
+def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids or folders")) -> None:
+    """Runs side by side: dataset version, key hyperparameters, validation loss and evaluation metrics."""
+    from tunesmith.report_cli import print_runs_compare
+
+    print_runs_compare(_workspace(), runs)
+
+
+def register(app: typer.Typer, runs_app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+    app.command("eval-judge")(eval_judge)
+    app.command("eval-review-export")(eval_review_export)
+    app.command("eval-review-import")(eval_review_import)
+    runs_app.command("compare")(runs_compare)
+
+
+def route_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """`eval judge ...` -> `eval-judge ...` (`eval RUN` stays one command; a run cannot be named like a subcommand)."""
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in SUBCOMMANDS:
+        return [SUBCOMMANDS[argv[1]], *argv[2:]], f"tunesmith eval {argv[1]}"
+    return argv, None

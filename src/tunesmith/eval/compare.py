@@ -1,0 +1,152 @@
+"""Model B against model A on the same examples, for every metric: the delta, a 95% paired bootstrap
+interval and a paired test, and which examples got better or worse.
+
+Per-example metrics (exact match, ROUGE, JSON validity, reference loss ...) go through
+`compare_paired` (McNemar for 0/1 scores, a sign-flip test otherwise). Corpus metrics that are not
+a mean of per-example scores (macro-F1, BLEU, chrF, perplexity, custom functions) are recomputed on
+every bootstrap resample of the example indices, and tested by swapping the two models' outputs on
+random examples (a paired permutation test)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from tunesmith.errors import UserError
+from tunesmith.eval.significance import changed_examples, compare_paired
+
+N_BOOT = 1000
+ALPHA = 0.05
+LOWER_IS_BETTER = {"ref_nll", "perplexity"}
+NEUTRAL = {"length_chars", "length_words"}  # reported, but neither direction is "better"
+PER_EXAMPLE = ("exact_match", "valid_json", "field_accuracy", "correct", "rouge1", "rouge2", "rougeL", "schema_valid",
+               "length_chars", "length_words", "ref_nll")
+
+Rows = list[dict[str, Any]]
+
+
+def per_example_value(row: dict[str, Any], name: str) -> float | None:
+    if name == "field_accuracy":
+        fields = row.get("fields") or {}
+        return sum(fields.values()) / len(fields) if fields else None
+    if name == "ref_nll":
+        return row["ref_nll"] / row["ref_tokens"] if row.get("ref_tokens") else None
+    value = row.get(name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _macro_f1(rows: Rows) -> float:
+    from sklearn.metrics import f1_score
+
+    truth = [r["label"] for r in rows]
+    return float(f1_score(truth, [r["predicted_label"] for r in rows], labels=sorted(set(truth)), average="macro", zero_division=0))
+
+
+def _bleu(rows: Rows) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu([r["prediction"] for r in rows], [[r["reference"] for r in rows]]).score)
+
+
+def _chrf(rows: Rows) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf([r["prediction"] for r in rows], [[r["reference"] for r in rows]]).score)
+
+
+def _perplexity(rows: Rows) -> float:
+    tokens = sum(r["ref_tokens"] for r in rows)
+    return math.exp(sum(r["ref_nll"] for r in rows) / tokens) if tokens else float("nan")
+
+
+def corpus_metrics(rows: Rows, metric_names: dict[str, float], custom: list[str]) -> dict[str, Callable[[Rows], float]]:
+    """The corpus-level metrics these rows support, among those the evaluation reported."""
+    from tunesmith.eval.metrics import run_custom_metric
+
+    found: dict[str, Callable[[Rows], float]] = {}
+    if "label_macro_f1" in metric_names and all("label" in r and "predicted_label" in r for r in rows):
+        found["label_macro_f1"] = _macro_f1
+    if "bleu" in metric_names:
+        found["bleu"] = _bleu
+    if "chrf" in metric_names:
+        found["chrf"] = _chrf
+    if "perplexity" in metric_names and all(r.get("ref_tokens") for r in rows):
+        found["perplexity"] = _perplexity
+    for spec in custom:
+        name = spec.partition(":")[2]
+        for key in metric_names:
+            if key == name or key.startswith(name + "."):
+                found[key] = lambda rs, spec=spec, key=key: run_custom_metric(spec, [r["prediction"] for r in rs], [r["reference"] for r in rs])[key]
+    return found
+
+
+def resamples(n: int) -> int:
+    """Fewer resamples for big sets: each recomputes the corpus metric over all n examples (BLEU on
+    1,000 sentences takes ~0.1 s), and the interval's width is already stable at a few hundred."""
+    return max(200, min(N_BOOT, 200_000 // max(1, n)))
+
+
+def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    n_boot = n_perm = resamples(n)
+    value_a, value_b = fn(a), fn(b)
+    deltas = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        deltas.append(fn([b[i] for i in idx]) - fn([a[i] for i in idx]))
+    low, high = np.nanquantile(deltas, [ALPHA / 2, 1 - ALPHA / 2])
+    observed = abs(value_b - value_a)
+    hits = 0
+    for _ in range(n_perm):
+        swap = rng.random(n) < 0.5
+        a2 = [b[i] if s else a[i] for i, s in enumerate(swap)]
+        b2 = [a[i] if s else b[i] for i, s in enumerate(swap)]
+        hits += abs(fn(b2) - fn(a2)) >= observed - 1e-12
+    p = (hits + 1) / (n_perm + 1)
+    return {"n": n, "mean_a": value_a, "mean_b": value_b, "delta": value_b - value_a, "ci_low": float(low), "ci_high": float(high),
+            "confidence": 1 - ALPHA, "test": "paired_permutation", "p_value": p, "significant": p < ALPHA, "n_boot": n_boot, "seed": seed}
+
+
+def compare_rows(a: Rows, b: Rows, metrics: dict[str, float], *, custom: list[str] | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """{metric: comparison} of B against A (delta = B - A) for every metric both sets of rows carry."""
+    ids_a, ids_b = [r["id"] for r in a], [r["id"] for r in b]
+    if ids_a != ids_b:
+        raise UserError("the two models were not scored on the same examples in the same order",
+                        fix="evaluate both in one `tunesmith eval` call (same split, --limit and dataset)")
+    out: dict[str, dict[str, Any]] = {}
+    for name in PER_EXAMPLE:
+        pairs = [(per_example_value(x, name), per_example_value(y, name)) for x, y in zip(a, b)]
+        kept = [(i, x, y) for i, (x, y) in zip(ids_a, pairs) if x is not None and y is not None]
+        if not kept:
+            continue
+        ids, xs, ys = [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+        result = compare_paired(xs, ys, seed=seed).model_dump()
+        up, down = changed_examples(ids, xs, ys)
+        better, worse = (down, up) if name in LOWER_IS_BETTER else (up, down)
+        out[name] = {**result, **_direction(name), "improved_ids": [] if name in NEUTRAL else better,
+                     "regressed_ids": [] if name in NEUTRAL else worse}
+    for name, fn in corpus_metrics(a, metrics, custom or []).items():
+        out[name] = {**_corpus_comparison(fn, a, b, seed), **_direction(name)}
+    return out
+
+
+def _direction(name: str) -> dict[str, Any]:
+    return {"higher_is_better": None if name in NEUTRAL else name not in LOWER_IS_BETTER}
+
+
+def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: str) -> str:
+    """One plain sentence: did B beat A on this metric beyond chance?"""
+    c = comparison
+    stats = (f"{metric} {c['mean_b']:.3f} vs {c['mean_a']:.3f}, delta {c['delta']:+.3f} "
+             f"(95% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}, {c['test']} p = {c['p_value']:.2g})")
+    higher = c.get("higher_is_better", True) is not False
+    ahead, behind = (c["ci_low"] > 0, c["ci_high"] < 0) if higher else (c["ci_high"] < 0, c["ci_low"] > 0)
+    # Both the test and the interval must agree before a winner is named.
+    if c["significant"] and ahead:
+        return f"{name_b} beat {name_a}: {stats}."
+    if c["significant"] and behind:
+        return f"{name_a} beat {name_b}: {stats}."
+    return f"{name_b} did not beat {name_a} beyond chance: {stats}."

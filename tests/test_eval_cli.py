@@ -1,0 +1,205 @@
+"""`tunesmith eval` end to end on the tiny model: other runs, prompting baselines, forgetting probe,
+perplexity, configured metrics, sampling, the judge against a real local HTTP server, human review
+export/import, the HTML report, and `runs compare`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+
+from chatserver import ChatCompletions, serve
+from clihelp import run_cli
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_model):
+    """Two LoRA runs of the tiny model on the same dataset (trained once for the whole module)."""
+    from conftest import tiny_records
+    from tunesmith.config import PrepareSpec, RunSpec
+    from tunesmith.data.dataset import prepare_dataset
+    from tunesmith.train.trainer import train
+    from tunesmith.workspace import Workspace
+
+    home = tmp_path_factory.mktemp("eval-home")
+    source = home / "tickets.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(60)), encoding="utf-8")
+    ws = Workspace.from_env(home)
+    prepare_dataset(source, ws, name="tickets", seed=0, ratios=(0.7, 0.1, 0.2), options=PrepareSpec(pii="off"))
+    ids = []
+    for lr, epochs in ((3e-2, 2), (1e-3, 1)):
+        spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
+                                       "train": {"epochs": epochs, "lr": lr, "batch_size": 4}})
+        ids.append(train(spec, ws).info.run_id)
+    return home, ids
+
+
+@pytest.fixture()
+def ws_home(two_runs, monkeypatch):
+    home, ids = two_runs
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    return home, ids
+
+
+def _report(home, run_id):
+    return json.loads((home / "runs" / run_id / "eval" / "report.json").read_text())
+
+
+def test_eval_against_other_run_baselines_and_probe(capsys, ws_home, tmp_path, monkeypatch):
+    home, (run1, run2) = ws_home
+    (tmp_path / "mymetric.py").write_text("def brace_share(preds, refs):\n    return sum(p.startswith('{') for p in preds) / len(preds)\n")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(capsys, "eval", run1, "--compare", run2, "--baselines", "few-shot,system", "--shots", "2",
+                     "--system-prompt", "Route the ticket as JSON.", "--forgetting", "--forgetting-threshold", "0.5",
+                     "--metrics", "exact_match,valid_json,rouge", "--custom", "mymetric:brace_share", "--limit", "8", "--max-new-tokens", "8")
+    assert result.code == 0, result.err
+    report = _report(home, run1)
+    assert set(report["test"]) == {"tuned", "base", "few-shot", "system", run2}
+    tuned = report["test"]["tuned"]["metrics"]
+    assert tuned["n"] == 8 and math.isfinite(tuned["perplexity"]) and tuned["perplexity"] > 1
+    assert {"rouge1", "brace_share", "valid_json"} <= set(tuned)
+    # the few-shot prompt really differs: the same base weights find the references more or less likely
+    assert report["test"]["few-shot"]["metrics"]["perplexity"] != report["test"]["base"]["metrics"]["perplexity"]
+    versus = report["versus"]["test"]
+    assert set(versus) == {"base", "few-shot", "system", run2}
+    for name in ("exact_match", "rouge1", "ref_nll", "perplexity", "brace_share"):
+        c = versus[run2][name]
+        assert c["ci_low"] <= c["delta"] + 1e-9 and c["delta"] <= c["ci_high"] + 1e-9, (name, c)
+        assert 0 < c["p_value"] <= 1
+    assert versus[run2]["perplexity"]["higher_is_better"] is False
+    assert versus[run2]["perplexity"]["test"] == "paired_permutation"
+    verdict = report["prompting_verdict"]["test"]
+    assert verdict["best_prompt"] in ("base", "few-shot", "system") and "best prompt" in verdict["text"]
+    assert "Fine-tuning vs the best prompt" in result.err
+    forgetting = report["forgetting"]
+    assert 0 <= forgetting["base"]["score"] <= 1 and set(forgetting["base"]["per_category"]) == {"facts", "arithmetic", "instructions", "formatting"}
+    assert forgetting["drop"] == pytest.approx(forgetting["base"]["score"] - forgetting["tuned"]["score"], abs=1e-4)
+    assert forgetting["threshold"] == 0.5
+    folder = home / "runs" / run1 / "eval"
+    for name in ("test-tuned.jsonl", "test-few-shot.jsonl", f"test-{run2}.jsonl", "forgetting-base.jsonl", "forgetting-tuned.jsonl"):
+        assert (folder / name).is_file(), name
+    row = json.loads((folder / "test-tuned.jsonl").read_text().splitlines()[0])
+    assert row["ref_tokens"] > 0 and row["ref_nll"] > 0 and "rouge1" in row
+    page = (home / "runs" / run1 / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3  # metric bars, confusion matrix, loss curves
+    assert "Confusion matrix" in page and "General skills" in page and "best prompt" in page
+
+
+def test_metrics_named_in_the_run_config_and_sampling_is_seeded(capsys, ws_home):
+    home, (_, run2) = ws_home
+    config_path = home / "runs" / run2 / "config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["eval"]["metrics"] = ["exact_match", "length"]
+    config_path.write_text(yaml.safe_dump(config))
+    try:
+        outputs = []
+        for args in (("--temperature", "1.0", "--seed", "7"), ("--temperature", "1.0", "--seed", "7"), ()):
+            result = run_cli(capsys, "eval", run2, "--limit", "6", "--max-new-tokens", "10", "--no-perplexity", *args)
+            assert result.code == 0, result.err
+            rows = (home / "runs" / run2 / "eval" / "test-tuned.jsonl").read_text().splitlines()
+            outputs.append([json.loads(r)["prediction"] for r in rows])
+        metrics = _report(home, run2)["test"]["tuned"]["metrics"]
+        assert "length_words" in metrics and "rouge1" not in metrics and "perplexity" not in metrics
+        assert outputs[0] == outputs[1]  # the same seed samples the same answers
+        assert outputs[0] != outputs[2]  # and sampling is not greedy decoding
+    finally:
+        config_path.write_text(original)
+    bad = run_cli(capsys, "eval", run2, "--temperature", "-1")
+    assert bad.code == 2 and "temperature" in bad.err
+
+
+class Judge(ChatCompletions):
+    """Grades every answer 4/3/5, except answers to a question mentioning 'RMA' (unreadable); always
+    prefers the answer shown first in pairwise prompts, so a position-swapped verdict is a tie."""
+
+    def reply(self, body):
+        text = body["messages"][-1]["content"]
+        if "[Answer A]" in text:
+            return "Answer A is more precise. [[A]]"
+        if "RMA" in text.split("[Answer")[0]:
+            return "I cannot decide."
+        return '{"scores": {"correctness": 4, "helpfulness": 3, "tone": 5}, "reason": "fine"}'
+
+
+def test_judge_rubric_and_pairwise_against_an_http_endpoint(capsys, ws_home, monkeypatch):
+    home, (run1, _) = ws_home
+    assert run_cli(capsys, "eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    with serve(Judge) as url:
+        graded = run_cli(capsys, "eval", "judge", run1, "--judge-url", url, "--judge-model", "m", "--api-key-env", "JUDGE_KEY")
+        assert graded.code == 0, graded.err
+        pair = run_cli(capsys, "eval", "judge", run1, "--judge-url", url, "--judge-model", "m", "--pairwise", "base", "--api-key-env", "JUDGE_KEY")
+        assert pair.code == 0, pair.err
+        assert Judge.seen_keys and all(k == "Bearer sk-test" for k in Judge.seen_keys)
+    rows = [json.loads(r) for r in (home / "runs" / run1 / "eval" / "test-tuned.jsonl").read_text().splitlines()]
+    unreadable = sum("RMA" in r["prompt"] for r in rows)
+    judged = _report(home, run1)["judge"]["test"]
+    assert judged["rubric"]["n"] == 6 and judged["rubric"]["unparseable"] == unreadable
+    if unreadable < 6:
+        assert judged["rubric"]["mean"] == {"correctness": 4.0, "helpfulness": 3.0, "tone": 5.0}
+    pairwise = judged["pairwise-base"]
+    assert pairwise["n"] == 6 and pairwise["ties"] == 6 and pairwise["order_disagreements"] == 6 and pairwise["wins_b"] == 0
+    assert "tuned wins 0" in pair.out and "ties 6" in pair.out
+    assert (home / "runs" / run1 / "eval" / "judge-test-rubric.json").is_file()
+    assert (home / "runs" / run1 / "eval" / "judge-test-pairwise-base.json").is_file()
+    assert "LLM judge" in (home / "runs" / run1 / "report.html").read_text()
+
+
+def test_judge_with_a_local_model_and_bad_usage(capsys, ws_home, tiny_model):
+    home, (run1, run2) = ws_home
+    assert run_cli(capsys, "eval", run1, "--limit", "3", "--max-new-tokens", "4", "--no-perplexity").code == 0
+    local = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--rubric", "correctness", "--max-new-tokens", "8")
+    assert local.code == 0, local.err
+    rubric = _report(home, run1)["judge"]["test"]["rubric"]
+    assert rubric["n"] == 3 and rubric["judge"] == str(tiny_model)  # a random model's grades are counted, readable or not
+    assert rubric["unparseable"] + sum(1 for v in rubric["mean"].values() if v is not None) >= 1
+    neither = run_cli(capsys, "eval", "judge", run1)
+    assert neither.code == 2 and "give exactly one judge" in neither.err
+    missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2)
+    assert missing.code == 2 and f"--compare {run2}" in " ".join(missing.err.split())
+
+
+def test_review_export_and_import(capsys, ws_home, tmp_path):
+    home, (run1, _) = ws_home
+    assert run_cli(capsys, "eval", run1, "--compare-base", "--limit", "8", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    exported = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5")
+    assert exported.code == 0, exported.err
+    folder = home / "runs" / run1 / "eval" / "review"
+    key = json.loads((folder / "review-key.json").read_text())["order"]
+    page = (folder / "review.html").read_text()
+    assert len(key) == 4 and "<script" in page and 'src="http' not in page and "<link" not in page  # works offline
+    sheet = list(csv.DictReader((folder / "review.csv").open()))
+    assert len(sheet) == 4 and "tuned" not in (folder / "review.csv").read_text()  # blinded
+    filled = []
+    for rater, prefer in (("a", "tuned"), ("b", "tuned")):
+        rows = [dict(r, preferred=str(key[r["id"]].index(prefer) + 1), rating_1="3", rating_2="4") for r in sheet]
+        if rater == "b":
+            rows[0]["preferred"] = "tie"
+        path = tmp_path / f"rater-{rater}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(sheet[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        filled.append(str(path))
+    imported = run_cli(capsys, "eval", "review-import", run1, *filled)
+    assert imported.code == 0, imported.err
+    review = _report(home, run1)["human_review"]
+    assert review["raters"] == 2 and review["tuned_wins"] == 7 and review["ties"] == 1 and review["win_rate_tuned"] == 0.875
+    assert review["agreement"] == 0.75 and "rater agreement 0.75" in imported.out
+    assert "Human review" in (home / "runs" / run1 / "report.html").read_text()
+    no_key = run_cli(capsys, "eval", "review-import", run1, str(tmp_path / "nothing.csv"))
+    assert no_key.code == 2
+
+
+def test_runs_compare_side_by_side(capsys, ws_home):
+    home, (run1, run2) = ws_home
+    result = run_cli(capsys, "runs", "compare", run1, run2)
+    assert result.code == 0, result.err
+    assert run1[:15] in result.out and run2[:15] in result.out
+    assert "0.03" in result.out and "0.001" in result.out and "dataset@version" in result.out
+    one = run_cli(capsys, "runs", "compare", run1)
+    assert one.code == 2 and "two or more" in one.err

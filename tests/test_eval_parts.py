@@ -1,0 +1,151 @@
+"""The evaluation pieces on their own: the forgetting probe and its checks, reference perplexity,
+every-metric comparisons and verdicts, prompting baselines, and the commands' help."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from clihelp import run_cli
+from tunesmith.data.example import Example, Message
+from tunesmith.errors import UserError
+from tunesmith.eval.forgetting import CHECKS, load_probes
+
+
+def _ideal(probe) -> str:
+    check, answer = probe["check"], probe["answer"]
+    return {
+        "exact": lambda: answer, "contains": lambda: f"It is {answer[0]}.", "number": lambda: f"The result is {answer}",
+        "json_keys": lambda: json.dumps(answer), "json_value": lambda: json.dumps(answer), "bullets": lambda: "\n".join(["- item"] * answer),
+        "uppercase": lambda: "GOOD MORNING!", "one_of": lambda: answer[0], "max_words": lambda: "a bright hot star",
+        "starts_with": lambda: f"{answer}, blue.",
+    }[check]()
+
+
+def test_the_shipped_probe_set_is_checkable():
+    probes = load_probes()
+    assert 40 <= len(probes) <= 60 and len({p["id"] for p in probes}) == len(probes)
+    assert {p["category"] for p in probes} == {"facts", "arithmetic", "instructions", "formatting"}
+    for probe in probes:
+        assert CHECKS[probe["check"]](_ideal(probe), probe["answer"]), probe  # the right answer passes
+        assert not CHECKS[probe["check"]]("zzz " * 12, probe["answer"]), probe  # a wrong one fails
+
+
+def test_probe_checks_read_answers_like_a_person():
+    assert CHECKS["number"]("7 + 5 = 12", 12) and not CHECKS["number"]("12? no, 13", 12)
+    assert CHECKS["contains"]("The capital is Paris.", ["Paris"]) and not CHECKS["contains"]("Parisian food", ["Paris"])
+    assert CHECKS["exact"]("Yes.", "yes") and not CHECKS["exact"]("apple", "APPLE")
+    assert CHECKS["json_keys"]('Here: ```json\n{"name": "Ada"}\n```', {"name": "Ada"}) and not CHECKS["json_keys"]('{"name": "Bob"}', {"name": "Ada"})
+    assert CHECKS["bullets"]("- a\n- b\n- c", 3) and not CHECKS["bullets"]("a, b, c", 3)
+
+
+def test_probe_callback_restores_the_training_state(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.eval.forgetting import probe_callback
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    model.train()
+    tokenizer.padding_side = "right"
+    probes = load_probes()[:6]
+    metrics = probe_callback(probes)(model, tokenizer, 10)
+    assert 0.0 <= metrics["probe_score"] <= 1.0 and set(metrics) == {"probe_score", "probe.facts"}
+    assert model.training and tokenizer.padding_side == "right"
+
+
+def test_reference_perplexity_scores_only_the_final_answer(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.eval.perplexity import final_turn_only, perplexity, reference_nll
+    from tunesmith.train.collate import encode
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    example = Example(id="x", messages=[Message(role="user", content="hi"), Message(role="assistant", content="hello there"),
+                                        Message(role="user", content="route GW-9"), Message(role="assistant", content='{"team": "NET"}')])
+    short = Example(id="y", messages=[Message(role="user", content="a"), Message(role="assistant", content="b")])
+    (nll, tokens), (nll2, tokens2) = reference_nll(model, tokenizer, [example, short])
+    encoded = encode(tokenizer, final_turn_only(example), 512)
+    all_assistant = encode(tokenizer, example, 512)
+    assert tokens == encoded.n_trained < all_assistant.n_trained  # the earlier answer is context, not scored
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
+    assert nll / tokens == pytest.approx(float(loss), rel=1e-4)  # batched with padding, same as the model's own loss
+    assert perplexity([(nll, tokens), (nll2, tokens2)]) == pytest.approx(math.exp((nll + nll2) / (tokens + tokens2)))
+
+
+def _rows(scores, nll=None):
+    return [{"id": str(i), "prediction": "the cat sat on the mat today" if s else "x", "reference": "the cat sat on the mat today", "exact_match": float(s),
+             "ref_nll": (nll or [2.0] * len(scores))[i] * 3, "ref_tokens": 3} for i, s in enumerate(scores)]
+
+
+def test_every_metric_compared_with_its_direction():
+    from tunesmith.eval.compare import compare_rows, verdict_line
+
+    base = _rows([i % 2 for i in range(40)], nll=[3.0] * 40)
+    tuned = _rows([1] * 40, nll=[1.0] * 40)
+    result = compare_rows(base, tuned, {"exact_match": 1.0, "perplexity": 2.7, "bleu": 50.0})
+    em = result["exact_match"]
+    assert em["delta"] == pytest.approx(0.5) and em["ci_low"] > 0 and em["significant"] and len(em["improved_ids"]) == 20
+    nll = result["ref_nll"]
+    assert nll["delta"] == pytest.approx(-2.0) and nll["higher_is_better"] is False and len(nll["improved_ids"]) == 40
+    ppl = result["perplexity"]
+    assert ppl["mean_a"] == pytest.approx(math.exp(3)) and ppl["ci_high"] < 0 and ppl["test"] == "paired_permutation"
+    assert result["bleu"]["delta"] > 0
+    assert verdict_line(em, "exact match", "tuned", "base").startswith("tuned beat base")
+    assert verdict_line(compare_rows(tuned, base, {})["exact_match"], "exact match", "tuned", "base").startswith("base beat tuned")
+    same = compare_rows(base, base, {})["exact_match"]
+    assert "did not beat" in verdict_line(same, "exact match", "tuned", "base")
+    with pytest.raises(UserError):
+        compare_rows(base, tuned[:-1], {})
+
+
+def test_prompting_baselines_build_the_prompts():
+    from tunesmith.eval.baselines import few_shot, parse_baselines, with_system_prompt
+
+    def ex(i, system=None):
+        msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=f"q{i}"), Message(role="assistant", content=f"a{i}")]
+        return Example(id=str(i), messages=msgs)
+
+    shots = few_shot([ex(0, "be brief")], [ex(i, "train system") for i in range(1, 6)], k=2, seed=0)[0]
+    roles = [m.role for m in shots.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert shots.messages[0].content == "be brief" and shots.reference == "a0" and shots.messages[2].weight == 0.0
+    assert few_shot([ex(0)], [ex(i) for i in range(1, 6)], k=2, seed=0)[0].messages == shots.messages[1:]  # seeded
+    system = with_system_prompt([ex(0, "old")], "new prompt")[0]
+    assert [m.content for m in system.messages] == ["new prompt", "q0", "a0"]
+    assert parse_baselines("few-shot, system") == ["few-shot", "system"]
+    with pytest.raises(UserError):
+        parse_baselines("zero-shot")
+    with pytest.raises(UserError):
+        with_system_prompt([ex(0)], None)
+    with pytest.raises(UserError):
+        few_shot([ex(0)], [ex(1)], k=3)
+
+
+@pytest.mark.parametrize(("command", "mentions"), [
+    (["eval"], "--baselines"), (["eval"], "--temperature"), (["eval", "judge"], "--judge-url"), (["eval", "judge"], "--pairwise"),
+    (["eval", "review-export"], "--fraction"), (["eval", "review-import"], "rater"), (["runs", "compare"], "two or more"),
+])
+def test_eval_commands_have_help(capsys, command, mentions):
+    result = run_cli(capsys, *command, "--help")
+    assert result.code == 0 and mentions in " ".join(result.out.split())
+
+
+@pytest.mark.slow
+def test_probe_on_the_embedded_model_is_quick_and_not_empty():
+    import time
+
+    from tunesmith.config import ModelSpec
+    from tunesmith.eval.forgetting import run_probe
+    from tunesmith.models.loading import load_model
+
+    model, tokenizer, _ = load_model(ModelSpec())
+    started = time.perf_counter()
+    result = run_probe(model, tokenizer)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 120, elapsed
+    assert 0.1 <= result["score"] <= 0.95  # SmolLM2-135M knows some of it (Paris), not all
+    assert next(r for r in result["rows"] if r["id"] == "facts-01")["correct"]
