@@ -86,7 +86,8 @@ def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(caps
     # alone fills 140 have nothing to learn and are dropped, as the trainer drops them.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     lengths = []
-    for example in run_steps(tickets_file, None, 0, (0.8, 0.1, 0.1), PrepareSpec()).splits["train"]:
+    prepared = run_steps(tickets_file, None, 0, (0.8, 0.1, 0.1), PrepareSpec(), tmp_path)
+    for example in prepared.rows.examples(prepared.splits["train"]):
         messages = [m.model_dump(exclude={"weight"}) for m in example.messages]
         prompt = len(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=False))
         full = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))

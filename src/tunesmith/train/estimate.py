@@ -241,7 +241,16 @@ def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]
         return load_dataset(workspace, spec.data.dataset or "").splits
     from tunesmith.data.prepare import run_steps
 
-    return run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare).splits
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tunesmith-dry-run-") as workdir:
+        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir))
+        try:
+            splits = {name: prepared.rows.examples(rows) for name, rows in prepared.splits.items()}
+            splits["train"] = splits.get("train", []) + list(prepared.extra_train)
+            return splits
+        finally:
+            prepared.rows.close()
 
 
 def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
