@@ -95,3 +95,28 @@ def test_generation_eval_without_validation_answers_is_a_clear_error():
 
     with pytest.raises(UserError, match="train.generation_eval"):
         GenerationProbe([], GenerationEvalSpec(every_steps=1), batch_size=4, seed=0)
+
+
+def test_the_forgetting_probe_runs_during_training_next_to_the_loss(capsys, home, tiny_model, tickets_file, tmp_path):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--no-pii-ner").code == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{max_steps: 4, batch_size: 4, forgetting_every_steps: 2}}\n")
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in records if "forgetting/probe_score" in r]
+    assert [r["step"] for r in probes] == [2, 4]
+    for record in probes:
+        assert 0.0 <= record["forgetting/probe_score"] <= 1.0
+        assert {"forgetting/probe.facts", "forgetting/probe.arithmetic", "forgetting/probe.instructions", "forgetting/probe.formatting"} <= set(record)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_forgetting_probe_is_refused_for_classification():
+    from tunesmith.config import TrainSpec, validate_spec
+    from tunesmith.errors import ProblemList
+
+    with pytest.raises(ProblemList) as caught:
+        validate_spec(TrainSpec, {"task": "classification", "method": "full", "forgetting_every_steps": 5}, "test")
+    assert "forgetting_every_steps" in " ".join(caught.value.problems)

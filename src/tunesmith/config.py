@@ -141,7 +141,7 @@ METHOD_SECTIONS = {
 }
 CLASSIFICATION_METHODS = ("full", "lora", "dora")
 VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning")
-CAUSAL_LM_ONLY = ("max_steps", "save_every_steps", "early_stopping_patience", "generation_eval", "report_to")
+CAUSAL_LM_ONLY = ("max_steps", "save_every_steps", "early_stopping_patience", "generation_eval", "forgetting_every_steps", "report_to")
 
 
 # Peak learning rate of each method at the reference effective batch of 8 examples. LoRA's is
@@ -215,6 +215,9 @@ class TrainSpec(_Spec):
         default_factory=list, description="also send every metrics record to these trackers (offline: files in the run folder or the workspace)"
     )
     generation_eval: GenerationEvalSpec | None = Field(None, description="task metrics from generation on a validation sample during training (off unless given)")
+    forgetting_every_steps: int | None = Field(
+        None, ge=1, description="score the general-skills probe (see `tunesmith eval --forgetting`) every N optimizer steps, logged as forgetting/* records (off unless given)"
+    )
 
     @field_validator("method")
     @classmethod

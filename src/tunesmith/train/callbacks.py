@@ -82,4 +82,23 @@ def build_probes(spec: RunSpec, validation: list[Example]) -> Probes:
         probe = GenerationProbe(validation, spec.train.generation_eval, spec.eval.batch_size, spec.train.seed)
         console.print(f"generation eval on {len(probe.examples)} validation examples every {probe.every_steps} steps")
         probes.append(probe)
+    if spec.train.forgetting_every_steps is not None:
+        probes.append(ForgettingProbe(spec.train.forgetting_every_steps))
+        console.print(f"general-skills probe (forgetting) every {spec.train.forgetting_every_steps} steps")
     return Probes(probes)
+
+
+class ForgettingProbe:
+    """eval's general-skills probe set, scored during training: a falling `forgetting/probe_score`
+    next to a falling loss is the model losing what it knew."""
+
+    name = "forgetting"
+
+    def __init__(self, every_steps: int):
+        from tunesmith.eval.forgetting import probe_callback
+
+        self.every_steps = every_steps
+        self._callback = probe_callback()
+
+    def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
+        return self._callback(model, tokenizer, step)
