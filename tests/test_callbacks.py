@@ -64,7 +64,10 @@ def test_the_probe_scores_like_tunesmith_eval_on_the_same_examples(tiny_model):
     _, expected = evaluate_model(model, tokenizer, probe.examples, EvalSpec(max_new_tokens=6, batch_size=4), "tuned")
     got = {k.removeprefix("gen/"): v for k, v in record.items() if k.startswith("gen/")}
     assert record["step"] == 6 and record["epoch"] == 1.0
-    assert {k: v for k, v in got.items() if k != "examples_per_s"} == {k: v for k, v in expected.items() if k != "examples_per_s"}
+    # eval also reports what the probe skips to stay cheap (reference perplexity, the overall field score)
+    shared = set(got) - {"examples_per_s"}
+    assert shared <= set(expected) and {"exact_match", "valid_json", "n"} <= shared
+    assert {k: got[k] for k in shared} == {k: expected[k] for k in shared}
 
 
 class WeightNormProbe:

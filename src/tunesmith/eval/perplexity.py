@@ -39,6 +39,7 @@ def reference_nll(model: Any, tokenizer: Any, examples: list[Example], *, batch_
         chunk = order[start : start + step]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning puts its virtual tokens' logits first
         labels = batch["labels"][:, 1:]
         losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
         mask = labels != IGNORE
