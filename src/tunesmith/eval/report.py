@@ -121,21 +121,13 @@ def confusion_plot(run_dir: Path, split: str, model: str = "tuned") -> str:
 def loss_plot(run_dir: Path) -> str:
     path = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None and "step" in r]
-    if not train and not val:
+    if not any("loss" in r or r.get("val_loss") is not None for r in records):
         return "<p>No training log (metrics.jsonl) in this run.</p>"
+    from tunesmith.train.plot import draw_loss
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss per trained token")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    draw_loss(ax, records, "step")
     return _png(fig, "loss curves")
 
 
