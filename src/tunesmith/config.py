@@ -301,7 +301,7 @@ class TrainSpec(_Spec):
 class EvalSpec(_Spec):
     split: Literal["validation", "test"] = "test"
     max_new_tokens: int = Field(64, ge=1, le=8192)
-    batch_size: int = Field(16, ge=1, le=1024)
+    batch_size: int = Field(32, ge=1, le=1024, description="prompts generated together; batched generation ran 7x one-at-a-time at 32 on a 2-core CPU (benchmarks/README.md)")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N examples")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily (reproducible); above 0 samples")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (only when temperature > 0)")
