@@ -155,6 +155,9 @@ AUTO_RULE = (
 )
 
 
+AUTO_INT_LIMITS = {"epochs": 1000, "batch_size": 4096, "grad_accum": 1024}
+
+
 def _int_or_auto(value: Any, low: int, high: int) -> Any:
     if value == "auto":
         return value
@@ -261,20 +264,10 @@ class TrainSpec(_Spec):
                 raise ValueError(f"train.task classification does not support {', '.join(unsupported)} yet; remove them or use task causal_lm")
         return self
 
-    @field_validator("epochs", mode="before")
+    @field_validator("epochs", "batch_size", "grad_accum", mode="before")
     @classmethod
-    def _epochs(cls, value: Any) -> Any:
-        return _int_or_auto(value, 1, 1000)
-
-    @field_validator("batch_size", mode="before")
-    @classmethod
-    def _batch_size(cls, value: Any) -> Any:
-        return _int_or_auto(value, 1, 4096)
-
-    @field_validator("grad_accum", mode="before")
-    @classmethod
-    def _grad_accum(cls, value: Any) -> Any:
-        return _int_or_auto(value, 1, 1024)
+    def _whole_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
+        return _int_or_auto(value, 1, AUTO_INT_LIMITS[info.field_name])
 
     @field_validator("lr", mode="before")
     @classmethod

@@ -177,14 +177,20 @@ def print_score_report(report: ScoreReport) -> None:
             per_class.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
         out.print(per_class)
     if "confusion_matrix" in report.metrics:
-        cm = report.metrics["confusion_matrix"]
-        matrix = Table(title="confusion matrix (rows: reference, columns: prediction)")
-        matrix.add_column("")
-        for label in cm["labels"]:
-            matrix.add_column(label, justify="right")
-        for label, row in zip(cm["labels"], cm["matrix"]):
-            matrix.add_row(label, *map(str, row))
-        out.print(matrix)
+        out.print(confusion_table(report.metrics["confusion_matrix"]))
+
+
+def confusion_table(confusion: dict[str, Any]) -> Any:
+    """A confusion matrix ({labels, matrix}) as a rich table: rows are the reference labels."""
+    from rich.table import Table
+
+    table = Table(title="confusion matrix (rows: reference, columns: prediction)")
+    table.add_column("")
+    for name in confusion["labels"]:
+        table.add_column(name, justify="right")
+    for name, row in zip(confusion["labels"], confusion["matrix"]):
+        table.add_row(name, *map(str, row))
+    return table
 
 
 def _some(ids: list[str]) -> str:

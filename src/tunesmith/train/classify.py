@@ -319,15 +319,8 @@ def _add_to_report(run_dir: Path, split: str, found: dict[str, Any]) -> None:
 
 
 def _print_confusion(confusion: dict[str, Any]) -> None:
-    from rich.table import Table
-
+    from tunesmith.eval.score import confusion_table
     from tunesmith.ui import out
 
-    table = Table(title="confusion matrix (rows: true label, columns: predicted)")
-    table.add_column("")
-    for name in confusion["labels"]:
-        table.add_column(name, justify="right")
-    for name, row in zip(confusion["labels"], confusion["matrix"]):
-        table.add_row(name, *map(str, row))
-    out.print(table)
+    out.print(confusion_table(confusion))
 
