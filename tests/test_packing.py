@@ -115,3 +115,61 @@ def test_forward_passes_split_to_a_token_budget_give_the_same_step(tiny_model, s
         weights.append((loss, torch.cat([p.detach().flatten() for p in params])))
     assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
     torch.testing.assert_close(weights[0][1], weights[1][1], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- flat rows with per-example attention
+
+
+def _segment_model(tiny_model):
+    from tunesmith.train.segments import use_segment_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert use_segment_attention(model)
+    return model
+
+
+def test_a_flat_row_gives_each_example_the_logits_it_has_alone(tiny_model, setup):
+    items, _ = setup
+    model = _segment_model(tiny_model).eval()
+    (tensors,) = batch_tensors(Batch(items[:3], packed=True, max_tokens=None, flat=True), 0)
+    assert tensors["input_ids"].shape == (1, sum(len(i.input_ids) for i in items[:3]))  # one row, not a token of padding
+    with torch.no_grad():
+        logits = model(input_ids=tensors["input_ids"], position_ids=tensors["position_ids"], cu_seq_lens_q=tensors["cu_seq_lens_q"],
+                       cu_seq_lens_k=tensors["cu_seq_lens_k"], use_cache=False).logits[0]
+        # The control: no boundaries, and positions running on, as if it were one long text.
+        running = model(input_ids=tensors["input_ids"], use_cache=False).logits[0]
+    bounds = tensors["cu_seq_lens_q"].tolist()
+    for start, end in zip(bounds, bounds[1:]):
+        with torch.no_grad():
+            alone = model(input_ids=tensors["input_ids"][:, start:end], use_cache=False).logits[0]
+        torch.testing.assert_close(logits[start:end], alone, rtol=1e-4, atol=1e-4)
+        if start > 0:
+            assert (running[start:end] - alone).abs().max() > 1e-2  # attention across examples would show
+
+
+def test_flat_loss_and_gradient_equal_the_padded_ones(tiny_model, setup):
+    items, pad_id = setup
+    results = []
+    for model, parts in (
+        (AutoModelForCausalLM.from_pretrained(tiny_model), [collate(items, pad_id)]),
+        (_segment_model(tiny_model), batch_tensors(Batch(items, packed=True, max_tokens=300, flat=True), pad_id)),
+    ):
+        losses = [summed_loss(model, tensors) for tensors in parts]
+        sum(loss for loss, _ in losses).backward()
+        results.append((sum(float(loss) for loss, _ in losses), sum(n for _, n in losses), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (padded_loss, padded_n, padded_grad), (flat_loss, flat_n, flat_grad) = results
+    assert flat_n == padded_n == sum(item.n_trained for item in items)
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-5)
+    torch.testing.assert_close(flat_grad, padded_grad, rtol=1e-4, atol=5e-5)  # summed in another order
+
+
+def test_flat_passes_hold_whole_examples_within_the_token_limit(setup):
+    items, pad_id = setup
+    parts = batch_tensors(Batch(items, packed=True, max_tokens=300, flat=True), pad_id)
+    assert len(parts) > 1
+    assert sum(p["input_ids"].shape[1] for p in parts) == sum(len(i.input_ids) for i in items)  # no padding anywhere
+    longest = max(len(i.input_ids) for i in items)
+    for tensors in parts:
+        assert tensors["input_ids"].shape[1] <= max(300, longest)
+        starts = tensors["cu_seq_lens_q"][:-1].long()
+        assert (tensors["position_ids"][0, starts] == 0).all() and (tensors["labels"][0, starts] == IGNORE).all()

@@ -139,9 +139,13 @@ class Batch(list):
     """One global batch of examples (what the optimiser sees), with how it is laid out into tensors
     and which share of it this process computes (data parallel: rank of world)."""
 
-    def __init__(self, items: list[Encoded], packed: bool = False, capacity: int = 0, rank: int = 0, world: int = 1, max_tokens: int | None = None):
+    def __init__(
+        self, items: list[Encoded], packed: bool = False, capacity: int = 0, rank: int = 0, world: int = 1, max_tokens: int | None = None,
+        flat: bool = False,
+    ):
         super().__init__(items)
         self.packed, self.capacity, self.rank, self.world, self.max_tokens = packed, capacity, rank, world, max_tokens
+        self.flat = flat  # packed as flat rows with example boundaries (needs segments.use_segment_attention)
 
     def local(self) -> list[Encoded]:
         """This process's share: examples dealt longest first to the share with the fewest tokens so far,
@@ -171,7 +175,8 @@ def choose_packing(setting: str | bool, items: list[Encoded], batch_size: int, s
 
 
 def make_batches(
-    items: list[Encoded], batch_size: int, seed: int, epoch: int, packed: bool, capacity: int, rank: int = 0, world: int = 1, max_tokens: int | None = None
+    items: list[Encoded], batch_size: int, seed: int, epoch: int, packed: bool, capacity: int, rank: int = 0, world: int = 1,
+    max_tokens: int | None = None, flat: bool = False,
 ) -> list[Batch]:
     """The epoch's global batches. Padded ones are length-grouped to save padding; packed ones need not
     be, so they are plain seeded shuffles (a less length-biased mix of examples in each step)."""
@@ -182,7 +187,7 @@ def make_batches(
         groups = [[items[i] for i in order[b : b + batch_size]] for b in range(0, len(order), batch_size)]
     else:
         groups = length_grouped_batches(items, batch_size, seed, epoch)
-    return [Batch(group, packed, capacity, rank, world, max_tokens) for group in groups]
+    return [Batch(group, packed, capacity, rank, world, max_tokens, flat and packed) for group in groups]
 
 
 def pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
@@ -226,6 +231,30 @@ def _packed_tensors(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.T
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
+def flat_passes(items: list[Encoded], max_tokens: int | None) -> list[list[Encoded]]:
+    """Whole examples into forward passes of at most max_tokens tokens (an example longer than that
+    gets a pass of its own), first-fit decreasing: few passes, and no padding in any of them."""
+    if max_tokens is None:
+        return [sorted(items, key=lambda item: (-len(item.input_ids), item.example_id))]
+    return pack_rows(items, max_tokens)
+
+
+def _flat_tensors(items: list[Encoded]) -> dict[str, torch.Tensor]:
+    """One row of examples end to end, with their boundaries (cu_seq_lens) for per-example attention."""
+    ids, labels, positions, bounds = [], [], [], [0]
+    for item in items:
+        n = len(item.input_ids)
+        ids.extend(item.input_ids)
+        labels.extend([IGNORE, *item.labels[1:]])  # nothing in this example predicts its first token; the previous example must not
+        positions.extend(range(n))
+        bounds.append(bounds[-1] + n)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    return {
+        "input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+    }
+
+
 def _chunks(rows: list[list[Encoded]], width_of, max_tokens: int | None) -> list[list[list[Encoded]]]:
     """Consecutive rows grouped so that rows x widest row stays within max_tokens (at least one row each)."""
     if max_tokens is None:
@@ -248,6 +277,8 @@ def batch_tensors(batch: list[Encoded], pad_id: int) -> list[dict[str, torch.Ten
     local = batch.local()
     if not local:
         return []
+    if batch.packed and batch.flat:
+        return [_flat_tensors(chunk) for chunk in flat_passes(local, batch.max_tokens)]
     if batch.packed:
         rows = pack_rows(local, batch.capacity)
         return [_packed_tensors(chunk, pad_id) for chunk in _chunks(rows, lambda r: sum(len(i.input_ids) for i in r), batch.max_tokens)]

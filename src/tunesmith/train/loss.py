@@ -41,8 +41,9 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     selected = targets != IGNORE
     n_tokens = int(selected.sum())
     # Packed rows carry position_ids and no attention_mask; with no cache, transformers then keeps
-    # the packed examples from attending to each other.
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if batch.get(key) is not None}
+    # the packed examples from attending to each other. Flat rows also carry their example
+    # boundaries, for segments.segment_attention.
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k") if batch.get(key) is not None}
     if _selective_head_supported(model):
         base = _unwrap(model)
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state

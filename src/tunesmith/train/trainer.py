@@ -35,6 +35,8 @@ from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, artefact_kind, count_parameters, load_for_method
 from tunesmith.train.plot import plot_loss
+from tunesmith.train.fused_lora import fuse_lora
+from tunesmith.train.segments import use_segment_attention
 from tunesmith.train.tracking import open_trackers
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
 from tunesmith.ui import console, progress
@@ -221,8 +223,11 @@ class TrainingLoop:
         # Virtual tokens sit before each row, not before each packed example: those methods never pack.
         packing = False if cfg.method in VIRTUAL_TOKEN_METHODS else cfg.packing
         self.packed, waste = choose_packing(packing, items.train, cfg.batch_size, cfg.seed)
+        self.flat = self.packed and use_segment_attention(model)
+        fuse_lora(model)
         self.max_tokens = tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type)
-        console.print(f"batches {'packed' if self.packed else 'length-grouped'} (length-grouped padding would be {waste:.0%} of tokens)")
+        layout = ("packed, per-example attention" if self.flat else "packed") if self.packed else "length-grouped"
+        console.print(f"batches {layout} (length-grouped padding would be {waste:.0%} of tokens)")
 
     def elapsed(self) -> float:
         """Training seconds over the whole run, earlier sessions included."""
@@ -273,7 +278,7 @@ class TrainingLoop:
     def _groups(self, epoch: int) -> list[list[list[Encoded]]]:
         batches = make_batches(
             self.items.for_epoch(self.cfg.seed, epoch), self.cfg.batch_size, self.cfg.seed, epoch, self.packed, self.cfg.max_seq_len,
-            *distributed.rank_and_world(), self.max_tokens,
+            *distributed.rank_and_world(), self.max_tokens, self.flat,
         )
         return [batches[i : i + self.cfg.grad_accum] for i in range(0, len(batches), self.cfg.grad_accum)]
 

@@ -1,0 +1,52 @@
+"""LoRA's update added inside one matrix multiply.
+
+PEFT computes `base(x) + B(A(x)) * scaling` as four passes over the layer's output: the
+product with B, the scaling, the sum, and a new tensor for the result. On a CPU those passes
+over a (tokens x 1536) activation cost more than the rank-16 products themselves. `addmm_`
+adds `scaling * A(x) @ B^T` straight into the base layer's output in one BLAS call, and its
+backward touches only rank-sized tensors besides the gradient it passes through. Same
+numbers, same parameters, same saved adapter: only the forward of plain LoRA linear layers
+changes, and anything else (DoRA, several adapters, merged or disabled adapters, a LoRA
+bias, mixed dtypes) takes PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+_MARK = "_tunesmith_fused_forward"
+
+
+def _fused_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    adapters = self.active_adapters
+    name = adapters[0] if len(adapters) == 1 else None
+    if args or kwargs or self.disable_adapters or self.merged or name not in self.lora_A or name in self.lora_variant:
+        return type(self).forward(self, x, *args, **kwargs)
+    lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    if lora_b.bias is not None or x.dtype != lora_a.weight.dtype:
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    if result.dtype != x.dtype or not result.is_contiguous():
+        return type(self).forward(self, x, *args, **kwargs)
+    low_rank = lora_a(self.lora_dropout[name](x))
+    # The base output is not saved for the backward pass, so adding into it in place is safe.
+    result.view(-1, result.shape[-1]).addmm_(low_rank.reshape(-1, low_rank.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name])
+    return result
+
+
+def fuse_lora(model: Any) -> int:
+    """Give every plain PEFT LoRA linear layer the fused forward; returns how many got it."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and not getattr(module, _MARK, False):
+            module.forward = types.MethodType(_fused_forward, module)
+            setattr(module, _MARK, True)
+            count += 1
+    return count

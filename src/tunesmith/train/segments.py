@@ -1,0 +1,65 @@
+"""Attention over packed examples computed one example at a time.
+
+A packed row with a block-diagonal mask makes attention kernels compute every query against
+every key of the row and throw most of it away; the mask also rules out the causal fast path.
+Here a forward pass is one flat row of whole examples (no padding at all) and attention runs
+per example, causal and unmasked, so its cost is the sum of each example's own square instead
+of the row's. The example boundaries travel as `cu_seq_lens_q`, the keyword transformers
+already passes from the model's forward down to the attention function (its flash-attention
+path reads the same one).
+
+Calls without boundaries (padded batches, validation, generation with a cache) go to
+transformers' own SDPA attention unchanged, so switching a model to this implementation
+changes nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NAME = "tunesmith_segments"
+_BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    for name in _BOUNDARY_KEYS:
+        kwargs.pop(name, None)
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+    lengths = torch.diff(bounds).tolist()
+    # split (not slicing) so the backward pass joins the per-example gradients with one concatenation
+    outputs = [
+        sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+    ]
+    return torch.cat(outputs, dim=1), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, segment_attention)
+    # Calls without boundaries need SDPA's masks; flat rows get one too, unused and small.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+
+
+def use_segment_attention(model: Any) -> bool:
+    """Switch an SDPA or eager model to per-example attention; False (nothing changed) for models
+    that do not route attention through transformers' AttentionInterface, or use another kernel."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current == NAME:
+        return True
+    if current not in ("sdpa", "eager") or not getattr(base, "_supports_attention_backend", False):
+        return False
+    _register()
+    base.set_attn_implementation(NAME)
+    return base.config._attn_implementation == NAME
+
