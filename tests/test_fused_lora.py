@@ -40,7 +40,7 @@ def test_fused_lora_gives_peft_s_loss_and_gradients(tiny_model, dropout):
     assert fused_grads.keys() == plain_grads.keys()
     for name, grad in plain_grads.items():
         assert grad.abs().sum() > 0, name  # every LoRA matrix is reached by the loss
-        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda text: f"{name}: {text}")
 
 
 def test_dora_keeps_peft_s_own_forward(tiny_model):

@@ -28,13 +28,16 @@ def _fused_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Te
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
     if lora_b.bias is not None or x.dtype != lora_a.weight.dtype:
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)
-    if result.dtype != x.dtype or not result.is_contiguous():
+    # Rows flattened first: the base layer's output is then a tensor of its own, not a view, and
+    # adding into it in place costs autograd no copy.
+    rows = x.reshape(-1, x.shape[-1])
+    result = self.base_layer(rows)
+    if result.dtype != x.dtype or result._base is not None:
         return type(self).forward(self, x, *args, **kwargs)
-    low_rank = lora_a(self.lora_dropout[name](x))
+    low_rank = lora_a(self.lora_dropout[name](rows))
     # The base output is not saved for the backward pass, so adding into it in place is safe.
-    result.view(-1, result.shape[-1]).addmm_(low_rank.reshape(-1, low_rank.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name])
-    return result
+    result.addmm_(low_rank, lora_b.weight.t(), alpha=self.scaling[name])
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 def fuse_lora(model: Any) -> int:
