@@ -168,3 +168,17 @@ def test_generation_during_training_is_still_refused_for_a_classifier(capsys, ho
     config = write_config(tmp_path, tiny_bert, forgetting_every_steps=5)
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 2 and "does not support forgetting_every_steps: a classifier writes no text to score" in one_line(result.err)
+
+
+def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes_those_steps(capsys, home, tiny_bert, classes):
+    args = ["train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--batch-size", "8", "--epochs", "2"]
+    dry = run_cli(capsys, *args, "--dry-run", "--price-per-hour", "3.6")
+    assert dry.code == 0, dry.err
+    shown = one_line(dry.out)
+    assert "optimizer steps" in shown and "18 (9 per epoch x 2 epochs)" in shown and "at 3.6 per hour" in shown
+    assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
+    result = run_cli(capsys, *args)
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    assert [r["step"] for r in records(run_dir) if "loss" in r] == list(range(1, 19))
+    assert json.loads((run_dir / "estimate.json").read_text())["total_steps"] == 18

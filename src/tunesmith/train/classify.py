@@ -36,6 +36,7 @@ from tunesmith.ui import console
 from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
+    from tunesmith.train.estimate import TrainEstimate
     from tunesmith.train.trainer import Items, TrainResult
 
 LABELS_FILE = "labels.json"
@@ -57,19 +58,19 @@ def example_text(example: Example) -> str:
     return "\n".join(m.content for m in example.prompt_messages if m.role == "user")
 
 
-def label_names(dataset: Dataset) -> list[str]:
+def label_names(splits: dict[str, list[Example]], name: str) -> list[str]:
     """Every label in any split, sorted: the head's output order. Unlabelled examples are refused."""
     labels = set()
-    for split, examples in dataset.splits.items():
+    for split, examples in splits.items():
         for example in examples:
             if example.label is None:
                 raise UserError(
                     f"train.task classification needs a label on every example; example {example.id} in {split} has none",
-                    where=f"dataset {dataset.name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
+                    where=f"dataset {name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
                 )
             labels.add(example.label)
     if len(labels) < 2:
-        raise UserError(f"a classifier needs at least two labels; dataset {dataset.name} has {sorted(labels)}", fix="check the label column")
+        raise UserError(f"a classifier needs at least two labels; dataset {name} has {sorted(labels)}", fix="check the label column")
     return sorted(labels)
 
 
@@ -124,10 +125,10 @@ def train_classifier(
     """load → encode → train in the shared loop (checkpoints, resume, guards, early stopping) → keep the best → save."""
     from tunesmith.train.trainer import Items, TrainingLoop, _finish, _run_interruptible
 
-    labels = label_names(dataset)
+    labels = label_names(dataset.splits, dataset.name)
     torch.manual_seed(spec.train.seed)  # before loading: the new head is initialised there
     model, tokenizer, device = load_classifier(spec.model, base_path, labels)
-    items = encode_splits(tokenizer, model, dataset, labels, spec.train.max_seq_len)
+    items = encode_splits(tokenizer, model, dataset.splits, dataset.name, labels, spec.train.max_seq_len)
     cfg, notes = resolve_settings(spec.train, len(items.train), device)
     spec = spec.model_copy(update={"train": cfg})
     if resume_from is None:
@@ -145,15 +146,31 @@ def train_classifier(
     return _finish(loop, *_run_interruptible(loop))
 
 
-def encode_splits(tokenizer: Any, model: Any, dataset: Dataset, labels: list[str], max_seq_len: int) -> "Items":
+def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], name: str, labels: list[str], max_seq_len: int) -> "Items":
     from tunesmith.train.trainer import Items
 
-    label_ids = {name: i for i, name in enumerate(labels)}
+    label_ids = {label: i for i, label in enumerate(labels)}
     max_len = _max_len(tokenizer, model, max_seq_len)
-    train_items = encode(tokenizer, dataset.splits["train"], label_ids, max_len)
+    train_items = encode(tokenizer, splits["train"], label_ids, max_len)
     if not train_items:
-        raise UserError(f"dataset {dataset.name} has no training examples", fix="check the split ratios")
-    return Items(train_items, encode(tokenizer, dataset.splits["validation"], label_ids, max_len), dropped=[])
+        raise UserError(f"dataset {name} has no training examples", fix="check the split ratios")
+    return Items(train_items, encode(tokenizer, splits.get("validation", []), label_ids, max_len), dropped=[])
+
+
+def estimate_classifier(spec: RunSpec, splits: dict[str, list[Example]], name: str) -> "TrainEstimate":
+    """`train --dry-run` for a classifier: the run's own model, head, settings and batches, timed; nothing written."""
+    from tunesmith.models.loading import resolve_model_path
+
+    labels = label_names(splits, name)
+    torch.manual_seed(spec.train.seed)
+    model, tokenizer, device = load_classifier(spec.model, resolve_model_path(spec.model.name), labels)
+    items = encode_splits(tokenizer, model, splits, name, labels, spec.train.max_seq_len)
+    cfg, _ = resolve_settings(spec.train, len(items.train), device)
+    model = apply_method(model, cfg, task="classification")
+    console.print(f"timing a few optimizer steps on {device} for the estimate")
+    estimate = estimate_training(model, tokenizer, device, cfg, items.train, items.validation, objective=Classification(labels))
+    print_estimate(estimate)
+    return estimate
 
 
 def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, labels: list[str], resuming: bool) -> RunInfo:

@@ -268,6 +268,10 @@ def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
     from tunesmith.train.methods import apply_method
 
     splits = _splits_read_only(spec, workspace)
+    if spec.train.task == "classification":
+        from tunesmith.train.classify import estimate_classifier
+
+        return estimate_classifier(spec, splits, spec.data.dataset or str(spec.data.path))
     from tunesmith.train.settings import resolve_settings
 
     model, tokenizer, device = load_model(spec.model)
