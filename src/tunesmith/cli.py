@@ -186,6 +186,9 @@ def train_cmd(
 
             estimate_only(spec, _workspace())
             return
+        if nproc > 1 and spec.train.task == "classification":
+            # An encoder's dropout draws differ per process, so "same result as 1" would not hold; untested there too.
+            raise UserError("--nproc trains causal-LM runs only for now; a classifier trains in one process", fix="drop --nproc for train.task classification")
         if nproc > 1:
             from tunesmith.train.distributed import launch_spec
 
