@@ -164,10 +164,13 @@ def test_early_stopping_keeps_the_best_macro_f1_checkpoint(capsys, home, tiny_be
     assert (run_dir / "model" / "model.safetensors").read_bytes() == kept.read_bytes()
 
 
-def test_generation_during_training_is_still_refused_for_a_classifier(capsys, home, tiny_bert, classes, tmp_path):
+def test_generation_during_training_and_packing_are_refused_for_a_classifier(capsys, home, tiny_bert, classes, tmp_path):
     config = write_config(tmp_path, tiny_bert, forgetting_every_steps=5)
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 2 and "does not support forgetting_every_steps: a classifier writes no text to score" in one_line(result.err)
+    config = write_config(tmp_path, tiny_bert, packing=True)
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 2 and "train.packing true cannot be used with task classification" in one_line(result.err)
 
 
 def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes_those_steps(capsys, home, tiny_bert, classes):
@@ -188,3 +191,34 @@ def test_a_classifier_refuses_several_processes_by_name(capsys, home, tiny_bert,
     result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--nproc", "2")
     assert result.code == 2 and "--nproc trains causal-LM runs only for now" in one_line(result.err)
     assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
+
+
+def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from tunesmith.config import ModelSpec, TrainSpec
+    from tunesmith.data.example import Example, Message
+    from tunesmith.train.classify import Classification, encode, load_classifier
+    from tunesmith.train.collate import Batch
+    from tunesmith.train.methods import apply_method
+    from tunesmith.train.trainer import _optimizer_step
+
+    labels = ["billing", "bug", "praise"]
+    rows = classification_records(12, 3)
+    examples = [Example(id=str(i), messages=[Message(role="user", content=r["text"])], label=r["label"]) for i, r in enumerate(rows)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    items = encode(tokenizer, examples, {name: i for i, name in enumerate(labels)}, 64)
+    objective, widest, pad_id = Classification(labels), max(len(item.input_ids) for item in items), tokenizer.pad_token_id
+    chunks = objective.tensors(Batch(items, max_tokens=3 * widest), pad_id)
+    assert len(chunks) >= 4 and all(c["input_ids"].numel() <= 3 * widest for c in chunks)
+    assert sorted(int(label) for c in chunks for label in c["labels"]) == sorted(item.label for item in items)
+    steps = []
+    for budget in (None, 3 * widest):
+        torch.manual_seed(0)
+        model, _, device = load_classifier(ModelSpec(name=str(tiny_bert), device="cpu"), str(tiny_bert), labels)
+        model = apply_method(model, TrainSpec(task="classification", method="full", lr=1e-3), task="classification").eval()  # no dropout: both steps see the same network
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss, *_ = _optimizer_step(model, [Batch(items, max_tokens=budget)], pad_id, device, params, torch.optim.SGD(params, lr=0.5), 1e9, objective=objective)
+        steps.append((loss, torch.cat([p.detach().flatten() for p in params])))
+    assert steps[0][0] == pytest.approx(steps[1][0], rel=1e-5)
+    torch.testing.assert_close(steps[0][1], steps[1][1], rtol=1e-4, atol=1e-6)

@@ -263,6 +263,8 @@ class TrainSpec(_Spec):
             unsupported = [name for name in CAUSAL_LM_ONLY if getattr(self, name) is not None]
             if unsupported:
                 raise ValueError(f"train.task classification does not support {', '.join(unsupported)}: a classifier writes no text to score; remove them or use task causal_lm")
+            if self.packing is True:
+                raise ValueError("train.packing true cannot be used with task classification: the head reads one example per row; use packing auto or false")
         return self
 
     @field_validator("epochs", "batch_size", "grad_accum", mode="before")

@@ -196,8 +196,17 @@ class Classification:
         self.files = {LABELS_FILE: json.dumps(labels)}
 
     def tensors(self, batch: list[Item], pad_id: int) -> list[dict[str, torch.Tensor]]:
-        local = batch.local() if isinstance(batch, Batch) else list(batch)  # this process's share in a data-parallel run
-        return [collate(local, pad_id)] if local else []
+        """This process's share of the batch, in forward passes of at most train.tokens_per_forward tokens
+        (padding included): exact, since the step divides by the whole batch's examples."""
+        local = batch.local() if isinstance(batch, Batch) else list(batch)
+        max_tokens = batch.max_tokens if isinstance(batch, Batch) else None
+        chunks: list[list[Item]] = []
+        for item in sorted(local, key=lambda item: len(item.input_ids)):  # shortest first: each chunk is as wide as its newest item
+            if chunks and (max_tokens is None or (len(chunks[-1]) + 1) * len(item.input_ids) <= max_tokens):
+                chunks[-1].append(item)
+            else:
+                chunks.append([item])
+        return [collate(chunk, pad_id) for chunk in chunks]
 
     def summed_loss(self, model: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
