@@ -324,6 +324,13 @@ class RunSpec(_Spec):
             self.model.name = EMBEDDED_ENCODER
         return self
 
+    @model_validator(mode="after")
+    def _no_replay_for_classification(self) -> "RunSpec":
+        # The classifier trains on its own labels only; a replay set would be silently ignored.
+        if self.train.task == "classification" and self.data.replay is not None:
+            raise ValueError("data.replay mixes in examples for causal_lm runs only; remove it for train.task classification")
+        return self
+
 
 def _problems(exc: ValidationError) -> list[str]:
     out = []
