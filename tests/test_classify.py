@@ -92,6 +92,8 @@ def test_classification_defaults_to_the_embedded_encoder():
     assert RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"task": "classification"}}).model.name == EMBEDDED_ENCODER
     chosen = RunSpec.model_validate({"data": {"dataset": "x"}, "model": {"name": "my/encoder"}, "train": {"task": "classification"}})
     assert chosen.model.name == "my/encoder"
+    with pytest.raises(Exception, match="data.replay mixes in examples for causal_lm runs only"):
+        RunSpec.model_validate({"data": {"dataset": "x", "replay": {"dataset": "y"}}, "train": {"task": "classification"}})
 
 
 @pytest.mark.slow

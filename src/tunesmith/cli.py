@@ -139,11 +139,12 @@ def train_cmd(
     data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
     method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (README: when to use each)"),
     task: Optional[str] = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
-    epochs: Optional[int] = typer.Option(None),
+    epochs: Optional[str] = typer.Option(None, help="passes over the training split, or auto (chosen from the number of examples)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
-    lr: Optional[float] = typer.Option(None, help="peak learning rate (default: the method's)"),
+    lr: Optional[str] = typer.Option(None, help="peak learning rate (default: the method's), or auto (scaled with the batch)"),
     lr_multiplier: Optional[float] = typer.Option(None, "--lr-multiplier", help="peak lr as a multiple of the method's default"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
+    grad_accum: Optional[str] = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
@@ -160,8 +161,10 @@ def train_cmd(
 
     budget = Budget(max_time, max_cost, price_per_hour)
     overrides = {
-        "model.name": model, "train.task": task, "train.method": method, "train.epochs": epochs, "train.max_steps": max_steps, "train.lr": lr,
-        "train.lr_multiplier": lr_multiplier, "train.batch_size": batch_size, "name": name, "train.price_per_hour": price_per_hour,
+        "model.name": model, "train.task": task, "train.method": method, "train.epochs": _number_or_auto("--epochs", epochs, int),
+        "train.max_steps": max_steps, "train.lr": _number_or_auto("--lr", lr, float), "train.lr_multiplier": lr_multiplier,
+        "train.batch_size": _number_or_auto("--batch-size", batch_size, int), "train.grad_accum": _number_or_auto("--grad-accum", grad_accum, int),
+        "name": name, "train.price_per_hour": price_per_hour,
         "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }
     if data is not None:
@@ -183,6 +186,9 @@ def train_cmd(
 
             estimate_only(spec, _workspace())
             return
+        if nproc > 1 and spec.train.task == "classification":
+            # An encoder's dropout draws differ per process, so "same result as 1" would not hold; untested there too.
+            raise UserError("--nproc trains causal-LM runs only for now; a classifier trains in one process", fix="drop --nproc for train.task classification")
         if nproc > 1:
             from tunesmith.train.distributed import launch_spec
 
@@ -199,6 +205,21 @@ def train_cmd(
             console.print(info.stop_reason)
     console.print(f"run folder: {result.run_dir}")
     typer.echo(info.run_id)
+
+
+def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | str | None:
+    """What the config field accepts, typed: a number or 'auto'; the field's own validator checks the range."""
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return kind(text)
+    except ValueError:
+        example = "3" if kind is int else "2e-4"
+        raise UserError(
+            f"{flag} {text!r} is not a {'whole number' if kind is int else 'number'} or 'auto'", fix=f"write e.g. {flag} {example}, or {flag} auto"
+        ) from None
 
 
 def _report_here() -> bool:

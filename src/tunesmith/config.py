@@ -141,7 +141,8 @@ METHOD_SECTIONS = {
 }
 CLASSIFICATION_METHODS = ("full", "lora", "dora")
 VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning")
-CAUSAL_LM_ONLY = ("max_steps", "save_every_steps", "early_stopping_patience", "generation_eval", "forgetting_every_steps", "report_to")
+# Generation during training needs a model that writes; a classifier only picks a label.
+CAUSAL_LM_ONLY = ("generation_eval", "forgetting_every_steps")
 
 
 # Peak learning rate of each method at the reference effective batch of 8 examples. LoRA's is
@@ -257,11 +258,13 @@ class TrainSpec(_Spec):
 
     @model_validator(mode="after")
     def _classification_settings(self) -> "TrainSpec":
-        # The classifier's loop is the plain one: settings it would ignore are refused, not dropped silently.
+        # Settings a classifier would ignore are refused, not dropped silently.
         if self.task == "classification":
-            unsupported = [name for name in CAUSAL_LM_ONLY if getattr(self, name) not in (None, [])]
+            unsupported = [name for name in CAUSAL_LM_ONLY if getattr(self, name) is not None]
             if unsupported:
-                raise ValueError(f"train.task classification does not support {', '.join(unsupported)} yet; remove them or use task causal_lm")
+                raise ValueError(f"train.task classification does not support {', '.join(unsupported)}: a classifier writes no text to score; remove them or use task causal_lm")
+            if self.packing is True:
+                raise ValueError("train.packing true cannot be used with task classification: the head reads one example per row; use packing auto or false")
         return self
 
     @field_validator("epochs", "batch_size", "grad_accum", mode="before")
@@ -319,6 +322,13 @@ class RunSpec(_Spec):
         # The chat model is the default for generation; a classifier defaults to the embedded encoder instead.
         if self.train.task == "classification" and "name" not in self.model.model_fields_set:
             self.model.name = EMBEDDED_ENCODER
+        return self
+
+    @model_validator(mode="after")
+    def _no_replay_for_classification(self) -> "RunSpec":
+        # The classifier trains on its own labels only; a replay set would be silently ignored.
+        if self.train.task == "classification" and self.data.replay is not None:
+            raise ValueError("data.replay mixes in examples for causal_lm runs only; remove it for train.task classification")
         return self
 
 

@@ -47,7 +47,9 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None = None
+) -> Path:
     """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
     target = checkpoint_dir(run_dir, step)
     staging = target.with_name(f".{target.name}.tmp")
@@ -60,6 +62,8 @@ def save_checkpoint(model: Any, tokenizer: Any, run_dir: Path, step: int, eot_id
         generation.eos_token_id = eot_ids
         generation.pad_token_id = tokenizer.pad_token_id
         generation.save_pretrained(staging)
+    for name, text in (files or {}).items():
+        (staging / name).write_text(text, encoding="utf-8")
     test_kill("ckpt", step)
     torch.save(state, staging / STATE_FILE)
     if target.exists():

@@ -3,21 +3,20 @@
 The text is the example's user turn(s) (classification-format files give exactly one), the
 label its `label`. The default model is the embedded all-MiniLM-L6-v2 encoder; any model that
 `AutoModelForSequenceClassification` loads works. Methods: full, lora and dora (PEFT's
-SEQ_CLS task, which also trains and saves the new head). Validation reports loss, accuracy
-and macro-F1; the checkpoint with the best macro-F1 is kept. The label order is saved in the
+SEQ_CLS task, which also trains and saves the new head). Training runs in the causal LM's loop
+(trainer.TrainingLoop) through `Classification`, so checkpoints, `--resume`, the NaN guard,
+budgets and early stopping are the same. Validation reports loss, accuracy and macro-F1; the
+checkpoint with the best macro-F1 is kept. The label order is saved in every checkpoint and the
 artefact (`labels.json`, and `id2label` in the model config) and in run.json.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +26,18 @@ from tunesmith.config import EvalSpec, ModelSpec, RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
-from tunesmith.runfolder import RunInfo, replace_folder, save_run_info, write_config, write_json
+from tunesmith.runfolder import RunInfo, load_run_info, save_run_info, write_config, write_json
+from tunesmith.train.collate import Batch
+from tunesmith.train.estimate import estimate_training, print_estimate
+from tunesmith.train.guards import Budget, Monitor
 from tunesmith.train.methods import apply_method, artefact_kind, count_parameters
-from tunesmith.train.plot import plot_loss
 from tunesmith.train.settings import resolve_settings
-from tunesmith.ui import console, progress
+from tunesmith.ui import console
 from tunesmith.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tunesmith.train.estimate import TrainEstimate
+    from tunesmith.train.trainer import Items, TrainResult
 
 LABELS_FILE = "labels.json"
 
@@ -43,25 +48,29 @@ class Item:
     label: int
     example_id: str
 
+    @property
+    def n_trained(self) -> int:
+        return 1  # one target per example: the loop weighs every example the same, whatever the accumulation
+
 
 def example_text(example: Example) -> str:
     """What the classifier reads: the user turns, without a system prompt shared by every example."""
     return "\n".join(m.content for m in example.prompt_messages if m.role == "user")
 
 
-def label_names(dataset: Dataset) -> list[str]:
+def label_names(splits: dict[str, list[Example]], name: str) -> list[str]:
     """Every label in any split, sorted: the head's output order. Unlabelled examples are refused."""
     labels = set()
-    for split, examples in dataset.splits.items():
+    for split, examples in splits.items():
         for example in examples:
             if example.label is None:
                 raise UserError(
                     f"train.task classification needs a label on every example; example {example.id} in {split} has none",
-                    where=f"dataset {dataset.name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
+                    where=f"dataset {name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
                 )
             labels.add(example.label)
     if len(labels) < 2:
-        raise UserError(f"a classifier needs at least two labels; dataset {dataset.name} has {sorted(labels)}", fix="check the label column")
+        raise UserError(f"a classifier needs at least two labels; dataset {name} has {sorted(labels)}", fix="check the label column")
     return sorted(labels)
 
 
@@ -110,105 +119,114 @@ def _max_len(tokenizer: Any, model: Any, wanted: int) -> int:
     return min(limits)
 
 
-def train_classifier(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str):
-    """load → encode → train with validation accuracy/F1 → keep the best → save. Returns a TrainResult."""
-    from tunesmith.train.trainer import TrainResult
+def train_classifier(
+    spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
+) -> "TrainResult":
+    """load → encode → train in the shared loop (checkpoints, resume, guards, early stopping) → keep the best → save."""
+    from tunesmith.train.trainer import Items, TrainingLoop, _finish, _run_interruptible
 
-    cfg = spec.train
-    labels = label_names(dataset)
-    torch.manual_seed(cfg.seed)  # before loading: the new head is initialised there
+    labels = label_names(dataset.splits, dataset.name)
+    torch.manual_seed(spec.train.seed)  # before loading: the new head is initialised there
     model, tokenizer, device = load_classifier(spec.model, base_path, labels)
-    label_ids = {name: i for i, name in enumerate(labels)}
-    max_len = _max_len(tokenizer, model, cfg.max_seq_len)
-    train_items = encode(tokenizer, dataset.splits["train"], label_ids, max_len)
-    val_items = encode(tokenizer, dataset.splits["validation"], label_ids, max_len)
-    if not train_items:
-        raise UserError(f"dataset {dataset.name} has no training examples", fix="check the split ratios")
-    cfg, notes = resolve_settings(cfg, len(train_items), device)
+    items = encode_splits(tokenizer, model, dataset.splits, dataset.name, labels, spec.train.max_seq_len)
+    cfg, notes = resolve_settings(spec.train, len(items.train), device)
     spec = spec.model_copy(update={"train": cfg})
-    write_config(run_dir, spec, notes)
+    if resume_from is None:
+        write_config(run_dir, spec, notes)
     model = apply_method(model, cfg, task="classification")
     trainable, total = count_parameters(model)
-    console.print(f"training a {len(labels)}-class classifier: {trainable:,} of {total:,} parameters ({cfg.method}) on {len(train_items)} examples, device {device}")
-    info = RunInfo(
-        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=cfg.method,
-        artefact=artefact_kind(cfg.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[],
+    console.print(f"training a {len(labels)}-class classifier: {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
+    objective = Classification(labels)
+    if resume_from is None:
+        print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, objective=objective), run_dir)
+    info = _run_info(spec, dataset, run_dir, base_path, labels, resuming=resume_from is not None)
+    loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, objective=objective)
+    if resume_from is not None:
+        loop.restore(resume_from)
+    return _finish(loop, *_run_interruptible(loop))
+
+
+def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], name: str, labels: list[str], max_seq_len: int) -> "Items":
+    from tunesmith.train.trainer import Items
+
+    label_ids = {label: i for i, label in enumerate(labels)}
+    max_len = _max_len(tokenizer, model, max_seq_len)
+    train_items = encode(tokenizer, splits["train"], label_ids, max_len)
+    if not train_items:
+        raise UserError(f"dataset {name} has no training examples", fix="check the split ratios")
+    return Items(train_items, encode(tokenizer, splits.get("validation", []), label_ids, max_len), dropped=[])
+
+
+def estimate_classifier(spec: RunSpec, splits: dict[str, list[Example]], name: str) -> "TrainEstimate":
+    """`train --dry-run` for a classifier: the run's own model, head, settings and batches, timed; nothing written."""
+    from tunesmith.models.loading import resolve_model_path
+
+    labels = label_names(splits, name)
+    torch.manual_seed(spec.train.seed)
+    model, tokenizer, device = load_classifier(spec.model, resolve_model_path(spec.model.name), labels)
+    items = encode_splits(tokenizer, model, splits, name, labels, spec.train.max_seq_len)
+    cfg, _ = resolve_settings(spec.train, len(items.train), device)
+    model = apply_method(model, cfg, task="classification")
+    console.print(f"timing a few optimizer steps on {device} for the estimate")
+    estimate = estimate_training(model, tokenizer, device, cfg, items.train, items.validation, objective=Classification(labels))
+    print_estimate(estimate)
+    return estimate
+
+
+def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, labels: list[str], resuming: bool) -> RunInfo:
+    info = load_run_info(run_dir) if resuming else RunInfo(
+        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
+        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[],
         task="classification", labels=labels,
     )
+    info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)
-    started = time.perf_counter()
-    history = _loop(model, tokenizer, device, spec, train_items, val_items, run_dir, info)
-    info.train_seconds = round(time.perf_counter() - started, 1)
-    replace_folder(run_dir / "checkpoints" / f"step-{info.best_step}", run_dir / info.artefact)
-    info.status = "completed"
-    save_run_info(run_dir, info)
-    plot_loss(history, run_dir / "loss.png")
-    return TrainResult(run_dir, info, history)
+    return info
 
 
-def _batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[Item]]:
-    order = list(range(len(items)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [[items[i] for i in order[b : b + batch_size]] for b in range(0, len(order), batch_size)]
+class Classification:
+    """The classifier's part of the shared training loop: cross-entropy on the head's logits, one
+    target per example; validation scores accuracy and macro-F1, and the best checkpoint is the one
+    with the best macro-F1 (then the lower validation loss)."""
 
+    packs = False  # the head pools one sequence per row; packed examples would be read as one
 
-def _loop(model, tokenizer, device, spec: RunSpec, train_items: list[Item], val_items: list[Item], run_dir: Path, info: RunInfo) -> list[dict]:
-    cfg = spec.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(total_steps * cfg.warmup_ratio)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
-    )
-    eval_steps = {e * steps_per_epoch - (k * steps_per_epoch) // cfg.evals_per_epoch for e in range(1, cfg.epochs + 1) for k in range(cfg.evals_per_epoch)}
-    history: list[dict] = []
-    step, started = 0, time.perf_counter()
-    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics_file, progress() as bar:
-        task = bar.add_task("training", total=total_steps, info="")
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            batches = _batches(train_items, cfg.batch_size, cfg.seed, epoch)
-            for start in range(0, len(batches), cfg.grad_accum):
-                group = batches[start : start + cfg.grad_accum]
-                loss, grad_norm = _optimizer_step(model, group, tokenizer.pad_token_id, device, params, optimizer, cfg.max_grad_norm)
-                schedule.step()
-                step += 1
-                record = {"step": step, "epoch": round(epoch - 1 + (start + len(group)) / len(batches), 4), "loss": round(loss, 5),
-                          "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(grad_norm, 4), "examples": sum(map(len, group)),
-                          "elapsed_s": round(time.perf_counter() - started, 1)}
-                _log(metrics_file, history, record)
-                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss:.3f}")
-                if step in eval_steps:
-                    scores = _validate_and_checkpoint(model, tokenizer, val_items, device, cfg.batch_size, run_dir, info, step, record["epoch"])
-                    _log(metrics_file, history, {"step": step, "epoch": record["epoch"], **scores})
-                    bar.update(task, info=f"epoch {epoch} val accuracy {scores.get('val_accuracy')}")
-    return history
+    def __init__(self, labels: list[str]):
+        self.labels = labels
+        self.files = {LABELS_FILE: json.dumps(labels)}
 
+    def tensors(self, batch: list[Item], pad_id: int) -> list[dict[str, torch.Tensor]]:
+        """This process's share of the batch, in forward passes of at most train.tokens_per_forward tokens
+        (padding included): exact, since the step divides by the whole batch's examples."""
+        local = batch.local() if isinstance(batch, Batch) else list(batch)
+        max_tokens = batch.max_tokens if isinstance(batch, Batch) else None
+        chunks: list[list[Item]] = []
+        for item in sorted(local, key=lambda item: len(item.input_ids)):  # shortest first: each chunk is as wide as its newest item
+            if chunks and (max_tokens is None or (len(chunks[-1]) + 1) * len(item.input_ids) <= max_tokens):
+                chunks[-1].append(item)
+            else:
+                chunks.append([item])
+        return [collate(chunk, pad_id) for chunk in chunks]
 
-def _log(handle, history: list[dict], record: dict) -> None:
-    history.append(record)
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-
-
-def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm) -> tuple[float, float]:
-    """One step over micro-batches; every example weighs the same whatever the accumulation."""
-    n_examples = sum(len(batch) for batch in group)
-    total = 0.0
-    for batch in group:
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    def summed_loss(self, model: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-        loss_sum = F.cross_entropy(logits.float(), tensors["labels"], reduction="sum")
-        (loss_sum / n_examples).backward()
-        total += float(loss_sum.detach())
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if not torch.isfinite(grad_norm) or not math.isfinite(total):
-        raise UserError("loss or gradient became non-finite; training stopped", fix="lower train.lr; earlier checkpoints are kept in the run folder")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / n_examples, float(grad_norm)
+        return F.cross_entropy(logits.float(), tensors["labels"], reduction="sum"), len(tensors["labels"])
+
+    def validate(self, model: Any, items: list[Item], pad_id: int, device: torch.device, batch_size: int) -> dict[str, Any]:
+        if not items:
+            return {}
+        predicted, loss = predict(model, items, pad_id, device, batch_size)
+        model.train()
+        found = scores([i.label for i in items], predicted, len(self.labels))
+        return {"val_loss": round(loss / len(items), 5), **{f"val_{k}": v for k, v in found.items()}}
+
+    def score(self, found: dict[str, Any]) -> tuple[list[float] | None, dict[str, float] | None]:
+        if not found:
+            return None, None
+        return [found["val_f1_macro"], -found["val_loss"]], {"accuracy": found["val_accuracy"], "f1_macro": found["val_f1_macro"]}
+
+    def best_text(self, monitor: Monitor) -> str:
+        return f"macro-F1 than {(monitor.best_metrics or {}).get('f1_macro')}"
 
 
 @torch.no_grad()
@@ -229,38 +247,6 @@ def scores(truth: list[int], predicted: list[int], n_labels: int) -> dict[str, f
         "accuracy": round(float(accuracy_score(truth, predicted)), 4),
         "f1_macro": round(float(f1_score(truth, predicted, labels=list(range(n_labels)), average="macro", zero_division=0)), 4),
     }
-
-
-def _validate_and_checkpoint(model, tokenizer, val_items, device, batch_size, run_dir: Path, info: RunInfo, step: int, epoch: float) -> dict:
-    """Validation loss, accuracy and macro-F1; a checkpoint; the best macro-F1 (then lower loss) is kept."""
-    found: dict[str, Any] = {}
-    if val_items:
-        predicted, loss = predict(model, val_items, tokenizer.pad_token_id, device, batch_size)
-        model.train()
-        found = {"val_loss": round(loss / len(val_items), 5), **{f"val_{k}": v for k, v in scores([i.label for i in val_items], predicted, len(info.labels or [])).items()}}
-    _save_checkpoint(model, tokenizer, run_dir, step, info.labels or [])
-    best = info.best_metrics or {}
-    better = not found or not best or (found["val_f1_macro"], -found["val_loss"]) > (best["f1_macro"], -(info.best_val_loss or 0.0))
-    if better:
-        info.best_step, info.best_epoch, info.best_val_loss = step, epoch, found.get("val_loss")
-        info.best_metrics = {"accuracy": found["val_accuracy"], "f1_macro": found["val_f1_macro"]} if found else None
-        save_run_info(run_dir, info)
-    for folder in (run_dir / "checkpoints").glob("step-*"):
-        if int(folder.name.split("-")[1]) not in (step, info.best_step):
-            shutil.rmtree(folder)
-    return found
-
-
-def _save_checkpoint(model, tokenizer, run_dir: Path, step: int, labels: list[str]) -> None:
-    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
-    target = run_dir / "checkpoints" / f"step-{step}"
-    staging = target.with_name(f".{target.name}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    (staging / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
-    staging.rename(target)
 
 
 def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any, torch.device]:

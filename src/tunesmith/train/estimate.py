@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from tunesmith.config import ModelSpec, RunSpec, TrainSpec
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
-from tunesmith.train.collate import Encoded, collate, encode_all, length_grouped_batches
-from tunesmith.train.loss import summed_loss
+from tunesmith.train.collate import Encoded, encode_all, length_grouped_batches
+from tunesmith.train.objective import CAUSAL_LM, Objective
 from tunesmith.ui import console, out
 
 # Warm-up steps, then timed optimiser steps: enough to average shapes, few enough that the
@@ -103,15 +103,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step(model: Any, group: list[list[Encoded]], pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float) -> int:
+def _step(
+    model: Any, group: list[list[Encoded]], pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float, objective: Objective
+) -> int:
     """The compute of one training step (forward, backward, clipping, AdamW); returns the real tokens read."""
     total_trained = sum(item.n_trained for batch in group for item in batch)
     tokens = 0
     for batch in group:
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        loss_sum, _ = summed_loss(model, tensors)
-        (loss_sum / total_trained).backward()
-        tokens += int(tensors["attention_mask"].sum())
+        for local in objective.tensors(batch, pad_id):
+            tensors = {k: v.to(device) for k, v in local.items()}
+            loss_sum, _ = objective.summed_loss(model, tensors)
+            (loss_sum / total_trained).backward()
+            tokens += int(tensors["attention_mask"].sum())
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -125,7 +128,9 @@ def _representative(groups: list[list[list[Encoded]]], k: int) -> list[list[list
     return [ordered[min(len(ordered) - 1, (len(ordered) * (q + 1)) // (k + 1))] for q in range(k)]
 
 
-def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded]) -> dict[str, Any]:
+def calibrate(
+    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], objective: Objective = CAUSAL_LM
+) -> dict[str, Any]:
     """Seconds per token of training and of validation, and the peak memory, from real steps.
 
     The optimiser runs with learning rate 0 and the random state is restored afterwards, so
@@ -145,15 +150,15 @@ def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, 
     try:
         with _PeakMemory(device) as memory:
             for group in warm:
-                _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+                _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm, objective)
             started, tokens, n_timed = time.perf_counter(), 0, 0
             for group in timed:
                 if n_timed >= CALIBRATION_STEPS and time.perf_counter() - started >= MIN_CALIBRATION_SECONDS:
                     break
-                tokens += _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm)
+                tokens += _step(model, group, pad_id, device, params, optimizer, cfg.max_grad_norm, objective)
                 n_timed += 1
             train_spt = (time.perf_counter() - started) / max(1, tokens)
-            val_spt = _validation_seconds_per_token(model, val_items, pad_id, device, cfg.batch_size)
+            val_spt = _validation_seconds_per_token(model, val_items, pad_id, device, cfg.batch_size, objective)
     finally:
         del optimizer
         torch.set_rng_state(rng)
@@ -167,28 +172,32 @@ def calibrate(model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, 
 
 
 @torch.no_grad()
-def _validation_seconds_per_token(model: Any, val_items: list[Encoded], pad_id: int, device: torch.device, batch_size: int) -> float | None:
+def _validation_seconds_per_token(
+    model: Any, val_items: list[Encoded], pad_id: int, device: torch.device, batch_size: int, objective: Objective
+) -> float | None:
     if not val_items:
         return None
     ordered = sorted(val_items, key=lambda item: len(item.input_ids))
     middle = max(0, len(ordered) // 2 - batch_size // 2)
-    tensors = {k: v.to(device) for k, v in collate(ordered[middle : middle + batch_size], pad_id).items()}
+    (batch,) = objective.tensors(ordered[middle : middle + batch_size], pad_id)
+    tensors = {k: v.to(device) for k, v in batch.items()}
     model.eval()
     started, passes = time.perf_counter(), 0
     while passes < 10 and (passes == 0 or time.perf_counter() - started < MIN_CALIBRATION_SECONDS / 4):
-        summed_loss(model, tensors)
+        objective.summed_loss(model, tensors)
         _sync(device)
         passes += 1
     return (time.perf_counter() - started) / passes / max(1, int(tensors["attention_mask"].sum()))
 
 
 def estimate_training(
-    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], dropped: int = 0
+    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], dropped: int = 0,
+    objective: Objective = CAUSAL_LM,
 ) -> TrainEstimate:
     from tunesmith.train.settings import plan_steps
 
     plan = plan_steps(cfg, len(train_items))  # the trainer's own plan: max_steps, epochs and validation points
-    measured = calibrate(model, tokenizer, device, cfg, train_items, val_items)
+    measured = calibrate(model, tokenizer, device, cfg, train_items, val_items, objective)
     tokens = sum(len(i.input_ids) for i in train_items)
     val_tokens = sum(len(i.input_ids) for i in val_items)
     validations = len(plan.eval_steps)
@@ -259,6 +268,10 @@ def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
     from tunesmith.train.methods import apply_method
 
     splits = _splits_read_only(spec, workspace)
+    if spec.train.task == "classification":
+        from tunesmith.train.classify import estimate_classifier
+
+        return estimate_classifier(spec, splits, spec.data.dataset or str(spec.data.path))
     from tunesmith.train.settings import resolve_settings
 
     model, tokenizer, device = load_model(spec.model)

@@ -42,12 +42,15 @@ class Budget:
 @dataclass
 class Monitor:
     """The validation history: the best so far, evaluations since, and the overfitting pattern
-    (validation loss rising over 2+ evaluations while the training loss falls)."""
+    (validation loss rising over 2+ evaluations while the training loss falls). The best is the lowest
+    validation loss unless validations come with a score (higher is better), as a classifier's do."""
 
     patience: int | None = None
     best_step: int | None = None
     best_epoch: float | None = None
     best_val_loss: float | None = None
+    best_score: list[float] | None = None
+    best_metrics: dict[str, float] | None = None
     since_best: int = 0
     evals: list[list[float]] = field(default_factory=list)  # [step, val_loss, mean training loss since the previous one]
     warned: bool = False
@@ -58,12 +61,19 @@ class Monitor:
         self.train_sum += loss
         self.train_count += 1
 
-    def add_validation(self, step: int, epoch: float, val_loss: float | None) -> str | None:
+    def add_validation(
+        self, step: int, epoch: float, val_loss: float | None, score: list[float] | None = None, metrics: dict[str, float] | None = None
+    ) -> str | None:
         """Record one validation; returns an overfitting warning when the pattern appears."""
         train_mean = self.train_sum / max(1, self.train_count)
         self.train_sum, self.train_count = 0.0, 0
-        if val_loss is None or self.best_val_loss is None or val_loss < self.best_val_loss:
+        if score is not None:
+            better = self.best_score is None or list(score) > self.best_score
+        else:
+            better = val_loss is None or self.best_val_loss is None or val_loss < self.best_val_loss
+        if better:
             self.best_step, self.best_epoch, self.best_val_loss, self.since_best, self.warned = step, epoch, val_loss, 0, False
+            self.best_score, self.best_metrics = (list(score) if score is not None else None), metrics
         else:
             self.since_best += 1
         if val_loss is None:

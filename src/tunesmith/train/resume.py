@@ -83,4 +83,8 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
     base_path = resolve_model_path(spec.model.name)
+    if spec.train.task == "classification":
+        from tunesmith.train.classify import train_classifier
+
+        return run_registered(registry, info.run_id, lambda: train_classifier(spec, dataset, run_dir, base_path, budget, resume_from=checkpoint))
     return run_registered(registry, info.run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))

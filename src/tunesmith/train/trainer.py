@@ -29,9 +29,10 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.callbacks import Probes, build_probes
 from tunesmith.train import distributed
-from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
+from tunesmith.train.collate import Encoded, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
+from tunesmith.train.objective import CAUSAL_LM, Objective
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, artefact_kind, count_parameters, load_for_method
 from tunesmith.train.plot import plot_loss
@@ -101,7 +102,7 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     if spec.train.task == "classification":
         from tunesmith.train.classify import train_classifier
 
-        return run_registered(registry, run_id, lambda: train_classifier(spec, dataset, run_dir, base_path))
+        return run_registered(registry, run_id, lambda: train_classifier(spec, dataset, run_dir, base_path, budget))
     return run_registered(registry, run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget))
 
 
@@ -200,13 +201,15 @@ def _finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResul
 
 
 class TrainingLoop:
-    """One run's optimiser, schedule and counters; `state_dict` is what a checkpoint needs to continue exactly."""
+    """One run's optimiser, schedule and counters; `state_dict` is what a checkpoint needs to continue exactly.
+    The objective says what a batch's loss and a validation are (causal LM by default, see objective.py)."""
 
     def __init__(
         self, model, tokenizer, device, cfg: TrainSpec, items: Items, run_dir: Path, info: RunInfo, budget: Budget | None,
-        spec: RunSpec, probes: Probes | None = None,
+        spec: RunSpec, probes: Probes | None = None, objective: Objective = CAUSAL_LM,
     ):
         self.model, self.tokenizer, self.device, self.cfg, self.items = model, tokenizer, device, cfg, items
+        self.objective = objective
         self.run_dir, self.info, self.budget = run_dir, info, budget or Budget()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -221,7 +224,7 @@ class TrainingLoop:
         self.started = time.perf_counter()
         self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
         # Virtual tokens sit before each row, not before each packed example: those methods never pack.
-        packing = False if cfg.method in VIRTUAL_TOKEN_METHODS else cfg.packing
+        packing = False if cfg.method in VIRTUAL_TOKEN_METHODS or not objective.packs else cfg.packing
         self.packed, waste = choose_packing(packing, items.train, cfg.batch_size, cfg.seed)
         self.flat = self.packed and use_segment_attention(model)
         fuse_lora(model)
@@ -250,7 +253,7 @@ class TrainingLoop:
             torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
         # run.json may lag the checkpoint by one write when the run was killed in between
-        self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
+        self._copy_best()
         self.step, self.tokens_seen, self.seconds_before = state["step"], state["tokens_seen"], state["train_seconds"]
         self.last_saved, self.started = self.step, time.perf_counter()
         self.history = truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -287,7 +290,7 @@ class TrainingLoop:
         try:
             loss, grad_norm, n_trained, n_real = _optimizer_step(
                 self.model, groups[index], self.pad_id, self.device, self.params, self.optimizer, self.cfg.max_grad_norm,
-                on_backward=lambda: test_kill("step", step),
+                on_backward=lambda: test_kill("step", step), objective=self.objective,
             )
         except Diverged as exc:
             raise self._diverged(step, exc) from None
@@ -313,7 +316,7 @@ class TrainingLoop:
         if self.step >= self.plan.total_steps:
             return None
         if self.monitor.should_stop():
-            reason = f"early stopping: {self.monitor.since_best} validations without a better loss than {self.monitor.best_val_loss} (step {self.monitor.best_step})"
+            reason = f"early stopping: {self.monitor.since_best} validations without a better {self.objective.best_text(self.monitor)} (step {self.monitor.best_step})"
             self._event("early_stop", reason)
             return "completed", reason
         reason = self.budget.exceeded(self.elapsed(), step_seconds)
@@ -325,22 +328,26 @@ class TrainingLoop:
         return "stopped", reason
 
     def _validate(self, position: float) -> None:
-        """Validation loss now, logged before the checkpoint: a crash in between re-runs this validation on resume."""
-        val_loss = evaluate_loss(self.model, self.items.validation, self.pad_id, self.device, self.cfg.batch_size) if self.items.validation else None
-        warning = self.monitor.add_validation(self.step, position, val_loss)
-        self._log({"step": self.step, "epoch": position, "val_loss": val_loss})
-        self.bar.update(self.task, info=f"epoch {math.ceil(position)} val_loss {val_loss}")
+        """Validation now, logged before the checkpoint: a crash in between re-runs this validation on resume."""
+        found = self.objective.validate(self.model, self.items.validation, self.pad_id, self.device, self.cfg.batch_size)
+        warning = self.monitor.add_validation(self.step, position, found.get("val_loss"), *self.objective.score(found))
+        self._log({"step": self.step, "epoch": position, **found})
+        self.bar.update(self.task, info=f"epoch {math.ceil(position)} " + " ".join(f"{k} {v}" for k, v in found.items()))
         if warning:
             self._event("overfitting", warning)
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict())
+        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), self.objective.files)
         self.last_saved = self.step
-        self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
+        self._copy_best()
         self.info.train_seconds = round(self.elapsed(), 1)
         save_run_info(self.run_dir, self.info)
         prune_checkpoints(self.run_dir, {self.step, self.monitor.best_step or self.step})
+
+    def _copy_best(self) -> None:
+        monitor, info = self.monitor, self.info
+        info.best_step, info.best_epoch, info.best_val_loss, info.best_metrics = monitor.best_step, monitor.best_epoch, monitor.best_val_loss, monitor.best_metrics
 
     def _diverged(self, step: int, exc: Diverged) -> TrainingFailed:
         last = latest_checkpoint(self.run_dir)
@@ -363,7 +370,9 @@ class TrainingLoop:
             self.tracker.log(record)
 
 
-def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None) -> tuple[float, float, int, int]:
+def _optimizer_step(
+    model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None, objective: Objective = CAUSAL_LM
+) -> tuple[float, float, int, int]:
     """One optimiser step over a group of micro-batches, every trained token weighted equally.
     Returns (loss per trained token, gradient norm, trained tokens, real tokens); raises Diverged,
     before the weights are touched, when the loss or the gradient is not finite."""
@@ -371,8 +380,8 @@ def _optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_no
     total_loss, real_tokens = 0.0, 0
     for batch in group:
         real_tokens += sum(len(item.input_ids) for item in batch)
-        for local in batch_tensors(batch, pad_id):
-            loss_sum, _ = summed_loss(model, {k: v.to(device) for k, v in local.items()})
+        for local in objective.tensors(batch, pad_id):
+            loss_sum, _ = objective.summed_loss(model, {k: v.to(device) for k, v in local.items()})
             (loss_sum / total_trained).backward()
             total_loss += float(loss_sum.detach())
     if on_backward is not None:

@@ -1,0 +1,224 @@
+"""A classification run is as durable as a causal-LM one, because it trains in the same loop: killed
+or stopped by a budget and resumed, it equals the uninterrupted run; a non-finite loss stops it with
+the last good checkpoint kept; early stopping keeps the best macro-F1 checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clihelp import run_cli
+from conftest import classification_records
+
+SRC = Path(__file__).parents[1] / "src"
+
+
+def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_TEST_KILL_AT": kill_at or ""}
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def curve(run_dir: Path) -> tuple[list, list]:
+    rows = records(run_dir)
+    return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())  # the terminal wraps long lines
+
+
+def same_weights(a: Path, b: Path) -> None:
+    (file_a,), (file_b,) = a.glob("*.safetensors"), b.glob("*.safetensors")
+    weights_a, weights_b = load_file(str(file_a)), load_file(str(file_b))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.allclose(weights_a[key], weights_b[key], atol=1e-6, rtol=0), key
+
+
+def write_config(tmp_path: Path, model: Path, **train) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"model": {"name": str(model)}, "data": {"dataset": "classes"}, "train": {"task": "classification", **train}}))
+    return config
+
+
+@pytest.fixture()
+def classes(capsys, home, classes_file) -> str:
+    result = run_cli(capsys, "data", "prepare", str(classes_file), "--out", "classes", "--pii", "off", "--no-near-dedup")
+    assert result.code == 0, result.err
+    return "classes"
+
+
+def test_killed_classifier_run_resumes_to_the_uninterrupted_result(home, tiny_bert, classes, tmp_path):
+    # 72 training examples / batch 8 = 9 steps per epoch, 18 in all; validation at 5, 9, 14, 18; checkpoints every 4 steps too.
+    config = write_config(tmp_path, tiny_bert, method="full", lr=1e-3, epochs=2, batch_size=8, evals_per_epoch=2, save_every_steps=4)
+    whole = tunesmith("train", "--config", str(config))
+    assert whole.returncode == 0, whole.stderr
+    reference = home / "runs" / whole.stdout.strip().splitlines()[-1]
+
+    before = {p.name for p in (home / "runs").iterdir()}
+    killed = tunesmith("train", "--config", str(config), kill_at="step:7")  # inside step 7: the last checkpoint is step 5
+    assert killed.returncode == -9
+    (name,) = {p.name for p in (home / "runs").iterdir()} - before
+    run_dir = home / "runs" / name
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    assert (run_dir / "checkpoints" / "step-5" / "labels.json").is_file()
+
+    again = tunesmith("train", "--resume", name, kill_at="ckpt:12")  # inside the write of checkpoint 12
+    assert again.returncode == -9 and (run_dir / "checkpoints" / ".step-12.tmp").is_dir()
+    done = tunesmith("train", "--resume", name)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step 9 of 18" in done.stderr  # not the half-written step 12
+
+    train_a, val_a = curve(reference)
+    train_b, val_b = curve(run_dir)
+    assert [s for s, _, _ in train_b] == list(range(1, 19))  # every step once
+    for (step, loss_a, lr_a), (_, loss_b, lr_b) in zip(train_a, train_b):
+        assert abs(loss_a - loss_b) <= 1e-6 and abs(lr_a - lr_b) <= 1e-12, f"step {step}: {loss_a} vs {loss_b}, lr {lr_a} vs {lr_b}"
+    assert val_a == val_b and [r["step"] for r in val_b] == [5, 9, 14, 18]
+    info_a, info_b = (json.loads((d / "run.json").read_text()) for d in (reference, run_dir))
+    assert info_b["status"] == "completed"
+    assert (info_a["best_step"], info_a["best_metrics"]) == (info_b["best_step"], info_b["best_metrics"])
+    same_weights(reference / "model", run_dir / "model")
+    assert json.loads((run_dir / "model" / "labels.json").read_text()) == info_b["labels"]
+    assert not any(p.name.endswith(".tmp") for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_classifier_stopped_by_max_time_resumes_to_the_uninterrupted_result(capsys, home, tiny_bert, classes, tmp_path):
+    config = write_config(tmp_path, tiny_bert, method="lora", lr=2e-2, max_steps=6, batch_size=8, evals_per_epoch=2)
+    whole = run_cli(capsys, "train", "--config", str(config))
+    assert whole.code == 0, whole.err
+    reference = home / "runs" / whole.out.strip().splitlines()[-1]
+
+    stopped = run_cli(capsys, "train", "--config", str(config), "--max-time", "0.001")  # any step takes longer: stops after step 1
+    assert stopped.code == 0, stopped.err
+    run_id = stopped.out.strip().splitlines()[-1]
+    run_dir = home / "runs" / run_id
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "stopped" and "--max-time 0.001 s reached" in info["stop_reason"]
+    assert f"tunesmith train --resume {run_id}" in one_line(stopped.err)
+    assert [r["step"] for r in records(run_dir) if "loss" in r] == [1]
+    assert (run_dir / "checkpoints" / "step-1" / "trainer_state.pt").is_file() and (run_dir / "adapter" / "labels.json").is_file()
+
+    resumed = run_cli(capsys, "train", "--resume", run_id)
+    assert resumed.code == 0, resumed.err
+    assert curve(reference) == curve(run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    same_weights(reference / "adapter", run_dir / "adapter")  # the LoRA weights and the new head
+
+
+def test_non_finite_classifier_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(home, tiny_bert, classes):
+    from tunesmith.config import RunSpec
+    from tunesmith.errors import TrainingFailed
+    from tunesmith.train.trainer import train
+    from tunesmith.workspace import Workspace
+
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_bert)}, "data": {"dataset": classes},
+                                   "train": {"task": "classification", "method": "full", "epochs": 1, "batch_size": 8, "save_every_steps": 1, "warmup_ratio": 0.0}})
+    object.__setattr__(spec.train, "lr", 1e30)  # past the config's guard, as a buggy caller could: one step makes every weight ~1e30
+    with pytest.raises(TrainingFailed) as caught:
+        train(spec, Workspace.from_env())
+    assert caught.value.exit_code == 1
+    (run_dir,) = (home / "runs").iterdir()
+    assert f"at step 2; training stopped and the last good checkpoint is kept: {run_dir / 'checkpoints' / 'step-1'}" in str(caught.value)
+    assert (run_dir / "checkpoints" / "step-1" / "labels.json").is_file()
+    diverged = [r for r in records(run_dir) if r.get("event") == "diverged"]
+    assert len(diverged) == 1 and [r["step"] for r in records(run_dir) if "loss" in r] == [1]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "step 2" in info["stop_reason"]
+
+
+def test_early_stopping_keeps_the_best_macro_f1_checkpoint(capsys, home, tiny_bert, tmp_path):
+    # Validation labels are rotated: the better the head learns the training labels, the worse it does on validation.
+    train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in classification_records(60, 0)))
+    rotate = {"billing": "bug", "bug": "praise", "praise": "billing"}
+    val_file.write_text("".join(json.dumps({**r, "label": rotate[r["label"]]}) + "\n" for r in classification_records(18, 5)))
+    prepared = run_cli(capsys, "data", "prepare", str(train_file), "--out", "classes", "--pii", "off", "--no-near-dedup", "--validation-file", str(val_file))
+    assert prepared.code == 0, prepared.err
+    config = write_config(tmp_path, tiny_bert, method="full", lr=1e-3, epochs=8, batch_size=8, evals_per_epoch=2, early_stopping_patience=2)
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    rows = records(run_dir)
+    validations = [r for r in rows if "val_f1_macro" in r]
+    best = max(validations, key=lambda r: (r["val_f1_macro"], -r["val_loss"]))
+    assert validations[-3]["step"] == best["step"] and len(validations) < 16  # two validations without a new best, then stopped
+    events = {r["event"]: r for r in rows if "event" in r}
+    assert events["early_stop"]["step"] == validations[-1]["step"] == max(r["step"] for r in rows if "loss" in r)
+    assert "without a better macro-F1" in events["early_stop"]["message"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and "early stopping" in info["stop_reason"]
+    assert info["best_step"] == best["step"] and info["best_metrics"] == {"accuracy": best["val_accuracy"], "f1_macro": best["val_f1_macro"]}
+    kept = run_dir / "checkpoints" / f"step-{best['step']}" / "model.safetensors"
+    assert (run_dir / "model" / "model.safetensors").read_bytes() == kept.read_bytes()
+
+
+def test_generation_during_training_and_packing_are_refused_for_a_classifier(capsys, home, tiny_bert, classes, tmp_path):
+    config = write_config(tmp_path, tiny_bert, forgetting_every_steps=5)
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 2 and "does not support forgetting_every_steps: a classifier writes no text to score" in one_line(result.err)
+    config = write_config(tmp_path, tiny_bert, packing=True)
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 2 and "train.packing true cannot be used with task classification" in one_line(result.err)
+
+
+def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes_those_steps(capsys, home, tiny_bert, classes):
+    args = ["train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--batch-size", "8", "--epochs", "2"]
+    dry = run_cli(capsys, *args, "--dry-run", "--price-per-hour", "3.6")
+    assert dry.code == 0, dry.err
+    shown = one_line(dry.out)
+    assert "optimizer steps" in shown and "18 (9 per epoch x 2 epochs)" in shown and "at 3.6 per hour" in shown
+    assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
+    result = run_cli(capsys, *args)
+    assert result.code == 0, result.err
+    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
+    assert [r["step"] for r in records(run_dir) if "loss" in r] == list(range(1, 19))
+    assert json.loads((run_dir / "estimate.json").read_text())["total_steps"] == 18
+
+
+def test_a_classifier_refuses_several_processes_by_name(capsys, home, tiny_bert, classes):
+    result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--nproc", "2")
+    assert result.code == 2 and "--nproc trains causal-LM runs only for now" in one_line(result.err)
+    assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
+
+
+def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from tunesmith.config import ModelSpec, TrainSpec
+    from tunesmith.data.example import Example, Message
+    from tunesmith.train.classify import Classification, encode, load_classifier
+    from tunesmith.train.collate import Batch
+    from tunesmith.train.methods import apply_method
+    from tunesmith.train.trainer import _optimizer_step
+
+    labels = ["billing", "bug", "praise"]
+    rows = classification_records(12, 3)
+    examples = [Example(id=str(i), messages=[Message(role="user", content=r["text"])], label=r["label"]) for i, r in enumerate(rows)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    items = encode(tokenizer, examples, {name: i for i, name in enumerate(labels)}, 64)
+    objective, widest, pad_id = Classification(labels), max(len(item.input_ids) for item in items), tokenizer.pad_token_id
+    chunks = objective.tensors(Batch(items, max_tokens=3 * widest), pad_id)
+    assert len(chunks) >= 4 and all(c["input_ids"].numel() <= 3 * widest for c in chunks)
+    assert sorted(int(label) for c in chunks for label in c["labels"]) == sorted(item.label for item in items)
+    steps = []
+    for budget in (None, 3 * widest):
+        torch.manual_seed(0)
+        model, _, device = load_classifier(ModelSpec(name=str(tiny_bert), device="cpu"), str(tiny_bert), labels)
+        model = apply_method(model, TrainSpec(task="classification", method="full", lr=1e-3), task="classification").eval()  # no dropout: both steps see the same network
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss, *_ = _optimizer_step(model, [Batch(items, max_tokens=budget)], pad_id, device, params, torch.optim.SGD(params, lr=0.5), 1e9, objective=objective)
+        steps.append((loss, torch.cat([p.detach().flatten() for p in params])))
+    assert steps[0][0] == pytest.approx(steps[1][0], rel=1e-5)
+    torch.testing.assert_close(steps[0][1], steps[1][1], rtol=1e-4, atol=1e-6)
