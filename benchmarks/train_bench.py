@@ -2,6 +2,7 @@
 
     python benchmarks/train_bench.py            # 16 examples (2 steps), every config (~30 min on 2 busy cores)
     python benchmarks/train_bench.py --quick    # 8 examples (1 step)
+    python benchmarks/train_bench.py --device cuda --dtype bfloat16 [--attn flash_attention_2] [--liger]   # on a GPU
 
 LoRA r16 (alpha 32, no dropout) on every linear layer of the embedded SmolLM2-135M-Instruct,
 fp32, one epoch, batch 8, AdamW lr 1e-3 with linear decay and no warm-up, gradient clipping 1.0,
@@ -23,8 +24,9 @@ held-out loss is the same token-weighted assistant loss on the same 8 unseen cha
 MFU: model FLOPs per real token = 4*N, N = the base model's 134.5M weights (the tied
 embedding counted once, as the output head): forward 2N, backward 2N for the activation
 gradients, none for the weight gradients of frozen weights; LoRA's own FLOPs (<1%) and the
-attention scores are left out. Divided by this machine's fp32 matmul rate, measured in the
-same run (best of several 1024- and 2048-square torch.matmul, before and after the configs).
+attention scores are left out. Divided by this machine's matmul rate in the run's dtype on its
+device, measured in the same run (best of several square torch.matmul of 1024 and 2048, and
+4096 on a GPU, before and after the configs).
 """
 
 from __future__ import annotations
@@ -46,17 +48,21 @@ CONFIGS = ["hf_padded", "trl_default", "trl_padfree", "trl_packed", "tunesmith"]
 LR, BATCH, MAX_LEN, SEED = 1e-3, 8, 512, 0
 
 
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8) -> tuple[float, float]:
-    """(GFLOP per wall second, GFLOP per CPU second) of fp32 matmul, best of several."""
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu", dtype: str = "float32") -> tuple[float, float]:
+    """(GFLOP per wall second, GFLOP per CPU second) of matmul in the run's dtype on its device, best of several."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(size, size, device=device, dtype=kind), torch.randn(size, size, device=device, dtype=kind)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.matmul(a, b)
+    sync()
     best_wall = best_cpu = float("inf")
     for _ in range(repeats):
         start, cpu = time.perf_counter(), cpu_seconds()
         torch.matmul(a, b)
+        sync()
         best_wall, best_cpu = min(best_wall, time.perf_counter() - start), min(best_cpu, max(1e-6, cpu_seconds() - cpu))
     return 2 * size**3 / best_wall / 1e9, 2 * size**3 / best_cpu / 1e9
 
@@ -145,7 +151,26 @@ class StepClock:
         return _Clock()
 
 
-def run_hf_trainer(name: str, folder: Path, model_path: str) -> dict:
+class Hardware:
+    """Where and how every config runs: the CPU in fp32 by default; on a GPU, bf16 with a chosen
+    attention kernel and, if asked, Liger's kernels for the HF and TRL configs."""
+
+    def __init__(self, device: str = "cpu", dtype: str = "float32", attn: str = "sdpa", liger: bool = False):
+        self.device, self.dtype, self.attn, self.liger = device, dtype, attn, liger
+
+    def argv(self) -> list[str]:
+        return ["--device", self.device, "--dtype", self.dtype, "--attn", self.attn, *(["--liger"] if self.liger else [])]
+
+    def trainer_args(self) -> dict:
+        return {"use_cpu": self.device == "cpu", "bf16": self.dtype == "bfloat16", "fp16": self.dtype == "float16", "use_liger_kernel": self.liger}
+
+    def peak_memory_mb(self) -> int | None:
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20) if self.device == "cuda" else None
+
+
+def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -154,12 +179,12 @@ def run_hf_trainer(name: str, folder: Path, model_path: str) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_items, val_items = encoded(folder, "train", tokenizer), encoded(folder, "val", tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn).to(hw.device)
     torch.manual_seed(SEED)
     common = dict(
         output_dir=str(folder / name), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-        save_strategy="no", report_to=[], seed=SEED, use_cpu=True, bf16=False, disable_tqdm=True,
+        save_strategy="no", report_to=[], seed=SEED, disable_tqdm=True, **hw.trainer_args(),
     )
     clock = StepClock()
     if name == "hf_padded":
@@ -189,11 +214,11 @@ def run_hf_trainer(name: str, folder: Path, model_path: str) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
         "steps": trainer.state.global_step, "real_tokens": real, **clock.figures(),
-        "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device("cpu"), BATCH),
+        "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device(hw.device), BATCH),
     }
 
 
-def run_tunesmith(folder: Path, model_path: str) -> dict:
+def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     from tunesmith.config import DataSpec, ModelSpec, PrepareSpec, RunSpec, TrainSpec
     from tunesmith.train import trainer as trainer_module
     from tunesmith.workspace import Workspace
@@ -212,7 +237,7 @@ def run_tunesmith(folder: Path, model_path: str) -> dict:
     os.environ["TUNESMITH_HOME"] = str(folder / "tunesmith-home")
     prepare = PrepareSpec(clean=False, pii="off", dedup=False, near_dedup=False, validation_file=folder / "val.jsonl", test_file=folder / "val.jsonl")
     spec = RunSpec(
-        name="bench", model=ModelSpec(name=model_path, dtype="float32"),
+        name="bench", model=ModelSpec(name=model_path, dtype=hw.dtype, device=hw.device),
         data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare),
         train=TrainSpec(epochs=1, lr=LR, batch_size=BATCH, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
     )
@@ -222,7 +247,7 @@ def run_tunesmith(folder: Path, model_path: str) -> dict:
     return {"steps": len(steps), "real_tokens": real, **clock.figures(), "heldout_loss": result.info.best_val_loss}
 
 
-def worker(name: str, folder: Path, threads: int) -> None:
+def worker(name: str, folder: Path, threads: int, hw: Hardware) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -231,8 +256,9 @@ def worker(name: str, folder: Path, threads: int) -> None:
     from tunesmith.models.loading import resolve_model_path
 
     model_path = resolve_model_path("smollm2-135m-instruct")
-    result = run_tunesmith(folder, model_path) if name == "tunesmith" else run_hf_trainer(name, folder, model_path)
+    result = run_tunesmith(folder, model_path, hw) if name == "tunesmith" else run_hf_trainer(name, folder, model_path, hw)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["peak_gpu_mb"] = hw.peak_memory_mb()
     result["threads"] = torch.get_num_threads()
     (folder / f"{name}.json").write_text(json.dumps(result))
 
@@ -249,9 +275,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_bench.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help="reuse this run folder: its data, and the configs already measured there")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="bfloat16 on GPUs; on CPUs only with native bf16")
+    parser.add_argument("--attn", default="sdpa", help="attention kernel for the HF and TRL configs: sdpa, eager, flash_attention_2")
+    parser.add_argument("--liger", action="store_true", help="Liger kernels for the HF and TRL configs (needs liger-kernel and a GPU)")
     args = parser.parse_args()
+    hw = Hardware(args.device, args.dtype, args.attn, args.liger)
     if args.worker:
-        worker(args.worker, args.folder, args.threads)
+        worker(args.worker, args.folder, args.threads, hw)
         return
     n = args.examples or (8 if args.quick else 16)
     from transformers import AutoTokenizer
@@ -266,13 +297,13 @@ def main() -> None:
     print(f"data and per-config results in {folder}", flush=True)
     lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
     n = len(lengths)
-    gflops = [matmul_gflops(args.threads, size) for size in (1024, 2048)]
+    gflops = [matmul_gflops(args.threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]
     results = {}
     for name in args.configs.split(","):
         if (folder / f"{name}.json").is_file():
             results[name] = json.loads((folder / f"{name}.json").read_text())
             continue
-        command = [sys.executable, __file__, "--worker", name, "--folder", str(folder), "--threads", str(args.threads)]
+        command = [sys.executable, __file__, "--worker", name, "--folder", str(folder), "--threads", str(args.threads), *hw.argv()]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -285,7 +316,7 @@ def main() -> None:
             results[name]["layout"] = layout[0]
         (folder / f"{name}.json").write_text(json.dumps(results[name]))
         print(name, results[name], flush=True)
-    gflops += [matmul_gflops(args.threads, size) for size in (1024, 2048)]
+    gflops += [matmul_gflops(args.threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]
     peak_wall, peak_cpu = max(g[0] for g in gflops) * 1e9, max(g[1] for g in gflops) * 1e9
     for r in results.values():
         r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
@@ -305,7 +336,8 @@ def main() -> None:
         "matmul_fp32_gflops_wall_then_per_cpu_s": [[round(g, 1) for g in pair] for pair in gflops],
         "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
                  "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
-        "settings": {"method": "LoRA r16 alpha32 all-linear", "dtype": "float32", "batch": BATCH, "epochs": 1, "lr": LR, "max_len": MAX_LEN},
+        "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
+                     "batch": BATCH, "epochs": 1, "lr": LR, "max_len": MAX_LEN},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

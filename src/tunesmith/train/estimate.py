@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from tunesmith.config import ModelSpec, RunSpec, TrainSpec
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
-from tunesmith.train.collate import Encoded, encode_all, length_grouped_batches
+from tunesmith.train.collate import Encoded, encode_all
+from tunesmith.train.layout import plan_layout
 from tunesmith.train.objective import CAUSAL_LM, Objective
 from tunesmith.ui import console, out
 
@@ -111,10 +112,9 @@ def _step(
     tokens = 0
     for batch in group:
         for local in objective.tensors(batch, pad_id):
-            tensors = {k: v.to(device) for k, v in local.items()}
-            loss_sum, _ = objective.summed_loss(model, tensors)
+            loss_sum, _ = objective.summed_loss(model, {k: v.to(device) for k, v in local.items()})
             (loss_sum / total_trained).backward()
-            tokens += int(tensors["attention_mask"].sum())
+        tokens += sum(len(item.input_ids) for item in batch)
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -136,7 +136,9 @@ def calibrate(
     The optimiser runs with learning rate 0 and the random state is restored afterwards, so
     the run that follows starts from exactly the weights and seed it would have without this."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = length_grouped_batches(train_items, cfg.batch_size, cfg.seed, 1)
+    # The run's own layout and kernels (packing, per-example attention, fused LoRA), so the
+    # calibration times what the run will do.
+    batches = plan_layout(model, cfg, train_items, device, objective.packs).batches(train_items, cfg, epoch=1)
     groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
     # The widest group warms up first: its allocations are the run's peak, measured below.
     warm = [max(groups, key=lambda g: sum(len(b) * max(len(i.input_ids) for i in b) for b in g)), *groups[: WARMUP_STEPS - 1]]

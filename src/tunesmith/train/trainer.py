@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from tunesmith.config import VIRTUAL_TOKEN_METHODS, RunSpec, TrainSpec
+from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
@@ -29,15 +29,14 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.callbacks import Probes, build_probes
 from tunesmith.train import distributed
-from tunesmith.train.collate import Encoded, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
+from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.objective import CAUSAL_LM, Objective
 from tunesmith.train.loss import summed_loss
 from tunesmith.train.methods import apply_method, artefact_kind, count_parameters, load_for_method
 from tunesmith.train.plot import plot_loss
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.segments import use_segment_attention
+from tunesmith.train.layout import plan_layout
 from tunesmith.train.tracking import open_trackers
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
 from tunesmith.ui import console, progress
@@ -223,14 +222,8 @@ class TrainingLoop:
         self.history: list[dict] = []
         self.started = time.perf_counter()
         self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
-        # Virtual tokens sit before each row, not before each packed example: those methods never pack.
-        packing = False if cfg.method in VIRTUAL_TOKEN_METHODS or not objective.packs else cfg.packing
-        self.packed, waste = choose_packing(packing, items.train, cfg.batch_size, cfg.seed)
-        self.flat = self.packed and use_segment_attention(model)
-        fuse_lora(model)
-        self.max_tokens = tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type)
-        layout = ("packed, per-example attention" if self.flat else "packed") if self.packed else "length-grouped"
-        console.print(f"batches {layout} (length-grouped padding would be {waste:.0%} of tokens)")
+        self.layout = plan_layout(model, cfg, items.train, device, objective.packs)
+        console.print(self.layout.describe())
 
     def elapsed(self) -> float:
         """Training seconds over the whole run, earlier sessions included."""
@@ -279,10 +272,7 @@ class TrainingLoop:
         return "completed", None
 
     def _groups(self, epoch: int) -> list[list[list[Encoded]]]:
-        batches = make_batches(
-            self.items.for_epoch(self.cfg.seed, epoch), self.cfg.batch_size, self.cfg.seed, epoch, self.packed, self.cfg.max_seq_len,
-            *distributed.rank_and_world(), self.max_tokens, self.flat,
-        )
+        batches = self.layout.batches(self.items.for_epoch(self.cfg.seed, epoch), self.cfg, epoch, *distributed.rank_and_world())
         return [batches[i : i + self.cfg.grad_accum] for i in range(0, len(batches), self.cfg.grad_accum)]
 
     def _train_step(self, epoch: int, groups: list, index: int) -> tuple[str, str | None] | None:
