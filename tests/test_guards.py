@@ -87,7 +87,7 @@ def test_early_stopping_restores_the_best_checkpoint_and_warns_of_overfitting(ca
     records = rows(run_dir)
     validations = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     best_step, best_loss = min(validations, key=lambda v: v[1])
-    assert [v for _, v in validations[-3:]] == sorted(v for _, v in validations[-3:])  # two evaluations without a new best
+    assert all(v > validations[-3][1] for _, v in validations[-2:])  # two evaluations without a new best
     assert validations[-3][0] == best_step and len(validations) < 8  # stopped before the 4 epochs' 8 validations
     events = {r["event"]: r for r in records if "event" in r}
     assert "overfitting" in events and "training loss fell" in events["overfitting"]["message"]
