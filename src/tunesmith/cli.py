@@ -150,7 +150,7 @@ def train_cmd(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
@@ -166,13 +166,18 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
-    if nproc > 1 and (resume is not None or dry_run or max_time is not None or max_cost is not None):
-        raise UserError("--nproc runs a new run without budgets for now", fix="drop --resume/--dry-run/--max-time/--max-cost, or use --nproc 1")
     if resume is not None:
-        from tunesmith.train.resume import resume_run
+        from tunesmith.train.resume import resumable_run, resume as continue_run
 
         overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
-        result = resume_run(_workspace(), resume, config, overrides, budget)
+        run_dir = resumable_run(_workspace(), resume, config, overrides)
+        if nproc > 1:
+            from tunesmith.train.distributed import budget_args, launch
+
+            raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(budget)], nproc))
+        result = continue_run(_workspace(), run_dir, budget)
+        if not _report_here():
+            return
     else:
         spec = load_run_spec(config, overrides)
         from tunesmith.train.tracking import check_installed
@@ -184,9 +189,9 @@ def train_cmd(
             estimate_only(spec, _workspace())
             return
         if nproc > 1:
-            from tunesmith.train.distributed import launch_spec
+            from tunesmith.train.distributed import budget_args, launch_spec
 
-            raise typer.Exit(launch_spec(spec, nproc))
+            raise typer.Exit(launch_spec(spec, nproc, budget_args(budget)))
         result = train(spec, _workspace(), budget)
         if not _report_here():
             return

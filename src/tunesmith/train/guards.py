@@ -29,6 +29,10 @@ class Budget:
         if self.max_cost is not None and self.price_per_hour is None:
             raise UserError("--max-cost needs --price-per-hour to turn time into money", fix="add e.g. --price-per-hour 2.5 (your machine's price)")
 
+    @property
+    def limited(self) -> bool:
+        return self.max_seconds is not None or self.max_cost is not None
+
     def exceeded(self, elapsed: float, last_step_seconds: float) -> str | None:
         """Why to stop now: another step like the last would end past a limit."""
         projected = elapsed + last_step_seconds

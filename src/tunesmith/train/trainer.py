@@ -233,6 +233,8 @@ class TrainingLoop:
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
             "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
+            # the optimiser and weights are the same in every process, RNG streams and thread counts are not
+            "rng_by_rank": distributed.per_process(rng_state()), "threads_by_rank": distributed.per_process(torch.get_num_threads()),
         }
 
     def restore(self, folder: Path) -> None:
@@ -240,9 +242,10 @@ class TrainingLoop:
         restore_weights(self.model, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        if self.device.type == "cpu":
-            torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
+        restore_rng(distributed.own_share(state.get("rng_by_rank"), state["rng"]) or state["rng"])
+        threads = distributed.own_share(state.get("threads_by_rank"), state["threads"])
+        if self.device.type == "cpu" and threads:
+            torch.set_num_threads(threads)  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
         # run.json may lag the checkpoint by one write when the run was killed in between
         self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
@@ -312,6 +315,8 @@ class TrainingLoop:
             self._event("early_stop", reason)
             return "completed", reason
         reason = self.budget.exceeded(self.elapsed(), step_seconds)
+        if self.budget.limited:
+            reason = distributed.share_from_main(reason)  # clocks differ per process; all must stop at the same step
         if reason is None:
             return None
         if self.last_saved != self.step:
