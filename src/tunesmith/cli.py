@@ -152,6 +152,9 @@ def train_cmd(
     report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
+    accelerate_config: Optional[Path] = typer.Option(
+        None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model"
+    ),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
@@ -166,11 +169,23 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
+    launcher = None
+    if accelerate_config is not None:
+        from tunesmith.train.accel import read_accelerate_config
+
+        launcher = read_accelerate_config(accelerate_config)
     if resume is not None:
         from tunesmith.train.resume import resumable_run, resume as continue_run
 
         overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
         run_dir = resumable_run(_workspace(), resume, config, overrides)
+        if launcher is not None:
+            from tunesmith.runfolder import read_config
+            from tunesmith.train.accel import check_spec, launch as accelerate_launch
+            from tunesmith.train.distributed import budget_args
+
+            check_spec(launcher, read_config(run_dir))
+            raise typer.Exit(accelerate_launch(launcher, ["--resume", str(run_dir), *budget_args(budget)], nproc))
         if nproc > 1:
             from tunesmith.train.distributed import budget_args, launch
 
@@ -183,15 +198,19 @@ def train_cmd(
         from tunesmith.train.tracking import check_installed
 
         check_installed(spec.train.report_to)
+        if launcher is not None:
+            from tunesmith.train.accel import check_spec
+
+            check_spec(launcher, spec)
         if dry_run:
             from tunesmith.train.estimate import dry_run as estimate_only
 
             estimate_only(spec, _workspace())
             return
-        if nproc > 1:
+        if nproc > 1 or launcher is not None:
             from tunesmith.train.distributed import budget_args, launch_spec
 
-            raise typer.Exit(launch_spec(spec, nproc, budget_args(budget)))
+            raise typer.Exit(launch_spec(spec, nproc, budget_args(budget), launcher))
         result = train(spec, _workspace(), budget)
         if not _report_here():
             return

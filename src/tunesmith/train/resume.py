@@ -17,7 +17,7 @@ from tunesmith.train.checkpoint import latest_checkpoint, prune_checkpoints, tru
 from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset
-from tunesmith.train import distributed
+from tunesmith.train import accel, distributed
 from tunesmith.train.trainer import TrainResult, _train_in_folder, resolve_replay, run_registered
 from tunesmith.data.dataset import load_dataset
 from tunesmith.ui import console
@@ -86,6 +86,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     dataset = _check_resumable(workspace, run_dir)
     info, spec = load_run_info(run_dir), read_config(run_dir)
     distributed.init_from_env(spec.model.device)
+    accel.check_env(spec)
     if not distributed.is_main():
         return _resume_as_worker(workspace, run_dir, spec, dataset, budget)
     checkpoint = latest_checkpoint(run_dir)

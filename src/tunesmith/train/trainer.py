@@ -28,7 +28,7 @@ from tunesmith.train.checkpoint import (
     test_kill, truncate_metrics,
 )
 from tunesmith.train.callbacks import Probes, build_probes
-from tunesmith.train import distributed
+from tunesmith.train import accel, distributed, sharding
 from tunesmith.train.collate import Encoded, batch_tensors, choose_packing, collate, encode_all, end_of_turn_ids, make_batches, tokens_per_forward
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
@@ -83,6 +83,7 @@ def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
 
 def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
     distributed.init_from_env(spec.model.device)
+    accel.check_env(spec)
     if not distributed.is_main():
         return _train_as_worker(spec, workspace, budget)
     dataset = resolve_dataset(spec, workspace)
@@ -222,6 +223,7 @@ class TrainingLoop:
         packing = False if cfg.method in VIRTUAL_TOKEN_METHODS else cfg.packing
         self.packed, waste = choose_packing(packing, items.train, cfg.batch_size, cfg.seed)
         self.max_tokens = tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type)
+        self.step_fn = _optimizer_step  # sharding.take_over swaps in the FSDP step
         console.print(f"batches {'packed' if self.packed else 'length-grouped'} (length-grouped padding would be {waste:.0%} of tokens)")
 
     def elapsed(self) -> float:
@@ -231,7 +233,7 @@ class TrainingLoop:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
-            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
+            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": sharding.optimizer_state(self.model, self.optimizer),
             "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
             # the optimiser and weights are the same in every process, RNG streams and thread counts are not
             "rng_by_rank": distributed.per_process(rng_state()), "threads_by_rank": distributed.per_process(torch.get_num_threads()),
@@ -257,6 +259,7 @@ class TrainingLoop:
 
     def run(self) -> tuple[str, str | None]:
         """Train to the last step, or until early stopping or a budget says stop: (run status, why it stopped early)."""
+        sharding.take_over(self)  # FSDP (accelerate config): shard now, after any checkpoint was restored unsharded
         self.model.train()
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar, open_trackers(self.spec, self.run_dir) as self.tracker:
             self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
@@ -283,7 +286,7 @@ class TrainingLoop:
     def _train_step(self, epoch: int, groups: list, index: int) -> tuple[str, str | None] | None:
         began, step, lr = time.perf_counter(), self.step + 1, self.optimizer.param_groups[0]["lr"]
         try:
-            loss, grad_norm, n_trained, n_real = _optimizer_step(
+            loss, grad_norm, n_trained, n_real = self.step_fn(
                 self.model, groups[index], self.pad_id, self.device, self.params, self.optimizer, self.cfg.max_grad_norm,
                 on_backward=lambda: test_kill("step", step),
             )
@@ -335,7 +338,7 @@ class TrainingLoop:
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict())
+        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), sharding.full_weights(self.model))
         self.last_saved = self.step
         self.info.best_step, self.info.best_epoch, self.info.best_val_loss = self.monitor.best_step, self.monitor.best_epoch, self.monitor.best_val_loss
         self.info.train_seconds = round(self.elapsed(), 1)
