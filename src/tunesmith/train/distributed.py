@@ -8,7 +8,17 @@ global step, so summing the gradients over processes gives exactly the one-proce
 Process 0 owns the run folder and the registry; the others train in a throwaway folder, so
 the training code stays the same whatever the process count. Processes are started by
 `tunesmith train --nproc N` (which runs torch.distributed.run), by torchrun, or by
-`accelerate launch`: all three set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+`accelerate launch` (also through `--accelerate-config`, see accel.py; an FSDP config shards
+the model instead, see sharding.py): all set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+
+What must agree across processes, and how:
+- a budget stop (--max-time, --max-cost): each process's clock differs, so process 0 decides
+  after every step and broadcasts it; all checkpoint and stop after the same step;
+- resuming: process 0 picks the checkpoint (after cleaning the run folder) and broadcasts its
+  path; every process restores the same weights, optimiser and schedule state (identical in all
+  processes), while the RNG state and CPU thread count, which are per process, are saved for
+  each rank and restored by rank (a resume on another process count keeps process 0's RNG);
+- --dry-run starts no processes: the estimate is one process's.
 """
 
 from __future__ import annotations

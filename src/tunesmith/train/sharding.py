@@ -125,7 +125,11 @@ def full_weights(model: Any) -> dict[str, torch.Tensor] | None:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    # A tied weight (lm_head = embed_tokens) comes back under both names; save_pretrained, given
+    # weights, would write both, so keep the one name an unsharded save keeps.
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {name for name, _ in model.named_parameters()}
+    return {name: value for name, value in weights.items() if name not in tied}
 
 
 def _filler(pad_id: int) -> dict[str, torch.Tensor]:
