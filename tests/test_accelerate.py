@@ -86,6 +86,18 @@ def test_the_launch_goes_through_accelerate_with_the_users_file(tmp_path):
                            "-m", "tunesmith", "train", "--config", "run.yaml"]
 
 
+def test_cpu_data_parallel_configs_start_every_process(tmp_path):
+    """accelerate 1.15 runs a MULTI_CPU config as one process unless mpirun is configured: tunesmith starts them itself."""
+    from tunesmith.train.accel import launch_command, read_accelerate_config
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 3\nuse_cpu: true\n")
+    command = launch_command(read_accelerate_config(path), ["--config", "run.yaml"])
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 3\nmpirun_config: {mpirun_hostfile: hosts}\n")
+    assert "accelerate.commands.launch" in launch_command(read_accelerate_config(path), ["--config", "run.yaml"])
+
+
 def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
@@ -128,6 +140,7 @@ def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "two" / "runs").iterdir()
     assert done.stdout.split() == [run_dir.name] and done.stderr.count("run folder:") == 1
+    assert "model sharded with FSDP2 over 2 processes" in " ".join(done.stderr.split())
     assert_same_training(one_dir, run_dir)
     # The gathered checkpoint is an ordinary adapter: its config is there and it reloads in one process.
     assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -40,6 +40,9 @@ class AccelerateConfig:
     path: Path
     mode: Literal["ddp", "fsdp"]
     num_processes: int
+    # accelerate 1.15 starts CPU data parallelism only through mpirun (mpirun_config); without it,
+    # `accelerate launch` runs one process whatever num_processes says.
+    cpu_without_mpirun: bool = False
 
 
 def read_accelerate_config(path: Path) -> AccelerateConfig:
@@ -67,7 +70,8 @@ def read_accelerate_config(path: Path) -> AccelerateConfig:
         _check_fsdp(data.get("fsdp_config") or {}, where)
         return AccelerateConfig(path, "fsdp", processes)
     if kind in DATA_PARALLEL:
-        return AccelerateConfig(path, "ddp", processes)
+        on_cpu = kind == "MULTI_CPU" or data.get("use_cpu") is True
+        return AccelerateConfig(path, "ddp", processes, on_cpu and not data.get("mpirun_config") and data.get("num_machines", 1) == 1)
     raise UserError(
         f"distributed_type {data.get('distributed_type')!r} is not one tunesmith runs",
         where=f"{where}: distributed_type", fix="use NO, MULTI_CPU, MULTI_GPU or FSDP",
@@ -129,6 +133,10 @@ def check_env(spec: Any) -> Literal["ddp", "fsdp"]:
 
 
 def launch_command(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> list[str]:
+    if config.cpu_without_mpirun:
+        from tunesmith.train import distributed
+
+        return distributed.launch_command(train_args, nproc if nproc > 1 else config.num_processes)
     processes = ["--num_processes", str(nproc)] if nproc > 1 else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.path), *processes, "-m", "tunesmith", "train", *train_args]
 
@@ -136,7 +144,12 @@ def launch_command(config: AccelerateConfig, train_args: list[str], nproc: int =
 def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> int:
     import torch
 
+    from tunesmith.ui import console
+
+    processes = nproc if nproc > 1 else config.num_processes
+    if config.cpu_without_mpirun and processes > 1:
+        console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
     env = dict(os.environ)
     if not torch.cuda.is_available():  # as distributed.launch: split the cores instead of one thread each
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(nproc, config.num_processes))))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode

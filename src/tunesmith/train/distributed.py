@@ -162,8 +162,8 @@ def launch(train_args: list[str], nproc: int) -> int:
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "tunesmith", "train", *train_args,
-    ]
-    return subprocess.run(command, env=env, check=False).returncode
+    return subprocess.run(launch_command(train_args, nproc), env=env, check=False).returncode
+
+
+def launch_command(train_args: list[str], nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "tunesmith", "train", *train_args]

@@ -85,6 +85,9 @@ def take_over(loop: Any) -> None:
         set_optimizer_state_dict(loop.model, loop.optimizer, _by_name(plain, names), options=StateDictOptions(full_state_dict=True))
     loop.schedule.load_state_dict(schedule_state)
     loop.step_fn = optimizer_step
+    from tunesmith.ui import console
+
+    console.print(f"model sharded with FSDP2 over {dist.get_world_size()} processes ({len(loop.params)} trainable tensors, each split {dist.get_world_size()} ways)")
 
 
 def _same_kind(optimizer: Any, params: list[torch.Tensor]) -> Any:
