@@ -172,3 +172,9 @@ def test_fsdp_full_fine_tuning_stops_on_a_budget_and_resumes_exactly(capsys, tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stderr.count("resuming at step 1 of 8") == 1
     assert_same_training(one_dir, run_dir, "model/model.safetensors")
+
+
+def test_a_launched_process_may_not_launch_more(capsys, home, monkeypatch, tiny_model, tickets_file):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch / torchrun set in each process
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--nproc", "2")
+    assert result.code == 2 and squash("already started by a launcher") in squash(result.err)

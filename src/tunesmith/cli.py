@@ -170,6 +170,12 @@ def train_cmd(
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
     launcher = None
+    if nproc > 1 or accelerate_config is not None:
+        from tunesmith.train.distributed import launched
+
+        if launched():  # e.g. `accelerate launch ... -m tunesmith train --nproc 2` would start processes inside processes
+            raise UserError("this process was already started by a launcher as one of several", where="--nproc / --accelerate-config",
+                            fix="drop --nproc and --accelerate-config here: the launcher decides the processes")
     if accelerate_config is not None:
         from tunesmith.train.accel import read_accelerate_config
 

@@ -4,7 +4,8 @@ through its environment, how to train.
 
 What each distributed_type becomes inside the processes:
 - NO, MULTI_CPU, MULTI_GPU (and the other MULTI_*): tunesmith's own exact data parallelism
-  (distributed.py); the result equals one process.
+  (distributed.py); the result equals one process. A CPU config without mpirun_config is
+  started with torch.distributed.run, since accelerate would run it as a single process.
 - FSDP: the model sharded with torch FSDP2 (`fully_shard`, sharding.py), the same primitive
   accelerate uses for `fsdp_version: 2`, applied by tunesmith itself because accelerate 1.15 turns
   FSDP off whenever processes run on CPU; only `fsdp_version: 2` is taken.

@@ -3,9 +3,10 @@ transformer block, then the whole model, is sharded with torch FSDP2 `fully_shar
 process holds 1/N of the weights, gradients and optimiser state.
 
 The arithmetic stays tunesmith's: each process divides its summed token losses by the trained
-tokens of the whole global step and FSDP sums the gradients it reduce-scatters (scaled by N, since FSDP averages), so N sharded processes train what one process trains. Checkpoints gather the
-full weights and are ordinary safetensors adapters or models; the optimiser state is gathered
-whole too, so a checkpoint resumes in any layout.
+tokens of the whole global step (times N, since FSDP averages the gradients it reduce-scatters),
+so N sharded processes train what one process trains. The model is sharded after any checkpoint
+was restored into it unsharded; checkpoints gather the full weights (ordinary safetensors
+adapters or models) and the full optimiser state, so a checkpoint resumes in any layout.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def shard(model: Any) -> Any:
     if not blocks:
         from tunesmith.errors import UserError
 
-        raise UserError(f"no transformer block to shard in {type(model).__name__} (looked for {sorted(classes) or 'the model’s _no_split_modules'})",
+        looked = sorted(classes) or "the model's _no_split_modules"
+        raise UserError(f"no transformer block to shard in {type(model).__name__} (looked for {looked})",
                         where="FSDP_TRANSFORMER_CLS_TO_WRAP", fix="set fsdp_config.fsdp_transformer_layer_cls_to_wrap to the model's decoder layer class")
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard)
