@@ -16,18 +16,7 @@ from safetensors.torch import load_file
 
 from clihelp import run_cli
 
-FSDP = """compute_environment: LOCAL_MACHINE
-distributed_type: FSDP
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-mixed_precision: 'no'
-use_cpu: true
-fsdp_config:
-  fsdp_version: 2
-  fsdp_state_dict_type: FULL_STATE_DICT
-  fsdp_reshard_after_forward: true
-"""
+FSDP = (Path(__file__).parents[1] / "examples" / "accelerate-fsdp.yaml").read_text()  # the documented example is what runs
 
 
 def squash(text: str) -> str:
