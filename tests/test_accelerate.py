@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from clihelp import run_cli
 
-FSDP = (Path(__file__).parents[1] / "examples" / "accelerate-fsdp.yaml").read_text()  # the documented example is what runs
+FSDP = (Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml").read_text()  # the documented example is what runs
 
 
 def squash(text: str) -> str:
