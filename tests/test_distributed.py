@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,3 +47,59 @@ def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tick
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TUNESMITH_HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # three runs, two of them in two processes: about 2 minutes on 2 cores
+def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+    """48 training examples / batch 6 = 8 steps. --max-time 0.001 stops both processes after step 1
+    (process 0's clock decides), --resume --nproc 2 restores the same checkpoint in both: the curve
+    and the adapter are those of one uninterrupted process."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
+        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2, scheduler: cosine}\n"
+    )
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
+    single = run_cli(capsys, "train", "--config", str(config))
+    assert single.code == 0, single.err
+    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+
+    home = tmp_path / "two"
+    stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = (home / "runs").iterdir()
+    assert stopped.stdout.split() == [run_dir.name] and " ".join(stopped.stderr.split()).count(f"run {run_dir.name} stopped") == 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"] and losses(run_dir) == losses(run_dir)[:1]
+
+    resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 8") == 1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert [r["step"] for r in rows if r.get("event") == "resumed"] == [1]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
+    two = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+
+    again = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")  # refused before any process starts
+    assert again.returncode == 2 and "already completed" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_dry_run_with_nproc_prints_one_estimate_and_creates_no_run(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--max-steps", "2", "--nproc", "2", "--dry-run")
+    assert result.code == 0, result.err
+    assert (result.out + result.err).count(" per epoch x ") == 1
+    assert not (tmp_path / "home" / "runs").exists() or not any((tmp_path / "home" / "runs").iterdir())

@@ -151,8 +151,11 @@ def train_cmd(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
+    accelerate_config: Optional[Path] = typer.Option(
+        None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model"
+    ),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
@@ -169,30 +172,58 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
-    if nproc > 1 and (resume is not None or dry_run or max_time is not None or max_cost is not None):
-        raise UserError("--nproc runs a new run without budgets for now", fix="drop --resume/--dry-run/--max-time/--max-cost, or use --nproc 1")
+    launcher = None
+    if nproc > 1 or accelerate_config is not None:
+        from tunesmith.train.distributed import launched
+
+        if launched():  # e.g. `accelerate launch ... -m tunesmith train --nproc 2` would start processes inside processes
+            raise UserError("this process was already started by a launcher as one of several", where="--nproc / --accelerate-config",
+                            fix="drop --nproc and --accelerate-config here: the launcher decides the processes")
+    if accelerate_config is not None:
+        from tunesmith.train.accel import read_accelerate_config
+
+        launcher = read_accelerate_config(accelerate_config)
     if resume is not None:
-        from tunesmith.train.resume import resume_run
+        from tunesmith.train.resume import resumable_run, resume as continue_run
 
         overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
-        result = resume_run(_workspace(), resume, config, overrides, budget)
+        run_dir = resumable_run(_workspace(), resume, config, overrides)
+        if launcher is not None:
+            from tunesmith.runfolder import read_config
+            from tunesmith.train.accel import check_spec, launch as accelerate_launch
+            from tunesmith.train.distributed import budget_args
+
+            check_spec(launcher, read_config(run_dir))
+            raise typer.Exit(accelerate_launch(launcher, ["--resume", str(run_dir), *budget_args(budget)], nproc))
+        if nproc > 1:
+            from tunesmith.train.distributed import budget_args, launch
+
+            raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(budget)], nproc))
+        result = continue_run(_workspace(), run_dir, budget)
+        if not _report_here():
+            return
     else:
         spec = load_run_spec(config, overrides)
         from tunesmith.train.tracking import check_installed
 
         check_installed(spec.train.report_to)
+        if launcher is not None:
+            from tunesmith.train.accel import check_spec
+
+            check_spec(launcher, spec)
         if dry_run:
             from tunesmith.train.estimate import dry_run as estimate_only
 
             estimate_only(spec, _workspace())
             return
-        if nproc > 1 and spec.train.task == "classification":
+        if (nproc > 1 or launcher is not None) and spec.train.task == "classification":
             # An encoder's dropout draws differ per process, so "same result as 1" would not hold; untested there too.
-            raise UserError("--nproc trains causal-LM runs only for now; a classifier trains in one process", fix="drop --nproc for train.task classification")
-        if nproc > 1:
-            from tunesmith.train.distributed import launch_spec
+            raise UserError("--nproc and --accelerate-config train causal-LM runs only for now; a classifier trains in one process",
+                            fix="drop --nproc / --accelerate-config for train.task classification")
+        if nproc > 1 or launcher is not None:
+            from tunesmith.train.distributed import budget_args, launch_spec
 
-            raise typer.Exit(launch_spec(spec, nproc))
+            raise typer.Exit(launch_spec(spec, nproc, budget_args(budget), launcher))
         result = train(spec, _workspace(), budget)
         if not _report_here():
             return

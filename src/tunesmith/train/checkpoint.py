@@ -48,14 +48,17 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None = None
+    model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked."""
+    """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked.
+    `files`: extra text files for the checkpoint; `weights`: the gathered full weights of a sharded
+    model (its own state dict holds only shards)."""
     target = checkpoint_dir(run_dir, step)
     staging = target.with_name(f".{target.name}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
-    model.save_pretrained(staging, safe_serialization=True)
+    model.save_pretrained(staging, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(staging)
     generation = getattr(model, "generation_config", None)
     if generation is not None:

@@ -123,7 +123,7 @@ def train_classifier(
     spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
 ) -> "TrainResult":
     """load → encode → train in the shared loop (checkpoints, resume, guards, early stopping) → keep the best → save."""
-    from tunesmith.train.trainer import Items, TrainingLoop, _finish, _run_interruptible
+    from tunesmith.train.trainer import TrainingLoop, _finish, _run_interruptible
 
     labels = label_names(dataset.splits, dataset.name)
     torch.manual_seed(spec.train.seed)  # before loading: the new head is initialised there

@@ -8,7 +8,17 @@ global step, so summing the gradients over processes gives exactly the one-proce
 Process 0 owns the run folder and the registry; the others train in a throwaway folder, so
 the training code stays the same whatever the process count. Processes are started by
 `tunesmith train --nproc N` (which runs torch.distributed.run), by torchrun, or by
-`accelerate launch`: all three set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+`accelerate launch` (also through `--accelerate-config`, see accel.py; an FSDP config shards
+the model instead, see sharding.py): all set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+
+What must agree across processes, and how:
+- a budget stop (--max-time, --max-cost): each process's clock differs, so process 0 decides
+  after every step and broadcasts it; all checkpoint and stop after the same step;
+- resuming: process 0 picks the checkpoint (after cleaning the run folder) and broadcasts its
+  path; every process restores the same weights, optimiser and schedule state (identical in all
+  processes), while the RNG state and CPU thread count, which are per process, are saved for
+  each rank and restored by rank (a resume on another process count keeps process 0's RNG);
+- --dry-run starts no processes: the estimate is one process's.
 """
 
 from __future__ import annotations
@@ -100,24 +110,60 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def launch_spec(spec: Any, nproc: int) -> int:
-    """Run this resolved spec in nproc processes: every process reads the same config file."""
+def per_process(value: Any) -> list[Any]:
+    """Every process's value, in rank order (on every process): for state that differs per process."""
+    if rank_and_world()[1] == 1:
+        return [value]
+    values: list[Any] = [None] * rank_and_world()[1]
+    dist.all_gather_object(values, value)
+    return values
+
+
+def own_share(values: list[Any] | None, single: Any) -> Any:
+    """This process's entry of a per_process list saved by a run with as many processes; `single` for
+    one process resuming a checkpoint written before state was kept per process; otherwise None
+    (a run resumed on another process count cannot repeat the old streams anyway)."""
+    rank, world = rank_and_world()
+    if values is not None and len(values) == world:
+        return values[rank]
+    return single if values is None and world == 1 else None
+
+
+def budget_args(budget: Any) -> list[str]:
+    """The command-line flags that give a launched process the same budget."""
+    if budget is None:
+        return []
+    args = ["--max-time", repr(budget.max_seconds)] if budget.max_seconds is not None else []
+    if budget.max_cost is not None:
+        args += ["--max-cost", repr(budget.max_cost)]
+    if budget.price_per_hour is not None:
+        args += ["--price-per-hour", repr(budget.price_per_hour)]
+    return args
+
+
+def launch_spec(spec: Any, nproc: int, extra: list[str] | None = None, accelerate_config: Any = None) -> int:
+    """Run this resolved spec in nproc processes (or as the accelerate config says): every process reads the same config file."""
     from tunesmith.config import spec_to_yaml
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as folder:
         path = Path(folder) / "run.yaml"
         path.write_text(spec_to_yaml(spec), encoding="utf-8")
-        return launch(path, nproc)
+        args = ["--config", str(path), *(extra or [])]
+        if accelerate_config is not None:
+            from tunesmith.train.accel import launch as accelerate_launch
+
+            return accelerate_launch(accelerate_config, args, nproc)
+        return launch(args, nproc)
 
 
-def launch(config_path: Path, nproc: int) -> int:
-    """Run `tunesmith train --config config_path` in nproc processes on this machine; returns the exit code.
+def launch(train_args: list[str], nproc: int) -> int:
+    """Run `tunesmith train *train_args` in nproc processes on this machine; returns the exit code.
     CPU threads are split between the processes (torch.distributed.run would give each one thread)."""
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "tunesmith", "train", "--config", str(config_path),
-    ]
-    return subprocess.run(command, env=env, check=False).returncode
+    return subprocess.run(launch_command(train_args, nproc), env=env, check=False).returncode
+
+
+def launch_command(train_args: list[str], nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "tunesmith", "train", *train_args]

@@ -29,6 +29,10 @@ class Budget:
         if self.max_cost is not None and self.price_per_hour is None:
             raise UserError("--max-cost needs --price-per-hour to turn time into money", fix="add e.g. --price-per-hour 2.5 (your machine's price)")
 
+    @property
+    def limited(self) -> bool:
+        return self.max_seconds is not None or self.max_cost is not None
+
     def exceeded(self, elapsed: float, last_step_seconds: float) -> str | None:
         """Why to stop now: another step like the last would end past a limit."""
         projected = elapsed + last_step_seconds
@@ -42,7 +46,7 @@ class Budget:
 @dataclass
 class Monitor:
     """The validation history: the best so far, evaluations since, and the overfitting pattern
-    (validation loss rising over 2+ evaluations while the training loss falls). The best is the lowest
+    (validation loss above where it was 2 evaluations ago, both times, while the training loss falls). The best is the lowest
     validation loss unless validations come with a score (higher is better), as a classifier's do."""
 
     patience: int | None = None
@@ -80,7 +84,8 @@ class Monitor:
             return None
         self.evals.append([step, val_loss, train_mean])
         last = self.evals[-3:]
-        rising = len(last) == 3 and last[0][1] < last[1][1] < last[2][1]
+        # Both later validations above the first, not a strict rise: a small wobble back must not hide the pattern.
+        rising = len(last) == 3 and last[0][1] < min(last[1][1], last[2][1])
         if rising and last[0][2] > last[1][2] > last[2][2] and not self.warned:
             self.warned = True
             return (

@@ -21,8 +21,11 @@ def _unwrap(model: Any) -> Any:
 
 def _selective_head_supported(model: Any) -> bool:
     from tunesmith.train.methods import is_prompt_learning
+    from tunesmith.train.sharding import is_sharded
 
     if is_prompt_learning(model):  # the virtual tokens are added in PEFT's forward, which the shortcut skips
+        return False
+    if is_sharded(model):  # FSDP gathers the weights in the model's own forward, which the shortcut skips
         return False
     base = _unwrap(model)
     config = getattr(base, "config", None)
@@ -49,7 +52,7 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][selected])
     else:
-        logits = model(**inputs).logits
+        logits = model(**inputs, use_cache=False).logits  # as above: no cache keeps packed examples apart
         # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
         logits = logits[:, -batch["input_ids"].shape[1] :][:, :-1][selected]
     loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")

@@ -3,6 +3,7 @@ run's own config.yaml, so the result equals the run that was never interrupted."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from tunesmith.registry.store import Registry
 from tunesmith.runfolder import find_run, load_run_info, read_config
 from tunesmith.train.checkpoint import latest_checkpoint, prune_checkpoints, truncate_metrics
 from tunesmith.train.guards import Budget
+from tunesmith.config import RunSpec
+from tunesmith.data.dataset import Dataset
+from tunesmith.train import accel, distributed
 from tunesmith.train.trainer import TrainResult, _train_in_folder, resolve_replay, run_registered
 from tunesmith.data.dataset import load_dataset
 from tunesmith.ui import console
@@ -55,7 +59,8 @@ def resume_conflicts(run_dir: Path, config: Path | None, overrides: dict[str, An
     return conflicts
 
 
-def resume_run(workspace: Workspace, ref: str, config: Path | None, overrides: dict[str, Any], budget: Budget | None) -> TrainResult:
+def resumable_run(workspace: Workspace, ref: str, config: Path | None, overrides: dict[str, Any]) -> Path:
+    """The run folder to continue, once every reason to refuse is ruled out (before any process is launched)."""
     run_dir = find_run(workspace, ref)
     conflicts = resume_conflicts(run_dir, config, overrides)
     if conflicts:
@@ -63,22 +68,33 @@ def resume_run(workspace: Workspace, ref: str, config: Path | None, overrides: d
             "--resume continues the run with its own config.yaml; these settings would change it:\n" + "\n".join(f"  - {c}" for c in conflicts),
             fix="drop them to resume, or start a new run with them",
         )
-    return resume(workspace, run_dir, budget)
+    _check_resumable(workspace, run_dir)
+    return run_dir
 
 
-def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) -> TrainResult:
+def _check_resumable(workspace: Workspace, run_dir: Path) -> Dataset:
     info = load_run_info(run_dir)
     if info.status == "completed":
         raise UserError(f"run {info.run_id} has already completed", fix="start a new run; this one's result is in its folder")
-    spec = read_config(run_dir)
     dataset = load_dataset(workspace, info.dataset)
     if dataset.version != info.dataset_version:
         raise UserError(f"dataset '{info.dataset}' is now version {dataset.version}, the run trained on {info.dataset_version}", fix="start a new run")
+    return dataset
+
+
+def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) -> TrainResult:
+    dataset = _check_resumable(workspace, run_dir)
+    info, spec = load_run_info(run_dir), read_config(run_dir)
+    distributed.init_from_env(spec.model.device)
+    accel.check_env(spec)
+    if not distributed.is_main():
+        return _resume_as_worker(workspace, run_dir, spec, dataset, budget)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         console.print(f"[yellow]run {info.run_id} has no complete checkpoint: training it from the start in the same folder")
         truncate_metrics(run_dir / "metrics.jsonl", 0)
         prune_checkpoints(run_dir, set())
+    distributed.share_from_main(checkpoint)
     replay = resolve_replay(spec, workspace)
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
@@ -88,3 +104,16 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
 
         return run_registered(registry, info.run_id, lambda: train_classifier(spec, dataset, run_dir, base_path, budget, resume_from=checkpoint))
     return run_registered(registry, info.run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))
+
+
+def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, dataset: Dataset, budget: Budget | None) -> TrainResult:
+    """Another process of a resumed data-parallel run: it restores process 0's checkpoint (the same
+    file, so the run folder must be on a filesystem every process sees) and keeps nothing itself."""
+    checkpoint = distributed.share_from_main(None)  # process 0's pick, after it cleaned the folder
+    console.quiet = True
+    folder = distributed.worker_folder()
+    try:
+        shutil.copy2(run_dir / "run.json", folder / "run.json")
+        return _train_in_folder(spec, dataset, resolve_replay(spec, workspace), folder, resolve_model_path(spec.model.name), budget, resume_from=checkpoint)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

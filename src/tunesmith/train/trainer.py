@@ -28,7 +28,7 @@ from tunesmith.train.checkpoint import (
     test_kill, truncate_metrics,
 )
 from tunesmith.train.callbacks import Probes, build_probes
-from tunesmith.train import distributed
+from tunesmith.train import accel, distributed, sharding
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
@@ -85,6 +85,7 @@ def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
 
 def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
     distributed.init_from_env(spec.model.device)
+    accel.check_env(spec)
     if not distributed.is_main():
         return _train_as_worker(spec, workspace, budget)
     dataset = resolve_dataset(spec, workspace)
@@ -223,6 +224,7 @@ class TrainingLoop:
         self.started = time.perf_counter()
         self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
         self.layout = plan_layout(model, cfg, items.train, device, objective.packs)
+        self.step_fn = _optimizer_step  # sharding.take_over swaps in the FSDP step
         console.print(self.layout.describe())
 
     def elapsed(self) -> float:
@@ -232,8 +234,10 @@ class TrainingLoop:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
-            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.optimizer.state_dict(),
+            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": sharding.optimizer_state(self.model, self.optimizer),
             "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
+            # the optimiser and weights are the same in every process, RNG streams and thread counts are not
+            "rng_by_rank": distributed.per_process(rng_state()), "threads_by_rank": distributed.per_process(torch.get_num_threads()),
         }
 
     def restore(self, folder: Path) -> None:
@@ -241,9 +245,10 @@ class TrainingLoop:
         restore_weights(self.model, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        if self.device.type == "cpu":
-            torch.set_num_threads(state["threads"])  # CPU sums split by thread count: the same count gives the same bits
+        restore_rng(distributed.own_share(state.get("rng_by_rank"), state["rng"]) or state["rng"])
+        threads = distributed.own_share(state.get("threads_by_rank"), state["threads"])
+        if self.device.type == "cpu" and threads:
+            torch.set_num_threads(threads)  # CPU sums split by thread count: the same count gives the same bits
         self.monitor.load_state_dict(state["monitor"])
         # run.json may lag the checkpoint by one write when the run was killed in between
         self._copy_best()
@@ -255,6 +260,7 @@ class TrainingLoop:
 
     def run(self) -> tuple[str, str | None]:
         """Train to the last step, or until early stopping or a budget says stop: (run status, why it stopped early)."""
+        sharding.take_over(self)  # FSDP (accelerate config): shard now, after any checkpoint was restored unsharded
         self.model.train()
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar, open_trackers(self.spec, self.run_dir) as self.tracker:
             self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
@@ -278,7 +284,7 @@ class TrainingLoop:
     def _train_step(self, epoch: int, groups: list, index: int) -> tuple[str, str | None] | None:
         began, step, lr = time.perf_counter(), self.step + 1, self.optimizer.param_groups[0]["lr"]
         try:
-            loss, grad_norm, n_trained, n_real = _optimizer_step(
+            loss, grad_norm, n_trained, n_real = self.step_fn(
                 self.model, groups[index], self.pad_id, self.device, self.params, self.optimizer, self.cfg.max_grad_norm,
                 on_backward=lambda: test_kill("step", step), objective=self.objective,
             )
@@ -310,6 +316,8 @@ class TrainingLoop:
             self._event("early_stop", reason)
             return "completed", reason
         reason = self.budget.exceeded(self.elapsed(), step_seconds)
+        if self.budget.limited:
+            reason = distributed.share_from_main(reason)  # clocks differ per process; all must stop at the same step
         if reason is None:
             return None
         if self.last_saved != self.step:
@@ -328,7 +336,10 @@ class TrainingLoop:
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), self.objective.files)
+        save_checkpoint(
+            self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), self.objective.files,
+            sharding.full_weights(self.model),
+        )
         self.last_saved = self.step
         self._copy_best()
         self.info.train_seconds = round(self.elapsed(), 1)

@@ -1,0 +1,156 @@
+"""`tunesmith train --accelerate-config FILE`: an accelerate YAML (as `accelerate config` writes it)
+read, checked, and handed to `accelerate launch`, which starts the processes and tells each one,
+through its environment, how to train.
+
+What each distributed_type becomes inside the processes:
+- NO, MULTI_CPU, MULTI_GPU (and the other MULTI_*): tunesmith's own exact data parallelism
+  (distributed.py); the result equals one process. A CPU config without mpirun_config is
+  started with torch.distributed.run, since accelerate would run it as a single process.
+- FSDP: the model sharded with torch FSDP2 (`fully_shard`, sharding.py), the same primitive
+  accelerate uses for `fsdp_version: 2`, applied by tunesmith itself because accelerate 1.15 turns
+  FSDP off whenever processes run on CPU; only `fsdp_version: 2` is taken.
+- DEEPSPEED: refused. accelerate 1.15 turns DeepSpeed off on CPU too, so no DeepSpeed path could
+  be run and checked here, and an unchecked one would be a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tunesmith.errors import UserError
+
+DATA_PARALLEL = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"}
+# FSDP settings accelerate may write that change what would be trained or saved, and which the
+# FSDP2 path does not implement: refused by name rather than silently ignored.
+UNSUPPORTED_FSDP = {
+    "fsdp_offload_params": (False, "false"),
+    "fsdp_activation_checkpointing": (False, "false"),
+}
+WRITE_ONE = "write one with `accelerate config --config_file FILE`, or see README.md (Training faster, on more processes)"
+
+
+@dataclass(frozen=True)
+class AccelerateConfig:
+    path: Path
+    mode: Literal["ddp", "fsdp"]
+    num_processes: int
+    # accelerate 1.15 starts CPU data parallelism only through mpirun (mpirun_config); without it,
+    # `accelerate launch` runs one process whatever num_processes says.
+    cpu_without_mpirun: bool = False
+
+
+def read_accelerate_config(path: Path) -> AccelerateConfig:
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read the accelerate config ({exc.strerror or exc})", where=where, fix=WRITE_ONE) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"not valid YAML ({getattr(exc, 'problem', None) or exc})", where=where + line, fix=WRITE_ONE) from None
+    if not isinstance(data, dict):
+        raise UserError("an accelerate config is a YAML mapping (distributed_type: ..., num_processes: ...)", where=where, fix=WRITE_ONE)
+    kind = str(data.get("distributed_type", "NO")).upper()
+    processes = data.get("num_processes", 1)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise UserError(f"num_processes must be a whole number of at least 1 (got {processes!r})", where=f"{where}: num_processes", fix="e.g. num_processes: 2")
+    if kind == "DEEPSPEED":
+        raise UserError(
+            "DeepSpeed is not supported by tunesmith yet (accelerate 1.15 runs it only on GPUs, and it has not been tested there)",
+            where=f"{where}: distributed_type", fix="use distributed_type: FSDP with fsdp_config: {fsdp_version: 2} to shard the model, or MULTI_GPU",
+        )
+    if kind == "FSDP":
+        _check_fsdp(data.get("fsdp_config") or {}, where)
+        return AccelerateConfig(path, "fsdp", processes)
+    if kind in DATA_PARALLEL:
+        on_cpu = kind == "MULTI_CPU" or data.get("use_cpu") is True
+        return AccelerateConfig(path, "ddp", processes, on_cpu and not data.get("mpirun_config") and data.get("num_machines", 1) == 1)
+    raise UserError(
+        f"distributed_type {data.get('distributed_type')!r} is not one tunesmith runs",
+        where=f"{where}: distributed_type", fix="use NO, MULTI_CPU, MULTI_GPU or FSDP",
+    )
+
+
+def _check_fsdp(fsdp: Any, where: str) -> None:
+    if not isinstance(fsdp, dict):
+        raise UserError("fsdp_config must be a mapping", where=f"{where}: fsdp_config", fix="e.g. fsdp_config: {fsdp_version: 2}")
+    version = fsdp.get("fsdp_version", 1)
+    if str(version) != "2":
+        raise UserError(
+            f"fsdp_version {version} (FSDP1) is not supported; tunesmith shards with FSDP2", where=f"{where}: fsdp_config.fsdp_version",
+            fix="set fsdp_config.fsdp_version: 2 (the same sharding, newer API)",
+        )
+    for key, allowed in UNSUPPORTED_FSDP.items():
+        if key in fsdp and fsdp[key] not in allowed:
+            raise UserError(f"{key}: {fsdp[key]} is not supported by tunesmith's FSDP path", where=f"{where}: fsdp_config.{key}", fix=f"remove {key} or set it to false")
+
+
+def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
+    """A sharded model needs a method whose weights FSDP can split and gather back."""
+    mode = config if isinstance(config, str) else config.mode
+    if mode != "fsdp":
+        return
+    where = "train.method" if isinstance(config, str) else f"train.method (with FSDP from {config.path})"
+    cfg = spec.train
+    if cfg.method == "qlora":
+        raise UserError("qlora cannot be sharded with FSDP: its 4-bit base weights are not plain tensors FSDP can split", where=where,
+                        fix="use method lora with FSDP (the base is sharded instead of quantised), or qlora without FSDP (--nproc N)")
+    if cfg.method in ("prompt_tuning", "prefix_tuning"):
+        raise UserError(f"{cfg.method} is not supported with FSDP", where=where, fix="use lora, dora or full with FSDP, or --nproc N without FSDP")
+    if cfg.task == "classification":
+        raise UserError("classification training does not run with FSDP", where="train.task", fix="drop the accelerate config, or use --nproc N")
+    if cfg.generation_eval is not None or cfg.forgetting_every_steps is not None:
+        raise UserError("generation during training (generation_eval, forgetting_every_steps) does not run on a sharded model",
+                        where="train.generation_eval / train.forgetting_every_steps", fix="drop them for this run; `tunesmith eval RUN` scores the result")
+
+
+def mode_from_env() -> Literal["ddp", "fsdp", "deepspeed"]:
+    """What `accelerate launch` asked this process for."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return "ddp"
+
+
+def check_env(spec: Any) -> Literal["ddp", "fsdp"]:
+    """Inside a launched process: refuse what the accelerate config asked for and tunesmith cannot do."""
+    mode = mode_from_env()
+    if mode == "deepspeed":
+        raise UserError("DeepSpeed is not supported by tunesmith yet (this process was started by accelerate with DeepSpeed)",
+                        where="ACCELERATE_USE_DEEPSPEED", fix="launch with an FSDP (fsdp_version: 2) or MULTI_GPU accelerate config")
+    if mode == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError("FSDP1 is not supported; tunesmith shards with FSDP2", where="FSDP_VERSION", fix="set fsdp_config.fsdp_version: 2 in the accelerate config")
+    check_spec(mode, spec)
+    return mode
+
+
+def launch_command(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> list[str]:
+    if config.cpu_without_mpirun:
+        from tunesmith.train import distributed
+
+        return distributed.launch_command(train_args, nproc if nproc > 1 else config.num_processes)
+    processes = ["--num_processes", str(nproc)] if nproc > 1 else []
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.path), *processes, "-m", "tunesmith", "train", *train_args]
+
+
+def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> int:
+    import torch
+
+    from tunesmith.ui import console
+
+    processes = nproc if nproc > 1 else config.num_processes
+    if config.cpu_without_mpirun and processes > 1:
+        console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
+    env = dict(os.environ)
+    if not torch.cuda.is_available():  # as distributed.launch: split the cores instead of one thread each
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode

@@ -1,0 +1,169 @@
+"""`tunesmith train --accelerate-config FILE`: bad configs are refused before any process starts
+(exit 2, naming the file and field), and an FSDP config really shards the model (FSDP2 over
+gloo, two CPU processes) while training exactly what one process trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clihelp import run_cli
+
+FSDP = (Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml").read_text()  # the documented example is what runs
+
+
+def squash(text: str) -> str:
+    return "".join(text.split())  # the terminal wraps long lines, even inside a path
+
+
+def train_with(capsys, tmp_path: Path, tiny_model: Path, tickets_file: Path, accelerate_yaml: str, *extra: str):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(accelerate_yaml)
+    return run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--accelerate-config", str(config), *extra)
+
+
+@pytest.mark.parametrize(
+    ("accelerate_yaml", "extra", "expected"),
+    [
+        ("distributed_type: FSDP\nnum_processes: 2: 3\n", (), "accelerate.yaml:2: not valid YAML"),
+        ("- FSDP\n", (), "accelerate.yaml: an accelerate config is a YAML mapping"),
+        ("distributed_type: TPU\n", (), "accelerate.yaml: distributed_type: distributed_type 'TPU' is not one tunesmith runs"),
+        ("distributed_type: MULTI_CPU\nnum_processes: 0\n", (), "accelerate.yaml: num_processes: num_processes must be a whole number of at least 1"),
+        ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2}\n", (), "accelerate.yaml: distributed_type: DeepSpeed is not supported by tunesmith yet"),
+        ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 1}\n", (), "accelerate.yaml: fsdp_config.fsdp_version: fsdp_version 1 (FSDP1) is not supported"),
+        ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 2, fsdp_offload_params: true}\n", (), "fsdp_config.fsdp_offload_params: fsdp_offload_params: True is not supported"),
+        (FSDP, ("--method", "qlora"), "train.method (with FSDP from"),
+        (FSDP, ("--method", "prompt_tuning"), "prompt_tuning is not supported with FSDP"),
+    ],
+)
+def test_bad_accelerate_configs_exit_2_naming_the_file_and_field(capsys, home, tmp_path, tiny_model, tickets_file, accelerate_yaml, extra, expected):
+    result = train_with(capsys, tmp_path, tiny_model, tickets_file, accelerate_yaml, *extra)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert squash(expected) in squash(result.err) and "fix:" in result.err
+    assert not (home / "runs").exists()  # refused before anything ran
+
+
+def test_a_missing_accelerate_config_says_how_to_write_one(capsys, home, tiny_model, tickets_file, tmp_path):
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--accelerate-config", str(tmp_path / "nope.yaml"))
+    assert result.code == 2 and squash("nope.yaml: cannot read the accelerate config") in squash(result.err)
+    assert squash("accelerate config --config_file") in squash(result.err)
+
+
+def test_a_process_started_by_accelerate_with_deepspeed_is_refused(capsys, home, monkeypatch, tiny_model, tickets_file):
+    """`accelerate launch --config_file ds.yaml -m tunesmith train ...` sets this in every process."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--max-steps", "1")
+    assert result.code == 2 and squash("DeepSpeed is not supported by tunesmith yet") in squash(result.err)
+
+
+def test_the_launch_goes_through_accelerate_with_the_users_file(tmp_path):
+    from tunesmith.train.accel import launch_command, read_accelerate_config
+
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(FSDP)
+    config = read_accelerate_config(path)
+    assert (config.mode, config.num_processes) == ("fsdp", 2)
+    command = launch_command(config, ["--config", "run.yaml"], nproc=4)
+    assert command[1:] == ["-m", "accelerate.commands.launch", "--config_file", str(path), "--num_processes", "4",
+                           "-m", "tunesmith", "train", "--config", "run.yaml"]
+
+
+def test_cpu_data_parallel_configs_start_every_process(tmp_path):
+    """accelerate 1.15 runs a MULTI_CPU config as one process unless mpirun is configured: tunesmith starts them itself."""
+    from tunesmith.train.accel import launch_command, read_accelerate_config
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 3\nuse_cpu: true\n")
+    command = launch_command(read_accelerate_config(path), ["--config", "run.yaml"])
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    path.write_text("distributed_type: MULTI_CPU\nnum_processes: 3\nmpirun_config: {mpirun_hostfile: hosts}\n")
+    assert "accelerate.commands.launch" in launch_command(read_accelerate_config(path), ["--config", "run.yaml"])
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TUNESMITH_HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_same_training(one_dir: Path, two_dir: Path, artefact: str = "adapter/adapter_model.safetensors") -> None:
+    a, b = losses(one_dir), losses(two_dir)
+    assert len(a) == len(b) >= 3
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-4 * max(1.0, abs(x))
+    one, two = load_file(str(one_dir / artefact)), load_file(str(two_dir / artefact))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.fixture()
+def run_config(tmp_path, tiny_model, tickets_file) -> Path:
+    config = tmp_path / "run.yaml"  # 48 training examples / batch 6 = 8 steps
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
+        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2}\n"
+    )
+    return config
+
+
+def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_path, monkeypatch, run_config):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
+    single = run_cli(capsys, "train", "--config", str(run_config))
+    assert single.code == 0, single.err
+    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+
+    accelerate_yaml = tmp_path / "fsdp.yaml"
+    accelerate_yaml.write_text(FSDP)
+    done = tunesmith_procs(tmp_path / "two", "train", "--config", str(run_config), "--accelerate-config", str(accelerate_yaml))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "two" / "runs").iterdir()
+    assert done.stdout.split() == [run_dir.name] and done.stderr.count("run folder:") == 1
+    assert "model sharded with FSDP2 over 2 processes" in " ".join(done.stderr.split())
+    assert_same_training(one_dir, run_dir)
+    # The gathered checkpoint is an ordinary adapter: its config is there and it reloads in one process.
+    assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+@pytest.mark.slow  # three runs, two of them in two FSDP processes: about 2 minutes on 2 cores
+def test_fsdp_full_fine_tuning_stops_on_a_budget_and_resumes_exactly(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+    """Full fine-tuning shards every weight (tied embeddings too) and the optimiser state: the
+    checkpoint gathers both, and the resumed FSDP run equals one uninterrupted process."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
+        "train: {method: full, epochs: 1, batch_size: 6, lr: 1.0e-4, packing: true, evals_per_epoch: 2}\n"
+    )
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
+    single = run_cli(capsys, "train", "--config", str(config))
+    assert single.code == 0, single.err
+    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+
+    accelerate_yaml = tmp_path / "fsdp.yaml"
+    accelerate_yaml.write_text(FSDP)
+    home = tmp_path / "two"
+    stopped = tunesmith_procs(home, "train", "--config", str(config), "--accelerate-config", str(accelerate_yaml), "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = (home / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped" and len(losses(run_dir)) == 1
+
+    resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--accelerate-config", str(accelerate_yaml))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("resuming at step 1 of 8") == 1
+    assert_same_training(one_dir, run_dir, "model/model.safetensors")
+
+
+def test_a_launched_process_may_not_launch_more(capsys, home, monkeypatch, tiny_model, tickets_file):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch / torchrun set in each process
+    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--nproc", "2")
+    assert result.code == 2 and squash("already started by a launcher") in squash(result.err)
