@@ -189,7 +189,7 @@ def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes
 
 def test_a_classifier_refuses_several_processes_by_name(capsys, home, tiny_bert, classes):
     result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--nproc", "2")
-    assert result.code == 2 and "--nproc trains causal-LM runs only for now" in one_line(result.err)
+    assert result.code == 2 and "--nproc and --accelerate-config train causal-LM runs only for now" in one_line(result.err)
     assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
 
 
