@@ -103,3 +103,19 @@ def test_dry_run_with_nproc_prints_one_estimate_and_creates_no_run(capsys, tmp_p
     assert result.code == 0, result.err
     assert (result.out + result.err).count(" per epoch x ") == 1
     assert not (tmp_path / "home" / "runs").exists() or not any((tmp_path / "home" / "runs").iterdir())
+
+
+def test_loading_a_model_keeps_the_thread_count_a_launcher_set(tiny_model, monkeypatch):
+    """--nproc gives each process its share of the cores through OMP_NUM_THREADS; raising it back to
+    every core made two processes on two cores run ~5x slower than one."""
+    from tunesmith.config import ModelSpec
+    from tunesmith.models.loading import load_model
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    try:
+        load_model(ModelSpec(name=str(tiny_model), device="cpu"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -143,5 +143,6 @@ def load_model(spec: ModelSpec, path: str | None = None, quantization: Any = Non
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec.name}': {str(exc).splitlines()[0]}", fix="check the name or path; hub ids need network access") from None
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if not os.environ.get("OMP_NUM_THREADS"):  # a launcher splitting the cores between processes set it: oversubscribing them is ~5x slower
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     return (model if quantization is not None else model.to(device)), tokenizer, device
