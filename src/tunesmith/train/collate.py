@@ -287,8 +287,9 @@ def batch_tensors(batch: list[Encoded], pad_id: int) -> list[dict[str, torch.Ten
 
 
 def tokens_per_forward(setting: int | None, max_seq_len: int, device_type: str) -> int | None:
-    """None (no limit) on GPUs, where bigger forward passes run faster; on CPUs a pass of about a
-    thousand tokens already keeps the matrix units busy, and more only costs memory."""
+    """None (no limit) on GPUs, where bigger forward passes run faster. On CPUs about 512 tokens
+    per thread keep the matrix units busy and more only costs memory (measured on 2 cores: one
+    thread as fast at 512 as at 1024 with 30% less peak memory, two threads 15% slower at 512)."""
     if setting is not None:
         return setting
-    return None if device_type == "cuda" else max(max_seq_len, 1024)
+    return None if device_type == "cuda" else max(max_seq_len, 512 * torch.get_num_threads())
