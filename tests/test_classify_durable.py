@@ -5,29 +5,14 @@ the last good checkpoint kept; early stopping keeps the best macro-F1 checkpoint
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from clihelp import run_cli
+from clihelp import records, run_cli, tunesmith
 from conftest import classification_records
-
-SRC = Path(__file__).parents[1] / "src"
-
-
-def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_TEST_KILL_AT": kill_at or ""}
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
 
 def curve(run_dir: Path) -> tuple[list, list]:
     rows = records(run_dir)

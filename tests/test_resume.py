@@ -12,20 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from clihelp import run_cli
+from clihelp import SRC, records, run_cli, tunesmith
 from tunesmith.registry.store import Registry
-
-SRC = Path(__file__).parents[1] / "src"
-
-
-def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_TEST_KILL_AT": kill_at or ""}
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
 
 def curve(run_dir: Path) -> tuple[list, list]:
     rows = records(run_dir)

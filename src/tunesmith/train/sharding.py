@@ -11,7 +11,6 @@ adapters or models) and the full optimiser state, so a checkpoint resumes in any
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable
 
@@ -149,7 +148,7 @@ def optimizer_step(
     so every process must run as many passes: the ones with a smaller share pad with passes that
     train nothing. Returns (loss per trained token, gradient norm, trained tokens, real tokens)."""
     from tunesmith.train.objective import CAUSAL_LM
-    from tunesmith.train.trainer import Diverged
+    from tunesmith.train.trainer import clip_check_and_step
 
     objective = objective or CAUSAL_LM
 
@@ -170,13 +169,6 @@ def optimizer_step(
     loss_tensor = torch.tensor([total_loss], dtype=torch.float64, device=device)
     dist.all_reduce(loss_tensor, op=dist.ReduceOp.SUM)
     total_loss = float(loss_tensor.item())
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    if not math.isfinite(total_loss):
-        raise Diverged(f"the training loss became {total_loss}")
-    if not math.isfinite(grad_norm):
-        raise Diverged(f"the gradient norm became {grad_norm}")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_check_and_step(params, optimizer, max_grad_norm, total_loss)
     real_tokens = sum(len(item.input_ids) for batch in group for item in batch)
     return total_loss / total_trained, grad_norm, total_trained, real_tokens

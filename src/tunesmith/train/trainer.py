@@ -389,14 +389,22 @@ def _optimizer_step(
         on_backward()
     distributed.sum_gradients(params)
     total_loss = distributed.global_sum(total_loss)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = clip_check_and_step(params, optimizer, max_grad_norm, total_loss)
+    return total_loss / total_trained, grad_norm, total_trained, real_tokens
+
+
+def clip_check_and_step(params: list, optimizer: Any, max_grad_norm: float, total_loss: float) -> float:
+    """Clip, refuse a non-finite loss or gradient before the weights are touched, then step.
+    Returns the gradient norm (a sharded model's, gathered)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if not math.isfinite(total_loss):
         raise Diverged(f"the training loss became {total_loss}")
-    if not torch.isfinite(grad_norm):
-        raise Diverged(f"the gradient norm became {float(grad_norm)}")
+    if not math.isfinite(grad_norm):
+        raise Diverged(f"the gradient norm became {grad_norm}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total_loss / total_trained, float(grad_norm), total_trained, real_tokens
+    return grad_norm
 
 
 @torch.no_grad()
