@@ -207,7 +207,7 @@ class TrainSpec(_Spec):
     tokens_per_forward: int | None = Field(
         None, ge=16,
         description="split each batch into forward passes of at most this many tokens (padding included): less memory, "
-        "same result; default max(max_seq_len, 512 x torch threads) on CPU, no split on GPU",
+        "same result; default max(max_seq_len, 1024) on CPU, no split on GPU",
     )
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec, description="settings of lora, qlora and dora")
