@@ -270,7 +270,7 @@ def test_a_deepspeed_run_stopped_on_a_budget_resumes_exactly_with_or_without_dee
         assert_same_training(one_dir, run_dir)
 
 
-def test_a_deepspeed_run_whose_loss_turns_nan_fails_with_its_last_good_checkpoint_named(tmp_path, tiny_model, tickets_file):
+def test_a_deepspeed_run_whose_loss_turns_nan_fails_with_exit_1(tmp_path, tiny_model, tickets_file):
     needs_deepspeed()
     broken = tmp_path / "broken-model"
     broken.mkdir()
@@ -289,5 +289,5 @@ def test_a_deepspeed_run_whose_loss_turns_nan_fails_with_its_last_good_checkpoin
     (run_dir,) = (tmp_path / "home" / "runs").iterdir()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     diverged = [r for r in records if r.get("event") == "diverged"]
-    assert len(diverged) == 1 and "became nan" in diverged[0]["message"] and not [r for r in records if "loss" in r]
+    assert len(diverged) == 1 and "the training loss became nan at step 1" in diverged[0]["message"] and not [r for r in records if "loss" in r]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"

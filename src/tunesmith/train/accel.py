@@ -13,9 +13,11 @@ What each distributed_type becomes inside the processes:
   because accelerate 1.15 turns DeepSpeed off on CPU too. The settings come from the config's
   `deepspeed_config` (zero_stage, ...) or the DeepSpeed JSON its `deepspeed_config_file` names,
   checked here before any process starts. Tested on CPU (gloo, deepspeed 0.19.8): 2 ZeRO-2
-  processes give the losses and adapter of 1 process. Refused, with the field named: stage 3,
-  offloading, mixed precision, a DeepSpeed optimizer/scheduler, batch sizes or accumulation
-  other than tunesmith's, gradient_clipping other than train.max_grad_norm.
+  processes give the losses and adapter of 1 process; a ZeRO-1 run stopped and resumed (under
+  DeepSpeed, or in one process) equals 1 uninterrupted process; a NaN loss fails the run. Not run:
+  GPUs, several machines. Refused, with the field named: stage 0 and 3, offloading, mixed
+  precision, a DeepSpeed optimizer/scheduler, batch sizes or accumulation other than tunesmith's,
+  gradient_clipping other than train.max_grad_norm; qlora, prompt/prefix tuning, classification.
 """
 
 from __future__ import annotations
