@@ -154,7 +154,7 @@ def train_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
     accelerate_config: Optional[Path] = typer.Option(
-        None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model"
+        None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model, DEEPSPEED runs ZeRO stage 1 or 2"
     ),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""

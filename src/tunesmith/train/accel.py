@@ -9,8 +9,15 @@ What each distributed_type becomes inside the processes:
 - FSDP: the model sharded with torch FSDP2 (`fully_shard`, sharding.py), the same primitive
   accelerate uses for `fsdp_version: 2`, applied by tunesmith itself because accelerate 1.15 turns
   FSDP off whenever processes run on CPU; only `fsdp_version: 2` is taken.
-- DEEPSPEED: refused. accelerate 1.15 turns DeepSpeed off on CPU too, so no DeepSpeed path could
-  be run and checked here, and an unchecked one would be a guess.
+- DEEPSPEED: ZeRO stage 1 or 2 through `deepspeed.initialize`, applied by tunesmith itself (zero.py)
+  because accelerate 1.15 turns DeepSpeed off on CPU too. The settings come from the config's
+  `deepspeed_config` (zero_stage, ...) or the DeepSpeed JSON its `deepspeed_config_file` names,
+  checked here before any process starts. Tested on CPU (gloo, deepspeed 0.19.8): 2 ZeRO-2
+  processes give the losses and adapter of 1 process; a ZeRO-1 run stopped and resumed (under
+  DeepSpeed, or in one process) equals 1 uninterrupted process; a NaN loss fails the run. Not run:
+  GPUs, several machines. Refused, with the field named: stage 0 and 3, offloading, mixed
+  precision, a DeepSpeed optimizer/scheduler, batch sizes or accumulation other than tunesmith's,
+  gradient_clipping other than train.max_grad_norm; qlora, prompt/prefix tuning, classification.
 """
 
 from __future__ import annotations
@@ -39,11 +46,12 @@ WRITE_ONE = "write one with `accelerate config --config_file FILE`, or see READM
 @dataclass(frozen=True)
 class AccelerateConfig:
     path: Path
-    mode: Literal["ddp", "fsdp"]
+    mode: Literal["ddp", "fsdp", "deepspeed"]
     num_processes: int
     # accelerate 1.15 starts CPU data parallelism only through mpirun (mpirun_config); without it,
     # `accelerate launch` runs one process whatever num_processes says.
     cpu_without_mpirun: bool = False
+    zero: Any = None  # zero.ZeroSettings for a DEEPSPEED config
 
 
 def read_accelerate_config(path: Path) -> AccelerateConfig:
@@ -63,10 +71,7 @@ def read_accelerate_config(path: Path) -> AccelerateConfig:
     if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
         raise UserError(f"num_processes must be a whole number of at least 1 (got {processes!r})", where=f"{where}: num_processes", fix="e.g. num_processes: 2")
     if kind == "DEEPSPEED":
-        raise UserError(
-            "DeepSpeed is not supported by tunesmith yet (accelerate 1.15 runs it only on GPUs, and it has not been tested there)",
-            where=f"{where}: distributed_type", fix="use distributed_type: FSDP with fsdp_config: {fsdp_version: 2} to shard the model, or MULTI_GPU",
-        )
+        return AccelerateConfig(path, "deepspeed", processes, zero=_check_deepspeed(data, where))
     if kind == "FSDP":
         _check_fsdp(data.get("fsdp_config") or {}, where)
         return AccelerateConfig(path, "fsdp", processes)
@@ -75,8 +80,21 @@ def read_accelerate_config(path: Path) -> AccelerateConfig:
         return AccelerateConfig(path, "ddp", processes, on_cpu and not data.get("mpirun_config") and data.get("num_machines", 1) == 1)
     raise UserError(
         f"distributed_type {data.get('distributed_type')!r} is not one tunesmith runs",
-        where=f"{where}: distributed_type", fix="use NO, MULTI_CPU, MULTI_GPU or FSDP",
+        where=f"{where}: distributed_type", fix="use NO, MULTI_CPU, MULTI_GPU, FSDP or DEEPSPEED",
     )
+
+
+def _check_deepspeed(data: dict, where: str) -> Any:
+    from tunesmith.train import zero
+
+    if data.get("use_cpu") is True:
+        raise UserError("use_cpu: true makes `accelerate launch` start one process without DeepSpeed", where=f"{where}: use_cpu",
+                        fix="remove use_cpu: on a machine without GPUs the DeepSpeed processes run on CPU anyway")
+    precision = str(data.get("mixed_precision", "no")).lower()
+    if precision not in ("no", "none", "false"):  # YAML reads an unquoted no as false
+        raise UserError(f"mixed_precision {precision} is not supported with DeepSpeed: the model trains in its own dtype (model.dtype)",
+                        where=f"{where}: mixed_precision", fix="set mixed_precision: 'no' and choose model.dtype in the run config")
+    return zero.from_accelerate(data.get("deepspeed_config"), where)
 
 
 def _check_fsdp(fsdp: Any, where: str) -> None:
@@ -94,8 +112,11 @@ def _check_fsdp(fsdp: Any, where: str) -> None:
 
 
 def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
-    """A sharded model needs a method whose weights FSDP can split and gather back."""
+    """A sharded model needs a method whose weights FSDP can split and gather back; DeepSpeed runs
+    the methods it was tested with."""
     mode = config if isinstance(config, str) else config.mode
+    if mode == "deepspeed":
+        _check_deepspeed_spec(config, spec)
     if mode != "fsdp":
         return
     where = "train.method" if isinstance(config, str) else f"train.method (with FSDP from {config.path})"
@@ -112,6 +133,23 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
                         where="train.generation_eval / train.forgetting_every_steps", fix="drop them for this run; `tunesmith eval RUN` scores the result")
 
 
+def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
+    from tunesmith.train import zero
+
+    where = "train.method" if isinstance(config, str) else f"train.method (with DeepSpeed from {config.path})"
+    cfg = spec.train
+    if cfg.method in ("qlora", "prompt_tuning", "prefix_tuning"):
+        raise UserError(f"{cfg.method} is not supported with DeepSpeed (not tested)", where=where,
+                        fix="use lora, dora or full with DeepSpeed, or --nproc N without DeepSpeed")
+    if cfg.task == "classification":
+        raise UserError("classification training does not run with DeepSpeed", where="train.task", fix="drop the accelerate config, or use --nproc N")
+    if cfg.generation_eval is not None or cfg.forgetting_every_steps is not None:
+        raise UserError("generation during training (generation_eval, forgetting_every_steps) has not been tested with DeepSpeed",
+                        where="train.generation_eval / train.forgetting_every_steps", fix="drop them for this run; `tunesmith eval RUN` scores the result")
+    if not isinstance(config, str) and config.zero is not None:
+        zero.check_clipping(config.zero, cfg.max_grad_norm)
+
+
 def mode_from_env() -> Literal["ddp", "fsdp", "deepspeed"]:
     """What `accelerate launch` asked this process for."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
@@ -121,12 +159,15 @@ def mode_from_env() -> Literal["ddp", "fsdp", "deepspeed"]:
     return "ddp"
 
 
-def check_env(spec: Any) -> Literal["ddp", "fsdp"]:
+def check_env(spec: Any) -> Literal["ddp", "fsdp", "deepspeed"]:
     """Inside a launched process: refuse what the accelerate config asked for and tunesmith cannot do."""
     mode = mode_from_env()
     if mode == "deepspeed":
-        raise UserError("DeepSpeed is not supported by tunesmith yet (this process was started by accelerate with DeepSpeed)",
-                        where="ACCELERATE_USE_DEEPSPEED", fix="launch with an FSDP (fsdp_version: 2) or MULTI_GPU accelerate config")
+        from tunesmith.train import zero
+
+        zero.check_clipping(zero.from_env(), spec.train.max_grad_norm)  # a process started by hand skipped the launcher's checks
+        zero.require_installed("ACCELERATE_USE_DEEPSPEED")
+        zero.import_deepspeed()  # now, before transformers or accelerate import it with its logger on stdout
     if mode == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
         raise UserError("FSDP1 is not supported; tunesmith shards with FSDP2", where="FSDP_VERSION", fix="set fsdp_config.fsdp_version: 2 in the accelerate config")
     check_spec(mode, spec)
@@ -148,9 +189,15 @@ def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> i
     from tunesmith.ui import console
 
     processes = nproc if nproc > 1 else config.num_processes
+    if config.mode == "deepspeed":  # checked last, so a config's mistakes are reported whether or not it is installed
+        from tunesmith.train import zero
+
+        zero.require_installed(f"{config.path}: distributed_type")
     if config.cpu_without_mpirun and processes > 1:
         console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
     env = dict(os.environ)
     if not torch.cuda.is_available():  # as distributed.launch: split the cores instead of one thread each
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        if config.mode == "deepspeed":  # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
+            env.setdefault("DS_ACCELERATOR", "cpu")
     return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode

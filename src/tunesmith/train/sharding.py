@@ -141,6 +141,15 @@ def _filler(pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, IGNORE)}
 
 
+def equal_passes(group: list, objective: Any, pad_id: int, device: Any) -> list[dict[str, torch.Tensor]]:
+    """This process's forward passes for a step, padded with passes that train nothing to as many as
+    the busiest process runs: FSDP and DeepSpeed communicate inside every pass, so all must run each."""
+    passes = [local for batch in group for local in objective.tensors(batch, pad_id)]
+    most = torch.tensor([len(passes)], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return passes + [_filler(pad_id)] * (int(most.item()) - len(passes))
+
+
 def optimizer_step(
     model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None, objective: Any = None
 ) -> tuple[float, float, int, int]:
@@ -153,10 +162,7 @@ def optimizer_step(
     objective = objective or CAUSAL_LM
 
     total_trained = sum(item.n_trained for batch in group for item in batch)
-    passes = [local for batch in group for local in objective.tensors(batch, pad_id)]
-    most = torch.tensor([len(passes)], device=device)
-    dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    passes += [_filler(pad_id)] * (int(most.item()) - len(passes))
+    passes = equal_passes(group, objective, pad_id, device)
     # FSDP averages the gradients over processes; ours are shares of one sum, so scale them up first
     # (setting FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks).
     scale, total_loss = dist.get_world_size() / total_trained, 0.0

@@ -28,7 +28,7 @@ from tunesmith.train.checkpoint import (
     test_kill, truncate_metrics,
 )
 from tunesmith.train.callbacks import Probes, build_probes
-from tunesmith.train import accel, distributed, sharding
+from tunesmith.train import accel, distributed, sharding, zero
 from tunesmith.train.collate import Encoded, collate, encode_all, end_of_turn_ids
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor, peak_memory_mb
@@ -224,7 +224,8 @@ class TrainingLoop:
         self.started = time.perf_counter()
         self.spec, self.probes, self.tracker = spec, probes or Probes([]), None
         self.layout = plan_layout(model, cfg, items.train, device, objective.packs)
-        self.step_fn = _optimizer_step  # sharding.take_over swaps in the FSDP step
+        # sharding.take_over (FSDP) and zero.take_over (DeepSpeed) swap in their own step and gathering
+        self.step_fn, self.gather_optimizer, self.gather_weights = _optimizer_step, sharding.optimizer_state, sharding.full_weights
         console.print(self.layout.describe())
 
     def elapsed(self) -> float:
@@ -234,7 +235,7 @@ class TrainingLoop:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
-            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": sharding.optimizer_state(self.model, self.optimizer),
+            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.gather_optimizer(self.model, self.optimizer),
             "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
             # the optimiser and weights are the same in every process, RNG streams and thread counts are not
             "rng_by_rank": distributed.per_process(rng_state()), "threads_by_rank": distributed.per_process(torch.get_num_threads()),
@@ -261,6 +262,7 @@ class TrainingLoop:
     def run(self) -> tuple[str, str | None]:
         """Train to the last step, or until early stopping or a budget says stop: (run status, why it stopped early)."""
         sharding.take_over(self)  # FSDP (accelerate config): shard now, after any checkpoint was restored unsharded
+        zero.take_over(self)  # DeepSpeed (accelerate config): likewise, the restored optimiser state partitioned
         self.model.train()
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar, open_trackers(self.spec, self.run_dir) as self.tracker:
             self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
@@ -338,7 +340,7 @@ class TrainingLoop:
     def _checkpoint(self) -> None:
         save_checkpoint(
             self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), self.objective.files,
-            sharding.full_weights(self.model),
+            self.gather_weights(self.model),
         )
         self.last_saved = self.step
         self._copy_best()
