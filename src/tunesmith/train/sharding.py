@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tunesmith.train.collate import IGNORE
+from tunesmith.train import distributed
 from tunesmith.train.settings import make_schedule
 
 
@@ -172,9 +173,7 @@ def optimizer_step(
         total_loss += float(loss_sum.detach())
     if on_backward is not None:
         on_backward()
-    loss_tensor = torch.tensor([total_loss], dtype=torch.float64, device=device)
-    dist.all_reduce(loss_tensor, op=dist.ReduceOp.SUM)
-    total_loss = float(loss_tensor.item())
+    total_loss = distributed.global_sum(total_loss, device)
     grad_norm = clip_check_and_step(params, optimizer, max_grad_norm, total_loss)
     real_tokens = sum(len(item.input_ids) for batch in group for item in batch)
     return total_loss / total_trained, grad_norm, total_trained, real_tokens

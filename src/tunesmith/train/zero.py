@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tunesmith.errors import UserError
+from tunesmith.train import distributed
 
 STAGES = (1, 2)
 INSTALL = "pip install 'tunesmith[deepspeed]' (tunesmith's DeepSpeed path was tested with deepspeed 0.19.8)"
@@ -389,7 +390,6 @@ def optimizer_step(
     backward pass, so every process runs as many passes (padding with passes that train nothing,
     as sharding.optimizer_step does). Returns (loss per trained token, gradient norm, trained
     tokens, real tokens); raises Diverged when the loss or the gradient is not finite."""
-    import torch
     import torch.distributed as dist
 
     from tunesmith.train.objective import CAUSAL_LM
@@ -408,9 +408,7 @@ def optimizer_step(
         total_loss += float(loss_sum.detach())
     if on_backward is not None:
         on_backward()
-    loss_tensor = torch.tensor([total_loss], dtype=torch.float64, device=device)
-    dist.all_reduce(loss_tensor, op=dist.ReduceOp.SUM)
-    total_loss = float(loss_tensor.item())
+    total_loss = distributed.global_sum(total_loss, device)
     if not math.isfinite(total_loss):
         raise Diverged(f"the training loss became {total_loss}")
     engine.step()  # clips at gradient_clipping (= train.max_grad_norm), steps AdamW, zeroes the gradients
