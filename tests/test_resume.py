@@ -110,10 +110,10 @@ def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_
 
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "20", "--batch-size", "4"]
+    args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "200", "--batch-size", "4"]
     process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12)
+    while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12); 200 epochs leave the signal plenty of run to land in
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
