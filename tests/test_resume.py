@@ -111,7 +111,10 @@ def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "200", "--batch-size", "4"]
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal starts the command with Ctrl-C at its default; an ignored SIGINT would be inherited
+    # from the test process (something earlier in the full suite leaves it ignored there).
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12); 200 epochs leave the signal plenty of run to land in
         time.sleep(0.2)
