@@ -46,3 +46,25 @@ def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedPro
 def records(run_dir: Path) -> list[dict]:
     """The run's metrics.jsonl."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_one_process(capsys, monkeypatch, home: Path, config: Path) -> Path:
+    """`tunesmith train --config` in this process with TUNESMITH_HOME=home: the run folder to compare others against."""
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    single = run_cli(capsys, "train", "--config", str(config))
+    assert single.code == 0, single.err
+    return home / "runs" / single.out.strip().splitlines()[-1]
+
+
+def model_with_a_nan_weight(tiny_model: Path, folder: Path) -> Path:
+    """A copy of the tiny model whose first MLP down-projection holds a NaN: its loss is NaN from step 1."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    for file in tiny_model.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(k for k in weights if "mlp.down_proj" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

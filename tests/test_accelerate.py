@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clihelp import run_cli
+from clihelp import model_with_a_nan_weight, run_cli, train_one_process
 
 FSDP = (Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml").read_text()  # the documented example is what runs
 DEEPSPEED = (Path(__file__).parents[1] / "examples" / "accelerate" / "deepspeed.yaml").read_text()
@@ -166,10 +166,7 @@ def run_config(tmp_path, tiny_model, tickets_file) -> Path:
 
 
 def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_path, monkeypatch, run_config):
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(run_config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", run_config)
 
     accelerate_yaml = tmp_path / "fsdp.yaml"
     accelerate_yaml.write_text(FSDP)
@@ -192,10 +189,7 @@ def test_fsdp_full_fine_tuning_stops_on_a_budget_and_resumes_exactly(capsys, tmp
         f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
         "train: {method: full, epochs: 1, batch_size: 6, lr: 1.0e-4, packing: true, evals_per_epoch: 2}\n"
     )
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     accelerate_yaml = tmp_path / "fsdp.yaml"
     accelerate_yaml.write_text(FSDP)
@@ -229,10 +223,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_trains_what_one_process_trains(cap
         f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
         "train: {epochs: 1, batch_size: 3, grad_accum: 2, lr: 1.0e-3, packing: true, evals_per_epoch: 2}\n"
     )
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(run_config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", run_config)
 
     accelerate_yaml = tmp_path / "deepspeed.yaml"
     accelerate_yaml.write_text(DEEPSPEED)
@@ -250,10 +241,7 @@ def test_a_deepspeed_run_stopped_on_a_budget_resumes_exactly_with_or_without_dee
     """The checkpoint gathers ZeRO's partitioned AdamW state into one process's layout: resumed under
     DeepSpeed (state partitioned again) or in one plain process, the run equals one uninterrupted process."""
     needs_deepspeed()
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(run_config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", run_config)
 
     accelerate_yaml = tmp_path / "deepspeed.yaml"
     accelerate_yaml.write_text(DEEPSPEED.replace("zero_stage: 2", "zero_stage: 1"))  # stage 1 here, stage 2 above
@@ -272,16 +260,7 @@ def test_a_deepspeed_run_stopped_on_a_budget_resumes_exactly_with_or_without_dee
 
 def test_a_deepspeed_run_whose_loss_turns_nan_fails_with_exit_1(tmp_path, tiny_model, tickets_file):
     needs_deepspeed()
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    for file in tiny_model.iterdir():
-        (broken / file.name).write_bytes(file.read_bytes())
-    weights = load_file(str(broken / "model.safetensors"))
-    name = next(k for k in weights if "mlp.down_proj" in k)
-    weights[name][0, 0] = float("nan")
-    from safetensors.torch import save_file
-
-    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    broken = model_with_a_nan_weight(tiny_model, tmp_path / "broken-model")
     accelerate_yaml = tmp_path / "deepspeed.yaml"
     accelerate_yaml.write_text(DEEPSPEED)
     done = tunesmith_procs(tmp_path / "home", "train", "--model", str(broken), "--data", str(tickets_file), "--accelerate-config", str(accelerate_yaml))

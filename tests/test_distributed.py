@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clihelp import run_cli
+from clihelp import run_cli, train_one_process
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -25,10 +25,7 @@ def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tick
         f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
         "train: {epochs: 1, batch_size: 6, grad_accum: 2, lr: 1.0e-3, packing: true}\n"
     )
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "two"), "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "--config", str(config), "--nproc", "2"],
@@ -64,10 +61,7 @@ def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_
         f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
         "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2, scheduler: cosine}\n"
     )
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "one"))
-    single = run_cli(capsys, "train", "--config", str(config))
-    assert single.code == 0, single.err
-    one_dir = tmp_path / "one" / "runs" / single.out.strip().splitlines()[-1]
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     home = tmp_path / "two"
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")

@@ -8,9 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
 
-from clihelp import run_cli
+from clihelp import model_with_a_nan_weight, run_cli
 from conftest import tiny_records
 from tunesmith.config import PrepareSpec, RunSpec
 from tunesmith.errors import TrainingFailed
@@ -52,14 +51,7 @@ def test_divergence_stops_with_exit_1_and_names_the_last_good_checkpoint(home, t
 
 
 def test_a_model_that_produces_nan_exits_1_without_a_traceback(capsys, home, tiny_model, tickets_file, tmp_path):
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    for file in tiny_model.iterdir():
-        (broken / file.name).write_bytes(file.read_bytes())
-    weights = load_file(str(broken / "model.safetensors"))
-    name = next(k for k in weights if "mlp.down_proj" in k)
-    weights[name][0, 0] = float("nan")
-    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    broken = model_with_a_nan_weight(tiny_model, tmp_path / "broken-model")
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     result = run_cli(capsys, "train", "--model", str(broken), "--data", "tickets", "--epochs", "1")
     assert result.code == 1 and "Traceback" not in result.err
