@@ -27,7 +27,7 @@ from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
 from tunesmith.runfolder import RunInfo, load_run_info, save_run_info, write_config, write_json
-from tunesmith.train.collate import Batch
+from tunesmith.train.collate import Batch, padded_chunks
 from tunesmith.train.estimate import estimate_training, print_estimate
 from tunesmith.train.guards import Budget, Monitor
 from tunesmith.train.methods import apply_method, artefact_kind, count_parameters
@@ -200,13 +200,7 @@ class Classification:
         (padding included): exact, since the step divides by the whole batch's examples."""
         local = batch.local() if isinstance(batch, Batch) else list(batch)
         max_tokens = batch.max_tokens if isinstance(batch, Batch) else None
-        chunks: list[list[Item]] = []
-        for item in sorted(local, key=lambda item: len(item.input_ids)):  # shortest first: each chunk is as wide as its newest item
-            if chunks and (max_tokens is None or (len(chunks[-1]) + 1) * len(item.input_ids) <= max_tokens):
-                chunks[-1].append(item)
-            else:
-                chunks.append([item])
-        return [collate(chunk, pad_id) for chunk in chunks]
+        return [collate(chunk, pad_id) for chunk in padded_chunks(local, max_tokens)]
 
     def summed_loss(self, model: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits

@@ -282,8 +282,14 @@ def batch_tensors(batch: list[Encoded], pad_id: int) -> list[dict[str, torch.Ten
     if batch.packed:
         rows = pack_rows(local, batch.capacity)
         return [_packed_tensors(chunk, pad_id) for chunk in _chunks(rows, lambda r: sum(len(i.input_ids) for i in r), batch.max_tokens)]
-    rows = [[item] for item in sorted(local, key=lambda item: len(item.input_ids))]
-    return [collate([row[0] for row in chunk], pad_id) for chunk in _chunks(rows, lambda r: len(r[0].input_ids), batch.max_tokens)]
+    return [collate(chunk, pad_id) for chunk in padded_chunks(local, batch.max_tokens)]
+
+
+def padded_chunks(items: list, max_tokens: int | None) -> list[list]:
+    """Items shortest first, grouped so that each group padded to its longest stays within max_tokens
+    (at least one item a group); any item with `input_ids` (causal-LM or classifier)."""
+    rows = [[item] for item in sorted(items, key=lambda item: len(item.input_ids))]
+    return [[row[0] for row in chunk] for chunk in _chunks(rows, lambda r: len(r[0].input_ids), max_tokens)]
 
 
 def tokens_per_forward(setting: int | None, max_seq_len: int, device_type: str) -> int | None:
