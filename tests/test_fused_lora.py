@@ -13,9 +13,9 @@ from tunesmith.train.methods import apply_method, load_for_method
 from varied import varied_examples
 
 
-def _loss_and_grads(tiny_model, method: str, dropout: float, fused: bool):
+def _loss_and_grads(tiny_model, method: str, dropout: float, fused: bool, dtype: str = "float32"):
     spec = TrainSpec(method=method, lora={"r": 4, "alpha": 8, "dropout": dropout})
-    model, tokenizer, _ = load_for_method(ModelSpec(name=str(tiny_model), device="cpu"), str(tiny_model), spec)
+    model, tokenizer, _ = load_for_method(ModelSpec(name=str(tiny_model), device="cpu", dtype=dtype), str(tiny_model), spec)
     torch.manual_seed(0)
     model = apply_method(model, spec)
     with torch.no_grad():  # B starts at zero, which would leave A without a gradient to compare
@@ -49,3 +49,20 @@ def test_dora_keeps_peft_s_own_forward(tiny_model):
     assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, msg=name)
+
+
+def test_bf16_base_with_fp32_adapters_is_fused_and_trains_the_fp32_weights(tiny_model, monkeypatch):
+    """The GPU setting: a bf16 base, PEFT's fp32 adapters. The fused layers compute the adapters in
+    bf16 (as autocast would) and the gradients land on the fp32 weights, close to PEFT's fp32 path."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    plain_loss, plain_grads, _ = _loss_and_grads(tiny_model, "lora", 0.0, fused=False, dtype="bfloat16")
+    peft_forwards = []
+    peft_forward = LoraLinear.forward
+    monkeypatch.setattr(LoraLinear, "forward", lambda self, *a, **k: peft_forwards.append(1) or peft_forward(self, *a, **k))
+    fused_loss, fused_grads, count = _loss_and_grads(tiny_model, "lora", 0.0, fused=True, dtype="bfloat16")
+    assert count > 0 and not peft_forwards  # no layer fell back to PEFT's upcasting forward
+    assert fused_loss == pytest.approx(plain_loss, rel=2e-2)
+    for name, grad in plain_grads.items():
+        assert fused_grads[name].dtype == torch.float32, name
+        assert torch.linalg.vector_norm(fused_grads[name] - grad) <= 0.05 * torch.linalg.vector_norm(grad), name

@@ -47,6 +47,9 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     # the packed examples from attending to each other. Flat rows also carry their example
     # boundaries, for segments.segment_attention.
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k") if batch.get(key) is not None}
+    if "cu_seq_lens_q" in inputs:
+        # Read once here rather than in each layer's attention: on a GPU every read waits for the device.
+        inputs["max_length_q"] = inputs["max_length_k"] = int(torch.diff(inputs["cu_seq_lens_q"]).max())
     if _selective_head_supported(model):
         base = _unwrap(model)
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
