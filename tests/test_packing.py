@@ -173,3 +173,19 @@ def test_flat_passes_hold_whole_examples_within_the_token_limit(setup):
         assert tensors["input_ids"].shape[1] <= max(300, longest)
         starts = tensors["cu_seq_lens_q"][:-1].long()
         assert (tensors["position_ids"][0, starts] == 0).all() and (tensors["labels"][0, starts] == IGNORE).all()
+
+
+def test_auto_lays_out_flat_rows_whenever_a_batch_would_need_padding(tiny_model, setup):
+    """Flat rows cost no padding and no cross-example attention, so even 1% padding is worth avoiding."""
+    from tunesmith.train.collate import Encoded
+    from tunesmith.train.layout import plan_layout
+
+    items, _ = setup
+    longest = max(items, key=lambda item: len(item.input_ids))
+    nearly_equal = [longest] * 7 + [Encoded(longest.input_ids[:-2], longest.labels[:-2], "shorter")]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    layout = plan_layout(model, TrainSpec(batch_size=8), nearly_equal, torch.device("cpu"))
+    assert 0 < layout.waste < 0.10 and layout.packed and layout.flat
+    assert "per-example attention" in layout.describe()
+    assert not plan_layout(model, TrainSpec(batch_size=8), [longest] * 8, torch.device("cpu")).packed  # no padding to save
+    assert not plan_layout(model, TrainSpec(batch_size=8, packing=False), nearly_equal, torch.device("cpu")).packed

@@ -202,7 +202,8 @@ class TrainSpec(_Spec):
     packing: Literal["auto"] | bool = Field(
         "auto",
         description="lay each batch's examples end to end in rows of up to max_seq_len tokens, with no attention "
-        "across examples (same loss, less padding); auto packs when length-grouped batches would be over 10% padding",
+        "across examples (same loss, less padding); auto packs whenever padding would be needed on models that take "
+        "per-example attention (flat rows, no padding at all), else when length-grouped batches would be over 10% padding",
     )
     tokens_per_forward: int | None = Field(
         None, ge=16,

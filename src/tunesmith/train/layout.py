@@ -34,6 +34,8 @@ def plan_layout(model: Any, cfg: TrainSpec, items: list[Encoded], device: torch.
     # Virtual tokens sit before each row, not before each packed example: those methods never pack.
     setting = False if cfg.method in VIRTUAL_TOKEN_METHODS or not packs else cfg.packing
     packed, waste = choose_packing(setting, items, cfg.batch_size, cfg.seed)
+    if setting == "auto" and waste > 0 and use_segment_attention(model):
+        packed = True  # flat rows of whole examples cost no padding at all and no attention across examples
     flat = packed and use_segment_attention(model)
     fuse_lora(model)
     return Layout(packed, flat, tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type), waste)
