@@ -45,7 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ["hf_padded", "trl_default", "trl_padfree", "trl_packed", "tunesmith", "tunesmith_nproc2"]
-LR, BATCH, MAX_LEN, SEED = 1e-3, 8, 512, 0
+LR, MAX_LEN, SEED = 1e-3, 512, 0
 
 
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu", dtype: str = "float32") -> tuple[float, float]:
@@ -121,22 +121,41 @@ def cpu_seconds() -> float:
 
 
 class StepClock:
-    """Wall and CPU time from the first step's start to the last step's end, the same window for every
-    trainer. CPU time (all threads) is what other work on a shared machine disturbs least."""
+    """Wall and CPU time and real tokens from the start of step `warmup + 1` (the end of step
+    `warmup`) to the end of the last step, the same window for every trainer. CPU time (all threads)
+    is what other work on a shared machine disturbs least. On a GPU the first steps load kernels and
+    tune libraries, so its runs leave a few out; every step ends with the device synchronised."""
 
-    def __init__(self):
-        self.start = self.end = None
-        self.cpu_start = self.cpu_end = None
+    def __init__(self, warmup: int = 0):
+        self.warmup = warmup
+        self.start: tuple[float, float] | None = None
+        self.ends: list[tuple[float, float, int]] = []  # (wall, cpu, real tokens of the step)
+        self.pending_tokens = 0
 
     def begin(self) -> None:
         if self.start is None:
-            self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+            self.start = (time.perf_counter(), cpu_seconds())
+
+    def count(self, tokens: int) -> None:
+        self.pending_tokens += tokens
 
     def finish(self) -> None:
-        self.end, self.cpu_end = time.perf_counter(), cpu_seconds()
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        self.ends.append((time.perf_counter(), cpu_seconds(), self.pending_tokens))
+        self.pending_tokens = 0
 
     def figures(self) -> dict:
-        return {"train_seconds": round(self.end - self.start, 2), "train_cpu_seconds": round(self.cpu_end - self.cpu_start, 2)}
+        if len(self.ends) <= self.warmup:
+            raise SystemExit(f"only {len(self.ends)} steps: too few to leave out {self.warmup} warm-up steps (use more --examples)")
+        wall0, cpu0 = self.start if self.warmup == 0 else self.ends[self.warmup - 1][:2]
+        wall1, cpu1, _ = self.ends[-1]
+        return {
+            "real_tokens": sum(tokens for _, _, tokens in self.ends[self.warmup :]), "timed_steps": len(self.ends) - self.warmup,
+            "train_seconds": round(wall1 - wall0, 3), "train_cpu_seconds": round(cpu1 - cpu0, 2),
+        }
 
     def callback(self):
         from transformers import TrainerCallback
@@ -152,16 +171,38 @@ class StepClock:
 
         return _Clock()
 
+    def count_inputs(self, trainer) -> None:
+        """Count each micro-batch's real tokens as the trainer receives it: the attention mask's ones
+        where there is padding, every position of the flat rows of padding-free and packed batches."""
+        step = trainer.training_step
+
+        def counted(model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            self.count(int(mask.sum()) if mask is not None else inputs["input_ids"].numel())
+            return step(model, inputs, *args, **kwargs)
+
+        trainer.training_step = counted
+
 
 class Hardware:
     """Where and how every config runs: the CPU in fp32 by default; on a GPU, bf16 with a chosen
-    attention kernel and, if asked, Liger's kernels for the HF and TRL configs."""
+    attention kernel and, if asked, Liger's kernels for the HF and TRL configs. Also the batch size
+    (a GPU needs bigger batches to be busy), the steps left out of the timing, and the model."""
 
-    def __init__(self, device: str = "cpu", dtype: str = "float32", attn: str = "sdpa", liger: bool = False):
+    def __init__(self, device="cpu", dtype="float32", attn="sdpa", liger=False, batch=8, warmup=0, model=None):
         self.device, self.dtype, self.attn, self.liger = device, dtype, attn, liger
+        self.batch, self.warmup, self.model = batch, warmup, model
 
     def argv(self) -> list[str]:
-        return ["--device", self.device, "--dtype", self.dtype, "--attn", self.attn, *(["--liger"] if self.liger else [])]
+        return [
+            "--device", self.device, "--dtype", self.dtype, "--attn", self.attn, *(["--liger"] if self.liger else []),
+            "--batch", str(self.batch), "--warmup-steps", str(self.warmup), *(["--model", self.model] if self.model else []),
+        ]
+
+    def model_path(self) -> str:
+        from tunesmith.models.loading import resolve_model_path
+
+        return self.model or resolve_model_path("smollm2-135m-instruct")
 
     def trainer_args(self) -> dict:
         return {"use_cpu": self.device == "cpu", "bf16": self.dtype == "bfloat16", "fp16": self.dtype == "float16", "use_liger_kernel": self.liger}
@@ -184,11 +225,11 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn).to(hw.device)
     torch.manual_seed(SEED)
     common = dict(
-        output_dir=str(folder / name), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
+        output_dir=str(folder / name), per_device_train_batch_size=hw.batch, num_train_epochs=1, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", report_to=[], seed=SEED, disable_tqdm=True, **hw.trainer_args(),
     )
-    clock = StepClock()
+    clock = StepClock(hw.warmup)
     if name == "hf_padded":
         from peft import get_peft_model
 
@@ -204,19 +245,19 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
         options = {
             "trl_default": {},
             "trl_padfree": {"padding_free": True, "max_length": None, "gradient_checkpointing": False},
-            "trl_packed": {"packing": True, "max_length": MAX_LEN, "gradient_checkpointing": False, "per_device_train_batch_size": 4},
+            "trl_packed": {"packing": True, "max_length": MAX_LEN, "gradient_checkpointing": False, "per_device_train_batch_size": max(1, hw.batch // 2)},
         }[name]
         rows = [{"input_ids": i.input_ids, "assistant_masks": [int(label != -100) for label in i.labels]} for i in train_items]
         trainer = SFTTrainer(
             model=model, args=SFTConfig(**{**common, **options}), train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tokenizer, peft_config=lora_config(), callbacks=[clock.callback()],
         )
+    clock.count_inputs(trainer)
     trainer.train()
-    real = sum(len(i.input_ids) for i in train_items)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
-        "steps": trainer.state.global_step, "real_tokens": real, **clock.figures(),
-        "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device(hw.device), BATCH),
+        "steps": trainer.state.global_step, **clock.figures(),
+        "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device(hw.device), hw.batch),
     }
 
 
@@ -225,11 +266,12 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     from tunesmith.workspace import Workspace
 
     # The same window as the HF callback: around every optimiser step.
-    clock, step = StepClock(), trainer_module._optimizer_step
+    clock, step = StepClock(hw.warmup), trainer_module._optimizer_step
 
     def timed_step(*args, **kwargs):
         clock.begin()
         out = step(*args, **kwargs)
+        clock.count(out[3])  # (loss, grad norm, trained tokens, real tokens)
         clock.finish()
         return out
 
@@ -238,8 +280,7 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     os.environ["TUNESMITH_HOME"] = str(folder / "tunesmith-home")
     result = trainer_module.train(tunesmith_spec(folder, model_path, hw), Workspace.from_env())
     steps = [r for r in result.history if "loss" in r]
-    real = sum(r["tokens"] for r in steps)
-    return {"steps": len(steps), "real_tokens": real, **clock.figures(), "heldout_loss": result.info.best_val_loss}
+    return {"steps": len(steps), **clock.figures(), "heldout_loss": result.info.best_val_loss}
 
 
 def tunesmith_spec(folder: Path, model_path: str, hw: Hardware):
@@ -249,7 +290,7 @@ def tunesmith_spec(folder: Path, model_path: str, hw: Hardware):
     return RunSpec(
         name="bench", model=ModelSpec(name=model_path, dtype=hw.dtype, device=hw.device),
         data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare),
-        train=TrainSpec(epochs=1, lr=LR, batch_size=BATCH, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
+        train=TrainSpec(epochs=1, lr=LR, batch_size=hw.batch, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
     )
 
 
@@ -298,9 +339,7 @@ def worker(name: str, folder: Path, threads: int, hw: Hardware) -> None:
     torch.set_num_threads(threads)
     # Every trainer gets the same thread count; tunesmith's loader would otherwise raise it to all cores.
     torch.set_num_threads = lambda n: None
-    from tunesmith.models.loading import resolve_model_path
-
-    model_path = resolve_model_path("smollm2-135m-instruct")
+    model_path = hw.model_path()
     if name.startswith("tunesmith_nproc"):
         result = run_tunesmith_processes(folder, model_path, hw, int(name.removeprefix("tunesmith_nproc")), threads)
     else:
@@ -327,17 +366,19 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="bfloat16 on GPUs; on CPUs only with native bf16")
     parser.add_argument("--attn", default="sdpa", help="attention kernel for the HF and TRL configs: sdpa, eager, flash_attention_2")
     parser.add_argument("--liger", action="store_true", help="Liger kernels for the HF and TRL configs (needs liger-kernel and a GPU)")
+    parser.add_argument("--batch", type=int, default=8, help="examples per optimiser step (8 on the CPU; a GPU needs more to be busy)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the timing (default 0 on CPUs, 3 on GPUs)")
+    parser.add_argument("--model", help="a transformers model folder of the same architecture (default: the embedded SmolLM2-135M-Instruct)")
     args = parser.parse_args()
-    hw = Hardware(args.device, args.dtype, args.attn, args.liger)
+    warmup = args.warmup_steps if args.warmup_steps is not None else (3 if args.device == "cuda" else 0)
+    hw = Hardware(args.device, args.dtype, args.attn, args.liger, args.batch, warmup, args.model)
     if args.worker:
         worker(args.worker, args.folder, args.threads, hw)
         return
     n = args.examples or (8 if args.quick else 16)
     from transformers import AutoTokenizer
 
-    from tunesmith.models.loading import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(hw.model_path())
     folder = args.folder or Path(tempfile.mkdtemp(prefix="train-bench-"))
     if not (folder / "train.jsonl").is_file():
         write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer))
@@ -385,7 +426,7 @@ def main() -> None:
         "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
                  "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
         "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
-                     "batch": BATCH, "epochs": 1, "lr": LR, "max_len": MAX_LEN},
+                     "batch": hw.batch, "warmup_steps_left_out_of_timing": hw.warmup, "model": hw.model or "embedded SmolLM2-135M-Instruct", "epochs": 1, "lr": LR, "max_len": MAX_LEN},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -402,11 +443,14 @@ def table(payload: dict) -> str:
     def show(value, form="{}"):
         return "–" if value is None else form.format(value)
 
+    gpu = any(r.get("peak_gpu_mb") for r in payload["results"].values())
+    if gpu:
+        lines = [line + (" peak GPU memory (MB) |" if i == 0 else " --- |") for i, line in enumerate(lines)]
     for name, r in payload["results"].items():
         lines.append(
             f"| {name} | {r['steps']} | {r['tokens_per_s']} | {show(r.get('speed_vs_hf_padded'), '{}x')} | {r['mfu']:.1%} | "
             f"{show(r['tokens_per_cpu_s'])} | {show(r.get('cpu_speed_vs_hf_padded'), '{}x')} | {show(r['mfu_cpu_time'], '{:.1%}')} | "
-            f"{r['peak_rss_mb']} | {show(r.get('rss_vs_hf_padded'), '{}x')} | {r['heldout_loss']} |"
+            f"{r['peak_rss_mb']} | {show(r.get('rss_vs_hf_padded'), '{}x')} | {r['heldout_loss']} |" + (f" {r.get('peak_gpu_mb')} |" if gpu else "")
         )
     return "\n".join(lines)
 
