@@ -422,7 +422,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
         "threads": args.threads,
-        "matmul_fp32_gflops_wall_then_per_cpu_s": [[round(g, 1) for g in pair] for pair in gflops],
+        f"matmul_{hw.dtype}_gflops_wall_then_per_cpu_s": [[round(g, 1) for g in pair] for pair in gflops],
         "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
                  "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
         "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
