@@ -2,7 +2,8 @@
 
     python benchmarks/train_bench.py            # 16 examples (2 steps), every config (~30 min on 2 busy cores)
     python benchmarks/train_bench.py --quick    # 8 examples (1 step)
-    python benchmarks/train_bench.py --device cuda --dtype bfloat16 [--attn flash_attention_2] [--liger]   # on a GPU
+    python benchmarks/train_bench.py --device cuda --dtype bfloat16 --batch 64 [--model FOLDER] [--liger]   # on a GPU
+    bash benchmarks/gpu_run.sh 1; bash benchmarks/gpu_run.sh 2   # the same on the device machine (see benchmarks/README.md)
 
 LoRA r16 (alpha 32, no dropout) on every linear layer of the embedded SmolLM2-135M-Instruct,
 fp32, one epoch, batch 8, AdamW lr 1e-3 with linear decay and no warm-up, gradient clipping 1.0,
