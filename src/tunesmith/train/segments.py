@@ -8,6 +8,9 @@ of the row's. The example boundaries travel as `cu_seq_lens_q`, the keyword tran
 already passes from the model's forward down to the attention function (its flash-attention
 path reads the same one).
 
+On CPUs, fp32 examples take cpu_attention's blocked kernel instead of SDPA's flash kernel,
+whose backward pass is slow at these lengths.
+
 Calls without boundaries (padded batches, validation, generation with a cache) go to
 transformers' own SDPA attention unchanged, so switching a model to this implementation
 changes nothing else.
@@ -18,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from tunesmith.train import cpu_attention
 
 NAME = "tunesmith_segments"
 _BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -32,6 +37,8 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
     lengths = torch.diff(bounds).tolist()
+    if cpu_attention.applies(query, key, value, dropout, kwargs):
+        return cpu_attention.causal_segments(query, key, value, lengths, scaling), None
     # split (not slicing) so the backward pass joins the per-example gradients with one concatenation
     outputs = [
         sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
