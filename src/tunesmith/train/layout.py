@@ -10,7 +10,9 @@ import torch
 
 from tunesmith.config import VIRTUAL_TOKEN_METHODS, TrainSpec
 from tunesmith.train.collate import Batch, Encoded, choose_packing, make_batches, tokens_per_forward
+from tunesmith.train.cpu_memory import keep_freed_memory
 from tunesmith.train.fused_lora import fuse_lora
+from tunesmith.train.fused_norm import fuse_rms_norms
 from tunesmith.train.segments import use_segment_attention
 
 
@@ -38,4 +40,7 @@ def plan_layout(model: Any, cfg: TrainSpec, items: list[Encoded], device: torch.
         packed = True  # flat rows of whole examples cost no padding at all and no attention across examples
     flat = packed and use_segment_attention(model)
     fuse_lora(model)
+    if device.type == "cpu":
+        keep_freed_memory()  # activations reuse freed pages instead of faulting in new ones
+        fuse_rms_norms(model)
     return Layout(packed, flat, tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type), waste)

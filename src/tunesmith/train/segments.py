@@ -11,6 +11,8 @@ path reads the same one).
 On a GPU in bf16/fp16 the examples go to torch's variable-length flash attention in one
 call (a loop of per-example kernels would leave the GPU waiting on launches); where that
 kernel is missing or refuses the inputs, the per-example loop runs instead, with a warning.
+On CPUs, fp32 examples take cpu_attention's blocked kernel instead of SDPA's flash kernel,
+whose backward pass is slow at these lengths.
 
 Calls without boundaries (padded batches, validation, generation with a cache) go to
 transformers' own SDPA attention unchanged, so switching a model to this implementation
@@ -25,6 +27,8 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+
+from tunesmith.train import cpu_attention
 
 NAME = "tunesmith_segments"
 _BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -43,6 +47,8 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         if output is not None:
             return output, None
     lengths = torch.diff(bounds).tolist()
+    if cpu_attention.applies(query, key, value, dropout, kwargs):
+        return cpu_attention.causal_segments(query, key, value, lengths, scaling), None
     # split (not slicing) so the backward pass joins the per-example gradients with one concatenation
     outputs = [
         sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs)[0]
