@@ -155,14 +155,16 @@ def assert_same_training(one_dir: Path, two_dir: Path, artefact: str = "adapter/
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
+def write_run_config(tmp_path: Path, tiny_model: Path, tickets_file: Path, train: str) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\ntrain: {{{train}}}\n")
+    return config
+
+
 @pytest.fixture()
 def run_config(tmp_path, tiny_model, tickets_file) -> Path:
-    config = tmp_path / "run.yaml"  # 48 training examples / batch 6 = 8 steps
-    config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2}\n"
-    )
-    return config
+    # 48 training examples / batch 6 = 8 steps
+    return write_run_config(tmp_path, tiny_model, tickets_file, "epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2")
 
 
 def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_path, monkeypatch, run_config):
@@ -184,11 +186,7 @@ def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_pa
 def test_fsdp_full_fine_tuning_stops_on_a_budget_and_resumes_exactly(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     """Full fine-tuning shards every weight (tied embeddings too) and the optimiser state: the
     checkpoint gathers both, and the resumed FSDP run equals one uninterrupted process."""
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {method: full, epochs: 1, batch_size: 6, lr: 1.0e-4, packing: true, evals_per_epoch: 2}\n"
-    )
+    config = write_run_config(tmp_path, tiny_model, tickets_file, "method: full, epochs: 1, batch_size: 6, lr: 1.0e-4, packing: true, evals_per_epoch: 2")
     one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     accelerate_yaml = tmp_path / "fsdp.yaml"
@@ -218,11 +216,8 @@ def needs_deepspeed() -> None:
 def test_deepspeed_zero2_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     """Two micro-batches per step (grad_accum 2): DeepSpeed is told which backward pass ends the step."""
     needs_deepspeed()
-    run_config = tmp_path / "run.yaml"  # 48 training examples / (3 x 2) = 8 steps
-    run_config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {epochs: 1, batch_size: 3, grad_accum: 2, lr: 1.0e-3, packing: true, evals_per_epoch: 2}\n"
-    )
+    # 48 training examples / (3 x 2) = 8 steps
+    run_config = write_run_config(tmp_path, tiny_model, tickets_file, "epochs: 1, batch_size: 3, grad_accum: 2, lr: 1.0e-3, packing: true, evals_per_epoch: 2")
     one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", run_config)
 
     accelerate_yaml = tmp_path / "deepspeed.yaml"

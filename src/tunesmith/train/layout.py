@@ -36,9 +36,9 @@ def plan_layout(model: Any, cfg: TrainSpec, items: list[Encoded], device: torch.
     # Virtual tokens sit before each row, not before each packed example: those methods never pack.
     setting = False if cfg.method in VIRTUAL_TOKEN_METHODS or not packs else cfg.packing
     packed, waste = choose_packing(setting, items, cfg.batch_size, cfg.seed)
-    if setting == "auto" and waste > 0 and use_segment_attention(model):
-        packed = True  # flat rows of whole examples cost no padding at all and no attention across examples
-    flat = packed and use_segment_attention(model)
+    # Under auto, flat rows win over any padding at all: they cost neither padding nor attention across examples.
+    flat = (packed or (setting == "auto" and waste > 0)) and use_segment_attention(model)
+    packed = packed or flat
     fuse_lora(model)
     if device.type == "cpu":
         keep_freed_memory()  # activations reuse freed pages instead of faulting in new ones
