@@ -60,7 +60,9 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_
     assert [s for s, _, _ in train_b] == list(range(1, 25))  # every step once: nothing lost, nothing duplicated
     assert [s for s, _ in val_b] == [6, 12, 18, 24]
     for (step, loss_a, lr_a), (_, loss_b, lr_b) in zip(train_a, train_b):
-        assert abs(loss_a - loss_b) <= 1e-6 and abs(lr_a - lr_b) <= 1e-12, f"step {step}: {loss_a} vs {loss_b}, lr {lr_a} vs {lr_b}"
+        # metrics.jsonl rounds losses to 5 decimals: two losses a hair apart can round one unit apart (seen once in CI:
+        # 3.64898 vs 3.64897), so one rounding unit is allowed; the weights below are compared to 1e-6.
+        assert abs(loss_a - loss_b) <= 1.01e-5 and abs(lr_a - lr_b) <= 1e-12, f"step {step}: {loss_a} vs {loss_b}, lr {lr_a} vs {lr_b}"
     assert val_a == val_b
     info_a, info_b = (json.loads((d / "run.json").read_text()) for d in (reference, run_dir))
     assert info_b["status"] == "completed" and info_a["best_step"] == info_b["best_step"]
