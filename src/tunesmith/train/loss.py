@@ -2,7 +2,8 @@
 
 The output projection runs only on positions that carry a label. With loss on assistant
 tokens, that is a small share of the sequence, and on a 49k-token vocabulary the skipped
-projection is a large share of the step's compute.
+projection is a large share of the step's compute. The projection and the cross-entropy then
+run together in chunks (head_loss.py), so no full logits tensor is ever held.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.train.collate import IGNORE
+from tunesmith.train.head_loss import fused_head_loss
 
 
 def _unwrap(model: Any) -> Any:
@@ -52,8 +54,11 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
         inputs["max_length_q"] = inputs["max_length_k"] = int(torch.diff(inputs["cu_seq_lens_q"]).max())
     if _selective_head_supported(model):
         base = _unwrap(model)
-        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][selected])
+        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1][selected]
+        head = base.get_output_embeddings()
+        if type(head) is torch.nn.Linear:  # an adapter or wrapper on the head has its own forward
+            return fused_head_loss(hidden, head, targets[selected]), n_tokens
+        logits = head(hidden)
     else:
         logits = model(**inputs, use_cache=False).logits  # as above: no cache keeps packed examples apart
         # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
