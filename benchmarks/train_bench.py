@@ -2,6 +2,7 @@
 
     python benchmarks/train_bench.py            # 16 examples (2 steps), every config (~30 min on 2 busy cores)
     python benchmarks/train_bench.py --quick    # 8 examples (1 step)
+    python benchmarks/train_bench.py --examples 32 --threads 2 --rounds 3 --configs hf_padded,trl_packed,tunesmith   # the README figures
     python benchmarks/train_bench.py --device cuda --dtype bfloat16 --batch 64 [--model FOLDER] [--liger]   # on a GPU
     bash benchmarks/gpu_run.sh 1; bash benchmarks/gpu_run.sh 2   # the same on the device machine (see benchmarks/README.md)
 
@@ -278,7 +279,6 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
 
     trainer_module._optimizer_step = timed_step
 
-    os.environ["TUNESMITH_HOME"] = str(folder / "tunesmith-home")
     result = trainer_module.train(tunesmith_spec(folder, model_path, hw), Workspace.from_env())
     steps = [r for r in result.history if "loss" in r]
     return {"steps": len(steps), **clock.figures(), "heldout_loss": result.info.best_val_loss}
@@ -305,7 +305,7 @@ def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: 
 
     from tunesmith.config import spec_to_yaml
 
-    home = folder / f"tunesmith-home-nproc{nproc}"
+    home = folder / f"tunesmith-home-nproc{nproc}{os.environ['BENCH_ROUND_SUFFIX']}"
     config = folder / f"nproc{nproc}.yaml"
     config.write_text(spec_to_yaml(tunesmith_spec(folder, model_path, hw)), encoding="utf-8")
     env = {**os.environ, "TUNESMITH_HOME": str(home), "OMP_NUM_THREADS": str(max(1, threads // nproc))}
@@ -334,7 +334,11 @@ def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: 
     }
 
 
-def worker(name: str, folder: Path, threads: int, hw: Hardware) -> None:
+def result_file(folder: Path, name: str, round_index: int) -> Path:
+    return folder / (f"{name}.json" if round_index == 0 else f"{name}.round{round_index}.json")
+
+
+def worker(name: str, folder: Path, threads: int, hw: Hardware, round_index: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -348,7 +352,7 @@ def worker(name: str, folder: Path, threads: int, hw: Hardware) -> None:
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["peak_gpu_mb"] = hw.peak_memory_mb()
     result["threads"] = torch.get_num_threads()
-    (folder / f"{name}.json").write_text(json.dumps(result))
+    result_file(folder, name, round_index).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------- driver
@@ -370,11 +374,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="examples per optimiser step (8 on the CPU; a GPU needs more to be busy)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the timing (default 0 on CPUs, 3 on GPUs)")
     parser.add_argument("--model", help="a transformers model folder of the same architecture (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every config this many times, interleaved, and report each config's median round (ratios: median of the per-round ratios)")
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warmup = args.warmup_steps if args.warmup_steps is not None else (3 if args.device == "cuda" else 0)
     hw = Hardware(args.device, args.dtype, args.attn, args.liger, args.batch, warmup, args.model)
     if args.worker:
-        worker(args.worker, args.folder, args.threads, hw)
+        suffix = f"-round{args.round}" if args.round else ""
+        os.environ["TUNESMITH_HOME"], os.environ["BENCH_ROUND_SUFFIX"] = str(args.folder / f"tunesmith-home{suffix}"), suffix
+        worker(args.worker, args.folder, args.threads, hw, args.round)
         return
     n = args.examples or (8 if args.quick else 16)
     from transformers import AutoTokenizer
@@ -387,26 +395,49 @@ def main() -> None:
     print(f"data and per-config results in {folder}", flush=True)
     lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
     n = len(lengths)
-    gflops = [matmul_gflops(args.threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]
+    rounds = [run_round(folder, args.configs.split(","), args.threads, hw, r) for r in range(args.rounds)]
+    results = summarise(rounds)
+    payload = {
+        "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "threads": args.threads,
+        "rounds": args.rounds,
+        f"matmul_{hw.dtype}_gflops_per_round_wall_then_per_cpu_s": [r["gflops"] for r in rounds],
+        "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
+                 "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
+        "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
+                     "batch": hw.batch, "warmup_steps_left_out_of_timing": hw.warmup, "model": hw.model or "embedded SmolLM2-135M-Instruct", "epochs": 1, "lr": LR, "max_len": MAX_LEN},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(table(payload))
+
+
+def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, round_index: int) -> dict:
+    """Every config once, each in its own process, between two matmul probes; figures against this round's probes."""
+    probe = lambda: [matmul_gflops(threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]  # noqa: E731
+    gflops = probe()
     results = {}
-    for name in args.configs.split(","):
-        if (folder / f"{name}.json").is_file():
-            results[name] = json.loads((folder / f"{name}.json").read_text())
+    for name in configs:
+        path = result_file(folder, name, round_index)
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
             continue
-        command = [sys.executable, __file__, "--worker", name, "--folder", str(folder), "--threads", str(args.threads), *hw.argv()]
+        command = [sys.executable, __file__, "--worker", name, "--folder", str(folder), "--threads", str(threads), "--round", str(round_index), *hw.argv()]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
-        results[name] = json.loads((folder / f"{name}.json").read_text())
+        results[name] = json.loads(path.read_text())
         results[name]["process_seconds"] = round(time.perf_counter() - started, 1)
         layout = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("batches ")]
         if layout:
             results[name]["layout"] = layout[0]
-        (folder / f"{name}.json").write_text(json.dumps(results[name]))
-        print(name, results[name], flush=True)
-    gflops += [matmul_gflops(args.threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]
+        path.write_text(json.dumps(results[name]))
+        print(f"round {round_index + 1}", name, results[name], flush=True)
+    gflops += probe()
     peak_wall, peak_cpu = max(g[0] for g in gflops) * 1e9, max(g[1] for g in gflops) * 1e9
     for r in results.values():
         r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
@@ -419,20 +450,25 @@ def main() -> None:
             r["speed_vs_hf_padded"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
             r["cpu_speed_vs_hf_padded"] = round(r["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 2) if r["tokens_per_cpu_s"] else None
             r["rss_vs_hf_padded"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
-    payload = {
-        "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
-        "threads": args.threads,
-        f"matmul_{hw.dtype}_gflops_wall_then_per_cpu_s": [[round(g, 1) for g in pair] for pair in gflops],
-        "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
-                 "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
-        "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
-                     "batch": hw.batch, "warmup_steps_left_out_of_timing": hw.warmup, "model": hw.model or "embedded SmolLM2-135M-Instruct", "epochs": 1, "lr": LR, "max_len": MAX_LEN},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(table(payload))
+    return {"gflops": [[round(g, 1) for g in pair] for pair in gflops], "results": results}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Each config's median round (by real tokens/s), with every round's throughput, MFU and ratio beside it;
+    the ratio to HF padded is the median of the per-round ratios, each taken between runs minutes apart."""
+    summary = {}
+    for name in rounds[0]["results"]:
+        runs = sorted((r["results"][name] for r in rounds if name in r["results"]), key=lambda run: run["tokens_per_s"])
+        median = dict(runs[(len(runs) - 1) // 2])
+        if len(runs) > 1:
+            ordered = [r["results"][name] for r in rounds if name in r["results"]]
+            for key in ("tokens_per_s", "mfu", "speed_vs_hf_padded", "rss_vs_hf_padded"):
+                values = [run.get(key) for run in ordered]
+                median[f"{key}_rounds"] = values
+                if key in ("speed_vs_hf_padded", "rss_vs_hf_padded", "mfu") and None not in values:
+                    median[key] = sorted(values)[(len(values) - 1) // 2]
+        summary[name] = median
+    return summary
 
 
 def table(payload: dict) -> str:
