@@ -113,3 +113,30 @@ def test_loading_a_model_keeps_the_thread_count_a_launcher_set(tiny_model, monke
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # three runs, one of them in two processes: about 1.5 minutes on 2 cores
+def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+    """The global batch, not the process count, fixes what a step trains: a run stopped under
+    --nproc 2 and resumed in one process gives the uninterrupted one-process curve and adapter."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
+        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, scheduler: cosine}\n"
+    )
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
+
+    home = tmp_path / "switched"
+    stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = (home / "runs").iterdir()
+    resumed = tunesmith_procs(home, "train", "--resume", run_dir.name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 1 of 8" in resumed.stderr
+
+    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
+    switched = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(switched[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
