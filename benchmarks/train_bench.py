@@ -295,7 +295,7 @@ def tunesmith_spec(folder: Path, model_path: str, hw: Hardware):
     )
 
 
-def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: int, threads: int) -> dict:
+def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: int, threads: int, home: Path) -> dict:
     """`tunesmith train --nproc N`, each process with threads/N threads: on a small CPU, whole
     processes use the cores better than one process's threads split every small operation.
     Throughput comes from the run's metrics.jsonl (steps 2..n: from the end of step 1 to the end
@@ -305,7 +305,6 @@ def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: 
 
     from tunesmith.config import spec_to_yaml
 
-    home = folder / f"tunesmith-home-nproc{nproc}{os.environ['BENCH_ROUND_SUFFIX']}"
     config = folder / f"nproc{nproc}.yaml"
     config.write_text(spec_to_yaml(tunesmith_spec(folder, model_path, hw)), encoding="utf-8")
     env = {**os.environ, "TUNESMITH_HOME": str(home), "OMP_NUM_THREADS": str(max(1, threads // nproc))}
@@ -345,9 +344,12 @@ def worker(name: str, folder: Path, threads: int, hw: Hardware, round_index: int
     # Every trainer gets the same thread count; tunesmith's loader would otherwise raise it to all cores.
     torch.set_num_threads = lambda n: None
     model_path = hw.model_path()
+    suffix = f"-round{round_index}" if round_index else ""  # each round trains into a tunesmith home of its own
     if name.startswith("tunesmith_nproc"):
-        result = run_tunesmith_processes(folder, model_path, hw, int(name.removeprefix("tunesmith_nproc")), threads)
+        nproc = int(name.removeprefix("tunesmith_nproc"))
+        result = run_tunesmith_processes(folder, model_path, hw, nproc, threads, folder / f"tunesmith-home-nproc{nproc}{suffix}")
     else:
+        os.environ["TUNESMITH_HOME"] = str(folder / f"tunesmith-home{suffix}")
         result = run_tunesmith(folder, model_path, hw) if name == "tunesmith" else run_hf_trainer(name, folder, model_path, hw)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["peak_gpu_mb"] = hw.peak_memory_mb()
@@ -380,8 +382,6 @@ def main() -> None:
     warmup = args.warmup_steps if args.warmup_steps is not None else (3 if args.device == "cuda" else 0)
     hw = Hardware(args.device, args.dtype, args.attn, args.liger, args.batch, warmup, args.model)
     if args.worker:
-        suffix = f"-round{args.round}" if args.round else ""
-        os.environ["TUNESMITH_HOME"], os.environ["BENCH_ROUND_SUFFIX"] = str(args.folder / f"tunesmith-home{suffix}"), suffix
         worker(args.worker, args.folder, args.threads, hw, args.round)
         return
     n = args.examples or (8 if args.quick else 16)
@@ -416,8 +416,7 @@ def main() -> None:
 
 def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, round_index: int) -> dict:
     """Every config once, each in its own process, between two matmul probes; figures against this round's probes."""
-    probe = lambda: [matmul_gflops(threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]  # noqa: E731
-    gflops = probe()
+    gflops = probe_gflops(threads, hw)
     results = {}
     for name in configs:
         path = result_file(folder, name, round_index)
@@ -437,7 +436,7 @@ def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, roun
             results[name]["layout"] = layout[0]
         path.write_text(json.dumps(results[name]))
         print(f"round {round_index + 1}", name, results[name], flush=True)
-    gflops += probe()
+    gflops += probe_gflops(threads, hw)
     peak_wall, peak_cpu = max(g[0] for g in gflops) * 1e9, max(g[1] for g in gflops) * 1e9
     for r in results.values():
         r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
@@ -451,6 +450,10 @@ def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, roun
             r["cpu_speed_vs_hf_padded"] = round(r["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 2) if r["tokens_per_cpu_s"] else None
             r["rss_vs_hf_padded"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
     return {"gflops": [[round(g, 1) for g in pair] for pair in gflops], "results": results}
+
+
+def probe_gflops(threads: int, hw: Hardware) -> list[tuple[float, float]]:
+    return [matmul_gflops(threads, size, device=hw.device, dtype=hw.dtype) for size in (1024, 2048, 4096 if hw.device == "cuda" else 2048)]
 
 
 def summarise(rounds: list[dict]) -> dict:

@@ -19,6 +19,35 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+def assert_same_training(one_dir: Path, run_dir: Path) -> None:
+    """The run's loss curve and saved adapter are those of the one-process run."""
+    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
+    other = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert one.keys() == other.keys()
+    for key in one:
+        torch.testing.assert_close(other[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def budget_run_config(tmp_path: Path, tiny_model, tickets_file, extra: str = "") -> Path:
+    """48 training examples / batch 6 = 8 steps."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
+        f"train: {{epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, scheduler: cosine{extra}}}\n"
+    )
+    return config
+
+
+def stop_after_step_one_in_two_processes(home: Path, config: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """--max-time 0.001 stops both processes after step 1 (process 0's clock decides)."""
+    stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = (home / "runs").iterdir()
+    return stopped, run_dir
+
+
 def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -35,15 +64,8 @@ def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tick
     assert len(runs) == 1 and done.stdout.split() == [runs[0].name]  # one run folder, reported once
     assert done.stderr.count("run folder:") == 1
 
-    single_losses, double_losses = losses(one_dir), losses(runs[0])
-    assert len(single_losses) == len(double_losses) >= 3
-    for a, b in zip(single_losses, double_losses):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
-    two = load_file(str(runs[0] / "adapter" / "adapter_model.safetensors"))
-    assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert len(losses(one_dir)) >= 3
+    assert_same_training(one_dir, runs[0])
 
 
 def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -53,20 +75,13 @@ def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # three runs, two of them in two processes: about 2 minutes on 2 cores
 def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
-    """48 training examples / batch 6 = 8 steps. --max-time 0.001 stops both processes after step 1
-    (process 0's clock decides), --resume --nproc 2 restores the same checkpoint in both: the curve
-    and the adapter are those of one uninterrupted process."""
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, evals_per_epoch: 2, scheduler: cosine}\n"
-    )
+    """Stopped on a budget after step 1, --resume --nproc 2 restores the same checkpoint in both
+    processes: the curve and the adapter are those of one uninterrupted process."""
+    config = budget_run_config(tmp_path, tiny_model, tickets_file, ", evals_per_epoch: 2")
     one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     home = tmp_path / "two"
-    stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run_dir,) = (home / "runs").iterdir()
+    stopped, run_dir = stop_after_step_one_in_two_processes(home, config)
     assert stopped.stdout.split() == [run_dir.name] and " ".join(stopped.stderr.split()).count(f"run {run_dir.name} stopped") == 1
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"] and losses(run_dir) == losses(run_dir)[:1]
@@ -78,14 +93,7 @@ def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
     assert [r["step"] for r in rows if r.get("event") == "resumed"] == [1]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-
-    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
-    two = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-    assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert_same_training(one_dir, run_dir)
 
     again = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")  # refused before any process starts
     assert again.returncode == 2 and "already completed" in again.stderr and "Traceback" not in again.stderr
@@ -119,24 +127,12 @@ def test_loading_a_model_keeps_the_thread_count_a_launcher_set(tiny_model, monke
 def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     """The global batch, not the process count, fixes what a step trains: a run stopped under
     --nproc 2 and resumed in one process gives the uninterrupted one-process curve and adapter."""
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {epochs: 1, batch_size: 6, lr: 1.0e-3, packing: true, scheduler: cosine}\n"
-    )
+    config = budget_run_config(tmp_path, tiny_model, tickets_file)
     one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     home = tmp_path / "switched"
-    stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run_dir,) = (home / "runs").iterdir()
+    _, run_dir = stop_after_step_one_in_two_processes(home, config)
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 1 of 8" in resumed.stderr
-
-    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
-    one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
-    switched = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-    for key in one:
-        torch.testing.assert_close(switched[key], one[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert_same_training(one_dir, run_dir)

@@ -68,13 +68,11 @@ class _FusedHeadLoss(torch.autograd.Function):
                 grad_weight.addmm_(d_logits.t(), hidden[a:b].float())
             if grad_bias is not None:
                 grad_bias += d_logits.sum(0)
-        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
-        ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_total).to(dtype) if present else None for present, dtype in zip(ctx.present, ctx.dtypes)]
+        grads = [None if grad is None else (grad * grad_total).to(dtype) for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None)
