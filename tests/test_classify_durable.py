@@ -5,6 +5,7 @@ the last good checkpoint kept; early stopping keeps the best macro-F1 checkpoint
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,10 +173,44 @@ def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes
     assert json.loads((run_dir / "estimate.json").read_text())["total_steps"] == 18
 
 
-def test_a_classifier_refuses_several_processes_by_name(capsys, home, tiny_bert, classes):
-    result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", classes, "--task", "classification", "--nproc", "2")
-    assert result.code == 2 and "--nproc and --accelerate-config train causal-LM runs only for now" in one_line(result.err)
-    assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
+def without_dropout(model: Path, folder: Path) -> Path:
+    """A copy of the encoder with dropout off: every process draws its own dropout masks, so only
+    without dropout do two processes give one process's numbers."""
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_classifier_in_two_processes_stopped_and_resumed_equals_one_process(home, tiny_bert, classes, tmp_path):
+    """--nproc 2 trains a classifier (each process half of every batch), stops both processes on a
+    budget after step 1 and resumes them: the curve, validation scores and weights are one process's."""
+    config = write_config(tmp_path, without_dropout(tiny_bert, tmp_path / "encoder"), method="full", lr=1e-3, epochs=1, batch_size=8, evals_per_epoch=2)
+    whole = tunesmith("train", "--config", str(config))
+    assert whole.returncode == 0, whole.stderr
+    reference = home / "runs" / whole.stdout.strip().splitlines()[-1]
+
+    stopped = tunesmith("train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (name,) = {p.name for p in (home / "runs").iterdir()} - {reference.name}
+    run_dir = home / "runs" / name
+    assert stopped.stdout.split() == [name] and json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    resumed = tunesmith("train", "--resume", name, "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 1 of 9" in one_line(resumed.stderr)
+
+    (steps, validations), (ref_steps, ref_validations) = curve(run_dir), curve(reference)
+    assert [s for s, _, _ in steps] == [s for s, _, _ in ref_steps] == list(range(1, 10))
+    assert [lr for _, _, lr in steps] == [lr for _, _, lr in ref_steps]
+    assert [loss for _, loss, _ in steps] == pytest.approx([loss for _, loss, _ in ref_steps], rel=1e-4)
+    assert [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in validations] == [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in ref_validations]
+    assert [v["val_loss"] for v in validations] == pytest.approx([v["val_loss"] for v in ref_validations], rel=1e-4)
+    (ours,), (theirs,) = (run_dir / "model").glob("*.safetensors"), (reference / "model").glob("*.safetensors")
+    ours, theirs = load_file(str(ours)), load_file(str(theirs))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
 def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):

@@ -136,3 +136,22 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeyp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 1 of 8" in resumed.stderr
     assert_same_training(one_dir, run_dir)
+
+
+@pytest.mark.slow  # three runs, one of them in two processes: about 1.5 minutes on 2 cores
+def test_a_run_stopped_in_one_process_resumes_in_two(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+    """The other way round: stopped after step 1 in one process, resumed with --nproc 2 (process 1
+    has no RNG state of its own in the checkpoint and takes process 0's), the curve and adapter are
+    the uninterrupted one-process run's."""
+    config = budget_run_config(tmp_path, tiny_model, tickets_file)
+    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
+
+    home = tmp_path / "switched"
+    stopped = tunesmith_procs(home, "train", "--config", str(config), "--max-time", "0.001")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run_dir,) = (home / "runs").iterdir()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]
+    resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 8") == 1
+    assert_same_training(one_dir, run_dir)

@@ -152,7 +152,7 @@ def train_cmd(
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1 (dropout aside: each process draws its own masks)"),
     accelerate_config: Optional[Path] = typer.Option(
         None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model, DEEPSPEED runs ZeRO stage 1 or 2"
     ),
@@ -216,10 +216,6 @@ def train_cmd(
 
             estimate_only(spec, _workspace())
             return
-        if (nproc > 1 or launcher is not None) and spec.train.task == "classification":
-            # An encoder's dropout draws differ per process, so "same result as 1" would not hold; untested there too.
-            raise UserError("--nproc and --accelerate-config train causal-LM runs only for now; a classifier trains in one process",
-                            fix="drop --nproc / --accelerate-config for train.task classification")
         if nproc > 1 or launcher is not None:
             from tunesmith.train.distributed import budget_args, launch_spec
 

@@ -50,6 +50,7 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        import_deepspeed_quietly()
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
@@ -110,6 +111,25 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     if tokenizer.chat_template is None:
         raise UserError(f"the tokenizer of {path} has no chat template", fix="use an instruct/chat model, or add chat_template to its tokenizer_config.json")
     return tokenizer
+
+
+def import_deepspeed_quietly() -> Any:
+    """DeepSpeed imported with its logger on stderr; None where it is not installed.
+
+    Its logger writes to the stdout it finds at its first import, and stdout carries only the run
+    id (scripts read it). transformers' save_pretrained imports DeepSpeed wherever it is installed,
+    so every save calls this first."""
+    import contextlib
+    import importlib.util
+    import logging
+    import sys
+
+    if "deepspeed" not in sys.modules and importlib.util.find_spec("deepspeed") is None:
+        return None
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return deepspeed
 
 
 def quiet_libraries() -> None:

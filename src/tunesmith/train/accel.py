@@ -163,11 +163,12 @@ def check_env(spec: Any) -> Literal["ddp", "fsdp", "deepspeed"]:
     """Inside a launched process: refuse what the accelerate config asked for and tunesmith cannot do."""
     mode = mode_from_env()
     if mode == "deepspeed":
+        from tunesmith.models.loading import import_deepspeed_quietly
         from tunesmith.train import zero
 
         zero.check_clipping(zero.from_env(), spec.train.max_grad_norm)  # a process started by hand skipped the launcher's checks
         zero.require_installed("ACCELERATE_USE_DEEPSPEED")
-        zero.import_deepspeed()  # now, before transformers or accelerate import it with its logger on stdout
+        import_deepspeed_quietly()  # now, before transformers or accelerate import it with its logger on stdout
     if mode == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
         raise UserError("FSDP1 is not supported; tunesmith shards with FSDP2", where="FSDP_VERSION", fix="set fsdp_config.fsdp_version: 2 in the accelerate config")
     check_spec(mode, spec)

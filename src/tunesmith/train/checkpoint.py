@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.models.loading import import_deepspeed_quietly
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -58,6 +59,7 @@ def save_checkpoint(
     staging = target.with_name(f".{target.name}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
+    import_deepspeed_quietly()
     model.save_pretrained(staging, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(staging)
     generation = getattr(model, "generation_config", None)

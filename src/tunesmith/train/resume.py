@@ -18,7 +18,7 @@ from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset
 from tunesmith.train import accel, distributed
-from tunesmith.train.trainer import TrainResult, _train_in_folder, resolve_replay, run_registered
+from tunesmith.train.trainer import TrainResult, resolve_replay, run_registered, train_task
 from tunesmith.data.dataset import load_dataset
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
@@ -99,11 +99,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
     base_path = resolve_model_path(spec.model.name)
-    if spec.train.task == "classification":
-        from tunesmith.train.classify import train_classifier
-
-        return run_registered(registry, info.run_id, lambda: train_classifier(spec, dataset, run_dir, base_path, budget, resume_from=checkpoint))
-    return run_registered(registry, info.run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))
+    return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))
 
 
 def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, dataset: Dataset, budget: Budget | None) -> TrainResult:
@@ -114,6 +110,6 @@ def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, datase
     folder = distributed.worker_folder()
     try:
         shutil.copy2(run_dir / "run.json", folder / "run.json")
-        return _train_in_folder(spec, dataset, resolve_replay(spec, workspace), folder, resolve_model_path(spec.model.name), budget, resume_from=checkpoint)
+        return train_task(spec, dataset, resolve_replay(spec, workspace), folder, resolve_model_path(spec.model.name), budget, resume_from=checkpoint)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

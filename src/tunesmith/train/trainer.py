@@ -99,11 +99,7 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     base_path = resolve_model_path(spec.model.name)
     registry = Registry(workspace.registry_db)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
-    if spec.train.task == "classification":
-        from tunesmith.train.classify import train_classifier
-
-        return run_registered(registry, run_id, lambda: train_classifier(spec, dataset, run_dir, base_path, budget))
-    return run_registered(registry, run_id, lambda: _train_in_folder(spec, dataset, replay, run_dir, base_path, budget))
+    return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget))
 
 
 def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None) -> TrainResult:
@@ -112,7 +108,7 @@ def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None)
     console.quiet = True
     run_dir = distributed.worker_folder()
     try:
-        return _train_in_folder(spec, dataset, resolve_replay(spec, workspace), run_dir, resolve_model_path(spec.model.name), budget)
+        return train_task(spec, dataset, resolve_replay(spec, workspace), run_dir, resolve_model_path(spec.model.name), budget)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -141,6 +137,17 @@ def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: A
         items.replay_per_epoch = replay_count(len(train_items), spec.data.replay.fraction) if items.replay else 0
         console.print(f"replay: {items.replay_per_epoch} of {len(items.replay)} replay examples mixed into each epoch")
     return items
+
+
+def train_task(
+    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
+) -> TrainResult:
+    """The run's task trained in run_dir, in every process of a data-parallel run alike."""
+    if spec.train.task == "classification":
+        from tunesmith.train.classify import train_classifier
+
+        return train_classifier(spec, dataset, run_dir, base_path, budget, resume_from)
+    return _train_in_folder(spec, dataset, replay, run_dir, base_path, budget, resume_from)
 
 
 def _train_in_folder(

@@ -236,17 +236,6 @@ def wanted() -> bool:
     return mode_from_env() == "deepspeed" and rank_and_world()[1] > 1
 
 
-def import_deepspeed() -> Any:
-    import logging
-
-    # DeepSpeed's logger writes to the stdout it finds at its first import; stdout carries only the
-    # run id (scripts read it), so DeepSpeed's messages go to stderr, and only its warnings.
-    with contextlib.redirect_stdout(sys.stderr):
-        import deepspeed
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    return deepspeed
-
-
 def is_zero(optimizer: Any) -> bool:
     return hasattr(optimizer, "single_partition_of_fp32_groups")
 
@@ -264,7 +253,9 @@ def take_over(loop: Any) -> None:
 
     settings = from_env()
     check_clipping(settings, loop.cfg.max_grad_norm)
-    deepspeed = import_deepspeed()
+    from tunesmith.models.loading import import_deepspeed_quietly
+
+    deepspeed = import_deepspeed_quietly()
     plain, schedule_state = loop.optimizer.state_dict(), loop.schedule.state_dict()
     inner = _same_kind(loop.optimizer, loop.params)
     config = deepspeed_config(settings, dist.get_world_size(), loop.cfg.max_grad_norm)
