@@ -138,7 +138,7 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeyp
     assert_same_training(one_dir, run_dir)
 
 
-@pytest.mark.slow  # three runs, one of them in two processes: about 1.5 minutes on 2 cores
+@pytest.mark.slow  # three runs, one of them in two processes: about 40 s on 2 cores
 def test_a_run_stopped_in_one_process_resumes_in_two(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     """The other way round: stopped after step 1 in one process, resumed with --nproc 2 (process 1
     has no RNG state of its own in the checkpoint and takes process 0's), the curve and adapter are
