@@ -4,6 +4,7 @@ macro-F1 and the confusion matrix on the test split."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -24,6 +25,8 @@ def train(capsys, tmp_path, model, method, lr, epochs=4, batch_size=4):
     }))
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
+    # the closing line names the scores that chose the best step, not only the validation loss
+    assert re.search(r"best at step \d+ \(epoch [\d.]+\), validation loss [\d.]+, accuracy [\d.]+, f1_macro [\d.]+", " ".join(result.err.split()))
     return result.out.strip().splitlines()[-1]
 
 

@@ -227,7 +227,8 @@ def train_cmd(
     if info.status == "stopped":
         console.print(f"[yellow]run {info.run_id} stopped[/]: {info.stop_reason}; continue with `tunesmith train --resume {info.run_id}`")
     else:
-        console.print(f"[green]run {info.run_id} completed[/]: best at step {info.best_step} (epoch {info.best_epoch}), validation loss {info.best_val_loss}")
+        scores = "".join(f", {name} {value}" for name, value in (info.best_metrics or {}).items())  # a classifier's accuracy and macro-F1
+        console.print(f"[green]run {info.run_id} completed[/]: best at step {info.best_step} (epoch {info.best_epoch}), validation loss {info.best_val_loss}{scores}")
         if info.stop_reason:
             console.print(info.stop_reason)
     console.print(f"run folder: {result.run_dir}")
