@@ -24,12 +24,12 @@ def one_line(text: str) -> str:
     return " ".join(text.split())  # the terminal wraps long lines
 
 
-def same_weights(a: Path, b: Path) -> None:
+def same_weights(a: Path, b: Path, atol: float = 1e-6, rtol: float = 0.0) -> None:
     (file_a,), (file_b,) = a.glob("*.safetensors"), b.glob("*.safetensors")
     weights_a, weights_b = load_file(str(file_a)), load_file(str(file_b))
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
-        assert torch.allclose(weights_a[key], weights_b[key], atol=1e-6, rtol=0), key
+        assert torch.allclose(weights_a[key], weights_b[key], atol=atol, rtol=rtol), key
 
 
 def write_config(tmp_path: Path, model: Path, **train) -> Path:
@@ -206,11 +206,7 @@ def test_a_classifier_in_two_processes_stopped_and_resumed_equals_one_process(ho
     assert [loss for _, loss, _ in steps] == pytest.approx([loss for _, loss, _ in ref_steps], rel=1e-4)
     assert [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in validations] == [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in ref_validations]
     assert [v["val_loss"] for v in validations] == pytest.approx([v["val_loss"] for v in ref_validations], rel=1e-4)
-    (ours,), (theirs,) = (run_dir / "model").glob("*.safetensors"), (reference / "model").glob("*.safetensors")
-    ours, theirs = load_file(str(ours)), load_file(str(theirs))
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-3, atol=1e-5, msg=key)
+    same_weights(run_dir / "model", reference / "model", atol=1e-5, rtol=1e-3)  # two processes sum gradients in another order
 
 
 def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):
