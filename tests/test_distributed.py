@@ -99,6 +99,19 @@ def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_
     assert again.returncode == 2 and "already completed" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_bad_data_with_nproc_is_refused_before_any_process_starts(capsys, tmp_path, monkeypatch, tiny_model):
+    """Process 0 used to prepare the data while the others waited on it: a bad file ended in their
+    tracebacks and exit 1. The launching process prepares it now, so it is one message and exit 2."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n', encoding="utf-8")
+    home = tmp_path / "home"
+    for data in (tmp_path / "missing.jsonl", broken):
+        done = tunesmith_procs(home, "train", "--model", str(tiny_model), "--data", str(data), "--nproc", "2")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "error:" in done.stderr and data.name in " ".join(done.stderr.split())
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
 def test_dry_run_with_nproc_prints_one_estimate_and_creates_no_run(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
     result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", str(tickets_file), "--max-steps", "2", "--nproc", "2", "--dry-run")

@@ -218,8 +218,9 @@ def train_cmd(
             return
         if nproc > 1 or launcher is not None:
             from tunesmith.train.distributed import budget_args, launch_spec
+            from tunesmith.train.trainer import prepared_for_launch
 
-            raise typer.Exit(launch_spec(spec, nproc, budget_args(budget), launcher))
+            raise typer.Exit(launch_spec(prepared_for_launch(spec, _workspace()), nproc, budget_args(budget), launcher))
         result = train(spec, _workspace(), budget)
         if not _report_here():
             return

@@ -11,6 +11,10 @@ the training code stays the same whatever the process count. Processes are start
 `accelerate launch` (also through `--accelerate-config`, see accel.py; an FSDP config shards
 the model instead, see sharding.py): all set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
 
+Before `--nproc` or `--accelerate-config` starts any process, the launching process prepares the
+data files into datasets and finds the model (trainer.prepared_for_launch), so bad input ends
+there with one message and exit 2; the processes read the prepared datasets by name.
+
 What must agree across processes, and how:
 - a budget stop (--max-time, --max-cost): each process's clock differs, so process 0 decides
   after every step and broadcasts it; all checkpoint and stop after the same step;

@@ -83,6 +83,18 @@ def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
     return source.splits["train"]
 
 
+def prepared_for_launch(spec: RunSpec, workspace: Workspace) -> RunSpec:
+    """The spec with its files prepared into datasets (and its model found) by the launching process,
+    before any training process starts: bad input then ends here, with its message and exit 2,
+    instead of in process 0 while the others wait for it. The processes read the datasets by name."""
+    data: dict[str, Any] = {"dataset": resolve_dataset(spec, workspace).name, "path": None}
+    replay = spec.data.replay
+    if replay is not None and replay.path is not None:
+        data["replay"] = replay.model_copy(update={"dataset": prepare_dataset(replay.path, workspace).name, "path": None})
+    resolve_model_path(spec.model.name)
+    return spec.model_copy(update={"data": spec.data.model_copy(update=data)})
+
+
 def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
     distributed.init_from_env(spec.model.device)
     accel.check_env(spec)
