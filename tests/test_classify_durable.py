@@ -209,6 +209,16 @@ def test_a_classifier_in_two_processes_stopped_and_resumed_equals_one_process(ho
     same_weights(run_dir / "model", reference / "model", atol=1e-5, rtol=1e-3)  # two processes sum gradients in another order
 
 
+def test_bad_input_found_inside_two_processes_exits_2_without_a_traceback(home, tiny_bert, tmp_path):
+    """A single-label file passes preparation in the launching process and is refused inside the
+    training processes: the launch ends as one process would, the message once, exit 2."""
+    one_label = tmp_path / "one.jsonl"
+    one_label.write_text("".join(json.dumps({"text": f"refund order {i}", "label": "billing"}) + "\n" for i in range(20)), encoding="utf-8")
+    done = tunesmith("train", "--model", str(tiny_bert), "--data", str(one_label), "--task", "classification", "--nproc", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert one_line(done.stderr).count("a classifier needs at least two labels") == 1
+
+
 def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):
     from transformers import AutoTokenizer
 

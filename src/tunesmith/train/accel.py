@@ -176,10 +176,6 @@ def check_env(spec: Any) -> Literal["ddp", "fsdp", "deepspeed"]:
 
 
 def launch_command(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> list[str]:
-    if config.cpu_without_mpirun:
-        from tunesmith.train import distributed
-
-        return distributed.launch_command(train_args, nproc if nproc > 1 else config.num_processes)
     processes = ["--num_processes", str(nproc)] if nproc > 1 else []
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.path), *processes, "-m", "tunesmith", "train", *train_args]
 
@@ -196,9 +192,13 @@ def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> i
         zero.require_installed(f"{config.path}: distributed_type")
     if config.cpu_without_mpirun and processes > 1:
         console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
-    env = dict(os.environ)
+    # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
+    defaults = {"DS_ACCELERATOR": "cpu"} if config.mode == "deepspeed" and not torch.cuda.is_available() else {}
+    if config.cpu_without_mpirun:
+        from tunesmith.train import distributed
+
+        return distributed.launch(train_args, processes, defaults)
+    env = {**defaults, **os.environ}
     if not torch.cuda.is_available():  # as distributed.launch: split the cores instead of one thread each
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-        if config.mode == "deepspeed":  # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
-            env.setdefault("DS_ACCELERATOR", "cpu")
     return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode

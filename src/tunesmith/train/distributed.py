@@ -13,7 +13,8 @@ the model instead, see sharding.py): all set RANK / WORLD_SIZE / LOCAL_RANK / MA
 
 Before `--nproc` or `--accelerate-config` starts any process, the launching process prepares the
 data files into datasets and finds the model (trainer.prepared_for_launch), so bad input ends
-there with one message and exit 2; the processes read the prepared datasets by name.
+there with one message and exit 2; the processes read the prepared datasets by name. Bad input
+found inside the processes (a usage error, exit 2) makes the launch exit 2 as well.
 
 What must agree across processes, and how:
 - a budget stop (--max-time, --max-cost): each process's clock differs, so process 0 decides
@@ -28,8 +29,6 @@ What must agree across processes, and how:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -160,14 +159,29 @@ def launch_spec(spec: Any, nproc: int, extra: list[str] | None = None, accelerat
         return launch(args, nproc)
 
 
-def launch(train_args: list[str], nproc: int) -> int:
-    """Run `tunesmith train *train_args` in nproc processes on this machine; returns the exit code.
-    CPU threads are split between the processes (torch.distributed.run would give each one thread)."""
-    env = dict(os.environ)
+def launch(train_args: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
+    """Run `tunesmith train *train_args` in nproc processes on this machine (torch.distributed.run, in
+    this process) and return the exit code: 2 when the first process to fail exited 2, i.e. a usage
+    error whose message it printed, so bad input found inside the processes ends as it does in one
+    (torch.distributed.run would exit 1 with its own traceback). `env`: defaults for the processes'
+    environment; CPU threads are split between the processes (torch.distributed.run gives each one)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    defaults = dict(env or {})
     if not torch.cuda.is_available():
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(launch_command(train_args, nproc), env=env, check=False).returncode
+        defaults.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})  # the processes inherit this environment
+    try:
+        run(parse_args(torchrun_args(train_args, nproc)))
+    except ChildFailedError as exc:
+        return 2 if exc.get_first_failure()[1].exitcode == 2 else 1
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+    return 0
 
 
-def launch_command(train_args: list[str], nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "tunesmith", "train", *train_args]
+def torchrun_args(train_args: list[str], nproc: int) -> list[str]:
+    return ["--standalone", f"--nproc_per_node={nproc}", "-m", "tunesmith", "train", *train_args]
