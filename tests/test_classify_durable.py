@@ -5,6 +5,7 @@ the last good checkpoint kept; early stopping keeps the best macro-F1 checkpoint
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -217,6 +218,7 @@ def test_bad_input_found_inside_two_processes_exits_2_without_a_traceback(home, 
     done = tunesmith("train", "--model", str(tiny_bert), "--data", str(one_label), "--task", "classification", "--nproc", "2")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert one_line(done.stderr).count("a classifier needs at least two labels") == 1
+    assert not re.search(r"^[EWI]\d{4} ", done.stderr, re.M), done.stderr[-3000:]  # torch.distributed.run's own failure logs
 
 
 def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(tiny_bert):

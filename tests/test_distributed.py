@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,18 @@ def test_bad_data_with_nproc_is_refused_before_any_process_starts(capsys, tmp_pa
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
         assert "error:" in done.stderr and data.name in " ".join(done.stderr.split())
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def test_a_process_that_dies_ends_the_launch_with_one_line_saying_which_and_how(tmp_path, tiny_model, tickets_file):
+    """torch.distributed.run logged an E line per failed process and W lines as it stopped the
+    others, in its own format; the launch now says it once, in tunesmith's."""
+    env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path), "TUNESMITH_TEST_KILL_AT": "step:1"}
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "--model", str(tiny_model), "--data", str(tickets_file), "--nproc", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert re.search(r"error: training process [01] of 2 failed \(killed by SIGKILL\); the others were stopped$", " ".join(done.stderr.split())), done.stderr[-3000:]
+    assert not re.search(r"^[EWI]\d{4} ", done.stderr, re.M), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
 
 
 def test_dry_run_with_nproc_prints_one_estimate_and_creates_no_run(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):

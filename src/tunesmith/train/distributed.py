@@ -28,13 +28,17 @@ What must agree across processes, and how:
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from tunesmith.ui import console
 
 
 def launched() -> bool:
@@ -173,14 +177,32 @@ def launch(train_args: list[str], nproc: int, env: dict[str, str] | None = None)
         defaults.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     added = [name for name in defaults if name not in os.environ]
     os.environ.update({name: defaults[name] for name in added})  # the processes inherit this environment
+    # torch.distributed.run logs every failure (an E line per process, W lines as it stops the others);
+    # the processes print their own errors, so one line of ours says which failed and how.
+    elastic_logs = logging.getLogger("torch.distributed.elastic")
+    level, elastic_logs.level = elastic_logs.level, logging.CRITICAL
     try:
         run(parse_args(torchrun_args(train_args, nproc)))
     except ChildFailedError as exc:
-        return 2 if exc.get_first_failure()[1].exitcode == 2 else 1
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode == 2:
+            return 2
+        console.print(f"[red]error:[/red] training process {rank} of {nproc} failed ({_exit_reason(failure.exitcode)}); the others were stopped")
+        return 1
     finally:
+        elastic_logs.setLevel(level)
         for name in added:
             os.environ.pop(name, None)
     return 0
+
+
+def _exit_reason(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def torchrun_args(train_args: list[str], nproc: int) -> list[str]:
