@@ -194,11 +194,9 @@ def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> i
         console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
     # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
     defaults = {"DS_ACCELERATOR": "cpu"} if config.mode == "deepspeed" and not torch.cuda.is_available() else {}
-    if config.cpu_without_mpirun:
-        from tunesmith.train import distributed
+    from tunesmith.train import distributed
 
+    if config.cpu_without_mpirun:
         return distributed.launch(train_args, processes, defaults)
-    env = {**defaults, **os.environ}
-    if not torch.cuda.is_available():  # as distributed.launch: split the cores instead of one thread each
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env = {**distributed.thread_defaults(processes), **defaults, **os.environ}
     return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode

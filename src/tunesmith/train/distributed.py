@@ -168,19 +168,18 @@ def launch(train_args: list[str], nproc: int, env: dict[str, str] | None = None)
     this process) and return the exit code: 2 when the first process to fail exited 2, i.e. a usage
     error whose message it printed, so bad input found inside the processes ends as it does in one
     (torch.distributed.run would exit 1 with its own traceback). `env`: defaults for the processes'
-    environment; CPU threads are split between the processes (torch.distributed.run gives each one)."""
+    environment, over `thread_defaults`."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    defaults = dict(env or {})
-    if not torch.cuda.is_available():
-        defaults.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    defaults = {**thread_defaults(nproc), **(env or {})}
     added = [name for name in defaults if name not in os.environ]
     os.environ.update({name: defaults[name] for name in added})  # the processes inherit this environment
     # torch.distributed.run logs every failure (an E line per process, W lines as it stops the others);
     # the processes print their own errors, so one line of ours says which failed and how.
     elastic_logs = logging.getLogger("torch.distributed.elastic")
-    level, elastic_logs.level = elastic_logs.level, logging.CRITICAL
+    level = elastic_logs.level
+    elastic_logs.setLevel(logging.CRITICAL)  # setLevel, not the attribute: it clears the child loggers' cached levels
     try:
         run(parse_args(torchrun_args(train_args, nproc)))
     except ChildFailedError as exc:
@@ -194,6 +193,11 @@ def launch(train_args: list[str], nproc: int, env: dict[str, str] | None = None)
         for name in added:
             os.environ.pop(name, None)
     return 0
+
+
+def thread_defaults(nproc: int) -> dict[str, str]:
+    """On CPUs the cores split between the processes (torch.distributed.run and accelerate give each one thread)."""
+    return {} if torch.cuda.is_available() else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
 
 
 def _exit_reason(exitcode: int) -> str:
