@@ -6,23 +6,26 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 
 class ChatCompletions(BaseHTTPRequestHandler):
-    """Records every request's Authorization header; `reply` returns the text, or None for HTTP 401."""
+    """Records every request's Authorization header; `reply` returns the text, or None for HTTP 401.
+    Requests are served in threads (clients send several at once), so counters take the lock."""
 
     calls = 0
     seen_keys: list[str | None] = []
+    lock = threading.Lock()
 
     def reply(self, body: dict) -> str | None:
         raise NotImplementedError
 
     def do_POST(self):  # noqa: N802 - the stdlib's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls += 1
-        type(self).seen_keys.append(self.headers.get("Authorization"))
+        with type(self).lock:
+            type(self).calls += 1
+            type(self).seen_keys.append(self.headers.get("Authorization"))
         text = self.reply(body)
         if text is None:
             self.send_error(401, "invalid key")
@@ -39,10 +42,11 @@ class ChatCompletions(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(handler: type[ChatCompletions]) -> Iterator[str]:
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """The server's base URL (…/v1) while the block runs; counters start from zero."""
     handler.calls, handler.seen_keys = 0, []
-    server = HTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

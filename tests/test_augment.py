@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 
@@ -13,12 +14,12 @@ from tunesmith.data.augment import rejection
 
 
 class _Paraphraser(ChatCompletions):
-    """Rewords by a fixed rule and, for one message in three, drops the product code, which the
-    filter must catch."""
+    """Rewords by a fixed rule and, for about one message in three, drops the product code, which the
+    filter must catch. The choice follows the text, not the arrival order: requests come in parallel."""
 
     def reply(self, body: dict) -> str | None:
         text = body["messages"][-1]["content"]
-        return f"Rephrased: {text}" if type(self).calls % 3 else "Something is broken, please help."
+        return f"Rephrased: {text}" if zlib.crc32(text.encode()) % 3 else "Something is broken, please help."
 
 
 @pytest.fixture()

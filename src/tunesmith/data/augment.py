@@ -8,11 +8,7 @@ number or identifier of the original is discarded: it would teach the model a wr
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tunesmith.config import AugmentSpec
 from tunesmith.data.example import Example, Message
-from tunesmith.errors import UserError
+from tunesmith.models.endpoint import ChatEndpoint
 
 PARAPHRASE_PROMPT = (
     "Rewrite the user's message in different words. Keep every fact, name, code and number exactly. "
@@ -41,23 +37,12 @@ class AugmentReport(BaseModel):
 
 
 def endpoint_generator(url: str, model: str, api_key_env: str, max_new_tokens: int, timeout: float = 60.0) -> Generator:
-    """Chat completions over HTTP; the key comes from the environment, never from a config file."""
-    endpoint = url.rstrip("/") + "/chat/completions"
-    key = os.environ.get(api_key_env)
-
-    def ask(text: str) -> str:
-        body = {"model": model, "messages": [{"role": "system", "content": PARAPHRASE_PROMPT}, {"role": "user", "content": text}],
-                "temperature": 0.7, "max_tokens": max_new_tokens}
-        request = urllib.request.Request(endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as exc:
-            raise UserError(f"paraphrase endpoint {endpoint} failed: {exc}", fix="check augment.url, augment.endpoint_model and the key in $" + api_key_env) from None
-
-    return lambda texts: [ask(t) for t in texts]
+    """Chat completions over HTTP, several at a time; the key comes from the environment, never
+    from a config file, and is sent only to `url`'s origin (models/endpoint.py)."""
+    endpoint = ChatEndpoint(url, model, role="paraphrase", api_key_env=api_key_env, timeout=timeout,
+                            fix="check augment.url, augment.endpoint_model and the key in $" + api_key_env,
+                            temperature=0.7, max_tokens=max_new_tokens)
+    return lambda texts: endpoint.many([[{"role": "system", "content": PARAPHRASE_PROMPT}, {"role": "user", "content": t}] for t in texts])
 
 
 def local_generator(model_name: str, max_new_tokens: int) -> Generator:

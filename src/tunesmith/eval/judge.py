@@ -9,15 +9,13 @@ cannot be read is counted as unparseable, never guessed."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.errors import UserError
+from tunesmith.models.endpoint import ChatEndpoint
 
 Ask = Callable[[list[dict]], str]
 Verdict = Literal["A", "B", "tie"]
@@ -98,29 +96,20 @@ class PairwiseResult(BaseModel):
 
 
 def endpoint_judge(url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                   temperature: float = 0.0, max_tokens: int = 512) -> Ask:
+                   temperature: float = 0.0, max_tokens: int = 512, concurrency: int = 4, retries: int = 3) -> ChatEndpoint:
     """Chat completions over HTTP (`url` ends before `/chat/completions`, e.g. http://host/v1);
-    the key comes from the environment variable `api_key_env`, never from a file."""
-    endpoint = url.rstrip("/") + "/chat/completions"
+    the key comes from the environment variable `api_key_env`, never from a file, and is sent only
+    to `url`'s origin. Up to `concurrency` requests are in flight; see models/endpoint.py."""
+    return ChatEndpoint(url, model, role="judge", api_key_env=api_key_env, timeout=timeout, retries=retries, concurrency=concurrency,
+                        fix=f"check the judge url, the model name {model!r} and the key in ${api_key_env}",
+                        temperature=temperature, max_tokens=max_tokens)
 
-    def ask(messages: list[dict]) -> str:
-        key = os.environ.get(api_key_env)
-        body = {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
-        request = urllib.request.Request(endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                content = json.loads(response.read())["choices"][0]["message"]["content"]
-        except urllib.error.HTTPError as exc:
-            raise UserError(f"judge endpoint {endpoint} answered HTTP {exc.code} {exc.reason}",
-                            fix=f"check the judge url, the model name {model!r} and the key in ${api_key_env}") from None
-        except (urllib.error.URLError, OSError, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UserError(f"judge endpoint {endpoint} failed: {exc}",
-                            fix=f"check that the server is running at {url} and speaks the OpenAI chat-completions API") from None
-        return content if isinstance(content, str) else ""
 
-    return ask
+def ask_all(ask: Ask, conversations: list[list[dict]]) -> list[str]:
+    """Every reply, in order: several requests at a time when the judge is an endpoint (its
+    `many`), one after another for a local model."""
+    many = getattr(ask, "many", None)
+    return many(conversations) if callable(many) else [ask(c) for c in conversations]
 
 
 def grade(items: Sequence[JudgeItem], criteria: Sequence[str] = DEFAULT_CRITERIA, ask: Ask | None = None) -> list[Grade]:
@@ -131,8 +120,8 @@ def grade(items: Sequence[JudgeItem], criteria: Sequence[str] = DEFAULT_CRITERIA
     if not criteria:
         raise UserError("no grading criteria given", fix='pass criteria such as ["correctness", "helpfulness", "tone"]')
     grades = []
-    for item in items:
-        raw = ask(grade_messages(item, criteria))
+    replies = ask_all(ask, [grade_messages(item, criteria) for item in items])
+    for item, raw in zip(items, replies):
         scores, reason = parse_grade(raw, criteria)
         grades.append(Grade(id=item.id, scores=scores, missing=[c for c in criteria if c not in scores], reason=reason, raw=raw))
     return grades
@@ -151,9 +140,11 @@ def compare_pairwise(items: Sequence[PairItem], ask: Ask | None = None) -> Pairw
     if ask is None:
         raise UserError("no judge given", fix="pass ask=endpoint_judge(url, model) or a function messages -> reply text")
     verdicts = []
-    for item in items:
-        raw_ab = ask(pair_messages(item.prompt, item.answer_a, item.answer_b, item.reference))
-        raw_ba = ask(pair_messages(item.prompt, item.answer_b, item.answer_a, item.reference))
+    conversations = [pair_messages(item.prompt, first, second, item.reference)
+                     for item in items for first, second in ((item.answer_a, item.answer_b), (item.answer_b, item.answer_a))]
+    replies = ask_all(ask, conversations)
+    for index, item in enumerate(items):
+        raw_ab, raw_ba = replies[2 * index], replies[2 * index + 1]
         a_first = parse_verdict(raw_ab)
         swapped = parse_verdict(raw_ba)
         b_first = {"A": "B", "B": "A", "tie": "tie", None: None}[swapped]
