@@ -153,10 +153,13 @@ def test_judge_with_a_local_model_and_bad_usage(capsys, ws_home, tiny_model):
     home, (run1, run2) = ws_home
     assert run_cli(capsys, "eval", run1, "--limit", "3", "--max-new-tokens", "4", "--no-perplexity").code == 0
     local = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--rubric", "correctness", "--max-new-tokens", "8")
-    assert local.code == 0, local.err
-    rubric = _report(home, run1)["judge"]["test"]["rubric"]
-    assert rubric["n"] == 3 and rubric["judge"] == str(tiny_model)  # a random model's grades are counted, readable or not
-    assert rubric["unparseable"] + sum(1 for v in rubric["mean"].values() if v is not None) >= 1
+    # a random model cannot follow the grading format: no verdict, the likely cause and the way out, exit 1
+    assert local.code == 1, local.err
+    said = " ".join(local.err.split())
+    assert "unparseable 3" in said and "no verdict" in said and "too small" in said and "--judge-url" in said and "Traceback" not in said
+    kept = json.loads((home / "runs" / run1 / "eval" / "judge-test-rubric.json").read_text())  # the replies, for a look
+    assert kept["summary"]["n"] == 3 and kept["summary"]["unparseable"] == 3 and kept["summary"]["judge"] == str(tiny_model)
+    assert _report(home, run1).get("judge", {}).get("test", {}).get("rubric", {}).get("judge") != str(tiny_model)  # not reported as a verdict
     neither = run_cli(capsys, "eval", "judge", run1)
     assert neither.code == 2 and "give exactly one judge" in neither.err
     missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2)

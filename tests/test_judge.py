@@ -161,3 +161,12 @@ def test_verdict_parsing(text, verdict):
 )
 def test_grade_parsing(text, scores):
     assert parse_grade(text, ["correctness"])[0] == scores
+
+
+def test_no_verdict_when_most_replies_are_unreadable():
+    from tunesmith.eval.judge import JudgeGaveNoVerdict, check_readable
+
+    check_readable(4, 2, "j", "rubric", "x.json")  # half readable: a verdict, with its count shown
+    with pytest.raises(JudgeGaveNoVerdict, match="3 of 5") as info:
+        check_readable(5, 3, "tiny", "pairwise", "x.json")
+    assert info.value.exit_code == 1 and "[[A]]" in str(info.value) and "--judge-url" in info.value.fix

@@ -106,7 +106,7 @@ def eval_judge(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="reply budget of a local judge"),
 ) -> None:
     """LLM-as-a-judge on a run's evaluated answers: rubric grades (1-5) or position-swapped pairwise verdicts; unreadable verdicts are counted."""
-    from tunesmith.eval.judge import JudgeItem, PairItem, compare_pairwise, endpoint_judge, grade, summarize_grades
+    from tunesmith.eval.judge import JudgeItem, PairItem, check_readable, compare_pairwise, endpoint_judge, grade, summarize_grades
     from tunesmith.runfolder import find_run, write_json
 
     if (judge_url is None) == (judge_local is None):
@@ -138,6 +138,8 @@ def eval_judge(
     summary["judge"] = judge_name
     path = run_dir / "eval" / f"judge-{split}-{kind}.json"
     write_json(path, {"summary": summary, "items": details})
+    # the replies are kept for a look; the report only takes a verdict the judge really gave
+    check_readable(summary["n"], summary["unparseable"], judge_name, "rubric" if kind == "rubric" else "pairwise", str(path))
     _update_report(run_dir, ["judge", split, kind], summary)
     console.print(f"verdicts: {path}")
 

@@ -95,6 +95,27 @@ class PairwiseResult(BaseModel):
     verdicts: list[PairVerdict] = Field(default_factory=list)
 
 
+class JudgeGaveNoVerdict(UserError):
+    """Most of the judge's replies could not be read: there is no verdict to report. Exit 1."""
+
+    exit_code = 1
+
+
+def check_readable(n: int, unparseable: int, judge_name: str, kind: str, replies: str) -> None:
+    """Raise when more than half of the `n` items got no readable grade or verdict: means over the
+    few readable ones would be a verdict the judge did not give. `replies` names where they are."""
+    if n and unparseable * 2 > n:
+        form = "JSON scores from 1 to 5" if kind == "rubric" else "[[A]], [[B]] or [[C]]"
+        raise JudgeGaveNoVerdict(
+            f"the judge {judge_name} gave no readable {'grade' if kind == 'rubric' else 'verdict'} for {unparseable} of {n} "
+            f"examples (unparseable {unparseable}), so there is no verdict. The judge model is most likely too small or does not "
+            f"follow the grading format ({form}); a model of a few hundred million parameters, such as the embedded "
+            f"smollm2-135m-instruct, cannot judge. Its replies are in {replies}.",
+            fix="judge with a bigger instruction-tuned model: --judge-url URL --judge-model NAME (any OpenAI-compatible server), "
+                "or --judge-local with a local folder of such a model",
+        )
+
+
 def endpoint_judge(url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                    temperature: float = 0.0, max_tokens: int = 512, concurrency: int = 4, retries: int = 3) -> ChatEndpoint:
     """Chat completions over HTTP (`url` ends before `/chat/completions`, e.g. http://host/v1);
