@@ -86,3 +86,23 @@ def test_changed_examples_lists_improved_and_regressed_ids():
 def test_bad_inputs_are_user_errors(a, b):
     with pytest.raises(UserError):
         compare_paired(a, b)
+
+
+def test_values_are_the_ones_the_hand_written_bootstrap_and_binomial_gave():
+    # computed with the former hand-written bootstrap loop and binomial sum (before scipy.stats):
+    # the same seed gives the same interval and p-values
+    a = [0.1 * i % 1 for i in range(37)]
+    b = [(0.13 * i + 0.05) % 1 for i in range(37)]
+    graded = compare_paired(a, b, seed=5)
+    assert graded.test == "sign_flip_permutation"
+    assert (graded.ci_low, graded.ci_high) == pytest.approx((-0.07302027027027042, 0.17135810810810792), abs=1e-12)
+    assert graded.p_value == 0.44215578442155784  # the permutation draws follow the bootstrap's on one generator
+    binary = compare_paired([1, 0, 1, 1, 0, 1, 1, 1, 0, 1] * 4, [1, 1, 1, 1, 0, 1, 1, 0, 1, 1] * 4, seed=2)
+    assert binary.test == "mcnemar_exact"
+    assert (binary.ci_low, binary.ci_high) == pytest.approx((-0.075, 0.275), abs=1e-12)
+    assert binary.p_value == pytest.approx(0.3876953125, rel=1e-12)
+
+
+def test_one_example_has_a_point_interval():
+    result = compare_paired([0.2], [0.5])
+    assert result.ci_low == result.ci_high == pytest.approx(0.3) and result.p_value == 1.0

@@ -5,10 +5,10 @@ same examples: the mean difference, a paired bootstrap confidence interval, and 
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Literal, Sequence
 
 import numpy as np
+import scipy.stats
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith.errors import UserError
@@ -69,14 +69,17 @@ def changed_examples(ids: Sequence[str], a: Sequence[float], b: Sequence[float])
 
 def bootstrap_ci(diff: np.ndarray, n_boot: int, alpha: float, rng: np.random.Generator) -> tuple[float, float]:
     """Percentile interval of the mean difference over example indices resampled with replacement
-    (the pairs stay together, so the correlation between the two models' scores is kept)."""
-    n = len(diff)
-    means = np.empty(n_boot)
-    for start in range(0, n_boot, BOOT_CHUNK):
-        size = min(BOOT_CHUNK, n_boot - start)
-        means[start : start + size] = diff[rng.integers(0, n, size=(size, n))].mean(axis=1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    (the pairs stay together, so the correlation between the two models' scores is kept).
+
+    scipy.stats.bootstrap draws the same indices from `rng` (in batches of BOOT_CHUNK, so memory
+    stays ~n * BOOT_CHUNK indices) and leaves `rng` where the sign-flip test expects it: measured
+    against the former hand-written loop on 200 random inputs, the bounds differ by at most 4e-15.
+    It refuses a single example, whose every resample is that example: the interval is the point."""
+    if len(diff) == 1:
+        return float(diff[0]), float(diff[0])
+    result = scipy.stats.bootstrap((diff,), np.mean, n_resamples=n_boot, batch=BOOT_CHUNK, vectorized=True,
+                                   confidence_level=1 - alpha, method="percentile", rng=rng)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mcnemar_exact(improved: int, regressed: int) -> float:
@@ -85,14 +88,19 @@ def mcnemar_exact(improved: int, regressed: int) -> float:
     n = improved + regressed
     if n == 0:
         return 1.0
-    k = min(improved, regressed)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(scipy.stats.binomtest(improved, n, 0.5).pvalue)
 
 
 def sign_flip_test(diff: np.ndarray, rng: np.random.Generator) -> tuple[Literal["sign_flip_exact", "sign_flip_permutation"], float]:
     """Two-sided paired permutation test: under no difference each example's difference is as
-    likely to have either sign. Exact over all sign patterns when few differences are non-zero."""
+    likely to have either sign. Exact over all sign patterns when few differences are non-zero.
+
+    Hand-written, not scipy.stats.permutation_test(permutation_type="samples"), measured (scipy
+    1.17, 2 CPU cores): exact, scipy is 5x slower (789 vs 148 ms at 16 non-zero differences) and
+    its tie tolerance (100 eps * |observed sum|) misses the mirror pattern when the sum is small
+    beside the differences (1 in 300 random cases: p 0.998 where it is 1.0; ours is relative to
+    the differences); sampled, it is 4-12x slower (n=200: 372 vs 31 ms; n=2000: 3.2 vs 0.85 s) and
+    draws other sign patterns from the same seed, so every reported p-value would move."""
     nonzero = diff[diff != 0]
     if len(nonzero) == 0:
         return "sign_flip_exact", 1.0
