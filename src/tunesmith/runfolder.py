@@ -98,12 +98,26 @@ def find_run(workspace: Workspace, ref: str) -> Path:
     """A run id in the workspace, or a path to a run folder."""
     candidate = Path(ref)
     if (candidate / "run.json").is_file():
-        return candidate.resolve()
+        folder = candidate.resolve()
+        if folder.parent != workspace.runs.resolve():
+            _say_opened_by_path(folder, workspace)
+        return folder
     if "/" not in ref and ref not in (".", ".."):
         folder = workspace.run_dir(ref)
         if (folder / "run.json").is_file():
             return folder
     raise UserError(f"no run '{ref}' in {workspace.runs}", fix="`tunesmith runs list` shows the run ids")
+
+
+def _say_opened_by_path(folder: Path, workspace: Workspace) -> None:
+    """A folder from elsewhere (shared, downloaded) is data, not code: say that it is, and what it may run."""
+    from rich.markup import escape
+
+    from tunesmith.config import remote_code_allowed
+    from tunesmith.ui import console
+
+    code = "remote code ON (--trust-remote-code)" if remote_code_allowed() else "remote code off (its config cannot turn it on)"
+    console.print(escape(f"opening run folder {folder} by path, not from the registry in {workspace.home}; {code}"), highlight=False, soft_wrap=True)
 
 
 def replace_folder(source: Path, target: Path) -> None:

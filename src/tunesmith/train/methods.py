@@ -132,7 +132,7 @@ def load_trained(folder: Path, method: str, base_path: str, model_spec: ModelSpe
     if merge and method in MERGEABLE:
         model = model.merge_and_unload()
     model.eval()
-    return model, load_tokenizer(str(folder), model_spec.trust_remote_code)
+    return model, load_tokenizer(str(folder))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
