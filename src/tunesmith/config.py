@@ -387,12 +387,9 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None) ->
     if path is not None:
         if not path.is_file():
             raise UserError(f"no such config file: {path}", fix="check the path; examples/ has ready-made configs")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="fix the YAML syntax at that line") from None
+        from tunesmith.files import read_yaml
+
+        loaded = read_yaml(path, fix="fix the YAML syntax at that line")
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError("the config must be a mapping of sections (model, data, train, eval)", where=str(path))
         data = loaded or {}

@@ -105,6 +105,7 @@ def pick_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DAMAGED_WEIGHTS_FIX = "restore the folder from a backup, or train the run again"
 REMOTE_CODE_FIX = f"if you trust that code, pass --trust-remote-code (or set {REMOTE_CODE_ENV}=1); otherwise use a model that needs none"
 
 
@@ -125,7 +126,11 @@ def remote_code_files(path: str | Path) -> list[str]:
 
 
 def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
-    """Every transformers from_pretrained in tunesmith goes through here, so remote code obeys one rule."""
+    """Every transformers from_pretrained in tunesmith goes through here, so remote code obeys one rule
+    (and a truncated weights file is named before the library trips over it)."""
+    from tunesmith.files import check_weights
+
+    check_weights(Path(path), fix=DAMAGED_WEIGHTS_FIX)
     allowed = remote_code_allowed()
     try:
         return loader.from_pretrained(path, trust_remote_code=allowed, **kwargs)
@@ -138,6 +143,16 @@ def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
         raise UserError(
             f"{path} does not load without its own code, which tunesmith runs only when asked: {'; '.join(files) or cause}", fix=REMOTE_CODE_FIX
         ) from None
+
+
+def load_adapter(base: Any, folder: Path) -> Any:
+    """A PEFT adapter folder (a run's artefact or checkpoint) on its base model."""
+    from peft import PeftModel
+
+    from tunesmith.files import check_weights
+
+    check_weights(folder, fix=DAMAGED_WEIGHTS_FIX)
+    return PeftModel.from_pretrained(base, folder)
 
 
 def load_tokenizer(path: str) -> Any:

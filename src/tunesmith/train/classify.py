@@ -245,16 +245,16 @@ def scores(truth: list[int], predicted: list[int], n_labels: int) -> dict[str, f
 
 def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any, torch.device]:
     """A classification run's artefact: the saved model, or the base encoder with the adapter (and head) merged."""
-    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
-    if info.method == "full":
-        return load_classifier(model_spec, str(folder), labels)
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from tunesmith.models.loading import from_pretrained
+    from tunesmith.files import read_json
+    from tunesmith.models.loading import DAMAGED_WEIGHTS_FIX, from_pretrained, load_adapter
 
+    labels = read_json(folder / LABELS_FILE, fix=DAMAGED_WEIGHTS_FIX)
+    if info.method == "full":
+        return load_classifier(model_spec, str(folder), labels)
     base, _, device = load_classifier(model_spec, info.base_model_path, labels)
-    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    model = load_adapter(base, folder).merge_and_unload()
     return model, from_pretrained(AutoTokenizer, folder), device
 
 
