@@ -187,3 +187,42 @@ def test_the_html_download_button_writes_an_importable_sheet(tmp_path):
     result = import_review(tmp_path / "downloaded.csv", key_path)
     assert result.rated == 5 and result.ties == 5
     assert all(2 <= m <= 4 for m in result.mean_rating.values())
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=already quoted", "'plain"]
+
+
+def test_cells_a_spreadsheet_would_run_are_defused_and_read_back_exactly(tmp_path):
+    rows = [{"id": f"-{i}" if i % 2 else f"ex-{i}", "prompt": text, "reference": text, "answer_a": text, "answer_b": "fine"}
+            for i, text in enumerate(FORMULAS)]
+    csv_path, _, key_path = export_review(rows, tmp_path, fraction=1.0)
+    sheet = read(csv_path)
+    cells = [row[c] for row in sheet for c in ("id", "prompt", "reference", "answer_1", "answer_2")]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]  # none starts as a formula
+    assert {r["prompt"] for r in sheet} == {"'" + t for t in FORMULAS}  # a leading ' is doubled, so stripping one is always right
+    write(tmp_path / "filled.csv", fill(sheet, lambda first, second, i: "1"))
+    result = import_review(tmp_path / "filled.csv", key_path)  # the ids "-1", "-3" ... are matched once the ' is stripped
+    assert result.rated == len(FORMULAS)
+
+
+@pytest.mark.parametrize(("encoding", "delimiter"), [("utf-8-sig", ";"), ("cp1252", ","), ("utf-16", "\t"), ("utf-16-le", "\t")])
+def test_sheets_saved_by_a_spreadsheet_are_read_in_their_encoding(tmp_path, encoding, delimiter):
+    """Excel saves "CSV UTF-8" with a BOM (';' in many locales), "CSV" in CP1252 on Windows, and
+    "Unicode text" as UTF-16 with tabs (with a BOM; some tools without one)."""
+    csv_path, _, key_path = export_review(make_rows(8), tmp_path, fraction=1.0, seed=1)
+    filled = [{**row, "comment": "très bien, café"} for row in fill(read(csv_path), lambda first, second, i: "1" if first == "tuned" else "2")]
+    with open(tmp_path / "filled.csv", "w", encoding=encoding, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(filled)
+    result = import_review(tmp_path / "filled.csv", key_path)
+    assert result.rated == 8 and result.tuned_wins == 8
+
+
+def test_an_unreadable_sheet_names_the_file(tmp_path):
+    _, _, key_path = export_review(make_rows(4), tmp_path, fraction=1.0)
+    bad = tmp_path / "photo.csv"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x81\x8d\x8f\x90\x9d" * 20)
+    with pytest.raises(UserError) as caught:
+        import_review(bad, key_path)
+    assert str(bad) in caught.value.render() and "UTF-8" in caught.value.render()

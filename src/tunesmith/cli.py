@@ -327,19 +327,43 @@ from tunesmith.eval.commands import register as _register_eval, route_argv as _r
 
 _register_eval(app, runs_app)
 
+TRUST_FLAG = "--trust-remote-code"
+
+
+@app.callback()
+def _options(
+    trust_remote_code: bool = typer.Option(
+        False, TRUST_FLAG, help="let a model folder run its own Python (auto_map), on any command that loads a model (also TUNESMITH_TRUST_REMOTE_CODE=1); "
+        "never allowed by a file such as a run's config.yaml"
+    ),
+) -> None:
+    if trust_remote_code:
+        from tunesmith.config import allow_remote_code
+
+        allow_remote_code()
+
+
+def _take_trust_flag(argv: list[str]) -> list[str]:
+    """--trust-remote-code is accepted after any command too (`tunesmith generate RUN --trust-remote-code`)."""
+    if TRUST_FLAG in argv:
+        from tunesmith.config import allow_remote_code
+
+        allow_remote_code()
+    return [a for a in argv if a != TRUST_FLAG]
+
 
 def main() -> None:
     """Usage errors exit 2 through Typer; a UserError from any stage is printed without a traceback and exits 2."""
     try:
-        args, prog = _route_eval(sys.argv[1:])  # `eval RUN` is one command; `eval judge|score|review-*` are others
+        args, prog = _route_eval(_take_trust_flag(sys.argv[1:]))  # `eval RUN` is one command; `eval judge|score|review-*` are others
         if prog:
             app(args=args, prog_name="tunesmith")
         else:
-            app()
+            app(args=args)
     except UserError as exc:
         from rich.markup import escape
 
-        console.print(f"[red]error:[/] {escape(exc.render())}", highlight=False)
+        console.print(f"[red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)  # paths stay whole, to copy
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

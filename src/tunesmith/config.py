@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,11 +83,29 @@ class DataSpec(_Spec):
         return self
 
 
+REMOTE_CODE_ENV = "TUNESMITH_TRUST_REMOTE_CODE"
+
+
+def remote_code_allowed() -> bool:
+    """The one rule for running a model folder's own Python (an `auto_map` in its config.json or
+    tokenizer_config.json): only when the person running the command asks, with --trust-remote-code
+    or TUNESMITH_TRUST_REMOTE_CODE=1. Never because a file says so: a run folder's config.yaml, a
+    tokenizer or adapter config all travel with shared data, and would run their code on whoever opens it."""
+    return os.environ.get(REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def allow_remote_code() -> None:
+    """--trust-remote-code: the environment carries it, so launched training processes inherit it."""
+    os.environ[REMOTE_CODE_ENV] = "1"
+
+
 class ModelSpec(_Spec):
     name: str = Field(EMBEDDED_MODEL, description="the embedded default's name, a local HF folder, or a hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False, description="a record of whether the run allowed the model's own code; only --trust-remote-code (or TUNESMITH_TRUST_REMOTE_CODE=1) allows it"
+    )
 
 
 class LoraSpec(_Spec):
@@ -368,12 +387,9 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None) ->
     if path is not None:
         if not path.is_file():
             raise UserError(f"no such config file: {path}", fix="check the path; examples/ has ready-made configs")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="fix the YAML syntax at that line") from None
+        from tunesmith.files import read_yaml
+
+        loaded = read_yaml(path, fix="fix the YAML syntax at that line")
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError("the config must be a mapping of sections (model, data, train, eval)", where=str(path))
         data = loaded or {}
@@ -382,7 +398,13 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None) ->
             _set_path(data, dotted, value)
     if "data" not in data:
         raise UserError(f"no data given in {source}", fix="pass --data NAME_OR_FILE or set data.dataset / data.path in the config")
-    return validate_spec(RunSpec, data, source)
+    spec = validate_spec(RunSpec, data, source)
+    if spec.model.trust_remote_code and not remote_code_allowed():
+        from tunesmith.ui import console
+
+        console.print(f"[yellow]model.trust_remote_code in {source} is not obeyed[/]: the model's own code runs only with --trust-remote-code", soft_wrap=True)
+    spec.model.trust_remote_code = remote_code_allowed()  # the run's config.yaml records what was in effect
+    return spec
 
 
 def spec_to_yaml(spec: BaseModel, extra: dict[str, Any] | None = None) -> str:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
 from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import headline_first
+from tunesmith.files import read_json, read_yaml
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import find_run
+from tunesmith.runfolder import DAMAGED_RUN_FIX, find_run, load_run_info
 from tunesmith.ui import out
 from tunesmith.workspace import Workspace
 
@@ -73,7 +72,7 @@ def print_run(workspace: Workspace, run_id: str) -> None:
         out.print(f"[bold]{key}[/]: {value}")
     info_path = workspace.run_dir(run_id) / "run.json"
     if info_path.exists():
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path, fix=DAMAGED_RUN_FIX)
         out.print(f"[bold]best step[/]: {info.get('best_step')} (epoch {info.get('best_epoch')})  [bold]train seconds[/]: {info.get('train_seconds')}")
     by_split: dict[str, dict[str, dict[str, float]]] = {}
     for evaluation in registry.evaluations(run_id):
@@ -95,14 +94,12 @@ def _dotted(data: dict, path: str) -> object:
 
 def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
     """Runs as columns: data version, hyperparameters, best validation loss and every metric of each evaluated model."""
-    import yaml
-
     if len(refs) < 2:
         raise UserError("runs compare needs two or more runs", fix="tunesmith runs compare RUN1 RUN2 [RUN3 ...]")
     folders = [find_run(workspace, ref) for ref in refs]
-    infos = [json.loads((f / "run.json").read_text()) for f in folders]
-    configs = [yaml.safe_load((f / "config.yaml").read_text()) for f in folders]
-    reports = [json.loads((f / "eval" / "report.json").read_text()) if (f / "eval" / "report.json").is_file() else {} for f in folders]
+    infos = [load_run_info(f).model_dump() for f in folders]
+    configs = [read_yaml(f / "config.yaml", fix=DAMAGED_RUN_FIX) for f in folders]
+    reports = [read_json(f / "eval" / "report.json", fix="evaluate the run again: tunesmith eval RUN") if (f / "eval" / "report.json").is_file() else {} for f in folders]
     table = Table(title="runs side by side")
     table.add_column("")
     for info in infos:

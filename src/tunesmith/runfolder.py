@@ -13,7 +13,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith import __version__
@@ -68,13 +67,25 @@ def write_config(run_dir: Path, spec: RunSpec, notes: dict[str, str] | None = No
     (run_dir / "config.yaml").write_text(head + spec_to_yaml(spec, {"versions": versions()}), encoding="utf-8")
 
 
+DAMAGED_RUN_FIX = "restore the run folder from a backup, or train the run again (its config.yaml, if intact, repeats it)"
+
+
 def read_config(run_dir: Path) -> RunSpec:
+    """The run's resolved config.yaml, checked like any config; damage is named, never a traceback."""
     from tunesmith.config import validate_spec
+    from tunesmith.files import read_yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise UserError(f"{run_dir} has no config.yaml", fix="this run cannot be resumed; start a new one")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise UserError(f"{run_dir} has no config.yaml", fix=DAMAGED_RUN_FIX)
+    data = read_yaml(path, fix=DAMAGED_RUN_FIX) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged: not a mapping of sections", fix=DAMAGED_RUN_FIX)
+    # Every section is written out in full; one missing means the file was cut short, and defaults
+    # filling in for it would quietly change what the run was.
+    missing = [section for section in ("model", "data", "train", "eval") if not isinstance(data.get(section), dict)]
+    if missing:
+        raise UserError(f"{path} is damaged (cut short?): no {', '.join(missing)} section", fix=DAMAGED_RUN_FIX)
     data.pop("versions", None)
     return validate_spec(RunSpec, data, str(path))
 
@@ -91,19 +102,35 @@ def save_run_info(run_dir: Path, info: RunInfo) -> None:
 
 
 def load_run_info(run_dir: Path) -> RunInfo:
-    return RunInfo.model_validate_json((run_dir / "run.json").read_text(encoding="utf-8"))
+    from tunesmith.files import read_model
+
+    return read_model(run_dir / "run.json", RunInfo, fix=DAMAGED_RUN_FIX)
 
 
 def find_run(workspace: Workspace, ref: str) -> Path:
     """A run id in the workspace, or a path to a run folder."""
     candidate = Path(ref)
     if (candidate / "run.json").is_file():
-        return candidate.resolve()
+        folder = candidate.resolve()
+        if folder.parent != workspace.runs.resolve():
+            _say_opened_by_path(folder, workspace)
+        return folder
     if "/" not in ref and ref not in (".", ".."):
         folder = workspace.run_dir(ref)
         if (folder / "run.json").is_file():
             return folder
     raise UserError(f"no run '{ref}' in {workspace.runs}", fix="`tunesmith runs list` shows the run ids")
+
+
+def _say_opened_by_path(folder: Path, workspace: Workspace) -> None:
+    """A folder from elsewhere (shared, downloaded) is data, not code: say that it is, and what it may run."""
+    from rich.markup import escape
+
+    from tunesmith.config import remote_code_allowed
+    from tunesmith.ui import console
+
+    code = "remote code ON (--trust-remote-code)" if remote_code_allowed() else "remote code off (its config cannot turn it on)"
+    console.print(escape(f"opening run folder {folder} by path, not from the registry in {workspace.home}; {code}"), highlight=False, soft_wrap=True)
 
 
 def replace_folder(source: Path, target: Path) -> None:

@@ -62,10 +62,7 @@ class Dataset(BaseModel):
         if self._splits is not None:
             yield from self._splits[split]
             return
-        with (self.path / f"{split}.jsonl").open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield Example.model_validate_json(line)
+        yield from _examples(self.path / f"{split}.jsonl")
 
     @property
     def name(self) -> str:
@@ -164,17 +161,40 @@ def _split_writer(rows: Rows, selected: np.ndarray, extra: list[Example]) -> Cal
     return write
 
 
+def _damaged_fix(folder: Path) -> str:
+    return f"delete {folder} and prepare the dataset again from its source file (tunesmith data prepare FILE --out {folder.name})"
+
+
+def _examples(path: Path) -> Iterator[Example]:
+    """A split file's examples; a damaged line is named, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield Example.model_validate_json(line)
+                    except ValidationError as exc:
+                        raise UserError(f"damaged line in a prepared dataset: {exc.errors()[0]['msg']}", where=f"{path}:{number}", fix=_damaged_fix(path.parent)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", fix=_damaged_fix(path.parent)) from None
+
+
 def _read_split(path: Path) -> list[Example]:
-    with path.open(encoding="utf-8") as handle:
-        return [Example.model_validate_json(line) for line in handle if line.strip()]
+    return list(_examples(path))
 
 
 def read_manifest(folder: Path) -> Manifest:
-    return Manifest.model_validate_json((folder / "manifest.json").read_text(encoding="utf-8"))
+    from tunesmith.files import read_model
+
+    return read_model(folder / "manifest.json", Manifest, fix=_damaged_fix(folder))
 
 
 def load_dataset(workspace: Workspace, name: str) -> Dataset:
     folder = workspace.dataset_dir(name)
+    if folder.is_dir() and not (folder / "manifest.json").is_file():
+        raise UserError(f"dataset folder {folder} has no manifest.json (a damaged or half-copied dataset)", fix=_damaged_fix(folder))
     if not (folder / "manifest.json").is_file():
         raise UserError(f"no dataset named '{name}' in {workspace.datasets}", fix="run `tunesmith data prepare FILE --out NAME` first, or pass a file path")
     return Dataset(path=folder, manifest=read_manifest(folder))

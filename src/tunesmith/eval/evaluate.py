@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from tunesmith.config import EvalSpec, ModelSpec, RunSpec, validate_spec
+from tunesmith.config import EvalSpec, ModelSpec, RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
@@ -27,9 +25,9 @@ PROMPT_MODELS = ("base", "few-shot", "system")  # the base model's weights, prom
 
 
 def load_run_spec_from_folder(run_dir: Path) -> RunSpec:
-    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    data.pop("versions", None)
-    return validate_spec(RunSpec, data, str(run_dir / "config.yaml"))
+    from tunesmith.runfolder import read_config
+
+    return read_config(run_dir)
 
 
 def load_tuned(run_dir: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:

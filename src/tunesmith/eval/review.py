@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import random
 from itertools import combinations
@@ -116,11 +117,30 @@ def rater_agreement(raters: list[dict[str, tuple]]) -> tuple[float | None, float
 # --- files -----------------------------------------------------------------------------------
 
 
+# A cell starting with one of these is a formula to a spreadsheet (an answer "=HYPERLINK(...)" would
+# run when a rater opens the sheet): such cells are written with a leading ' (OWASP's CSV-injection
+# advice), and read back without it. "'" is in the set so that the prefix is always undone exactly.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def defuse(cell: str) -> str:
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def undefuse(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
 def write_sheet(path: Path, sheet: list[dict]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(sheet)
+        writer.writerows({k: defuse(str(v)) for k, v in row.items()} for row in sheet)
+
+
+def _delimiter(header: str) -> str:
+    """Spreadsheets save "CSV" with ',' or, in many locales, ';', and "Unicode text" with tabs."""
+    return max(",;\t", key=header.count)
 
 
 def load_key(path: Path) -> dict[str, list[str]]:
@@ -137,12 +157,12 @@ def load_key(path: Path) -> dict[str, list[str]]:
 def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str | None, dict[str, int], str]]:
     """id -> (preferred model or "tie" or None, ratings per model, comment). Every problem in the
     file is reported at once, each with its file:line."""
-    try:
-        handle = path.open(encoding="utf-8-sig", newline="")  # utf-8-sig: sheets saved by Excel start with a BOM
-    except OSError as exc:
-        raise UserError(f"cannot read the review sheet: {exc}", where=str(path), fix="check the path") from None
-    with handle:
-        reader = csv.DictReader(handle)
+    from tunesmith.files import read_text
+
+    # A spreadsheet saves as UTF-8 with a BOM, UTF-16 ("Unicode text") or, on Windows, CP1252: all are read.
+    text = read_text(path, fix="check the path; save the sheet as CSV UTF-8", fallbacks=("cp1252",))
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=_delimiter(text.split("\n", 1)[0]))
         missing = [c for c in ("id", "preferred", "rating_1", "rating_2") if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"missing column(s) {', '.join(missing)}", where=f"{path}:1",
@@ -161,6 +181,7 @@ def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str |
 
 
 def _read_row(record: dict, order: dict[str, list[str]], seen: dict) -> tuple[tuple | None, list[str]]:
+    record = {k: undefuse(v) if isinstance(v, str) else v for k, v in record.items()}
     row_id = (record.get("id") or "").strip()
     if row_id not in order:
         return None, [f"unknown id {row_id!r} (not in the review key)"]
@@ -215,7 +236,11 @@ button{font-size:1rem;padding:.5rem 1rem}
 _SCRIPT = """
 const COLUMNS = %s;
 const ROWS = JSON.parse(document.getElementById('rows').textContent);
-function cell(v) { v = String(v ?? ''); return /[",\\r\\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+function cell(v) {
+  v = String(v ?? '');
+  if (/^[=+\\-@\\t\\r']/.test(v)) v = "'" + v;  // as review.csv: a spreadsheet must not read a formula
+  return /[",\\r\\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
+}
 function downloadCsv() {
   const lines = [COLUMNS.join(',')];
   ROWS.forEach((row, i) => {

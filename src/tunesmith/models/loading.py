@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, ModelSpec
+from tunesmith.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, REMOTE_CODE_ENV, ModelSpec, remote_code_allowed
 from tunesmith.errors import UserError
 from tunesmith.ui import console
 
@@ -38,8 +39,8 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar; ours is the line above
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+        tokenizer = from_pretrained(AutoTokenizer, folder, gguf_file=gguf_name)
+        model = from_pretrained(AutoModelForCausalLM, folder, gguf_file=gguf_name, dtype=torch.float32)
     finally:
         if previous is None:
             os.environ.pop("TQDM_DISABLE")
@@ -106,10 +107,60 @@ def pick_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+DAMAGED_WEIGHTS_FIX = "restore the folder from a backup, or train the run again"
+REMOTE_CODE_FIX = f"if you trust that code, pass --trust-remote-code (or set {REMOTE_CODE_ENV}=1); otherwise use a model that needs none"
+
+
+def remote_code_files(path: str | Path) -> list[str]:
+    """The Python files a model folder's auto_map entries would import, for the message that refuses them."""
+    folder = Path(path)
+    found: list[str] = []
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        try:
+            auto_map = json.loads((folder / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        refs = [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value]) if isinstance(r, str)]
+        for ref in refs:
+            module = ref.split("--")[-1].rsplit(".", 1)[0]  # "repo--module.Class" or "module.Class"
+            found.append(f"{folder / (module.replace('.', '/') + '.py')} (auto_map in {name})")
+    return list(dict.fromkeys(found))
+
+
+def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
+    """Every transformers from_pretrained in tunesmith goes through here, so remote code obeys one rule
+    (and a truncated weights file is named before the library trips over it)."""
+    from tunesmith.files import check_weights
+
+    check_weights(Path(path), fix=DAMAGED_WEIGHTS_FIX)
+    allowed = remote_code_allowed()
+    try:
+        return loader.from_pretrained(path, trust_remote_code=allowed, **kwargs)
+    except ValueError as exc:
+        # An unknown model_type beside an auto_map fails without naming the code: say which file is missing.
+        files = [] if allowed else remote_code_files(path)
+        if not files and (allowed or "trust_remote_code" not in str(exc)):
+            raise
+        cause = str(exc).splitlines()[0]
+        raise UserError(
+            f"{path} does not load without its own code, which tunesmith runs only when asked: {'; '.join(files) or cause}", fix=REMOTE_CODE_FIX
+        ) from None
+
+
+def load_adapter(base: Any, folder: Path) -> Any:
+    """A PEFT adapter folder (a run's artefact or checkpoint) on its base model."""
+    from peft import PeftModel
+
+    from tunesmith.files import check_weights
+
+    check_weights(folder, fix=DAMAGED_WEIGHTS_FIX)
+    return PeftModel.from_pretrained(base, folder)
+
+
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, path)
     if tokenizer.chat_template is None:
         raise UserError(f"the tokenizer of {path} has no chat template", fix="use an instruct/chat model, or add chat_template to its tokenizer_config.json")
     return tokenizer
@@ -149,7 +200,7 @@ def quiet_libraries() -> None:
 
 
 def load_model(spec: ModelSpec, path: str | None = None, quantization: Any = None) -> tuple[Any, Any, torch.device]:
-    """(model, tokenizer, device) with safetensors only and no remote code unless asked.
+    """(model, tokenizer, device) with safetensors only and no remote code unless asked (`remote_code_allowed`).
     `quantization` (a transformers BitsAndBytesConfig) loads the weights quantised, in place on the device."""
     from transformers import AutoModelForCausalLM
 
@@ -158,11 +209,9 @@ def load_model(spec: ModelSpec, path: str | None = None, quantization: Any = Non
     path = path or resolve_model_path(spec.name)
     device = pick_device(spec)
     try:
-        tokenizer = load_tokenizer(path, spec.trust_remote_code)
+        tokenizer = load_tokenizer(path)
         placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization is not None else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code, **placement
-        )
+        model = from_pretrained(AutoModelForCausalLM, path, dtype=pick_dtype(spec, device), use_safetensors=True, **placement)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec.name}': {str(exc).splitlines()[0]}", fix="check the name or path; hub ids need network access") from None
     if not os.environ.get("OMP_NUM_THREADS"):  # a launcher splitting the cores between processes set it: oversubscribing them is ~5x slower

@@ -18,6 +18,7 @@ import torch
 
 from tunesmith.errors import UserError
 from tunesmith.models.loading import import_deepspeed_quietly
+from tunesmith.ui import console
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -92,17 +93,54 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[max(found)] if found else None
 
 
+DAMAGED_CHECKPOINT_FIX = "resume falls back to an earlier intact checkpoint; with none left, start the run again"
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """Why a finished checkpoint cannot be resumed from (a file truncated or garbled after it was
+    written: disk trouble, a bad copy), or None. Reads the trainer state and the weights' headers."""
+    from tunesmith.files import load_torch, safetensors_damage
+
+    try:
+        load_torch(folder / STATE_FILE, fix=DAMAGED_CHECKPOINT_FIX)
+    except UserError as exc:
+        return str(exc)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return f"{folder} holds no weights (*.safetensors)"
+    for file in weights:
+        reason = safetensors_damage(file)
+        if reason is not None:
+            return f"{file} is damaged ({reason})"
+    return None
+
+
+def latest_intact_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that reads back whole; each damaged one skipped is named, with why."""
+    found = complete_checkpoints(run_dir)
+    for step in sorted(found, reverse=True):
+        reason = checkpoint_damage(found[step])
+        if reason is None:
+            return found[step]
+        earlier = [s for s in found if s < step]
+        then = f"trying step-{max(earlier)}" if earlier else "no earlier checkpoint is left"
+        console.print(f"[yellow]checkpoint step-{step} is damaged[/]: {reason}; {then}", soft_wrap=True)
+    return None
+
+
 def load_state(folder: Path) -> dict[str, Any]:
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    from tunesmith.files import load_torch
+
+    return load_torch(folder / STATE_FILE, fix=DAMAGED_CHECKPOINT_FIX)
 
 
 def restore_weights(model: Any, folder: Path) -> None:
     """Load a checkpoint's trained weights into a model built the same way as the run's."""
-    from safetensors.torch import load_file
+    from tunesmith.files import load_safetensors
 
     weights: dict[str, torch.Tensor] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(str(file)))
+        weights.update(load_safetensors(file, fix=DAMAGED_CHECKPOINT_FIX))
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 

@@ -78,15 +78,15 @@ def load_classifier(spec: ModelSpec, path: str, labels: list[str]) -> tuple[Any,
     """(model, tokenizer, device): the encoder with a head of len(labels) outputs (new unless the folder has one)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunesmith.models.loading import pick_device, pick_dtype, quiet_libraries
+    from tunesmith.models.loading import from_pretrained, pick_device, pick_dtype, quiet_libraries
 
     quiet_libraries()
     device = pick_device(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-            dtype=pick_dtype(spec, device), use_safetensors=True, trust_remote_code=spec.trust_remote_code,
+        tokenizer = from_pretrained(AutoTokenizer, path)
+        model = from_pretrained(
+            AutoModelForSequenceClassification, path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, dtype=pick_dtype(spec, device), use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load '{spec.name}' as a classifier: {str(exc).splitlines()[0]}", fix="use an encoder such as all-minilm-l6-v2, a local HF folder or a hub id") from None
@@ -245,15 +245,17 @@ def scores(truth: list[int], predicted: list[int], n_labels: int) -> dict[str, f
 
 def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any, torch.device]:
     """A classification run's artefact: the saved model, or the base encoder with the adapter (and head) merged."""
-    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
-    if info.method == "full":
-        return load_classifier(model_spec, str(folder), labels)
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from tunesmith.files import read_json
+    from tunesmith.models.loading import DAMAGED_WEIGHTS_FIX, from_pretrained, load_adapter
+
+    labels = read_json(folder / LABELS_FILE, fix=DAMAGED_WEIGHTS_FIX)
+    if info.method == "full":
+        return load_classifier(model_spec, str(folder), labels)
     base, _, device = load_classifier(model_spec, info.base_model_path, labels)
-    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
-    return model, AutoTokenizer.from_pretrained(folder), device
+    model = load_adapter(base, folder).merge_and_unload()
+    return model, from_pretrained(AutoTokenizer, folder), device
 
 
 def evaluate_classifier_run(workspace: Workspace, run_dir: Path, info: RunInfo, spec: EvalSpec, compare_base: bool) -> dict[str, dict[str, float]]:

@@ -120,19 +120,17 @@ def is_prompt_learning(model: Any) -> bool:
 def load_trained(folder: Path, method: str, base_path: str, model_spec: ModelSpec, spec: TrainSpec, merge: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) from a run's artefact folder (or a checkpoint), with the tokenizer saved beside it.
     LoRA and DoRA are merged into the base when `merge` (faster generation, same outputs)."""
-    from tunesmith.models.loading import load_model, load_tokenizer
+    from tunesmith.models.loading import load_adapter, load_model, load_tokenizer
 
     if method == "full":
         model, tokenizer, _ = load_model(model_spec, str(folder))
         return model, tokenizer
-    from peft import PeftModel
-
     base, _, _ = load_for_method(model_spec, base_path, spec)
-    model = PeftModel.from_pretrained(base, folder)
+    model = load_adapter(base, folder)
     if merge and method in MERGEABLE:
         model = model.merge_and_unload()
     model.eval()
-    return model, load_tokenizer(str(folder), model_spec.trust_remote_code)
+    return model, load_tokenizer(str(folder))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunesmith.errors import UserError
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import find_run, load_run_info, read_config
-from tunesmith.train.checkpoint import latest_checkpoint, prune_checkpoints, truncate_metrics
+from tunesmith.files import read_text, read_yaml
+from tunesmith.runfolder import DAMAGED_RUN_FIX, find_run, load_run_info, read_config
+from tunesmith.train.checkpoint import latest_intact_checkpoint, prune_checkpoints, truncate_metrics
 from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset
@@ -35,7 +34,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _resolved_fields(run_dir: Path) -> set[str]:
     """Fields the run resolved from 'auto' or a default (noted as comments atop its config.yaml)."""
-    lines = (run_dir / "config.yaml").read_text(encoding="utf-8").splitlines()
+    lines = read_text(run_dir / "config.yaml", fix=DAMAGED_RUN_FIX).splitlines()
     fields = {line[2:].split(":", 1)[0] for line in lines if line.startswith("# train.")}
     return fields | ({"train.lr_multiplier"} if "train.lr" in fields else set())
 
@@ -44,7 +43,7 @@ def resume_conflicts(run_dir: Path, config: Path | None, overrides: dict[str, An
     """Settings given alongside --resume that differ from the run's own: a resumed run cannot change course."""
     given: dict[str, Any] = {}
     if config is not None:
-        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+        loaded = read_yaml(config, fix="fix the YAML syntax at that line") if config.is_file() else None
         given.update(_flatten(loaded if isinstance(loaded, dict) else {}))
     given.update(_flatten({k: v for k, v in overrides.items() if v is not None}))
     current = _flatten(read_config(run_dir).model_dump(mode="json"))
@@ -89,9 +88,9 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     accel.check_env(spec)
     if not distributed.is_main():
         return _resume_as_worker(workspace, run_dir, spec, dataset, budget)
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_intact_checkpoint(run_dir)
     if checkpoint is None:
-        console.print(f"[yellow]run {info.run_id} has no complete checkpoint: training it from the start in the same folder")
+        console.print(f"[yellow]run {info.run_id} has no complete, intact checkpoint: training it from the start in the same folder")
         truncate_metrics(run_dir / "metrics.jsonl", 0)
         prune_checkpoints(run_dir, set())
     distributed.share_from_main(checkpoint)
