@@ -296,3 +296,17 @@ def test_redact_covers_id_label_and_meta_at_any_depth():
 def test_drop_leaves_out_an_example_whose_only_pii_is_in_meta():
     kept, report = scrub_examples([_with_fields(), _example("clean", "Nothing personal here.")], "drop", ner=False)
     assert [e.id for e in kept] == ["clean"] and report.examples_dropped == 1
+
+
+def test_allowlist_is_honoured_by_the_regex_detectors_only_for_whole_findings():
+    text = "Write to jane@example.com or to support@example.com."
+    assert [s.text for s in find_pii(text, ner=False, allow=["example.com"])] == ["jane@example.com", "support@example.com"]
+    assert [s.text for s in find_pii(text, ner=False, allow=["SUPPORT@example.com"])] == ["jane@example.com"]
+
+
+@needs_spacy
+def test_ner_allowlist_keeps_a_brand_and_still_finds_people(analyzer):
+    text = "Maria Gonzalez says: open the Velora app and tap Sync."
+    assert {s.text for s in find_pii(text)} == {"Maria Gonzalez", "Velora"}  # the brand is read as a person
+    assert [s.text for s in find_pii(text, allow=["velora"])] == ["Maria Gonzalez"]
+    assert [s.text for s in find_pii("Open the Velora  app now", allow=["Velora app"])] == []  # inside an allowed term

@@ -85,3 +85,42 @@ def test_prepare_leaves_no_planted_pii_anywhere(home, tmp_path, mode):
         # Examples with personal data anywhere are left out, from the given files too.
         assert len(splits["validation"]) == 6 and len(splits["test"]) == 6
         assert not any(e["meta"] for s in splits.values() for e in s)
+
+
+# ------------------------------------------------------------ what is found, shown before it is redacted
+
+
+def _brand_file(folder: Path) -> Path:
+    records = [_chat(f"How do I sync order {i} with my phone?", f"Open the Velora app and tap Sync for order {i}.") for i in range(20)]
+    records.append(_chat("Who signed off on order 99?", "Hi, this is Maria Gonzalez from finance, I signed it."))
+    return _write(folder / "support.jsonl", records)
+
+
+def test_pii_report_shows_what_ner_found_and_allow_keeps_a_brand(capsys, home, tmp_path):
+    from clihelp import run_cli
+
+    source = _brand_file(tmp_path)
+    found = run_cli(capsys, "data", "prepare", str(source), "--pii", "report", "--out", "seen", "--no-near-dedup")
+    assert found.code == 0, found.err
+    # Report mode changes nothing, so it shows the names NER found: the brand is recognisable as a false positive.
+    assert "PERSON: 'Velora', 'Maria Gonzalez'" in found.err and "--pii-allow" in found.err
+    pii = next(s for s in json.loads((home / "datasets" / "seen" / "manifest.json").read_text())["steps"] if s["step"] == "pii")["report"]
+    assert pii["counts"]["PERSON"] == 21 and pii["examples"]["PERSON"] == ["Velora", "Maria Gonzalez"]
+
+    (tmp_path / "allow.txt").write_text("# our products\nVelora\n", encoding="utf-8")
+    for allow in (["--pii-allow", "Velora"], ["--pii-allow", "LN-3 press,velora"], ["--pii-allow", f"@{tmp_path / 'allow.txt'}"]):
+        redacted = run_cli(capsys, "data", "prepare", str(source), "--pii", "redact", "--out", f"kept-{len(allow[1])}", "--no-near-dedup", *allow)
+        assert redacted.code == 0, redacted.err
+        folder = home / "datasets" / f"kept-{len(allow[1])}"
+        text = "".join((folder / f"{s}.jsonl").read_text() for s in ("train", "validation", "test"))
+        assert text.count("Open the Velora app") == 20 and "<PERSON> from finance" in text and "Maria" not in text
+        # Under redact the summary masks what it lists: it must not print the name it removed.
+        assert "PERSON: 'M***z'" in redacted.err and "Maria" not in redacted.out + redacted.err
+
+
+def test_an_unreadable_allowlist_file_is_a_usage_error(capsys, home, tmp_path):
+    from clihelp import run_cli
+
+    result = run_cli(capsys, "data", "prepare", str(_brand_file(tmp_path)), "--pii-allow", f"@{tmp_path / 'missing.txt'}")
+    assert result.code == 2 and "missing.txt" in result.err and "--pii-allow" in result.err
+    assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
