@@ -263,3 +263,50 @@ def test_ner_drop_keeps_clean_examples(analyzer):
     kept, report = scrub_examples(examples, "drop")
     assert [e.id for e in kept] == [e.id for e in _clean_examples()]
     assert report.examples_dropped == len(PERSONS)
+
+
+# ------------------------------------------------------------ every field, not only messages
+
+
+def _with_fields() -> Example:
+    return Example(
+        id="kim.lee@example.com", label="call (212) 555-0198",
+        messages=[Message(role="user", content="Where is my parcel?"), Message(role="assistant", content="At the depot.")],
+        meta={"customer": {"contacts": [{"email": "deep@example.org"}, "4111 1111 1111 1111"], "n": 3},
+              "jo.key@example.com": "a key holds personal data too"},
+    )
+
+
+def test_redact_covers_id_label_and_meta_at_any_depth():
+    example = _with_fields()
+    (scrubbed,), report = scrub_examples([example], "redact", ner=False)
+    dumped = scrubbed.model_dump_json()
+    for planted in ("kim.lee@example.com", "(212) 555-0198", "deep@example.org", "4111 1111 1111 1111", "jo.key@example.com"):
+        assert planted not in dumped
+    assert scrubbed.id == "<EMAIL>-1" and scrubbed.label == "call <PHONE>"
+    assert scrubbed.meta["customer"] == {"contacts": [{"email": "<EMAIL>"}, "<CREDIT_CARD>"], "n": 3}
+    assert scrubbed.meta["<EMAIL>"] == "a key holds personal data too"
+    assert scrubbed.messages == example.messages
+    assert report.counts == {"CREDIT_CARD": 1, "EMAIL": 3, "PHONE": 1}
+    assert {loc.field for loc in report.locations} == {"id", "label", "meta.customer.contacts[0].email", "meta.customer.contacts[1]", "meta.<key>"}
+    assert all(loc.example_id == "<EMAIL>-1" for loc in report.locations)  # the id as written, never the original
+    assert "kim.lee@example.com" not in report.model_dump_json()
+
+
+def test_drop_leaves_out_an_example_whose_only_pii_is_in_meta():
+    kept, report = scrub_examples([_with_fields(), _example("clean", "Nothing personal here.")], "drop", ner=False)
+    assert [e.id for e in kept] == ["clean"] and report.examples_dropped == 1
+
+
+def test_allowlist_is_honoured_by_the_regex_detectors_only_for_whole_findings():
+    text = "Write to jane@example.com or to support@example.com."
+    assert [s.text for s in find_pii(text, ner=False, allow=["example.com"])] == ["jane@example.com", "support@example.com"]
+    assert [s.text for s in find_pii(text, ner=False, allow=["SUPPORT@example.com"])] == ["jane@example.com"]
+
+
+@needs_spacy
+def test_ner_allowlist_keeps_a_brand_and_still_finds_people(analyzer):
+    text = "Maria Gonzalez says: open the Velora app and tap Sync."
+    assert {s.text for s in find_pii(text)} == {"Maria Gonzalez", "Velora"}  # the brand is read as a person
+    assert [s.text for s in find_pii(text, allow=["velora"])] == ["Maria Gonzalez"]
+    assert [s.text for s in find_pii("Open the Velora  app now", allow=["Velora app"])] == []  # inside an allowed term

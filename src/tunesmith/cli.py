@@ -53,6 +53,7 @@ def data_prepare(
     normalise_outputs: bool = typer.Option(False, "--normalise-outputs", help="rewrite label spelling variants to the most common one"),
     pii: str = typer.Option("report", "--pii", help="off | report | redact | drop"),
     pii_ner: bool = typer.Option(True, "--pii-ner/--no-pii-ner", help="find person names with spaCy NER (about 60 examples/s)"),
+    pii_allow: Optional[list[str]] = typer.Option(None, "--pii-allow", help="never personal data, e.g. a product or machine name (repeat, comma-separate, or @FILE: one a line)"),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="remove exact duplicates"),
     near_dedup: bool = typer.Option(True, "--near-dedup/--no-near-dedup", help="remove near-duplicates too (MinHash LSH)"),
     near_threshold: float = typer.Option(0.85, "--near-threshold", help="Jaccard similarity that counts as a near-duplicate"),
@@ -70,10 +71,12 @@ def data_prepare(
     from tunesmith.config import DataSpec, validate_spec
     from tunesmith.data.dataset import prepare_dataset
     from tunesmith.data.formats import parse_mapping
+    from tunesmith.data.pii import read_allowlist
     from tunesmith.data.report import summarise_dataset
 
     options = {
         "mapping": parse_mapping(map_pairs or []), "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
+        "pii_allow": read_allowlist(pii_allow or []),
         "dedup": dedup, "near_dedup": near_dedup, "near_threshold": near_threshold, "group_by": group_by,
         "validation_file": validation_file, "test_file": test_file,
         "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url,

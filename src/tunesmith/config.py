@@ -40,6 +40,7 @@ class PrepareSpec(_Spec):
     normalise_outputs: bool = Field(False, description="rewrite label spelling variants to the most common one")
     pii: Literal["off", "report", "redact", "drop"] = Field("report", description="what to do with personal data found")
     pii_ner: bool = Field(True, description="also find person names with spaCy NER (slower)")
+    pii_allow: list[str] = Field(default_factory=list, description="terms never treated as personal data, e.g. a product or machine name")
     dedup: bool = Field(True, description="remove exact duplicates")
     near_dedup: bool = Field(True, description="also remove near-duplicates (MinHash LSH)")
     near_threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity at or above which two examples are near-duplicates")

@@ -80,10 +80,12 @@ def dedup_examples(
     return kept, report
 
 
-def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0) -> tuple[np.ndarray, DedupReport]:
-    """dedup_examples for examples held as Rows: the rows kept, in file order, and the report."""
-    n = len(rows)
-    _, first, inverse = np.unique(rows.column("exact"), return_index=True, return_inverse=True)
+def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0,
+               upto: int | None = None) -> tuple[np.ndarray, DedupReport]:
+    """dedup_examples for examples held as Rows: the rows kept, in file order, and the report.
+    `upto`: only the first rows (the file's; splits given as files follow them and stay as given)."""
+    n = len(rows) if upto is None else upto
+    _, first, inverse = np.unique(rows.column("exact")[:n], return_index=True, return_inverse=True)
     original = first[inverse.reshape(-1)]  # the row each row repeats; itself for a first occurrence
     kept = np.flatnonzero(original == np.arange(n))
     repeats = np.flatnonzero(original != np.arange(n))

@@ -361,6 +361,48 @@ _CONVERTERS: dict[str, Callable[[dict], list[Message]]] = {
 }
 
 
+# Limits that what `validate` accepts and what `prepare` reads share (both go through to_example).
+# A dataset's lines are read back with pydantic, whose JSON parser stops at 200 levels of nesting:
+# meta deeper than this would be written and then be unreadable. One text longer than this is a
+# document pasted by mistake (~250k tokens, beyond any max_seq_len); spaCy's own max_length.
+MAX_META_DEPTH = 32
+MAX_TEXT_CHARS = 1_000_000
+
+
+class LimitError(ValueError):
+    """A record beyond MAX_META_DEPTH or MAX_TEXT_CHARS; `code` names it for the validator."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def _depth(value: Any) -> int:
+    """Levels of nested objects and arrays in a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_META_DEPTH:
+            break  # deep enough to refuse; no need to walk the rest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_limits(messages: list[Message], meta: dict) -> None:
+    for index, message in enumerate(messages):
+        if len(message.content) > MAX_TEXT_CHARS:
+            raise LimitError("text_too_long", f"message {index} ({message.role}) holds {len(message.content):,} characters; one text may hold at most "
+                                              f"{MAX_TEXT_CHARS:,}: split it into several examples, or shorten it")
+    depth = _depth(meta)
+    if depth > MAX_META_DEPTH:
+        raise LimitError("meta_too_deep", f"'meta' is nested more than {MAX_META_DEPTH} levels deep; at most {MAX_META_DEPTH} are kept: "
+                                          "flatten it (e.g. join the path into one key)")
+
+
 def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
@@ -373,6 +415,7 @@ def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
         raise ValueError("example has no assistant message to learn from")
     label = record.get("label")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    check_limits(messages, meta)
     return Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
 
 

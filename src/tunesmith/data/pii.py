@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,8 +43,9 @@ class PiiSpan(BaseModel):
 
 class PiiLocation(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    example_id: str
-    message_index: int
+    example_id: str  # as written to the dataset: an id that held personal data is scrubbed too
+    field: str  # "messages[1]", "id", "label", "meta.customer.emails[0]", "meta.<key>" for a key
+    message_index: int | None = None  # for a message, its index
     type: str
 
 
@@ -55,6 +56,10 @@ class PiiReport(BaseModel):
     examples_affected: int
     examples_dropped: int
     counts: dict[str, int] = Field(default_factory=dict)
+    # A few distinct findings per type, so false positives (a brand read as a PERSON) show before
+    # anything is redacted; masked as `shown` says, so the report itself leaks nothing.
+    examples: dict[str, list[str]] = Field(default_factory=dict)
+    allowed: list[str] = Field(default_factory=list)  # the --pii-allow terms that were honoured
     # Capped so that a report on a large, dirty dataset stays readable and small in a manifest.
     locations: list[PiiLocation] = Field(default_factory=list)
 
@@ -340,18 +345,92 @@ def _ner_plausible(entity: str, value: str) -> bool:
     return entity == "PERSON" or any(ch.isupper() for ch in value)
 
 
+# spaCy refuses texts over nlp.max_length (1,000,000 characters) and needs about 1 GB per 100,000
+# characters it tags at once, so long texts go through NER in pieces cut at line or word breaks.
+NER_CHUNK_CHARS = 10_000
+
+
+def _ner_pieces(text: str) -> list[tuple[int, str]]:
+    """(offset, piece) covering `text`; a piece ends at a line break or space where there is one."""
+    if len(text) <= NER_CHUNK_CHARS:
+        return [(0, text)]
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + NER_CHUNK_CHARS, len(text))
+        if end < len(text):
+            half = start + NER_CHUNK_CHARS // 2
+            cut = max(text.rfind("\n", half, end), text.rfind(" ", half, end))
+            end = cut + 1 if cut != -1 else end
+        pieces.append((start, text[start:end]))
+        start = end
+    return pieces
+
+
 def _presidio_findings(texts: list[str]) -> list[list[_Finding]]:
     engine = get_analyzer()
-    artifacts = engine.nlp_engine.process_batch(texts, language="en", batch_size=64)
-    results = []
-    for text, nlp_artifacts in artifacts:
-        found = []
-        for r in engine.analyze(text, language="en", entities=_PRESIDIO_ENTITIES, nlp_artifacts=nlp_artifacts,
+    owner, offsets, pieces = [], [], []
+    for index, text in enumerate(texts):
+        for offset, piece in _ner_pieces(text):
+            owner.append(index)
+            offsets.append(offset)
+            pieces.append(piece)
+    artifacts = engine.nlp_engine.process_batch(pieces, language="en", batch_size=64)
+    results: list[list[_Finding]] = [[] for _ in texts]
+    for index, offset, (piece, nlp_artifacts) in zip(owner, offsets, artifacts):
+        for r in engine.analyze(piece, language="en", entities=_PRESIDIO_ENTITIES, nlp_artifacts=nlp_artifacts,
                                 score_threshold=_PRESIDIO_MIN_SCORE):
-            if _ner_plausible(r.entity_type, text[r.start:r.end]):
-                found.append(_Finding(_PRESIDIO_TYPES.get(r.entity_type, r.entity_type), r.start, r.end, r.score, False))
-        results.append(found)
+            if _ner_plausible(r.entity_type, piece[r.start:r.end]):
+                results[index].append(_Finding(_PRESIDIO_TYPES.get(r.entity_type, r.entity_type), offset + r.start, offset + r.end, r.score, False))
     return results
+
+
+# ---------------------------------------------------------------- allowlist
+
+class Allowlist:
+    """Terms the user says are not personal data (a product called "Velora", a machine "LN-3 press"):
+    a finding is ignored when its text is one of them (case and spacing aside) or lies inside an
+    occurrence of one, whichever detector made it. An email or number is allowed only as a whole,
+    so allowing "example.com" does not let "jane@example.com" through."""
+
+    def __init__(self, terms: Iterable[str] = ()):
+        self.terms = sorted({" ".join(t.split()) for t in terms if t.strip()}, key=str.casefold)
+        self._keys = {t.casefold() for t in self.terms}
+        longest_first = sorted(self.terms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(t).replace(r"\ ", r"\s+") for t in longest_first), re.IGNORECASE) if self.terms else None
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+    def keep(self, text: str, findings: list[_Finding]) -> list[_Finding]:
+        if self._pattern is None or not findings:
+            return findings
+        occurrences = [m.span() for m in self._pattern.finditer(text)]
+        return [
+            f for f in findings
+            if " ".join(text[f.start:f.end].split()).casefold() not in self._keys
+            and not any(start <= f.start and f.end <= end for start, end in occurrences)
+        ]
+
+
+def read_allowlist(values: Iterable[str]) -> list[str]:
+    """--pii-allow values: terms, comma-separated terms, or @FILE with one term a line (# comments)."""
+    from pathlib import Path
+
+    from tunesmith.errors import UserError
+
+    terms: list[str] = []
+    for value in values:
+        if value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                lines = path.read_text(encoding="utf-8-sig").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read the allowlist {path} ({exc.__class__.__name__})", where="--pii-allow",
+                                fix="give a UTF-8 text file with one term a line, e.g. --pii-allow @allow.txt") from None
+            terms += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            terms += [t.strip() for t in value.split(",") if t.strip()]
+    return terms
 
 
 # ---------------------------------------------------------------- merging and the public API
@@ -366,15 +445,25 @@ def _merge(text: str, findings: Iterable[_Finding]) -> list[PiiSpan]:
     return [PiiSpan(type=f.type, start=f.start, end=f.end, text=text[f.start:f.end]) for f in kept]
 
 
-def find_pii_batch(texts: list[str], *, ner: bool = True) -> list[list[PiiSpan]]:
+def _wants_ner(text: str) -> bool:
+    # Ids, codes and numbers hold no names; skipping them keeps NER to the texts that can.
+    return any(ch.isalpha() for ch in text)
+
+
+def find_pii_batch(texts: list[str], *, ner: bool = True, allow: Allowlist | Iterable[str] = ()) -> list[list[PiiSpan]]:
     """find_pii for many texts at once: spaCy processes them in batches, about twice as fast."""
-    ner_findings = _presidio_findings(texts) if ner and texts else [[] for _ in texts]
-    return [_merge(text, _regex_findings(text) + extra) for text, extra in zip(texts, ner_findings)]
+    allow = allow if isinstance(allow, Allowlist) else Allowlist(allow)
+    ner_findings: list[list[_Finding]] = [[] for _ in texts]
+    if ner:
+        wanted = [i for i, text in enumerate(texts) if _wants_ner(text)]
+        for i, found in zip(wanted, _presidio_findings([texts[i] for i in wanted]) if wanted else []):
+            ner_findings[i] = found
+    return [_merge(text, allow.keep(text, _regex_findings(text) + extra)) for text, extra in zip(texts, ner_findings)]
 
 
-def find_pii(text: str, *, ner: bool = True) -> list[PiiSpan]:
+def find_pii(text: str, *, ner: bool = True, allow: Allowlist | Iterable[str] = ()) -> list[PiiSpan]:
     """Every PII or secret span in `text`, non-overlapping, in order."""
-    return find_pii_batch([text], ner=ner)[0]
+    return find_pii_batch([text], ner=ner, allow=allow)[0]
 
 
 def redact(text: str, spans: Iterable[PiiSpan]) -> str:
@@ -391,14 +480,60 @@ def redact(text: str, spans: Iterable[PiiSpan]) -> str:
     return "".join(pieces)
 
 
+def mask(text: str) -> str:
+    """Enough of a finding to recognise it, not to read it: first and last character, e.g. `V***a`."""
+    text = " ".join(text.split())
+    return f"{text[0]}***{text[-1]}" if len(text) > 3 else "***"
+
+
+MAX_EXAMPLES_SHOWN = 5
+
+
+def shown(span_type: str, text: str, mode: ScrubMode) -> str:
+    """How a finding appears in reports and on the terminal. NER's guesses (names, places) are where
+    false positives come from, so `report` mode, which changes nothing in the data, shows them as
+    found, for the user to allowlist; everything else, and everything under redact and drop (whose
+    promise is that no personal data is left anywhere), is masked."""
+    if mode == "report" and span_type in _NER_TYPES:
+        flat = " ".join(text.split())
+        return flat if len(flat) <= 60 else flat[:57] + "..."
+    return mask(text)
+
+
 def scrub_examples(
-    examples: list[Example], mode: ScrubMode, *, ner: bool = True
+    examples: list[Example], mode: ScrubMode, *, ner: bool = True, allow: Iterable[str] = ()
 ) -> tuple[list[Example], PiiReport]:
-    """Scan every message of every example: `report` returns them unchanged, `redact` replaces
-    each finding with a typed placeholder, `drop` leaves out examples with any finding."""
-    scrubber = Scrubber(mode, ner=ner)
+    """Scan every text field of every example (messages, id, label, meta values and keys at any
+    depth): `report` returns them unchanged, `redact` replaces each finding with a typed
+    placeholder, `drop` leaves out examples with any finding."""
+    scrubber = Scrubber(mode, ner=ner, allow=allow)
     kept = scrubber.scrub(examples)
     return kept, scrubber.finish()
+
+
+Field_ = tuple[str, str]  # (where in the example, the text there)
+
+
+def _meta_fields(value: Any, where: str) -> Iterator[Field_]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key_text = str(key)
+            yield f"{where}.<key>", key_text
+            yield from _meta_fields(item, f"{where}.{key_text}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _meta_fields(item, f"{where}[{index}]")
+
+
+def text_fields(example: Example) -> list[Field_]:
+    """Every string an example carries, with where it sits: what a scrub must cover."""
+    fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
+    if example.label is not None:
+        fields.append(("label", example.label))
+    fields += list(_meta_fields(example.meta, "meta"))
+    return fields
 
 
 class Scrubber:
@@ -406,56 +541,101 @@ class Scrubber:
 
     CACHE_LIMIT = 100_000
 
-    def __init__(self, mode: ScrubMode, *, ner: bool = True):
+    def __init__(self, mode: ScrubMode, *, ner: bool = True, allow: Iterable[str] = ()):
         self.mode, self.ner = mode, ner
-        self.report = PiiReport(mode=mode, examples_scanned=0, examples_affected=0, examples_dropped=0)
+        self.allow = Allowlist(allow)
+        self.report = PiiReport(mode=mode, examples_scanned=0, examples_affected=0, examples_dropped=0, allowed=self.allow.terms)
         self.counts: Counter[str] = Counter()
+        self.examples_shown: dict[str, dict[str, None]] = {}
+        self.ids_rewritten = 0
         # System prompts and stock replies repeat across a dataset: each distinct text is scanned once.
         self._spans: dict[str, list[PiiSpan]] = {}
 
-    def scrub(self, examples: list[Example]) -> list[Example]:
-        distinct = [t for t in dict.fromkeys(m.content for e in examples for m in e.messages) if t not in self._spans]
+    def _scan(self, texts: Iterable[str]) -> None:
+        distinct = [t for t in dict.fromkeys(texts) if t not in self._spans]
         if len(self._spans) + len(distinct) > self.CACHE_LIMIT:
             self._spans = {}
-        self._spans.update(zip(distinct, find_pii_batch(distinct, ner=self.ner)))
+        self._spans.update(zip(distinct, find_pii_batch(distinct, ner=self.ner, allow=self.allow)))
+
+    def spans(self, text: str) -> list[PiiSpan]:
+        found = self._spans.get(text)
+        return found if found is not None else find_pii(text, ner=self.ner, allow=self.allow)
+
+    def scrub(self, examples: list[Example]) -> list[Example]:
+        per_example = [text_fields(e) for e in examples]
+        self._scan(text for fields in per_example for _, text in fields)
         kept: list[Example] = []
-        for example in examples:
-            per_message = [self._spans[m.content] if m.content in self._spans else find_pii(m.content, ner=self.ner) for m in example.messages]
-            _record(self.report, self.counts, example.id, per_message)
-            if not any(per_message):
+        for example, fields in zip(examples, per_example):
+            found = [(where, self.spans(text)) for where, text in fields]
+            if not any(spans for _, spans in found):
                 kept.append(example)
-            elif self.mode == "redact":
-                kept.append(_redacted(example, per_message))
+                continue
+            scrubbed = self._redacted(example) if self.mode != "report" else example
+            self._record(scrubbed.id, found)
+            if self.mode == "redact":
+                kept.append(scrubbed)
             elif self.mode == "report":
                 kept.append(example)
         self.report.examples_scanned += len(examples)
         self.report.examples_dropped += len(examples) - len(kept)
         return kept
 
+    def scrub_text(self, text: str) -> str:
+        """`text` with every finding replaced by its type: for what reports and the terminal show."""
+        spans = self.spans(text)
+        return redact(text, spans) if spans else text
+
+    def scrub_value(self, value: Any) -> Any:
+        """scrub_text on every string (and dict key) of a JSON-like value, at any depth."""
+        strings = [text for _, text in _meta_fields(value, "")]
+        self._scan(strings)
+        return self._scrub_value(value)
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub_text(value)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                new_key = self.scrub_text(key) if isinstance(key, str) else key
+                while new_key in out:  # two keys that differ only in their personal data
+                    new_key = f"{new_key}~"
+                out[new_key] = self._scrub_value(item)
+            return out
+        if isinstance(value, list):
+            return [self._scrub_value(item) for item in value]
+        return value
+
+    def _redacted(self, example: Example) -> Example:
+        new_id = self.scrub_text(example.id)
+        if new_id != example.id:
+            # Ids name examples in reports and reviews: a scrubbed id stays unique with a number.
+            self.ids_rewritten += 1
+            new_id = f"{new_id}-{self.ids_rewritten}"
+        messages = [m if not self.spans(m.content) else m.model_copy(update={"content": self.scrub_text(m.content)}) for m in example.messages]
+        label = None if example.label is None else self.scrub_text(example.label)
+        return example.model_copy(update={"id": new_id, "messages": messages, "label": label, "meta": self._scrub_value(example.meta)})
+
+    def _record(self, example_id: str, found: list[tuple[str, list[PiiSpan]]]) -> None:
+        report = self.report
+        report.examples_affected += 1
+        for where, spans in found:
+            for span in spans:
+                self.counts[span.type] += 1
+                seen = self.examples_shown.setdefault(span.type, {})
+                if len(seen) < MAX_EXAMPLES_SHOWN:
+                    seen[shown(span.type, span.text, self.mode)] = None
+                if len(report.locations) < MAX_LOCATIONS:
+                    index = int(where[9:-1]) if where.startswith("messages[") else None
+                    report.locations.append(PiiLocation(example_id=example_id, field=where, message_index=index, type=span.type))
+
     def finish(self) -> PiiReport:
         self.report.counts = dict(sorted(self.counts.items()))
+        self.report.examples = {kind: list(seen) for kind, seen in sorted(self.examples_shown.items())}
         return self.report
 
 
-def _record(report: PiiReport, counts: Counter[str], example_id: str, per_message: list[list[PiiSpan]]) -> None:
-    if any(per_message):
-        report.examples_affected += 1
-    for index, spans in enumerate(per_message):
-        for span in spans:
-            counts[span.type] += 1
-            if len(report.locations) < MAX_LOCATIONS:
-                report.locations.append(PiiLocation(example_id=example_id, message_index=index, type=span.type))
-
-
-def _redacted(example: Example, per_message: list[list[PiiSpan]]) -> Example:
-    messages = [
-        m.model_copy(update={"content": redact(m.content, spans)}) if spans else m
-        for m, spans in zip(example.messages, per_message)
-    ]
-    return example.model_copy(update={"messages": messages})
-
-
 __all__ = [
-    "PiiLocation", "PiiReport", "PiiSpan", "ScrubMode", "card_ok", "find_pii", "find_pii_batch", "iban_ok",
-    "luhn_ok", "get_analyzer", "redact", "scrub_examples", "Scrubber",
+    "Allowlist", "PiiLocation", "PiiReport", "PiiSpan", "ScrubMode", "card_ok", "find_pii", "find_pii_batch", "iban_ok",
+    "luhn_ok", "get_analyzer", "mask", "read_allowlist", "redact", "scrub_examples", "Scrubber", "shown", "text_fields",
 ]

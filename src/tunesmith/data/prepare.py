@@ -8,6 +8,8 @@ split and the leak check work on compact per-example columns.
 
 from __future__ import annotations
 
+from array import array
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
-from tunesmith.data.formats import ExampleReader, FormatName, load_examples
+from tunesmith.data.formats import ExampleReader, FormatName
 from tunesmith.data.rows import Rows
 from tunesmith.data.rowsplit import assign_given, remove_leaks, split_rows, unseen_labels
 from tunesmith.ui import console
@@ -57,15 +59,16 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     into `workdir`; later steps work on row numbers and compact columns (rows.py)."""
     rows = Rows(workdir, seed, options.group_by)
     steps: list[StepRecord] = []
-    fmt = _stream_in(source, fmt, options, rows, steps)
+    fmt, origin = _stream_in(source, fmt, options, rows, steps)
+    from_file = int(np.count_nonzero(origin == 0))  # the file's rows come first; given splits after
     if options.dedup:
         from tunesmith.data.dedup import dedup_rows
 
-        kept, dedup_report = dedup_rows(rows, near=options.near_dedup, threshold=options.near_threshold, seed=seed)
+        kept, dedup_report = dedup_rows(rows, near=options.near_dedup, threshold=options.near_threshold, seed=seed, upto=from_file)
         _record_step(steps, "dedup", {"near": options.near_dedup, "threshold": options.near_threshold}, dedup_report.examples_in, dedup_report.examples_out, dedup_report)
     else:
-        kept = np.arange(len(rows))
-    splits = _split(rows, kept, fmt, seed, ratios, options)
+        kept = np.arange(from_file)
+    splits = _split(rows, kept, origin, seed, ratios, options)
     leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None)
     steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(kept),
                             examples_out=sum(len(v) for v in splits.values()), report=leaks.model_dump(mode="json")))
@@ -79,56 +82,73 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review)
 
 
-def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord]) -> FormatName:
-    """Read, clean and scrub the file a batch at a time into `rows`; record the clean and PII steps."""
+# Where a row came from: the file, or a split given with --validation-file / --test-file.
+_ORIGINS = {"file": 0, "validation": 1, "test": 2}
+
+
+def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord]) -> tuple[FormatName, np.ndarray]:
+    """Read, clean and scrub every input file a batch at a time into `rows` (the given validation and
+    test files too: whatever goes into the dataset passes the same steps); record the clean and PII
+    steps. Returns the format and each row's origin (_ORIGINS)."""
     from tunesmith.data.clean import Cleaner, normalise_with
     from tunesmith.data.pii import Scrubber
 
-    reader = ExampleReader(source, fmt, options.mapping or None)
     cleaner = Cleaner() if options.clean else None
-    scrubber = Scrubber(options.pii, ner=options.pii_ner) if options.pii != "off" else None
-    # Normalising label spellings needs every answer seen first: cleaned examples wait on disk.
+    scrubber = Scrubber(options.pii, ner=options.pii_ner, allow=options.pii_allow) if options.pii != "off" else None
+    # Normalising label spellings needs every answer seen first: cleaned examples wait on disk,
+    # each line led by its origin's digit.
     staged = (rows.path.parent / "cleaned.jsonl").open("w+b") if cleaner and options.normalise_outputs else None
+    origin = array("b")
 
-    def store(batch: list[Example]) -> None:
+    def store(batch: list[Example], code: int) -> None:
         if staged is not None:
-            staged.writelines((e.model_dump_json() + "\n").encode() for e in batch)
+            staged.writelines(b"%d%s\n" % (code, e.model_dump_json().encode()) for e in batch)
             return
         for example in scrubber.scrub(batch) if scrubber else batch:
             rows.add(example)
+            origin.append(code)
 
-    batch: list[Example] = []
-    for example in reader:
-        if reader.problems.count:
-            continue  # the file will be refused: only look for its other problems
-        cleaned = cleaner.clean(example) if cleaner else example
-        if cleaned is not None:
-            batch.append(cleaned)
-        if len(batch) == CHUNK:
-            store(batch)
-            batch = []
-    store(batch)
-    fmt = reader.finish()
+    inputs = [("file", source), ("validation", options.validation_file), ("test", options.test_file)]
+    for name, path in inputs:
+        if path is None:
+            continue
+        reader = ExampleReader(path, fmt, options.mapping or None)
+        code, batch = _ORIGINS[name], []
+        for example in reader:
+            if reader.problems.count:
+                continue  # the file will be refused: only look for its other problems
+            cleaned = cleaner.clean(example) if cleaner else example
+            if cleaned is not None:
+                batch.append(cleaned)
+            if len(batch) == CHUNK:
+                store(batch, code)
+                batch = []
+        store(batch, code)
+        fmt = reader.finish()  # the file's format is the given splits' format too
     if cleaner:
         findings, normalised = cleaner.lint.findings(), 0
         if staged is not None:
             normalise, staged_file, staged = normalise_with(findings), staged, None
             staged_file.seek(0)
             for lines in iter(lambda: staged_file.readlines(1 << 20), []):
-                batch = [Example.model_validate_json(line) for line in lines]
-                out = [normalise(e) for e in batch]
-                normalised += sum(a != b for a, b in zip(out, batch))
-                store(out)
+                for code, group in groupby(lines, key=lambda line: line[0] - ord("0")):
+                    batch = [Example.model_validate_json(line[1:]) for line in group]
+                    out = [normalise(e) for e in batch]
+                    normalised += sum(a != b for a, b in zip(out, batch))
+                    store(out, code)
             staged_file.close()
         report = cleaner.report(findings, normalised)
+        if scrubber is not None and options.pii in ("redact", "drop"):
+            # The clean report quotes answers and ids from before the PII step: scrub what it shows.
+            report = type(report).model_validate(scrubber.scrub_value(report.model_dump(mode="json")))
         _record_step(steps, "clean", {"normalise_outputs": options.normalise_outputs}, report.examples_in, report.examples_out, report)
         _warn_style(steps[-1].report)
     if scrubber:
         pii_report = scrubber.finish()
-        _record_step(steps, "pii", {"mode": options.pii, "ner": options.pii_ner}, pii_report.examples_scanned,
+        _record_step(steps, "pii", {"mode": options.pii, "ner": options.pii_ner, "allow": len(pii_report.allowed)}, pii_report.examples_scanned,
                      pii_report.examples_scanned - pii_report.examples_dropped, pii_report)
         _warn_pii(steps[-1].report)
-    return fmt
+    return fmt, np.frombuffer(origin, dtype=np.int8).copy()
 
 
 def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord], options: PrepareSpec) -> tuple[list[Example], list[dict]]:
@@ -145,12 +165,11 @@ def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord],
     return synthetic, review
 
 
-def _split(rows: Rows, kept: np.ndarray, fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, np.ndarray]:
-    given = {name: load_examples(path, fmt, options.mapping or None)[0] for name, path in  # type: ignore[arg-type]
+def _split(rows: Rows, kept: np.ndarray, origin: np.ndarray, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, np.ndarray]:
+    given = {name: np.flatnonzero(origin == _ORIGINS[name]) for name, path in
              (("validation", options.validation_file), ("test", options.test_file)) if path is not None}
     if given:
-        given_rows = {name: np.array([rows.add(e) for e in examples], dtype=np.int64) for name, examples in given.items()}
-        return assign_given(rows, kept, given_rows, ratios, seed, options.group_by)
+        return assign_given(rows, kept, given, ratios, seed, options.group_by)
     return split_rows(rows, kept, ratios, seed, options.group_by)
 
 
@@ -164,5 +183,9 @@ def _warn_pii(report: dict[str, Any]) -> None:
     if report["counts"]:
         counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
         verb = {"report": "found (left in place; --pii redact or drop to remove)", "redact": "redacted", "drop": "found; examples dropped"}[report["mode"]]
-        console.print(f"  [yellow]personal data {verb}:[/] {counts} in {report['examples_affected']} example(s)")
-
+        console.print(f"  [yellow]personal data {verb}:[/] {counts} in {report['examples_affected']} example(s)", highlight=False)
+        for kind, shown in report.get("examples", {}).items():
+            console.print(f"    {kind}: {', '.join(map(repr, shown))}", highlight=False, markup=False)
+        console.print("    not personal data (a product, a machine)? keep it with --pii-allow TERM (repeat, comma-separate, or @FILE)", highlight=False)
+    if report.get("allowed"):
+        console.print(f"  pii allowlist: {len(report['allowed'])} term(s) never counted as personal data", highlight=False)

@@ -20,6 +20,7 @@ from tunesmith.data.formats import (
     FORMAT_NAMES,
     SHAREGPT_ROLES,
     FormatName,
+    LimitError,
     RecordError,
     apply_mapping,
     check_format_name,
@@ -252,6 +253,9 @@ class _FileChecker:
     def _check_example(self, line: int, record: dict, fmt: str) -> None:
         try:
             example = to_example(record, fmt, example_id=str(line))  # type: ignore[arg-type]
+        except LimitError as exc:  # the limits prepare reads with: refused here too, by name
+            self.report.add(line, exc.code, f"{exc}")
+            return
         except ValueError as exc:  # a case the checks above do not name; still reported, never raised
             self.report.add(line, "invalid_record", f"{exc}")
             return
