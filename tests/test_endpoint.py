@@ -5,7 +5,6 @@ than the allowed number of requests are in flight at once."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
