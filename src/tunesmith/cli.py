@@ -31,8 +31,8 @@ def _workspace():
 
 @app.command()
 def quickstart(
-    examples: int = typer.Option(500, help="how many demo tickets to generate"),
-    epochs: int = typer.Option(1, help="training epochs (one reaches the target on the demo task)"),
+    examples: int = typer.Option(500, min=1, help="how many demo tickets to generate"),
+    epochs: int = typer.Option(1, min=1, help="training epochs (one reaches the target on the demo task)"),
     seed: int = typer.Option(0, help="drives the data, the split and the initialisation"),
 ) -> None:
     """The whole loop on the embedded defaults: demo data, base eval, LoRA fine-tune, tuned eval, report."""
@@ -171,7 +171,7 @@ def train_cmd(
         "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }
     if data is not None:
-        overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
+        overrides["data"] = _data_source(data)
     launcher = None
     if nproc > 1 or accelerate_config is not None:
         from tunesmith.train.distributed import launched
@@ -236,6 +236,19 @@ def train_cmd(
     typer.echo(info.run_id)
 
 
+def _data_source(value: str) -> dict[str, str]:
+    """--data: an existing file, or a value that looks like one (a folder in it, a data file's suffix),
+    is a file to prepare; anything else names a prepared dataset."""
+    from tunesmith.data.formats import PARQUET_SUFFIXES
+
+    path = Path(value).expanduser()
+    if path.is_file():
+        return {"path": str(path)}
+    if path.suffix.lower() in (".jsonl", ".json", ".csv", *PARQUET_SUFFIXES) or "/" in value or "\\" in value:
+        raise UserError(f"no such file: {value}", where="--data", fix="check the path, or give the name of a dataset made by `tunesmith data prepare`")
+    return {"dataset": value}
+
+
 def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | str | None:
     """What the config field accepts, typed: a number or 'auto'; the field's own validator checks the range."""
     if text is None:
@@ -286,7 +299,7 @@ def generate(
     run: str = typer.Argument(..., help="run id or run folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
     from tunesmith.chat import Session
@@ -299,7 +312,7 @@ def generate(
 def chat(
     run: str = typer.Argument(..., help="run id or run folder"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D ends; /reset clears the conversation."""
     from tunesmith.chat import Session
