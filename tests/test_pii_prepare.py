@@ -54,11 +54,13 @@ def _leaks(home: Path, printed: str) -> dict[str, list[str]]:
     """planted value -> where it was found (files under home, read as bytes, and the output)."""
     found: dict[str, list[str]] = {}
     places = {str(p.relative_to(home)): p.read_bytes() for p in home.rglob("*") if p.is_file()}
-    places["output"] = printed.encode()
     for value in PLANTED:
         for where, data in places.items():
             if value.encode() in data or value.encode("utf-16-le") in data:
                 found.setdefault(value, []).append(where)
+        # The terminal wraps long lines: compare with all whitespace (and table borders) taken out.
+        if "".join(value.split()) in "".join(printed.replace("│", "").split()):
+            found.setdefault(value, []).append("output")
     return found
 
 

@@ -580,10 +580,19 @@ class Scrubber:
         self.report.examples_dropped += len(examples) - len(kept)
         return kept
 
+    REDACT_PASSES = 4
+
     def scrub_text(self, text: str) -> str:
-        """`text` with every finding replaced by its type: for what reports and the terminal show."""
+        """`text` with every finding replaced by its type. Repeated until nothing is found: a
+        placeholder can expose what a finding was glued to ("+1 415-555-0134AKIA..." hides the key
+        from `\b` until the phone number is gone)."""
         spans = self.spans(text)
-        return redact(text, spans) if spans else text
+        for _ in range(self.REDACT_PASSES):
+            if not spans:
+                break
+            text = redact(text, spans)
+            spans = find_pii(text, ner=self.ner, allow=self.allow)
+        return text
 
     def scrub_value(self, value: Any) -> Any:
         """scrub_text on every string (and dict key) of a JSON-like value, at any depth."""
