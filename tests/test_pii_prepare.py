@@ -126,3 +126,17 @@ def test_an_unreadable_allowlist_file_is_a_usage_error(capsys, home, tmp_path):
     result = run_cli(capsys, "data", "prepare", str(_brand_file(tmp_path)), "--pii-allow", f"@{tmp_path / 'missing.txt'}")
     assert result.code == 2 and "missing.txt" in result.err and "--pii-allow" in result.err
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
+
+
+def test_validate_pii_lists_findings_per_type_and_honours_the_allowlist(capsys, tmp_path):
+    from clihelp import run_cli
+
+    source = _brand_file(tmp_path)
+    found = run_cli(capsys, "data", "validate", str(source), "--pii", "--json")
+    assert found.code == 0  # warnings: the file is valid, personal data is for prepare to handle
+    warnings = [w for w in json.loads(found.out)["warnings"] if w["code"] == "personal_data"]
+    assert [w["line"] for w in warnings] == [1] and "21 PERSON" in warnings[0]["message"] and "'Velora'" in warnings[0]["message"]
+    allowed = run_cli(capsys, "data", "validate", str(source), "--pii", "--pii-allow", "Velora", "--json")
+    warnings = [w for w in json.loads(allowed.out)["warnings"] if w["code"] == "personal_data"]
+    assert [w["line"] for w in warnings] == [21] and "1 PERSON" in warnings[0]["message"]
+    assert "personal_data" not in run_cli(capsys, "data", "validate", str(source), "--json").out  # only when asked

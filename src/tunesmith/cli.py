@@ -108,6 +108,9 @@ def data_validate(
     model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    pii: bool = typer.Option(False, "--pii", help="also look for personal data, as `prepare --pii report` does (one warning per type, with examples)"),
+    pii_ner: bool = typer.Option(True, "--pii-ner/--no-pii-ner", help="with --pii: find person names with spaCy NER"),
+    pii_allow: Optional[list[str]] = typer.Option(None, "--pii-allow", help="with --pii: never personal data, e.g. a product name (repeat, comma-separate, or @FILE)"),
 ) -> None:
     """Check every line of a training file and list each problem with its line and fix; exit 2 if any error."""
     from tunesmith.data.formats import parse_mapping
@@ -118,8 +121,11 @@ def data_validate(
     mapping = parse_mapping([*(map_pairs or []), *(more_pairs or [])])
     if max_seq_len is not None and (model is None or max_seq_len < 1):
         raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
+    from tunesmith.data.pii import read_allowlist
+
+    allow = read_allowlist(pii_allow or [])
     tokenizer = load_tokenizer_only(model) if model else None
-    report = validate_file(file, format, mapping, tokenizer, max_seq_len)  # type: ignore[arg-type]
+    report = validate_file(file, format, mapping, tokenizer, max_seq_len, pii=pii, pii_ner=pii_ner, pii_allow=allow)  # type: ignore[arg-type]
     print_validation(report, as_json)
     if not report.ok:
         raise typer.Exit(2)
