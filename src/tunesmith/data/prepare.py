@@ -185,7 +185,7 @@ def _warn_pii(report: dict[str, Any]) -> None:
         verb = {"report": "found (left in place; --pii redact or drop to remove)", "redact": "redacted", "drop": "found; examples dropped"}[report["mode"]]
         console.print(f"  [yellow]personal data {verb}:[/] {counts} in {report['examples_affected']} example(s)", highlight=False)
         for kind, shown in report.get("examples", {}).items():
-            console.print(f"    {kind}: {', '.join(map(repr, shown))}", highlight=False, markup=False)
+            console.print(f"    {kind}: {', '.join(f'{text!r} x{n}' for text, n in shown.items())}", highlight=False, markup=False)
         console.print("    not personal data (a product, a machine)? keep it with --pii-allow TERM (repeat, comma-separate, or @FILE)", highlight=False)
     if report.get("allowed"):
         console.print(f"  pii allowlist: {len(report['allowed'])} term(s) never counted as personal data", highlight=False)

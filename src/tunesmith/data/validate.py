@@ -457,7 +457,7 @@ class _PersonalData:
         self._flush()
         report = self.scrubber.finish()
         return [
-            (self.first[kind], "personal_data", f"{count} {kind} finding(s), first at line {self.first[kind]}, e.g. {', '.join(map(repr, report.examples.get(kind, [])))}; "
+            (self.first[kind], "personal_data", f"{count} {kind} finding(s), first at line {self.first[kind]}, e.g. {', '.join(f'{text!r} x{n}' for text, n in report.examples.get(kind, {}).items())}; "
              "prepare with --pii redact (or drop) to remove them; --pii-allow TERM for any that is not personal data (a product, a machine)")
             for kind, count in report.counts.items()
         ]
