@@ -64,11 +64,11 @@ def _leaks(home: Path, printed: str) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("mode", ["redact", "drop"])
-def test_prepare_leaves_no_planted_pii_anywhere(home, tmp_path, mode):
+@pytest.mark.parametrize("mode,more", [("redact", []), ("drop", []), ("redact", ["--normalise-outputs"])])
+def test_prepare_leaves_no_planted_pii_anywhere(home, tmp_path, mode, more):
     train, validation, test = _planted_files(tmp_path)
     done = tunesmith("data", "prepare", str(train), "--validation-file", str(validation), "--test-file", str(test),
-                     "--pii", mode, "--out", "planted", "--no-near-dedup")
+                     "--pii", mode, "--out", "planted", "--no-near-dedup", *more)
     assert done.returncode == 0, done.stderr
     assert _leaks(home, done.stdout + done.stderr) == {}
     folder = home / "datasets" / "planted"
