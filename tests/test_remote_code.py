@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,44 @@ def test_a_train_config_cannot_allow_remote_code(tmp_path, monkeypatch, capsys):
     assert "model.trust_remote_code" in warning and "not obeyed" in warning and "--trust-remote-code" in warning
     monkeypatch.setenv("TUNESMITH_TRUST_REMOTE_CODE", "1")
     assert load_run_spec(config).model.trust_remote_code is True
+
+
+class Hub(BaseHTTPRequestHandler):
+    """A stand-in for the Hugging Face hub (HF_ENDPOINT) that records what is asked of it."""
+
+    asked: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        type(self).asked.append(self.path)
+        self.send_error(404)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("offline", ["", "1"])
+def test_generate_asks_no_hub_and_prints_only_the_answer(offline, trained, tmp_path):
+    """Opened from the registry, a local run: no request to the hub (bitsandbytes, imported through
+    peft, looks up an optional CPU kernel there), no warning about it, no by-path line."""
+    home, run_dir = trained
+    Hub.asked = []
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hub = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_OFFLINE": offline, "HF_HOME": str(tmp_path / "hf")}
+    try:
+        result = cli(home, tmp_path, "generate", run_dir.name, "-p", "hello", "--max-new-tokens", "4", **hub)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert Hub.asked == []
+    for noise in ("kernels-community", "gemm_4bit", "Hugging Face Hub", "by path", "Traceback"):
+        assert noise not in result.stderr, result.stderr
+
+
+def test_generate_with_zero_new_tokens_is_a_usage_error(trained, tmp_path):
+    home, run_dir = trained
+    zero = cli(home, tmp_path, "generate", run_dir.name, "-p", "hello", "--max-new-tokens", "0")
+    assert zero.returncode == 2 and "--max-new-tokens" in zero.stderr and "Traceback" not in zero.stderr

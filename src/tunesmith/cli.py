@@ -31,8 +31,8 @@ def _workspace():
 
 @app.command()
 def quickstart(
-    examples: int = typer.Option(500, help="how many demo tickets to generate"),
-    epochs: int = typer.Option(1, help="training epochs (one reaches the target on the demo task)"),
+    examples: int = typer.Option(500, min=1, help="how many demo tickets to generate"),
+    epochs: int = typer.Option(1, min=1, help="training epochs (one reaches the target on the demo task)"),
     seed: int = typer.Option(0, help="drives the data, the split and the initialisation"),
 ) -> None:
     """The whole loop on the embedded defaults: demo data, base eval, LoRA fine-tune, tuned eval, report."""
@@ -108,6 +108,9 @@ def data_validate(
     model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    pii: bool = typer.Option(False, "--pii", help="also look for personal data, as `prepare --pii report` does (one warning per type, with examples)"),
+    pii_ner: bool = typer.Option(True, "--pii-ner/--no-pii-ner", help="with --pii: find person names with spaCy NER"),
+    pii_allow: Optional[list[str]] = typer.Option(None, "--pii-allow", help="with --pii: never personal data, e.g. a product name (repeat, comma-separate, or @FILE)"),
 ) -> None:
     """Check every line of a training file and list each problem with its line and fix; exit 2 if any error."""
     from tunesmith.data.formats import parse_mapping
@@ -118,8 +121,11 @@ def data_validate(
     mapping = parse_mapping([*(map_pairs or []), *(more_pairs or [])])
     if max_seq_len is not None and (model is None or max_seq_len < 1):
         raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
+    from tunesmith.data.pii import read_allowlist
+
+    allow = read_allowlist(pii_allow or [])
     tokenizer = load_tokenizer_only(model) if model else None
-    report = validate_file(file, format, mapping, tokenizer, max_seq_len)  # type: ignore[arg-type]
+    report = validate_file(file, format, mapping, tokenizer, max_seq_len, pii=pii, pii_ner=pii_ner, pii_allow=allow)  # type: ignore[arg-type]
     print_validation(report, as_json)
     if not report.ok:
         raise typer.Exit(2)
@@ -174,7 +180,7 @@ def train_cmd(
         "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }
     if data is not None:
-        overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
+        overrides["data"] = _data_source(data)
     launcher = None
     if nproc > 1 or accelerate_config is not None:
         from tunesmith.train.distributed import launched
@@ -239,6 +245,19 @@ def train_cmd(
     typer.echo(info.run_id)
 
 
+def _data_source(value: str) -> dict[str, str]:
+    """--data: an existing file, or a value that looks like one (a folder in it, a data file's suffix),
+    is a file to prepare; anything else names a prepared dataset."""
+    from tunesmith.data.formats import PARQUET_SUFFIXES
+
+    path = Path(value).expanduser()
+    if path.is_file():
+        return {"path": str(path)}
+    if path.suffix.lower() in (".jsonl", ".json", ".csv", *PARQUET_SUFFIXES) or "/" in value or "\\" in value:
+        raise UserError(f"no such file: {value}", where="--data", fix="check the path, or give the name of a dataset made by `tunesmith data prepare`")
+    return {"dataset": value}
+
+
 def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | str | None:
     """What the config field accepts, typed: a number or 'auto'; the field's own validator checks the range."""
     if text is None:
@@ -289,7 +308,7 @@ def generate(
     run: str = typer.Argument(..., help="run id or run folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
     from tunesmith.chat import Session
@@ -302,7 +321,7 @@ def generate(
 def chat(
     run: str = typer.Argument(..., help="run id or run folder"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D ends; /reset clears the conversation."""
     from tunesmith.chat import Session

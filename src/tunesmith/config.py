@@ -17,7 +17,9 @@ EMBEDDED_ENCODER = "all-minilm-l6-v2"
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every number in every section must be finite (a NaN passes any `ge`/`le`
+    # check, and an infinite weight decay or price would train or report nonsense).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentSpec(_Spec):

@@ -92,8 +92,10 @@ class Cleaner:
         self.dropped_ids: list[str] = []
         self.lint = OutputLint()
 
-    def clean(self, example: Example) -> Example | None:
-        """The cleaned example, or None when nothing is left to learn from."""
+    def clean(self, example: Example, *, lint: bool = True) -> Example | None:
+        """The cleaned example, or None when nothing is left to learn from. `lint=False`: the
+        caller adds it to `self.lint` later (prepare does, after the PII step, so that what the
+        lint quotes in reports is already scrubbed)."""
         fixed = _map_text(example, repair_unicode)
         spaced = _map_text(fixed, normalise_whitespace)
         self.examples_in += 1
@@ -105,7 +107,8 @@ class Cleaner:
                 self.dropped_ids.append(spaced.id)
             return None
         self.examples_out += 1
-        self.lint.add(spaced)
+        if lint:
+            self.lint.add(spaced)
         return spaced
 
     def report(self, findings: list[StyleFinding], normalised: int = 0) -> CleanReport:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -291,8 +292,8 @@ def _text(record: dict, key: str) -> str:
 
 def _scalar_text(record: dict, key: str) -> str:
     value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
-        raise ValueError(f"field '{key}' must be a non-empty string or number")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip() or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"field '{key}' must be a non-empty string or number (NaN, an empty spreadsheet cell, is none)")
     return str(value)
 
 

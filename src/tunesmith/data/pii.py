@@ -56,9 +56,10 @@ class PiiReport(BaseModel):
     examples_affected: int
     examples_dropped: int
     counts: dict[str, int] = Field(default_factory=dict)
-    # A few distinct findings per type, so false positives (a brand read as a PERSON) show before
-    # anything is redacted; masked as `shown` says, so the report itself leaks nothing.
-    examples: dict[str, list[str]] = Field(default_factory=dict)
+    # The most frequent findings per type with their counts, so false positives (a brand read as a
+    # PERSON, usually the most frequent) show before anything is redacted; masked as `shown` says,
+    # so the report itself leaks nothing.
+    examples: dict[str, dict[str, int]] = Field(default_factory=dict)
     allowed: list[str] = Field(default_factory=list)  # the --pii-allow terms that were honoured
     # Capped so that a report on a large, dirty dataset stays readable and small in a manifest.
     locations: list[PiiLocation] = Field(default_factory=list)
@@ -487,6 +488,7 @@ def mask(text: str) -> str:
 
 
 MAX_EXAMPLES_SHOWN = 5
+MAX_EXAMPLES_COUNTED = 1_000  # distinct findings tallied per type; later new ones are not
 
 
 def shown(span_type: str, text: str, mode: ScrubMode) -> str:
@@ -546,7 +548,7 @@ class Scrubber:
         self.allow = Allowlist(allow)
         self.report = PiiReport(mode=mode, examples_scanned=0, examples_affected=0, examples_dropped=0, allowed=self.allow.terms)
         self.counts: Counter[str] = Counter()
-        self.examples_shown: dict[str, dict[str, None]] = {}
+        self.examples_shown: dict[str, Counter[str]] = {}
         self.ids_rewritten = 0
         # System prompts and stock replies repeat across a dataset: each distinct text is scanned once.
         self._spans: dict[str, list[PiiSpan]] = {}
@@ -580,10 +582,19 @@ class Scrubber:
         self.report.examples_dropped += len(examples) - len(kept)
         return kept
 
+    REDACT_PASSES = 4
+
     def scrub_text(self, text: str) -> str:
-        """`text` with every finding replaced by its type: for what reports and the terminal show."""
+        """`text` with every finding replaced by its type. Repeated until nothing is found: a
+        placeholder can expose what a finding was glued to ("+1 415-555-0134AKIA..." hides the key
+        from `\b` until the phone number is gone)."""
         spans = self.spans(text)
-        return redact(text, spans) if spans else text
+        for _ in range(self.REDACT_PASSES):
+            if not spans:
+                break
+            text = redact(text, spans)
+            spans = find_pii(text, ner=self.ner, allow=self.allow)
+        return text
 
     def scrub_value(self, value: Any) -> Any:
         """scrub_text on every string (and dict key) of a JSON-like value, at any depth."""
@@ -622,16 +633,16 @@ class Scrubber:
         for where, spans in found:
             for span in spans:
                 self.counts[span.type] += 1
-                seen = self.examples_shown.setdefault(span.type, {})
-                if len(seen) < MAX_EXAMPLES_SHOWN:
-                    seen[shown(span.type, span.text, self.mode)] = None
+                seen, text = self.examples_shown.setdefault(span.type, Counter()), shown(span.type, span.text, self.mode)
+                if text in seen or len(seen) < MAX_EXAMPLES_COUNTED:
+                    seen[text] += 1
                 if len(report.locations) < MAX_LOCATIONS:
                     index = int(where[9:-1]) if where.startswith("messages[") else None
                     report.locations.append(PiiLocation(example_id=example_id, field=where, message_index=index, type=span.type))
 
     def finish(self) -> PiiReport:
         self.report.counts = dict(sorted(self.counts.items()))
-        self.report.examples = {kind: list(seen) for kind, seen in sorted(self.examples_shown.items())}
+        self.report.examples = {kind: dict(seen.most_common(MAX_EXAMPLES_SHOWN)) for kind, seen in sorted(self.examples_shown.items())}
         return self.report
 
 

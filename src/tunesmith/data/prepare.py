@@ -95,16 +95,25 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
 
     cleaner = Cleaner() if options.clean else None
     scrubber = Scrubber(options.pii, ner=options.pii_ner, allow=options.pii_allow) if options.pii != "off" else None
-    # Normalising label spellings needs every answer seen first: cleaned examples wait on disk,
+    # Normalising label spellings needs every answer seen first: scrubbed examples wait on disk,
     # each line led by its origin's digit.
     staged = (rows.path.parent / "cleaned.jsonl").open("w+b") if cleaner and options.normalise_outputs else None
     origin = array("b")
 
     def store(batch: list[Example], code: int) -> None:
+        # PII before the output lint: what the lint quotes (answers, ids) is already scrubbed, and
+        # nothing unscrubbed is ever written to the spill folder.
+        batch = scrubber.scrub(batch) if scrubber else batch
+        if cleaner:
+            for example in batch:
+                cleaner.lint.add(example)
         if staged is not None:
             staged.writelines(b"%d%s\n" % (code, e.model_dump_json().encode()) for e in batch)
             return
-        for example in scrubber.scrub(batch) if scrubber else batch:
+        add(batch, code)
+
+    def add(batch: list[Example], code: int) -> None:
+        for example in batch:
             rows.add(example)
             origin.append(code)
 
@@ -117,7 +126,7 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
         for example in reader:
             if reader.problems.count:
                 continue  # the file will be refused: only look for its other problems
-            cleaned = cleaner.clean(example) if cleaner else example
+            cleaned = cleaner.clean(example, lint=False) if cleaner else example
             if cleaned is not None:
                 batch.append(cleaned)
             if len(batch) == CHUNK:
@@ -135,11 +144,12 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
                     batch = [Example.model_validate_json(line[1:]) for line in group]
                     out = [normalise(e) for e in batch]
                     normalised += sum(a != b for a, b in zip(out, batch))
-                    store(out, code)
+                    add(out, code)
             staged_file.close()
         report = cleaner.report(findings, normalised)
         if scrubber is not None and options.pii in ("redact", "drop"):
-            # The clean report quotes answers and ids from before the PII step: scrub what it shows.
+            # The ids of examples dropped as empty never reached the PII step; the rest is scrubbed
+            # already, and scanning it all again costs little next to a leak.
             report = type(report).model_validate(scrubber.scrub_value(report.model_dump(mode="json")))
         _record_step(steps, "clean", {"normalise_outputs": options.normalise_outputs}, report.examples_in, report.examples_out, report)
         _warn_style(steps[-1].report)
@@ -185,7 +195,7 @@ def _warn_pii(report: dict[str, Any]) -> None:
         verb = {"report": "found (left in place; --pii redact or drop to remove)", "redact": "redacted", "drop": "found; examples dropped"}[report["mode"]]
         console.print(f"  [yellow]personal data {verb}:[/] {counts} in {report['examples_affected']} example(s)", highlight=False)
         for kind, shown in report.get("examples", {}).items():
-            console.print(f"    {kind}: {', '.join(map(repr, shown))}", highlight=False, markup=False)
+            console.print(f"    {kind}: {', '.join(f'{text!r} x{n}' for text, n in shown.items())}", highlight=False, markup=False)
         console.print("    not personal data (a product, a machine)? keep it with --pii-allow TERM (repeat, comma-separate, or @FILE)", highlight=False)
     if report.get("allowed"):
         console.print(f"  pii allowlist: {len(report['allowed'])} term(s) never counted as personal data", highlight=False)

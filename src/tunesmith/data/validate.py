@@ -91,12 +91,16 @@ class ValidationReport:
 
 
 def validate_file(
-    path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None, tokenizer: Any = None, max_seq_len: int | None = None
+    path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None, tokenizer: Any = None, max_seq_len: int | None = None,
+    *, pii: bool = False, pii_ner: bool = True, pii_allow: list[str] | tuple[str, ...] = (),
 ) -> ValidationReport:
-    """Read every record of `path` and report every problem; never stops at the first."""
+    """Read every record of `path` and report every problem; never stops at the first. `pii`: also
+    look for personal data with prepare's detectors (and `pii_allow`), one warning per type."""
     path = Path(path)
     check_mapping(mapping)
     checker = _FileChecker(ValidationReport(path, check_format_name(fmt)), mapping, _LengthCheck.make(tokenizer, max_seq_len))
+    if pii:
+        checker.personal = _PersonalData(pii_ner, pii_allow)
     for line, record in read_records(path):
         checker.check(line, record)
     checker.finish()
@@ -212,6 +216,7 @@ class _FileChecker:
         self.labels = _LabelCounts()
         self.style = _OutputStyle()
         self.system = _SystemConsistency()
+        self.personal: _PersonalData | None = None
 
     def check(self, line: int, record: Any) -> None:
         self.report.records += 1
@@ -273,11 +278,13 @@ class _FileChecker:
         self.style.add(line, example.reference)
         if fmt in _TURNS:
             self.system.add(line, any(m.role == "system" for m in example.messages))
+        if self.personal is not None:
+            self.personal.add(line, example)
 
     def finish(self) -> None:
         if self.report.records == 0:
             self.report.add(0, "empty_file", "the file holds no records; add at least one example")
-        for tally in (self.labels, self.style, self.system):
+        for tally in (self.labels, self.style, self.system, *([self.personal] if self.personal else [])):
             for line, code, message in tally.findings():
                 self.report.add(line, code, message, "warning")
 
@@ -416,6 +423,44 @@ class _SystemConsistency:
         if not (self.with_system and self.without):
             return []
         return [(self.first_without, "missing_system_message", f"{self.without} example(s) have no system message (first at line {self.first_without}) while {self.with_system} do; give every example the same system message, or none")]
+
+
+class _PersonalData:
+    """prepare's PII detectors over the examples, a batch at a time (NER is fastest on batches):
+    per type, how many, the first line and a few examples as `--pii report` shows them."""
+
+    BATCH = 256
+
+    def __init__(self, ner: bool, allow: list[str] | tuple[str, ...]):
+        from tunesmith.data.pii import Scrubber
+
+        self.scrubber = Scrubber("report", ner=ner, allow=allow)
+        self.batch: list[tuple[int, Example]] = []
+        self.first: dict[str, int] = {}
+
+    def add(self, line: int, example: Example) -> None:
+        self.batch.append((line, example))
+        if len(self.batch) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        from tunesmith.data.pii import text_fields
+
+        self.scrubber.scrub([example for _, example in self.batch])
+        for line, example in self.batch:
+            for _, text in text_fields(example):
+                for span in self.scrubber.spans(text):
+                    self.first.setdefault(span.type, line)
+        self.batch = []
+
+    def findings(self) -> list[tuple[int, str, str]]:
+        self._flush()
+        report = self.scrubber.finish()
+        return [
+            (self.first[kind], "personal_data", f"{count} {kind} finding(s), first at line {self.first[kind]}, e.g. {', '.join(f'{text!r} x{n}' for text, n in report.examples.get(kind, {}).items())}; "
+             "prepare with --pii redact (or drop) to remove them; --pii-allow TERM for any that is not personal data (a product, a machine)")
+            for kind, count in report.counts.items()
+        ]
 
 
 class _LengthCheck:

@@ -199,6 +199,8 @@ def _some(ids: list[str]) -> str:
 
 def write_score_report(report: ScoreReport, folder: Path) -> tuple[Path, Path]:
     """report.json (the summary) and scores.jsonl (one line per scored example)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file; it names a folder for report.json and scores.jsonl", fix="give a folder path (new or existing)")
     folder.mkdir(parents=True, exist_ok=True)
     summary_path, rows_path = folder / "report.json", folder / "scores.jsonl"
     summary_path.write_text(json.dumps(report.summary(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

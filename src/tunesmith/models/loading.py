@@ -193,10 +193,35 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    # bitsandbytes warns on import that an optional CPU kernel package is missing; its fallback works.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    import_bitsandbytes_quietly()
+
+
+def import_bitsandbytes_quietly() -> None:
+    """peft imports bitsandbytes wherever it is installed, and on CPUs with AVX512-BF16 its import
+    asks the Hugging Face hub for an optional kernel: a network request on every command, and a
+    warning whenever it cannot be reached. Its fallback works, so the import happens here first,
+    with the hub switched off for that moment only (hub ids the user names still download) and
+    the kernel lookup's warnings silenced."""
+    import importlib.util
+    import logging
+    import sys
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    from huggingface_hub import constants
+
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    offline = constants.HF_HUB_OFFLINE  # the kernels package reads this attribute at call time
+    constants.HF_HUB_OFFLINE = True
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # a broken optional install: qlora reports it when asked for; nothing else needs it
+        pass
+    finally:
+        constants.HF_HUB_OFFLINE = offline
 
 
 def load_model(spec: ModelSpec, path: str | None = None, quantization: Any = None) -> tuple[Any, Any, torch.device]:

@@ -3,6 +3,7 @@ stopping, overfitting, peak memory for the logs."""
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,8 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("max_seconds", "max_cost", "price_per_hour"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"--{name.replace('_', '-').replace('seconds', 'time')} must be above 0 (got {value})")
+            if value is not None and not (math.isfinite(value) and value > 0):  # NaN compares False with everything
+                raise UserError(f"--{name.replace('_', '-').replace('seconds', 'time')} must be a finite number above 0 (got {value})")
         if self.max_cost is not None and self.price_per_hour is None:
             raise UserError("--max-cost needs --price-per-hour to turn time into money", fix="add e.g. --price-per-hour 2.5 (your machine's price)")
 
