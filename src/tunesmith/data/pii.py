@@ -587,13 +587,14 @@ class Scrubber:
     def scrub_text(self, text: str) -> str:
         """`text` with every finding replaced by its type. Repeated until nothing is found: a
         placeholder can expose what a finding was glued to ("+1 415-555-0134AKIA..." hides the key
-        from `\b` until the phone number is gone)."""
+        from `\b` until the phone number is gone). The later passes are the regular expressions':
+        NER has read the whole text already, and one spaCy call per redacted text would double the step."""
         spans = self.spans(text)
         for _ in range(self.REDACT_PASSES):
             if not spans:
                 break
             text = redact(text, spans)
-            spans = find_pii(text, ner=self.ner, allow=self.allow)
+            spans = find_pii(text, ner=False, allow=self.allow)
         return text
 
     def scrub_value(self, value: Any) -> Any:
