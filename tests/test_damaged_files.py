@@ -57,6 +57,8 @@ CASES = [
     ("runs/{run}/config.yaml", not_utf8, ["generate", RUN, "-p", "hi"], "config.yaml"),
     ("runs/{run}/config.yaml", delete, ["chat", RUN], "config.yaml"),
     ("runs/{run}/adapter/adapter_model.safetensors", truncate, ["generate", RUN, "-p", "hi"], "adapter_model.safetensors"),
+    ("runs/{run}/adapter/adapter_config.json", truncate, ["generate", RUN, "-p", "hi"], "adapter_config.json"),
+    ("runs/{run}/adapter/tokenizer.json", delete, ["generate", RUN, "-p", "hi"], "tokenizer"),  # found by test_fuzz_files
     ("datasets/tickets/manifest.json", truncate, ["eval", RUN, "--limit", "1"], "manifest.json"),
     ("datasets/tickets/manifest.json", delete, ["data", "stats", "tickets"], "manifest.json"),
     ("datasets/tickets/test.jsonl", truncate, ["eval", RUN, "--limit", "50", "--no-perplexity"], "test.jsonl:"),

@@ -98,3 +98,16 @@ def test_redacted_examples_hold_nothing_the_detectors_find(parts, meta_parts):
                       messages=[Message(role="user", content=text or "q"), Message(role="assistant", content=meta_text or "a")])
     (redacted,), _ = scrub_examples([example], "redact", ner=False)
     assert [(where, value) for where, value in text_fields(redacted) if find_pii(value, ner=False)] == []
+
+
+@FUZZ
+@given(rows=record_sets, pii=st.sampled_from(["off", "report", "redact", "drop"]))
+def test_what_validate_accepts_prepare_processes(capsys, monkeypatch, rows, pii):
+    from tunesmith.data.validate import validate_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = _write(Path(folder) / "random.jsonl", rows)
+        accepted = validate_file(source).ok
+        code, err, _ = _prepare(capsys, monkeypatch, source, ["--pii", pii])
+        event(f"validate ok {accepted}, prepare exit {code}")
+        assert not accepted or code == 0, err

@@ -130,13 +130,18 @@ def safetensors_damage(path: Path) -> str | None:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def check_weights(folder: Path, *, fix: str) -> None:
-    """Every safetensors file in a model, adapter or checkpoint folder is whole, or a UserError names the broken one."""
+def check_model_folder(folder: Path, *, fix: str) -> None:
+    """Every safetensors and JSON file of a model, adapter or checkpoint folder is whole, or a
+    UserError names the broken one (the libraries' own errors name neither file nor fix)."""
     folder = Path(folder)
-    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.glob("*.safetensors")):
         reason = safetensors_damage(file)
         if reason is not None:
             raise UserError(f"{file} is damaged ({reason})", fix=fix)
+    for file in sorted(folder.glob("*.json")):
+        read_json(file, fix=fix)
 
 
 def load_safetensors(path: Path, *, fix: str) -> dict[str, Any]:

@@ -390,8 +390,9 @@ def _presidio_findings(texts: list[str]) -> list[list[_Finding]]:
 class Allowlist:
     """Terms the user says are not personal data (a product called "Velora", a machine "LN-3 press"):
     a finding is ignored when its text is one of them (case and spacing aside) or lies inside an
-    occurrence of one, whichever detector made it. An email or number is allowed only as a whole,
-    so allowing "example.com" does not let "jane@example.com" through."""
+    occurrence of one, whichever detector made it. A name or place NER found is ignored also when
+    it overlaps one, since NER runs a brand into the next word ("Velora Sync"). An email or number
+    is allowed only as a whole, so allowing "example.com" does not let "jane@example.com" through."""
 
     def __init__(self, terms: Iterable[str] = ()):
         self.terms = sorted({" ".join(t.split()) for t in terms if t.strip()}, key=str.casefold)
@@ -406,11 +407,14 @@ class Allowlist:
         if self._pattern is None or not findings:
             return findings
         occurrences = [m.span() for m in self._pattern.finditer(text)]
-        return [
-            f for f in findings
-            if " ".join(text[f.start:f.end].split()).casefold() not in self._keys
-            and not any(start <= f.start and f.end <= end for start, end in occurrences)
-        ]
+        return [f for f in findings if not self._allowed(text, f, occurrences)]
+
+    def _allowed(self, text: str, f: _Finding, occurrences: list[tuple[int, int]]) -> bool:
+        if " ".join(text[f.start:f.end].split()).casefold() in self._keys:
+            return True
+        if f.type in _NER_TYPES and not f.from_regex:
+            return any(start < f.end and f.start < end for start, end in occurrences)
+        return any(start <= f.start and f.end <= end for start, end in occurrences)
 
 
 def read_allowlist(values: Iterable[str]) -> list[str]:
@@ -587,13 +591,14 @@ class Scrubber:
     def scrub_text(self, text: str) -> str:
         """`text` with every finding replaced by its type. Repeated until nothing is found: a
         placeholder can expose what a finding was glued to ("+1 415-555-0134AKIA..." hides the key
-        from `\b` until the phone number is gone)."""
+        from `\b` until the phone number is gone). The later passes are the regular expressions':
+        NER has read the whole text already, and one spaCy call per redacted text would double the step."""
         spans = self.spans(text)
         for _ in range(self.REDACT_PASSES):
             if not spans:
                 break
             text = redact(text, spans)
-            spans = find_pii(text, ner=self.ner, allow=self.allow)
+            spans = find_pii(text, ner=False, allow=self.allow)
         return text
 
     def scrub_value(self, value: Any) -> Any:

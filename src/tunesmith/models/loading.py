@@ -130,9 +130,9 @@ def remote_code_files(path: str | Path) -> list[str]:
 def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
     """Every transformers from_pretrained in tunesmith goes through here, so remote code obeys one rule
     (and a truncated weights file is named before the library trips over it)."""
-    from tunesmith.files import check_weights
+    from tunesmith.files import check_model_folder
 
-    check_weights(Path(path), fix=DAMAGED_WEIGHTS_FIX)
+    check_model_folder(Path(path), fix=DAMAGED_WEIGHTS_FIX)
     allowed = remote_code_allowed()
     try:
         return loader.from_pretrained(path, trust_remote_code=allowed, **kwargs)
@@ -151,16 +151,25 @@ def load_adapter(base: Any, folder: Path) -> Any:
     """A PEFT adapter folder (a run's artefact or checkpoint) on its base model."""
     from peft import PeftModel
 
-    from tunesmith.files import check_weights
+    from tunesmith.files import check_model_folder
 
-    check_weights(folder, fix=DAMAGED_WEIGHTS_FIX)
-    return PeftModel.from_pretrained(base, folder)
+    check_model_folder(folder, fix=DAMAGED_WEIGHTS_FIX)
+    try:
+        return PeftModel.from_pretrained(base, folder)
+    except (ValueError, TypeError, KeyError) as exc:  # adapter_config.json that parses but does not describe an adapter
+        raise UserError(f"the adapter in {folder} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", fix=DAMAGED_WEIGHTS_FIX) from None
 
 
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = from_pretrained(AutoTokenizer, path)
+    try:
+        tokenizer = from_pretrained(AutoTokenizer, path)
+    except UserError:
+        raise
+    except Exception as exc:  # a missing tokenizer.json (ValueError), one tokenizers cannot parse (its plain Exception): unusable either way
+        raise UserError(f"could not load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                        fix="restore the folder from a backup, or train the run again; a base model needs its tokenizer files") from None
     if tokenizer.chat_template is None:
         raise UserError(f"the tokenizer of {path} has no chat template", fix="use an instruct/chat model, or add chat_template to its tokenizer_config.json")
     return tokenizer
