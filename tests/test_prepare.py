@@ -43,3 +43,72 @@ def test_stats_of_a_file_and_of_a_dataset(capsys, home, tickets_file):
         result = run_cli(capsys, "data", "stats", source)
         assert result.code == 0 and "labels" in result.out and "IAM" in result.out
     assert run_cli(capsys, "data", "stats", "no-such-dataset").code == 2
+
+
+def _read(folder, split):
+    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_a_test_split_too_small_to_compare_models_is_warned_about_with_the_size_needed(capsys, home, tmp_path):
+    # 149 rows written from a handful of templates: dedup removes most, leaving a test split of a few.
+    records = [{"prompt": f"Reset the password for account {i % 50}", "completion": f"Open settings, then security, then reset ({i % 50})."} for i in range(149)]
+    source = write_records(tmp_path / "support.jsonl", records)
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--out", "support")
+    assert result.code == 0, result.err
+    manifest = json.loads((home / "datasets" / "support" / "manifest.json").read_text())
+    err = " ".join(result.err.split())
+    assert f"dedup: removed {149 - manifest['steps'][1]['examples_out']} of 149 example(s)" in err and "99 exact duplicate(s)" in err
+    assert any(w.startswith("dedup_removed_many: dedup removed 99 of 149") for w in manifest["warnings"])
+    small = [w for w in manifest["warnings"] if w.startswith("small_test_split")]
+    assert small and f"on {manifest['counts']['test']} example" in small[0] and "needs about 155" in small[0] and "McNemar" in small[0]
+    assert "small_test_split" in err
+    assert "small_test_split" in (home / "datasets" / "support" / "report.html").read_text()
+
+
+def test_the_power_rule_behind_the_warning():
+    from tunesmith.data.split import min_significant_size, paired_sample_size, small_split_warning
+
+    assert paired_sample_size() == 155  # 10 points at 95% / 80%, 20% of answers changing
+    assert paired_sample_size(0.2) < paired_sample_size(0.1) < paired_sample_size(0.05)
+    assert min_significant_size() == 6  # 2 * 0.5**5 = 0.0625 > 0.05, 2 * 0.5**6 < 0.05
+    assert "can be significant" in small_split_warning("test", 5) and small_split_warning("test", 155) is None
+
+
+def test_examples_longer_than_the_training_length_stay_out_of_validation_and_test(capsys, home, tmp_path, tiny_model):
+    records = [{"prompt": f"question number {i} about orders", "completion": f"answer {i}"} for i in range(40)]
+    records += [{"prompt": f"long question {i} " + "with many extra words " * 40, "completion": f"long answer {i}"} for i in range(20)]
+    source = write_records(tmp_path / "mixed.jsonl", records)
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--no-near-dedup", "--model", str(tiny_model), "--max-seq-len", "64", "--out", "mixed")
+    assert result.code == 0, result.err
+    folder = home / "datasets" / "mixed"
+    assert not [r for s in ("validation", "test") for r in _read(folder, s) if "long question" in r["messages"][0]["content"]]
+    assert len([r for r in _read(folder, "train") if "long question" in r["messages"][0]["content"]]) == 20
+    manifest = json.loads((folder / "manifest.json").read_text())
+    length = next(s for s in manifest["steps"] if s["step"] == "length")
+    moved = sum(len(v) for v in length["report"]["moved_to_train"].values())
+    assert moved > 0 and length["settings"]["max_seq_len"] == 64
+    assert "moved to train" in result.err
+
+
+def test_a_given_test_file_is_never_cut_its_repeats_leave_train_and_its_own_duplicates_are_named(capsys, home, tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{n}" for n in range(400)]
+    train = [{"prompt": " ".join(rng.sample(words, 12)), "completion": f"Go to menu {i}."} for i in range(60)]
+    test = [{"prompt": " ".join(rng.sample(words, 12)), "completion": f"In billing {i}."} for i in range(97)]
+    test += [{"prompt": train[5]["prompt"], "completion": "Go to menu 5."},  # the same prompt as a training example
+             {"prompt": train[7]["prompt"] + " please", "completion": "Go to menu 7."},  # a near copy
+             dict(test[10])]  # a duplicate inside the test file, at line 100 of line 11
+    source, given = write_records(tmp_path / "train.jsonl", train), write_records(tmp_path / "held.jsonl", test)
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--test-file", str(given), "--out", "given")
+    assert result.code == 0, result.err
+    folder = home / "datasets" / "given"
+    assert len(_read(folder, "test")) == 100  # every line of the user's file
+    train_prompts = {r["messages"][0]["content"] for r in _read(folder, "train") + _read(folder, "validation")}
+    assert train[5]["prompt"] not in train_prompts and train[7]["prompt"] not in train_prompts
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["removed"]["train_repeating_test_file"] == 2 and "test_leaked_into_train" not in manifest["removed"]
+    err = " ".join(result.err.split())
+    assert "removed from train" in err and "line 100 repeats line 11" in err
+    assert any(w.startswith("duplicates_in_test_file") and "line 100 repeats line 11" in w for w in manifest["warnings"])

@@ -59,7 +59,8 @@ def data_prepare(
     group_by: Optional[str] = typer.Option(None, "--group-by", help="meta field whose groups never straddle splits, e.g. customer_id"),
     validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="use this file as the validation split"),
     test_file: Optional[Path] = typer.Option(None, "--test-file", help="use this file as the test split"),
-    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer for the summary"),
+    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer; examples longer than --max-seq-len stay out of validation and test"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: the training length examples are checked against (default: train.max_seq_len's default)"),
     augment: int = typer.Option(0, "--augment", help="paraphrases per training example (0: none); synthetic examples stay in train"),
     augment_fraction: float = typer.Option(1.0, "--augment-fraction", help="share of training examples to paraphrase"),
     augment_model: str = typer.Option("smollm2-135m-instruct", "--augment-model", help="local model that paraphrases"),
@@ -80,7 +81,15 @@ def data_prepare(
                     "endpoint_model": augment_endpoint_model} if augment else None,
     }
     spec = validate_spec(DataSpec, {"path": file, "format": format, "seed": seed, "split_ratios": _parse_ratios(split), "prepare": options}, "command-line flags")
-    dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare)
+    if max_seq_len is not None and (model is None or max_seq_len < 1):
+        raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
+    length = None
+    if model is not None:
+        from tunesmith.config import TrainSpec
+        from tunesmith.data.prepare import LengthLimit
+
+        length = LengthLimit(model=model, max_seq_len=max_seq_len or TrainSpec.model_fields["max_seq_len"].default)
+    dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare, length=length)
     summarise_dataset(dataset, model)
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, PrivateAttr
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
 from tunesmith.data.formats import FormatName
-from tunesmith.data.prepare import Prepared, StepRecord, run_steps
+from tunesmith.data.prepare import LengthLimit, Prepared, StepRecord, run_steps
 from tunesmith.data.rows import Rows, content_hash
 from tunesmith.data.rowsplit import check_overlap
 from tunesmith.data.split import SPLITS, OverlapReport
@@ -106,8 +106,9 @@ def prepare_dataset(
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     options: PrepareSpec | None = None,
+    length: LengthLimit | None = None,
 ) -> Dataset:
-    """read → clean → PII → dedup → split by seed → remove leaks → write → register."""
+    """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register."""
     options = options or PrepareSpec()
     explicit_name = name is not None
     name = safe_name(name or source.stem, "dataset name")
@@ -115,7 +116,7 @@ def prepare_dataset(
     workspace.datasets.mkdir(parents=True, exist_ok=True)
     # The spill file sits beside the datasets (same disk as the result), not in a small /tmp.
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=workspace.datasets) as workdir:
-        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir))
+        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir), length)
         try:
             return _register(prepared, source, workspace, name, explicit_name, seed, ratios, options)
         finally:

@@ -409,6 +409,7 @@ class ExampleReader:
         check_mapping(mapping)
         self.problems = LoadProblems()
         self.examples = 0
+        self.line = 0  # the source line of the example last yielded, for messages that name it
 
     def __iter__(self) -> Iterator[Example]:
         path = self.path
@@ -427,6 +428,7 @@ class ExampleReader:
                 self.problems.add(f"{path}:{line}: {exc}")
                 continue
             self.examples += 1
+            self.line = line
             yield example
 
     def finish(self) -> FormatName:

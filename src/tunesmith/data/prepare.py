@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from rich.markup import escape
 
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
-from tunesmith.data.formats import ExampleReader, FormatName, load_examples
+from tunesmith.data.formats import ExampleReader, FormatName
 from tunesmith.data.rows import Rows
-from tunesmith.data.rowsplit import assign_given, remove_leaks, split_rows, unseen_labels
+from tunesmith.data.rowsplit import _by_rank, assign_given, remove_leaks, split_rows, unseen_labels
+from tunesmith.data.split import small_split_warning
 from tunesmith.ui import console
 
 
@@ -46,37 +48,86 @@ class Prepared(BaseModel):
 CHUNK = 512  # examples per batch through clean and PII: NER is faster on batches, memory stays flat
 
 
-def _record_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples_in: int, examples_out: int, report: BaseModel) -> None:
+def _record_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples_in: int, examples_out: int, report: BaseModel,
+                 say: bool = True) -> None:
     steps.append(StepRecord(step=name, settings=settings, examples_in=examples_in, examples_out=examples_out, report=report.model_dump(mode="json")))
+    if not say:
+        return
     changed = f", {examples_in - examples_out} removed" if examples_out != examples_in else ""
     console.print(f"  {name}: {examples_in} examples in{changed}")
 
 
-def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path) -> Prepared:
-    """read → clean → PII → dedup → split → leak check. Examples stream through the first three
-    into `workdir`; later steps work on row numbers and compact columns (rows.py)."""
+class LengthLimit(BaseModel):
+    """With `data prepare --model`: examples longer than this model's training length stay out of
+    validation and test, where a truncated answer would be scored against the full reference."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    max_seq_len: int
+
+
+def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path,
+              length: LengthLimit | None = None) -> Prepared:
+    """read → clean → PII → dedup → split → length check → leak check. Examples stream through the
+    first three into `workdir`; later steps work on row numbers and compact columns (rows.py)."""
     rows = Rows(workdir, seed, options.group_by)
     steps: list[StepRecord] = []
+    warnings: list[str] = []
     fmt = _stream_in(source, fmt, options, rows, steps)
     if options.dedup:
         from tunesmith.data.dedup import dedup_rows
 
         kept, dedup_report = dedup_rows(rows, near=options.near_dedup, threshold=options.near_threshold, seed=seed)
-        _record_step(steps, "dedup", {"near": options.near_dedup, "threshold": options.near_threshold}, dedup_report.examples_in, dedup_report.examples_out, dedup_report)
+        _record_step(steps, "dedup", {"near": options.near_dedup, "threshold": options.near_threshold}, dedup_report.examples_in, dedup_report.examples_out,
+                     dedup_report, say=dedup_report.examples_in == dedup_report.examples_out)
+        warnings += _say_dedup(dedup_report, options)
     else:
         kept = np.arange(len(rows))
-    splits = _split(rows, kept, fmt, seed, ratios, options)
-    leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None)
-    steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(kept),
+    splits, given = _split(rows, kept, fmt, seed, ratios, options, warnings)
+    if length is not None:
+        _keep_long_examples_in_train(rows, splits, given, length, steps, warnings)
+    leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None, frozenset(given))
+    steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(kept) + sum(len(v) for v in given.values()),
                             examples_out=sum(len(v) for v in splits.values()), report=leaks.model_dump(mode="json")))
-    removed = {step.step: step.examples_in - step.examples_out for step in steps}
-    removed.pop("leakage")
-    removed.update({f"{name}_leaked_into_train": n for name, n in leaks.removed.items()})
+    _say_leaks(leaks, given)
+    removed = {step.step: step.examples_in - step.examples_out for step in steps if step.step not in ("leakage", "length")}
+    removed.update({f"{name}_leaked_into_train": n for name, n in leaks.removed.items() if name not in given})
+    removed.update({f"train_repeating_{name}_file": n for name, n in leaks.removed_from_train.items()})
     extra, review = _augment(rows, splits, steps, options) if options.augment else ([], [])
-    warnings = unseen_labels(rows, splits, extra)
+    warnings += unseen_labels(rows, splits, extra)
+    warnings += [w for w in (small_split_warning(name, len(splits[name]), name in given) for name in ("test",)) if w]
     for warning in warnings:
-        console.print(f"  [yellow]{warning}[/]")
+        console.print(f"  [yellow]{escape(warning)}[/]")
     return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review)
+
+
+def _say_dedup(report: Any, options: PrepareSpec) -> list[str]:
+    """How many rows dedup removed, in a line of its own, with examples; a warning when it is a
+    large share (on templated data near-dedup can take most of the file)."""
+    removed = report.examples_in - report.examples_out
+    if not removed:
+        return []
+    share = removed / max(report.examples_in, 1)
+    near = f" and {report.near} near-duplicate(s) (Jaccard >= {options.near_threshold} on {report.shingles} shingles)" if report.near else ""
+    shown = ", ".join(f"{p.removed} ~ {p.kept}" for p in report.pairs[:3])
+    console.print(f"  dedup: removed {removed} of {report.examples_in} example(s) ({share:.0%}): {report.exact} exact duplicate(s){near}"
+                  + escape(f"; e.g. {shown} (every pair: manifest.json, step dedup)"), highlight=False)
+    if share < 0.2:
+        return []
+    advice = "raise --near-threshold (e.g. 0.95) or pass --no-near-dedup if they are distinct examples written from one template" if report.near else \
+        "check the export: the same rows appear many times"
+    return [f"dedup_removed_many: dedup removed {removed} of {report.examples_in} examples ({share:.0%}); {advice}"]
+
+
+def _say_leaks(leaks: Any, given: dict[str, np.ndarray]) -> None:
+    for name, n in leaks.removed.items():
+        if n and name not in given:
+            console.print(f"  leakage: {n} {name} example(s) repeat a training prompt and were removed from {name}")
+    for name, n in leaks.removed_from_train.items():
+        if n:
+            shown = ", ".join(f"{p.removed} ~ {p.matches}" for p in leaks.pairs if p.split == "train" and p.matches)
+            console.print(f"  [yellow]leakage: {n} training example(s) repeat a prompt of your {name} file and were removed from train; "
+                          f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown.split(', ')[:3])})"))
 
 
 def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord]) -> FormatName:
@@ -145,13 +196,74 @@ def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord],
     return synthetic, review
 
 
-def _split(rows: Rows, kept: np.ndarray, fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec) -> dict[str, np.ndarray]:
-    given = {name: load_examples(path, fmt, options.mapping or None)[0] for name, path in  # type: ignore[arg-type]
-             (("validation", options.validation_file), ("test", options.test_file)) if path is not None}
+def _split(rows: Rows, kept: np.ndarray, fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec,
+           warnings: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The splits, and the rows of each split the user gave as a file (kept whole: never deduplicated against train)."""
+    given: dict[str, np.ndarray] = {}
+    for name, path in (("validation", options.validation_file), ("test", options.test_file)):
+        if path is None:
+            continue
+        reader = ExampleReader(path, fmt, options.mapping or None)  # type: ignore[arg-type]
+        numbers, lines = [], []
+        for example in reader:
+            numbers.append(rows.add(example))
+            lines.append(reader.line)
+        reader.finish()
+        given[name] = np.array(numbers, dtype=np.int64)
+        warnings += _repeats_in_given(rows, given[name], lines, name, path)
     if given:
-        given_rows = {name: np.array([rows.add(e) for e in examples], dtype=np.int64) for name, examples in given.items()}
-        return assign_given(rows, kept, given_rows, ratios, seed, options.group_by)
-    return split_rows(rows, kept, ratios, seed, options.group_by)
+        return assign_given(rows, kept, given, ratios, seed, options.group_by), given
+    return split_rows(rows, kept, ratios, seed, options.group_by), given
+
+
+def _repeats_in_given(rows: Rows, numbers: np.ndarray, lines: list[int], name: str, path: Path) -> list[str]:
+    """Duplicates inside a validation/test file the user gave: kept (it is the user's benchmark), named by line."""
+    if not len(numbers):
+        return []
+    keys = rows.column("exact")[numbers]
+    first: dict[bytes, int] = {}
+    repeats = []
+    for key, line in zip(keys.tolist(), lines):
+        if key in first:
+            repeats.append(f"line {line} repeats line {first[key]}")
+        else:
+            first[key] = line
+    if not repeats:
+        return []
+    listed = "; ".join(repeats[:10]) + (f"; and {len(repeats) - 10} more" if len(repeats) > 10 else "")
+    return [f"duplicates_in_{name}_file: {len(repeats)} example(s) of {path} repeat another of its examples ({listed}); "
+            f"kept as given, so each counts twice in the scores: remove the repeats from the file if they are not meant"]
+
+
+def _keep_long_examples_in_train(rows: Rows, splits: dict[str, np.ndarray], given: dict[str, np.ndarray], length: LengthLimit,
+                                 steps: list[StepRecord], warnings: list[str]) -> None:
+    """Validation/test examples longer than the model's training length move to train, where they
+    are truncated like every long example; scoring one would judge a cut prompt or answer.
+    Examples of a file the user gave stay where they are, named in a warning."""
+    from tunesmith.data.validate import long_example_check, load_tokenizer_only
+
+    check = long_example_check(load_tokenizer_only(length.model), length.max_seq_len)
+    moved: dict[str, list[str]] = {}
+    flagged: dict[str, list[str]] = {}
+    for name in ("validation", "test"):
+        selected = splits[name]
+        too_long = np.array([bool(check(e)) for e in rows.examples(selected)], dtype=bool) if len(selected) else np.zeros(0, dtype=bool)
+        if not too_long.any():
+            continue
+        ids = rows.ids(selected[too_long])
+        if name in given:
+            flagged[name] = ids
+            warnings.append(f"too_long_in_{name}_file: {len(ids)} example(s) of your {name} file are longer than max_seq_len {length.max_seq_len} "
+                            f"with {length.model}'s chat template ({', '.join(ids[:10])}): they are scored on a cut prompt; shorten them or raise --max-seq-len")
+            continue
+        moved[name] = ids
+        splits["train"] = _by_rank(rows, np.concatenate([splits["train"], selected[too_long]]))
+        splits[name] = selected[~too_long]
+        console.print(f"  length: {len(ids)} {name} example(s) over max_seq_len {length.max_seq_len} moved to train, where they are truncated"
+                      + escape(f" ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"))
+    n_moved = sum(len(v) for v in moved.values())
+    steps.append(StepRecord(step="length", settings=length.model_dump(), examples_in=n_moved, examples_out=n_moved,
+                            report={"moved_to_train": moved, "too_long_in_given_files": flagged}))
 
 
 def _warn_style(report: dict[str, Any]) -> None:

@@ -450,6 +450,14 @@ class _LengthCheck:
         return [("too_long", f"{total} tokens with the chat template, over max_seq_len {limit}: the last {total - limit} are cut, {lost_final} of them from the final assistant answer's {len(final)}; {fix}")]
 
 
+def long_example_check(tokenizer: Any, max_seq_len: int | None) -> Any:
+    """A function telling whether an example is cut by training at `max_seq_len` (the too_long and
+    no_trainable_tokens findings of `validate --model`), for `prepare --model` to act on."""
+    check = _LengthCheck.make(tokenizer, max_seq_len)
+    assert check is not None
+    return lambda example: [code for code, _ in check.check(example) if code in ("too_long", "no_trainable_tokens")]
+
+
 # ---------------------------------------------------------------- showing it
 
 MAX_ROWS_SHOWN = 200
