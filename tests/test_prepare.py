@@ -112,3 +112,53 @@ def test_a_given_test_file_is_never_cut_its_repeats_leave_train_and_its_own_dupl
     err = " ".join(result.err.split())
     assert "removed from train" in err and "line 100 repeats line 11" in err
     assert any(w.startswith("duplicates_in_test_file") and "line 100 repeats line 11" in w for w in manifest["warnings"])
+
+
+def _support_csv(path, n=150, empty_at=None):
+    """A support team's export: question,answer columns; `empty_at` (a data row, 1-based) has no answer."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "answer"])
+        for i in range(1, n + 1):
+            writer.writerow([f"ticket {i}: my order {i * 13} has not arrived after {i % 7 + 2} days, item {i * 31}",
+                             "" if i == empty_at else f"We resent order {i * 13} by courier {i % 5}; tracking code T{i * 97}."])
+    return path
+
+
+def test_one_empty_answer_is_refused_with_a_fix_that_fits_or_left_out_with_skip_invalid(capsys, home, tmp_path):
+    source = _support_csv(tmp_path / "support.csv", empty_at=36)  # data row 36 is line 37 of the file
+    refused = run_cli(capsys, "data", "prepare", str(source), "--map", "prompt=question", "completion=answer", "--pii", "off")
+    assert refused.code == 2
+    err = " ".join(refused.err.split())
+    assert f"{source}:37:" in err and "fill in the empty or missing fields" in err and "--skip-invalid" in err
+    assert "--format" not in err  # the format was found; naming it would not help
+    result = run_cli(capsys, "data", "prepare", str(source), "--map", "prompt=question", "completion=answer", "--pii", "off", "--skip-invalid", "--out", "s")
+    assert result.code == 0, result.err
+    assert "left out 1 line(s)" in " ".join(result.err.split())
+    manifest = json.loads((home / "datasets" / "s" / "manifest.json").read_text())
+    assert [(s["line"], s["code"]) for s in manifest["skipped"]] == [(37, "missing_field")] and sum(manifest["counts"].values()) <= 149
+    assert any(w.startswith("skipped_invalid: 1 line(s)") for w in manifest["warnings"])
+    assert "Lines left out (--skip-invalid)" in (home / "datasets" / "s" / "report.html").read_text()
+
+
+def test_an_unmapped_csv_is_one_problem_said_once_with_its_count_and_a_fix_that_names_map(capsys, home, tmp_path):
+    source = _support_csv(tmp_path / "support.csv")
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off")
+    assert result.code == 2
+    err = " ".join(result.err.split())
+    assert err.count("unknown format") == 1 and "(150 lines: 2, 3, 4, 5, 6, ...)" in err
+    assert "--map prompt=question completion=answer" in err and "--format" in err
+    validated = run_cli(capsys, "data", "validate", str(source))
+    assert validated.code == 2 and validated.out.count("no known format") == 1 and "(150 lines)" in validated.out
+
+
+def test_train_on_a_file_passes_skip_invalid_to_the_prepare_it_runs(capsys, home, tmp_path, tiny_model):
+    source = _support_csv(tmp_path / "support.csv", n=40, empty_at=5)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {source}, prepare: {{mapping: {{prompt: question, completion: answer}}, pii: 'off'}}}}\n")
+    refused = run_cli(capsys, "train", "--config", str(config), "--dry-run")
+    assert refused.code == 2 and "--skip-invalid" in refused.err
+    result = run_cli(capsys, "train", "--config", str(config), "--dry-run", "--skip-invalid")
+    assert result.code == 0, result.err

@@ -45,9 +45,10 @@ def quickstart(
 def data_prepare(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours (repeat, or comma-separate)"),
+    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
     out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name)"),
     seed: int = typer.Option(0, help="seed of the split"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="leave out lines that cannot be read as examples (listed in the manifest and report) instead of refusing the file"),
     split: str = typer.Option("0.8,0.1,0.1", help="train,validation,test ratios"),
     clean: bool = typer.Option(True, "--clean/--no-clean", help="Unicode repair, whitespace, empty examples, output-style lint"),
     normalise_outputs: bool = typer.Option(False, "--normalise-outputs", help="rewrite label spelling variants to the most common one"),
@@ -74,7 +75,7 @@ def data_prepare(
     from tunesmith.data.report import summarise_dataset
 
     options = {
-        "mapping": parse_mapping(map_pairs or []), "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
+        "mapping": parse_mapping(map_pairs or []), "skip_invalid": skip_invalid, "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
         "dedup": dedup, "near_dedup": near_dedup, "near_threshold": near_threshold, "group_by": group_by,
         "validation_file": validation_file, "test_file": test_file,
         "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url,
@@ -108,9 +109,8 @@ def data_stats(
 @data_app.command("validate")
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
-    more_pairs: Optional[list[str]] = typer.Argument(None, metavar="[K=V ...]", help="more --map pairs after the first"),
     format: Optional[str] = typer.Option(None, "--format", help="messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer"),
+    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
     model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
@@ -119,9 +119,7 @@ def data_validate(
     from tunesmith.data.formats import parse_mapping
     from tunesmith.data.validate import load_tokenizer_only, print_validation, validate_file
 
-    if more_pairs and not map_pairs:
-        raise UserError(f"unexpected argument(s): {' '.join(more_pairs)}", fix="validate one file at a time; key=value pairs go after --map")
-    mapping = parse_mapping([*(map_pairs or []), *(more_pairs or [])])
+    mapping = parse_mapping(map_pairs or [])
     if max_seq_len is not None and (model is None or max_seq_len < 1):
         raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
     tokenizer = load_tokenizer_only(model) if model else None
@@ -155,6 +153,7 @@ def train_cmd(
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
     grad_accum: Optional[str] = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
@@ -181,6 +180,7 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = {"path": data} if Path(data).suffix.lower() in (".jsonl", ".json", ".csv") else {"dataset": data}
+    overrides["data.prepare.skip_invalid"] = True if skip_invalid else None
     launcher = None
     if nproc > 1 or accelerate_config is not None:
         from tunesmith.train.distributed import launched
@@ -340,11 +340,11 @@ _register_eval(app, runs_app)
 def main() -> None:
     """Usage errors exit 2 through Typer; a UserError from any stage is printed without a traceback and exits 2."""
     try:
-        args, prog = _route_eval(sys.argv[1:])  # `eval RUN` is one command; `eval judge|score|review-*` are others
-        if prog:
-            app(args=args, prog_name="tunesmith")
-        else:
-            app()
+        from tunesmith.data.formats import expand_map_args
+
+        # `--map a=b c=d` parses the same in every command that takes --map (formats.expand_map_args).
+        args, prog = _route_eval(expand_map_args(sys.argv[1:]))  # `eval RUN` is one command; `eval judge|score|review-*` are others
+        app(args=args, prog_name="tunesmith")
     except UserError as exc:
         from rich.markup import escape
 

@@ -42,6 +42,7 @@ class Manifest(BaseModel):
     settings: dict[str, Any] = {}
     steps: list[StepRecord] = []
     warnings: list[str] = []
+    skipped: list[dict[str, Any]] = []  # lines --skip-invalid left out: file, line, code, message
 
 
 class Dataset(BaseModel):
@@ -132,7 +133,7 @@ def _register(prepared: Prepared, source: Path, workspace: Workspace, name: str,
         name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
         split_ratios=ratios, counts={s: len(splits[s]) + len(extra.get(s, [])) for s in SPLITS}, split_hashes=split_hashes,
         removed=prepared.removed, overlap=check_overlap(rows, splits, prepared.extra_train), settings=options.model_dump(mode="json"),
-        steps=prepared.steps, warnings=prepared.warnings,
+        steps=prepared.steps, warnings=prepared.warnings, skipped=prepared.skipped,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None

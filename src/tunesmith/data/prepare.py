@@ -43,6 +43,7 @@ class Prepared(BaseModel):
     removed: dict[str, int]
     warnings: list[str] = []
     review: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # with --skip-invalid: {file, line, code, message} of each line left out
 
 
 CHUNK = 512  # examples per batch through clean and PII: NER is faster on batches, memory stays flat
@@ -73,7 +74,8 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     rows = Rows(workdir, seed, options.group_by)
     steps: list[StepRecord] = []
     warnings: list[str] = []
-    fmt = _stream_in(source, fmt, options, rows, steps)
+    skipped: list[dict[str, Any]] = []
+    fmt = _stream_in(source, fmt, options, rows, steps, skipped)
     if options.dedup:
         from tunesmith.data.dedup import dedup_rows
 
@@ -83,7 +85,9 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
         warnings += _say_dedup(dedup_report, options)
     else:
         kept = np.arange(len(rows))
-    splits, given = _split(rows, kept, fmt, seed, ratios, options, warnings)
+    splits, given = _split(rows, kept, fmt, seed, ratios, options, warnings, skipped)
+    if skipped:
+        warnings.append(_skipped_warning(skipped))
     if length is not None:
         _keep_long_examples_in_train(rows, splits, given, length, steps, warnings)
     leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None, frozenset(given))
@@ -98,7 +102,25 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     warnings += [w for w in (small_split_warning(name, len(splits[name]), name in given) for name in ("test",)) if w]
     for warning in warnings:
         console.print(f"  [yellow]{escape(warning)}[/]")
-    return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review)
+    return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review, skipped=skipped)
+
+
+def _skipped_warning(skipped: list[dict[str, Any]]) -> str:
+    from collections import Counter
+
+    codes = ", ".join(f"{code} x{n}" for code, n in Counter(s["code"] for s in skipped).items())
+    shown = "; ".join(f"{s['file']}:{s['line']} {s['code']}" for s in skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+    return f"skipped_invalid: {len(skipped)} line(s) left out by --skip-invalid ({codes}): {shown}; every one in manifest.json 'skipped'"
+
+
+def _read_into(reader: ExampleReader, skipped: list[dict[str, Any]]) -> None:
+    """After a reader is drained: refuse its file, or with --skip-invalid note the lines left out."""
+    reader.finish()
+    skipped += [{"file": str(reader.path), **problem} for problem in reader.problems.listed]
+    if reader.problems.count:
+        console.print(f"  [yellow]--skip-invalid: left out {reader.problems.count} line(s) of {escape(str(reader.path))}[/]")
+        for line in reader.problems.lines_shown(reader.path)[:5]:
+            console.print(f"    {escape(line)}", highlight=False)
 
 
 def _say_dedup(report: Any, options: PrepareSpec) -> list[str]:
@@ -130,12 +152,12 @@ def _say_leaks(leaks: Any, given: dict[str, np.ndarray]) -> None:
                           f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown.split(', ')[:3])})"))
 
 
-def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord]) -> FormatName:
+def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord], skipped: list[dict[str, Any]]) -> FormatName:
     """Read, clean and scrub the file a batch at a time into `rows`; record the clean and PII steps."""
     from tunesmith.data.clean import Cleaner, normalise_with
     from tunesmith.data.pii import Scrubber
 
-    reader = ExampleReader(source, fmt, options.mapping or None)
+    reader = ExampleReader(source, fmt, options.mapping or None, options.skip_invalid)
     cleaner = Cleaner() if options.clean else None
     scrubber = Scrubber(options.pii, ner=options.pii_ner) if options.pii != "off" else None
     # Normalising label spellings needs every answer seen first: cleaned examples wait on disk.
@@ -150,7 +172,7 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
 
     batch: list[Example] = []
     for example in reader:
-        if reader.problems.count:
+        if reader.problems.count and not options.skip_invalid:
             continue  # the file will be refused: only look for its other problems
         cleaned = cleaner.clean(example) if cleaner else example
         if cleaned is not None:
@@ -159,7 +181,8 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
             store(batch)
             batch = []
     store(batch)
-    fmt = reader.finish()
+    _read_into(reader, skipped)
+    fmt = reader.fmt  # type: ignore[assignment]  # known: finish() refuses a file without one
     if cleaner:
         findings, normalised = cleaner.lint.findings(), 0
         if staged is not None:
@@ -197,18 +220,18 @@ def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord],
 
 
 def _split(rows: Rows, kept: np.ndarray, fmt: str, seed: int, ratios: tuple[float, float, float], options: PrepareSpec,
-           warnings: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+           warnings: list[str], skipped: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The splits, and the rows of each split the user gave as a file (kept whole: never deduplicated against train)."""
     given: dict[str, np.ndarray] = {}
     for name, path in (("validation", options.validation_file), ("test", options.test_file)):
         if path is None:
             continue
-        reader = ExampleReader(path, fmt, options.mapping or None)  # type: ignore[arg-type]
+        reader = ExampleReader(path, fmt, options.mapping or None, options.skip_invalid)  # type: ignore[arg-type]
         numbers, lines = [], []
         for example in reader:
             numbers.append(rows.add(example))
             lines.append(reader.line)
-        reader.finish()
+        _read_into(reader, skipped)
         given[name] = np.array(numbers, dtype=np.int64)
         warnings += _repeats_in_given(rows, given[name], lines, name, path)
     if given:
