@@ -316,6 +316,59 @@ def chat(
     Session.open(_workspace(), run, system, max_new_tokens).interactive()
 
 
+@app.command()
+def classify(
+    run: str = typer.Argument(..., help="a classification run's id, name or folder"),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="many texts: a .txt file (one a line) or any file `data prepare` reads (its user turns)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """A trained classifier's label and probability: `LABEL<TAB>PROBABILITY` for one --text; JSONL (one object a text, with every label's probability) otherwise."""
+    import json
+
+    from tunesmith.train.classify import classify_texts
+
+    texts = list(text or [])
+    if file is not None:
+        texts += _texts_of(file)
+    if not texts:
+        raise UserError("nothing to classify", fix='give --text "..." or --file FILE')
+    found = classify_texts(_workspace(), run, texts, batch_size)
+    if file is None and len(found) == 1:
+        typer.echo(f"{found[0]['label']}\t{found[0]['probability']:.4f}")
+        return
+    for row in found:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+def _texts_of(path: Path) -> list[str]:
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"no such file: {path}", fix="check the path")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tunesmith.data.formats import read_records
+
+    texts = []
+    for line, record in read_records(path):
+        found = _text_of(record)
+        if found is None:
+            raise UserError("no text in this record", where=f"{path}:{line}", fix='give each record a "text" (or "prompt", or user messages), or use a .txt file with one text a line')
+        texts.append(found)
+    return texts
+
+
+def _text_of(record: object) -> str | None:
+    """What a classifier reads from one record: its text, prompt, or user turns (as in training)."""
+    if not isinstance(record, dict):
+        return None
+    for key in ("text", "prompt", "input_text"):
+        if isinstance(record.get(key), str) and record[key].strip():
+            return record[key]
+    turns = record.get("messages")
+    users = [m.get("content") for m in turns if isinstance(m, dict) and m.get("role") == "user"] if isinstance(turns, list) else []
+    return "\n".join(u for u in users if isinstance(u, str)) or None
+
+
 @runs_app.command("list")
 def runs_list() -> None:
     """Every run with its base model, dataset version and headline scores."""
