@@ -162,3 +162,16 @@ def test_train_on_a_file_passes_skip_invalid_to_the_prepare_it_runs(capsys, home
     assert refused.code == 2 and "--skip-invalid" in refused.err
     result = run_cli(capsys, "train", "--config", str(config), "--dry-run", "--skip-invalid")
     assert result.code == 0, result.err
+
+
+def test_a_generic_file_name_gets_its_folder_in_the_dataset_name(capsys, home, tmp_path, tickets_file):
+    folder = tmp_path / "support"
+    folder.mkdir()
+    source = folder / "train.jsonl"
+    source.write_text(tickets_file.read_text())
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off")
+    assert result.code == 0, result.err
+    assert (home / "datasets" / "support-train" / "manifest.json").is_file()
+    assert "dataset name: support-train" in " ".join(result.err.split())
+    # a telling file name stays as it is
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--pii", "off").code == 0 and (home / "datasets" / "tickets").is_dir()

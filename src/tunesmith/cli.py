@@ -46,7 +46,7 @@ def data_prepare(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
-    out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name)"),
+    out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name; folder-file for generic names like train.csv)"),
     seed: int = typer.Option(0, help="seed of the split"),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="leave out lines that cannot be read as examples (listed in the manifest and report) instead of refusing the file"),
     split: str = typer.Option("0.8,0.1,0.1", help="train,validation,test ratios"),
@@ -292,7 +292,7 @@ def score_cmd(
 
 @app.command()
 def generate(
-    run: str = typer.Argument(..., help="run id or run folder"),
+    run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
@@ -306,7 +306,7 @@ def generate(
 
 @app.command()
 def chat(
-    run: str = typer.Argument(..., help="run id or run folder"),
+    run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
 ) -> None:
@@ -378,7 +378,7 @@ def runs_list() -> None:
 
 
 @runs_app.command("show")
-def runs_show(run: str = typer.Argument(..., help="run id")) -> None:
+def runs_show(run: str = typer.Argument(..., help="run id or the run's --name")) -> None:
     """One run: config, dataset, training result and evaluations."""
     from tunesmith.report_cli import print_run
 

@@ -95,7 +95,7 @@ def load_run_info(run_dir: Path) -> RunInfo:
 
 
 def find_run(workspace: Workspace, ref: str) -> Path:
-    """A run id in the workspace, or a path to a run folder."""
+    """A run id in the workspace, a path to a run folder, or the run's --name when one run has it."""
     candidate = Path(ref)
     if (candidate / "run.json").is_file():
         return candidate.resolve()
@@ -103,7 +103,33 @@ def find_run(workspace: Workspace, ref: str) -> Path:
         folder = workspace.run_dir(ref)
         if (folder / "run.json").is_file():
             return folder
+        named = runs_named(workspace, ref)
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise UserError(f"{len(named)} runs are named '{ref}': {', '.join(f.name for f in named)}", fix="give the run id instead of the name")
     raise UserError(f"no run '{ref}' in {workspace.runs}", fix="`tunesmith runs list` shows the run ids")
+
+
+def runs_named(workspace: Workspace, name: str) -> list[Path]:
+    """Run folders whose config says `name: NAME`. A run id starts with its name (new_run_id), so only
+    those folders are read."""
+    try:
+        prefix = safe_name(name, "run name")
+    except UserError:
+        return []
+    found = []
+    for folder in sorted(workspace.runs.glob(f"{prefix}-*")) if workspace.runs.is_dir() else []:
+        config = folder / "config.yaml"
+        if not (folder / "run.json").is_file() or not config.is_file():
+            continue
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, dict) and data.get("name") == name:
+            found.append(folder)
+    return found
 
 
 def replace_folder(source: Path, target: Path) -> None:

@@ -77,6 +77,25 @@ class Dataset(BaseModel):
         return self.manifest.version
 
 
+# File names that say nothing about the data: a dataset (and its runs) named `train` cannot be told apart.
+GENERIC_STEMS = frozenset({"train", "training", "data", "dataset", "test", "testing", "val", "valid", "validation", "dev", "input",
+                           "inputs", "examples", "export", "all", "sample", "samples", "file", "output", "raw", "clean", "final"})
+
+
+def default_name(source: Path) -> str:
+    """The file's name; for a generic one (train.csv, data.jsonl) prefixed with its folder's: support/train.csv -> support-train."""
+    stem = source.stem
+    if stem.lower() not in GENERIC_STEMS:
+        return stem
+    parent = source.resolve().parent.name
+    if not parent or parent.lower() in GENERIC_STEMS:
+        return stem
+    try:
+        return safe_name(f"{parent}-{stem}", "dataset name")
+    except UserError:  # a folder name with spaces, say: keep the file's name
+        return stem
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -112,8 +131,12 @@ def prepare_dataset(
     """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register."""
     options = options or PrepareSpec()
     explicit_name = name is not None
-    name = safe_name(name or source.stem, "dataset name")
     console.print(f"preparing {source}")
+    if name is None:
+        name = default_name(source)
+        if name != source.stem:
+            console.print(f"  dataset name: {name} ('{source.stem}' alone would name every project's data alike; choose one with --out)")
+    name = safe_name(name, "dataset name")
     workspace.datasets.mkdir(parents=True, exist_ok=True)
     # The spill file sits beside the datasets (same disk as the result), not in a small /tmp.
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=workspace.datasets) as workdir:
