@@ -140,3 +140,17 @@ def test_a_runs_name_works_wherever_its_id_does_and_an_ambiguous_name_lists_the_
         ambiguous = run_cli(capsys, *command, "router-v1", *extra)
         err = " ".join(ambiguous.err.split())
         assert ambiguous.code == 2 and "2 runs are named 'router-v1'" in err and run_id in err and other_id in err, (command, err)
+
+
+def test_the_adapter_names_the_base_model_as_given_and_holds_no_optimiser_state(capsys, home, tiny_model, tickets_file, tmp_path):
+    named = tmp_path / "my-base-model"
+    named.symlink_to(tiny_model)  # the name the user gives differs from the path it resolves to, as with the embedded model's cache
+    run_id = train_tiny(capsys, named, tickets_file, "--max-steps", "2")
+    run_dir = home / "runs" / run_id
+    adapter = run_dir / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(named)  # as the user named it
+    assert json.loads((run_dir / "run.json").read_text())["base_model_path"] == str(tiny_model.resolve())  # resolved, in run.json
+    assert not (adapter / "trainer_state.pt").exists()
+    assert all((folder / "trainer_state.pt").is_file() for folder in (run_dir / "checkpoints").iterdir())  # --resume still has it
+    answer = run_cli(capsys, "generate", run_id, "--prompt", "GW-9 is slow", "--max-new-tokens", "3")
+    assert answer.code == 0, answer.err  # the artefact still loads

@@ -79,6 +79,17 @@ def read_config(run_dir: Path) -> RunSpec:
     return validate_spec(RunSpec, data, str(path))
 
 
+def name_base_model(artefact: Path, base_model: str) -> None:
+    """A PEFT adapter's adapter_config.json names its base by the path it was loaded from, which is
+    this machine's model cache; the artefact names the model as the user did (`smollm2-135m-instruct`,
+    a hub id or their own path). run.json keeps the resolved path (base_model_path)."""
+    config = artefact / "adapter_config.json"
+    if config.is_file():
+        payload = json.loads(config.read_text(encoding="utf-8"))
+        payload["base_model_name_or_path"] = base_model
+        write_json(config, payload)
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write via a temporary file and rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -132,11 +143,12 @@ def runs_named(workspace: Workspace, name: str) -> list[Path]:
     return found
 
 
-def replace_folder(source: Path, target: Path) -> None:
-    """Copy a folder into place atomically: the old target stays whole until the new one is complete."""
+def replace_folder(source: Path, target: Path, leave_out: tuple[str, ...] = ()) -> None:
+    """Copy a folder into place atomically: the old target stays whole until the new one is complete.
+    `leave_out`: file names not copied."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     shutil.rmtree(staging)
-    shutil.copytree(source, staging)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*leave_out) if leave_out else None)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
