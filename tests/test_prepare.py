@@ -175,3 +175,16 @@ def test_a_generic_file_name_gets_its_folder_in_the_dataset_name(capsys, home, t
     assert "dataset name: support-train" in " ".join(result.err.split())
     # a telling file name stays as it is
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--pii", "off").code == 0 and (home / "datasets" / "tickets").is_dir()
+
+
+def test_train_on_a_file_keeps_examples_it_would_truncate_out_of_validation_and_test(capsys, home, tmp_path, tiny_model):
+    records = [{"prompt": f"question number {i} about orders", "completion": f"answer {i}"} for i in range(40)]
+    records += [{"prompt": f"long question {i} " + "with many extra words " * 40, "completion": f"long answer {i}"} for i in range(20)]
+    source = write_records(tmp_path / "mixed.jsonl", records)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {source}, prepare: {{pii: 'off', near_dedup: false}}}}\ntrain: {{max_seq_len: 64, max_steps: 1, batch_size: 4}}\n")
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 0, result.err
+    folder = home / "datasets" / "mixed"
+    assert not [r for s in ("validation", "test") for r in _read(folder, s) if "long question" in r["messages"][0]["content"]]
+    assert "moved to train" in result.err

@@ -18,6 +18,7 @@ import torch
 
 from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
+from tunesmith.data.prepare import LengthLimit
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.models.loading import resolve_model_path
@@ -70,7 +71,10 @@ class Items:
 
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
-        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios, options=spec.data.prepare)
+        # As `data prepare --model`: examples this run would truncate stay out of validation and test.
+        length = LengthLimit(model=spec.model.name, max_seq_len=spec.train.max_seq_len) if spec.train.task == "causal_lm" else None
+        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios,
+                               options=spec.data.prepare, length=length)
     return load_dataset(workspace, spec.data.dataset or "")
 
 
