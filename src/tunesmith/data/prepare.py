@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from rich.markup import escape
 
-from tunesmith.config import PrepareSpec
+from tunesmith.config import PrepareSpec, RunSpec
 from tunesmith.data.example import Example
 from tunesmith.data.formats import ExampleReader, FormatName
 from tunesmith.data.rows import Rows
@@ -65,6 +65,12 @@ class LengthLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     max_seq_len: int
+
+
+def length_limit_for(spec: RunSpec) -> LengthLimit | None:
+    """A run preparing its own file checks lengths against its model and max_seq_len (causal LM only:
+    a classifier truncates its input, it scores no generated answer)."""
+    return LengthLimit(model=spec.model.name, max_seq_len=spec.train.max_seq_len) if spec.train.task == "causal_lm" else None
 
 
 def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path,
@@ -147,9 +153,9 @@ def _say_leaks(leaks: Any, given: dict[str, np.ndarray]) -> None:
             console.print(f"  leakage: {n} {name} example(s) repeat a training prompt and were removed from {name}")
     for name, n in leaks.removed_from_train.items():
         if n:
-            shown = ", ".join(f"{p.removed} ~ {p.matches}" for p in leaks.pairs if p.split == "train" and p.matches)
+            shown = [f"{p.removed} ~ {p.matches}" for p in leaks.pairs if p.split == "train" and p.matches][:3]
             console.print(f"  [yellow]leakage: {n} training example(s) repeat a prompt of your {name} file and were removed from train; "
-                          f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown.split(', ')[:3])})"))
+                          f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown)})"))
 
 
 def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord], skipped: list[dict[str, Any]]) -> FormatName:

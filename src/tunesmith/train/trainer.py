@@ -18,7 +18,7 @@ import torch
 
 from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
-from tunesmith.data.prepare import LengthLimit
+from tunesmith.data.prepare import length_limit_for
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.models.loading import resolve_model_path
@@ -72,9 +72,8 @@ class Items:
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
         # As `data prepare --model`: examples this run would truncate stay out of validation and test.
-        length = LengthLimit(model=spec.model.name, max_seq_len=spec.train.max_seq_len) if spec.train.task == "causal_lm" else None
         return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios,
-                               options=spec.data.prepare, length=length)
+                               options=spec.data.prepare, length=length_limit_for(spec))
     return load_dataset(workspace, spec.data.dataset or "")
 
 
