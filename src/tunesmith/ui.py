@@ -118,7 +118,3 @@ def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
-
-def status(message: str) -> None:
-    """One line saying what slow work without a bar is doing (e.g. a bootstrap), in a terminal and in a log."""
-    console.print(message, markup=False, highlight=False)
