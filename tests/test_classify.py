@@ -115,3 +115,27 @@ def test_minilm_classifier_beats_chance_in_a_few_steps(capsys, home, tmp_path):
     assert run_cli(capsys, "eval", run_id).code == 0
     metrics = json.loads((home / "runs" / run_id / "eval" / "report.json").read_text())["test"]["tuned"]["metrics"]
     assert metrics["accuracy"] > 0.6 and metrics["f1_macro"] > 0.5  # chance is 1/3
+
+
+def test_classify_labels_one_text_and_a_file_of_texts(capsys, home, tiny_bert, classes_file, tmp_path):
+    prepare(capsys, classes_file)
+    run_id = train(capsys, tmp_path, tiny_bert, "full", 1e-3, epochs=1)
+    one = run_cli(capsys, "classify", run_id, "--text", "I was charged twice for my invoice")
+    assert one.code == 0, one.err
+    label, probability = one.out.strip().split("\t")
+    assert label in ("billing", "bug", "praise") and 1 / 3 <= float(probability) <= 1.0
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the app crashes\n\nlove it, great work\nrefund please\n")
+    many = run_cli(capsys, "classify", run_id, "--file", str(texts))
+    assert many.code == 0, many.err
+    rows = [json.loads(line) for line in many.out.splitlines()]
+    assert [r["text"] for r in rows] == ["the app crashes", "love it, great work", "refund please"]
+    assert all(set(r["probabilities"]) == {"billing", "bug", "praise"} and abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in rows)
+    assert all(r["probability"] == max(r["probabilities"].values()) and r["label"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    from_jsonl = run_cli(capsys, "classify", run_id, "--file", str(classes_file))
+    assert from_jsonl.code == 0 and len(from_jsonl.out.splitlines()) == len(classes_file.read_text().splitlines())
+
+    assert run_cli(capsys, "classify", run_id).code == 2  # nothing to classify
+    generated = run_cli(capsys, "generate", run_id, "--prompt", "refund please")
+    assert generated.code == 2 and f"tunesmith classify {run_id} --text" in " ".join(generated.err.split())

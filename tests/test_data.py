@@ -96,4 +96,4 @@ def test_an_evaluation_label_never_seen_in_training_is_warned_about(tmp_path):
     options = PrepareSpec(pii="off", near_dedup=False, test_file=write_lines(tmp_path / "test.jsonl", given_test))
     dataset = prepare_dataset(write_lines(tmp_path / "c.jsonl", records), ws, options=options)
     assert [e.label for e in dataset.splits["test"]] == ["rare", "common"]  # a given test split is kept as given
-    assert dataset.manifest.warnings == ["label_unseen_in_train: test has label(s) rare that no training example has"]
+    assert dataset.manifest.warnings[0] == "label_unseen_in_train: test has label(s) rare that no training example has"

@@ -73,7 +73,7 @@ def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(caps
     from transformers import AutoTokenizer
 
     from tunesmith.config import PrepareSpec
-    from tunesmith.data.prepare import run_steps
+    from tunesmith.data.prepare import LengthLimit, run_steps
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\ntrain: {{batch_size: 8, grad_accum: 2, max_seq_len: 140, epochs: 1}}\n")
@@ -86,7 +86,8 @@ def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(caps
     # alone fills 140 have nothing to learn and are dropped, as the trainer drops them.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     lengths = []
-    prepared = run_steps(tickets_file, None, 0, (0.8, 0.1, 0.1), PrepareSpec(), tmp_path)
+    # the split the run would make: examples over max_seq_len kept out of validation and test
+    prepared = run_steps(tickets_file, None, 0, (0.8, 0.1, 0.1), PrepareSpec(), tmp_path, LengthLimit(model=str(tiny_model), max_seq_len=140))
     for example in prepared.rows.examples(prepared.splits["train"]):
         messages = [m.model_dump(exclude={"weight"}) for m in example.messages]
         prompt = len(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=False))

@@ -110,3 +110,43 @@ def test_parquet_is_streamed_in_batches(tmp_path):
 def test_unknown_format_name_is_a_usage_error(tmp_path):
     with pytest.raises(UserError, match="unknown format"):
         load_examples(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}]), "tsv")  # type: ignore[arg-type]
+
+
+def _commands_taking_map():
+    """Every CLI command with a --map option, found by walking the command tree."""
+    import typer.main
+
+    from tunesmith.cli import app
+
+    found, stack = [], [((), typer.main.get_command(app))]
+    while stack:
+        path, command = stack.pop()
+        for name, sub in getattr(command, "commands", {}).items():
+            stack.append(((*path, name), sub))
+        if any("--map" in getattr(p, "opts", ()) for p in command.params):
+            found.append(path)
+    return sorted(found)
+
+
+MAP_FORMS = {
+    "space-separated after one --map": ["--map", "prompt=question", "completion=answer"],
+    "repeated --map": ["--map", "prompt=question", "--map", "completion=answer"],
+    "comma-separated": ["--map", "prompt=question,completion=answer"],
+    "--map=": ["--map=prompt=question", "completion=answer"],
+}
+
+
+@pytest.mark.parametrize("form", sorted(MAP_FORMS))
+def test_every_command_taking_map_parses_it_the_same_way(capsys, home, tmp_path, form):
+    from clihelp import run_cli
+
+    commands = _commands_taking_map()
+    assert commands == [("data", "prepare"), ("data", "validate")]
+    source = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"question {i} about {i * 7} things", "answer": f"answer {i}"} for i in range(30)])
+    for command in commands:
+        extra = ["--pii", "off", "--out", f"qa-{command[1]}"] if command == ("data", "prepare") else []
+        # the pairs both after the file and before it
+        for args in ([str(source), *MAP_FORMS[form], *extra], [*MAP_FORMS[form], *extra, str(source)]):
+            result = run_cli(capsys, *command, *args)
+            assert result.code == 0, (command, args, result.out + result.err)
+            assert "prompt_completion" in result.out + result.err

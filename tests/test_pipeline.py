@@ -117,3 +117,40 @@ def test_validation_several_times_per_epoch_keeps_the_best_checkpoint(capsys, ho
     assert kept == sorted({f"step-{best['step']}", f"step-{2 * per_epoch}"})
     adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert adapter == (run_dir / "checkpoints" / f"step-{best['step']}" / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_runs_name_works_wherever_its_id_does_and_an_ambiguous_name_lists_the_ids(capsys, home, tiny_model, tickets_file):
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
+    args = ("train", "--model", str(tiny_model), "--data", "tickets", "--max-steps", "1", "--batch-size", "4")
+    first = run_cli(capsys, *args, "--name", "router-v1")
+    assert first.code == 0, first.err
+    run_id = first.out.strip().splitlines()[-1]
+    shown = run_cli(capsys, "runs", "show", "router-v1")
+    assert shown.code == 0 and run_id in shown.out
+    answer = run_cli(capsys, "generate", "router-v1", "--prompt", "SSO-12 login loop", "--max-new-tokens", "3")
+    assert answer.code == 0, answer.err
+    evaluated = run_cli(capsys, "eval", "router-v1", "--max-new-tokens", "3", "--limit", "2")
+    assert evaluated.code == 0, evaluated.err
+
+    second = run_cli(capsys, *args, "--name", "router-v1")
+    assert second.code == 0, second.err
+    other_id = second.out.strip().splitlines()[-1]
+    for command in (("runs", "show"), ("generate",), ("eval",)):
+        extra = ("--prompt", "hi") if command == ("generate",) else ()
+        ambiguous = run_cli(capsys, *command, "router-v1", *extra)
+        err = " ".join(ambiguous.err.split())
+        assert ambiguous.code == 2 and "2 runs are named 'router-v1'" in err and run_id in err and other_id in err, (command, err)
+
+
+def test_the_adapter_names_the_base_model_as_given_and_holds_no_optimiser_state(capsys, home, tiny_model, tickets_file, tmp_path):
+    named = tmp_path / "my-base-model"
+    named.symlink_to(tiny_model)  # the name the user gives differs from the path it resolves to, as with the embedded model's cache
+    run_id = train_tiny(capsys, named, tickets_file, "--max-steps", "2")
+    run_dir = home / "runs" / run_id
+    adapter = run_dir / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(named)  # as the user named it
+    assert json.loads((run_dir / "run.json").read_text())["base_model_path"] == str(tiny_model.resolve())  # resolved, in run.json
+    assert not (adapter / "trainer_state.pt").exists()
+    assert all((folder / "trainer_state.pt").is_file() for folder in (run_dir / "checkpoints").iterdir())  # --resume still has it
+    answer = run_cli(capsys, "generate", run_id, "--prompt", "GW-9 is slow", "--max-new-tokens", "3")
+    assert answer.code == 0, answer.err  # the artefact still loads

@@ -40,7 +40,7 @@ class Session:
         info = load_run_info(run_dir)
         if info.task == "classification":
             raise UserError(f"run {info.run_id} is a classifier: it picks one of {len(info.labels or [])} labels and does not write answers",
-                            fix=f"score it with `tunesmith eval {info.run_id}`")
+                            fix=f"label a text with `tunesmith classify {info.run_id} --text \"...\"`; score it with `tunesmith eval {info.run_id}`")
         model, tokenizer = load_tuned(run_dir, info, load_run_spec_from_folder(run_dir).model)
         system = system if system is not None else trained_system_prompt(workspace, info.dataset)
         return cls(model, tokenizer, end_of_turn_ids(tokenizer), system, max_new_tokens)

@@ -45,9 +45,10 @@ def quickstart(
 def data_prepare(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours (repeat, or comma-separate)"),
-    out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name)"),
+    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
+    out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name; folder-file for generic names like train.csv)"),
     seed: int = typer.Option(0, help="seed of the split"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="leave out lines that cannot be read as examples (listed in the manifest and report) instead of refusing the file"),
     split: str = typer.Option("0.8,0.1,0.1", help="train,validation,test ratios"),
     clean: bool = typer.Option(True, "--clean/--no-clean", help="Unicode repair, whitespace, empty examples, output-style lint"),
     normalise_outputs: bool = typer.Option(False, "--normalise-outputs", help="rewrite label spelling variants to the most common one"),
@@ -60,7 +61,8 @@ def data_prepare(
     group_by: Optional[str] = typer.Option(None, "--group-by", help="meta field whose groups never straddle splits, e.g. customer_id"),
     validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="use this file as the validation split"),
     test_file: Optional[Path] = typer.Option(None, "--test-file", help="use this file as the test split"),
-    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer for the summary"),
+    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer; examples longer than --max-seq-len stay out of validation and test"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: the training length examples are checked against (default: train.max_seq_len's default)"),
     augment: int = typer.Option(0, "--augment", help="paraphrases per training example (0: none); synthetic examples stay in train"),
     augment_fraction: float = typer.Option(1.0, "--augment-fraction", help="share of training examples to paraphrase"),
     augment_model: str = typer.Option("smollm2-135m-instruct", "--augment-model", help="local model that paraphrases"),
@@ -75,7 +77,7 @@ def data_prepare(
     from tunesmith.data.report import summarise_dataset
 
     options = {
-        "mapping": parse_mapping(map_pairs or []), "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
+        "mapping": parse_mapping(map_pairs or []), "skip_invalid": skip_invalid, "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
         "pii_allow": read_allowlist(pii_allow or []),
         "dedup": dedup, "near_dedup": near_dedup, "near_threshold": near_threshold, "group_by": group_by,
         "validation_file": validation_file, "test_file": test_file,
@@ -83,7 +85,15 @@ def data_prepare(
                     "endpoint_model": augment_endpoint_model} if augment else None,
     }
     spec = validate_spec(DataSpec, {"path": file, "format": format, "seed": seed, "split_ratios": _parse_ratios(split), "prepare": options}, "command-line flags")
-    dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare)
+    if max_seq_len is not None and (model is None or max_seq_len < 1):
+        raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
+    length = None
+    if model is not None:
+        from tunesmith.config import TrainSpec
+        from tunesmith.data.prepare import LengthLimit
+
+        length = LengthLimit(model=model, max_seq_len=max_seq_len or TrainSpec.model_fields["max_seq_len"].default)
+    dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare, length=length)
     summarise_dataset(dataset, model)
 
 
@@ -102,9 +112,8 @@ def data_stats(
 @data_app.command("validate")
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
-    more_pairs: Optional[list[str]] = typer.Argument(None, metavar="[K=V ...]", help="more --map pairs after the first"),
     format: Optional[str] = typer.Option(None, "--format", help="messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer"),
+    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
     model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
@@ -116,9 +125,7 @@ def data_validate(
     from tunesmith.data.formats import parse_mapping
     from tunesmith.data.validate import load_tokenizer_only, print_validation, validate_file
 
-    if more_pairs and not map_pairs:
-        raise UserError(f"unexpected argument(s): {' '.join(more_pairs)}", fix="validate one file at a time; key=value pairs go after --map")
-    mapping = parse_mapping([*(map_pairs or []), *(more_pairs or [])])
+    mapping = parse_mapping(map_pairs or [])
     if max_seq_len is not None and (model is None or max_seq_len < 1):
         raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
     from tunesmith.data.pii import read_allowlist
@@ -155,6 +162,7 @@ def train_cmd(
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
     grad_accum: Optional[str] = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
     name: Optional[str] = typer.Option(None, help="a label for the run"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
@@ -181,6 +189,7 @@ def train_cmd(
     }
     if data is not None:
         overrides["data"] = _data_source(data)
+    overrides["data.prepare.skip_invalid"] = True if skip_invalid else None
     launcher = None
     if nproc > 1 or accelerate_config is not None:
         from tunesmith.train.distributed import launched
@@ -305,7 +314,7 @@ def score_cmd(
 
 @app.command()
 def generate(
-    run: str = typer.Argument(..., help="run id or run folder"),
+    run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
@@ -319,7 +328,7 @@ def generate(
 
 @app.command()
 def chat(
-    run: str = typer.Argument(..., help="run id or run folder"),
+    run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
     system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
@@ -327,6 +336,59 @@ def chat(
     from tunesmith.chat import Session
 
     Session.open(_workspace(), run, system, max_new_tokens).interactive()
+
+
+@app.command()
+def classify(
+    run: str = typer.Argument(..., help="a classification run's id, name or folder"),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="many texts: a .txt file (one a line) or any file `data prepare` reads (its user turns)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """A trained classifier's label and probability: `LABEL<TAB>PROBABILITY` for one --text; JSONL (one object a text, with every label's probability) otherwise."""
+    import json
+
+    from tunesmith.train.classify import classify_texts
+
+    texts = list(text or [])
+    if file is not None:
+        texts += _texts_of(file)
+    if not texts:
+        raise UserError("nothing to classify", fix='give --text "..." or --file FILE')
+    found = classify_texts(_workspace(), run, texts, batch_size)
+    if file is None and len(found) == 1:
+        typer.echo(f"{found[0]['label']}\t{found[0]['probability']:.4f}")
+        return
+    for row in found:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+def _texts_of(path: Path) -> list[str]:
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"no such file: {path}", fix="check the path")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tunesmith.data.formats import read_records
+
+    texts = []
+    for line, record in read_records(path):
+        found = _text_of(record)
+        if found is None:
+            raise UserError("no text in this record", where=f"{path}:{line}", fix='give each record a "text" (or "prompt", or user messages), or use a .txt file with one text a line')
+        texts.append(found)
+    return texts
+
+
+def _text_of(record: object) -> str | None:
+    """What a classifier reads from one record: its text, prompt, or user turns (as in training)."""
+    if not isinstance(record, dict):
+        return None
+    for key in ("text", "prompt", "input_text"):
+        if isinstance(record.get(key), str) and record[key].strip():
+            return record[key]
+    turns = record.get("messages")
+    users = [m.get("content") for m in turns if isinstance(m, dict) and m.get("role") == "user"] if isinstance(turns, list) else []
+    return "\n".join(u for u in users if isinstance(u, str)) or None
 
 
 @runs_app.command("list")
@@ -338,7 +400,7 @@ def runs_list() -> None:
 
 
 @runs_app.command("show")
-def runs_show(run: str = typer.Argument(..., help="run id")) -> None:
+def runs_show(run: str = typer.Argument(..., help="run id or the run's --name")) -> None:
     """One run: config, dataset, training result and evaluations."""
     from tunesmith.report_cli import print_run
 
@@ -377,11 +439,11 @@ def _take_trust_flag(argv: list[str]) -> list[str]:
 def main() -> None:
     """Usage errors exit 2 through Typer; a UserError from any stage is printed without a traceback and exits 2."""
     try:
-        args, prog = _route_eval(_take_trust_flag(sys.argv[1:]))  # `eval RUN` is one command; `eval judge|score|review-*` are others
-        if prog:
-            app(args=args, prog_name="tunesmith")
-        else:
-            app(args=args)
+        from tunesmith.data.formats import expand_map_args
+
+        # `--map a=b c=d` parses the same in every command that takes --map (formats.expand_map_args).
+        args, _ = _route_eval(expand_map_args(_take_trust_flag(sys.argv[1:])))  # `eval RUN` is one command; `eval judge|score|review-*` are others
+        app(args=args, prog_name="tunesmith")
     except UserError as exc:
         from rich.markup import escape
 

@@ -38,6 +38,7 @@ class PrepareSpec(_Spec):
     """The steps `data prepare` runs between reading a file and writing the dataset, each switchable."""
 
     mapping: dict[str, str] = Field(default_factory=dict, description="canonical field -> the file's field, e.g. {prompt: question}")
+    skip_invalid: bool = Field(False, description="leave out lines that cannot be read as examples (listed in the manifest) instead of refusing the file")
     clean: bool = Field(True, description="Unicode repair, whitespace normalisation, empty examples dropped, output-style lint")
     normalise_outputs: bool = Field(False, description="rewrite label spelling variants to the most common one")
     pii: Literal["off", "report", "redact", "drop"] = Field("report", description="what to do with personal data found")

@@ -64,6 +64,8 @@ def print_runs(workspace: Workspace) -> None:
 
 def print_run(workspace: Workspace, run_id: str) -> None:
     registry = Registry(workspace.registry_db)
+    if registry.run(run_id) is None:
+        run_id = find_run(workspace, run_id).name  # the run's name, when one run has it
     run = registry.run(run_id)
     if run is None:
         find_run(workspace, run_id)  # raises the user-facing error when the folder is missing too

@@ -90,6 +90,17 @@ def read_config(run_dir: Path) -> RunSpec:
     return validate_spec(RunSpec, data, str(path))
 
 
+def name_base_model(artefact: Path, base_model: str) -> None:
+    """A PEFT adapter's adapter_config.json names its base by the path it was loaded from, which is
+    this machine's model cache; the artefact names the model as the user did (`smollm2-135m-instruct`,
+    a hub id or their own path). run.json keeps the resolved path (base_model_path)."""
+    config = artefact / "adapter_config.json"
+    if config.is_file():
+        payload = json.loads(config.read_text(encoding="utf-8"))
+        payload["base_model_name_or_path"] = base_model
+        write_json(config, payload)
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write via a temporary file and rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -108,7 +119,7 @@ def load_run_info(run_dir: Path) -> RunInfo:
 
 
 def find_run(workspace: Workspace, ref: str) -> Path:
-    """A run id in the workspace, or a path to a run folder."""
+    """A run id in the workspace, a path to a run folder, or the run's --name when one run has it."""
     candidate = Path(ref)
     if (candidate / "run.json").is_file():
         folder = candidate.resolve()
@@ -119,6 +130,11 @@ def find_run(workspace: Workspace, ref: str) -> Path:
         folder = workspace.run_dir(ref)
         if (folder / "run.json").is_file():
             return folder
+        named = runs_named(workspace, ref)
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise UserError(f"{len(named)} runs are named '{ref}': {', '.join(f.name for f in named)}", fix="give the run id instead of the name")
     raise UserError(f"no run '{ref}' in {workspace.runs}", fix="`tunesmith runs list` shows the run ids")
 
 
@@ -133,11 +149,33 @@ def _say_opened_by_path(folder: Path, workspace: Workspace) -> None:
     console.print(escape(f"opening run folder {folder} by path, not from the registry in {workspace.home}; {code}"), highlight=False, soft_wrap=True)
 
 
-def replace_folder(source: Path, target: Path) -> None:
-    """Copy a folder into place atomically: the old target stays whole until the new one is complete."""
+def runs_named(workspace: Workspace, name: str) -> list[Path]:
+    """Run folders whose config says `name: NAME`. A run id starts with its name (new_run_id), so only
+    those folders are read."""
+    try:
+        prefix = safe_name(name, "run name")
+    except UserError:
+        return []
+    found = []
+    for folder in sorted(workspace.runs.glob(f"{prefix}-*")) if workspace.runs.is_dir() else []:
+        config = folder / "config.yaml"
+        if not (folder / "run.json").is_file() or not config.is_file():
+            continue
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            continue  # a damaged folder is not the run asked for; opening it by id says what is wrong
+        if isinstance(data, dict) and data.get("name") == name:
+            found.append(folder)
+    return found
+
+
+def replace_folder(source: Path, target: Path, leave_out: tuple[str, ...] = ()) -> None:
+    """Copy a folder into place atomically: the old target stays whole until the new one is complete.
+    `leave_out`: file names not copied."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     shutil.rmtree(staging)
-    shutil.copytree(source, staging)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*leave_out) if leave_out else None)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, PrivateAttr
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
 from tunesmith.data.formats import FormatName
-from tunesmith.data.prepare import Prepared, StepRecord, run_steps
+from tunesmith.data.prepare import LengthLimit, Prepared, StepRecord, run_steps
 from tunesmith.data.rows import Rows, content_hash
 from tunesmith.data.rowsplit import check_overlap
 from tunesmith.data.split import SPLITS, OverlapReport
@@ -42,6 +42,7 @@ class Manifest(BaseModel):
     settings: dict[str, Any] = {}
     steps: list[StepRecord] = []
     warnings: list[str] = []
+    skipped: list[dict[str, Any]] = []  # lines --skip-invalid left out: file, line, code, message
 
 
 class Dataset(BaseModel):
@@ -71,6 +72,25 @@ class Dataset(BaseModel):
     @property
     def version(self) -> str:
         return self.manifest.version
+
+
+# File names that say nothing about the data: a dataset (and its runs) named `train` cannot be told apart.
+GENERIC_STEMS = frozenset({"train", "training", "data", "dataset", "test", "testing", "val", "valid", "validation", "dev", "input",
+                           "inputs", "examples", "export", "all", "sample", "samples", "file", "output", "raw", "clean", "final"})
+
+
+def default_name(source: Path) -> str:
+    """The file's name; for a generic one (train.csv, data.jsonl) prefixed with its folder's: support/train.csv -> support-train."""
+    stem = source.stem
+    if stem.lower() not in GENERIC_STEMS:
+        return stem
+    parent = source.resolve().parent.name
+    if not parent or parent.lower() in GENERIC_STEMS:
+        return stem
+    try:
+        return safe_name(f"{parent}-{stem}", "dataset name")
+    except UserError:  # a folder name with spaces, say: keep the file's name
+        return stem
 
 
 def _sha256(path: Path) -> str:
@@ -103,16 +123,21 @@ def prepare_dataset(
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     options: PrepareSpec | None = None,
+    length: LengthLimit | None = None,
 ) -> Dataset:
-    """read → clean → PII → dedup → split by seed → remove leaks → write → register."""
+    """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register."""
     options = options or PrepareSpec()
     explicit_name = name is not None
-    name = safe_name(name or source.stem, "dataset name")
     console.print(f"preparing {source}")
+    if name is None:
+        name = default_name(source)
+        if name != source.stem:
+            console.print(f"  dataset name: {name} ('{source.stem}' alone would name every project's data alike; choose one with --out)")
+    name = safe_name(name, "dataset name")
     workspace.datasets.mkdir(parents=True, exist_ok=True)
     # The spill file sits beside the datasets (same disk as the result), not in a small /tmp.
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=workspace.datasets) as workdir:
-        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir))
+        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir), length)
         try:
             return _register(prepared, source, workspace, name, explicit_name, seed, ratios, options)
         finally:
@@ -128,7 +153,7 @@ def _register(prepared: Prepared, source: Path, workspace: Workspace, name: str,
         name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
         split_ratios=ratios, counts={s: len(splits[s]) + len(extra.get(s, [])) for s in SPLITS}, split_hashes=split_hashes,
         removed=prepared.removed, overlap=check_overlap(rows, splits, prepared.extra_train), settings=options.model_dump(mode="json"),
-        steps=prepared.steps, warnings=prepared.warnings,
+        steps=prepared.steps, warnings=prepared.warnings, skipped=prepared.skipped,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None

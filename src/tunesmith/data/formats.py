@@ -14,6 +14,7 @@ import codecs
 import csv
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +241,31 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
 # ---------------------------------------------------------------- formats
 
 
+_PAIR = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def expand_map_args(argv: list[str]) -> list[str]:
+    """`--map prompt=question completion=answer` as `--map prompt=question --map completion=answer`.
+
+    A list option takes one value per flag in Typer/Click, so the pairs after the first would be
+    "unexpected extra arguments". Rewriting the command line once, before any command parses it,
+    makes every command that takes --map read space-separated, repeated and comma-separated pairs
+    alike. A `key=value` token right after a --map pair is taken as another pair, so a positional
+    argument shaped like `a=b` must come before --map (or after `--`)."""
+    out: list[str] = []
+    in_map = False
+    for index, token in enumerate(argv):
+        if token == "--":
+            out += argv[index:]
+            return out
+        if in_map and not token.startswith("-") and _PAIR.match(token):
+            out += ["--map", token]
+            continue
+        in_map = token.startswith("--map=") or (bool(out) and out[-1] == "--map" and not token.startswith("-"))
+        out.append(token)
+    return out
+
+
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
     """`canonical=file_key` pairs (also comma-separated) into a mapping; bad pairs are a usage error."""
     mapping: dict[str, str] = {}
@@ -426,58 +452,118 @@ def check_format_name(fmt: str | None) -> FormatName | None:
     return fmt  # type: ignore[return-value]
 
 
+FORMAT_FIX = ("name the format with --format " + "|".join(FORMAT_NAMES)
+              + ", or rename the file's columns with --map, e.g. --map prompt=question completion=answer")
+SKIP_FIX = "or pass --skip-invalid to leave these lines out (they are listed in the dataset's manifest and report)"
+MAX_SKIPPED_LISTED = 1_000  # skipped lines named in a manifest; the count stays exact
+LINES_SHOWN = 5
+MAX_KINDS = 1_000
+
+
 class LoadProblems:
-    """Problems found while reading: the first few kept for the message, all of them counted."""
+    """Problems found while reading, grouped by what is wrong: a column missing from every row of a
+    CSV is one problem on 150 lines, said once with the count and the first line numbers."""
 
     def __init__(self) -> None:
-        self.shown: list[str] = []
         self.count = 0
+        self.groups: dict[tuple[str, str], list[int]] = {}  # (code, message) -> first lines
+        self.counts: dict[tuple[str, str], int] = {}
+        self.fixes: dict[str, str] = {}  # code -> how to fix it
+        self.listed: list[dict[str, Any]] = []  # {line, code, message}, the first MAX_SKIPPED_LISTED
 
-    def add(self, problem: str) -> None:
+    def add(self, line: int, code: str, message: str, fix: str) -> None:
         self.count += 1
-        if len(self.shown) < MAX_PROBLEMS_SHOWN:
-            self.shown.append(problem)
+        key = (code, message)
+        if key not in self.groups and len(self.groups) >= MAX_KINDS:
+            key = (code, "other problems of this kind")  # memory stays bounded on a file broken on every line
+        lines = self.groups.setdefault(key, [])
+        if len(lines) < LINES_SHOWN:
+            lines.append(line)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.fixes.setdefault(code, fix)
+        if len(self.listed) < MAX_SKIPPED_LISTED:
+            self.listed.append({"line": line, "code": code, "message": message})
+
+    def lines_shown(self, path: Path) -> list[str]:
+        shown = []
+        for key, lines in list(self.groups.items())[:MAX_PROBLEMS_SHOWN]:
+            n = self.counts[key]
+            more = f" ({n} lines: {', '.join(map(str, lines))}{', ...' if n > len(lines) else ''})" if n > 1 else ""
+            shown.append(f"{path}:{lines[0]}: {key[1]}{more}")
+        if len(self.groups) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"... and {len(self.groups) - MAX_PROBLEMS_SHOWN} more kinds of problem")
+        return shown
+
+    def fix(self, skippable: bool = True) -> str:
+        """One fix per kind of problem found: only a record in no known format suggests --format."""
+        fixes = list(dict.fromkeys(self.fixes.values()))
+        tail = f"; {SKIP_FIX}" if skippable else ""
+        return "; ".join(fixes) + tail + " (`tunesmith data validate FILE` lists every line)"
 
     def raise_if_any(self, path: Path) -> None:
         if self.count:
-            more = [f"... and {self.count - MAX_PROBLEMS_SHOWN} more"] if self.count > MAX_PROBLEMS_SHOWN else []
-            raise ProblemList(f"{self.count} problem(s) in {path}", self.shown + more, fix="fix the lines above (`tunesmith data validate` lists them all), or name the format with --format " + "|".join(FORMAT_NAMES))
+            raise ProblemList(f"{self.count} problem(s) in {path}", self.lines_shown(path), fix=self.fix())
+
+
+def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
+    """The validator's code for a record `to_example` refused, so prepare and validate name it alike."""
+    from tunesmith.data.validate import check_record
+
+    if not isinstance(record, dict):
+        return "data_type", "make each record an object"
+    if not all(key in record for key in FORMAT_KEYS[fmt]):
+        return "missing_field", f"give every record {' and '.join(FORMAT_KEYS[fmt])} (one format per file)"
+    errors = [(code, message) for code, message, severity in check_record(record, fmt) if severity == "error"]
+    if not errors:
+        return "invalid_record", "correct the record"
+    code = errors[0][0]
+    if code in ("missing_field", "missing_content"):
+        return code, "fill in the empty or missing fields"
+    return code, "correct the fields named"
 
 
 class ExampleReader:
     """Streams a file's examples; `fmt` is known once the first record is read, and `problems`
-    holds every line that could not be turned into an example."""
+    holds every line that could not be turned into an example. With `skip_invalid` those lines
+    are left out instead of refusing the file."""
 
-    def __init__(self, path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None):
+    def __init__(self, path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None, skip_invalid: bool = False):
         self.path, self.fmt, self.mapping = path, check_format_name(fmt), mapping
         check_mapping(mapping)
+        self.skip_invalid = skip_invalid
         self.problems = LoadProblems()
         self.examples = 0
+        self.line = 0  # the source line of the example last yielded, for messages that name it
 
     def __iter__(self) -> Iterator[Example]:
-        path = self.path
-        for line, record in read_records(path):
-            if isinstance(record, UserError):
-                self.problems.add(f"{path}:{line}: {record}")
+        for line, record in read_records(self.path):
+            if isinstance(record, RecordError):
+                self.problems.add(line, record.code, str(record), record.fix or "correct the line")
                 continue
             record = apply_mapping(record, self.mapping)
             self.fmt = self.fmt or detect_format(record)
             if self.fmt is None:
-                self.problems.add(f"{path}:{line}: unknown format (keys: {sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__})")
+                keys = sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__
+                self.problems.add(line, "unknown_format", f"unknown format (keys: {keys})", FORMAT_FIX)
                 continue
             try:
-                example = to_example(record, self.fmt, example_id=f"{path.stem}-{line}")
+                example = to_example(record, self.fmt, example_id=f"{self.path.stem}-{line}")
             except ValueError as exc:
-                self.problems.add(f"{path}:{line}: {exc}")
+                code, fix = _problem_code(record, self.fmt)
+                self.problems.add(line, code, str(exc), fix)
                 continue
             self.examples += 1
+            self.line = line
             yield example
 
     def finish(self) -> FormatName:
-        """Raise for the problems found (all lines are reported at once) or an empty file."""
-        self.problems.raise_if_any(self.path)
+        """Raise for the problems found (all lines are reported at once, unless skipped) or an empty file."""
+        if not self.skip_invalid:
+            self.problems.raise_if_any(self.path)
         if not self.examples or self.fmt is None:
-            raise UserError(f"{self.path} holds no examples", fix="add at least one record, e.g. {\"messages\": [...]}")
+            skipped = f" ({self.problems.count} line(s) skipped: {'; '.join(self.problems.lines_shown(self.path)[:3])})" if self.problems.count else ""
+            raise UserError(f"{self.path} holds no examples{skipped}",
+                            fix=self.problems.fix(skippable=False) if self.problems.count else "add at least one record, e.g. {\"messages\": [...]}")
         return self.fmt
 
 

@@ -76,6 +76,12 @@ def write_dataset_report(dataset: Dataset, stats: DatasetStats) -> Path:
     )
     plot = dataset.path / "lengths.png"
     image = f'<img alt="token lengths" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">' if plot.exists() else ""
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in m.warnings)
+    warnings = f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""
+    if m.skipped:
+        skipped = "".join(f"<tr><td>{html.escape(s['file'])}</td><td>{s['line']}</td><td>{html.escape(s['code'])}</td><td>{html.escape(s['message'])}</td></tr>"
+                          for s in m.skipped)
+        warnings += f"<h2>Lines left out (--skip-invalid)</h2><table><tr><th>file</th><th>line</th><th>code</th><th>problem</th></tr>{skipped}</table>"
     leak = "no evaluation example appears in training" if m.overlap.clean else "EVALUATION EXAMPLES FOUND IN TRAINING"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dataset {html.escape(m.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;margin:1em 0}}
@@ -83,7 +89,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;
 <h1>Dataset {html.escape(m.name)} <small>version {m.version}</small></h1>
 <p>From <code>{html.escape(m.source)}</code> (sha256 <code>{m.source_sha256[:16]}</code>), format {m.format}, seed {m.seed}, ratios {list(m.split_ratios)}.</p>
 <h2>Splits</h2><table><tr><th>split</th><th>examples</th><th>content hash</th></tr>{rows}</table>
-<p>Overlap check: {leak} ({html.escape(json.dumps(m.overlap.model_dump()))}).</p>
+{warnings}<p>Overlap check: {leak} ({html.escape(json.dumps(m.overlap.model_dump()))}).</p>
 <h2>Steps</h2><table><tr><th>step</th><th>in</th><th>out</th><th>settings</th><th>report</th></tr>{steps}</table>
 <h2>Statistics</h2><pre>{html.escape(stats.model_dump_json(indent=1, exclude={"token_lengths"}))}</pre>{image}</body></html>"""
     path = dataset.path / "report.html"

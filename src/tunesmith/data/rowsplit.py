@@ -94,18 +94,24 @@ def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray],
     return {name: given.get(name, carved[name]) for name in SPLITS}
 
 
-def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None) -> LeakReport:
-    """split.remove_leaks_detailed on rows; updates `splits` in place."""
+def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None, given: frozenset[str] = frozenset()) -> LeakReport:
+    """split.remove_leaks_detailed on rows; updates `splits` in place. A split named in `given`
+    came from the user's own file and is never cut: the training examples repeating its prompts
+    (exactly, or near with `near_threshold`) leave train instead."""
     from tunesmith.data.dedup import NearIndex, shingler_for_lengths
 
     prompts = rows.column("prompt")
-    train = splits["train"]
-    train_prompts = prompts[train]
     indexes: dict[str, NearIndex] = {}  # train sketched once per shingle unit, for both splits
-    exact, near, pairs = {}, {}, []
+    exact, near, pairs, from_train = {}, {}, [], {}
     for name in ("validation", "test"):
+        if name in given:
+            from_train[name], found_pairs = _remove_from_train(rows, splits, name, near_threshold)
+            pairs += found_pairs
+            exact[name] = 0
+            continue
+        train = splits["train"]
         before = len(splits[name])
-        splits[name] = splits[name][~np.isin(prompts[splits[name]], train_prompts)]
+        splits[name] = splits[name][~np.isin(prompts[splits[name]], prompts[train])]
         exact[name] = before - len(splits[name])
         if near_threshold is None:
             continue
@@ -128,7 +134,38 @@ def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None) -> Le
             splits[name] = candidates[keep]
         near[name] = len(found)
         pairs += [LeakedPair(split=name, removed=c, train_id=t, kind="near") for c, t in found.items()]
-    return LeakReport(exact=exact, near=near, near_threshold=near_threshold, pairs=pairs[:MAX_LISTED])
+    return LeakReport(exact=exact, near=near, near_threshold=near_threshold, pairs=pairs[:MAX_LISTED], removed_from_train=from_train)
+
+
+def _remove_from_train(rows: Rows, splits: Splits, name: str, near_threshold: float | None) -> tuple[int, list[LeakedPair]]:
+    """Training rows whose prompt repeats (or nearly repeats) one of the given split's prompts leave train."""
+    from tunesmith.data.dedup import NearIndex, shingler_for_lengths
+
+    prompts = rows.column("prompt")
+    train, held = splits["train"], splits[name]
+    exact = np.isin(prompts[train], prompts[held])
+    pairs: list[LeakedPair] = []
+    if exact.any():
+        by_prompt = {bytes(p): i for i, p in zip(rows.ids(held), prompts[held])}
+        removed = train[exact]
+        pairs += [LeakedPair(split="train", removed=i, train_id=None, kind="exact", matches=by_prompt[bytes(p)])
+                  for i, p in zip(rows.ids(removed[:MAX_LISTED]), prompts[removed[:MAX_LISTED]])]
+    remaining = train[~exact]
+    n_near = 0
+    if near_threshold is not None and len(remaining) and len(held):
+        words = rows.column("prompt_words")
+        shingler = shingler_for_lengths(np.concatenate([words[held], words[remaining]]))
+        index = NearIndex((shingler(t) for t in rows.texts(held, prompt_only=True)), _sets_of(rows, held, shingler), near_threshold, count=len(held))
+        matches = index.matches((shingler(t) for t in rows.texts(remaining, prompt_only=True)), _sets_of(rows, remaining, shingler), count=len(remaining))
+        ordered = sorted(matches.items())
+        n_near = len(ordered)
+        listed = ordered[:MAX_LISTED]
+        pairs += [LeakedPair(split="train", removed=r, train_id=None, kind="near", matches=g) for r, g in
+                  zip(rows.ids([int(remaining[q]) for q, _ in listed]), rows.ids([int(held[ref]) for _, ref in listed]))]
+        if ordered:
+            remaining = np.delete(remaining, [q for q, _ in ordered])
+    splits["train"] = remaining
+    return len(train) - len(remaining), pairs
 
 
 def _sets_of(rows: Rows, selected: np.ndarray, shingler):

@@ -168,7 +168,8 @@ def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
         found.append(("unrecognized_role", f"{where}.{spec.role_key} is {json.dumps(role)[:40]}; use one of {', '.join(spec.roles)}", "error"))
     content = turn.get(spec.content_key)
     if spec.content_key in turn and (not isinstance(content, str) or not content.strip()):
-        found.append(("missing_content", f"{where}.{spec.content_key} is empty or not text; give the turn its text, or remove the turn", "error"))
+        found.append(("missing_content", f"{where}.{spec.content_key} is empty or not text; give the turn its text, remove the turn, "
+                      "or leave the line out with `data prepare --skip-invalid`", "error"))
     if "weight" in turn and not _is_weight(turn["weight"]):
         found.append(("invalid_weight", f"{where}.weight is {json.dumps(turn['weight'])[:40]}; use 0 (context only) or 1 (trained)", "error"))
     return found
@@ -185,7 +186,8 @@ def _check_fields(record: dict, fmt: str) -> Found:
         allowed = (str, int, float) if key == "label" else (str,)
         if isinstance(value, bool) or not isinstance(value, allowed) or not str(value).strip():
             state = "missing" if key not in record else "empty or not text"
-            found.append(("missing_field", f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text", "error"))
+            found.append(("missing_field", f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text: "
+                          "fill it in, or leave the line out with `data prepare --skip-invalid`", "error"))
     for key in _OPTIONAL_TEXT.get(fmt, ()):
         if key in record and record[key] is not None and not isinstance(record[key], str):
             found.append(("missing_field", f"field '{key}' must be text when present (it is {type(record[key]).__name__})", "error"))
@@ -499,6 +501,14 @@ class _LengthCheck:
         return [("too_long", f"{total} tokens with the chat template, over max_seq_len {limit}: the last {total - limit} are cut, {lost_final} of them from the final assistant answer's {len(final)}; {fix}")]
 
 
+def long_example_check(tokenizer: Any, max_seq_len: int | None) -> Any:
+    """A function telling whether an example is cut by training at `max_seq_len` (the too_long and
+    no_trainable_tokens findings of `validate --model`), for `prepare --model` to act on."""
+    check = _LengthCheck.make(tokenizer, max_seq_len)
+    assert check is not None
+    return lambda example: [code for code, _ in check.check(example) if code in ("too_long", "no_trainable_tokens")]
+
+
 # ---------------------------------------------------------------- showing it
 
 MAX_ROWS_SHOWN = 200
@@ -525,15 +535,20 @@ def print_validation(report: ValidationReport, as_json: bool = False) -> None:
     from tunesmith.ui import out
 
     problems = sorted(report.errors + report.warnings, key=lambda p: (p.line, p.severity != "error"))
-    if problems:
+    # The same problem on many lines (a column missing from every row) is one row: its count and first lines.
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for p in problems:
+        groups.setdefault((p.severity, p.code, p.message), []).append(p.line)
+    if groups:
         table = Table(title=f"{report.path}: problems", show_lines=False)
         for column in ("line", "severity", "code", "how to fix"):
             table.add_column(column, overflow="fold")
-        for p in problems[:MAX_ROWS_SHOWN]:
-            colour = "red" if p.severity == "error" else "yellow"
-            table.add_row(str(p.line or "file"), f"[{colour}]{p.severity}[/]", p.code, escape(p.message))
+        for (severity, code, message), lines in list(groups.items())[:MAX_ROWS_SHOWN]:
+            colour = "red" if severity == "error" else "yellow"
+            where = str(lines[0] or "file") if len(lines) == 1 else f"{', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''} ({len(lines)} lines)"
+            table.add_row(where, f"[{colour}]{severity}[/]", code, escape(message))
         out.print(table)
-    hidden = report.n_errors + report.n_warnings - min(len(problems), MAX_ROWS_SHOWN)
+    hidden = report.n_errors + report.n_warnings - sum(len(lines) for lines in list(groups.values())[:MAX_ROWS_SHOWN])
     if hidden:
         out.print(f"... and {hidden} more (--json lists up to {MAX_PROBLEMS_KEPT} of each kind)")
     verdict = "[green]ok[/]" if report.ok else "[red]fix the errors before training[/]"

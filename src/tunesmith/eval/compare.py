@@ -88,7 +88,7 @@ def resamples(n: int) -> int:
     return max(200, min(N_BOOT, 200_000 // max(1, n)))
 
 
-def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int) -> dict[str, Any]:
+def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int, tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     n = len(a)
     n_boot = n_perm = resamples(n)
@@ -97,6 +97,7 @@ def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int)
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
         deltas.append(fn([b[i] for i in idx]) - fn([a[i] for i in idx]))
+        tick()
     low, high = np.nanquantile(deltas, [ALPHA / 2, 1 - ALPHA / 2])
     observed = abs(value_b - value_a)
     hits = 0
@@ -105,6 +106,7 @@ def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int)
         a2 = [b[i] if s else a[i] for i, s in enumerate(swap)]
         b2 = [a[i] if s else b[i] for i, s in enumerate(swap)]
         hits += abs(fn(b2) - fn(a2)) >= observed - 1e-12
+        tick()
     p = (hits + 1) / (n_perm + 1)
     return {"n": n, "mean_a": value_a, "mean_b": value_b, "delta": value_b - value_a, "ci_low": float(low), "ci_high": float(high),
             "confidence": 1 - ALPHA, "test": "paired_permutation", "p_value": p, "significant": p < ALPHA, "n_boot": n_boot, "seed": seed}
@@ -128,8 +130,15 @@ def compare_rows(a: Rows, b: Rows, metrics: dict[str, float], *, custom: list[st
         better, worse = (down, up) if name in LOWER_IS_BETTER else (up, down)
         out[name] = {**result, **_direction(name), "improved_ids": [] if name in NEUTRAL else better,
                      "regressed_ids": [] if name in NEUTRAL else worse}
-    for name, fn in corpus_metrics(a, metrics, custom or []).items():
-        out[name] = {**_corpus_comparison(fn, a, b, seed), **_direction(name)}
+    corpus = corpus_metrics(a, metrics, custom or [])
+    if corpus:
+        from tunesmith.ui import progress
+
+        # Each resample recomputes the corpus metric over every example: minutes for BLEU/chrF on a large split.
+        with progress() as bar:
+            for name, fn in corpus.items():
+                task = bar.add_task(f"bootstrap + permutation test of {name}", total=2 * resamples(len(a)), info=f"{len(a)} examples")
+                out[name] = {**_corpus_comparison(fn, a, b, seed, lambda: bar.advance(task)), **_direction(name)}
     return out
 
 

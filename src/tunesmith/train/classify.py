@@ -306,3 +306,31 @@ def _print_confusion(confusion: dict[str, Any]) -> None:
 
     out.print(confusion_table(confusion))
 
+
+
+@torch.no_grad()
+def classify_texts(workspace: Workspace, run_ref: str, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    """`tunesmith classify`: each text's label and its probability (softmax over the head's labels),
+    with the text truncated as in training."""
+    from tunesmith.eval.evaluate import load_run_spec_from_folder
+    from tunesmith.runfolder import find_run
+
+    run_dir = find_run(workspace, run_ref)
+    info = load_run_info(run_dir)
+    if info.task != "classification":
+        raise UserError(f"run {info.run_id} writes answers; it has no labels to pick", fix=f"ask it with `tunesmith generate {info.run_id} --prompt \"...\"`")
+    run_spec = load_run_spec_from_folder(run_dir)
+    model, tokenizer, device = load_trained_classifier(run_dir / info.artefact, info, run_spec.model)
+    model.eval()
+    labels = info.labels or []
+    max_len = _max_len(tokenizer, model, run_spec.train.max_seq_len)
+    found = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        encoded = tokenizer(batch, truncation=True, max_length=max_len, padding=True, return_tensors="pt").to(device)
+        probabilities = F.softmax(model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits.float(), dim=-1)
+        for text, row in zip(batch, probabilities.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            found.append({"text": text, "label": labels[best], "probability": round(row[best], 4),
+                          "probabilities": {name: round(p, 4) for name, p in zip(labels, row)}})
+    return found

@@ -250,12 +250,13 @@ def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]
         from tunesmith.data.dataset import load_dataset
 
         return load_dataset(workspace, spec.data.dataset or "").splits
-    from tunesmith.data.prepare import run_steps
+    from tunesmith.data.prepare import length_limit_for, run_steps
 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-dry-run-") as workdir:
-        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir))
+        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir),
+                             length_limit_for(spec))
         try:
             splits = {name: prepared.rows.examples(rows) for name, rows in prepared.splits.items()}
             splits["train"] = splits.get("train", []) + list(prepared.extra_train)

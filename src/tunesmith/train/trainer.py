@@ -18,13 +18,14 @@ import torch
 
 from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
+from tunesmith.data.prepare import length_limit_for
 from tunesmith.data.example import Example
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import RunInfo, load_run_info, new_run_id, replace_folder, save_run_info, write_config, write_json
+from tunesmith.runfolder import RunInfo, load_run_info, name_base_model, new_run_id, replace_folder, save_run_info, write_config, write_json
 from tunesmith.train.checkpoint import (
-    checkpoint_dir, latest_checkpoint, load_state, prune_checkpoints, restore_rng, restore_weights, rng_state, save_checkpoint,
+    STATE_FILE, checkpoint_dir, latest_checkpoint, load_state, prune_checkpoints, restore_rng, restore_weights, rng_state, save_checkpoint,
     test_kill, truncate_metrics,
 )
 from tunesmith.train.callbacks import Probes, build_probes
@@ -70,7 +71,9 @@ class Items:
 
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
-        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios, options=spec.data.prepare)
+        # As `data prepare --model`: examples this run would truncate stay out of validation and test.
+        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios,
+                               options=spec.data.prepare, length=length_limit_for(spec))
     return load_dataset(workspace, spec.data.dataset or "")
 
 
@@ -212,7 +215,9 @@ def _finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResul
     """The best checkpoint becomes the run's artefact (the latest one if none was validated yet)."""
     info, run_dir = loop.info, loop.run_dir
     source = info.best_step if info.best_step is not None else loop.last_saved
-    replace_folder(checkpoint_dir(run_dir, source), run_dir / info.artefact)
+    # The optimiser state stays in checkpoints/ (for --resume); the artefact is what a user ships.
+    replace_folder(checkpoint_dir(run_dir, source), run_dir / info.artefact, leave_out=(STATE_FILE,))
+    name_base_model(run_dir / info.artefact, info.base_model)
     info.status, info.stop_reason, info.train_seconds = status, reason, round(loop.elapsed(), 1)
     save_run_info(run_dir, info)
     plot_loss(loop.history, run_dir / "loss.png")
