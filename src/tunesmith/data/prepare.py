@@ -21,6 +21,7 @@ from tunesmith.data.example import Example
 from tunesmith.data.formats import ExampleReader, FormatName
 from tunesmith.data.rows import Rows
 from tunesmith.data.rowsplit import assign_given, remove_leaks, split_rows, unseen_labels
+from tunesmith.errors import UserError
 from tunesmith.ui import console
 
 
@@ -61,6 +62,8 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     steps: list[StepRecord] = []
     fmt, origin = _stream_in(source, fmt, options, rows, steps)
     from_file = int(np.count_nonzero(origin == 0))  # the file's rows come first; given splits after
+    if from_file == 0:
+        _nothing_left(source, steps)
     if options.dedup:
         from tunesmith.data.dedup import dedup_rows
 
@@ -80,6 +83,14 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     for warning in warnings:
         console.print(f"  [yellow]{warning}[/]")
     return Prepared(format=fmt, rows=rows, splits=splits, extra_train=extra, steps=steps, removed=removed, warnings=warnings, review=review)
+
+
+def _nothing_left(source: Path, steps: list[StepRecord]) -> None:
+    """A dataset with none of the file's examples is of no use to anything: say which step took them."""
+    removed = ", ".join(f"{step.step} removed {step.examples_in - step.examples_out}" for step in steps if step.examples_in != step.examples_out)
+    raise UserError(f"no example of {source} is left to put in the dataset ({removed})",
+                    fix="with --pii drop every example holding personal data goes: --pii redact keeps them with it replaced; "
+                        "clean removes examples without a user turn and an answer (`tunesmith data validate` lists them)")
 
 
 # Where a row came from: the file, or a split given with --validation-file / --test-file.
