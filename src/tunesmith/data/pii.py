@@ -6,6 +6,10 @@ fast, exact and explainable. presidio's AnalyzerEngine with an offline spaCy mod
 only a model can find (PERSON names, locations) and presidio's own pattern recognizers; it is
 optional (`ner=False`) because it is ~100x slower. Overlapping findings are merged: the longest
 span wins, then the most confident, then the regex one.
+
+A scrub covers every string an example carries (messages, id, label, meta values and keys at any
+depth), because anything left anywhere ends up in a dataset file, a report or a terminal. Terms
+the user allowlists (`--pii-allow`: a brand NER reads as a name) are skipped by every detector.
 """
 
 from __future__ import annotations
