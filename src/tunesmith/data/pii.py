@@ -521,10 +521,10 @@ def scrub_examples(
     return kept, scrubber.finish()
 
 
-Field_ = tuple[str, str]  # (where in the example, the text there)
+TextField = tuple[str, str]  # (where in the example, the text there)
 
 
-def _meta_fields(value: Any, where: str) -> Iterator[Field_]:
+def _meta_fields(value: Any, where: str) -> Iterator[TextField]:
     if isinstance(value, str):
         yield where, value
     elif isinstance(value, dict):
@@ -537,7 +537,7 @@ def _meta_fields(value: Any, where: str) -> Iterator[Field_]:
             yield from _meta_fields(item, f"{where}[{index}]")
 
 
-def text_fields(example: Example) -> list[Field_]:
+def text_fields(example: Example) -> list[TextField]:
     """Every string an example carries, with where it sits: what a scrub must cover."""
     fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
     if example.label is not None:
