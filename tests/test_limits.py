@@ -88,3 +88,13 @@ def test_a_message_of_the_longest_accepted_length_goes_through_prepare_with_ner(
     assert prepared.code == 0, prepared.err
     text = "".join((home / "datasets" / "long" / f"{s}.jsonl").read_text() for s in ("train", "validation", "test"))
     assert "Maria Gonzalez" not in text and "<PERSON>" in text
+
+
+@pytest.mark.parametrize("answer", ["\u0008", "\u001b[31m", "\u0000 "])
+def test_an_answer_that_cleaning_empties_is_an_error_in_validate_as_it_is_for_prepare(capsys, home, tmp_path, answer):
+    # Found by tests/test_prepare_fuzz.py: validate accepted it, prepare's clean step dropped it as empty.
+    source = _file(tmp_path / "blank.jsonl", {"messages": [{"role": "user", "content": "Where is parcel 77?"}, {"role": "assistant", "content": answer}]}, n=0)
+    checked = run_cli(capsys, "data", "validate", str(source), "--json")
+    assert checked.code == 2 and [(e["line"], e["code"]) for e in json.loads(checked.out)["errors"]] == [(1, "missing_content")]
+    prepared = run_cli(capsys, "data", "prepare", str(source), "--no-pii-ner")
+    assert prepared.code == 2 and "clean removed 1" in prepared.err and _no_dataset(home)

@@ -140,3 +140,14 @@ def test_validate_pii_lists_findings_per_type_and_honours_the_allowlist(capsys, 
     warnings = [w for w in json.loads(allowed.out)["warnings"] if w["code"] == "personal_data"]
     assert [w["line"] for w in warnings] == [21] and "1 PERSON" in warnings[0]["message"]
     assert "personal_data" not in run_cli(capsys, "data", "validate", str(source), "--json").out  # only when asked
+
+
+def test_a_file_emptied_by_drop_is_refused_not_registered_empty(capsys, home, tmp_path):
+    from clihelp import run_cli
+
+    # Found by tests/test_prepare_fuzz.py: this registered a dataset of 0 examples and exited 0.
+    source = _write(tmp_path / "all.jsonl", [_chat(f"Mail me at user{i}@example.com about order {i}", "Will do.") for i in range(3)])
+    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "drop", "--no-pii-ner")
+    assert result.code == 2 and "no example of" in result.err and "pii removed 3" in result.err and "--pii redact" in result.err
+    assert "user0@example.com" not in result.out + result.err
+    assert not (home / "datasets" / "all").exists()

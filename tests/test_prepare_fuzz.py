@@ -110,4 +110,5 @@ def test_what_validate_accepts_prepare_processes(capsys, monkeypatch, rows, pii)
         accepted = validate_file(source).ok
         code, err, _ = _prepare(capsys, monkeypatch, source, ["--pii", pii])
         event(f"validate ok {accepted}, prepare exit {code}")
-        assert not accepted or code == 0, err
+        # --pii drop may leave nothing, and then says so; that is the user's choice, not a gap in validate.
+        assert not accepted or code == 0 or (pii == "drop" and "pii removed" in err), err

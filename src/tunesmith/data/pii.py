@@ -6,6 +6,10 @@ fast, exact and explainable. presidio's AnalyzerEngine with an offline spaCy mod
 only a model can find (PERSON names, locations) and presidio's own pattern recognizers; it is
 optional (`ner=False`) because it is ~100x slower. Overlapping findings are merged: the longest
 span wins, then the most confident, then the regex one.
+
+A scrub covers every string an example carries (messages, id, label, meta values and keys at any
+depth), because anything left anywhere ends up in a dataset file, a report or a terminal. Terms
+the user allowlists (`--pii-allow`: a brand NER reads as a name) are skipped by every detector.
 """
 
 from __future__ import annotations
@@ -517,10 +521,10 @@ def scrub_examples(
     return kept, scrubber.finish()
 
 
-Field_ = tuple[str, str]  # (where in the example, the text there)
+TextField = tuple[str, str]  # (where in the example, the text there)
 
 
-def _meta_fields(value: Any, where: str) -> Iterator[Field_]:
+def _meta_fields(value: Any, where: str) -> Iterator[TextField]:
     if isinstance(value, str):
         yield where, value
     elif isinstance(value, dict):
@@ -533,7 +537,7 @@ def _meta_fields(value: Any, where: str) -> Iterator[Field_]:
             yield from _meta_fields(item, f"{where}[{index}]")
 
 
-def text_fields(example: Example) -> list[Field_]:
+def text_fields(example: Example) -> list[TextField]:
     """Every string an example carries, with where it sits: what a scrub must cover."""
     fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
     if example.label is not None:

@@ -23,6 +23,7 @@ from tunesmith.data.formats import ExampleReader, FormatName
 from tunesmith.data.rows import Rows
 from tunesmith.data.rowsplit import _by_rank, assign_given, remove_leaks, split_rows, unseen_labels
 from tunesmith.data.split import small_split_warning
+from tunesmith.errors import UserError
 from tunesmith.ui import console
 
 
@@ -85,6 +86,8 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     skipped: list[dict[str, Any]] = []
     fmt, origin = _stream_in(source, fmt, options, rows, steps, skipped)
     from_file = int(np.count_nonzero(origin == 0))  # the file's rows come first; given splits after
+    if from_file == 0:
+        _nothing_left(source, steps)
     if options.dedup:
         from tunesmith.data.dedup import dedup_rows
 
@@ -161,6 +164,14 @@ def _say_leaks(leaks: Any, given: dict[str, np.ndarray]) -> None:
             shown = [f"{p.removed} ~ {p.matches}" for p in leaks.pairs if p.split == "train" and p.matches][:3]
             console.print(f"  [yellow]leakage: {n} training example(s) repeat a prompt of your {name} file and were removed from train; "
                           f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown)})"))
+
+
+def _nothing_left(source: Path, steps: list[StepRecord]) -> None:
+    """A dataset with none of the file's examples is of no use to anything: say which step took them."""
+    removed = ", ".join(f"{step.step} removed {step.examples_in - step.examples_out}" for step in steps if step.examples_in != step.examples_out)
+    raise UserError(f"no example of {source} is left to put in the dataset ({removed})",
+                    fix="with --pii drop every example holding personal data goes: --pii redact keeps them with it replaced; "
+                        "clean removes examples without a user turn and an answer (`tunesmith data validate` lists them)")
 
 
 # Where a row came from: the file, or a split given with --validation-file / --test-file.

@@ -167,12 +167,20 @@ def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
     if spec.role_key in turn and (not isinstance(role, str) or role not in spec.roles):
         found.append(("unrecognized_role", f"{where}.{spec.role_key} is {json.dumps(role)[:40]}; use one of {', '.join(spec.roles)}", "error"))
     content = turn.get(spec.content_key)
-    if spec.content_key in turn and (not isinstance(content, str) or not content.strip()):
-        found.append(("missing_content", f"{where}.{spec.content_key} is empty or not text; give the turn its text, remove the turn, "
-                      "or leave the line out with `data prepare --skip-invalid`", "error"))
+    if spec.content_key in turn and (not isinstance(content, str) or _blank(content)):
+        found.append(("missing_content", f"{where}.{spec.content_key} is empty (or only control characters) or not text; give the turn its text, "
+                      "remove the turn, or leave the line out with `data prepare --skip-invalid`", "error"))
     if "weight" in turn and not _is_weight(turn["weight"]):
         found.append(("invalid_weight", f"{where}.weight is {json.dumps(turn['weight'])[:40]}; use 0 (context only) or 1 (trained)", "error"))
     return found
+
+
+def _blank(text: str) -> bool:
+    """Empty once prepare's clean step has repaired it (control characters and terminal escapes
+    go): validate calls blank exactly what prepare would drop as empty."""
+    from tunesmith.data.clean import normalise_whitespace, repair_unicode
+
+    return not text.strip() or not normalise_whitespace(repair_unicode(text)).strip()
 
 
 def _is_weight(value: Any) -> bool:
@@ -184,7 +192,7 @@ def _check_fields(record: dict, fmt: str) -> Found:
     for key in _REQUIRED[fmt]:
         value = record.get(key)
         allowed = (str, int, float) if key == "label" else (str,)
-        if isinstance(value, bool) or not isinstance(value, allowed) or not str(value).strip():
+        if isinstance(value, bool) or not isinstance(value, allowed) or _blank(str(value)):
             state = "missing" if key not in record else "empty or not text"
             found.append(("missing_field", f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text: "
                           "fill it in, or leave the line out with `data prepare --skip-invalid`", "error"))
