@@ -203,3 +203,39 @@ def test_runs_compare_side_by_side(capsys, ws_home):
     assert "0.03" in result.out and "0.001" in result.out and "dataset@version" in result.out
     one = run_cli(capsys, "runs", "compare", run1)
     assert one.code == 2 and "two or more" in one.err
+
+
+def _printed_rows(text: str) -> dict[str, list[str]]:
+    """metric -> cells of the tables `tunesmith eval` printed (rich box drawing, one row per line)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if len(cells) > 2 and cells[0] and not set(cells[0]) <= set("━─┃│╇╈┡┩"):
+            rows[cells[0].removesuffix(" (headline)")] = cells
+    return rows
+
+
+def test_printed_deltas_are_the_reports(capsys, ws_home):
+    """`eval RUN1 --compare RUN2` prints tuned - RUN2 for every metric, as report.json and report.html do."""
+    home, (run1, run2) = ws_home
+    result = run_cli(capsys, "eval", run1, "--compare", run2, "--limit", "8", "--max-new-tokens", "8", "--metrics", "exact_match,rouge,bleu,chrf,length")
+    assert result.code == 0, result.err
+    report = _report(home, run1)
+    versus, models = report["versus"]["test"][run2], report["test"]
+    printed = _printed_rows(result.out)
+    seen = 0
+    for name in ("exact_match", "rouge1", "rougeL", "bleu", "chrf", "perplexity"):
+        tuned, other = models["tuned"]["metrics"][name], models[run2]["metrics"][name]
+        assert versus[name]["delta"] == pytest.approx(tuned - other, abs=2e-3), name
+        assert printed[name][-1] == f"{versus[name]['delta']:+.3f}", (name, printed[name])
+        seen += abs(tuned - other) > 1e-3
+    assert seen, "the two runs answered alike: the sign of a delta is not tested"
+    table = {r["name"]: r for r in report["table"]["test"]}
+    assert all(printed[n][-1] == ("-" if r["deltas"][run2]["delta"] is None else f"{r['deltas'][run2]['delta']:+.3f}") for n, r in table.items())
+    page = (home / "runs" / run1 / "report.html").read_text()
+    assert f"{versus['bleu']['delta']:+.3f}" in page
+    # speed and length sit in tables of their own: no delta colouring for a description
+    assert table["examples_per_s"]["kind"] == "speed" and table["length_chars"]["kind"] == "description"
+    assert table["length_chars"]["deltas"][run2]["change"] is None and versus["length_chars"]["improved"] is None
+    quality_table = result.out.split("speed")[0]
+    assert "examples_per_s" not in quality_table and "length_chars" not in quality_table

@@ -52,7 +52,8 @@ def eval_cmd(
     from tunesmith.eval.baselines import parse_baselines
     from tunesmith.eval.evaluate import evaluate_run, load_run_spec_from_folder
     from tunesmith.eval.report import write_report
-    from tunesmith.report_cli import print_comparison
+    from tunesmith.eval.results import latest_evaluation
+    from tunesmith.report_cli import print_comparison, print_evaluation
     from tunesmith.runfolder import find_run
 
     ws = _workspace()
@@ -63,7 +64,11 @@ def eval_cmd(
     base = load_run_spec_from_folder(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
     spec = validate_spec(EvalSpec, {**base, **{k: v for k, v in flags.items() if v is not None}}, "the run config's eval section and command-line flags")
     results = evaluate_run(ws, run_dir, spec, compare_base, compare_runs=compare or [], baselines=parse_baselines(baselines), forgetting=forgetting)
-    print_comparison(results, title=" vs ".join(results))
+    record = latest_evaluation(run_dir, spec.split)
+    if record is not None:
+        print_evaluation(record)  # the table report.json and report.html hold, deltas included
+    else:
+        print_comparison(results, title=" vs ".join(results))
     console.print(f"report: {write_report(run_dir)}")
 
 
