@@ -239,3 +239,78 @@ def test_printed_deltas_are_the_reports(capsys, ws_home):
     assert table["length_chars"]["deltas"][run2]["change"] is None and versus["length_chars"]["improved"] is None
     quality_table = result.out.split("speed")[0]
     assert "examples_per_s" not in quality_table and "length_chars" not in quality_table
+
+
+def _runs_list_line(capsys, run_id):
+    listed = run_cli(capsys, "runs", "list")
+    assert listed.code == 0, listed.err
+    return next(line for line in listed.out.splitlines() if run_id in line)
+
+
+def test_a_killed_eval_leaves_the_previous_results_and_registry(capsys, ws_home):
+    """SIGKILL after the first model's answers of a new evaluation: the previous answers, report and
+    registry pairing are as they were; the next evaluation sweeps the leftovers and pairs only its own rows."""
+    from clihelp import tunesmith
+    from tunesmith.registry.store import Registry
+
+    home, (run1, _) = ws_home
+    folder = home / "runs" / run1 / "eval"
+    first = run_cli(capsys, "eval", run1, "--compare-base", "--limit", "4", "--max-new-tokens", "6", "--no-perplexity")
+    assert first.code == 0, first.err
+    before = {p.name: p.read_bytes() for p in folder.glob("*.jsonl")}
+    report_before, line_before = (folder / "report.json").read_bytes(), _runs_list_line(capsys, run1)
+    assert {"test-base.jsonl", "test-tuned.jsonl"} <= set(before)
+    killed = tunesmith("eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity", kill_at="eval:1")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in folder.glob("*.jsonl")} == before
+    assert (folder / "report.json").read_bytes() == report_before
+    assert _runs_list_line(capsys, run1) == line_before
+    rows = [e for e in Registry(home / "registry.db").evaluations(run1) if e["split"] == "test"]
+    assert {e["model_id"] for e in rows} == {"base", "tuned"} and {e["n"] for e in rows} == {4} and len({e["evaluation_id"] for e in rows}) == 1
+    again = run_cli(capsys, "eval", run1, "--limit", "3", "--max-new-tokens", "6", "--no-perplexity")  # the tuned model alone
+    assert again.code == 0, again.err
+    assert not list(folder.glob(".staging-*"))
+    rows = [e for e in Registry(home / "registry.db").evaluations(run1) if e["split"] == "test"]
+    assert [e["model_id"] for e in rows] == ["tuned"] and rows[0]["n"] == 3  # never the older evaluation's base beside it
+    assert _runs_list_line(capsys, run1).rstrip(" │").endswith("-")
+    assert len(_report(home, run1)["evaluations"]) >= 2  # the earlier evaluation is kept
+
+
+def test_evaluations_and_review_keys_accumulate(capsys, ws_home, tmp_path):
+    """--baselines after --compare-base keeps both in the report (each kind's latest on top); a second
+    review export writes a second key beside the first, and each filled sheet is unblinded with its own key."""
+    home, (run1, _) = ws_home
+    assert run_cli(capsys, "eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    assert run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "1").code == 0
+    assert run_cli(capsys, "eval", run1, "--baselines", "few-shot", "--shots", "2", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    report = _report(home, run1)
+    kinds = [e["kind"] for e in report["evaluations"]]
+    assert kinds[:2] == ["test: tuned vs base, few-shot", "test: tuned vs base"]
+    page = (home / "runs" / run1 / "report.html").read_text()
+    assert page.index("test: tuned vs base, few-shot") < page.index("test: tuned vs base (")
+    folder = home / "runs" / run1 / "eval" / "review"
+    first_key = sorted(folder.glob("review-key*.json"))[-1]  # this test's first export (earlier tests may have left review-key.json)
+    first_sheet = folder / json.loads(first_key.read_text())["sheet"]
+    second = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "2")
+    assert second.code == 0, second.err
+    keys = sorted(folder.glob("review-key*.json"))
+    assert first_key in keys and len(keys) >= 2 and first_key.read_bytes() == first_key.read_bytes()
+    newest = max(keys, key=lambda k: int(k.stem.rsplit("-", 1)[-1]) if k.stem[-1].isdigit() else 1)
+    filled = []
+    for key_path, sheet_path in ((first_key, first_sheet), (newest, folder / json.loads(newest.read_text())["sheet"])):
+        order = json.loads(key_path.read_text())["order"]
+        sheet = list(csv.DictReader(sheet_path.open()))
+        path = tmp_path / f"filled-{key_path.stem}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(sheet[0]))
+            writer.writeheader()
+            writer.writerows(dict(r, preferred=str(order[r["id"]].index("tuned") + 1)) for r in sheet)
+        filled.append(str(path))
+    imported = run_cli(capsys, "eval", "review-import", run1, *filled)
+    assert imported.code == 0, imported.err
+    review = _report(home, run1)["human_review"]
+    assert review["base_wins"] == 0 and review["tuned_wins"] == review["rated"] == 6  # unblinded right: every sheet preferred tuned
+    stranger = tmp_path / "stranger.csv"
+    stranger.write_text("id,prompt,reference,answer_1,answer_2,preferred,rating_1,rating_2,comment\nnot-an-id,p,r,a,b,1,,,\n")
+    refused = run_cli(capsys, "eval", "review-import", run1, str(stranger))
+    assert refused.code == 2 and "no review key holds the ids" in refused.err and "--key" in refused.err

@@ -178,27 +178,34 @@ def eval_review_export(
             for r in _rows(run_dir, split, "tuned", hint) if r["id"] in base]
     csv_path, html_path, key_path = export_review(rows, run_dir / "eval" / "review", fraction=fraction, seed=seed)
     out.print(f"review sheet for raters: {csv_path}\n  the same as a page with rating fields: {html_path}\n  key (who wrote which answer; keep it): {key_path}")
+    if key_path.name != "review-key.json":
+        out.print("  earlier exports and their keys are kept beside it; review-import finds the key that fits each sheet")
     out.print(f"when filled in: tunesmith eval review-import {run} FILLED.csv [MORE.csv ...]")
 
 
 def eval_review_import(
     run: str = typer.Argument(..., help="run id or run folder the sheet was exported from"),
     files: list[Path] = typer.Argument(..., help="filled review CSV(s), one per rater"),
+    key: Optional[Path] = typer.Option(None, "--key", help="the review-key*.json the sheets were exported with (default: found by the sheets' ids)"),
 ) -> None:
     """Unblind filled review sheets: tuned-vs-base win rate, mean ratings and, with several raters, their agreement."""
-    from tunesmith.eval.review import import_review
+    from tunesmith.eval.review import find_key, import_review, review_keys
     from tunesmith.runfolder import find_run
 
     run_dir = find_run(_workspace(), run)
-    key = run_dir / "eval" / "review" / "review-key.json"
-    if not key.is_file():
-        raise UserError(f"no review key in {key.parent}", fix=f"export the sheet first: tunesmith eval review-export {run}")
-    result = import_review(files, key)
+    if key is not None:
+        keys = [key] * len(files)
+    else:
+        found = review_keys(run_dir / "eval" / "review")
+        if not found:
+            raise UserError(f"no review key in {run_dir / 'eval' / 'review'}", fix=f"export the sheet first: tunesmith eval review-export {run}")
+        keys = [find_key(f, found) for f in files]
+    result = import_review(files, keys)
     out.print(f"{result.rated} preference(s) from {result.raters} rater(s): tuned wins {result.tuned_wins}, base wins {result.base_wins}, "
               f"ties {result.ties}; tuned win rate {result.win_rate_tuned}; mean rating {result.mean_rating}")
     if result.agreement is not None:
         out.print(f"rater agreement {result.agreement} (Cohen's kappa {result.cohen_kappa}) over {result.agreement_rows} shared row(s)")
-    _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], **result.model_dump()})
+    _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], "keys": sorted({k.name for k in keys}), **result.model_dump()})
 
 
 def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids or folders")) -> None:
