@@ -206,3 +206,28 @@ def test_runs_list_shows_each_runs_headline_metric(capsys, home):
     registry.add_evaluations("notes-1", "test", "e2", "rougeL", [("tuned", 5, {"exact_match": 0.0, "rougeL": 0.5})])
     line = next(l for l in run_cli(capsys, "runs", "list").out.splitlines() if "notes-1" in l)
     assert "0.500" in line and "0.120" not in line  # e1's base is not e2's
+
+
+def test_a_split_too_small_is_said_beside_the_verdict():
+    """Five examples can never give a significant paired test (p >= 2/2**5); a few more can, but not for a
+    small, noisy difference: the verdict says so, with roughly how many examples would be needed."""
+    from tunesmith.config import EvalSpec
+    from tunesmith.eval.compare import needed_examples, smallest_significant_n
+    from tunesmith.eval.evaluate import compare_models
+
+    assert smallest_significant_n() == 6
+    refs = SENTENCES[:5]
+    tiny = {"base": _scored(["No idea"] * 5, refs), "tuned": _scored(refs, refs)}
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in tiny.items()}, {m: v for m, (_, v) in tiny.items()})
+    assert "did not beat" in record["verdicts"][0] and "5 examples are too few for any difference to be significant (at least 6)" in record["verdicts"][0]
+    refs = SENTENCES
+    noisy = [r if i % 3 else r.split(" and ")[0] for i, r in enumerate(refs)]
+    small = [r if i % 3 != 1 and i != 2 else r.split(" and ")[0] for i, r in enumerate(refs)]  # one more miss than tuned
+    pair = {"base": _scored(small, refs), "tuned": _scored(noisy, refs)}
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in pair.items()}, {m: v for m, (_, v) in pair.items()})
+    plan = record["power"]["base"]
+    assert plan["metric"] == "rougeL" and plan["n"] == 30
+    assert not record["versus"]["base"]["rougeL"]["significant"] and record["versus"]["base"]["rougeL"]["delta"] > 0
+    assert f"roughly {plan['needed']} would find it 80% of the time" in record["verdicts"][0] and plan["needed"] > 30
+    comparison = {"n": 100, "delta": 0.1, "ci_low": 0.0, "ci_high": 0.2, "confidence": 0.95, "significant": False}
+    assert needed_examples(comparison)["needed"] == pytest.approx(100 * ((1.96 + 0.8416) * (0.2 / 3.92) / 0.1) ** 2, rel=0.01)

@@ -212,3 +212,39 @@ def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: s
     if c["significant"] and behind:
         return f"{name_a} beat {name_b}: {stats}."
     return f"{name_b} did not beat {name_a} beyond chance: {stats}."
+
+
+def smallest_significant_n(alpha: float = ALPHA) -> int:
+    """Below this many examples no paired test here can reach p < alpha, whatever the answers: with
+    every example changed the same way, the exact two-sided p is 2 / 2**n (McNemar, sign flip, and the
+    permutation test over 2**n swaps alike)."""
+    return math.floor(math.log2(2 / alpha)) + 1
+
+
+def needed_examples(comparison: dict[str, Any], *, alpha: float = ALPHA, power: float = 0.8) -> dict[str, Any]:
+    """Roughly how many examples the paired comparison needs to find a difference of the observed size
+    with the given power: the normal approximation n' = n * ((z[1-alpha/2] + z[power]) * SE / |delta|)**2,
+    with SE the standard error of the delta read off the 95% bootstrap interval (width / (2 * 1.96)), so
+    it holds for per-example and corpus metrics alike. A rough guide for planning, not a test."""
+    from scipy.stats import norm
+
+    n, delta = int(comparison["n"]), float(comparison["delta"])
+    z_alpha, z_power = float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
+    se = (comparison["ci_high"] - comparison["ci_low"]) / (2 * float(norm.ppf(1 - (1 - comparison.get("confidence", 1 - ALPHA)) / 2)))
+    needed = math.ceil(n * ((z_alpha + z_power) * se / abs(delta)) ** 2) if se > 0 and abs(delta) > 1e-12 else None
+    return {"n": n, "smallest_significant_n": smallest_significant_n(alpha), "needed": needed, "alpha": alpha, "power": power,
+            "formula": "n * ((z[1-alpha/2] + z[power]) * SE / |delta|)^2, SE from the bootstrap interval"}
+
+
+def size_note(comparison: dict[str, Any], plan: dict[str, Any]) -> str | None:
+    """A sentence beside a verdict that is "not beyond chance" because the split is small; None otherwise."""
+    if comparison.get("significant"):
+        return None
+    n, least, needed = plan["n"], plan["smallest_significant_n"], plan["needed"]
+    if n < least:
+        more = f"; roughly {max(needed, least)} would be needed to find a difference of this size" if needed else ""
+        return f"Note: {n} examples are too few for any difference to be significant (at least {least}){more}."
+    if needed and needed > n:
+        return (f"Note: {n} examples are too few to tell a difference of this size from chance; roughly {needed} would find it "
+                f"{plan['power']:.0%} of the time (paired test, alpha {plan['alpha']}).")
+    return None

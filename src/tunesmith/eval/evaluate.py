@@ -187,7 +187,7 @@ def task_of(rows: list[dict]) -> str:
 def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Tuned against every other model evaluated, on every metric; the verdicts on the task's headline
     metric; and the plain verdict against the best prompt. Returns the sections of the evaluation record."""
-    from tunesmith.eval.compare import comparison_table, compare_rows, verdict_line
+    from tunesmith.eval.compare import comparison_table, compare_rows, needed_examples, size_note, verdict_line
 
     if "tuned" not in rows_by_model:  # a single model evaluated on its own is the one reported
         only = next(iter(rows_by_model))
@@ -198,12 +198,17 @@ def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results
     record: dict[str, Any] = {"task": task, "headline": {"metric": headline, "label": label, "task": task}}
     versus: dict[str, Any] = {}
     verdicts: list[str] = []
+    power: dict[str, Any] = {}
     for other in [m for m in rows_by_model if m != "tuned"]:
         versus[other] = compare_rows(rows_by_model[other], rows_by_model["tuned"], results["tuned"], custom=spec.custom_metrics, seed=spec.seed)
         on = headline if headline in versus[other] else "exact_match"
         if other == "base":
             record["comparisons"] = {"metric": on, **versus["base"][on]}
-        verdicts.append(verdict_line(versus[other][on], metric_label(on), "tuned", other))
+        power[other] = {"metric": on, **needed_examples(versus[other][on])}
+        note = size_note(versus[other][on], power[other])
+        verdicts.append(verdict_line(versus[other][on], metric_label(on), "tuned", other) + (f" {note}" if note else ""))
+    if power:
+        record["power"] = power
     prompts = [m for m in PROMPT_MODELS if m in versus]
     if len(prompts) > 1 or (prompts and prompts != ["base"]):
         on = headline if all(headline in versus[m] and headline in results[m] for m in prompts) else "exact_match"
