@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
 import yaml
@@ -159,7 +160,8 @@ def test_judge_with_a_local_model_and_bad_usage(capsys, ws_home, tiny_model):
     assert rubric["unparseable"] + sum(1 for v in rubric["mean"].values() if v is not None) >= 1
     neither = run_cli(capsys, "eval", "judge", run1)
     assert neither.code == 2 and "give exactly one judge" in neither.err
-    missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2)
+    # run2's answers are kept from an earlier evaluation of the test split; on validation none exist
+    missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2, "--split", "validation")
     assert missing.code == 2 and f"--compare {run2}" in " ".join(missing.err.split())
 
 
@@ -274,6 +276,11 @@ def test_a_killed_eval_leaves_the_previous_results_and_registry(capsys, ws_home)
     assert [e["model_id"] for e in rows] == ["tuned"] and rows[0]["n"] == 3  # never the older evaluation's base beside it
     assert _runs_list_line(capsys, run1).rstrip(" │").endswith("-")
     assert len(_report(home, run1)["evaluations"]) >= 2  # the earlier evaluation is kept
+    # and its base and tuned answers, evaluated together, are still there to review side by side
+    exported = run_cli(capsys, "eval", "review-export", run1, "--fraction", "1")
+    assert exported.code == 0, exported.err
+    key = json.loads((home / "runs" / run1 / "eval" / "review" / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", exported.out).group(1)).read_text())
+    assert len(key["order"]) == 4  # the 4 examples base and tuned answered in the same evaluation
 
 
 def test_evaluations_and_review_keys_accumulate(capsys, ws_home, tmp_path):
@@ -281,7 +288,8 @@ def test_evaluations_and_review_keys_accumulate(capsys, ws_home, tmp_path):
     review export writes a second key beside the first, and each filled sheet is unblinded with its own key."""
     home, (run1, _) = ws_home
     assert run_cli(capsys, "eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
-    assert run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "1").code == 0
+    first = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "1")
+    assert first.code == 0, first.err
     assert run_cli(capsys, "eval", run1, "--baselines", "few-shot", "--shots", "2", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
     report = _report(home, run1)
     kinds = [e["kind"] for e in report["evaluations"]]
@@ -289,15 +297,15 @@ def test_evaluations_and_review_keys_accumulate(capsys, ws_home, tmp_path):
     page = (home / "runs" / run1 / "report.html").read_text()
     assert page.index("test: tuned vs base, few-shot") < page.index("test: tuned vs base (")
     folder = home / "runs" / run1 / "eval" / "review"
-    first_key = sorted(folder.glob("review-key*.json"))[-1]  # this test's first export (earlier tests may have left review-key.json)
-    first_sheet = folder / json.loads(first_key.read_text())["sheet"]
+    first_key = folder / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", first.out).group(1)
+    first_bytes = first_key.read_bytes()
     second = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "2")
     assert second.code == 0, second.err
-    keys = sorted(folder.glob("review-key*.json"))
-    assert first_key in keys and len(keys) >= 2 and first_key.read_bytes() == first_key.read_bytes()
-    newest = max(keys, key=lambda k: int(k.stem.rsplit("-", 1)[-1]) if k.stem[-1].isdigit() else 1)
+    newest = folder / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", second.out).group(1)
+    assert newest != first_key and first_key.read_bytes() == first_bytes  # the first key is kept as it was
     filled = []
-    for key_path, sheet_path in ((first_key, first_sheet), (newest, folder / json.loads(newest.read_text())["sheet"])):
+    for key_path in (first_key, newest):
+        sheet_path = folder / json.loads(key_path.read_text())["sheet"]
         order = json.loads(key_path.read_text())["order"]
         sheet = list(csv.DictReader(sheet_path.open()))
         path = tmp_path / f"filled-{key_path.stem}.csv"

@@ -72,8 +72,24 @@ def eval_cmd(
     console.print(f"report: {write_report(run_dir)}")
 
 
-def _rows(run_dir: Path, split: str, model_id: str, hint: str) -> list[dict[str, Any]]:
-    path = run_dir / "eval" / f"{split}-{model_id}.jsonl"
+def _evaluated_together(run_dir: Path, split: str, models: list[str], hint: str) -> list[list[dict[str, Any]]]:
+    """The answers of these models from the latest evaluation that scored them all in one call (same
+    examples, same decoding), never one model's answers beside another's from a different evaluation."""
+    from tunesmith.eval.results import evaluation_folder, load_evaluations
+
+    kept = [r for r in load_evaluations(run_dir) if r["split"] == split]
+    for record in kept:
+        if all(m in record["models"] for m in models):
+            return [_rows(run_dir, split, m, hint, folder=evaluation_folder(run_dir, record["id"])) for m in models]
+    if kept:
+        absent = [m for m in models if not any(m in r["models"] for r in kept)]
+        what = f"{absent[0]} answers" if absent else f"{' and '.join(models)} answers from one evaluation"
+        raise UserError(f"no evaluation of the {split} split in {run_dir / 'eval'} has {what}", fix=hint)
+    return [_rows(run_dir, split, m, hint) for m in models]  # evaluated before evaluations were kept one by one
+
+
+def _rows(run_dir: Path, split: str, model_id: str, hint: str, folder: Path | None = None) -> list[dict[str, Any]]:
+    path = (folder or run_dir / "eval") / f"{split}-{model_id}.jsonl"
     if not path.is_file():
         raise UserError(f"no {model_id} answers on the {split} split in {run_dir / 'eval'}", fix=hint)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -119,8 +135,12 @@ def eval_judge(
     if judge_url and not judge_model:
         raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
     run_dir = find_run(_workspace(), run)
-    tuned = _rows(run_dir, split, "tuned", f"run `tunesmith eval {run} --split {split}` first")[:limit]
-    other = _rows(run_dir, split, pairwise, f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`")) if pairwise else []
+    if pairwise:
+        other, tuned = _evaluated_together(run_dir, split, [pairwise, "tuned"],
+                                           f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`"))
+        tuned = tuned[:limit]
+    else:
+        tuned, other = _evaluated_together(run_dir, split, ["tuned"], f"run `tunesmith eval {run} --split {split}` first")[0][:limit], []
     ask = endpoint_judge(judge_url, judge_model, api_key_env=api_key_env) if judge_url else _local_ask(judge_local, max_new_tokens)  # type: ignore[arg-type]
     judge_name = f"{judge_model} at {judge_url}" if judge_url else str(judge_local)
     if pairwise:
@@ -173,9 +193,10 @@ def eval_review_export(
 
     run_dir = find_run(_workspace(), run)
     hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
-    base = {r["id"]: r for r in _rows(run_dir, split, "base", hint)}
+    base_rows, tuned_rows = _evaluated_together(run_dir, split, ["base", "tuned"], hint)
+    base = {r["id"]: r for r in base_rows}
     rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r["reference"], "answer_a": base[r["id"]]["prediction"], "answer_b": r["prediction"]}
-            for r in _rows(run_dir, split, "tuned", hint) if r["id"] in base]
+            for r in tuned_rows if r["id"] in base]
     csv_path, html_path, key_path = export_review(rows, run_dir / "eval" / "review", fraction=fraction, seed=seed)
     out.print(f"review sheet for raters: {csv_path}\n  the same as a page with rating fields: {html_path}\n  key (who wrote which answer; keep it): {key_path}")
     if key_path.name != "review-key.json":
