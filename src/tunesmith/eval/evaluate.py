@@ -22,7 +22,7 @@ from tunesmith.eval.metrics import (aggregate, compute_metrics, definition, dete
 from tunesmith.eval.results import Staged, evaluation_folder, publish
 from tunesmith.models.loading import load_model
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import RunInfo, find_run, load_run_info, write_json
+from tunesmith.runfolder import RunInfo, find_run, load_run_info
 from tunesmith.train.collate import end_of_turn_ids
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
