@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
 import yaml
@@ -162,7 +163,8 @@ def test_judge_with_a_local_model_and_bad_usage(capsys, ws_home, tiny_model):
     assert _report(home, run1).get("judge", {}).get("test", {}).get("rubric", {}).get("judge") != str(tiny_model)  # not reported as a verdict
     neither = run_cli(capsys, "eval", "judge", run1)
     assert neither.code == 2 and "give exactly one judge" in neither.err
-    missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2)
+    # run2's answers are kept from an earlier evaluation of the test split; on validation none exist
+    missing = run_cli(capsys, "eval", "judge", run1, "--judge-local", str(tiny_model), "--pairwise", run2, "--split", "validation")
     assert missing.code == 2 and f"--compare {run2}" in " ".join(missing.err.split())
 
 
@@ -206,3 +208,120 @@ def test_runs_compare_side_by_side(capsys, ws_home):
     assert "0.03" in result.out and "0.001" in result.out and "dataset@version" in result.out
     one = run_cli(capsys, "runs", "compare", run1)
     assert one.code == 2 and "two or more" in one.err
+
+
+def _printed_rows(text: str) -> dict[str, list[str]]:
+    """metric -> cells of the tables `tunesmith eval` printed (rich box drawing, one row per line)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if len(cells) > 2 and cells[0] and not set(cells[0]) <= set("━─┃│╇╈┡┩"):
+            rows[cells[0].removesuffix(" (headline)")] = cells
+    return rows
+
+
+def test_printed_deltas_are_the_reports(capsys, ws_home):
+    """`eval RUN1 --compare RUN2` prints tuned - RUN2 for every metric, as report.json and report.html do."""
+    home, (run1, run2) = ws_home
+    result = run_cli(capsys, "eval", run1, "--compare", run2, "--limit", "8", "--max-new-tokens", "8", "--metrics", "exact_match,rouge,bleu,chrf,length")
+    assert result.code == 0, result.err
+    report = _report(home, run1)
+    versus, models = report["versus"]["test"][run2], report["test"]
+    printed = _printed_rows(result.out)
+    seen = 0
+    for name in ("exact_match", "rouge1", "rougeL", "bleu", "chrf", "perplexity"):
+        tuned, other = models["tuned"]["metrics"][name], models[run2]["metrics"][name]
+        assert versus[name]["delta"] == pytest.approx(tuned - other, abs=2e-3), name
+        assert printed[name][-1] == f"{versus[name]['delta']:+.3f}", (name, printed[name])
+        seen += abs(tuned - other) > 1e-3
+    assert seen, "the two runs answered alike: the sign of a delta is not tested"
+    table = {r["name"]: r for r in report["table"]["test"]}
+    assert all(printed[n][-1] == ("-" if r["deltas"][run2]["delta"] is None else f"{r['deltas'][run2]['delta']:+.3f}") for n, r in table.items())
+    page = (home / "runs" / run1 / "report.html").read_text()
+    assert f"{versus['bleu']['delta']:+.3f}" in page
+    # speed and length sit in tables of their own: no delta colouring for a description
+    assert table["examples_per_s"]["kind"] == "speed" and table["length_chars"]["kind"] == "description"
+    assert table["length_chars"]["deltas"][run2]["change"] is None and versus["length_chars"]["improved"] is None
+    quality_table = result.out.split("speed")[0]
+    assert "examples_per_s" not in quality_table and "length_chars" not in quality_table
+
+
+def _runs_list_line(capsys, run_id):
+    listed = run_cli(capsys, "runs", "list")
+    assert listed.code == 0, listed.err
+    return next(line for line in listed.out.splitlines() if run_id in line)
+
+
+def test_a_killed_eval_leaves_the_previous_results_and_registry(capsys, ws_home):
+    """SIGKILL after the first model's answers of a new evaluation: the previous answers, report and
+    registry pairing are as they were; the next evaluation sweeps the leftovers and pairs only its own rows."""
+    from clihelp import tunesmith
+    from tunesmith.registry.store import Registry
+
+    home, (run1, _) = ws_home
+    folder = home / "runs" / run1 / "eval"
+    first = run_cli(capsys, "eval", run1, "--compare-base", "--limit", "4", "--max-new-tokens", "6", "--no-perplexity")
+    assert first.code == 0, first.err
+    before = {p.name: p.read_bytes() for p in folder.glob("*.jsonl")}
+    report_before, line_before = (folder / "report.json").read_bytes(), _runs_list_line(capsys, run1)
+    assert {"test-base.jsonl", "test-tuned.jsonl"} <= set(before)
+    killed = tunesmith("eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity", kill_at="eval:1")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in folder.glob("*.jsonl")} == before
+    assert (folder / "report.json").read_bytes() == report_before
+    assert _runs_list_line(capsys, run1) == line_before
+    rows = [e for e in Registry(home / "registry.db").evaluations(run1) if e["split"] == "test"]
+    assert {e["model_id"] for e in rows} == {"base", "tuned"} and {e["n"] for e in rows} == {4} and len({e["evaluation_id"] for e in rows}) == 1
+    again = run_cli(capsys, "eval", run1, "--limit", "3", "--max-new-tokens", "6", "--no-perplexity")  # the tuned model alone
+    assert again.code == 0, again.err
+    assert not list(folder.glob(".staging-*"))
+    rows = [e for e in Registry(home / "registry.db").evaluations(run1) if e["split"] == "test"]
+    assert [e["model_id"] for e in rows] == ["tuned"] and rows[0]["n"] == 3  # never the older evaluation's base beside it
+    assert _runs_list_line(capsys, run1).rstrip(" │").endswith("-")
+    assert len(_report(home, run1)["evaluations"]) >= 2  # the earlier evaluation is kept
+    # and its base and tuned answers, evaluated together, are still there to review side by side
+    exported = run_cli(capsys, "eval", "review-export", run1, "--fraction", "1")
+    assert exported.code == 0, exported.err
+    key = json.loads((home / "runs" / run1 / "eval" / "review" / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", exported.out).group(1)).read_text())
+    assert len(key["order"]) == 4  # the 4 examples base and tuned answered in the same evaluation
+
+
+def test_evaluations_and_review_keys_accumulate(capsys, ws_home, tmp_path):
+    """--baselines after --compare-base keeps both in the report (each kind's latest on top); a second
+    review export writes a second key beside the first, and each filled sheet is unblinded with its own key."""
+    home, (run1, _) = ws_home
+    assert run_cli(capsys, "eval", run1, "--compare-base", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    first = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "1")
+    assert first.code == 0, first.err
+    assert run_cli(capsys, "eval", run1, "--baselines", "few-shot", "--shots", "2", "--limit", "6", "--max-new-tokens", "6", "--no-perplexity").code == 0
+    report = _report(home, run1)
+    kinds = [e["kind"] for e in report["evaluations"]]
+    assert kinds[:2] == ["test: tuned vs base, few-shot", "test: tuned vs base"]
+    page = (home / "runs" / run1 / "report.html").read_text()
+    assert page.index("test: tuned vs base, few-shot") < page.index("test: tuned vs base (")
+    folder = home / "runs" / run1 / "eval" / "review"
+    first_key = folder / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", first.out).group(1)
+    first_bytes = first_key.read_bytes()
+    second = run_cli(capsys, "eval", "review-export", run1, "--fraction", "0.5", "--seed", "2")
+    assert second.code == 0, second.err
+    newest = folder / re.search(r"keep it\): .*/(review-key[-\d]*\.json)", second.out).group(1)
+    assert newest != first_key and first_key.read_bytes() == first_bytes  # the first key is kept as it was
+    filled = []
+    for key_path in (first_key, newest):
+        sheet_path = folder / json.loads(key_path.read_text())["sheet"]
+        order = json.loads(key_path.read_text())["order"]
+        sheet = list(csv.DictReader(sheet_path.open()))
+        path = tmp_path / f"filled-{key_path.stem}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(sheet[0]))
+            writer.writeheader()
+            writer.writerows(dict(r, preferred=str(order[r["id"]].index("tuned") + 1)) for r in sheet)
+        filled.append(str(path))
+    imported = run_cli(capsys, "eval", "review-import", run1, *filled)
+    assert imported.code == 0, imported.err
+    review = _report(home, run1)["human_review"]
+    assert review["base_wins"] == 0 and review["tuned_wins"] == review["rated"] == 6  # unblinded right: every sheet preferred tuned
+    stranger = tmp_path / "stranger.csv"
+    stranger.write_text("id,prompt,reference,answer_1,answer_2,preferred,rating_1,rating_2,comment\nnot-an-id,p,r,a,b,1,,,\n")
+    refused = run_cli(capsys, "eval", "review-import", run1, str(stranger))
+    assert refused.code == 2 and "no review key holds the ids" in refused.err and "--key" in refused.err

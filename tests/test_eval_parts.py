@@ -91,6 +91,7 @@ def test_every_metric_compared_with_its_direction():
     assert em["delta"] == pytest.approx(0.5) and em["ci_low"] > 0 and em["significant"] and len(em["improved_ids"]) == 20
     nll = result["ref_nll"]
     assert nll["delta"] == pytest.approx(-2.0) and nll["higher_is_better"] is False and len(nll["improved_ids"]) == 40
+    assert nll["improved"] == 40 and nll["regressed"] == 0  # lower is better: every example improved
     ppl = result["perplexity"]
     assert ppl["mean_a"] == pytest.approx(math.exp(3)) and ppl["ci_high"] < 0 and ppl["test"] == "paired_permutation"
     assert result["bleu"]["delta"] > 0
@@ -149,3 +150,84 @@ def test_probe_on_the_embedded_model_is_quick_and_not_empty():
     assert elapsed < 120, elapsed
     assert 0.1 <= result["score"] <= 0.95  # SmolLM2-135M knows some of it (Paris), not all
     assert next(r for r in result["rows"] if r["id"] == "facts-01")["correct"]
+
+
+SENTENCES = [f"Restart the {thing} and check the {part} before you call support {n}" for n, (thing, part) in enumerate(
+    [(a, b) for a in ("router", "printer", "laptop", "phone", "modem", "scanner") for b in ("cable", "battery", "screen", "fan", "light")])]
+
+
+def _scored(preds: list[str], refs: list[str]):
+    """Rows and metrics as `tunesmith eval` makes them, without a model."""
+    from tunesmith.eval.metrics import aggregate, compute_metrics, example_scores, resolve_metric_names, score_example
+
+    names = resolve_metric_names(None, refs)
+    rows = [{"id": str(i), "prompt": "q", "reference": r, "prediction": p, **e, **score_example(p, r, None)}
+            for i, (p, r, e) in enumerate(zip(preds, refs, example_scores(preds, refs, names)))]
+    metrics = aggregate(rows, 2.0)
+    metrics.update({k: round(v, 4) for k, v in compute_metrics(preds, refs, names).items() if isinstance(v, float)})
+    return rows, metrics
+
+
+def test_free_text_verdicts_are_given_on_rouge_l_not_exact_match():
+    """Free-text answers: no model ever matches exactly, but the tuned one paraphrases the reference. The
+    verdict and the best prompt are judged on the task's headline metric (ROUGE-L), and say so."""
+    from tunesmith.config import EvalSpec
+    from tunesmith.eval.evaluate import compare_models
+
+    refs = SENTENCES
+    tuned = [r.replace("Restart the", "Please restart your") for r in refs]
+    base = ["No idea" for _ in refs]
+    few_shot = [r if i < 3 else "Contact us" for i, r in enumerate(refs)]  # three exact copies, nothing else
+    scored = {"base": _scored(base, refs), "few-shot": _scored(few_shot, refs), "tuned": _scored(tuned, refs)}
+    assert scored["tuned"][1]["exact_match"] == 0 < scored["few-shot"][1]["exact_match"]
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in scored.items()}, {m: v for m, (_, v) in scored.items()})
+    assert record["task"] == "text" and record["headline"]["metric"] == "rougeL"
+    assert record["verdicts"][0].startswith("tuned beat base: ROUGE-L")
+    assert record["prompting_verdict"]["best_prompt"] == "few-shot" and record["prompting_verdict"]["metric"] == "rougeL"
+    assert "Fine-tuning vs the best prompt (few-shot): tuned beat few-shot: ROUGE-L" in record["prompting_verdict"]["text"]
+    assert record["table"][0]["name"] == "rougeL"  # the headline leads every table
+
+
+def test_runs_list_shows_each_runs_headline_metric(capsys, home):
+    """`runs list` shows the headline metric of the run's latest evaluation, named, with the tuned and base
+    values of that one evaluation (never a base row from an earlier evaluation beside a newer tuned one)."""
+    from tunesmith.registry.store import Registry
+    from tunesmith.workspace import Workspace
+
+    ws = Workspace.from_env(home)
+    registry = Registry(ws.registry_db)
+    registry.start_run("notes-1", None, "tiny", "lora", "notes", "v1", home / "runs" / "notes-1")
+    registry.add_evaluations("notes-1", "test", "e1", "rougeL", [("base", 5, {"exact_match": 0.0, "rougeL": 0.12}),
+                                                                  ("tuned", 5, {"exact_match": 0.0, "rougeL": 0.34})])
+    listed = run_cli(capsys, "runs", "list")
+    assert listed.code == 0 and "headline metric" in listed.out
+    line = next(l for l in listed.out.splitlines() if "notes-1" in l)
+    assert "rougeL (test)" in line and "0.340" in line and "0.120" in line
+    registry.add_evaluations("notes-1", "test", "e2", "rougeL", [("tuned", 5, {"exact_match": 0.0, "rougeL": 0.5})])
+    line = next(l for l in run_cli(capsys, "runs", "list").out.splitlines() if "notes-1" in l)
+    assert "0.500" in line and "0.120" not in line  # e1's base is not e2's
+
+
+def test_a_split_too_small_is_said_beside_the_verdict():
+    """Five examples can never give a significant paired test (p >= 2/2**5); a few more can, but not for a
+    small, noisy difference: the verdict says so, with roughly how many examples would be needed."""
+    from tunesmith.config import EvalSpec
+    from tunesmith.eval.compare import needed_examples, smallest_significant_n
+    from tunesmith.eval.evaluate import compare_models
+
+    assert smallest_significant_n() == 6
+    refs = SENTENCES[:5]
+    tiny = {"base": _scored(["No idea"] * 5, refs), "tuned": _scored(refs, refs)}
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in tiny.items()}, {m: v for m, (_, v) in tiny.items()})
+    assert "did not beat" in record["verdicts"][0] and "5 examples are too few for any difference to be significant (at least 6)" in record["verdicts"][0]
+    refs = SENTENCES
+    noisy = [r if i % 3 else r.split(" and ")[0] for i, r in enumerate(refs)]
+    small = [r if i % 3 != 1 and i != 2 else r.split(" and ")[0] for i, r in enumerate(refs)]  # one more miss than tuned
+    pair = {"base": _scored(small, refs), "tuned": _scored(noisy, refs)}
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in pair.items()}, {m: v for m, (_, v) in pair.items()})
+    plan = record["power"]["base"]
+    assert plan["metric"] == "rougeL" and plan["n"] == 30
+    assert not record["versus"]["base"]["rougeL"]["significant"] and record["versus"]["base"]["rougeL"]["delta"] > 0
+    assert f"roughly {plan['needed']} would find it 80% of the time" in record["verdicts"][0] and plan["needed"] > 30
+    comparison = {"n": 100, "delta": 0.1, "ci_low": 0.0, "ci_high": 0.2, "confidence": 0.95, "significant": False}
+    assert needed_examples(comparison)["needed"] == pytest.approx(100 * ((1.96 + 0.8416) * (0.2 / 3.92) / 0.1) ** 2, rel=0.01)

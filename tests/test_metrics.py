@@ -90,6 +90,9 @@ def test_json_metrics_schema_and_field_accuracy(tmp_path):
     (["yes", "no", "yes", "no", "yes"], "classification"),
     (["yes", "no"], "text"),  # two answers, no repetition: not enough to call it a classification
     (["A long free-text answer about returns.", "Another different answer here.", "Third one."], "text"),
+    (["team=billing; priority=high", "team=bug; priority=low", "team=bug; priority=high"], "fields"),
+    (["team: billing\npriority: high", "team: bug\npriority: low"], "fields"),
+    (["Note: call back tomorrow", "Step 1: restart; Step 2: retry"], "text"),  # one field, or keys that are words: prose
 ])
 def test_task_is_chosen_from_the_references(refs, task):
     assert detect_task(refs) == task
@@ -118,3 +121,16 @@ def test_run_scoring_is_unchanged():
     assert row == {"exact_match": 1.0, "valid_json": 1.0, "fields": {"team": 1.0}, "label": "tech", "predicted_label": "tech"}
     metrics = aggregate([row, score_example("nope", '{"team": "billing"}', "billing")], 2.0)
     assert metrics["exact_match"] == 0.5 and metrics["field_accuracy.team"] == 0.5 and metrics["examples_per_s"] == 1.0
+
+
+def test_key_value_answers_get_per_field_accuracy():
+    """`key=value; key=value` answers (and `key: value` lines) are scored field by field, like JSON answers,
+    so a user sees which field fails; exact match reads the fields, not their spacing."""
+    refs = ["team=billing; priority=high", "team=bug; priority=low", "team=bug; priority=high", "team=praise; priority=low"]
+    preds = ["team=billing;priority=low", "team=bug; priority=high", "team = bug; priority=high", "team: praise\npriority: low"]
+    metrics = compute_metrics(preds, refs)
+    assert metrics["field_accuracy.team"] == 1.0 and metrics["field_accuracy.priority"] == 0.5
+    assert metrics["exact_match"] == 0.5 and metrics["field_accuracy"] == 0.75
+    row = score_example(preds[0], refs[0], None)
+    assert row["fields"] == {"team": 1.0, "priority": 0.0} and row["exact_match"] == 0.0
+    assert aggregate([score_example(p, r, None) for p, r in zip(preds, refs)], 1.0)["field_accuracy.priority"] == 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 
 from tunesmith.data.dataset import Dataset
@@ -12,7 +14,6 @@ from tunesmith.registry.store import Registry
 from tunesmith.runfolder import DAMAGED_RUN_FIX, find_run, load_run_info
 from tunesmith.ui import out
 from tunesmith.workspace import Workspace
-
 
 
 def print_dataset(dataset: Dataset) -> None:
@@ -29,34 +30,70 @@ def print_dataset(dataset: Dataset) -> None:
     out.print(f"folder: {dataset.path}")
 
 
-def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned") -> None:
-    models = list(results)
+KIND_TITLES = {"speed": "speed", "description": "description of the answers (neither higher nor lower is better)"}
+
+
+def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned", *, versus: dict[str, Any] | None = None,
+                     headline: str | None = None, table: list[dict[str, Any]] | None = None) -> None:
+    """Every model's metrics, and the tuned model against each other one (delta = tuned - other, coloured
+    by the metric's direction), from `compare.comparison_table`: the same rows report.json and report.html hold."""
+    from tunesmith.eval.compare import comparison_table
+
+    models = [m for m in results if m != "tuned"] + (["tuned"] if "tuned" in results else [])
+    rows = table if table is not None else comparison_table({m: results[m] for m in models}, versus, headline)
+    others = [m for m in models if m != "tuned"] if "tuned" in models else []
     sizes = sorted({int(m["n"]) for m in results.values() if "n" in m})
-    table = Table(title=f"{title} ({' / '.join(map(str, sizes))} examples)" if sizes else title)
-    table.add_column("metric")
-    for model in models:
-        table.add_column(model, justify="right")
-    if len(models) == 2:
-        table.add_column("delta", justify="right")
-    for name in headline_first({k for metrics in results.values() for k in metrics} - {"n"}):
-        values = [results[m].get(name) for m in models]
-        cells = [f"{v:.3f}" if isinstance(v, float) else "-" for v in values]
-        if len(models) == 2:
-            cells.append(f"{values[1] - values[0]:+.3f}" if None not in values else "-")
-        table.add_row(name, *cells)
-    out.print(table)
+    for kind in ("quality", "speed", "description"):
+        chosen = [r for r in rows if r["kind"] == kind]
+        if not chosen:
+            continue
+        heading = title if kind == "quality" else f"{title}: {KIND_TITLES[kind]}"
+        grid = Table(title=f"{heading} ({' / '.join(map(str, sizes))} examples)" if sizes and kind == "quality" else heading)
+        grid.add_column("metric")
+        grid.add_column("better", justify="center")
+        for model in models:
+            grid.add_column(model, justify="right")
+        for other in others:
+            grid.add_column(f"delta tuned-{other}", justify="right")
+        for row in chosen:
+            name = f"{row['name']} (headline)" if row["name"] == headline else row["name"]
+            cells = [f"{v:.3f}" if isinstance(v := row["values"].get(m), (int, float)) else "-" for m in models]
+            for other in others:
+                d = row["deltas"].get(other, {})
+                text = "-" if d.get("delta") is None else f"{d['delta']:+.3f}"
+                colour = {"better": "green", "worse": "red"}.get(d.get("change") or "")
+                cells.append(f"[{colour}]{text}[/]" if colour else text)
+            grid.add_row(name, {"higher": "higher", "lower": "lower"}.get(row["direction"], "-"), *cells)
+        out.print(grid)
+
+
+def print_evaluation(record: dict[str, Any]) -> None:
+    """One kept evaluation (eval/evaluations/<id>/evaluation.json) as printed after `tunesmith eval`."""
+    results = {m: v["metrics"] for m, v in record["models"].items()}
+    print_comparison(results, title=f"{record['split']} split: " + " vs ".join(results), versus=record.get("versus"),
+                     headline=(record.get("headline") or {}).get("metric"), table=record.get("table"))
+
+
+def _headline_scores(evaluations: list[dict[str, Any]]) -> tuple[str, dict[str, float | None]]:
+    """(metric and split, {model: value}) from one evaluation's registry rows: the test split's, else the first."""
+    split = "test" if any(e["split"] == "test" for e in evaluations) else (evaluations[0]["split"] if evaluations else None)
+    rows = [e for e in evaluations if e["split"] == split]
+    if not rows:
+        return "-", {}
+    metric = next((e["headline"] for e in rows if e.get("headline")), "exact_match")
+    return f"{metric} ({split})", {e["model_id"]: e["metrics"].get(metric) for e in rows}
 
 
 def print_runs(workspace: Workspace) -> None:
     registry = Registry(workspace.registry_db)
     table = Table(title=f"runs in {workspace.home}")
-    for column in ("run", "status", "base model", "method", "dataset@version", "val loss", "tuned exact", "base exact"):
+    for column in ("run", "status", "base model", "method", "dataset@version", "val loss", "headline metric", "tuned", "base"):
         table.add_column(column)
     for run in registry.runs():
-        scores = {e["model_id"]: e["metrics"].get("exact_match") for e in registry.evaluations(run["id"]) if e["split"] == "test"}
+        metric, scores = _headline_scores(registry.evaluations(run["id"]))
         table.add_row(
             run["id"], run["status"], run["base_model"], run["method"], f"{run['dataset']}@{run['dataset_version']}",
-            "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}",
+            "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}", metric,
             *("-" if scores.get(m) is None else f"{scores[m]:.3f}" for m in ("tuned", "base")),
         )
     out.print(table)
@@ -77,10 +114,12 @@ def print_run(workspace: Workspace, run_id: str) -> None:
         info = read_json(info_path, fix=DAMAGED_RUN_FIX)
         out.print(f"[bold]best step[/]: {info.get('best_step')} (epoch {info.get('best_epoch')})  [bold]train seconds[/]: {info.get('train_seconds')}")
     by_split: dict[str, dict[str, dict[str, float]]] = {}
-    for evaluation in registry.evaluations(run_id):
+    headlines: dict[str, str | None] = {}
+    for evaluation in registry.evaluations(run_id):  # the models of the latest evaluation of each split, evaluated together
         by_split.setdefault(evaluation["split"], {})[evaluation["model_id"]] = evaluation["metrics"]
+        headlines[evaluation["split"]] = evaluation.get("headline")
     for split, results in by_split.items():
-        print_comparison(dict(sorted(results.items())), title=f"{split} split")
+        print_comparison(dict(sorted(results.items())), title=f"{split} split", headline=headlines.get(split))
 
 
 HYPERPARAMETERS = (("method", "train.method"), ("epochs", "train.epochs"), ("lr", "train.lr"), ("batch size", "train.batch_size"),

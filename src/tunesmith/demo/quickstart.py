@@ -7,12 +7,13 @@ import time
 from tunesmith.config import EvalSpec, RunSpec
 from tunesmith.data.dataset import prepare_dataset
 from tunesmith.demo.tickets import write_jsonl
-from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, save_comparison, save_evaluation
+from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, record_evaluation
+from tunesmith.eval.results import Staged
 from tunesmith.eval.forgetting import run_probe, save_forgetting
 from tunesmith.eval.report import write_report
 from tunesmith.models.loading import load_model, resolve_model_path
 from tunesmith.data.report import summarise_dataset
-from tunesmith.report_cli import print_comparison
+from tunesmith.report_cli import print_evaluation
 from tunesmith.train.trainer import train
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
@@ -42,15 +43,16 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     del base_model
     console.rule("3/4 fine-tuning (LoRA)")
     result = train(spec, workspace)
-    save_evaluation(workspace, result.run_dir, result.info, EVAL.split, "base", base_rows, base_metrics)
     console.rule("4/4 tuned model on the same test split")
     tuned_model, tuned_tokenizer = load_tuned(result.run_dir, result.info, spec.model)
     tuned_rows, tuned_metrics = evaluate_model(tuned_model, tuned_tokenizer, examples, EVAL, "tuned")
-    save_evaluation(workspace, result.run_dir, result.info, EVAL.split, "tuned", tuned_rows, tuned_metrics)
-    save_comparison(result.run_dir, EVAL.split, base_rows, tuned_rows)
+    staged = Staged(result.run_dir, EVAL.split)  # base and tuned kept and registered as one evaluation
+    staged.add("base", spec.model.name, base_rows, base_metrics)
+    staged.add("tuned", result.info.run_id, tuned_rows, tuned_metrics)
+    record = record_evaluation(workspace, result.run_dir, result.info, staged, EVAL, {"base": base_rows, "tuned": tuned_rows})
     probes["tuned"] = run_probe(tuned_model, tuned_tokenizer)
     save_forgetting(result.run_dir, probes, EVAL.forgetting_threshold)
-    print_comparison({"base": base_metrics, "tuned": tuned_metrics}, title=f"{spec.model.name}: base vs tuned on held-out tickets")
+    print_evaluation(record)
     report = write_report(result.run_dir)
     console.print(f"run {result.info.run_id}: report {report}, loss curve {result.run_dir / 'loss.png'}")
     console.print(f"quickstart took {time.perf_counter() - started:.0f} s; try: tunesmith chat {result.info.run_id}")

@@ -52,7 +52,8 @@ def eval_cmd(
     from tunesmith.eval.baselines import parse_baselines
     from tunesmith.eval.evaluate import evaluate_run, load_run_spec_from_folder
     from tunesmith.eval.report import write_report
-    from tunesmith.report_cli import print_comparison
+    from tunesmith.eval.results import latest_evaluation
+    from tunesmith.report_cli import print_comparison, print_evaluation
     from tunesmith.runfolder import find_run
 
     ws = _workspace()
@@ -63,12 +64,32 @@ def eval_cmd(
     base = load_run_spec_from_folder(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
     spec = validate_spec(EvalSpec, {**base, **{k: v for k, v in flags.items() if v is not None}}, "the run config's eval section and command-line flags")
     results = evaluate_run(ws, run_dir, spec, compare_base, compare_runs=compare or [], baselines=parse_baselines(baselines), forgetting=forgetting)
-    print_comparison(results, title=" vs ".join(results))
+    record = latest_evaluation(run_dir, spec.split)
+    if record is not None:
+        print_evaluation(record)  # the table report.json and report.html hold, deltas included
+    else:
+        print_comparison(results, title=" vs ".join(results))
     console.print(f"report: {write_report(run_dir)}")
 
 
-def _rows(run_dir: Path, split: str, model_id: str, hint: str) -> list[dict[str, Any]]:
-    path = run_dir / "eval" / f"{split}-{model_id}.jsonl"
+def _evaluated_together(run_dir: Path, split: str, models: list[str], hint: str) -> list[list[dict[str, Any]]]:
+    """The answers of these models from the latest evaluation that scored them all in one call (same
+    examples, same decoding), never one model's answers beside another's from a different evaluation."""
+    from tunesmith.eval.results import evaluation_folder, load_evaluations
+
+    kept = [r for r in load_evaluations(run_dir) if r["split"] == split]
+    for record in kept:
+        if all(m in record["models"] for m in models):
+            return [_rows(run_dir, split, m, hint, folder=evaluation_folder(run_dir, record["id"])) for m in models]
+    if kept:
+        absent = [m for m in models if not any(m in r["models"] for r in kept)]
+        what = f"{absent[0]} answers" if absent else f"{' and '.join(models)} answers from one evaluation"
+        raise UserError(f"no evaluation of the {split} split in {run_dir / 'eval'} has {what}", fix=hint)
+    return [_rows(run_dir, split, m, hint) for m in models]  # evaluated before evaluations were kept one by one
+
+
+def _rows(run_dir: Path, split: str, model_id: str, hint: str, folder: Path | None = None) -> list[dict[str, Any]]:
+    path = (folder or run_dir / "eval") / f"{split}-{model_id}.jsonl"
     if not path.is_file():
         raise UserError(f"no {model_id} answers on the {split} split in {run_dir / 'eval'}", fix=hint)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -114,8 +135,12 @@ def eval_judge(
     if judge_url and not judge_model:
         raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
     run_dir = find_run(_workspace(), run)
-    tuned = _rows(run_dir, split, "tuned", f"run `tunesmith eval {run} --split {split}` first")[:limit]
-    other = _rows(run_dir, split, pairwise, f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`")) if pairwise else []
+    if pairwise:
+        other, tuned = _evaluated_together(run_dir, split, [pairwise, "tuned"],
+                                           f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`"))
+        tuned = tuned[:limit]
+    else:
+        tuned, other = _evaluated_together(run_dir, split, ["tuned"], f"run `tunesmith eval {run} --split {split}` first")[0][:limit], []
     ask = endpoint_judge(judge_url, judge_model, api_key_env=api_key_env) if judge_url else _local_ask(judge_local, max_new_tokens)  # type: ignore[arg-type]
     judge_name = f"{judge_model} at {judge_url}" if judge_url else str(judge_local)
     if pairwise:
@@ -170,32 +195,40 @@ def eval_review_export(
 
     run_dir = find_run(_workspace(), run)
     hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
-    base = {r["id"]: r for r in _rows(run_dir, split, "base", hint)}
+    base_rows, tuned_rows = _evaluated_together(run_dir, split, ["base", "tuned"], hint)
+    base = {r["id"]: r for r in base_rows}
     rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r["reference"], "answer_a": base[r["id"]]["prediction"], "answer_b": r["prediction"]}
-            for r in _rows(run_dir, split, "tuned", hint) if r["id"] in base]
+            for r in tuned_rows if r["id"] in base]
     csv_path, html_path, key_path = export_review(rows, run_dir / "eval" / "review", fraction=fraction, seed=seed)
     out.print(f"review sheet for raters: {csv_path}\n  the same as a page with rating fields: {html_path}\n  key (who wrote which answer; keep it): {key_path}")
+    if key_path.name != "review-key.json":
+        out.print("  earlier exports and their keys are kept beside it; review-import finds the key that fits each sheet")
     out.print(f"when filled in: tunesmith eval review-import {run} FILLED.csv [MORE.csv ...]")
 
 
 def eval_review_import(
     run: str = typer.Argument(..., help="run id or run folder the sheet was exported from"),
     files: list[Path] = typer.Argument(..., help="filled review CSV(s), one per rater"),
+    key: Optional[Path] = typer.Option(None, "--key", help="the review-key*.json the sheets were exported with (default: found by the sheets' ids)"),
 ) -> None:
     """Unblind filled review sheets: tuned-vs-base win rate, mean ratings and, with several raters, their agreement."""
-    from tunesmith.eval.review import import_review
+    from tunesmith.eval.review import find_key, import_review, review_keys
     from tunesmith.runfolder import find_run
 
     run_dir = find_run(_workspace(), run)
-    key = run_dir / "eval" / "review" / "review-key.json"
-    if not key.is_file():
-        raise UserError(f"no review key in {key.parent}", fix=f"export the sheet first: tunesmith eval review-export {run}")
-    result = import_review(files, key)
+    if key is not None:
+        keys = [key] * len(files)
+    else:
+        found = review_keys(run_dir / "eval" / "review")
+        if not found:
+            raise UserError(f"no review key in {run_dir / 'eval' / 'review'}", fix=f"export the sheet first: tunesmith eval review-export {run}")
+        keys = [find_key(f, found) for f in files]
+    result = import_review(files, keys)
     out.print(f"{result.rated} preference(s) from {result.raters} rater(s): tuned wins {result.tuned_wins}, base wins {result.base_wins}, "
               f"ties {result.ties}; tuned win rate {result.win_rate_tuned}; mean rating {result.mean_rating}")
     if result.agreement is not None:
         out.print(f"rater agreement {result.agreement} (Cohen's kappa {result.cohen_kappa}) over {result.agreement_rows} shared row(s)")
-    _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], **result.model_dump()})
+    _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], "keys": sorted({k.name for k in keys}), **result.model_dump()})
 
 
 def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids or folders")) -> None:

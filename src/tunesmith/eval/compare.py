@@ -15,22 +15,29 @@ from typing import Any, Callable
 import numpy as np
 
 from tunesmith.errors import UserError
+from tunesmith.eval.metrics import definition
 from tunesmith.eval.significance import changed_examples, compare_paired
 
 N_BOOT = 1000
 ALPHA = 0.05
-LOWER_IS_BETTER = {"ref_nll", "perplexity"}
-NEUTRAL = {"length_chars", "length_words"}  # reported, but neither direction is "better"
 PER_EXAMPLE = ("exact_match", "valid_json", "field_accuracy", "correct", "rouge1", "rouge2", "rougeL", "schema_valid",
                "length_chars", "length_words", "ref_nll")
 
 Rows = list[dict[str, Any]]
 
 
+def metric_delta(other: float, tuned: float) -> float:
+    """The one delta every report shows: tuned (or model B) minus the model it is compared with."""
+    return tuned - other
+
+
 def per_example_value(row: dict[str, Any], name: str) -> float | None:
     if name == "field_accuracy":
         fields = row.get("fields") or {}
         return sum(fields.values()) / len(fields) if fields else None
+    if name.startswith("field_accuracy."):
+        value = (row.get("fields") or {}).get(name.split(".", 1)[1])
+        return None if value is None else float(value)
     if name == "ref_nll":
         return row["ref_nll"] / row["ref_tokens"] if row.get("ref_tokens") else None
     value = row.get(name)
@@ -66,8 +73,9 @@ def corpus_metrics(rows: Rows, metric_names: dict[str, float], custom: list[str]
     from tunesmith.eval.metrics import run_custom_metric
 
     found: dict[str, Callable[[Rows], float]] = {}
-    if "label_macro_f1" in metric_names and all("label" in r and "predicted_label" in r for r in rows):
-        found["label_macro_f1"] = _macro_f1
+    for name in ("label_macro_f1", "f1_macro"):
+        if name in metric_names and all("label" in r and "predicted_label" in r for r in rows):
+            found[name] = _macro_f1
     if "bleu" in metric_names:
         found["bleu"] = _bleu
     if "chrf" in metric_names:
@@ -108,7 +116,7 @@ def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int,
         hits += abs(fn(b2) - fn(a2)) >= observed - 1e-12
         tick()
     p = (hits + 1) / (n_perm + 1)
-    return {"n": n, "mean_a": value_a, "mean_b": value_b, "delta": value_b - value_a, "ci_low": float(low), "ci_high": float(high),
+    return {"n": n, "mean_a": value_a, "mean_b": value_b, "delta": metric_delta(value_a, value_b), "ci_low": float(low), "ci_high": float(high),
             "confidence": 1 - ALPHA, "test": "paired_permutation", "p_value": p, "significant": p < ALPHA, "n_boot": n_boot, "seed": seed}
 
 
@@ -119,17 +127,21 @@ def compare_rows(a: Rows, b: Rows, metrics: dict[str, float], *, custom: list[st
         raise UserError("the two models were not scored on the same examples in the same order",
                         fix="evaluate both in one `tunesmith eval` call (same split, --limit and dataset)")
     out: dict[str, dict[str, Any]] = {}
-    for name in PER_EXAMPLE:
+    fields = sorted({k for r in (*a, *b) for k in (r.get("fields") or {})})
+    for name in (*PER_EXAMPLE, *(f"field_accuracy.{f}" for f in fields)):
         pairs = [(per_example_value(x, name), per_example_value(y, name)) for x, y in zip(a, b)]
         kept = [(i, x, y) for i, (x, y) in zip(ids_a, pairs) if x is not None and y is not None]
         if not kept:
             continue
         ids, xs, ys = [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
         result = compare_paired(xs, ys, seed=seed).model_dump()
+        result["delta"] = metric_delta(result["mean_a"], result["mean_b"])
         up, down = changed_examples(ids, xs, ys)
-        better, worse = (down, up) if name in LOWER_IS_BETTER else (up, down)
-        out[name] = {**result, **_direction(name), "improved_ids": [] if name in NEUTRAL else better,
-                     "regressed_ids": [] if name in NEUTRAL else worse}
+        direction = definition(name).direction
+        # "improved" follows the metric's direction; a description (length) is neither better nor worse.
+        better, worse = (down, up) if direction == "lower" else (up, down) if direction == "higher" else (None, None)
+        result.update(improved=None if better is None else len(better), regressed=None if worse is None else len(worse))
+        out[name] = {**result, **_direction(name), "improved_ids": better or [], "regressed_ids": worse or []}
     corpus = corpus_metrics(a, metrics, custom or [])
     if corpus:
         from tunesmith.ui import progress
@@ -143,7 +155,57 @@ def compare_rows(a: Rows, b: Rows, metrics: dict[str, float], *, custom: list[st
 
 
 def _direction(name: str) -> dict[str, Any]:
-    return {"higher_is_better": None if name in NEUTRAL else name not in LOWER_IS_BETTER}
+    d = definition(name)
+    return {"higher_is_better": d.higher_is_better, "direction": d.direction, "kind": d.kind}
+
+
+def better_or_worse(name: str, delta: float | None) -> str | None:
+    """"better", "worse" or None (no change, no delta, or a metric with no better direction)."""
+    direction = definition(name).direction
+    if delta is None or direction == "none" or not math.isfinite(delta) or abs(delta) < 1e-12:
+        return None
+    return "better" if (delta > 0) == (direction == "higher") else "worse"
+
+
+def comparison_table(models: dict[str, dict[str, Any]], versus: dict[str, dict[str, Any]] | None = None,
+                     headline: str | None = None) -> list[dict[str, Any]]:
+    """The rows every report prints (terminal, report.html), so no two of them can disagree: per metric
+    its definition, each model's value and, for each model compared with the tuned one, the delta
+    tuned - other (versus's paired delta where the comparison has one, else `metric_delta` of the
+    two values) and whether that is better or worse. `models` maps model id -> metrics; "tuned"
+    (when present) is the model the others are compared with."""
+    from tunesmith.eval.metrics import headline_first
+
+    versus = versus or {}
+    others = [m for m in models if m != "tuned"]
+    names = headline_first({k for metrics in models.values() for k, v in metrics.items() if isinstance(v, (int, float))} - {"n"}, headline)
+    rows = []
+    for name in names:
+        d = definition(name)
+        values = {m: models[m].get(name) for m in models}
+        deltas: dict[str, dict[str, Any]] = {}
+        if "tuned" in models:
+            for other in others:
+                comparison = versus.get(other, {}).get(name)
+                tuned_value, other_value = values["tuned"], values[other]
+                if comparison is not None and _same_values(comparison, other_value, tuned_value):
+                    delta = comparison["delta"]
+                elif isinstance(tuned_value, (int, float)) and isinstance(other_value, (int, float)):
+                    delta = metric_delta(other_value, tuned_value)
+                else:
+                    delta = None
+                deltas[other] = {"delta": delta, "change": better_or_worse(name, delta),
+                                 "significant": None if comparison is None else comparison.get("significant")}
+        rows.append({"name": name, "direction": d.direction, "kind": d.kind, "values": values, "deltas": deltas})
+    return rows
+
+
+def _same_values(comparison: dict[str, Any], other: Any, tuned: Any) -> bool:
+    """A paired comparison's delta is the table's delta when it compared the values the table shows
+    (field accuracy pooled over fields is not the mean of per-example field shares, for one)."""
+    if not isinstance(other, (int, float)) or not isinstance(tuned, (int, float)):
+        return False
+    return math.isclose(comparison["mean_a"], other, rel_tol=1e-3, abs_tol=1e-3) and math.isclose(comparison["mean_b"], tuned, rel_tol=1e-3, abs_tol=1e-3)
 
 
 def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: str) -> str:
@@ -159,3 +221,39 @@ def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: s
     if c["significant"] and behind:
         return f"{name_a} beat {name_b}: {stats}."
     return f"{name_b} did not beat {name_a} beyond chance: {stats}."
+
+
+def smallest_significant_n(alpha: float = ALPHA) -> int:
+    """Below this many examples no paired test here can reach p < alpha, whatever the answers: with
+    every example changed the same way, the exact two-sided p is 2 / 2**n (McNemar, sign flip, and the
+    permutation test over 2**n swaps alike)."""
+    return math.floor(math.log2(2 / alpha)) + 1
+
+
+def needed_examples(comparison: dict[str, Any], *, alpha: float = ALPHA, power: float = 0.8) -> dict[str, Any]:
+    """Roughly how many examples the paired comparison needs to find a difference of the observed size
+    with the given power: the normal approximation n' = n * ((z[1-alpha/2] + z[power]) * SE / |delta|)**2,
+    with SE the standard error of the delta read off the 95% bootstrap interval (width / (2 * 1.96)), so
+    it holds for per-example and corpus metrics alike. A rough guide for planning, not a test."""
+    from scipy.stats import norm
+
+    n, delta = int(comparison["n"]), float(comparison["delta"])
+    z_alpha, z_power = float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
+    se = (comparison["ci_high"] - comparison["ci_low"]) / (2 * float(norm.ppf(1 - (1 - comparison.get("confidence", 1 - ALPHA)) / 2)))
+    needed = math.ceil(n * ((z_alpha + z_power) * se / abs(delta)) ** 2) if se > 0 and abs(delta) > 1e-12 else None
+    return {"n": n, "smallest_significant_n": smallest_significant_n(alpha), "needed": needed, "alpha": alpha, "power": power,
+            "formula": "n * ((z[1-alpha/2] + z[power]) * SE / |delta|)^2, SE from the bootstrap interval"}
+
+
+def size_note(comparison: dict[str, Any], plan: dict[str, Any]) -> str | None:
+    """A sentence beside a verdict that is "not beyond chance" because the split is small; None otherwise."""
+    if comparison.get("significant"):
+        return None
+    n, least, needed = plan["n"], plan["smallest_significant_n"], plan["needed"]
+    if n < least:
+        more = f"; roughly {max(needed, least)} would be needed to find a difference of this size" if needed else ""
+        return f"Note: {n} examples are too few for any difference to be significant (at least {least}){more}."
+    if needed and needed > n:
+        return (f"Note: {n} examples are too few to tell a difference of this size from chance; roughly {needed} would find it "
+                f"{plan['power']:.0%} of the time (paired test, alpha {plan['alpha']}).")
+    return None

@@ -4,6 +4,8 @@ other runs) on the same examples, prompts and decoding; every metric compared wi
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -13,10 +15,12 @@ from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import generate_batched
-from tunesmith.eval.metrics import aggregate, compute_metrics, example_scores, resolve_metric_names, score_example
+from tunesmith.eval.metrics import (aggregate, compute_metrics, definition, detect_task, example_scores, headline_metric, metric_label,
+                                    resolve_metric_names, score_example)
+from tunesmith.eval.results import Staged, evaluation_folder, publish
 from tunesmith.models.loading import load_model
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import RunInfo, find_run, load_run_info, write_json
+from tunesmith.runfolder import RunInfo, find_run, load_run_info
 from tunesmith.train.collate import end_of_turn_ids
 from tunesmith.ui import console, progress
 from tunesmith.workspace import Workspace
@@ -128,7 +132,8 @@ def plan_jobs(workspace: Workspace, run_dir: Path, info: RunInfo, run_spec: RunS
 
 def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_base: bool = False, *, compare_runs: list[str] | None = None,
                  baselines: list[str] | None = None, forgetting: bool = False) -> dict[str, dict[str, float]]:
-    """load → generate → score → compare → write eval/ and the registry. Returns metrics per model id."""
+    """load → generate → score → compare → keep the evaluation (eval/evaluations/<id>/, report.json) and register it.
+    Returns metrics per model id. Nothing earlier is touched until the whole evaluation is written."""
     info = load_run_info(run_dir)
     if info.task == "classification":
         from tunesmith.train.classify import evaluate_classifier_run
@@ -138,19 +143,25 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
     dataset = load_dataset(workspace, info.dataset)
     jobs = plan_jobs(workspace, run_dir, info, run_spec, dataset, spec, compare_base=compare_base, compare_runs=compare_runs or [],
                      baselines=baselines or [], forgetting=forgetting)
-    forget_split(run_dir, spec.split)
-    results, rows_by_model, probes = {}, {}, {}
-    for job in jobs:
-        model, tokenizer = job.load()
-        for model_id, examples in job.variants.items():
-            rows_by_model[model_id], results[model_id] = evaluate_model(model, tokenizer, examples, spec, model_id)
-            save_evaluation(workspace, run_dir, info, spec.split, model_id, rows_by_model[model_id], results[model_id], job.names[model_id])
-        if job.probe:
-            from tunesmith.eval.forgetting import run_probe
+    staged = Staged(run_dir, spec.split)
+    results, rows_by_model, names, probes = {}, {}, {}, {}
+    try:
+        for job in jobs:
+            model, tokenizer = job.load()
+            for model_id, examples in job.variants.items():
+                rows_by_model[model_id], results[model_id] = evaluate_model(model, tokenizer, examples, spec, model_id)
+                names[model_id] = job.names[model_id]
+                staged.add(model_id, names[model_id], rows_by_model[model_id], results[model_id])
+                _test_kill("eval", len(staged.models))
+            if job.probe:
+                from tunesmith.eval.forgetting import run_probe
 
-            probes["base" if "tuned" not in job.variants else "tuned"] = run_probe(model, tokenizer)
-        del model
-    save_comparisons(run_dir, spec, rows_by_model, results)
+                probes["base" if "tuned" not in job.variants else "tuned"] = run_probe(model, tokenizer)
+            del model
+        record_evaluation(workspace, run_dir, info, staged, spec, rows_by_model)
+    except BaseException:
+        staged.discard()
+        raise
     if probes:
         from tunesmith.eval.forgetting import save_forgetting
 
@@ -158,59 +169,83 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
     return results
 
 
-def forget_split(run_dir: Path, split: str) -> None:
-    """A new evaluation of a split replaces the last one: no model or comparison from an earlier call lingers beside it."""
-    for stale in (run_dir / "eval").glob(f"{split}-*.jsonl"):
-        stale.unlink()  # per-example answers of models this evaluation may not include
-    path = run_dir / "eval" / "report.json"
-    if not path.is_file():
-        return
-    report = json.loads(path.read_text(encoding="utf-8"))
-    report.pop(split, None)
-    for section in ("versus", "comparisons", "prompting_verdict", "judge"):
-        report.get(section, {}).pop(split, None)
-    write_json(path, report)
+def _test_kill(point: str, step: int) -> None:
+    """Test hook, like training's: TUNESMITH_TEST_KILL_AT=eval:1 SIGKILLs the process once the first
+    model's answers are staged (as a power cut would). Inert unless set."""
+    if os.environ.get("TUNESMITH_TEST_KILL_AT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save_comparisons(run_dir: Path, spec: EvalSpec, rows_by_model: dict[str, list[dict]], results: dict[str, dict[str, float]]) -> None:
-    """Tuned against every other model evaluated: all metrics; and the plain verdict against the best prompt."""
-    from tunesmith.eval.compare import compare_rows, verdict_line
+def task_of(rows: list[dict]) -> str:
+    """The task as the README names it (json | fields | classification | text), from the references."""
+    labels = sorted({str(r["label"]) for r in rows if r.get("label") is not None}) or None
+    return detect_task([r.get("reference") or "" for r in rows], labels)
 
-    summary_path = run_dir / "eval" / "report.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+
+def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Tuned against every other model evaluated, on every metric; the verdicts on the task's headline
+    metric; and the plain verdict against the best prompt. Returns the sections of the evaluation record."""
+    from tunesmith.eval.compare import comparison_table, compare_rows, needed_examples, size_note, verdict_line
+
+    if "tuned" not in rows_by_model:  # a single model evaluated on its own is the one reported
+        only = next(iter(rows_by_model))
+        rows_by_model, results = {"tuned": rows_by_model[only]}, {"tuned": results[only]}
+    task = task_of(rows_by_model["tuned"])
+    headline = headline_metric(task, results["tuned"])
+    label = metric_label(headline)
+    record: dict[str, Any] = {"task": task, "headline": {"metric": headline, "label": label, "task": task}}
     versus: dict[str, Any] = {}
-    summary.setdefault("versus", {})[spec.split] = versus
+    verdicts: list[str] = []
+    power: dict[str, Any] = {}
     for other in [m for m in rows_by_model if m != "tuned"]:
         versus[other] = compare_rows(rows_by_model[other], rows_by_model["tuned"], results["tuned"], custom=spec.custom_metrics, seed=spec.seed)
+        on = headline if headline in versus[other] else "exact_match"
         if other == "base":
-            legacy = versus["base"]["exact_match"]
-            summary.setdefault("comparisons", {})[spec.split] = {"metric": "exact_match", **legacy}
-        console.print(verdict_line(versus[other]["exact_match"], "exact match", "tuned", other))
+            record["comparisons"] = {"metric": on, **versus["base"][on]}
+        power[other] = {"metric": on, **needed_examples(versus[other][on])}
+        note = size_note(versus[other][on], power[other])
+        verdicts.append(verdict_line(versus[other][on], metric_label(on), "tuned", other) + (f" {note}" if note else ""))
+    if power:
+        record["power"] = power
     prompts = [m for m in PROMPT_MODELS if m in versus]
     if len(prompts) > 1 or (prompts and prompts != ["base"]):
-        best = max(prompts, key=lambda m: results[m]["exact_match"])
-        line = "Fine-tuning vs the best prompt (" + best + "): " + verdict_line(versus[best]["exact_match"], "exact match", "tuned", best)
-        summary.setdefault("prompting_verdict", {})[spec.split] = {"best_prompt": best, "text": line, **{k: versus[best]["exact_match"][k] for k in ("delta", "ci_low", "ci_high", "p_value", "significant")}}
-        console.print(f"[bold]{line}[/]")
-    write_json(summary_path, summary)
+        on = headline if all(headline in versus[m] and headline in results[m] for m in prompts) else "exact_match"
+        pick = min if definition(on).direction == "lower" else max
+        best = pick(prompts, key=lambda m: results[m][on])
+        line = "Fine-tuning vs the best prompt (" + best + "): " + verdict_line(versus[best][on], metric_label(on), "tuned", best)
+        record["prompting_verdict"] = {"best_prompt": best, "metric": on, "text": line,
+                                       **{k: versus[best][on][k] for k in ("delta", "ci_low", "ci_high", "p_value", "significant")}}
+        verdicts.append(line)
+    kind = "tuned vs " + ", ".join(sorted(versus)) if versus else "tuned"
+    models = {m: results[m] for m in [*(m for m in rows_by_model if m != "tuned"), "tuned"] if m in results}
+    record.update(kind=f"{spec.split}: {kind}", versus=versus, verdicts=verdicts, table=comparison_table(models, versus, headline),
+                  n=int(results["tuned"].get("n", 0)))
+    return record
 
 
-def save_comparison(run_dir: Path, split: str, base_rows: list[dict], tuned_rows: list[dict]) -> dict:
-    """Base vs tuned on every metric (kept for callers that evaluate the two themselves, e.g. quickstart)."""
-    spec = EvalSpec(split=split)  # type: ignore[arg-type]
-    tuned_metrics = json.loads((run_dir / "eval" / "report.json").read_text(encoding="utf-8"))[split]["tuned"]["metrics"]
-    save_comparisons(run_dir, spec, {"base": base_rows, "tuned": tuned_rows}, {"tuned": tuned_metrics})
-    return json.loads((run_dir / "eval" / "report.json").read_text(encoding="utf-8"))["comparisons"][split]
+def record_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, staged: Staged, spec: EvalSpec,
+                      rows_by_model: dict[str, list[dict]]) -> dict[str, Any]:
+    """Compare, keep the evaluation (one rename), register its rows under one evaluation id, rebuild the views."""
+    results = {m: v["metrics"] for m, v in staged.models.items()}
+    record = compare_models(spec, rows_by_model, results)
+    for line in record["verdicts"]:
+        console.print(f"[bold]{line}[/]" if line.startswith("Fine-tuning vs") else line)
+    staged.commit(record)
+    record = json.loads((evaluation_folder(run_dir, staged.id) / "evaluation.json").read_text(encoding="utf-8"))
+    Registry(workspace.registry_db).add_evaluations(
+        info.run_id, spec.split, staged.id, record["headline"]["metric"],
+        [(m, int(v["metrics"].get("n", len(rows_by_model[m]))), v["metrics"]) for m, v in record["models"].items()])
+    publish(run_dir, record)
+    return record
 
 
 def save_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, split: str, model_id: str, rows: list[dict], metrics: dict[str, float],
-                    model_name: str | None = None) -> None:
-    folder = run_dir / "eval"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{split}-{model_id}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    summary_path = folder / "report.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-    name = model_name or (info.base_model if model_id == "base" else info.run_id)
-    summary.setdefault(split, {})[model_id] = {"model": name, "metrics": metrics}
-    write_json(summary_path, summary)
-    Registry(workspace.registry_db).add_evaluation(info.run_id, model_id, split, len(rows), metrics)
+                    model_name: str | None = None) -> dict[str, Any]:
+    """One model's evaluation on its own, kept and registered like any other (a classifier's, for one)."""
+    staged = Staged(run_dir, split)
+    try:
+        staged.add(model_id, model_name or (info.base_model if model_id == "base" else info.run_id), rows, metrics)
+        return record_evaluation(workspace, run_dir, info, staged, EvalSpec(split=split), {model_id: rows})  # type: ignore[arg-type]
+    except BaseException:
+        staged.discard()
+        raise

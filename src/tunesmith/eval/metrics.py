@@ -15,7 +15,9 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,9 +29,66 @@ INVALID = "<invalid>"
 HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
 
 
-def headline_first(names) -> list[str]:
-    """Metric names in reading order: the headline metrics, then the rest alphabetically."""
-    return sorted(names, key=lambda k: (k not in HEADLINE, HEADLINE.index(k) if k in HEADLINE else 0, k))
+@dataclass(frozen=True)
+class MetricDefinition:
+    """What a number means: which way is better ("higher", "lower" or "none": a description of the
+    answers, never better or worse) and its kind ("quality", "speed" or "description"). Every
+    report (terminal, report.json, report.html, the comparisons) reads this one table."""
+
+    name: str
+    direction: str
+    kind: str
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return None if self.direction == "none" else self.direction == "higher"
+
+
+_DEFINITIONS = [
+    *(MetricDefinition(n, "higher", "quality") for n in (
+        "exact_match", "valid_json", "field_accuracy", "label_macro_f1", "accuracy", "correct", "schema_valid", "rouge1", "rouge2",
+        "rougeL", "bleu", "chrf", "f1_macro", "f1_micro", "precision_macro", "precision_micro", "recall_macro", "recall_micro")),
+    MetricDefinition("perplexity", "lower", "quality"),
+    MetricDefinition("ref_nll", "lower", "quality"),
+    MetricDefinition("examples_per_s", "higher", "speed"),
+    *(MetricDefinition(n, "none", "description") for n in ("n", "length_chars", "length_words", "majority_class_accuracy")),
+]
+METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in _DEFINITIONS}
+
+
+def definition(name: str) -> MetricDefinition:
+    """The metric's definition; `field_accuracy.team` is a field_accuracy. A name not in the table (a
+    user's custom metric) is read as higher-is-better quality, as a score usually is."""
+    base = name.split(".", 1)[0] if name.startswith("field_accuracy.") else name
+    found = METRIC_DEFINITIONS.get(base)
+    return MetricDefinition(name, found.direction, found.kind) if found else MetricDefinition(name, "higher", "quality")
+
+
+# The headline metric per task (README: "Metrics are chosen by task"): the first one the evaluation
+# reported. Free text is never judged by exact match first: a better paraphrase is still a miss there.
+TASK_HEADLINE = {
+    "json": ("exact_match",),
+    "fields": ("exact_match",),
+    "classification": ("label_macro_f1", "f1_macro", "accuracy", "exact_match"),
+    "text": ("rougeL", "chrf", "bleu", "exact_match"),
+}
+HEADLINE_NAMES = {"exact_match": "exact match", "rougeL": "ROUGE-L", "chrf": "chrF", "bleu": "BLEU", "label_macro_f1": "macro-F1",
+                  "f1_macro": "macro-F1", "accuracy": "accuracy", "field_accuracy": "field accuracy"}
+
+
+def headline_metric(task: str, metrics: dict[str, Any]) -> str:
+    """The metric a verdict is given on, for this task, among those reported."""
+    return next((m for m in TASK_HEADLINE.get(task, ()) if isinstance(metrics.get(m), (int, float))), "exact_match")
+
+
+def metric_label(name: str) -> str:
+    return HEADLINE_NAMES.get(name, name)
+
+
+def headline_first(names, headline: str | None = None) -> list[str]:
+    """Metric names in reading order: the task's headline metric, the usual headline metrics, then the rest alphabetically."""
+    order = ((headline,) if headline else ()) + tuple(h for h in HEADLINE if h != headline)
+    return sorted(names, key=lambda k: (k not in order, order.index(k) if k in order else 0, k))
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
@@ -38,6 +97,29 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
     except (json.JSONDecodeError, TypeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+_FIELD = re.compile(r"^\s*([A-Za-z_][\w.-]{0,63})\s*[=:]\s*(.*?)\s*$")
+
+
+def parse_fields(text: str) -> dict[str, str] | None:
+    """`key=value; key=value` or `key: value` lines as {key: value}; None unless the whole text is two or
+    more such fields (one `Note: ...` line is free text, not a record)."""
+    if not isinstance(text, str) or parse_json_object(text) is not None:
+        return None
+    parts = [p for p in re.split(r"[;\n]", text.strip()) if p.strip()]
+    fields: dict[str, str] = {}
+    for part in parts:
+        match = _FIELD.match(part)
+        if match is None or match.group(1) in fields:
+            return None
+        fields[match.group(1)] = match.group(2)
+    return fields if len(fields) >= 2 else None
+
+
+def structured(text: str) -> dict[str, Any] | None:
+    """The answer as fields: a JSON object, or key=value / key: value pairs."""
+    return parse_json_object(text) if parse_json_object(text) is not None else parse_fields(text)
 
 
 def label_field(reference: dict[str, Any] | None, label: str | None) -> str | None:
@@ -55,6 +137,9 @@ def score_example(prediction: str, reference: str, label: str | None) -> dict[st
         row["valid_json"] = float(pred_obj is not None)
         row["exact_match"] = float(pred_obj == ref_obj) if pred_obj is not None else 0.0
         row["fields"] = {k: float(pred_obj is not None and pred_obj.get(k) == v) for k, v in ref_obj.items()}
+    elif (ref_fields := parse_fields(reference)) is not None:
+        row["fields"] = field_matches(prediction, reference)
+        row["exact_match"] = float(parse_fields(prediction) == ref_fields)
     key = label_field(ref_obj, label)
     if label is not None:
         row["label"] = label
@@ -70,6 +155,7 @@ def aggregate(rows: list[dict[str, Any]], seconds: float) -> dict[str, float]:
     metrics = {"n": float(n), "exact_match": sum(r["exact_match"] for r in rows) / n}
     if any("valid_json" in r for r in rows):
         metrics["valid_json"] = sum(r.get("valid_json", 0.0) for r in rows) / n
+    if any("fields" in r for r in rows):
         fields = sorted({k for r in rows for k in r.get("fields", {})})
         for name in fields:
             scored = [r["fields"][name] for r in rows if name in r.get("fields", {})]
@@ -99,7 +185,9 @@ def _exact_match(preds: list[str], refs: list[str], opts: Options) -> dict[str, 
     hits = []
     for pred, ref in zip(preds, refs):
         ref_obj = parse_json_object(ref)
-        hits.append(parse_json_object(pred) == ref_obj if ref_obj is not None else pred.strip() == ref.strip())
+        ref_fields = parse_fields(ref) if ref_obj is None else None
+        hits.append(parse_json_object(pred) == ref_obj if ref_obj is not None
+                    else parse_fields(pred) == ref_fields if ref_fields is not None else pred.strip() == ref.strip())
     return {"exact_match": sum(hits) / len(hits)}
 
 
@@ -174,18 +262,20 @@ def _valid_json(preds: list[str], refs: list[str], opts: Options) -> dict[str, M
 
 
 def field_matches(pred: str, ref: str) -> dict[str, float]:
-    """For a JSON-object reference, 1.0 per field the prediction got exactly right, else 0.0."""
-    ref_obj, pred_obj = parse_json_object(ref), parse_json_object(pred)
+    """For a JSON-object or key=value reference, 1.0 per field the prediction got exactly right, else 0.0."""
+    ref_obj = parse_json_object(ref)
+    pred_obj = parse_json_object(pred) if ref_obj is not None else parse_fields(pred)
+    ref_obj = ref_obj if ref_obj is not None else parse_fields(ref)
     if ref_obj is None:
         return {}
     return {k: float(pred_obj is not None and k in pred_obj and pred_obj[k] == v) for k, v in ref_obj.items()}
 
 
 def _field_accuracy(preds: list[str], refs: list[str], opts: Options) -> dict[str, MetricValue]:
-    rows = [field_matches(p, r) for p, r in zip(preds, refs) if parse_json_object(r) is not None]
+    rows = [field_matches(p, r) for p, r in zip(preds, refs) if structured(r) is not None]
     if not rows:
-        raise UserError("field_accuracy needs JSON-object references, and none of them is one",
-                        fix="leave field_accuracy out of --metrics, or give references whose answers are JSON objects")
+        raise UserError("field_accuracy needs JSON-object or key=value references, and none of them is one",
+                        fix="leave field_accuracy out of --metrics, or give references whose answers are JSON objects or `key=value; key=value` pairs")
     out: dict[str, MetricValue] = {"field_accuracy": sum(sum(r.values()) for r in rows) / max(1, sum(len(r) for r in rows))}
     for name in sorted({k for r in rows for k in r}):
         scored = [r[name] for r in rows if name in r]
@@ -262,15 +352,18 @@ ALIASES = {
 }
 TASK_METRICS = {
     "json": ["exact_match", "valid_json", "field_accuracy"],
+    "fields": ["exact_match", "field_accuracy"],
     "classification": ["accuracy", "f1", "confusion_matrix"],
     "text": ["exact_match", "rouge", "bleu", "chrf", "length"],
 }
 
 
 def detect_task(references: list[str], labels: list[str] | None = None) -> str:
-    """json | classification | text, from the references alone (or classification when labels are given)."""
+    """json | fields | classification | text, from the references alone (or classification when labels are given)."""
     if references and all(parse_json_object(r) is not None for r in references):
         return "json"
+    if references and all(parse_fields(r) is not None for r in references):
+        return "fields"
     if labels:
         return "classification"
     stripped = [r.strip() for r in references]

@@ -15,13 +15,21 @@ import numpy as np
 
 from tunesmith.eval.metrics import headline_first
 
-SECTIONS = {"comparisons", "versus", "prompting_verdict", "forgetting", "judge", "human_review"}
+SECTIONS = {"comparisons", "versus", "prompting_verdict", "forgetting", "judge", "human_review", "evaluations", "headline", "verdicts", "table",
+            "power", "evaluation_id"}
 BAR_METRICS = ("exact_match", "valid_json", "field_accuracy", "correct", "rouge1", "rougeL", "schema_valid")
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
+    """A table; a cell given as (text, css class) is coloured (a delta that is better or worse)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+
+    def cell(c: object) -> str:
+        if isinstance(c, tuple):
+            return f"<td class='{c[1]}'>{html.escape(str(c[0]))}</td>" if c[1] else f"<td>{html.escape(str(c[0]))}</td>"
+        return f"<td>{html.escape(str(c))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -48,8 +56,8 @@ def _pyplot():
     return plt
 
 
-def read_rows(run_dir: Path, split: str, model_id: str) -> list[dict]:
-    path = run_dir / "eval" / f"{split}-{model_id}.jsonl"
+def read_rows(run_dir: Path, split: str, model_id: str, folder: Path | None = None) -> list[dict]:
+    path = (folder or run_dir / "eval") / f"{split}-{model_id}.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -61,11 +69,11 @@ def mean_ci(values: list[float], seed: int = 0, n_boot: int = 1000) -> tuple[flo
     return float(x.mean()), float(low), float(high)
 
 
-def metric_bars(run_dir: Path, split: str, models: list[str]) -> str:
+def metric_bars(run_dir: Path, split: str, models: list[str], folder: Path | None = None) -> str:
     """Bars per model for the 0-1 per-example metrics, with 95% bootstrap intervals as error bars."""
     from tunesmith.eval.compare import per_example_value
 
-    rows = {m: read_rows(run_dir, split, m) for m in models}
+    rows = {m: read_rows(run_dir, split, m, folder) for m in models}
     series: dict[str, dict[str, tuple[float, float, float]]] = {}
     for name in BAR_METRICS:
         for model in models:
@@ -94,10 +102,10 @@ def metric_bars(run_dir: Path, split: str, models: list[str]) -> str:
     return _png(fig, f"metrics on the {split} split")
 
 
-def confusion_plot(run_dir: Path, split: str, model: str = "tuned") -> str:
+def confusion_plot(run_dir: Path, split: str, model: str = "tuned", folder: Path | None = None) -> str:
     from sklearn.metrics import confusion_matrix
 
-    rows = [r for r in read_rows(run_dir, split, model) if "label" in r and "predicted_label" in r]
+    rows = [r for r in read_rows(run_dir, split, model, folder) if "label" in r and "predicted_label" in r]
     if not rows:
         return ""
     truth = [str(r["label"]) for r in rows]
@@ -131,29 +139,90 @@ def loss_plot(run_dir: Path) -> str:
     return _png(fig, "loss curves")
 
 
-def _versus_section(versus: dict[str, dict[str, Any]]) -> str:
+def _versus_section(versus: dict[str, dict[str, Any]], headline: str = "exact_match") -> str:
+    from tunesmith.eval.metrics import definition, headline_first
+
     parts = []
     for other, by_metric in versus.items():
         rows = []
-        for name in headline_first(by_metric):
+        for name in headline_first(by_metric, headline):
             c = by_metric[name]
-            better = "higher" if c.get("higher_is_better") else "lower" if c.get("higher_is_better") is False else "-"
+            d = definition(name)
+            better = {"higher": "higher", "lower": "lower"}.get(d.direction, "-")
+            count = (lambda key: "-" if c.get(key) is None or d.direction == "none" else c[key])
             rows.append([name, _fmt(c["mean_a"]), _fmt(c["mean_b"]), f"{c['delta']:+.3f}", f"{c['ci_low']:+.3f} to {c['ci_high']:+.3f}",
-                         c["test"], f"{c['p_value']:.2g}", "yes" if c["significant"] else "no", better,
-                         len(c.get("improved_ids", [])) if "improved_ids" in c else "-", len(c.get("regressed_ids", [])) if "regressed_ids" in c else "-"])
+                         c["test"], f"{c['p_value']:.2g}", "yes" if c["significant"] else "no", better, count("improved"), count("regressed")])
         parts.append(f"<h4>tuned vs {html.escape(other)}</h4>" + _table(
-            ["metric", other, "tuned", "delta", "95% CI", "test", "p", "significant", "better is", "improved", "regressed"], rows))
-        em = by_metric.get("exact_match", {})
-        if em.get("improved_ids") or em.get("regressed_ids"):
-            parts.append(f"<p>Exact match improved on: {html.escape(', '.join(em.get('improved_ids', [])[:20]) or 'none')}; "
-                         f"regressed on: {html.escape(', '.join(em.get('regressed_ids', [])[:20]) or 'none')}.</p>")
+            ["metric", other, "tuned", "delta (tuned - other)", "95% CI", "test", "p", "significant", "better is", "improved", "regressed"], rows))
+        top = by_metric.get(headline) or by_metric.get("exact_match", {})
+        if top.get("improved_ids") or top.get("regressed_ids"):
+            parts.append(f"<p>{html.escape(headline)} improved on: {html.escape(', '.join(top.get('improved_ids', [])[:20]) or 'none')}; "
+                         f"regressed on: {html.escape(', '.join(top.get('regressed_ids', [])[:20]) or 'none')}.</p>")
     return "".join(parts)
 
 
-def _metrics_section(run_dir: Path, report: dict) -> str:
+KIND_HEADINGS = {"quality": "", "speed": "<h4>Speed</h4>", "description": "<h4>Description of the answers (neither higher nor lower is better)</h4>"}
+
+
+def comparison_tables(table: list[dict[str, Any]], headline: str | None, names: dict[str, str]) -> str:
+    """The rows of `compare.comparison_table` (the ones the terminal prints), one table per kind."""
+    if not table:
+        return ""
+    models = list(table[0]["values"])
+    others = [m for m in models if m != "tuned"] if "tuned" in models else []
     parts = []
-    for split, by_model in report.items():
-        if split in SECTIONS or not isinstance(by_model, dict):
+    for kind in ("quality", "speed", "description"):
+        rows = []
+        for row in (r for r in table if r["kind"] == kind):
+            cells: list[object] = [f"{row['name']} (headline)" if row["name"] == headline else row["name"],
+                                   {"higher": "higher", "lower": "lower"}.get(row["direction"], "-")]
+            cells += [_fmt(row["values"].get(m)) if row["values"].get(m) is not None else "-" for m in models]
+            for other in others:
+                d = row["deltas"].get(other, {})
+                text = "-" if d.get("delta") is None else f"{d['delta']:+.3f}"
+                cells.append((text, {"better": "ok", "worse": "bad"}.get(d.get("change") or "", "")))
+            rows.append(cells)
+        if rows:
+            header = ["metric", "better is", *[f"{m} ({names.get(m, m)})" for m in models], *[f"delta tuned - {o}" for o in others]]
+            parts.append(KIND_HEADINGS[kind] + _table(header, rows))
+    return "".join(parts)
+
+
+def _evaluation_section(run_dir: Path, record: dict[str, Any]) -> str:
+    from tunesmith.eval.results import evaluation_folder
+
+    folder = evaluation_folder(run_dir, record["id"])
+    split, models = record["split"], list(record["models"])
+    headline = (record.get("headline") or {}).get("metric")
+    names = {m: v.get("model", m) for m, v in record["models"].items()}
+    about = f"task {record.get('task', '-')}, headline metric {headline or '-'}; evaluation {record['id']}, {record.get('created', '')[:19]}"
+    verdicts = "".join(f"<p class='verdict'><b>{html.escape(line)}</b></p>" for line in record.get("verdicts", []))
+    return (f"<h3>{html.escape(record.get('kind', split))} ({record.get('n', 0)} examples)</h3><p>{html.escape(about)}</p>"
+            + comparison_tables(record.get("table") or [], headline, names) + verdicts
+            + metric_bars(run_dir, split, models, folder) + _versus_section(record.get("versus", {}), headline or "exact_match")
+            + confusion_plot(run_dir, split, "tuned" if "tuned" in models else models[0], folder))
+
+
+def _metrics_section(run_dir: Path, report: dict) -> str:
+    """The latest evaluation of each kind on top, in full; the earlier ones listed below."""
+    evaluations = report.get("evaluations") or []
+    parts, earlier, kinds = [], [], set()
+    for record in evaluations:  # newest first
+        if record.get("kind") in kinds:
+            earlier.append(record)
+            continue
+        kinds.add(record.get("kind"))
+        parts.append(_evaluation_section(run_dir, record))
+    if earlier:
+        rows = []
+        for r in earlier:
+            metric = (r.get("headline") or {}).get("metric", "exact_match")
+            value = r["models"].get("tuned", next(iter(r["models"].values())))["metrics"].get(metric)
+            rows.append([r.get("created", "")[:19], r["id"], r.get("kind", r["split"]), metric, _fmt(value), " ".join(r.get("verdicts", []))[:300]])
+        parts.append("<h3>Earlier evaluations</h3>" + _table(["when", "evaluation", "kind", "headline metric", "tuned", "verdict"], rows))
+    kept = {r["split"] for r in evaluations}
+    for split, by_model in report.items():  # splits evaluated before evaluations were kept one by one
+        if split in SECTIONS or split in kept or not isinstance(by_model, dict):
             continue
         names = headline_first({k for m in by_model.values() for k in m["metrics"]} - {"n"})
         models = [m for m in ("base", "few-shot", "system", "tuned") if m in by_model] + [m for m in by_model if m not in ("base", "few-shot", "system", "tuned")]

@@ -59,22 +59,75 @@ def export_review(rows: Sequence[dict], folder: str | Path, *, fraction: float =
                       "answer_1": first or "", "answer_2": second or "", "preferred": "", "rating_1": "", "rating_2": "", "comment": ""})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, html_path, key_path = folder / "review.csv", folder / "review.html", folder / "review-key.json"
+    key_path, suffix = _new_key_file(folder)
+    csv_path, html_path = folder / f"review{suffix}.csv", folder / f"review{suffix}.html"
     write_sheet(csv_path, sheet)
     html_path.write_text(render_html(sheet), encoding="utf-8")
     key = {"about": "which model wrote answer_1 / answer_2 per row; do not share with raters",
-           "seed": seed, "fraction": fraction, "order": order}
+           "sheet": csv_path.name, "seed": seed, "fraction": fraction, "order": order}
     key_path.write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
     return csv_path, html_path, key_path
 
 
-def import_review(csv_paths: str | Path | Sequence[str | Path], key_path: str | Path) -> ReviewResult:
-    """Unblind one or more filled sheets with the key; with several, also rater agreement."""
+def _new_key_file(folder: Path) -> tuple[Path, str]:
+    """review-key.json, else review-key-2.json, -3 ...: created exclusively, so an earlier export's key
+    (which raters' sheets still need) is never overwritten."""
+    for n in range(1, 10_000):
+        suffix = "" if n == 1 else f"-{n}"
+        path = folder / f"review-key{suffix}.json"
+        try:
+            with path.open("x", encoding="utf-8"):
+                return path, suffix
+        except FileExistsError:
+            continue
+    raise UserError(f"{folder} holds 9,999 review exports", fix="move the old ones away")
+
+
+def review_keys(folder: Path) -> list[Path]:
+    """The review keys in an export folder, newest export first."""
+    def number(path: Path) -> int:
+        tail = path.stem.removeprefix("review-key").removeprefix("-")
+        return int(tail) if tail.isdigit() else 1
+
+    return sorted(folder.glob("review-key*.json"), key=number, reverse=True)
+
+
+def find_key(sheet: Path, keys: list[Path]) -> Path:
+    """The key this filled sheet was exported with: the one that knows all of its ids. Several keys
+    that blind the sheet's rows alike are the same blinding (the newest is used); several that differ
+    cannot be told apart, and none is a sheet from elsewhere: both are refused, naming the keys."""
+    matches: list[tuple[Path, dict[str, list[str]], ProblemList | None]] = []
+    for key in keys:
+        order = load_key(key)
+        try:
+            read_sheet(sheet, order)
+        except ProblemList as exc:
+            if any("unknown id" in problem for problem in exc.problems):
+                continue
+            matches.append((key, order, exc))
+            continue
+        matches.append((key, order, None))
+    names = ", ".join(k.name for k in keys)
+    if not matches:
+        raise UserError(f"no review key holds the ids of {sheet} (keys in {keys[0].parent if keys else '-'}: {names or 'none'})",
+                        fix="pass the key written when this sheet was exported: --key PATH/review-key-N.json")
+    first_key, first_order, problem = matches[0]
+    differing = [k for k, order, _ in matches[1:] if any(order[i] != first_order[i] for i in first_order.keys() & order.keys())]
+    if differing:
+        raise UserError(f"{sheet} fits several review keys that blind it differently: {first_key.name}, {', '.join(k.name for k in differing)}",
+                        fix=f"say which export it came from: --key {first_key}")
+    if problem is not None:
+        raise problem
+    return first_key
+
+
+def import_review(csv_paths: str | Path | Sequence[str | Path], key_path: str | Path | Sequence[str | Path]) -> ReviewResult:
+    """Unblind one or more filled sheets with the key (or one key per sheet); with several, also rater agreement."""
     paths = [Path(csv_paths)] if isinstance(csv_paths, (str, Path)) else [Path(p) for p in csv_paths]
     if not paths:
         raise UserError("no review sheet given", fix="pass the filled review.csv (or several, one per rater)")
-    order = load_key(Path(key_path))
-    raters = [read_sheet(p, order) for p in paths]
+    keys = [Path(key_path)] * len(paths) if isinstance(key_path, (str, Path)) else [Path(k) for k in key_path]
+    raters = [read_sheet(p, load_key(k)) for p, k in zip(paths, keys)]
     prefs = [p for rater in raters for p, _, _ in rater.values() if p is not None]
     counts = {m: prefs.count(m) for m in (*MODELS, "tie")}
 

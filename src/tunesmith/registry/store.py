@@ -33,6 +33,12 @@ class Registry:
         self.db_path = db_path
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(evaluations)")}
+            # Added columns (older registries gain them, their rows keep NULL): the rows one `tunesmith eval`
+            # wrote share an evaluation id, so base and tuned are never paired across evaluations.
+            for column in ("evaluation_id", "headline"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -80,6 +86,14 @@ class Registry:
                 (run_id, model_id, split, n, json.dumps(metrics), now()),
             )
 
+    def add_evaluations(self, run_id: str, split: str, evaluation_id: str, headline: str, rows: list[tuple[str, int, dict[str, float]]]) -> None:
+        """One evaluation's rows (model id, n, metrics), in one transaction under one evaluation id."""
+        with self._connect() as db:
+            db.executemany(
+                "INSERT INTO evaluations (run_id, model_id, split, n, metrics, created, evaluation_id, headline) VALUES (?,?,?,?,?,?,?,?)",
+                [(run_id, model_id, split, n, json.dumps(metrics), now(), evaluation_id, headline) for model_id, n, metrics in rows],
+            )
+
     def runs(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY created DESC, id DESC")]
@@ -90,11 +104,21 @@ class Registry:
         return dict(row) if row else None
 
     def evaluations(self, run_id: str) -> list[dict[str, Any]]:
-        """The latest evaluation per (model, split)."""
+        """The rows of the latest evaluation of each split: models evaluated together, never one model's
+        latest row beside another's from an earlier evaluation. (Rows written before evaluation ids
+        existed: the latest per model, as then.)"""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM evaluations WHERE id IN (SELECT MAX(id) FROM evaluations WHERE run_id = ? GROUP BY model_id, split)"
-                " ORDER BY split, model_id",
+            latest = db.execute(
+                "SELECT split, evaluation_id FROM evaluations WHERE id IN (SELECT MAX(id) FROM evaluations WHERE run_id = ? GROUP BY split)",
                 (run_id,),
             ).fetchall()
+            rows = []
+            for split, evaluation_id in latest:
+                if evaluation_id is None:
+                    rows += db.execute(
+                        "SELECT * FROM evaluations WHERE id IN (SELECT MAX(id) FROM evaluations WHERE run_id = ? AND split = ?"
+                        " AND evaluation_id IS NULL GROUP BY model_id)", (run_id, split)).fetchall()
+                else:
+                    rows += db.execute("SELECT * FROM evaluations WHERE run_id = ? AND evaluation_id = ?", (run_id, evaluation_id)).fetchall()
+        rows.sort(key=lambda r: (r["split"], r["model_id"]))
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
