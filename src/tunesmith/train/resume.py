@@ -3,6 +3,7 @@ run's own config.yaml, so the result equals the run that was never interrupted."
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import yaml
 from tunesmith.errors import UserError
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import find_run, load_run_info, read_config
+from tunesmith.runfolder import RunInfo, find_run, live_status, load_run_info, read_config
 from tunesmith.train.checkpoint import latest_checkpoint, prune_checkpoints, truncate_metrics
 from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
@@ -76,10 +77,22 @@ def _check_resumable(workspace: Workspace, run_dir: Path) -> Dataset:
     info = load_run_info(run_dir)
     if info.status == "completed":
         raise UserError(f"run {info.run_id} has already completed", fix="start a new run; this one's result is in its folder")
+    if not distributed.launched():  # launched processes: the launching one checked, and process 0 may own the run already
+        _check_not_running(info)
     dataset = load_dataset(workspace, info.dataset)
     if dataset.version != info.dataset_version:
         raise UserError(f"dataset '{info.dataset}' is now version {dataset.version}, the run trained on {info.dataset_version}", fix="start a new run")
     return dataset
+
+
+def _check_not_running(info: RunInfo) -> None:
+    """Two trainings of one run would overwrite each other's checkpoints."""
+    run_owner = info.owner or {}
+    if live_status(info.run_id, info.status, run_owner)[0] == "running" and run_owner and run_owner.get("pid") != os.getpid():
+        raise UserError(
+            f"run {info.run_id} is still being trained (pid {run_owner.get('pid')} on {run_owner.get('host')})",
+            fix="wait for it to finish, or stop that process first",
+        )
 
 
 def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) -> TrainResult:
@@ -99,7 +112,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
     base_path = resolve_model_path(spec.model.name)
-    return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))
+    return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint), run_dir)
 
 
 def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, dataset: Dataset, budget: Budget | None) -> TrainResult:
