@@ -76,6 +76,9 @@ def test_a_run_whose_process_lives_stays_running_and_cannot_be_resumed_twice(cap
         alive.kill()
         alive.wait()
     assert "interrupted" in next(line for line in run_cli(capsys, "runs", "list").out.splitlines() if run_dir.name in line)
+    # A process that recorded its end in run.json but could not update the registry (a full disk): the folder is the truth.
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "failed", "stop_reason": "disk full"}))
+    assert "failed" in next(line for line in run_cli(capsys, "runs", "list").out.splitlines() if run_dir.name in line)
 
 
 def assert_failed_cleanly(home: Path, result: subprocess.CompletedProcess, step: int) -> Path:

@@ -10,7 +10,7 @@ from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import headline_first
 from tunesmith.registry.store import REINDEX, Registry, missing_from_index
-from tunesmith.runfolder import INTERRUPTED, find_run, live_status
+from tunesmith.runfolder import INTERRUPTED, find_run, run_status
 from tunesmith.ui import console, out
 from tunesmith.workspace import Workspace
 
@@ -54,7 +54,7 @@ def print_runs(workspace: Workspace) -> None:
         table.add_column(column)
     interrupted = []
     for run in registry.runs():
-        status, _ = live_status(run["id"], run["status"], run.get("owner"))
+        status, _ = run_status(workspace.runs / run["id"], run["status"], run.get("owner"))
         if status == INTERRUPTED:
             interrupted.append(run["id"])
         scores = {e["model_id"]: e["metrics"].get("exact_match") for e in registry.evaluations(run["id"]) if e["split"] == "test"}
@@ -84,7 +84,7 @@ def print_run(workspace: Workspace, run_id: str) -> None:
     if run is None:
         find_run(workspace, run_id)  # raises the user-facing error when the folder is missing too
         raise UserError(f"run '{run_id}' has a folder but is not in the registry {workspace.registry_db}", fix=f"`{REINDEX}` adds it (and any other folder missing from the registry)")
-    run["status"], why = live_status(run_id, run["status"], run.pop("owner", None))
+    run["status"], why = run_status(workspace.runs / run_id, run["status"], run.pop("owner", None))
     for key, value in run.items():
         out.print(f"[bold]{key}[/]: {value}")
     if why:

@@ -146,3 +146,18 @@ def live_status(run_id: str, status: str, run_owner: dict[str, Any] | str | None
     if alive is None:
         return status, f"on host {run_owner.get('host')} (pid {run_owner.get('pid')}): not checked from here"
     return status, None
+
+
+def run_status(run_dir: Path, status: str, run_owner: dict[str, Any] | str | None) -> tuple[str, str | None]:
+    """live_status of a registry row, with the folder as the truth: when the registry still says
+    "running" for a process that is gone, run.json may know how the run ended (its process wrote it
+    and then could not update the registry: a full disk, say)."""
+    found, why = live_status(run_dir.name, status, run_owner)
+    if found == INTERRUPTED:
+        try:
+            recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return found, why
+        if isinstance(recorded, dict) and recorded.get("status") not in (None, "running"):
+            return recorded["status"], recorded.get("stop_reason")
+    return found, why

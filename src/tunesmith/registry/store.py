@@ -59,7 +59,11 @@ class Registry:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             if "owner" not in {row["name"] for row in db.execute("PRAGMA table_info(runs)")}:  # a registry from before run owners
-                db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+                try:
+                    db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+                except sqlite3.OperationalError as exc:  # another command added it a moment ago
+                    if "duplicate column" not in str(exc):
+                        raise
         if missing and _has_folders(db_path.parent):
             # The folders are the truth and the index is gone (deleted, or a copied workspace): rebuild it, and say so.
             from tunesmith.ui import console
@@ -218,7 +222,7 @@ def reindex(home: Path) -> dict[str, Any]:
     skipped: list[str] = []
     datasets = _dataset_rows(home, skipped)
     runs, evaluations = _run_rows(home, skipped)
-    staging = home / ".registry.db.rebuild"
+    staging = home / f".registry.db.rebuild-{os.getpid()}"  # two commands rebuilding at once each write their own
     for leftover in (staging, staging.with_name(staging.name + "-journal")):
         leftover.unlink(missing_ok=True)
     db = sqlite3.connect(staging)
