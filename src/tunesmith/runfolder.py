@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from tunesmith import __version__
 from tunesmith.config import RunSpec, spec_to_yaml
 from tunesmith.errors import UserError
-from tunesmith.workspace import Workspace, owner, process_alive, safe_name
+from tunesmith.workspace import Workspace, owner, process_alive, safe_name, staging_dir
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
 
@@ -111,7 +110,7 @@ def find_run(workspace: Workspace, ref: str) -> Path:
 
 def replace_folder(source: Path, target: Path) -> None:
     """Copy a folder into place atomically: the old target stays whole until the new one is complete."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target.parent, target.name)  # named by its owner: a copy cut short by a kill is swept on resume
     shutil.rmtree(staging)
     shutil.copytree(source, staging)
     if target.exists():

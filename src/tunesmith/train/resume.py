@@ -22,7 +22,7 @@ from tunesmith.train import accel, distributed
 from tunesmith.train.trainer import TrainResult, resolve_replay, run_registered, train_task
 from tunesmith.data.dataset import load_dataset
 from tunesmith.ui import console
-from tunesmith.workspace import Workspace
+from tunesmith.workspace import Workspace, sweep_staging
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -102,6 +102,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     accel.check_env(spec)
     if not distributed.is_main():
         return _resume_as_worker(workspace, run_dir, spec, dataset, budget)
+    sweep_staging(run_dir)  # a copy of the artefact cut short when the run was killed
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         console.print(f"[yellow]run {info.run_id} has no complete checkpoint: training it from the start in the same folder")

@@ -112,8 +112,14 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     run_dir.mkdir(parents=True)
     write_config(run_dir, spec)
     write_json(run_dir / "dataset.json", dataset.manifest.model_dump(mode="json"))
+    # run.json from the first moment, owner included: a run killed while its model loads is still a
+    # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
+    save_run_info(run_dir, RunInfo(
+        run_id=run_id, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
+        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[], task=spec.train.task,
+    ))
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
-    return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir)
+    return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
 
 
 def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None) -> TrainResult:
@@ -127,13 +133,13 @@ def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult], run_dir: Path) -> TrainResult:
+def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult], run_dir: Path, new_run: bool = False) -> TrainResult:
     """Run the training and record how it ended, in run.json and the registry. The original error
     is what the user sees: recording it (on a full disk, say) may fail too, and must not replace it."""
     try:
         result = work()
     except BaseException as exc:
-        if isinstance(exc, UserError) and not isinstance(exc, TrainingFailed) and not (run_dir / "run.json").exists():
+        if new_run and isinstance(exc, UserError) and not isinstance(exc, TrainingFailed) and not (run_dir / "metrics.jsonl").exists():
             # bad input found before training began (a folder that is not a model, say): leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
             _quietly(registry.forget_run, run_id)
