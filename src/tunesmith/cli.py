@@ -407,6 +407,14 @@ def runs_show(run: str = typer.Argument(..., help="run id or the run's --name"))
     print_run(_workspace(), run)
 
 
+@runs_app.command("reindex")
+def runs_reindex() -> None:
+    """Rebuild the registry (registry.db) from the run and dataset folders, the truth; a damaged registry is kept beside it."""
+    from tunesmith.report_cli import print_reindex
+
+    print_reindex(_workspace())
+
+
 from tunesmith.eval.commands import register as _register_eval, route_argv as _route_eval  # noqa: E402
 
 _register_eval(app, runs_app)

@@ -10,9 +10,9 @@ from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import headline_first
 from tunesmith.files import read_json, read_yaml
-from tunesmith.registry.store import Registry
-from tunesmith.runfolder import DAMAGED_RUN_FIX, find_run, load_run_info
-from tunesmith.ui import out
+from tunesmith.registry.store import REINDEX, Registry, missing_from_index
+from tunesmith.runfolder import DAMAGED_RUN_FIX, INTERRUPTED, find_run, load_run_info, run_status
+from tunesmith.ui import console, out
 from tunesmith.workspace import Workspace
 
 
@@ -89,14 +89,30 @@ def print_runs(workspace: Workspace) -> None:
     table = Table(title=f"runs in {workspace.home}")
     for column in ("run", "status", "base model", "method", "dataset@version", "val loss", "headline metric", "tuned", "base"):
         table.add_column(column)
+    interrupted = []
     for run in registry.runs():
+        status, _ = run_status(workspace.runs / run["id"], run["status"], run.get("owner"))
+        if status == INTERRUPTED:
+            interrupted.append(run["id"])
         metric, scores = _headline_scores(registry.evaluations(run["id"]))
         table.add_row(
-            run["id"], run["status"], run["base_model"], run["method"], f"{run['dataset']}@{run['dataset_version']}",
+            run["id"], status, run["base_model"], run["method"], f"{run['dataset']}@{run['dataset_version']}",
             "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}", metric,
             *("-" if scores.get(m) is None else f"{scores[m]:.3f}" for m in ("tuned", "base")),
         )
     out.print(table)
+    if interrupted:
+        out.print(f"{INTERRUPTED}: the process training it ended without finishing; `tunesmith train --resume RUN` continues it ({', '.join(interrupted)})")
+    _say_what_is_not_indexed(workspace, registry)
+
+
+def _say_what_is_not_indexed(workspace: Workspace, registry: Registry) -> None:
+    """Folders the registry does not list (it was emptied, or replaced by an older copy): say so, never hide them."""
+    missing = missing_from_index(workspace.home, registry)
+    if missing["runs"] or missing["datasets"]:
+        found = " and ".join(f"{len(missing[k])} {k[:-1] if len(missing[k]) == 1 else k} folder{'' if len(missing[k]) == 1 else 's'} ({', '.join(missing[k][:3])}{', ...' if len(missing[k]) > 3 else ''})"
+                             for k in ("runs", "datasets") if missing[k])
+        console.print(f"[yellow]{found} in {workspace.home} not in the registry[/]: `{REINDEX}` adds them")
 
 
 def print_run(workspace: Workspace, run_id: str) -> None:
@@ -106,9 +122,12 @@ def print_run(workspace: Workspace, run_id: str) -> None:
     run = registry.run(run_id)
     if run is None:
         find_run(workspace, run_id)  # raises the user-facing error when the folder is missing too
-        raise UserError(f"run '{run_id}' has a folder but is not in the registry", fix="it was made with another TUNESMITH_HOME")
+        raise UserError(f"run '{run_id}' has a folder but is not in the registry {workspace.registry_db}", fix=f"`{REINDEX}` adds it (and any other folder missing from the registry)")
+    run["status"], why = run_status(workspace.runs / run_id, run["status"], run.pop("owner", None))
     for key, value in run.items():
         out.print(f"[bold]{key}[/]: {value}")
+    if why:
+        out.print(f"[bold]status note[/]: {why}")
     info_path = workspace.run_dir(run_id) / "run.json"
     if info_path.exists():
         info = read_json(info_path, fix=DAMAGED_RUN_FIX)
@@ -164,3 +183,16 @@ def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
     if len(versions) > 1:
         out.print(f"[yellow]note:[/] the runs were trained on {len(versions)} different dataset versions; their test splits may differ, "
                   "so compare test scores with `tunesmith eval RUN1 --compare RUN2` (same examples)")
+
+
+def print_reindex(workspace: Workspace) -> None:
+    """`runs reindex`: the registry rebuilt from the folders, and what could not be read."""
+    from tunesmith.registry.store import reindex
+
+    found = reindex(workspace.home)
+    if found["kept"] is not None:
+        console.print(f"[yellow]the damaged registry is kept as {found['kept']}")
+    for problem in found["skipped"]:
+        console.print(f"[yellow]skipped[/] {problem}")
+    out.print(f"registry {workspace.registry_db} rebuilt from the folders: {found['runs']} runs, {found['datasets']} datasets, "
+              f"{found['evaluations']} evaluations")

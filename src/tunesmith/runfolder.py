@@ -7,18 +7,18 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith import __version__
 from tunesmith.config import RunSpec, spec_to_yaml
 from tunesmith.errors import UserError
-from tunesmith.workspace import Workspace, safe_name
+from tunesmith.workspace import Workspace, owner, process_alive, safe_name, staging_dir
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
 
@@ -45,6 +45,7 @@ class RunInfo(BaseModel):
     task: str = "causal_lm"
     labels: list[str] | None = None  # classification: the class names, in the head's output order
     best_metrics: dict[str, float] | None = None  # classification: validation accuracy and macro-F1 of the kept checkpoint
+    owner: dict[str, Any] | None = None  # the training process (host, pid, start time) while status is "running": see live_status
 
 
 def versions() -> dict[str, str]:
@@ -109,6 +110,8 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def save_run_info(run_dir: Path, info: RunInfo) -> None:
+    if info.status == "running":
+        info.owner = owner()  # whoever writes "running" is the process doing the work
     write_json(run_dir / "run.json", info.model_dump(mode="json"))
 
 
@@ -173,9 +176,53 @@ def runs_named(workspace: Workspace, name: str) -> list[Path]:
 def replace_folder(source: Path, target: Path, leave_out: tuple[str, ...] = ()) -> None:
     """Copy a folder into place atomically: the old target stays whole until the new one is complete.
     `leave_out`: file names not copied."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target.parent, target.name)  # named by its owner: a copy cut short by a kill is swept on resume
     shutil.rmtree(staging)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*leave_out) if leave_out else None)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+# ---------------------------------------------------------------- a run's status as it really is
+
+INTERRUPTED = "interrupted"
+
+
+def live_status(run_id: str, status: str, run_owner: dict[str, Any] | str | None) -> tuple[str, str | None]:
+    """(status, why) with "running" only while the process that trains the run is alive: a run whose
+    process was killed, crashed or lost its machine without a word is "interrupted". A run owned by
+    another host stays "running" (we cannot look), and so does one from before owners were recorded."""
+    if status != "running":
+        return status, None
+    if isinstance(run_owner, str):
+        try:
+            run_owner = json.loads(run_owner)
+        except ValueError:
+            run_owner = None
+    if not isinstance(run_owner, dict):
+        return status, None
+    alive = process_alive(run_owner.get("host"), run_owner.get("pid"), run_owner.get("started"))
+    if alive is False:
+        return INTERRUPTED, (
+            f"its training process (pid {run_owner.get('pid')}) ended without finishing it (killed, crashed or the machine restarted); "
+            f"`tunesmith train --resume {run_id}` continues from its last checkpoint"
+        )
+    if alive is None:
+        return status, f"on host {run_owner.get('host')} (pid {run_owner.get('pid')}): not checked from here"
+    return status, None
+
+
+def run_status(run_dir: Path, status: str, run_owner: dict[str, Any] | str | None) -> tuple[str, str | None]:
+    """live_status of a registry row, with the folder as the truth: when the registry still says
+    "running" for a process that is gone, run.json may know how the run ended (its process wrote it
+    and then could not update the registry: a full disk, say)."""
+    found, why = live_status(run_dir.name, status, run_owner)
+    if found == INTERRUPTED:
+        try:
+            recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return found, why
+        if isinstance(recorded, dict) and recorded.get("status") not in (None, "running"):
+            return recorded["status"], recorded.get("stop_reason")
+    return found, why

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +23,7 @@ from tunesmith.data.split import SPLITS, OverlapReport
 from tunesmith.errors import UserError
 from tunesmith.registry.store import Registry
 from tunesmith.ui import console
-from tunesmith.workspace import Workspace, safe_name
+from tunesmith.workspace import Workspace, safe_name, staging_dir, sweep_staging
 
 
 class Manifest(BaseModel):
@@ -104,7 +103,7 @@ def _sha256(path: Path) -> str:
 def _write_atomically(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> None:
     """Write into a temporary sibling folder and rename it into place, so a crash leaves no half dataset."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target.parent, target.name)  # named by its owner: a killed write is swept by the next command
     try:
         for name, write in files.items():
             with (staging / name).open("wb") as handle:
@@ -128,23 +127,28 @@ def prepare_dataset(
     """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register."""
     options = options or PrepareSpec()
     explicit_name = name is not None
-    console.print(f"preparing {source}")
     if name is None:
         name = default_name(source)
         if name != source.stem:
             console.print(f"  dataset name: {name} ('{source.stem}' alone would name every project's data alike; choose one with --out)")
     name = safe_name(name, "dataset name")
-    workspace.datasets.mkdir(parents=True, exist_ok=True)
-    # The spill file sits beside the datasets (same disk as the result), not in a small /tmp.
-    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=workspace.datasets) as workdir:
-        prepared = run_steps(source, fmt, seed, ratios, options, Path(workdir), length)
+    registry = Registry(workspace.registry_db)  # a damaged registry stops us before anything is written
+    console.print(f"preparing {source}")
+    sweep_staging(workspace.datasets)
+    # The spill file sits beside the datasets (same disk as the result), not in a small /tmp; its
+    # name carries this process's id, so that if we are killed the next command removes it.
+    workdir = staging_dir(workspace.datasets, "prepare")
+    try:
+        prepared = run_steps(source, fmt, seed, ratios, options, workdir, length)
         try:
-            return _register(prepared, source, workspace, name, explicit_name, seed, ratios, options)
+            return _register(prepared, source, workspace, registry, name, explicit_name, seed, ratios, options)
         finally:
             prepared.rows.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _register(prepared: Prepared, source: Path, workspace: Workspace, name: str, explicit_name: bool, seed: int,
+def _register(prepared: Prepared, source: Path, workspace: Workspace, registry: Registry, name: str, explicit_name: bool, seed: int,
               ratios: tuple[float, float, float], options: PrepareSpec) -> Dataset:
     rows, splits, extra = prepared.rows, prepared.splits, {"train": prepared.extra_train}
     split_hashes = {s: content_hash(rows, splits[s], extra.get(s, [])) for s in SPLITS}
@@ -174,7 +178,9 @@ def _register(prepared: Prepared, source: Path, workspace: Workspace, name: str,
         if prepared.review:
             files["augment_review.jsonl"] = lambda handle: handle.writelines((json.dumps(row, ensure_ascii=False) + "\n").encode() for row in prepared.review)
         _write_atomically(target, files)
-    Registry(workspace.registry_db).add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
+    # Registered right after the folder is in place; should this fail or be killed, the folder is
+    # the truth: preparing the file again or `tunesmith runs reindex` registers it.
+    registry.add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
     return Dataset(path=target, manifest=manifest)
 
 
@@ -217,6 +223,7 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def load_dataset(workspace: Workspace, name: str) -> Dataset:
+    sweep_staging(workspace.datasets)
     folder = workspace.dataset_dir(name)
     if folder.is_dir() and not (folder / "manifest.json").is_file():
         raise UserError(f"dataset folder {folder} has no manifest.json (a damaged or half-copied dataset)", fix=_damaged_fix(folder))

@@ -4,11 +4,14 @@ the index makes them listable and comparable across iterations."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from tunesmith.errors import UserError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -17,7 +20,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, name TEXT, base_model TEXT NOT NULL, method TEXT NOT NULL,
   dataset TEXT NOT NULL, dataset_version TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL,
-  best_val_loss REAL, created TEXT NOT NULL, finished TEXT);
+  best_val_loss REAL, created TEXT NOT NULL, finished TEXT, owner TEXT);
 CREATE TABLE IF NOT EXISTS evaluations (
   id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, model_id TEXT NOT NULL,
   split TEXT NOT NULL, n INTEGER NOT NULL, metrics TEXT NOT NULL, created TEXT NOT NULL);
@@ -28,9 +31,39 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+REINDEX = "tunesmith runs reindex"
+
+
+class RegistryUnusable(UserError):
+    """The registry file cannot be read or written; the run and dataset folders are untouched."""
+
+    def __init__(self, db_path: Path, exc: sqlite3.Error):
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            self.exit_code = 1
+            super().__init__(f"the registry {db_path} is locked by another process ({text})", fix="wait for the other tunesmith command to finish, then try again")
+        elif isinstance(exc, sqlite3.OperationalError) and ("full" in text or "readonly" in text or "unable to open" in text):
+            self.exit_code = 1
+            super().__init__(f"the registry {db_path} cannot be written ({text})", fix="free disk space or make the folder writable, then try again")
+        else:  # damaged bytes, a file that is not SQLite, a table with the wrong shape
+            super().__init__(
+                f"the registry {db_path} is damaged ({text})",
+                fix=f"run `{REINDEX}`: it keeps the damaged file beside it and rebuilds the registry from the run and dataset folders",
+            )
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    try:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    except sqlite3.OperationalError as exc:  # another command added it a moment ago
+        if "duplicate column" not in str(exc):
+            raise
+
+
 class Registry:
     def __init__(self, db_path: Path):
         self.db_path = db_path
+        missing = not db_path.exists()
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(evaluations)")}
@@ -38,15 +71,28 @@ class Registry:
             # wrote share an evaluation id, so base and tuned are never paired across evaluations.
             for column in ("evaluation_id", "headline"):
                 if column not in columns:
-                    db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} TEXT")
+                    _add_column(db, "evaluations", column)
+            if "owner" not in {row["name"] for row in db.execute("PRAGMA table_info(runs)")}:  # a registry from before run owners
+                _add_column(db, "runs", "owner")
+        if missing and _has_folders(db_path.parent):
+            # The folders are the truth and the index is gone (deleted, or a copied workspace): rebuild it, and say so.
+            from tunesmith.ui import console
+
+            counts = reindex(db_path.parent)
+            console.print(f"[yellow]{db_path} was missing[/]: rebuilt it from the folders ({counts['runs']} runs, {counts['datasets']} datasets)")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            db = sqlite3.connect(self.db_path, timeout=30)
+        except sqlite3.Error as exc:
+            raise RegistryUnusable(self.db_path, exc) from None
         db.row_factory = sqlite3.Row
         try:
             with db:
                 yield db
+        except sqlite3.Error as exc:
+            raise RegistryUnusable(self.db_path, exc) from None
         finally:
             db.close()
 
@@ -63,17 +109,26 @@ class Registry:
         return dict(row) if row else None
 
     def start_run(self, run_id: str, name: str | None, base_model: str, method: str, dataset: str, dataset_version: str, path: Path) -> None:
+        from tunesmith.workspace import owner
+
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, created)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, name, base_model, method, dataset, dataset_version, "running", str(path), now()),
+                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, created, owner)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, name, base_model, method, dataset, dataset_version, "running", str(path), now(), json.dumps(owner())),
             )
 
     def mark_running(self, run_id: str) -> None:
-        """A resumed run is running again."""
+        """A resumed run is running again, in this process."""
+        from tunesmith.workspace import owner
+
         with self._connect() as db:
-            db.execute("UPDATE runs SET status = 'running', finished = NULL WHERE id = ?", (run_id,))
+            db.execute("UPDATE runs SET status = 'running', finished = NULL, owner = ? WHERE id = ?", (json.dumps(owner()), run_id))
+
+    def forget_run(self, run_id: str) -> None:
+        """A run that never started (bad input found after its row was written) leaves no row."""
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def finish_run(self, run_id: str, status: str, best_val_loss: float | None) -> None:
         with self._connect() as db:
@@ -122,3 +177,126 @@ class Registry:
                     rows += db.execute("SELECT * FROM evaluations WHERE run_id = ? AND evaluation_id = ?", (run_id, evaluation_id)).fetchall()
         rows.sort(key=lambda r: (r["split"], r["model_id"]))
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
+
+# ---------------------------------------------------------------- rebuilding the index from the folders
+
+
+def _has_folders(home: Path) -> bool:
+    return any((home / "runs").glob("*/run.json")) or any((home / "datasets").glob("*/manifest.json"))
+
+
+def _mtime(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _dataset_rows(home: Path, skipped: list[str]) -> list[tuple]:
+    rows = []
+    for manifest in sorted((home / "datasets").glob("*/manifest.json")):
+        try:
+            m = _read_json(manifest)
+            rows.append((m["name"], m["version"], str(manifest.parent), m["format"], json.dumps(m["counts"]), m["source"], _mtime(manifest)))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            skipped.append(f"{manifest}: {exc}")
+    return rows
+
+
+def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]:
+    import yaml
+
+    runs, evaluations = [], []
+    for info_path in sorted((home / "runs").glob("*/run.json")):
+        folder = info_path.parent
+        try:
+            info = _read_json(info_path)
+            config = folder / "config.yaml"
+            spec = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else {}
+            first = min((p for p in (folder / "dataset.json", config, info_path) if p.is_file()), key=lambda p: p.stat().st_mtime)
+            finished = None if info["status"] == "running" else _mtime(info_path)
+            runs.append((
+                info["run_id"], (spec or {}).get("name"), info["base_model"], info["method"], info["dataset"], info["dataset_version"],
+                info["status"], str(folder), info.get("best_val_loss"), _mtime(first), finished, json.dumps(info.get("owner")) if info.get("owner") else None,
+            ))
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            skipped.append(f"{info_path}: {exc}")
+            continue
+        report_path = folder / "eval" / "report.json"
+        try:
+            report = _read_json(report_path) if report_path.is_file() else {}
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{report_path}: {exc}")
+            continue
+        for split, models in report.items():
+            if not isinstance(models, dict):
+                continue
+            for model_id, result in models.items():
+                if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)):
+                    continue  # "comparisons", "forgetting" and other summaries are not one model's scores on one split
+                answers = folder / "eval" / f"{split}-{model_id}.jsonl"
+                n = result["metrics"].get("n") or (sum(1 for line in answers.open(encoding="utf-8") if line.strip()) if answers.is_file() else 0)
+                evaluations.append((info["run_id"], model_id, split, int(n), json.dumps(result["metrics"]), _mtime(report_path)))
+    return runs, evaluations
+
+
+def reindex(home: Path) -> dict[str, Any]:
+    """Rebuild home/registry.db from the run and dataset folders (the truth): written beside it and
+    renamed into place, so a reader sees the old index or the new one. A damaged old file is kept as
+    registry.db.damaged-<time>, together with its journal."""
+    db_path = home / "registry.db"
+    skipped: list[str] = []
+    datasets = _dataset_rows(home, skipped)
+    runs, evaluations = _run_rows(home, skipped)
+    staging = home / f".registry.db.rebuild-{os.getpid()}"  # two commands rebuilding at once each write their own
+    for leftover in (staging, staging.with_name(staging.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(staging)
+    try:
+        with db:
+            db.executescript(_SCHEMA)
+            db.executemany("INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?,?,?)", datasets)
+            db.executemany(
+                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, best_val_loss, created, finished, owner)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", runs,
+            )
+            db.executemany("INSERT INTO evaluations (run_id, model_id, split, n, metrics, created) VALUES (?,?,?,?,?,?)", evaluations)
+    finally:
+        db.close()
+    kept = None
+    if db_path.exists() and not _healthy(db_path):
+        kept = db_path.with_name(f"registry.db.damaged-{datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(db_path, kept)
+    for suffix in ("-journal", "-wal", "-shm"):  # a journal of the old file must never be replayed into the new one
+        side = db_path.with_name(db_path.name + suffix)
+        if side.exists():
+            if kept is not None:
+                os.replace(side, kept.with_name(kept.name + suffix))
+            else:
+                side.unlink()
+    os.replace(staging, db_path)
+    return {"datasets": len(datasets), "runs": len(runs), "evaluations": len(evaluations), "skipped": skipped, "kept": kept}
+
+
+def _healthy(db_path: Path) -> bool:
+    try:
+        db = sqlite3.connect(db_path)
+        try:
+            return db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+def missing_from_index(home: Path, registry: Registry) -> dict[str, list[str]]:
+    """Run and dataset folders the registry does not list: an emptied or older registry."""
+    known_runs = {r["id"] for r in registry.runs()}
+    with registry._connect() as db:
+        known_datasets = {row["name"] for row in db.execute("SELECT name FROM datasets")}
+    return {
+        "runs": sorted(p.parent.name for p in (home / "runs").glob("*/run.json") if p.parent.name not in known_runs),
+        "datasets": sorted(p.parent.name for p in (home / "datasets").glob("*/manifest.json") if p.parent.name not in known_datasets),
+    }

@@ -5,6 +5,7 @@ because batches are a pure function of seed and epoch) and the validation histor
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -26,9 +27,13 @@ _STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
 def test_kill(point: str, step: int) -> None:
     """Test hook: TUNESMITH_TEST_KILL_AT=step:7 (inside optimiser step 7) or ckpt:12 (inside the
-    checkpoint write of step 12) SIGKILLs this process, as a power cut would. Inert unless set."""
-    if os.environ.get("TUNESMITH_TEST_KILL_AT") == f"{point}:{step}":
+    checkpoint write of step 12) SIGKILLs this process, as a power cut would; enospc:12 fails that
+    write as a full disk does. Inert unless set."""
+    wanted = os.environ.get("TUNESMITH_TEST_KILL_AT")
+    if wanted == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if point == "ckpt" and wanted == f"enospc:{step}":  # a disk that fills up mid-checkpoint, where no small filesystem can be mounted
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "trainer_state.pt")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -60,6 +65,50 @@ def save_checkpoint(
     staging = target.with_name(f".{target.name}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-save
+    try:
+        _write_checkpoint(model, tokenizer, staging, step, eot_ids, state, files, weights)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except Exception as exc:
+        # A failed write (a full disk, most often) must not leave a half checkpoint filling the disk,
+        # nor a library's raw error: one line that says what happened, where, and how to go on.
+        failure = _write_failure(exc, run_dir, staging, step)
+        if failure is None:
+            raise
+        raise failure from None
+    return target
+
+
+def _write_failure(exc: Exception, run_dir: Path, staging: Path, step: int) -> Any:
+    """The TrainingFailed to report for a write that failed (None for an error that is not a write's)."""
+    from tunesmith.errors import TrainingFailed
+
+    try:
+        free = shutil.disk_usage(staging.parent).free  # measured before the partial checkpoint is removed
+    except OSError:
+        free = None
+    shutil.rmtree(staging, ignore_errors=True)
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    # torch.save and safetensors report a full disk in their own words ("file write failed"), so the
+    # free space decides when no errno says it
+    disk_full = any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain) or (free is not None and free < 1 << 20)
+    run = run_dir.name
+    if not disk_full and not any(isinstance(e, OSError) for e in chain):
+        return None
+    if disk_full:
+        return TrainingFailed(f"disk full while writing checkpoint step {step} under {run_dir}", fix=f"free space and `tunesmith train --resume {run}`")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return TrainingFailed(f"could not write checkpoint step {step} under {run_dir}: {first}", fix=f"make the folder writable, then `tunesmith train --resume {run}`")
+
+
+def _write_checkpoint(
+    model: Any, tokenizer: Any, staging: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None,
+    weights: dict[str, torch.Tensor] | None,
+) -> None:
     import_deepspeed_quietly()
     model.save_pretrained(staging, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(staging)
@@ -72,10 +121,6 @@ def save_checkpoint(
         (staging / name).write_text(text, encoding="utf-8")
     test_kill("ckpt", step)
     torch.save(state, staging / STATE_FILE)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
 
 
 def complete_checkpoints(run_dir: Path) -> dict[int, Path]:

@@ -3,6 +3,7 @@ run's own config.yaml, so the result equals the run that was never interrupted."
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from tunesmith.errors import UserError
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.store import Registry
 from tunesmith.files import read_text, read_yaml
-from tunesmith.runfolder import DAMAGED_RUN_FIX, find_run, load_run_info, read_config
+from tunesmith.runfolder import DAMAGED_RUN_FIX, RunInfo, find_run, live_status, load_run_info, read_config
 from tunesmith.train.checkpoint import latest_intact_checkpoint, prune_checkpoints, truncate_metrics
 from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
@@ -20,7 +21,7 @@ from tunesmith.train import accel, distributed
 from tunesmith.train.trainer import TrainResult, resolve_replay, run_registered, train_task
 from tunesmith.data.dataset import load_dataset
 from tunesmith.ui import console
-from tunesmith.workspace import Workspace
+from tunesmith.workspace import Workspace, sweep_staging
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -75,10 +76,22 @@ def _check_resumable(workspace: Workspace, run_dir: Path) -> Dataset:
     info = load_run_info(run_dir)
     if info.status == "completed":
         raise UserError(f"run {info.run_id} has already completed", fix="start a new run; this one's result is in its folder")
+    if not distributed.launched():  # launched processes: the launching one checked, and process 0 may own the run already
+        _check_not_running(info)
     dataset = load_dataset(workspace, info.dataset)
     if dataset.version != info.dataset_version:
         raise UserError(f"dataset '{info.dataset}' is now version {dataset.version}, the run trained on {info.dataset_version}", fix="start a new run")
     return dataset
+
+
+def _check_not_running(info: RunInfo) -> None:
+    """Two trainings of one run would overwrite each other's checkpoints."""
+    run_owner = info.owner or {}
+    if live_status(info.run_id, info.status, run_owner)[0] == "running" and run_owner and run_owner.get("pid") != os.getpid():
+        raise UserError(
+            f"run {info.run_id} is still being trained (pid {run_owner.get('pid')} on {run_owner.get('host')})",
+            fix="wait for it to finish, or stop that process first",
+        )
 
 
 def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) -> TrainResult:
@@ -88,6 +101,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     accel.check_env(spec)
     if not distributed.is_main():
         return _resume_as_worker(workspace, run_dir, spec, dataset, budget)
+    sweep_staging(run_dir)  # a copy of the artefact cut short when the run was killed
     checkpoint = latest_intact_checkpoint(run_dir)
     if checkpoint is None:
         console.print(f"[yellow]run {info.run_id} has no complete, intact checkpoint: training it from the start in the same folder")
@@ -98,7 +112,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
     base_path = resolve_model_path(spec.model.name)
-    return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint))
+    return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint), run_dir)
 
 
 def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, dataset: Dataset, budget: Budget | None) -> TrainResult:

@@ -103,6 +103,10 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     accel.check_env(spec)
     if not distributed.is_main():
         return _train_as_worker(spec, workspace, budget)
+    # Every input is checked before anything is created: the registry can be opened, the model is
+    # found, the data prepared. A bad --model then leaves no run folder and no dataset behind.
+    registry = Registry(workspace.registry_db)
+    base_path = resolve_model_path(spec.model.name)
     dataset = resolve_dataset(spec, workspace)
     replay = resolve_replay(spec, workspace)
     distributed.share_from_main(dataset.name)
@@ -111,10 +115,14 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     run_dir.mkdir(parents=True)
     write_config(run_dir, spec)
     write_json(run_dir / "dataset.json", dataset.manifest.model_dump(mode="json"))
-    base_path = resolve_model_path(spec.model.name)
-    registry = Registry(workspace.registry_db)
+    # run.json from the first moment, owner included: a run killed while its model loads is still a
+    # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
+    save_run_info(run_dir, RunInfo(
+        run_id=run_id, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
+        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[], task=spec.train.task,
+    ))
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
-    return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget))
+    return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
 
 
 def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None) -> TrainResult:
@@ -128,14 +136,53 @@ def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult]) -> TrainResult:
+def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResult], run_dir: Path, new_run: bool = False) -> TrainResult:
+    """Run the training and record how it ended, in run.json and the registry. The original error
+    is what the user sees: recording it (on a full disk, say) may fail too, and must not replace it."""
     try:
         result = work()
     except BaseException as exc:
-        registry.finish_run(run_id, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed", None)
+        if new_run and isinstance(exc, UserError) and not isinstance(exc, TrainingFailed) and not (run_dir / "metrics.jsonl").exists():
+            # bad input found before training began (a folder that is not a model, say): leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            _quietly(registry.forget_run, run_id)
+            raise
+        failure = _as_training_failure(exc, run_id, run_dir)
+        status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _quietly(_record_end, run_dir, status, failure or exc)
+        _quietly(registry.finish_run, run_id, status, None)
+        if failure is not None:
+            raise failure from None
         raise
     registry.finish_run(run_id, result.info.status, result.info.best_val_loss)
     return result
+
+
+def _as_training_failure(exc: BaseException, run_id: str, run_dir: Path) -> TrainingFailed | None:
+    """A write that failed mid-run (disk full, folder gone read-only) as the one line a user needs."""
+    if not isinstance(exc, OSError):
+        return None
+    import errno
+
+    where = exc.filename or run_dir
+    if exc.errno == errno.ENOSPC:
+        return TrainingFailed(f"disk full while training run {run_id}, writing {where}", fix=f"free space and `tunesmith train --resume {run_id}`")
+    return TrainingFailed(f"training run {run_id} could not write {where}: {exc.strerror or exc}", fix=f"fix the folder, then `tunesmith train --resume {run_id}`")
+
+
+def _record_end(run_dir: Path, status: str, exc: BaseException) -> None:
+    """run.json says how a run ended when the loop could not say it itself (it says "stopped" on Ctrl-C)."""
+    info = load_run_info(run_dir)
+    if info.status == "running":
+        info.status, info.stop_reason = status, (str(exc).splitlines() or [type(exc).__name__])[0]
+        save_run_info(run_dir, info)
+
+
+def _quietly(action: Callable[..., None], *args: Any) -> None:
+    try:
+        action(*args)
+    except Exception as exc:  # noqa: BLE001 - the error being reported matters more than this bookkeeping
+        console.print(f"[yellow]could not record the run's end ({exc}); `tunesmith runs list` reports it from its folder")
 
 
 def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: Any) -> Items:
