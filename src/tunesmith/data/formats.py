@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message
+from tunesmith.data.records import SHAREGPT_ROLES, check_record
 from tunesmith.errors import ProblemList, UserError
 
 FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"]
@@ -38,7 +39,6 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMAT_KEYS)
 # Top-level keys a mapping may rename to: every format's fields plus the optional ones.
 CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "system", "id", "meta"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_PROBLEMS_SHOWN = 20
 
@@ -507,8 +507,6 @@ class LoadProblems:
 
 def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
     """The validator's code for a record `to_example` refused, so prepare and validate name it alike."""
-    from tunesmith.data.validate import check_record
-
     if not isinstance(record, dict):
         return "data_type", "make each record an object"
     if not all(key in record for key in FORMAT_KEYS[fmt]):

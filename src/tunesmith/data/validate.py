@@ -12,13 +12,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tunesmith.data.example import Example
 from tunesmith.data.formats import (
     FORMAT_KEYS,
     FORMAT_NAMES,
-    SHAREGPT_ROLES,
     FormatName,
     LimitError,
     RecordError,
@@ -29,8 +28,8 @@ from tunesmith.data.formats import (
     read_records,
     to_example,
 )
+from tunesmith.data.records import TURNS, Found, Severity, check_record
 
-Severity = Literal["error", "warning"]
 # Problems kept for display; every one is still counted, so `ok` and the totals stay exact
 # while a file that is wrong on every one of a million lines does not fill memory.
 MAX_PROBLEMS_KEPT = 10_000
@@ -110,103 +109,6 @@ def validate_file(
 # ---------------------------------------------------------------- one line
 
 
-@dataclass(frozen=True)
-class _TurnSpec:
-    """How one chat format spells its turns, so OpenAI and ShareGPT share one set of checks."""
-
-    list_key: str
-    role_key: str
-    content_key: str
-    roles: dict[str, str]  # the file's role name -> system | user | assistant
-
-
-_TURNS = {
-    "messages": _TurnSpec("messages", "role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
-    "sharegpt": _TurnSpec("conversations", "from", "value", SHAREGPT_ROLES),
-}
-# Fields that must be non-empty text (or, for a label, a number) per non-chat format.
-_REQUIRED = {
-    "prompt_completion": ("prompt", "completion"),
-    "input_output": ("input_text", "output_text"),
-    "alpaca": ("instruction", "output"),
-    "classification": ("text", "label"),
-}
-_OPTIONAL_TEXT = {"alpaca": ("input", "system")}
-
-Found = list[tuple[str, str, Severity]]
-
-
-def _check_turns(record: dict, spec: _TurnSpec) -> Found:
-    turns = record.get(spec.list_key)
-    if not isinstance(turns, list) or not turns:
-        return [("missing_messages_list", f"'{spec.list_key}' must be a non-empty list of {{{spec.role_key}, {spec.content_key}}} objects", "error")]
-    found: Found = []
-    roles = []
-    for index, turn in enumerate(turns):
-        found += _check_turn(turn, f"{spec.list_key}[{index}]", spec)
-        if isinstance(turn, dict) and isinstance(turn.get(spec.role_key), str):
-            roles.append(spec.roles.get(turn[spec.role_key]))
-    if "assistant" not in roles:
-        found.append(("example_missing_assistant_message", "no assistant turn: nothing to learn from", "error"))
-    elif "user" not in roles:
-        found.append(("missing_user_message", "no user turn: the model learns to answer without a question", "warning"))
-    return found
-
-
-def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
-    if not isinstance(turn, dict):
-        return [("message_missing_key", f"{where} is not an object; write {{\"{spec.role_key}\": ..., \"{spec.content_key}\": ...}}", "error")]
-    found: Found = []
-    missing = [key for key in (spec.role_key, spec.content_key) if key not in turn]
-    if missing:
-        found.append(("message_missing_key", f"{where} has no '{', '.join(missing)}'; every turn needs {spec.role_key} and {spec.content_key}", "error"))
-    unknown = sorted(map(str, set(turn) - {spec.role_key, spec.content_key, "weight"}))
-    if unknown:
-        found.append(("message_unrecognized_key", f"{where} has key(s) {', '.join(unknown)}; tunesmith reads only {spec.role_key}, {spec.content_key} and weight: remove them", "error"))
-    role = turn.get(spec.role_key)
-    if spec.role_key in turn and (not isinstance(role, str) or role not in spec.roles):
-        found.append(("unrecognized_role", f"{where}.{spec.role_key} is {json.dumps(role)[:40]}; use one of {', '.join(spec.roles)}", "error"))
-    content = turn.get(spec.content_key)
-    if spec.content_key in turn and (not isinstance(content, str) or _blank(content)):
-        found.append(("missing_content", f"{where}.{spec.content_key} is empty (or only control characters) or not text; give the turn its text, "
-                      "remove the turn, or leave the line out with `data prepare --skip-invalid`", "error"))
-    if "weight" in turn and not _is_weight(turn["weight"]):
-        found.append(("invalid_weight", f"{where}.weight is {json.dumps(turn['weight'])[:40]}; use 0 (context only) or 1 (trained)", "error"))
-    return found
-
-
-def _blank(text: str) -> bool:
-    """Empty once prepare's clean step has repaired it (control characters and terminal escapes
-    go): validate calls blank exactly what prepare would drop as empty."""
-    from tunesmith.data.clean import normalise_whitespace, repair_unicode
-
-    return not text.strip() or not normalise_whitespace(repair_unicode(text)).strip()
-
-
-def _is_weight(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value in (0, 1)
-
-
-def _check_fields(record: dict, fmt: str) -> Found:
-    found: Found = []
-    for key in _REQUIRED[fmt]:
-        value = record.get(key)
-        allowed = (str, int, float) if key == "label" else (str,)
-        if isinstance(value, bool) or not isinstance(value, allowed) or _blank(str(value)):
-            state = "missing" if key not in record else "empty or not text"
-            found.append(("missing_field", f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text: "
-                          "fill it in, or leave the line out with `data prepare --skip-invalid`", "error"))
-    for key in _OPTIONAL_TEXT.get(fmt, ()):
-        if key in record and record[key] is not None and not isinstance(record[key], str):
-            found.append(("missing_field", f"field '{key}' must be text when present (it is {type(record[key]).__name__})", "error"))
-    return found
-
-
-def check_record(record: dict, fmt: str) -> Found:
-    """Every problem of one record already known to be in format `fmt`."""
-    return _check_turns(record, _TURNS[fmt]) if fmt in _TURNS else _check_fields(record, fmt)
-
-
 def _describe(record: Any) -> str:
     return type(record).__name__ if not isinstance(record, dict) else "keys " + ", ".join(sorted(map(str, record))[:8])
 
@@ -258,8 +160,8 @@ class _FileChecker:
             return self.fmt
         if detected is not None:
             self.report.add(line, "mixed_format", f"record is in format '{detected}' but the file is '{self.fmt}'; convert it, or keep one format per file")
-        elif self.fmt in _TURNS:
-            self.report.add(line, "missing_messages_list", f"no '{_TURNS[self.fmt].list_key}' list ({_describe(record)}); every {self.fmt} record needs one")
+        elif self.fmt in TURNS:
+            self.report.add(line, "missing_messages_list", f"no '{TURNS[self.fmt].list_key}' list ({_describe(record)}); every {self.fmt} record needs one")
         else:
             missing = [key for key in FORMAT_KEYS[self.fmt] if key not in record]
             self.report.add(line, "missing_field", f"field(s) {', '.join(missing)} missing ({_describe(record)}); every {self.fmt} record needs {' and '.join(FORMAT_KEYS[self.fmt])}, or use --map")
@@ -286,7 +188,7 @@ class _FileChecker:
                 self.report.add(line, code, message, "warning")
         self.labels.add(example.label)
         self.style.add(line, example.reference)
-        if fmt in _TURNS:
+        if fmt in TURNS:
             self.system.add(line, any(m.role == "system" for m in example.messages))
         if self.personal is not None:
             self.personal.add(line, example)
