@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS runs (
   best_val_loss REAL, created TEXT NOT NULL, finished TEXT, owner TEXT);
 CREATE TABLE IF NOT EXISTS evaluations (
   id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, model_id TEXT NOT NULL,
-  split TEXT NOT NULL, n INTEGER NOT NULL, metrics TEXT NOT NULL, created TEXT NOT NULL);
+  split TEXT NOT NULL, n INTEGER NOT NULL, metrics TEXT NOT NULL, created TEXT NOT NULL,
+  evaluation_id TEXT, headline TEXT);
 """
 
 
@@ -224,6 +225,7 @@ def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
             skipped.append(f"{info_path}: {exc}")
             continue
+        covered = _kept_evaluations(folder, info["run_id"], evaluations, skipped)
         report_path = folder / "eval" / "report.json"
         try:
             report = _read_json(report_path) if report_path.is_file() else {}
@@ -231,15 +233,37 @@ def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]
             skipped.append(f"{report_path}: {exc}")
             continue
         for split, models in report.items():
-            if not isinstance(models, dict):
-                continue
+            if not isinstance(models, dict) or split in covered:
+                continue  # a split with kept evaluations is indexed from them, with their ids and headline
             for model_id, result in models.items():
                 if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)):
                     continue  # "comparisons", "forgetting" and other summaries are not one model's scores on one split
                 answers = folder / "eval" / f"{split}-{model_id}.jsonl"
                 n = result["metrics"].get("n") or (sum(1 for line in answers.open(encoding="utf-8") if line.strip()) if answers.is_file() else 0)
-                evaluations.append((info["run_id"], model_id, split, int(n), json.dumps(result["metrics"]), _mtime(report_path)))
+                evaluations.append((info["run_id"], model_id, split, int(n), json.dumps(result["metrics"]), _mtime(report_path), None, None))
     return runs, evaluations
+
+
+def _kept_evaluations(folder: Path, run_id: str, evaluations: list[tuple], skipped: list[str]) -> set[str]:
+    """Rows of every evaluation kept under eval/evaluations/<id>/ (eval/results.py), oldest first, so
+    the latest stays the latest; returns the splits they cover."""
+    records = []
+    for path in (folder / "eval" / "evaluations").glob("*/evaluation.json"):
+        try:
+            records.append(_read_json(path))
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{path}: {exc}")
+    covered = set()
+    for record in sorted((r for r in records if isinstance(r, dict)), key=lambda r: str(r.get("created"))):
+        try:
+            headline = (record.get("headline") or {}).get("metric")
+            for model_id, result in record["models"].items():
+                metrics = result["metrics"]
+                evaluations.append((run_id, model_id, record["split"], int(metrics.get("n", 0)), json.dumps(metrics), record["created"], record["id"], headline))
+            covered.add(record["split"])
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            skipped.append(f"{folder / 'eval' / 'evaluations' / str(record.get('id'))}: {exc!r}")
+    return covered
 
 
 def reindex(home: Path) -> dict[str, Any]:
@@ -262,7 +286,8 @@ def reindex(home: Path) -> dict[str, Any]:
                 "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, best_val_loss, created, finished, owner)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", runs,
             )
-            db.executemany("INSERT INTO evaluations (run_id, model_id, split, n, metrics, created) VALUES (?,?,?,?,?,?)", evaluations)
+            db.executemany("INSERT INTO evaluations (run_id, model_id, split, n, metrics, created, evaluation_id, headline) VALUES (?,?,?,?,?,?,?,?)",
+                           evaluations)
     finally:
         db.close()
     kept = None
