@@ -48,6 +48,12 @@ def delete(path: Path) -> None:
     path.unlink()
 
 
+def cut_answers(path: Path) -> None:
+    """Evaluated answers whose last line a full disk cut off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"id": "a", "prompt": "p", "prediction": "x", "reference": "x"}\n{"id": "b", "pro', encoding="utf-8")
+
+
 RUN = "{run}"
 # (file inside the home, damage, command, text the error must name)
 CASES = [
@@ -59,6 +65,7 @@ CASES = [
     ("runs/{run}/adapter/adapter_model.safetensors", truncate, ["generate", RUN, "-p", "hi"], "adapter_model.safetensors"),
     ("runs/{run}/adapter/adapter_config.json", truncate, ["generate", RUN, "-p", "hi"], "adapter_config.json"),
     ("runs/{run}/adapter/tokenizer.json", delete, ["generate", RUN, "-p", "hi"], "tokenizer"),  # found by test_fuzz_files
+    ("runs/{run}/eval/test-tuned.jsonl", cut_answers, ["eval", "judge", RUN, "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"], "test-tuned.jsonl:2"),
     ("datasets/tickets/manifest.json", truncate, ["eval", RUN, "--limit", "1"], "manifest.json"),
     ("datasets/tickets/manifest.json", delete, ["data", "stats", "tickets"], "manifest.json"),
     ("datasets/tickets/test.jsonl", truncate, ["eval", RUN, "--limit", "50", "--no-perplexity"], "test.jsonl:"),

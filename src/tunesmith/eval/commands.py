@@ -92,7 +92,17 @@ def _rows(run_dir: Path, split: str, model_id: str, hint: str, folder: Path | No
     path = (folder or run_dir / "eval") / f"{split}-{model_id}.jsonl"
     if not path.is_file():
         raise UserError(f"no {model_id} answers on the {split} split in {run_dir / 'eval'}", fix=hint)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tunesmith.files import read_text
+
+    rows = []
+    for number, line in enumerate(read_text(path, fix=hint).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"damaged line in {path.name} ({path})", where=f"{path}:{number}", fix=f"evaluate again: {hint}") from None
+    return rows
 
 
 def _local_ask(ref: str, max_new_tokens: int):
@@ -174,7 +184,9 @@ def _update_report(run_dir: Path, keys: list[str], value: Any) -> None:
     from tunesmith.runfolder import write_json
 
     path = run_dir / "eval" / "report.json"
-    report = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    from tunesmith.files import read_json
+
+    report = read_json(path, fix=f"delete it and evaluate again: tunesmith eval {run_dir}") if path.exists() else {}
     node = report
     for key in keys[:-1]:
         node = node.setdefault(key, {})

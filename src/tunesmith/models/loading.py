@@ -168,6 +168,8 @@ def load_tokenizer(path: str) -> Any:
     except UserError:
         raise
     except Exception as exc:  # a missing tokenizer.json (ValueError), one tokenizers cannot parse (its plain Exception): unusable either way
+        if not Path(path).is_dir():
+            raise  # a hub id: the caller says how to reach it
         raise UserError(f"could not load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                         fix="restore the folder from a backup, or train the run again; a base model needs its tokenizer files") from None
     if tokenizer.chat_template is None:
