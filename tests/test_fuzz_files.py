@@ -118,3 +118,45 @@ def test_every_file_in_the_table_exists(pristine, file):  # noqa: F811
     """The fuzz above damages real files, not names that drifted from what a run writes."""
     source, run_id = pristine
     assert (source / file.format(run=run_id)).is_file()
+
+
+# ---------------------------------------------------------------- the review import
+
+cells = st.text(max_size=20) | st.sampled_from(["1", "2", "tie", "", "5", "0", "=1+1", "'-3", "x"])
+
+
+@settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["id", "preferred", "rating_1", "rating_2", "answer_1", None]), cells), max_size=8),
+       raw=st.none() | st.binary(max_size=300), encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]))
+def test_a_filled_review_sheet_imports_or_names_the_file(tmp_path_factory, edits, raw, encoding):
+    """A rater's sheet edited at random (cells, deleted columns, raw bytes, the encodings spreadsheets
+    save): the import gives a result or a UserError naming the sheet, never another exception."""
+    import csv
+    import io
+
+    from tunesmith.eval.review import COLUMNS, export_review, import_review
+
+    folder = tmp_path_factory.mktemp("review")
+    rows = [{"id": f"ex-{i}", "prompt": f"q{i}", "reference": "r", "answer_a": f"a{i}", "answer_b": f"b{i}"} for i in range(6)]
+    csv_path, _, key_path = export_review(rows, folder / "review", fraction=1.0, seed=0)
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        sheet = list(csv.DictReader(handle))
+    columns = list(COLUMNS)
+    for row, column, value in edits:
+        if column is None:
+            columns = [c for c in columns if c != columns[row % len(columns)]]
+        elif row < len(sheet):
+            sheet[row][column] = value
+    filled = folder / "filled.csv"
+    if raw is not None:
+        filled.write_bytes(raw)
+    else:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sheet)
+        filled.write_bytes(text.getvalue().encode(encoding, errors="replace"))
+    try:
+        import_review(filled, key_path)
+    except UserError as exc:
+        assert filled.name in exc.render(), exc.render()
