@@ -52,6 +52,30 @@ def tiny_records(n: int = 60, seed: int = 0) -> list[dict]:
     return generate(n, seed)
 
 
+def tickets_home(folder: Path, n_records: int = 30):
+    """A workspace at `folder` holding the `tickets` dataset: `n_records` demo tickets split 70/10/20,
+    PII off (the demo has none). For module fixtures that train once and share the run."""
+    from tunesmith.config import PrepareSpec
+    from tunesmith.data.dataset import prepare_dataset
+    from tunesmith.workspace import Workspace
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "tickets.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(n_records)), encoding="utf-8")
+    workspace = Workspace.from_env(folder)
+    prepare_dataset(source, workspace, name="tickets", seed=0, ratios=(0.7, 0.1, 0.2), options=PrepareSpec(pii="off"))
+    return workspace
+
+
+def train_tiny(workspace, tiny_model: Path, **train) -> str:
+    """One LoRA run of the tiny model on `tickets` with these train settings; its run id."""
+    from tunesmith.config import RunSpec
+    from tunesmith.train.trainer import train as run_training
+
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": train})
+    return run_training(spec, workspace).info.run_id
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     corpus = [m["content"] for r in tiny_records(200, 1) for m in r["messages"]]

@@ -16,19 +16,11 @@ from clihelp import run_cli, tunesmith
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory, tiny_model):
     """A home with the tickets dataset and one tiny LoRA run, made once and copied for each case."""
-    from conftest import tiny_records
-    from tunesmith.config import PrepareSpec, RunSpec
-    from tunesmith.data.dataset import prepare_dataset
-    from tunesmith.train.trainer import train
-    from tunesmith.workspace import Workspace
+    from conftest import tickets_home, train_tiny
 
     home = tmp_path_factory.mktemp("damage") / "home"
-    source = home.parent / "tickets.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(30)), encoding="utf-8")
-    ws = Workspace.from_env(home)
-    prepare_dataset(source, ws, name="tickets", seed=0, ratios=(0.7, 0.1, 0.2), options=PrepareSpec(pii="off"))
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"max_steps": 2, "batch_size": 4}})
-    return home, train(spec, ws).info.run_id
+    ws = tickets_home(home)
+    return home, train_tiny(ws, tiny_model, max_steps=2, batch_size=4)
 
 
 def truncate(path: Path) -> None:

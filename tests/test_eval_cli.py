@@ -19,23 +19,11 @@ from clihelp import run_cli
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_model):
     """Two LoRA runs of the tiny model on the same dataset (trained once for the whole module)."""
-    from conftest import tiny_records
-    from tunesmith.config import PrepareSpec, RunSpec
-    from tunesmith.data.dataset import prepare_dataset
-    from tunesmith.train.trainer import train
-    from tunesmith.workspace import Workspace
+    from conftest import tickets_home, train_tiny
 
     home = tmp_path_factory.mktemp("eval-home")
-    source = home / "tickets.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(60)), encoding="utf-8")
-    ws = Workspace.from_env(home)
-    prepare_dataset(source, ws, name="tickets", seed=0, ratios=(0.7, 0.1, 0.2), options=PrepareSpec(pii="off"))
-    ids = []
-    for lr, epochs in ((3e-2, 2), (1e-3, 1)):
-        spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
-                                       "train": {"epochs": epochs, "lr": lr, "batch_size": 4}})
-        ids.append(train(spec, ws).info.run_id)
-    return home, ids
+    ws = tickets_home(home, 60)
+    return home, [train_tiny(ws, tiny_model, epochs=epochs, lr=lr, batch_size=4) for lr, epochs in ((3e-2, 2), (1e-3, 1))]
 
 
 @pytest.fixture()

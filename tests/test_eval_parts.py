@@ -231,3 +231,20 @@ def test_a_split_too_small_is_said_beside_the_verdict():
     assert f"roughly {plan['needed']} would find it 80% of the time" in record["verdicts"][0] and plan["needed"] > 30
     comparison = {"n": 100, "delta": 0.1, "ci_low": 0.0, "ci_high": 0.2, "confidence": 0.95, "significant": False}
     assert needed_examples(comparison)["needed"] == pytest.approx(100 * ((1.96 + 0.8416) * (0.2 / 3.92) / 0.1) ** 2, rel=0.01)
+
+
+def test_a_headline_that_did_not_move_names_the_metrics_that_did():
+    """key=value answers: tuned gets the machine and priority right but never the whole answer, so exact
+    match stays 0 for both. The verdict must not read as "tuning did nothing": it names field accuracy."""
+    from tunesmith.config import EvalSpec
+    from tunesmith.eval.evaluate import compare_models
+
+    machines = ["LN-3 press", "Velora mixer", "KX-12 lathe", "Orbis conveyor", "T-40 kiln"]
+    refs = [f"machine={machines[i % 5]}; action=step {i}; priority={'high' if i % 2 else 'normal'}" for i in range(30)]
+    base = ["I am not sure what to do." for _ in refs]
+    tuned = [r.replace(f"action=step {i}", "action=call support") for i, r in enumerate(refs)]
+    pair = {"base": _scored(base, refs), "tuned": _scored(tuned, refs)}
+    record = compare_models(EvalSpec(split="test"), {m: r for m, (r, _) in pair.items()}, {m: v for m, (_, v) in pair.items()})
+    verdict = record["verdicts"][0]
+    assert record["headline"]["metric"] == "exact_match" and "did not beat" in verdict
+    assert "Changed beyond chance on other metrics: field accuracy 0.000 -> 0.667 (better)" in verdict, verdict

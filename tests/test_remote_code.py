@@ -31,19 +31,11 @@ class EvilModel(LlamaForCausalLM):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
     """One tiny LoRA run in its own home (trained once for the module)."""
-    from conftest import tiny_records
-    from tunesmith.config import PrepareSpec, RunSpec
-    from tunesmith.data.dataset import prepare_dataset
-    from tunesmith.train.trainer import train
-    from tunesmith.workspace import Workspace
+    from conftest import tickets_home, train_tiny
 
     home = tmp_path_factory.mktemp("remote-home")
-    source = home / "tickets.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(30)), encoding="utf-8")
-    ws = Workspace.from_env(home)
-    prepare_dataset(source, ws, name="tickets", seed=0, ratios=(0.7, 0.1, 0.2), options=PrepareSpec(pii="off"))
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"max_steps": 1, "batch_size": 4}})
-    return home, ws.run_dir(train(spec, ws).info.run_id)
+    ws = tickets_home(home)
+    return home, ws.run_dir(train_tiny(ws, tiny_model, max_steps=1, batch_size=4))
 
 
 def _plant(folder: Path, config_name: str, auto_map: dict, marker: Path, **changes) -> None:

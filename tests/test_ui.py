@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from clihelp import SRC
+from tunesmith.ui import PLAIN_MIN_GAP_S
 
 SCRIPT = """
 import time
@@ -20,7 +22,8 @@ with progress() as bar:
 
 
 def _run_without_terminal(script: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "TERM": "xterm-256color"}  # no COLUMNS: as under CI
+    # no COLUMNS: as under CI; no minimum gap between lines, so 40 quick steps show every 5%
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TUNESMITH_PROGRESS_MIN_S": "0"}
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -40,6 +43,10 @@ def test_the_corpus_metric_bootstrap_shows_its_progress(capsys):
 
     rows = [{"id": str(i), "prediction": f"the answer is {i}", "reference": f"the answer is {i % 3}", "exact_match": float(i % 3 == i)} for i in range(30)]
     tuned = [{**r, "prediction": r["reference"], "exact_match": 1.0} for r in rows]
+    started = time.monotonic()
     compare_rows(rows, tuned, {"exact_match": 1.0, "bleu": 50.0})
+    seconds = time.monotonic() - started
     err = capsys.readouterr().err
     assert "bootstrap + permutation test of bleu: " in err and "(100%)" in err
+    lines = [line for line in err.splitlines() if line.startswith("bootstrap + permutation test of bleu: ")]
+    assert len(lines) <= seconds / PLAIN_MIN_GAP_S + 2  # a quick bootstrap is a line or two in a log, not twenty

@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 LOG_WIDTH = 200  # tables in a log file: wide enough for ids and numbers on one line
 PLAIN_EVERY_S = float(os.environ.get("TUNESMITH_PROGRESS_EVERY_S", "10"))
 PLAIN_EVERY_FRACTION = 0.05
+# A 5% line waits this long after the previous one: a bootstrap over 2,000 resamples that takes a
+# second would otherwise print twenty lines of "0:00 elapsed" into a log.
+PLAIN_MIN_GAP_S = float(os.environ.get("TUNESMITH_PROGRESS_MIN_S", "1"))
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -62,7 +65,8 @@ class _Task:
 
 class PlainProgress:
     """rich.Progress's add_task/update/advance for logs: a line every PLAIN_EVERY_S seconds or every
-    5% of the work (whichever comes first) and one when a task finishes, as it happens."""
+    5% of the work (whichever comes first, but never two within PLAIN_MIN_GAP_S) and one when a task
+    finishes, as it happens."""
 
     def __init__(self, every_s: float | None = None, every_fraction: float = PLAIN_EVERY_FRACTION):
         self.every_s = PLAIN_EVERY_S if every_s is None else every_s
@@ -97,7 +101,9 @@ class PlainProgress:
         now = time.monotonic()
         fraction = task.completed / task.total if task.total else 0.0
         finished = bool(task.total) and task.completed >= task.total
-        if (advance or completed is not None) and (finished or now - task.last_line >= self.every_s or fraction - task.last_fraction >= self.every_fraction - 1e-9):
+        since = now - task.last_line
+        step_done = fraction - task.last_fraction >= self.every_fraction - 1e-9 and since >= PLAIN_MIN_GAP_S
+        if (advance or completed is not None) and (finished or since >= self.every_s or step_done):
             self._line(task)
             task.last_line, task.last_fraction = now, fraction
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tunesmith.errors import UserError
-from tunesmith.eval.metrics import definition
+from tunesmith.eval.metrics import definition, metric_label
 from tunesmith.eval.significance import changed_examples, compare_paired
 
 N_BOOT = 1000
@@ -221,6 +221,21 @@ def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: s
     if c["significant"] and behind:
         return f"{name_a} beat {name_b}: {stats}."
     return f"{name_b} did not beat {name_a} beyond chance: {stats}."
+
+
+def other_changes(comparisons: dict[str, dict[str, Any]], headline: str) -> str | None:
+    """Beside a headline that did not move beyond chance: the other quality metrics that did, so that
+    "no gain on exact match" is never read as "tuning did nothing" when field accuracy or perplexity
+    changed a lot (a strict headline can stay at 0 while the answers get much closer)."""
+    if comparisons.get(headline, {}).get("significant"):
+        return None
+    moved = []
+    for name, c in comparisons.items():
+        change = better_or_worse(name, c.get("delta"))
+        if name == headline or definition(name).kind != "quality" or not c.get("significant") or change is None:
+            continue
+        moved.append(f"{metric_label(name)} {c['mean_a']:.3f} -> {c['mean_b']:.3f} ({change})")
+    return f"Changed beyond chance on other metrics: {', '.join(moved)}." if moved else None
 
 
 def smallest_significant_n(alpha: float = ALPHA) -> int:

@@ -185,7 +185,7 @@ def task_of(rows: list[dict]) -> str:
 def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Tuned against every other model evaluated, on every metric; the verdicts on the task's headline
     metric; and the plain verdict against the best prompt. Returns the sections of the evaluation record."""
-    from tunesmith.eval.compare import comparison_table, compare_rows, needed_examples, size_note, verdict_line
+    from tunesmith.eval.compare import comparison_table, compare_rows, needed_examples, other_changes, size_note, verdict_line
 
     if "tuned" not in rows_by_model:  # a single model evaluated on its own is the one reported
         only = next(iter(rows_by_model))
@@ -203,8 +203,8 @@ def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results
         if other == "base":
             record["comparisons"] = {"metric": on, **versus["base"][on]}
         power[other] = {"metric": on, **needed_examples(versus[other][on])}
-        note = size_note(versus[other][on], power[other])
-        verdicts.append(verdict_line(versus[other][on], metric_label(on), "tuned", other) + (f" {note}" if note else ""))
+        notes = [n for n in (size_note(versus[other][on], power[other]), other_changes(versus[other], on)) if n]
+        verdicts.append(" ".join([verdict_line(versus[other][on], metric_label(on), "tuned", other), *notes]))
     if power:
         record["power"] = power
     prompts = [m for m in PROMPT_MODELS if m in versus]
