@@ -134,6 +134,7 @@ def test_one_empty_answer_is_refused_with_a_fix_that_fits_or_left_out_with_skip_
     err = " ".join(refused.err.split())
     assert f"{source}:37:" in err and "fill in the empty or missing fields" in err and "--skip-invalid" in err
     assert "--format" not in err  # the format was found; naming it would not help
+    assert "field 'completion' (your 'answer')" in err  # the column the user knows, beside the name tunesmith uses
     result = run_cli(capsys, "data", "prepare", str(source), "--map", "prompt=question", "completion=answer", "--pii", "off", "--skip-invalid", "--out", "s")
     assert result.code == 0, result.err
     assert "left out 1 line(s)" in " ".join(result.err.split())

@@ -520,6 +520,14 @@ def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
     return code, "correct the fields named"
 
 
+def _in_their_names(message: str, mapping: dict[str, str] | None) -> str:
+    """A message about a canonical field, with the file's own column named beside it (--map
+    completion=answer: "field 'completion' (your 'answer')"), since that is what the user looks for."""
+    for canonical, theirs in (mapping or {}).items():
+        message = message.replace(f"field '{canonical}'", f"field '{canonical}' (your '{theirs}')")
+    return message
+
+
 class ExampleReader:
     """Streams a file's examples; `fmt` is known once the first record is read, and `problems`
     holds every line that could not be turned into an example. With `skip_invalid` those lines
@@ -548,7 +556,7 @@ class ExampleReader:
                 example = to_example(record, self.fmt, example_id=f"{self.path.stem}-{line}")
             except ValueError as exc:
                 code, fix = _problem_code(record, self.fmt)
-                self.problems.add(line, code, str(exc), fix)
+                self.problems.add(line, code, _in_their_names(str(exc), self.mapping), fix)
                 continue
             self.examples += 1
             self.line = line
