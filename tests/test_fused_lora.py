@@ -40,7 +40,9 @@ def test_fused_lora_gives_peft_s_loss_and_gradients(tiny_model, dropout):
     assert fused_grads.keys() == plain_grads.keys()
     for name, grad in plain_grads.items():
         assert grad.abs().sum() > 0, name  # every LoRA matrix is reached by the loss
-        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda text: f"{name}: {text}")
+        # The same sums in another order: float32 leaves a gradient element that is a sum over ~1,000 tokens
+        # up to ~2e-6 from PEFT's where terms cancel (measured with torch 2.13, peft 0.21.2, dropout 0.1).
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda text: f"{name}: {text}")
 
 
 def test_dora_keeps_peft_s_own_forward(tiny_model):
