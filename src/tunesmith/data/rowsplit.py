@@ -151,14 +151,12 @@ def _remove_from_train(rows: Rows, splits: Splits, name: str, near_threshold: fl
         pairs += [LeakedPair(split="train", removed=i, train_id=None, kind="exact", matches=by_prompt[bytes(p)])
                   for i, p in zip(rows.ids(removed[:MAX_LISTED]), prompts[removed[:MAX_LISTED]])]
     remaining = train[~exact]
-    n_near = 0
     if near_threshold is not None and len(remaining) and len(held):
         words = rows.column("prompt_words")
         shingler = shingler_for_lengths(np.concatenate([words[held], words[remaining]]))
         index = NearIndex((shingler(t) for t in rows.texts(held, prompt_only=True)), _sets_of(rows, held, shingler), near_threshold, count=len(held))
         matches = index.matches((shingler(t) for t in rows.texts(remaining, prompt_only=True)), _sets_of(rows, remaining, shingler), count=len(remaining))
         ordered = sorted(matches.items())
-        n_near = len(ordered)
         listed = ordered[:MAX_LISTED]
         pairs += [LeakedPair(split="train", removed=r, train_id=None, kind="near", matches=g) for r, g in
                   zip(rows.ids([int(remaining[q]) for q, _ in listed]), rows.ids([int(held[ref]) for _, ref in listed]))]

@@ -17,7 +17,6 @@ from typing import Any
 from tunesmith.data.example import Example
 from tunesmith.data.formats import (
     FORMAT_KEYS,
-    FORMAT_NAMES,
     FormatName,
     LimitError,
     RecordError,
@@ -28,7 +27,7 @@ from tunesmith.data.formats import (
     read_records,
     to_example,
 )
-from tunesmith.data.records import TURNS, Found, Severity, check_record
+from tunesmith.data.records import TURNS, Severity, check_record
 
 # Problems kept for display; every one is still counted, so `ok` and the totals stay exact
 # while a file that is wrong on every one of a million lines does not fill memory.

@@ -198,7 +198,6 @@ def import_deepspeed_quietly() -> Any:
 
 def quiet_libraries() -> None:
     """tunesmith shows its own progress; the libraries' bars and deprecation notes only add noise."""
-    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
