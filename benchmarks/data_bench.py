@@ -21,8 +21,9 @@ HERE = Path(__file__).parent
 
 def make_file(path: Path, lines: int, seed: int = 0) -> None:
     """Demo tickets in chat format; ~1% planted exact duplicates so dedup has work to do."""
-    from tunesmith.demo.tickets import make_ticket, SYSTEM_PROMPT
     import random
+
+    from tunesmith.demo.tickets import SYSTEM_PROMPT, make_ticket
 
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as handle:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.chat_template import end_of_turn_ids, render_prompt
 from tunesmith.config import ModelSpec
 from tunesmith.data.example import Example
 from tunesmith.demo.tickets import generate as demo_tickets
-from tunesmith.eval.generate import generate_batched
+from tunesmith.models.generate import generate_batched
 from tunesmith.models.loading import load_model
-from tunesmith.train.collate import end_of_turn_ids, render_prompt
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ class _Attention(torch.nn.Module):
 
 
 def kernel_check(device: str) -> dict:
-    from tunesmith.train import segments
+    from tunesmith.train.kernels import segments
 
     torch.manual_seed(0)
     lengths, heads, kv_heads, dim = [37, 300, 5, 512, 129], 9, 3, 64
@@ -59,10 +59,11 @@ def model_check(device: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunesmith.train import segments
-    from tunesmith.train.collate import Batch, Encoded, collate, batch_tensors
-    from tunesmith.train.fused_lora import fuse_lora
-    from tunesmith.train.loss import summed_loss
+    from tunesmith.chat_template import Encoded, collate
+    from tunesmith.train.batching import Batch, batch_tensors
+    from tunesmith.train.kernels import segments
+    from tunesmith.train.kernels.fused_lora import fuse_lora
+    from tunesmith.train.tasks.causal_lm import summed_loss
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,

@@ -98,8 +98,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def encoded(folder: Path, name: str, tokenizer):
+    from tunesmith.chat_template import encode_all
     from tunesmith.data.example import Example, Message
-    from tunesmith.train.collate import encode_all
 
     records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
     examples = [Example(id=f"{name}-{i}", messages=[Message(**m) for m in r["messages"]]) for i, r in enumerate(records)]
@@ -220,7 +220,7 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from tunesmith.train.trainer import evaluate_loss
+    from tunesmith.train.tasks.causal_lm import evaluate_loss
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_items, val_items = encoded(folder, "train", tokenizer), encoded(folder, "val", tokenizer)
@@ -264,11 +264,12 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
 
 
 def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
-    from tunesmith.train import trainer as trainer_module
+    from tunesmith.train import loop as loop_module
+    from tunesmith.train.recipe import train
     from tunesmith.workspace import Workspace
 
     # The same window as the HF callback: around every optimiser step.
-    clock, step = StepClock(hw.warmup), trainer_module._optimizer_step
+    clock, step = StepClock(hw.warmup), loop_module.optimizer_step
 
     def timed_step(*args, **kwargs):
         clock.begin()
@@ -277,9 +278,9 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
         clock.finish()
         return out
 
-    trainer_module._optimizer_step = timed_step
+    loop_module.optimizer_step = timed_step
 
-    result = trainer_module.train(tunesmith_spec(folder, model_path, hw), Workspace.from_env())
+    result = train(tunesmith_spec(folder, model_path, hw), Workspace.from_env())
     steps = [r for r in result.history if "loss" in r]
     return {"steps": len(steps), **clock.figures(), "heldout_loss": result.info.best_val_loss}
 

@@ -70,7 +70,7 @@ def tickets_home(folder: Path, n_records: int = 30):
 def train_tiny(workspace, tiny_model: Path, **train) -> str:
     """One LoRA run of the tiny model on `tickets` with these train settings; its run id."""
     from tunesmith.config import RunSpec
-    from tunesmith.train.trainer import train as run_training
+    from tunesmith.train.recipe import train as run_training
 
     spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": train})
     return run_training(spec, workspace).info.run_id

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from clihelp import model_with_a_nan_weight, run_cli, train_one_process
+from safetensors.torch import load_file
 
 FSDP = (Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml").read_text()  # the documented example is what runs
 DEEPSPEED = (Path(__file__).parents[1] / "examples" / "accelerate" / "deepspeed.yaml").read_text()
@@ -112,7 +111,7 @@ def test_a_process_started_by_accelerate_with_deepspeed_stage_3_is_refused(capsy
 
 
 def test_the_launch_goes_through_accelerate_with_the_users_file(tmp_path):
-    from tunesmith.train.accel import launch_command, read_accelerate_config
+    from tunesmith.train.parallel.accel import launch_command, read_accelerate_config
 
     path = tmp_path / "fsdp.yaml"
     path.write_text(FSDP)
@@ -125,7 +124,7 @@ def test_the_launch_goes_through_accelerate_with_the_users_file(tmp_path):
 
 def test_cpu_data_parallel_configs_start_every_process(tmp_path):
     """accelerate 1.15 runs a MULTI_CPU config as one process unless mpirun is configured: tunesmith starts them itself."""
-    from tunesmith.train.accel import launch_command, read_accelerate_config
+    from tunesmith.train.parallel.accel import launch_command, read_accelerate_config
 
     path = tmp_path / "cpu.yaml"
     path.write_text("distributed_type: MULTI_CPU\nnum_processes: 3\nuse_cpu: true\n")

@@ -6,10 +6,9 @@ import json
 import zlib
 
 import pytest
-
 from chatserver import ChatCompletions, serve
-
 from clihelp import run_cli
+
 from tunesmith.data.augment import rejection
 
 

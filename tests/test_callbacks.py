@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from clihelp import run_cli
 
 
@@ -45,12 +44,13 @@ def test_generation_eval_records_appear_every_n_steps_with_eval_metrics(capsys, 
 
 
 def test_the_probe_scores_like_tunesmith_eval_on_the_same_examples(tiny_model):
+    from conftest import tiny_records
+
     from tunesmith.config import EvalSpec, GenerationEvalSpec, ModelSpec
     from tunesmith.data.example import Example
     from tunesmith.eval.evaluate import evaluate_model
     from tunesmith.models.loading import load_model
-    from tunesmith.train.callbacks import GenerationProbe, Probes
-    from conftest import tiny_records
+    from tunesmith.train.run.probes import GenerationProbe, Probes
 
     model, tokenizer, _ = load_model(ModelSpec(name=str(tiny_model)))
     examples = [Example(id=str(i), messages=r["messages"], label=r.get("label")) for i, r in enumerate(tiny_records(12))]
@@ -83,7 +83,7 @@ class WeightNormProbe:
 def test_any_probe_with_the_same_shape_plugs_in(tiny_model):
     from tunesmith.config import ModelSpec
     from tunesmith.models.loading import load_model
-    from tunesmith.train.callbacks import Probes
+    from tunesmith.train.run.probes import Probes
 
     model, tokenizer, _ = load_model(ModelSpec(name=str(tiny_model)))
     probes = Probes([WeightNormProbe()])
@@ -94,7 +94,7 @@ def test_any_probe_with_the_same_shape_plugs_in(tiny_model):
 def test_generation_eval_without_validation_answers_is_a_clear_error():
     from tunesmith.config import GenerationEvalSpec
     from tunesmith.errors import UserError
-    from tunesmith.train.callbacks import GenerationProbe
+    from tunesmith.train.run.probes import GenerationProbe
 
     with pytest.raises(UserError, match="train.generation_eval"):
         GenerationProbe([], GenerationEvalSpec(every_steps=1), batch_size=4, seed=0)

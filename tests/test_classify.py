@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from clihelp import run_cli
 from conftest import classification_records
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from clihelp import records, run_cli, tunesmith
 from conftest import classification_records
+from safetensors.torch import load_file
+
 
 def curve(run_dir: Path) -> tuple[list, list]:
     rows = records(run_dir)
@@ -107,7 +107,7 @@ def test_classifier_stopped_by_max_time_resumes_to_the_uninterrupted_result(caps
 def test_non_finite_classifier_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(home, tiny_bert, classes):
     from tunesmith.config import RunSpec
     from tunesmith.errors import TrainingFailed
-    from tunesmith.train.trainer import train
+    from tunesmith.train.recipe import train
     from tunesmith.workspace import Workspace
 
     spec = RunSpec.model_validate({"model": {"name": str(tiny_bert)}, "data": {"dataset": classes},
@@ -226,10 +226,12 @@ def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(ti
 
     from tunesmith.config import ModelSpec, TrainSpec
     from tunesmith.data.example import Example, Message
-    from tunesmith.train.classify import Classification, encode, load_classifier
-    from tunesmith.train.collate import Batch
-    from tunesmith.train.methods import apply_method
-    from tunesmith.train.trainer import _optimizer_step
+    from tunesmith.models.classifier import encode, load_classifier
+    from tunesmith.models.methods import apply_method
+    from tunesmith.train.batching import Batch
+    from tunesmith.train.parallel.strategy import Plain
+    from tunesmith.train.step import optimizer_step
+    from tunesmith.train.tasks.classification import Classification
 
     labels = ["billing", "bug", "praise"]
     rows = classification_records(12, 3)
@@ -246,7 +248,7 @@ def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(ti
         model, _, device = load_classifier(ModelSpec(name=str(tiny_bert), device="cpu"), str(tiny_bert), labels)
         model = apply_method(model, TrainSpec(task="classification", method="full", lr=1e-3), task="classification").eval()  # no dropout: both steps see the same network
         params = [p for p in model.parameters() if p.requires_grad]
-        loss, *_ = _optimizer_step(model, [Batch(items, max_tokens=budget)], pad_id, device, params, torch.optim.SGD(params, lr=0.5), 1e9, objective=objective)
+        loss, *_ = optimizer_step(model, [Batch(items, max_tokens=budget)], pad_id, device, params, torch.optim.SGD(params, lr=0.5), 1e9, objective, Plain())
         steps.append((loss, torch.cat([p.detach().flatten() for p in params])))
     assert steps[0][0] == pytest.approx(steps[1][0], rel=1e-5)
     torch.testing.assert_close(steps[0][1], steps[1][1], rtol=1e-4, atol=1e-6)

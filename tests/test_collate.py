@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from tunesmith.chat_template import IGNORE, collate, encode, encode_all, end_of_turn_ids
 from tunesmith.data.example import Example, Message
-from tunesmith.train.collate import IGNORE, collate, encode, encode_all, end_of_turn_ids
 
 
 @pytest.fixture(scope="module")

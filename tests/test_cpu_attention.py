@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train import cpu_attention
-from tunesmith.train.cpu_attention import applies, causal_segments
+from tunesmith.train.kernels import cpu_attention
+from tunesmith.train.kernels.cpu_attention import applies, causal_segments
 
 # one token, one block exactly, a block plus one, several uneven blocks, the longest the trainer packs
 LENGTHS = [1, 64, 65, 203, 512]
@@ -78,7 +78,7 @@ def test_it_applies_only_where_it_is_exact():
 def test_a_flat_row_on_cpu_runs_through_the_kernel(tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.train.segments import use_segment_attention
+    from tunesmith.train.kernels.segments import use_segment_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     assert use_segment_attention(model)

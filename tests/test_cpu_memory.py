@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PROBE = """
 import ctypes, resource, sys
 if sys.argv[1] == "keep":
-    from tunesmith.train.cpu_memory import keep_freed_memory
+    from tunesmith.train.kernels.cpu_memory import keep_freed_memory
     assert keep_freed_memory() and keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -50,9 +50,8 @@ def test_reallocating_activation_sized_blocks_faults_in_no_new_pages():
 
 
 def test_plan_layout_keeps_freed_memory_on_cpu_only(monkeypatch, tiny_model):
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     from tunesmith.config import TrainSpec
     from tunesmith.train import layout

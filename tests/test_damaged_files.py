@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from clihelp import run_cli, tunesmith
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from clihelp import run_cli, train_one_process
+from safetensors.torch import load_file
 
 
 def losses(run_dir: Path) -> list[float]:

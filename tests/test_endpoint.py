@@ -9,9 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-
 from chatserver import ChatCompletions, serve
 from clihelp import run_cli
+
 from tunesmith.errors import UserError
 from tunesmith.eval.judge import JudgeItem, endpoint_judge, grade
 

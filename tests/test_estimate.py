@@ -9,7 +9,6 @@ import sqlite3
 
 import pytest
 import torch
-
 from clihelp import run_cli
 
 
@@ -103,13 +102,14 @@ def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(caps
 
 
 def test_calibration_leaves_the_weights_and_the_seed_as_they_were(tiny_model):
-    from tunesmith.config import ModelSpec, TrainSpec
-    from tunesmith.models.loading import load_model
-    from tunesmith.train.collate import encode_all
-    from tunesmith.train.estimate import estimate_training
-    from tunesmith.train.methods import apply_method
-    from tunesmith.data.example import Example
     from conftest import tiny_records
+
+    from tunesmith.chat_template import encode_all
+    from tunesmith.config import ModelSpec, TrainSpec
+    from tunesmith.data.example import Example
+    from tunesmith.models.loading import load_model
+    from tunesmith.models.methods import apply_method
+    from tunesmith.train.run.estimate import estimate_training
 
     cfg = TrainSpec(method="full", lr=1e-4, batch_size=4, weight_decay=0.1, price_per_hour=2.0)
     model, tokenizer, device = load_model(ModelSpec(name=str(tiny_model)))

@@ -11,7 +11,6 @@ import re
 
 import pytest
 import yaml
-
 from chatserver import ChatCompletions, serve
 from clihelp import run_cli
 
@@ -244,6 +243,7 @@ def test_a_killed_eval_leaves_the_previous_results_and_registry(capsys, ws_home)
     """SIGKILL after the first model's answers of a new evaluation: the previous answers, report and
     registry pairing are as they were; the next evaluation sweeps the leftovers and pairs only its own rows."""
     from clihelp import tunesmith
+
     from tunesmith.registry.store import Registry
 
     home, (run1, _) = ws_home

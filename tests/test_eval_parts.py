@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-
 from clihelp import run_cli
+
 from tunesmith.data.example import Example, Message
 from tunesmith.errors import UserError
 from tunesmith.eval.forgetting import CHECKS, load_probes
@@ -59,8 +59,8 @@ def test_reference_perplexity_scores_only_the_final_answer(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunesmith.chat_template import encode
     from tunesmith.eval.perplexity import final_turn_only, perplexity, reference_nll
-    from tunesmith.train.collate import encode
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     example = Example(id="x", messages=[Message(role="user", content="hi"), Message(role="assistant", content="hello there"),
@@ -172,7 +172,7 @@ def test_free_text_verdicts_are_given_on_rouge_l_not_exact_match():
     """Free-text answers: no model ever matches exactly, but the tuned one paraphrases the reference. The
     verdict and the best prompt are judged on the task's headline metric (ROUGE-L), and say so."""
     from tunesmith.config import EvalSpec
-    from tunesmith.eval.evaluate import compare_models
+    from tunesmith.eval.results import compare_models
 
     refs = SENTENCES
     tuned = [r.replace("Restart the", "Please restart your") for r in refs]
@@ -213,7 +213,7 @@ def test_a_split_too_small_is_said_beside_the_verdict():
     small, noisy difference: the verdict says so, with roughly how many examples would be needed."""
     from tunesmith.config import EvalSpec
     from tunesmith.eval.compare import needed_examples, smallest_significant_n
-    from tunesmith.eval.evaluate import compare_models
+    from tunesmith.eval.results import compare_models
 
     assert smallest_significant_n() == 6
     refs = SENTENCES[:5]
@@ -237,7 +237,7 @@ def test_a_headline_that_did_not_move_names_the_metrics_that_did():
     """key=value answers: tuned gets the machine and priority right but never the whole answer, so exact
     match stays 0 for both. The verdict must not read as "tuning did nothing": it names field accuracy."""
     from tunesmith.config import EvalSpec
-    from tunesmith.eval.evaluate import compare_models
+    from tunesmith.eval.results import compare_models
 
     machines = ["LN-3 press", "Velora mixer", "KX-12 lathe", "Orbis conveyor", "T-40 kiln"]
     refs = [f"machine={machines[i % 5]}; action=step {i}; priority={'high' if i % 2 else 'normal'}" for i in range(30)]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from sklearn.metrics import accuracy_score
-
 from clihelp import run_cli
+from sklearn.metrics import accuracy_score
 
 
 def _write_jsonl(path, records):

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from clihelp import SRC, run_cli
+
 from tunesmith.data.dataset import load_dataset
+from tunesmith.registry.runfolder import live_status, load_run_info
 from tunesmith.registry.store import Registry
-from tunesmith.runfolder import live_status, load_run_info
 from tunesmith.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # ten SIGKILLs of real CLI processes and their recoveries: a few minutes on 2 cores

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tunesmith.config import ModelSpec, TrainSpec
-from tunesmith.train.collate import collate, encode_all
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.loss import summed_loss
-from tunesmith.train.methods import apply_method, load_for_method
 from varied import varied_examples
+
+from tunesmith.chat_template import collate, encode_all
+from tunesmith.config import ModelSpec, TrainSpec
+from tunesmith.models.methods import apply_method, load_for_method
+from tunesmith.train.kernels.fused_lora import fuse_lora
+from tunesmith.train.tasks.causal_lm import summed_loss
 
 
 def _loss_and_grads(tiny_model, method: str, dropout: float, fused: bool, dtype: str = "float32"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from tunesmith.train.fused_norm import fuse_rms_norms
+from tunesmith.train.kernels.fused_norm import fuse_rms_norms
 
 
 def _norm(trainable: bool) -> LlamaRMSNorm:

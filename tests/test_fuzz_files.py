@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_damaged_files import pristine  # noqa: F401 - the module fixture: a home with a dataset and a tiny run
+
 from tunesmith.config import DataSpec, EvalSpec, ModelSpec, RunSpec, TrainSpec, load_run_spec
 from tunesmith.errors import UserError
 
@@ -85,8 +85,8 @@ def damage(path: Path, kind: str, where: float, junk: bytes) -> None:
 def open_everything(home: Path, run_id: str) -> None:
     """What `eval RUN` reads before it generates: the run's record and config, its dataset, its model."""
     from tunesmith.data.dataset import load_dataset
-    from tunesmith.eval.evaluate import load_tuned
-    from tunesmith.runfolder import load_run_info, read_config
+    from tunesmith.models.artefact import load_tuned
+    from tunesmith.registry.runfolder import load_run_info, read_config
     from tunesmith.workspace import Workspace
 
     ws = Workspace.from_env(home)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from tunesmith.config import TrainSpec
-from tunesmith.train.collate import encode_all
-from tunesmith.train.methods import apply_method
-from tunesmith.train.trainer import _optimizer_step
 from varied import varied_examples
+
+from tunesmith.chat_template import encode_all
+from tunesmith.config import TrainSpec
+from tunesmith.models.methods import apply_method
+from tunesmith.train.parallel.strategy import Plain
+from tunesmith.train.step import optimizer_step
+from tunesmith.train.tasks.causal_lm import CAUSAL_LM
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def one_step(tiny_model, items, method: str, batch: int, accum: int):
     optimizer = torch.optim.SGD(params, lr=0.5)
     batches = [items[0][i : i + batch] for i in range(0, len(items[0]), batch)]
     assert len(batches) == accum
-    loss, _, n_trained, _ = _optimizer_step(model, batches, items[1], torch.device("cpu"), params, optimizer, max_grad_norm=1e9)
+    loss, _, n_trained, _ = optimizer_step(model, batches, items[1], torch.device("cpu"), params, optimizer, 1e9, CAUSAL_LM, Plain())
     return loss, n_trained, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -53,8 +55,8 @@ def test_batch_times_accumulation_splits_give_the_same_step(tiny_model, items, m
 def test_a_mean_per_micro_batch_would_differ(tiny_model, items):
     """The trap the token-weighted sum avoids: averaging micro-batch means over-weights the tokens
     of micro-batches with few trained tokens, so the gradient differs from the whole batch's."""
-    from tunesmith.train.collate import collate
-    from tunesmith.train.loss import summed_loss
+    from tunesmith.chat_template import collate
+    from tunesmith.train.tasks.causal_lm import summed_loss
 
     def gradient(weights_of) -> torch.Tensor:
         model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -72,8 +74,8 @@ def test_a_mean_per_micro_batch_would_differ(tiny_model, items):
 
 def test_trained_token_count_matches_the_loss_even_when_training_on_all_tokens(tiny_model):
     """The step divides by this count; with train_on=all the first token has a label but no loss."""
-    from tunesmith.train.collate import collate
-    from tunesmith.train.loss import summed_loss
+    from tunesmith.chat_template import collate
+    from tunesmith.train.tasks.causal_lm import summed_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     kept, _ = encode_all(tokenizer, varied_examples(4), 512, "all")

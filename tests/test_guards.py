@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-
 from clihelp import model_with_a_nan_weight, run_cli
 from conftest import tiny_records
+
 from tunesmith.config import PrepareSpec, RunSpec
 from tunesmith.errors import TrainingFailed
 from tunesmith.registry.store import Registry
@@ -27,7 +27,7 @@ def one_line(text: str) -> str:
 
 def test_divergence_stops_with_exit_1_and_names_the_last_good_checkpoint(home, tiny_model, tickets_file):
     from tunesmith.data.dataset import prepare_dataset
-    from tunesmith.train.trainer import train
+    from tunesmith.train.recipe import train
 
     ws = Workspace.from_env()
     prepare_dataset(tickets_file, ws, name="tickets", options=PrepareSpec(pii="off"))
@@ -116,7 +116,7 @@ def test_time_budget_stops_cleanly_and_the_run_resumes_to_the_end(capsys, home, 
 
 
 def test_cost_budget_turns_price_into_seconds():
-    from tunesmith.train.guards import Budget
+    from tunesmith.train.run.guards import Budget
 
     budget = Budget(max_cost=1.0, price_per_hour=3.6)  # 1000 s
     assert budget.exceeded(900, 50) is None

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train import head_loss
-from tunesmith.train.head_loss import fused_head_loss
+from tunesmith.train.kernels import head_loss
+from tunesmith.train.kernels.head_loss import fused_head_loss
 
 
 def _plain_and_fused(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor):

@@ -5,20 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from chatserver import ChatCompletions, serve
 
 from tunesmith.errors import UserError
-from tunesmith.eval.judge import (
-    JudgeItem,
-    PairItem,
-    compare_pairwise,
-    endpoint_judge,
-    grade,
-    parse_grade,
-    parse_verdict,
-    summarize_grades,
-)
+from tunesmith.eval.judge import JudgeItem, PairItem, compare_pairwise, endpoint_judge, grade, parse_grade, parse_verdict, summarize_grades
 
 
 def judge_reply(model: str, messages: list[dict]) -> str:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from clihelp import SRC, run_cli
+
 from tunesmith.workspace import staging_dir
 
 

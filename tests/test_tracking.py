@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-
 from clihelp import run_cli
 
 
@@ -58,7 +57,7 @@ def test_mlflow_sqlite_store_in_the_workspace_holds_the_logged_losses(capsys, ho
 
 
 def test_a_missing_tracker_package_is_a_usage_error_naming_the_install(capsys, home, tiny_model, tickets_file, monkeypatch):
-    import tunesmith.train.tracking as tracking
+    import tunesmith.train.run.tracking as tracking
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
@@ -77,7 +76,7 @@ def test_an_unknown_tracker_is_reported_with_its_field(capsys, home, tickets_fil
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="pip install wandb")
 def test_wandb_runs_offline_into_the_run_folder(tmp_path, monkeypatch):
     from tunesmith.config import RunSpec
-    from tunesmith.train.tracking import open_trackers
+    from tunesmith.train.run.tracking import open_trackers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run_dir = tmp_path / "home" / "runs" / "run-1"

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 import yaml
-
 from clihelp import run_cli
+
 from tunesmith.config import DEFAULT_LR, TrainSpec
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
 

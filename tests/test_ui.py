@@ -7,6 +7,7 @@ import sys
 import time
 
 from clihelp import SRC
+
 from tunesmith.ui import PLAIN_MIN_GAP_S
 
 SCRIPT = """

@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from clihelp import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clihelp import run_cli
 from tunesmith.data.formats import CANONICAL_KEYS, read_records
 from tunesmith.data.validate import validate_file
 from tunesmith.errors import UserError

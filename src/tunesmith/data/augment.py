@@ -46,10 +46,10 @@ def endpoint_generator(url: str, model: str, api_key_env: str, max_new_tokens: i
 
 
 def local_generator(model_name: str, max_new_tokens: int) -> Generator:
+    from tunesmith.chat_template import end_of_turn_ids
     from tunesmith.config import ModelSpec
-    from tunesmith.eval.generate import generate_batched
+    from tunesmith.models.generate import generate_batched
     from tunesmith.models.loading import load_model
-    from tunesmith.train.collate import end_of_turn_ids
 
     model, tokenizer, _ = load_model(ModelSpec(name=model_name))
     eot = end_of_turn_ids(tokenizer)

@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
-from collections.abc import Iterable
-
-from collections.abc import Callable, Sequence
-
-from pydantic import BaseModel, ConfigDict
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from tunesmith.data import nearlsh
 from tunesmith.data.example import Example
-from tunesmith.data.nearlsh import jaccard
 
 if TYPE_CHECKING:
     from tunesmith.data.rows import Rows

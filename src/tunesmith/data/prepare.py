@@ -308,7 +308,7 @@ def _keep_long_examples_in_train(rows: Rows, splits: dict[str, np.ndarray], give
     """Validation/test examples longer than the model's training length move to train, where they
     are truncated like every long example; scoring one would judge a cut prompt or answer.
     Examples of a file the user gave stay where they are, named in a warning."""
-    from tunesmith.data.validate import long_example_check, load_tokenizer_only
+    from tunesmith.data.validate import load_tokenizer_only, long_example_check
 
     check = long_example_check(load_tokenizer_only(length.model), length.max_seq_len)
     moved: dict[str, list[str]] = {}

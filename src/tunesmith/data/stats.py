@@ -92,7 +92,7 @@ def _split_stats(examples: Iterable[Example], tokenizer: Any) -> tuple[SplitStat
     trained = 0
     if tokenizer is not None:
         # The trainer's own encoding, so "trained tokens" here is exactly what training will count.
-        from tunesmith.train.collate import encode
+        from tunesmith.chat_template import encode
     for example in examples:
         roles.update(m.role for m in example.messages)
         if example.label is not None:

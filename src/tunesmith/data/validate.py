@@ -390,7 +390,7 @@ class _LengthCheck:
         return cls(tokenizer, max_seq_len or TrainSpec.model_fields["max_seq_len"].default)
 
     def check(self, example: Example) -> list[tuple[str, str]]:
-        from tunesmith.train.collate import trained_spans
+        from tunesmith.chat_template import trained_spans
 
         try:
             text, spans = trained_spans(self.tokenizer, example, "assistant")

@@ -14,12 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from tunesmith.chat_template import end_of_turn_ids
 from tunesmith.data.example import Example, Message
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import generate_batched
 from tunesmith.eval.judge import json_objects
-from tunesmith.runfolder import write_json
-from tunesmith.train.collate import end_of_turn_ids
+from tunesmith.models.generate import generate_batched
+from tunesmith.registry.runfolder import write_json
 from tunesmith.ui import console
 
 PROBE_FILE = "general_skills.jsonl"

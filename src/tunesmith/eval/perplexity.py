@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunesmith.chat_template import IGNORE, collate, encode
 from tunesmith.data.example import Example
-from tunesmith.train.collate import IGNORE, collate, encode
 
 MAX_BATCH = 8  # logits are batch x length x vocabulary floats: ~50k-word vocabularies need small batches
 

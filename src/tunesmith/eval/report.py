@@ -131,7 +131,7 @@ def loss_plot(run_dir: Path) -> str:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not any("loss" in r or r.get("val_loss") is not None for r in records):
         return "<p>No training log (metrics.jsonl) in this run.</p>"
-    from tunesmith.train.plot import draw_loss
+    from tunesmith.plot import draw_loss
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)

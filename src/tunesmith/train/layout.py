@@ -8,12 +8,10 @@ from typing import Any
 
 import torch
 
+from tunesmith.chat_template import Encoded
 from tunesmith.config import VIRTUAL_TOKEN_METHODS, TrainSpec
-from tunesmith.train.collate import Batch, Encoded, choose_packing, make_batches, tokens_per_forward
-from tunesmith.train.cpu_memory import keep_freed_memory
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.fused_norm import fuse_rms_norms
-from tunesmith.train.segments import use_segment_attention
+from tunesmith.train.batching import Batch, choose_packing, make_batches, tokens_per_forward
+from tunesmith.train.kernels.segments import use_segment_attention
 
 
 @dataclass(frozen=True)
@@ -32,15 +30,11 @@ class Layout:
 
 
 def plan_layout(model: Any, cfg: TrainSpec, items: list[Encoded], device: torch.device, packs: bool = True) -> Layout:
-    """Decide packing and switch the model to the kernels that layout uses (idempotent)."""
+    """Decide packing; flat rows switch the model's attention to per-example segments (idempotent)."""
     # Virtual tokens sit before each row, not before each packed example: those methods never pack.
     setting = False if cfg.method in VIRTUAL_TOKEN_METHODS or not packs else cfg.packing
     packed, waste = choose_packing(setting, items, cfg.batch_size, cfg.seed)
     # Under auto, flat rows win over any padding at all: they cost neither padding nor attention across examples.
     flat = (packed or (setting == "auto" and waste > 0)) and use_segment_attention(model)
     packed = packed or flat
-    fuse_lora(model)
-    if device.type == "cpu":
-        keep_freed_memory()  # activations reuse freed pages instead of faulting in new ones
-        fuse_rms_norms(model)
     return Layout(packed, flat, tokens_per_forward(cfg.tokens_per_forward, cfg.max_seq_len, device.type), waste)

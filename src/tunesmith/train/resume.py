@@ -8,18 +8,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import UserError
-from tunesmith.models.loading import resolve_model_path
-from tunesmith.registry.store import Registry
-from tunesmith.files import read_text, read_yaml
-from tunesmith.runfolder import DAMAGED_RUN_FIX, RunInfo, find_run, live_status, load_run_info, read_config
-from tunesmith.train.checkpoint import latest_intact_checkpoint, prune_checkpoints, truncate_metrics
-from tunesmith.train.guards import Budget
 from tunesmith.config import RunSpec
-from tunesmith.data.dataset import Dataset
-from tunesmith.train import accel, distributed
-from tunesmith.train.trainer import TrainResult, resolve_replay, run_registered, train_task
-from tunesmith.data.dataset import load_dataset
+from tunesmith.data.dataset import Dataset, load_dataset
+from tunesmith.errors import UserError
+from tunesmith.files import read_text, read_yaml
+from tunesmith.models.loading import resolve_model_path
+from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, RunInfo, find_run, live_status, load_run_info, read_config
+from tunesmith.registry.store import Registry
+from tunesmith.train.loop import TrainResult
+from tunesmith.train.parallel import accel, distributed
+from tunesmith.train.recipe import resolve_replay, run_registered, train_task
+from tunesmith.train.run.checkpoint import latest_intact_checkpoint, prune_checkpoints, truncate_metrics
+from tunesmith.train.run.guards import Budget
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace, sweep_staging
 

@@ -44,9 +44,9 @@ class GenerationProbe:
         self.every_steps, self.max_new_tokens, self.batch_size = spec.every_steps, spec.max_new_tokens, batch_size
 
     def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
-        from tunesmith.eval.generate import generate_batched
+        from tunesmith.chat_template import end_of_turn_ids
         from tunesmith.eval.metrics import aggregate, score_example
-        from tunesmith.train.collate import end_of_turn_ids
+        from tunesmith.models.generate import generate_batched
 
         outputs, seconds = generate_batched(
             model, tokenizer, self.examples, end_of_turn_ids(tokenizer), max_new_tokens=self.max_new_tokens, batch_size=self.batch_size

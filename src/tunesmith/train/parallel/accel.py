@@ -25,13 +25,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from tunesmith.config import spec_to_yaml
 from tunesmith.errors import UserError
+from tunesmith.train.parallel import distributed, zero
 
 DATA_PARALLEL = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"}
 # FSDP settings accelerate may write that change what would be trained or saved, and which the
@@ -85,7 +88,6 @@ def read_accelerate_config(path: Path) -> AccelerateConfig:
 
 
 def _check_deepspeed(data: dict, where: str) -> Any:
-    from tunesmith.train import zero
 
     if data.get("use_cpu") is True:
         raise UserError("use_cpu: true makes `accelerate launch` start one process without DeepSpeed", where=f"{where}: use_cpu",
@@ -134,7 +136,6 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
 
 
 def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
-    from tunesmith.train import zero
 
     where = "train.method" if isinstance(config, str) else f"train.method (with DeepSpeed from {config.path})"
     cfg = spec.train
@@ -164,8 +165,7 @@ def check_env(spec: Any) -> Literal["ddp", "fsdp", "deepspeed"]:
     mode = mode_from_env()
     if mode == "deepspeed":
         from tunesmith.models.loading import import_deepspeed_quietly
-        from tunesmith.train import zero
-
+    
         zero.check_clipping(zero.from_env(), spec.train.max_grad_norm)  # a process started by hand skipped the launcher's checks
         zero.require_installed("ACCELERATE_USE_DEEPSPEED")
         import_deepspeed_quietly()  # now, before transformers or accelerate import it with its logger on stdout
@@ -187,16 +187,25 @@ def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> i
 
     processes = nproc if nproc > 1 else config.num_processes
     if config.mode == "deepspeed":  # checked last, so a config's mistakes are reported whether or not it is installed
-        from tunesmith.train import zero
-
+    
         zero.require_installed(f"{config.path}: distributed_type")
     if config.cpu_without_mpirun and processes > 1:
         console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
     # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
     defaults = {"DS_ACCELERATOR": "cpu"} if config.mode == "deepspeed" and not torch.cuda.is_available() else {}
-    from tunesmith.train import distributed
 
     if config.cpu_without_mpirun:
         return distributed.launch(train_args, processes, defaults)
     env = {**distributed.thread_defaults(processes), **defaults, **os.environ}
     return subprocess.run(launch_command(config, train_args, nproc), env=env, check=False).returncode
+
+
+def launch_spec(spec: Any, nproc: int, extra: list[str] | None = None, accelerate_config: Any = None) -> int:
+    """Run this resolved spec in nproc processes (or as the accelerate config says): every process reads the same config file."""
+    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as folder:
+        path = Path(folder) / "run.yaml"
+        path.write_text(spec_to_yaml(spec), encoding="utf-8")
+        args = ["--config", str(path), *(extra or [])]
+        if accelerate_config is not None:
+            return launch(accelerate_config, args, nproc)
+        return distributed.launch(args, nproc)

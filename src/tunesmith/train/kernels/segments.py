@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.train import cpu_attention
+from tunesmith.train.kernels import cpu_attention
 
 NAME = "tunesmith_segments"
 _BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.chat_template import end_of_turn_ids
 from tunesmith.data.dataset import load_dataset
 from tunesmith.errors import UserError
-from tunesmith.eval.evaluate import load_run_spec_from_folder, load_tuned
-from tunesmith.eval.generate import generate_one
-from tunesmith.runfolder import find_run, load_run_info
-from tunesmith.train.collate import end_of_turn_ids
+from tunesmith.models.artefact import load_tuned
+from tunesmith.models.generate import generate_one
+from tunesmith.registry.runfolder import find_run, load_run_info, read_config
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
 
@@ -41,7 +41,7 @@ class Session:
         if info.task == "classification":
             raise UserError(f"run {info.run_id} is a classifier: it picks one of {len(info.labels or [])} labels and does not write answers",
                             fix=f"label a text with `tunesmith classify {info.run_id} --text \"...\"`; score it with `tunesmith eval {info.run_id}`")
-        model, tokenizer = load_tuned(run_dir, info, load_run_spec_from_folder(run_dir).model)
+        model, tokenizer = load_tuned(run_dir, info, read_config(run_dir).model)
         system = system if system is not None else trained_system_prompt(workspace, info.dataset)
         return cls(model, tokenizer, end_of_turn_ids(tokenizer), system, max_new_tokens)
 

@@ -21,17 +21,16 @@ batch sizes, accumulation, precision) is refused there rather than silently over
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from tunesmith.errors import UserError
-from tunesmith.train import distributed
+from tunesmith.train.parallel import distributed
 
 STAGES = (1, 2)
 INSTALL = "pip install 'tunesmith[deepspeed]' (tunesmith's DeepSpeed path was tested with deepspeed 0.19.8)"
@@ -228,61 +227,8 @@ def deepspeed_config(settings: ZeroSettings, world: int, max_grad_norm: float) -
 # ------------------------------------------------------------------ inside the processes
 
 
-def wanted() -> bool:
-    """Launched by accelerate with a DeepSpeed config, as one of several processes."""
-    from tunesmith.train.accel import mode_from_env
-    from tunesmith.train.distributed import rank_and_world
-
-    return mode_from_env() == "deepspeed" and rank_and_world()[1] > 1
-
-
 def is_zero(optimizer: Any) -> bool:
     return hasattr(optimizer, "single_partition_of_fp32_groups")
-
-
-def take_over(loop: Any) -> None:
-    """Wrap a TrainingLoop's model and optimiser in a DeepSpeed engine, its optimiser state
-    (restored from a checkpoint, or fresh) and its schedule carried over; the step, the optimiser
-    state a checkpoint saves and the weights it saves follow the engine."""
-    if not wanted() or is_zero(loop.optimizer):
-        return
-    import torch.distributed as dist
-
-    from tunesmith.train.sharding import _same_kind
-    from tunesmith.train.settings import make_schedule
-
-    settings = from_env()
-    check_clipping(settings, loop.cfg.max_grad_norm)
-    from tunesmith.models.loading import import_deepspeed_quietly
-
-    deepspeed = import_deepspeed_quietly()
-    plain, schedule_state = loop.optimizer.state_dict(), loop.schedule.state_dict()
-    inner = _same_kind(loop.optimizer, loop.params)
-    config = deepspeed_config(settings, dist.get_world_size(), loop.cfg.max_grad_norm)
-    with contextlib.redirect_stdout(sys.stderr):
-        engine, optimizer, _, _ = deepspeed.initialize(model=loop.model, optimizer=inner, config=config, dist_init_required=False)
-    # Without fp16 DeepSpeed does not look for inf/nan gradients and would step with them; with the
-    # check on, it skips such a step, and optimizer_step reports the divergence.
-    optimizer.check_grad_overflow = True
-    _check_layout(optimizer)
-    # The hyperparameters, the schedule's current lr included, come from the saved state as a
-    # plain optimiser's load_state_dict would restore them.
-    for group, saved in zip(inner.param_groups, plain["param_groups"]):
-        group.update({key: value for key, value in saved.items() if key != "params"})
-    if plain["state"]:
-        _load_full_state(optimizer, plain, loop.params)
-    loop.schedule = make_schedule(inner, loop.cfg, loop.plan.total_steps)
-    loop.schedule.load_state_dict(schedule_state)
-    for group, saved in zip(inner.param_groups, plain["param_groups"]):
-        group["lr"] = saved["lr"]  # a new LambdaLR sets lr for step 0; a resumed run is further on
-    loop.optimizer = optimizer
-    loop.step_fn = functools.partial(optimizer_step, engine=engine)
-    loop.gather_optimizer = lambda model, optimizer: full_optimizer_state(optimizer, loop.params)
-    loop.gather_weights = full_weights
-    from tunesmith.ui import console
-
-    split = "optimiser state and gradients" if settings.stage == 2 else "optimiser state"
-    console.print(f"DeepSpeed ZeRO-{settings.stage} over {dist.get_world_size()} processes ({split} split {dist.get_world_size()} ways, whole weights in each)")
 
 
 def _groups(optimizer: Any) -> list[list[Any]]:
@@ -373,39 +319,83 @@ def full_weights(model: Any) -> dict[str, Any]:
     return weights
 
 
-def optimizer_step(
-    model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None, objective: Any = None,
-    *, engine: Any,
-) -> tuple[float, float, int, int]:
-    """The trainer's optimiser step through a DeepSpeed engine. Stage 2 reduces gradients after every
-    backward pass, so every process runs as many passes (padding with passes that train nothing,
-    as sharding.optimizer_step does). Returns (loss per trained token, gradient norm, trained
-    tokens, real tokens); raises Diverged when the loss or the gradient is not finite."""
-    import torch.distributed as dist
+class Zero:
+    """DeepSpeed ZeRO (stage 1 or 2) as a step strategy (see step.py). Stage 2 reduces gradients
+    after every backward pass, so every process runs as many passes (padding with passes that
+    train nothing, as FSDP does); the engine clips, steps AdamW and zeroes the gradients."""
 
-    from tunesmith.train.objective import CAUSAL_LM
-    from tunesmith.train.sharding import equal_passes
-    from tunesmith.train.trainer import Diverged
+    name = "deepspeed"
 
-    objective = objective or CAUSAL_LM
-    total_trained = sum(item.n_trained for batch in group for item in batch)
-    passes = equal_passes(group, objective, pad_id, device)
-    # DeepSpeed averages the gradients over processes; ours are shares of one sum, so scale them up first.
-    scale, total_loss = dist.get_world_size() / total_trained, 0.0
-    for number, local in enumerate(passes, start=1):
-        engine.set_gradient_accumulation_boundary(number == len(passes))
-        loss_sum, _ = objective.summed_loss(model, {k: v.to(device) for k, v in local.items()})
-        engine.backward(loss_sum * scale)
-        total_loss += float(loss_sum.detach())
-    if on_backward is not None:
-        on_backward()
-    total_loss = distributed.global_sum(total_loss, device)
-    if not math.isfinite(total_loss):
-        raise Diverged(f"the training loss became {total_loss}")
-    engine.step()  # clips at gradient_clipping (= train.max_grad_norm), steps AdamW, zeroes the gradients
-    if getattr(engine.optimizer, "overflow", False):  # DeepSpeed found inf/nan gradients and skipped the step
-        raise Diverged("the gradient norm became nan or inf")
-    grad_norm = engine.get_global_grad_norm()
-    grad_norm = float(grad_norm.item() if hasattr(grad_norm, "item") else grad_norm)
-    real_tokens = sum(len(item.input_ids) for batch in group for item in batch)
-    return total_loss / total_trained, grad_norm, total_trained, real_tokens
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.params: list = []
+
+    def prepare(self, model: Any, optimizer: Any, schedule: Any, params: list, cfg: Any, total_steps: int) -> tuple[Any, Any, Any, list]:
+        """Wrap the model and optimiser in a DeepSpeed engine, the optimiser state (restored from a
+        checkpoint, or fresh) and the schedule carried over."""
+        if is_zero(optimizer):
+            return model, optimizer, schedule, params
+        import torch.distributed as dist
+
+        from tunesmith.models.loading import import_deepspeed_quietly
+        from tunesmith.train.parallel.fsdp import _same_kind
+        from tunesmith.train.settings import make_schedule
+        from tunesmith.ui import console
+
+        settings = from_env()
+        check_clipping(settings, cfg.max_grad_norm)
+        deepspeed = import_deepspeed_quietly()
+        plain, schedule_state = optimizer.state_dict(), schedule.state_dict()
+        inner = _same_kind(optimizer, params)
+        config = deepspeed_config(settings, dist.get_world_size(), cfg.max_grad_norm)
+        with contextlib.redirect_stdout(sys.stderr):
+            self.engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=inner, config=config, dist_init_required=False)
+        # Without fp16 DeepSpeed does not look for inf/nan gradients and would step with them; with the
+        # check on, it skips such a step, and update() reports the divergence.
+        optimizer.check_grad_overflow = True
+        _check_layout(optimizer)
+        # The hyperparameters, the schedule's current lr included, come from the saved state as a
+        # plain optimiser's load_state_dict would restore them.
+        for group, saved in zip(inner.param_groups, plain["param_groups"]):
+            group.update({key: value for key, value in saved.items() if key != "params"})
+        if plain["state"]:
+            _load_full_state(optimizer, plain, params)
+        schedule = make_schedule(inner, cfg, total_steps)
+        schedule.load_state_dict(schedule_state)
+        for group, saved in zip(inner.param_groups, plain["param_groups"]):
+            group["lr"] = saved["lr"]  # a new LambdaLR sets lr for step 0; a resumed run is further on
+        self.params = params
+        split = "optimiser state and gradients" if settings.stage == 2 else "optimiser state"
+        world = dist.get_world_size()
+        console.print(f"DeepSpeed ZeRO-{settings.stage} over {world} processes ({split} split {world} ways, whole weights in each)")
+        return model, optimizer, schedule, params
+
+    def passes(self, group: list, objective: Any, pad_id: int, device: Any) -> list:
+        from tunesmith.train.parallel.fsdp import equal_passes
+
+        return equal_passes(group, objective, pad_id, device)
+
+    def backward(self, loss_sum: Any, step_tokens: int, last: bool) -> None:
+        import torch.distributed as dist
+
+        self.engine.set_gradient_accumulation_boundary(last)
+        # DeepSpeed averages the gradients over processes; ours are shares of one sum, so scale them up first.
+        self.engine.backward(loss_sum * (dist.get_world_size() / step_tokens))
+
+    def reduce(self, params: list, total_loss: float, device: Any) -> float:
+        return distributed.global_sum(total_loss, device)
+
+    def update(self, params: list, optimizer: Any, max_grad_norm: float) -> float:
+        from tunesmith.train.step import Diverged
+
+        self.engine.step()  # clips at gradient_clipping (= train.max_grad_norm), steps AdamW, zeroes the gradients
+        if getattr(self.engine.optimizer, "overflow", False):  # DeepSpeed found inf/nan gradients and skipped the step
+            raise Diverged("the gradient norm became nan or inf")
+        grad_norm = self.engine.get_global_grad_norm()
+        return float(grad_norm.item() if hasattr(grad_norm, "item") else grad_norm)
+
+    def optimizer_state(self, model: Any, optimizer: Any, params: list) -> dict[str, Any]:
+        return full_optimizer_state(optimizer, params)
+
+    def full_weights(self, model: Any) -> dict[str, Any]:
+        return full_weights(model)

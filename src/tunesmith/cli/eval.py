@@ -48,20 +48,20 @@ def eval_cmd(
     """Score a run on a held-out split against its base, prompting baselines or other runs; results go into
     the run folder (eval/, report.html) and the registry. Also: `eval judge`, `eval review-export`,
     `eval review-import`, `eval score` (see `tunesmith eval-judge --help` etc.)."""
+    from tunesmith.cli.report import print_comparison, print_evaluation
     from tunesmith.config import EvalSpec, validate_spec
     from tunesmith.eval.baselines import parse_baselines
-    from tunesmith.eval.evaluate import evaluate_run, load_run_spec_from_folder
+    from tunesmith.eval.evaluate import evaluate_run
     from tunesmith.eval.report import write_report
     from tunesmith.eval.results import latest_evaluation
-    from tunesmith.report_cli import print_comparison, print_evaluation
-    from tunesmith.runfolder import find_run
+    from tunesmith.registry.runfolder import find_run, read_config
 
     ws = _workspace()
     run_dir = find_run(ws, run)
     flags = {"split": split, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit, "temperature": temperature,
              "top_p": top_p, "seed": seed, "metrics": _csv(metrics), "custom_metrics": custom or None, "perplexity": perplexity,
              "system_prompt": system_prompt, "shots": shots, "forgetting_threshold": forgetting_threshold}
-    base = load_run_spec_from_folder(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
+    base = read_config(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
     spec = validate_spec(EvalSpec, {**base, **{k: v for k, v in flags.items() if v is not None}}, "the run config's eval section and command-line flags")
     results = evaluate_run(ws, run_dir, spec, compare_base, compare_runs=compare or [], baselines=parse_baselines(baselines), forgetting=forgetting)
     record = latest_evaluation(run_dir, spec.split)
@@ -107,19 +107,19 @@ def _rows(run_dir: Path, split: str, model_id: str, hint: str, folder: Path | No
 
 def _local_ask(ref: str, max_new_tokens: int):
     """A judge that is a local model: a run id/folder (its tuned model) or a base model name/folder."""
+    from tunesmith.chat_template import end_of_turn_ids
     from tunesmith.config import ModelSpec
-    from tunesmith.eval.evaluate import load_run_spec_from_folder, load_tuned
-    from tunesmith.eval.generate import generate_one
+    from tunesmith.models.artefact import load_tuned
+    from tunesmith.models.generate import generate_one
     from tunesmith.models.loading import load_model
-    from tunesmith.runfolder import find_run, load_run_info
-    from tunesmith.train.collate import end_of_turn_ids
+    from tunesmith.registry.runfolder import find_run, load_run_info, read_config
 
     try:
         run_dir = find_run(_workspace(), ref)
     except UserError:
         model, tokenizer, _ = load_model(ModelSpec(name=ref))
     else:
-        model, tokenizer = load_tuned(run_dir, load_run_info(run_dir), load_run_spec_from_folder(run_dir).model)
+        model, tokenizer = load_tuned(run_dir, load_run_info(run_dir), read_config(run_dir).model)
     eot = end_of_turn_ids(tokenizer)
     return lambda messages: generate_one(model, tokenizer, messages, eot, max_new_tokens)
 
@@ -138,7 +138,7 @@ def eval_judge(
 ) -> None:
     """LLM-as-a-judge on a run's evaluated answers: rubric grades (1-5) or position-swapped pairwise verdicts; unreadable verdicts are counted."""
     from tunesmith.eval.judge import JudgeItem, PairItem, check_readable, compare_pairwise, endpoint_judge, grade, summarize_grades
-    from tunesmith.runfolder import find_run, write_json
+    from tunesmith.registry.runfolder import find_run, write_json
 
     if (judge_url is None) == (judge_local is None):
         raise UserError("give exactly one judge: --judge-url URL --judge-model NAME, or --judge-local RUN_OR_MODEL", fix="e.g. --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini")
@@ -181,7 +181,7 @@ def eval_judge(
 
 def _update_report(run_dir: Path, keys: list[str], value: Any) -> None:
     from tunesmith.eval.report import write_report
-    from tunesmith.runfolder import write_json
+    from tunesmith.registry.runfolder import write_json
 
     path = run_dir / "eval" / "report.json"
     from tunesmith.files import read_json
@@ -203,7 +203,7 @@ def eval_review_export(
 ) -> None:
     """A blinded A/B review sheet of base vs tuned answers: review.csv and a self-contained review.html (keep review-key.json to yourself)."""
     from tunesmith.eval.review import export_review
-    from tunesmith.runfolder import find_run
+    from tunesmith.registry.runfolder import find_run
 
     run_dir = find_run(_workspace(), run)
     hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
@@ -225,7 +225,7 @@ def eval_review_import(
 ) -> None:
     """Unblind filled review sheets: tuned-vs-base win rate, mean ratings and, with several raters, their agreement."""
     from tunesmith.eval.review import find_key, import_review, review_keys
-    from tunesmith.runfolder import find_run
+    from tunesmith.registry.runfolder import find_run
 
     run_dir = find_run(_workspace(), run)
     if key is not None:
@@ -245,7 +245,7 @@ def eval_review_import(
 
 def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids or folders")) -> None:
     """Runs side by side: dataset version, key hyperparameters, validation loss and evaluation metrics."""
-    from tunesmith.report_cli import print_runs_compare
+    from tunesmith.cli.report import print_runs_compare
 
     print_runs_compare(_workspace(), runs)
 

@@ -10,8 +10,8 @@ from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import headline_first
 from tunesmith.files import read_json, read_yaml
+from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, INTERRUPTED, find_run, load_run_info, run_status
 from tunesmith.registry.store import REINDEX, Registry, missing_from_index
-from tunesmith.runfolder import DAMAGED_RUN_FIX, INTERRUPTED, find_run, load_run_info, run_status
 from tunesmith.ui import console, out
 from tunesmith.workspace import Workspace
 

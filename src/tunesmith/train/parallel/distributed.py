@@ -148,21 +148,6 @@ def budget_args(budget: Any) -> list[str]:
     return args
 
 
-def launch_spec(spec: Any, nproc: int, extra: list[str] | None = None, accelerate_config: Any = None) -> int:
-    """Run this resolved spec in nproc processes (or as the accelerate config says): every process reads the same config file."""
-    from tunesmith.config import spec_to_yaml
-
-    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as folder:
-        path = Path(folder) / "run.yaml"
-        path.write_text(spec_to_yaml(spec), encoding="utf-8")
-        args = ["--config", str(path), *(extra or [])]
-        if accelerate_config is not None:
-            from tunesmith.train.accel import launch as accelerate_launch
-
-            return accelerate_launch(accelerate_config, args, nproc)
-        return launch(args, nproc)
-
-
 def launch(train_args: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
     """Run `tunesmith train *train_args` in nproc processes on this machine (torch.distributed.run, in
     this process) and return the exit code: 2 when the first process to fail exited 2, i.e. a usage

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import time
 
+from tunesmith.cli.data_report import summarise_dataset
+from tunesmith.cli.report import print_evaluation
 from tunesmith.config import EvalSpec, RunSpec
 from tunesmith.data.dataset import prepare_dataset
 from tunesmith.demo.tickets import write_jsonl
-from tunesmith.eval.evaluate import eval_examples, evaluate_model, load_tuned, record_evaluation
-from tunesmith.eval.results import Staged
+from tunesmith.eval.evaluate import eval_examples, evaluate_model
 from tunesmith.eval.forgetting import run_probe, save_forgetting
 from tunesmith.eval.report import write_report
+from tunesmith.eval.results import Staged, record_evaluation
+from tunesmith.models.artefact import load_tuned
 from tunesmith.models.loading import load_model, resolve_model_path
-from tunesmith.data.report import summarise_dataset
-from tunesmith.report_cli import print_evaluation
-from tunesmith.train.trainer import train
+from tunesmith.train.recipe import train
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace
 

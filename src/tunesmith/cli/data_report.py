@@ -24,7 +24,7 @@ def _stats(splits: Mapping[str, Iterable[Example]], model: str | None, folder: P
     tokenizer, per_token = None, None
     if model:
         from tunesmith.data.validate import load_tokenizer_only
-        from tunesmith.train.estimate import seconds_per_token
+        from tunesmith.train.dry_run import seconds_per_token
 
         tokenizer = load_tokenizer_only(model)
         console.print("timing a few training steps on this machine for the estimate")
@@ -47,7 +47,7 @@ def _streamed(dataset: Dataset, model: str | None) -> DatasetStats:
 
 
 def summarise_dataset(dataset: Dataset, model: str | None = None) -> Path:
-    from tunesmith.report_cli import print_dataset
+    from tunesmith.cli.report import print_dataset
 
     print_dataset(dataset)
     stats = _streamed(dataset, model)

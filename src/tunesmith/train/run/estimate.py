@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from tunesmith.config import ModelSpec, RunSpec, TrainSpec
-from tunesmith.data.example import Example
-from tunesmith.errors import UserError
-from tunesmith.train.collate import Encoded, encode_all
+from tunesmith.chat_template import Encoded
+from tunesmith.config import TrainSpec
+from tunesmith.train import kernels
 from tunesmith.train.layout import plan_layout
-from tunesmith.train.objective import CAUSAL_LM, Objective
+from tunesmith.train.loop import Objective
+from tunesmith.train.parallel.strategy import Plain
+from tunesmith.train.settings import plan_steps
+from tunesmith.train.step import Diverged, optimizer_step
 from tunesmith.ui import console, out
 
 # Warm-up steps, then timed optimiser steps: enough to average shapes, few enough that the
@@ -104,20 +106,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step(
-    model: Any, group: list[list[Encoded]], pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float, objective: Objective
-) -> int:
-    """The compute of one training step (forward, backward, clipping, AdamW); returns the real tokens read."""
-    total_trained = sum(item.n_trained for batch in group for item in batch)
-    tokens = 0
-    for batch in group:
-        for local in objective.tensors(batch, pad_id):
-            loss_sum, _ = objective.summed_loss(model, {k: v.to(device) for k, v in local.items()})
-            (loss_sum / total_trained).backward()
-        tokens += sum(len(item.input_ids) for item in batch)
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def _step(model: Any, group: list[list[Encoded]], pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float, objective: Any) -> int:
+    """The compute of one training step (the run's own optimizer_step, kept to this process); returns the real tokens read."""
+    try:
+        _, _, _, tokens = optimizer_step(model, group, pad_id, device, params, optimizer, max_grad_norm, objective, Plain(across_processes=False))
+    except Diverged:  # timing only: training itself reports a diverging run, with its step
+        optimizer.zero_grad(set_to_none=True)
+        tokens = sum(len(item.input_ids) for batch in group for item in batch)
     _sync(device)
     return tokens
 
@@ -129,7 +124,7 @@ def _representative(groups: list[list[list[Encoded]]], k: int) -> list[list[list
 
 
 def calibrate(
-    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], objective: Objective = CAUSAL_LM
+    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], objective: Objective
 ) -> dict[str, Any]:
     """Seconds per token of training and of validation, and the peak memory, from real steps.
 
@@ -138,6 +133,7 @@ def calibrate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # The run's own layout and kernels (packing, per-example attention, fused LoRA), so the
     # calibration times what the run will do.
+    kernels.switch_on(model, device)
     batches = plan_layout(model, cfg, train_items, device, objective.packs).batches(train_items, cfg, epoch=1)
     groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
     # The widest group warms up first: its allocations are the run's peak, measured below.
@@ -194,10 +190,8 @@ def _validation_seconds_per_token(
 
 def estimate_training(
     model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], dropped: int = 0,
-    objective: Objective = CAUSAL_LM,
+    *, objective: Objective,
 ) -> TrainEstimate:
-    from tunesmith.train.settings import plan_steps
-
     plan = plan_steps(cfg, len(train_items))  # the trainer's own plan: max_steps, epochs and validation points
     measured = calibrate(model, tokenizer, device, cfg, train_items, val_items, objective)
     tokens = sum(len(i.input_ids) for i in train_items)
@@ -244,63 +238,3 @@ def print_estimate(estimate: TrainEstimate, run_dir: Path | None = None) -> None
         (run_dir / "estimate.json").write_text(json.dumps(estimate.model_dump(), indent=2) + "\n", encoding="utf-8")
 
 
-def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]:
-    """The dataset's splits without registering anything: a file is prepared in memory only."""
-    if spec.data.path is None:
-        from tunesmith.data.dataset import load_dataset
-
-        return load_dataset(workspace, spec.data.dataset or "").splits
-    from tunesmith.data.prepare import length_limit_for, run_steps
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="tunesmith-dry-run-") as workdir:
-        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir),
-                             length_limit_for(spec))
-        try:
-            splits = {name: prepared.rows.examples(rows) for name, rows in prepared.splits.items()}
-            splits["train"] = splits.get("train", []) + list(prepared.extra_train)
-            return splits
-        finally:
-            prepared.rows.close()
-
-
-def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
-    """`train --dry-run`: load → encode → calibrate → print; no run folder, nothing registered."""
-    from tunesmith.models.loading import load_model
-    from tunesmith.train.methods import apply_method
-
-    splits = _splits_read_only(spec, workspace)
-    if spec.train.task == "classification":
-        from tunesmith.train.classify import estimate_classifier
-
-        return estimate_classifier(spec, splits, spec.data.dataset or str(spec.data.path))
-    from tunesmith.train.settings import resolve_settings
-
-    model, tokenizer, device = load_model(spec.model)
-    cfg = spec.train
-    train_items, dropped = encode_all(tokenizer, splits["train"], cfg.max_seq_len, cfg.train_on)
-    cfg, _ = resolve_settings(cfg, len(train_items), device)
-    val_items, _ = encode_all(tokenizer, splits["validation"], cfg.max_seq_len, cfg.train_on)
-    if not train_items:
-        raise UserError("no training example has a token left to learn", fix=f"raise train.max_seq_len (now {cfg.max_seq_len}) or check the assistant turns")
-    torch.manual_seed(cfg.seed)
-    model = apply_method(model, cfg)
-    console.print(f"timing a few optimizer steps on {device} for the estimate")
-    estimate = estimate_training(model, tokenizer, device, cfg, train_items, val_items, len(dropped))
-    print_estimate(estimate)
-    return estimate
-
-
-def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec | None = None) -> float:
-    """Training seconds per token of the default method on these examples (for `data stats`)."""
-    from tunesmith.models.loading import load_model
-    from tunesmith.train.methods import apply_method
-
-    spec = spec or TrainSpec()
-    model, tokenizer, device = load_model(ModelSpec(name=model_name))
-    model = apply_method(model, spec)
-    items, _ = encode_all(tokenizer, examples[: spec.batch_size * 16], spec.max_seq_len, spec.train_on)
-    if not items:
-        raise UserError("no example has a token left to learn", fix=f"check the assistant turns, or raise train.max_seq_len (now {spec.max_seq_len})")
-    return calibrate(model, tokenizer, device, spec, items, [])["seconds_per_token"]

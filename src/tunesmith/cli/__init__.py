@@ -36,7 +36,7 @@ def quickstart(
     seed: int = typer.Option(0, help="drives the data, the split and the initialisation"),
 ) -> None:
     """The whole loop on the embedded defaults: demo data, base eval, LoRA fine-tune, tuned eval, report."""
-    from tunesmith.demo.quickstart import run_quickstart
+    from tunesmith.cli.quickstart import run_quickstart
 
     run_quickstart(_workspace(), n_examples=examples, epochs=epochs, seed=seed)
 
@@ -70,11 +70,11 @@ def data_prepare(
     augment_endpoint_model: Optional[str] = typer.Option(None, "--augment-endpoint-model", help="model name at --augment-url"),
 ) -> None:
     """Check, clean, scrub, de-duplicate, split by seed and register a dataset; its content hash is its version."""
+    from tunesmith.cli.data_report import summarise_dataset
     from tunesmith.config import DataSpec, validate_spec
     from tunesmith.data.dataset import prepare_dataset
     from tunesmith.data.formats import parse_mapping
     from tunesmith.data.pii import read_allowlist
-    from tunesmith.data.report import summarise_dataset
 
     options = {
         "mapping": parse_mapping(map_pairs or []), "skip_invalid": skip_invalid, "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
@@ -104,7 +104,7 @@ def data_stats(
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Counts, roles, turns, labels, token lengths (with a histogram PNG), tokens per epoch and time per epoch."""
-    from tunesmith.data.report import stats_command
+    from tunesmith.cli.data_report import stats_command
 
     stats_command(_workspace(), source, model, format)
 
@@ -176,8 +176,8 @@ def train_cmd(
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     from tunesmith.config import load_run_spec
-    from tunesmith.train.guards import Budget
-    from tunesmith.train.trainer import train
+    from tunesmith.train.recipe import train
+    from tunesmith.train.run.guards import Budget
 
     budget = Budget(max_time, max_cost, price_per_hour)
     overrides = {
@@ -192,29 +192,31 @@ def train_cmd(
     overrides["data.prepare.skip_invalid"] = True if skip_invalid else None
     launcher = None
     if nproc > 1 or accelerate_config is not None:
-        from tunesmith.train.distributed import launched
+        from tunesmith.train.parallel.distributed import launched
 
         if launched():  # e.g. `accelerate launch ... -m tunesmith train --nproc 2` would start processes inside processes
             raise UserError("this process was already started by a launcher as one of several", where="--nproc / --accelerate-config",
                             fix="drop --nproc and --accelerate-config here: the launcher decides the processes")
     if accelerate_config is not None:
-        from tunesmith.train.accel import read_accelerate_config
+        from tunesmith.train.parallel.accel import read_accelerate_config
 
         launcher = read_accelerate_config(accelerate_config)
     if resume is not None:
-        from tunesmith.train.resume import resumable_run, resume as continue_run
+        from tunesmith.train.resume import resumable_run
+        from tunesmith.train.resume import resume as continue_run
 
         overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
         run_dir = resumable_run(_workspace(), resume, config, overrides)
         if launcher is not None:
-            from tunesmith.runfolder import read_config
-            from tunesmith.train.accel import check_spec, launch as accelerate_launch
-            from tunesmith.train.distributed import budget_args
+            from tunesmith.registry.runfolder import read_config
+            from tunesmith.train.parallel.accel import check_spec
+            from tunesmith.train.parallel.accel import launch as accelerate_launch
+            from tunesmith.train.parallel.distributed import budget_args
 
             check_spec(launcher, read_config(run_dir))
             raise typer.Exit(accelerate_launch(launcher, ["--resume", str(run_dir), *budget_args(budget)], nproc))
         if nproc > 1:
-            from tunesmith.train.distributed import budget_args, launch
+            from tunesmith.train.parallel.distributed import budget_args, launch
 
             raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(budget)], nproc))
         result = continue_run(_workspace(), run_dir, budget)
@@ -222,21 +224,22 @@ def train_cmd(
             return
     else:
         spec = load_run_spec(config, overrides)
-        from tunesmith.train.tracking import check_installed
+        from tunesmith.train.run.tracking import check_installed
 
         check_installed(spec.train.report_to)
         if launcher is not None:
-            from tunesmith.train.accel import check_spec
+            from tunesmith.train.parallel.accel import check_spec
 
             check_spec(launcher, spec)
         if dry_run:
-            from tunesmith.train.estimate import dry_run as estimate_only
+            from tunesmith.train.dry_run import dry_run as estimate_only
 
             estimate_only(spec, _workspace())
             return
         if nproc > 1 or launcher is not None:
-            from tunesmith.train.distributed import budget_args, launch_spec
-            from tunesmith.train.trainer import prepared_for_launch
+            from tunesmith.train.parallel.accel import launch_spec
+            from tunesmith.train.parallel.distributed import budget_args
+            from tunesmith.train.recipe import prepared_for_launch
 
             raise typer.Exit(launch_spec(prepared_for_launch(spec, _workspace()), nproc, budget_args(budget), launcher))
         result = train(spec, _workspace(), budget)
@@ -284,7 +287,7 @@ def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | st
 
 def _report_here() -> bool:
     """Only process 0 of a data-parallel run reports; every process leaves the process group."""
-    from tunesmith.train.distributed import finish, is_main
+    from tunesmith.train.parallel.distributed import finish, is_main
 
     main_process = is_main()
     finish()
@@ -320,7 +323,7 @@ def generate(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
-    from tunesmith.chat import Session
+    from tunesmith.cli.chat import Session
 
     session = Session.open(_workspace(), run, system, max_new_tokens)
     typer.echo(session.reply(prompt))
@@ -333,7 +336,7 @@ def chat(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D ends; /reset clears the conversation."""
-    from tunesmith.chat import Session
+    from tunesmith.cli.chat import Session
 
     Session.open(_workspace(), run, system, max_new_tokens).interactive()
 
@@ -348,7 +351,7 @@ def classify(
     """A trained classifier's label and probability: `LABEL<TAB>PROBABILITY` for one --text; JSONL (one object a text, with every label's probability) otherwise."""
     import json
 
-    from tunesmith.train.classify import classify_texts
+    from tunesmith.eval.classification import classify_texts
 
     texts = list(text or [])
     if file is not None:
@@ -394,7 +397,7 @@ def _text_of(record: object) -> str | None:
 @runs_app.command("list")
 def runs_list() -> None:
     """Every run with its base model, dataset version and headline scores."""
-    from tunesmith.report_cli import print_runs
+    from tunesmith.cli.report import print_runs
 
     print_runs(_workspace())
 
@@ -402,7 +405,7 @@ def runs_list() -> None:
 @runs_app.command("show")
 def runs_show(run: str = typer.Argument(..., help="run id or the run's --name")) -> None:
     """One run: config, dataset, training result and evaluations."""
-    from tunesmith.report_cli import print_run
+    from tunesmith.cli.report import print_run
 
     print_run(_workspace(), run)
 
@@ -410,12 +413,13 @@ def runs_show(run: str = typer.Argument(..., help="run id or the run's --name"))
 @runs_app.command("reindex")
 def runs_reindex() -> None:
     """Rebuild the registry (registry.db) from the run and dataset folders, the truth; a damaged registry is kept beside it."""
-    from tunesmith.report_cli import print_reindex
+    from tunesmith.cli.report import print_reindex
 
     print_reindex(_workspace())
 
 
-from tunesmith.eval.commands import register as _register_eval, route_argv as _route_eval  # noqa: E402
+from tunesmith.cli.eval import register as _register_eval  # noqa: E402
+from tunesmith.cli.eval import route_argv as _route_eval
 
 _register_eval(app, runs_app)
 

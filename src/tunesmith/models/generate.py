@@ -8,21 +8,21 @@ from typing import Any
 
 import torch
 
-from tunesmith.data.example import Example
-from tunesmith.eval.virtual_tokens import generate_with_virtual_tokens
-from tunesmith.train.collate import render_prompt
-from tunesmith.train.methods import is_prompt_learning
+from tunesmith.chat_template import Conversation, render_messages, render_prompt
+from tunesmith.models.methods import is_prompt_learning
+from tunesmith.models.virtual_tokens import generate_with_virtual_tokens
 
 
 @torch.no_grad()
 def generate_batched(
-    model: Any, tokenizer: Any, examples: list[Example], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None,
+    model: Any, tokenizer: Any, examples: list[Conversation] | list[str], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None,
     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
 ) -> tuple[list[str], float]:
     """Outputs in the examples' order, and the seconds taken. Prompts of similar length share a
-    batch so little compute goes to padding; left padding keeps every prompt's end aligned."""
+    batch so little compute goes to padding; left padding keeps every prompt's end aligned. A string
+    is a prompt already rendered with the chat template."""
     model.eval()
-    prompts = [render_prompt(tokenizer, e) for e in examples]
+    prompts = [e if isinstance(e, str) else render_prompt(tokenizer, e) for e in examples]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     tokenizer.padding_side = "left"
@@ -54,6 +54,5 @@ def generate_batched(
 
 
 def generate_one(model: Any, tokenizer: Any, messages: list[dict], eot_ids: list[int], max_new_tokens: int = 256) -> str:
-    example = Example(id="prompt", messages=messages)
-    outputs, _ = generate_batched(model, tokenizer, [example], eot_ids, max_new_tokens=max_new_tokens, batch_size=1)
+    outputs, _ = generate_batched(model, tokenizer, [render_messages(tokenizer, messages)], eot_ids, max_new_tokens=max_new_tokens, batch_size=1)
     return outputs[0]

@@ -12,14 +12,15 @@ adapters or models) and the full optimiser state, so a checkpoint resumes in any
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from tunesmith.train.collate import IGNORE
-from tunesmith.train import distributed
+from tunesmith.chat_template import IGNORE
+from tunesmith.train.parallel import distributed
 from tunesmith.train.settings import make_schedule
+from tunesmith.train.step import clip_and_step
 
 
 def is_sharded(model: Any) -> bool:
@@ -56,39 +57,9 @@ def shard(model: Any) -> Any:
     return model
 
 
-def wanted() -> bool:
-    """Launched by accelerate with an FSDP config, as one of several processes."""
-    from tunesmith.train.accel import mode_from_env
-    from tunesmith.train.distributed import rank_and_world
-
-    return mode_from_env() == "fsdp" and rank_and_world()[1] > 1
-
-
 def _trainable_names(model: Any) -> list[str]:
     """Parameter names in the optimiser's order (FSDP2 keeps the names of the unsharded model)."""
     return [name for name, param in model.named_parameters() if param.requires_grad]
-
-
-def take_over(loop: Any) -> None:
-    """Shard a TrainingLoop's model and move its optimiser onto the shards, its state (restored
-    from a checkpoint, or fresh) included; the schedule follows the new optimiser. Sharding after
-    restoring means a checkpoint loads exactly as it does in one process."""
-    if not wanted() or is_sharded(loop.model):
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    plain, schedule_state, names = loop.optimizer.state_dict(), loop.schedule.state_dict(), _trainable_names(loop.model)
-    shard(loop.model)
-    loop.params = [param for param in loop.model.parameters() if param.requires_grad]
-    loop.optimizer = _same_kind(loop.optimizer, loop.params)
-    loop.schedule = make_schedule(loop.optimizer, loop.cfg, loop.plan.total_steps)
-    if plain["state"]:  # given no state, torch's loader takes a zero step to create it, which would count as Adam's first
-        set_optimizer_state_dict(loop.model, loop.optimizer, _by_name(plain, names), options=StateDictOptions(full_state_dict=True))
-    loop.schedule.load_state_dict(schedule_state)
-    loop.step_fn = optimizer_step
-    from tunesmith.ui import console
-
-    console.print(f"model sharded with FSDP2 over {dist.get_world_size()} processes ({len(loop.params)} trainable tensors, each split {dist.get_world_size()} ways)")
 
 
 def _same_kind(optimizer: Any, params: list[torch.Tensor]) -> Any:
@@ -151,29 +122,50 @@ def equal_passes(group: list, objective: Any, pad_id: int, device: Any) -> list[
     return passes + [_filler(pad_id)] * (int(most.item()) - len(passes))
 
 
-def optimizer_step(
-    model, group, pad_id, device, params, optimizer, max_grad_norm, on_backward: Callable[[], None] | None = None, objective: Any = None
-) -> tuple[float, float, int, int]:
-    """The trainer's optimiser step on a sharded model. FSDP gathers weights in every forward pass,
-    so every process must run as many passes: the ones with a smaller share pad with passes that
-    train nothing. Returns (loss per trained token, gradient norm, trained tokens, real tokens)."""
-    from tunesmith.train.objective import CAUSAL_LM
-    from tunesmith.train.trainer import clip_check_and_step
+class FSDP:
+    """The FSDP2 layout as a step strategy (see step.py): each process runs as many forward passes
+    as the busiest one, since FSDP gathers weights in every pass."""
 
-    objective = objective or CAUSAL_LM
+    name = "fsdp"
 
-    total_trained = sum(item.n_trained for batch in group for item in batch)
-    passes = equal_passes(group, objective, pad_id, device)
-    # FSDP averages the gradients over processes; ours are shares of one sum, so scale them up first
-    # (setting FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks).
-    scale, total_loss = dist.get_world_size() / total_trained, 0.0
-    for local in passes:
-        loss_sum, _ = objective.summed_loss(model, {k: v.to(device) for k, v in local.items()})
-        (loss_sum * scale).backward()
-        total_loss += float(loss_sum.detach())
-    if on_backward is not None:
-        on_backward()
-    total_loss = distributed.global_sum(total_loss, device)
-    grad_norm = clip_check_and_step(params, optimizer, max_grad_norm, total_loss)
-    real_tokens = sum(len(item.input_ids) for batch in group for item in batch)
-    return total_loss / total_trained, grad_norm, total_trained, real_tokens
+    def prepare(self, model: Any, optimizer: Any, schedule: Any, params: list, cfg: Any, total_steps: int) -> tuple[Any, Any, Any, list]:
+        """Shard the model and move the optimiser onto the shards, its state (restored from a
+        checkpoint, or fresh) included; the schedule follows the new optimiser. Sharding after
+        restoring means a checkpoint loads exactly as it does in one process."""
+        if is_sharded(model):
+            return model, optimizer, schedule, params
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        from tunesmith.ui import console
+
+        plain, schedule_state, names = optimizer.state_dict(), schedule.state_dict(), _trainable_names(model)
+        shard(model)
+        params = [param for param in model.parameters() if param.requires_grad]
+        optimizer = _same_kind(optimizer, params)
+        schedule = make_schedule(optimizer, cfg, total_steps)
+        if plain["state"]:  # given no state, torch's loader takes a zero step to create it, which would count as Adam's first
+            set_optimizer_state_dict(model, optimizer, _by_name(plain, names), options=StateDictOptions(full_state_dict=True))
+        schedule.load_state_dict(schedule_state)
+        world = dist.get_world_size()
+        console.print(f"model sharded with FSDP2 over {world} processes ({len(params)} trainable tensors, each split {world} ways)")
+        return model, optimizer, schedule, params
+
+    def passes(self, group: list, objective: Any, pad_id: int, device: Any) -> list[dict[str, torch.Tensor]]:
+        return equal_passes(group, objective, pad_id, device)
+
+    def backward(self, loss_sum: torch.Tensor, step_tokens: int, last: bool) -> None:
+        # FSDP averages the gradients over processes; ours are shares of one sum, so scale them up first
+        # (setting FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks).
+        (loss_sum * (dist.get_world_size() / step_tokens)).backward()
+
+    def reduce(self, params: list, total_loss: float, device: Any) -> float:
+        return distributed.global_sum(total_loss, device)
+
+    def update(self, params: list, optimizer: Any, max_grad_norm: float) -> float:
+        return clip_and_step(params, optimizer, max_grad_norm)
+
+    def optimizer_state(self, model: Any, optimizer: Any, params: list) -> dict[str, Any]:
+        return optimizer_state(model, optimizer)
+
+    def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
+        return full_weights(model)

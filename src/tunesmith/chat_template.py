@@ -1,0 +1,130 @@
+"""Turn Examples into token ids and labels with the model's own chat template, and those into a
+padded batch: one renderer that data (token counts, checks), train (the label mask), eval and
+serving (the prompt) all read.
+
+The label mask covers exactly each trained assistant turn's content plus its end-of-turn
+token. It is built from character spans of the rendered template, never from the pad id,
+so the end-of-turn token stays trained when pad == eos (as in SmolLM2), the commonest
+cause of models that never stop talking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from tunesmith.errors import UserError
+
+IGNORE = -100
+
+
+class Conversation(Protocol):
+    """What the template reads of an example (data.example.Example is one): kept structural, so
+    this module sits below the data package that data, models, train and eval all build on."""
+
+    id: str
+
+    @property
+    def messages(self) -> Sequence[Any]: ...
+
+    @property
+    def prompt_messages(self) -> Sequence[Any]: ...
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    example_id: str
+
+    @property
+    def n_trained(self) -> int:
+        # The first token has nothing before it to predict it from, so it never carries loss.
+        return sum(label != IGNORE for label in self.labels[1:])
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def render_messages(tokenizer: Any, messages: list[dict]) -> str:
+    """A conversation given as plain messages (chat, a judge's prompt), ready for the next assistant turn."""
+    return _render(tokenizer, messages, True)
+
+
+def render_prompt(tokenizer: Any, example: Conversation) -> str:
+    """The text the model sees at evaluation and serving: identical to training's prefix."""
+    return _render(tokenizer, [m.model_dump(exclude={"weight"}) for m in example.prompt_messages], True)
+
+
+def trained_spans(tokenizer: Any, example: Conversation, train_on: str) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the character spans that carry loss."""
+    messages = [m.model_dump(exclude={"weight"}) for m in example.messages]
+    full = _render(tokenizer, messages, False)
+    if train_on == "all":
+        return full, [(0, len(full.rstrip()))]
+    spans = []
+    for index, message in enumerate(example.messages):
+        if message.role != "assistant" or message.weight == 0:
+            continue
+        before = _render(tokenizer, messages[:index], True)
+        through = _render(tokenizer, messages[: index + 1], False)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise UserError(
+                "this model's chat template rewrites earlier turns, so the assistant text cannot be located",
+                where=f"example {example.id}",
+                fix="use train.train_on: all, or a model whose template renders each turn independently",
+            )
+        # The turn's text ends with its end-of-turn marker; whitespace after it is not the model's to learn.
+        spans.append((len(before), len(through.rstrip())))
+    return full, spans
+
+
+def encode(tokenizer: Any, example: Conversation, max_seq_len: int, train_on: str = "assistant") -> Encoded:
+    text, spans = trained_spans(tokenizer, example, train_on)
+    tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = tokens["input_ids"][:max_seq_len]
+    labels = [IGNORE] * len(ids)
+    for position, (start, _end) in enumerate(tokens["offset_mapping"][: len(ids)]):
+        if any(lo <= start < hi for lo, hi in spans):
+            labels[position] = ids[position]
+    return Encoded(ids, labels, example.id)
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end an assistant turn in this template: generation stops at any of them."""
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    text = _render(tokenizer, probe, False)
+    tail = text[text.rindex("y") + 1 :]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    found = [i for i in tail_ids if i in special][:1]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in found:
+        found.append(tokenizer.eos_token_id)
+    if not found:
+        raise UserError("cannot tell which token ends an assistant turn in this chat template", fix="set eos_token in the tokenizer config")
+    return found
+
+
+def encode_all(tokenizer: Any, examples: Sequence[Conversation], max_seq_len: int, train_on: str) -> tuple[list[Encoded], list[str]]:
+    """Encoded examples, and the ids of those left with nothing to learn after truncation (dropped, not trained as loss 0)."""
+    kept, dropped = [], []
+    for example in examples:
+        encoded = encode(tokenizer, example, max_seq_len, train_on)
+        (kept if encoded.n_trained > 0 else dropped).append(encoded if encoded.n_trained > 0 else example.id)
+    return kept, dropped
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(item.input_ids) for item in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,54 @@
+"""Estimates without a run: `train --dry-run` and the training speed `data stats --model` reports."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunesmith.chat_template import encode_all
+from tunesmith.config import ModelSpec, RunSpec, TrainSpec
+from tunesmith.data.example import Example
+from tunesmith.errors import UserError
+from tunesmith.models.loading import load_model
+from tunesmith.models.methods import apply_method
+from tunesmith.train.run.estimate import TrainEstimate, calibrate
+from tunesmith.train.tasks import task_for
+
+
+def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]:
+    """The dataset's splits without registering anything: a file is prepared in memory only."""
+    if spec.data.path is None:
+        from tunesmith.data.dataset import load_dataset
+
+        return load_dataset(workspace, spec.data.dataset or "").splits
+    from tunesmith.data.prepare import length_limit_for, run_steps
+
+    with tempfile.TemporaryDirectory(prefix="tunesmith-dry-run-") as workdir:
+        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir),
+                             length_limit_for(spec))
+        try:
+            splits = {name: prepared.rows.examples(rows) for name, rows in prepared.splits.items()}
+            splits["train"] = splits.get("train", []) + list(prepared.extra_train)
+            return splits
+        finally:
+            prepared.rows.close()
+
+
+def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
+    """`train --dry-run`: the run's own model, settings and batches, timed and printed; no run folder, nothing registered."""
+    splits = _splits_read_only(spec, workspace)
+    return task_for(spec.train.task).estimate(spec, splits, spec.data.dataset or str(spec.data.path))
+
+
+def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec | None = None) -> float:
+    """Training seconds per token of the default method on these examples (for `data stats`)."""
+    spec = spec or TrainSpec()
+    model, tokenizer, device = load_model(ModelSpec(name=model_name))
+    model = apply_method(model, spec)
+    items, _ = encode_all(tokenizer, examples[: spec.batch_size * 16], spec.max_seq_len, spec.train_on)
+    if not items:
+        raise UserError("no example has a token left to learn", fix=f"check the assistant turns, or raise train.max_seq_len (now {spec.max_seq_len})")
+    return calibrate(model, tokenizer, device, spec, items, [])["seconds_per_token"]
+
+
