@@ -30,7 +30,7 @@ from tunesmith.models.methods import apply_method, artefact_kind, count_paramete
 from tunesmith.registry.runfolder import RunInfo, load_run_info, save_run_info, write_config
 from tunesmith.train import kernels
 from tunesmith.train.batching import Batch, padded_chunks
-from tunesmith.train.loop import TrainingLoop, finish, run_interruptible
+from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, run_interruptible
 from tunesmith.train.parallel import strategy
 from tunesmith.train.run.estimate import TrainEstimate, estimate_training, print_estimate
 from tunesmith.train.run.guards import Budget, Monitor
