@@ -142,6 +142,8 @@ def parse(words: list[str]) -> str:
             return prog
         protected = getattr(ctx, "_protected_args", None)
         rest = [*(ctx.protected_args if protected is None else protected), *ctx.args]
+        if not rest and getattr(command, "invoke_without_command", False):  # a group that runs on its own
+            return prog
         name, sub, args = command.resolve_command(ctx, rest)
         assert sub is not None and name is not None
         command, prog = sub, f"{prog} {name}"
@@ -226,7 +228,7 @@ def test_links_in_readme_and_docs_resolve() -> None:
             if not path.exists():
                 broken.append(f"{doc}: {target} (no such file)")
             elif anchor and path.suffix == ".md":
-                headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)}
+                headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.MULTILINE)}
                 if anchor not in headings:
                     broken.append(f"{doc}: {target} (no such heading)")
     assert not broken, broken
