@@ -203,7 +203,7 @@ class TrainSpec(_Spec):
         "causal_lm", description="causal_lm: learn to write the assistant's answer; classification: a classifier head predicts the example's label"
     )
     method: Literal["lora", "qlora", "dora", "full", "prompt_tuning", "prefix_tuning"] = Field(
-        "lora", description="which parameters learn; see the methods table in README.md"
+        "lora", description="which parameters learn; see the methods table in docs/training.md"
     )
     epochs: int | Literal["auto"] = Field(2, description=f"passes over the training split (ignored when max_steps is set). {AUTO_RULE}")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; overrides epochs")

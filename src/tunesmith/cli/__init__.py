@@ -153,7 +153,7 @@ def train_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
     model: Optional[str] = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
     data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
-    method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (README: when to use each)"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (docs/training.md: when to use each)"),
     task: Optional[str] = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
     epochs: Optional[str] = typer.Option(None, help="passes over the training split, or auto (chosen from the number of examples)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),

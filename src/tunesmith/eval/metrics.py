@@ -64,7 +64,7 @@ def definition(name: str) -> MetricDefinition:
     return MetricDefinition(name, found.direction, found.kind) if found else MetricDefinition(name, "higher", "quality")
 
 
-# The headline metric per task (README: "Metrics are chosen by task"): the first one the evaluation
+# The headline metric per task (docs/evaluation.md, "Verdicts"): the first one the evaluation
 # reported. Free text is never judged by exact match first: a better paraphrase is still a miss there.
 TASK_HEADLINE = {
     "json": ("exact_match",),

@@ -205,7 +205,7 @@ def save_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, split: s
 
 
 def task_of(rows: list[dict]) -> str:
-    """The task as the README names it (json | fields | classification | text), from the references."""
+    """The task as docs/evaluation.md names it (json | fields | classification | text), from the references."""
     labels = sorted({str(r["label"]) for r in rows if r.get("label") is not None}) or None
     return detect_task([r.get("reference") or "" for r in rows], labels)
 

@@ -43,7 +43,7 @@ UNSUPPORTED_FSDP = {
     "fsdp_offload_params": (False, "false"),
     "fsdp_activation_checkpointing": (False, "false"),
 }
-WRITE_ONE = "write one with `accelerate config --config_file FILE`, or see README.md (Training faster, on more processes)"
+WRITE_ONE = "write one with `accelerate config --config_file FILE`, or see docs/multi-process.md"
 
 
 @dataclass(frozen=True)
