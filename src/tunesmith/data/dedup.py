@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 import numpy as np
 
 from tunesmith.data import nearlsh
-from tunesmith.data.example import Example
+from tunesmith.data.example import Example, normalised_key
 from tunesmith.data.nearlsh import jaccard
 
 if TYPE_CHECKING:
@@ -166,11 +166,6 @@ def _by_index(sets: list[set[str]]) -> SetsOf:
 
 
 # --- text and shingles -------------------------------------------------------------------------
-
-
-def normalised_key(example: Example) -> tuple[tuple[str, str], ...]:
-    """Exact-duplicate identity: every message, case-folded, whitespace collapsed."""
-    return tuple((m.role, " ".join(m.content.casefold().split())) for m in example.messages)
 
 
 def dedup_text(example: Example, prompt_only: bool = False) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.example import Example, messages_key
+from tunesmith.data.example import Example, messages_key, normalised_key
 
 _WORD = re.compile(r"\w+")
 NO_VALUE = -1  # label or group column: the example has none
@@ -47,8 +47,6 @@ class Rows:
 
     def add(self, example: Example) -> int:
         """Store one example; returns its row number."""
-        from tunesmith.data.dedup import normalised_key
-
         line = (example.model_dump_json() + "\n").encode()
         self._offsets.append(self._end)
         self._writer.write(line)
