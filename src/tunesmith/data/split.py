@@ -34,17 +34,6 @@ def _rank(example: Example, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{example.content_key()}".encode()).hexdigest()
 
 
-def drop_exact_duplicates(examples: list[Example]) -> tuple[list[Example], int]:
-    seen: set[str] = set()
-    kept = []
-    for example in examples:
-        key = example.content_key()
-        if key not in seen:
-            seen.add(key)
-            kept.append(example)
-    return kept, len(examples) - len(kept)
-
-
 def split_examples(
     examples: list[Example], ratios: tuple[float, float, float], seed: int, group_by: str | None = None
 ) -> dict[str, list[Example]]:
