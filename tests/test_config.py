@@ -32,6 +32,64 @@ def test_all_config_problems_are_reported_at_once_with_field_paths(tmp_path, cap
         assert expected in result.err
 
 
+def test_an_unknown_setting_is_reported_beside_the_missing_data(tmp_path, capsys, home):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {lrr: 0.1}\n")
+    result = run_cli(capsys, "train", "--config", str(config))
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "train.lrr: unknown setting" in result.err
+    assert "data: no data given" in result.err and "--data NAME_OR_FILE" in result.err
+
+
+def test_flag_problems_are_listed_with_the_config_file_ones(tmp_path, capsys, home):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {lrr: 0.1}\nmodel: {nme: x}\n")
+    result = run_cli(capsys, "train", "--config", str(config), "--epochs", "many", "--method", "sgd", "--data", str(tmp_path / "nowhere.jsonl"))
+    assert result.code == 2 and "Traceback" not in result.err
+    err = " ".join(result.err.split())
+    for expected in ("train.lrr: unknown setting", "model.nme: unknown setting", "--epochs 'many' is not a whole number",
+                     "train.method: Input should be", "--data: no such file", "nowhere.jsonl"):
+        assert expected in err
+    assert "no data given" not in err  # --data was given, just wrong
+
+
+def test_model_without_data_reports_the_missing_data_and_the_other_flags(capsys, home):
+    result = run_cli(capsys, "train", "--model", "smollm2-135m-instruct", "--method", "sgd", "--lr", "fast")
+    assert result.code == 2 and "Traceback" not in result.err
+    err = " ".join(result.err.split())
+    for expected in ("data: no data given", "train.method: Input should be", "--lr 'fast' is not a number"):
+        assert expected in err
+
+
+def test_dotted_overrides_with_unknown_keys_are_all_reported(tmp_path):
+    from tunesmith.errors import ProblemList
+
+    config = tmp_path / "c.yaml"
+    config.write_text("eval: 3\n")
+    with pytest.raises(ProblemList) as caught:
+        load_run_spec(config, {"train.lrr": 0.1, "model.nme": "x", "eval.limit": 5, "data.dataset": "tickets", "train.lr": None})
+    problems = caught.value.problems
+    assert any(p.startswith("train.lrr: unknown setting") for p in problems)
+    assert any(p.startswith("model.nme: unknown setting") for p in problems)
+    assert any(p.startswith("eval.limit: cannot be set, eval is not a section") for p in problems)
+    assert not any(p.startswith("data") for p in problems)  # data.dataset was set by its override
+    assert "c.yaml and the command-line flags" in str(caught.value)
+
+
+def test_a_scalar_section_with_a_flag_for_it_exits_2(tmp_path, capsys, home):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {dataset: x}\ntrain: 5\n")
+    result = run_cli(capsys, "train", "--config", str(config), "--lr", "0.01")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "train.lr: cannot be set, train is not a section" in " ".join(result.err.split())
+
+
+def test_a_missing_config_file_is_reported_with_the_bad_flags(tmp_path, capsys, home):
+    result = run_cli(capsys, "train", "--config", str(tmp_path / "none.yaml"), "--epochs", "many")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "no such config file" in result.err and "--epochs 'many'" in result.err
+
+
 def test_bad_flag_value_exits_2(capsys, home):
     result = run_cli(capsys, "train", "--data", "x", "--lr", "-1")
     assert result.code == 2 and "train.lr" in result.err and "Traceback" not in result.err

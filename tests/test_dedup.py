@@ -1,12 +1,13 @@
-"""Exact and near-duplicate removal on the demo tickets, with planted variants."""
+"""Exact and near-duplicate removal on the demo tickets, with planted variants: the rules, stated on the
+list-based reference (reference_dedup.py) that test_rows.py checks `data prepare`'s dedup against."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from reference_dedup import dedup_examples, near_duplicate_pairs
 
-from tunesmith.data.dedup import dedup_examples, near_duplicate_pairs
 from tunesmith.data.example import Example, Message
 from tunesmith.data.formats import to_example
 from tunesmith.demo.tickets import generate

@@ -114,7 +114,7 @@ def as_main_rewrites(root, words: list[str]) -> list[str]:
 def route_eval_subcommands(root, words: list[str]) -> list[str]:
     if is_group(root.commands.get("eval")):
         return words
-    from tunesmith.eval.commands import route_argv
+    from tunesmith.cli.eval import route_argv
 
     return route_argv(words)[0]
 # --- end TEMPORARY

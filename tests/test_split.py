@@ -1,14 +1,15 @@
-"""Grouped splits, user-given splits, and near-duplicate leak removal."""
+"""Grouped splits, user-given splits, and near-duplicate leak removal: the rules, stated on the list-based
+reference (reference_split.py) that test_rows.py checks `data prepare`'s split against."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from reference_split import assign_given_splits, remove_leaks, remove_leaks_detailed, split_examples
 
 from tunesmith.data.example import Example, Message
 from tunesmith.data.formats import to_example
-from tunesmith.data.split import assign_given_splits, remove_leaks, remove_leaks_detailed, split_examples
 from tunesmith.demo.tickets import generate
 from tunesmith.errors import UserError
 

@@ -356,6 +356,9 @@ class RunSpec(_Spec):
         return self
 
 
+NO_DATA = "no data given; pass --data NAME_OR_FILE or set data.dataset / data.path in the config"
+
+
 def _problems(exc: ValidationError) -> list[str]:
     out = []
     for error in exc.errors():
@@ -363,46 +366,67 @@ def _problems(exc: ValidationError) -> list[str]:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting; check the spelling (see examples/ for every setting)"
+        elif error["type"] == "missing" and tuple(error["loc"]) == ("data",):
+            message = NO_DATA
         out.append(f"{path}: {message}")
     return out
 
 
-def validate_spec(cls: type[BaseModel], data: dict[str, Any], source: str) -> Any:
+def validate_spec(cls: type[BaseModel], data: dict[str, Any], source: str, problems: list[str] | None = None) -> Any:
+    """`data` checked against `cls`; every problem (with `problems` found before, e.g. in flags) raised as one list."""
+    found = list(problems or [])
     try:
-        return cls.model_validate(data)
+        spec = cls.model_validate(data)
     except ValidationError as exc:
-        raise ProblemList(f"invalid configuration in {source}", _problems(exc), fix="correct the fields named above") from None
+        found += _problems(exc)
+    if found:
+        raise ProblemList(f"invalid configuration in {source}", found, fix="correct the fields named above")
+    return spec
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> str | None:
+    """Sets `value` at the dotted path; the problem, if a section on the way is not a mapping."""
     node = data
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise UserError(f"cannot set {dotted}: '{key}' is not a section", fix="check the config file")
+            section = ".".join(parents[: depth + 1])
+            return f"{dotted}: cannot be set, {section} is not a section (it is {type(node).__name__} in the config)"
     node[leaf] = value
+    return None
 
 
-def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> RunSpec:
-    """A YAML file (optional) plus command-line overrides given as dotted paths (`train.lr`)."""
-    data: dict[str, Any] = {}
-    source = str(path) if path else "command-line flags"
-    if path is not None:
-        if not path.is_file():
-            raise UserError(f"no such config file: {path}", fix="check the path; examples/ has ready-made configs")
-        from tunesmith.files import read_yaml
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no such config file: {path}", fix="check the path; examples/ has ready-made configs")
+    from tunesmith.files import read_yaml
 
-        loaded = read_yaml(path, fix="fix the YAML syntax at that line")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError("the config must be a mapping of sections (model, data, train, eval)", where=str(path))
-        data = loaded or {}
+    loaded = read_yaml(path, fix="fix the YAML syntax at that line")
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError("the config must be a mapping of sections (model, data, train, eval)", where=str(path))
+    return loaded or {}
+
+
+def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None, problems: list[str] | None = None) -> RunSpec:
+    """A YAML file (optional) plus command-line overrides given as dotted paths (`train.lr`).
+    Every problem is raised at once as a ProblemList: `problems` (found in the flags by the caller),
+    overrides that cannot be placed, unknown or invalid settings and a missing data source, each with its path."""
+    found = list(problems or [])
+    flags = found or any(value is not None for value in (overrides or {}).values())
+    source = f"{path} and the command-line flags" if path and flags else str(path) if path else "command-line flags"
+    try:
+        data = _read_config(path) if path is not None else {}
+    except UserError as exc:
+        if not found:
+            raise
+        # An unreadable file leaves nothing to check the flags against: its error, and the flags' own.
+        head = f"{exc.where}: {exc}" if exc.where else str(exc)
+        raise ProblemList(f"invalid configuration in {source}", [f"{head}; {exc.fix}" if exc.fix else head, *found], fix="correct the problems named above") from None
     for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_path(data, dotted, value)
-    if "data" not in data:
-        raise UserError(f"no data given in {source}", fix="pass --data NAME_OR_FILE or set data.dataset / data.path in the config")
-    spec = validate_spec(RunSpec, data, source)
+        if value is not None and (problem := _set_path(data, dotted, value)):
+            found.append(problem)
+    spec = validate_spec(RunSpec, data, source, found)
     if spec.model.trust_remote_code and not remote_code_allowed():
         from tunesmith.ui import console
 

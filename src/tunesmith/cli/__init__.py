@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tunesmith.errors import UserError
+from tunesmith.errors import ProblemList, UserError
 from tunesmith.ui import console
 
 app = typer.Typer(
@@ -180,15 +180,17 @@ def train_cmd(
     from tunesmith.train.run.guards import Budget
 
     budget = Budget(max_time, max_cost, price_per_hour)
+    flag_problems: list[str] = []  # reported together with the config's own, all at once
     overrides = {
-        "model.name": model, "train.task": task, "train.method": method, "train.epochs": _number_or_auto("--epochs", epochs, int),
-        "train.max_steps": max_steps, "train.lr": _number_or_auto("--lr", lr, float), "train.lr_multiplier": lr_multiplier,
-        "train.batch_size": _number_or_auto("--batch-size", batch_size, int), "train.grad_accum": _number_or_auto("--grad-accum", grad_accum, int),
+        "model.name": model, "train.task": task, "train.method": method, "train.epochs": _number_or_auto("--epochs", epochs, int, flag_problems),
+        "train.max_steps": max_steps, "train.lr": _number_or_auto("--lr", lr, float, flag_problems), "train.lr_multiplier": lr_multiplier,
+        "train.batch_size": _number_or_auto("--batch-size", batch_size, int, flag_problems),
+        "train.grad_accum": _number_or_auto("--grad-accum", grad_accum, int, flag_problems),
         "name": name, "train.price_per_hour": price_per_hour,
         "train.report_to": [t.strip() for t in report_to.split(",") if t.strip()] if report_to else None,
     }
     if data is not None:
-        overrides["data"] = _data_source(data)
+        overrides["data"] = _data_source(data, flag_problems)
     overrides["data.prepare.skip_invalid"] = True if skip_invalid else None
     launcher = None
     if nproc > 1 or accelerate_config is not None:
@@ -204,6 +206,9 @@ def train_cmd(
     if resume is not None:
         from tunesmith.train.resume import resumable_run
         from tunesmith.train.resume import resume as continue_run
+
+        if flag_problems:
+            raise ProblemList("invalid command-line flags", flag_problems, fix="correct the flags named above")
 
         overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
         run_dir = resumable_run(_workspace(), resume, config, overrides)
@@ -223,7 +228,7 @@ def train_cmd(
         if not _report_here():
             return
     else:
-        spec = load_run_spec(config, overrides)
+        spec = load_run_spec(config, overrides, flag_problems)
         from tunesmith.train.run.tracking import check_installed
 
         check_installed(spec.train.report_to)
@@ -257,21 +262,23 @@ def train_cmd(
     typer.echo(info.run_id)
 
 
-def _data_source(value: str) -> dict[str, str]:
+def _data_source(value: str, problems: list[str]) -> dict[str, str]:
     """--data: an existing file, or a value that looks like one (a folder in it, a data file's suffix),
-    is a file to prepare; anything else names a prepared dataset."""
+    is a file to prepare; anything else names a prepared dataset. A missing file is added to `problems`
+    (and still given as the source, so the config is not also told it has no data)."""
     from tunesmith.data.formats import PARQUET_SUFFIXES
 
     path = Path(value).expanduser()
     if path.is_file():
         return {"path": str(path)}
     if path.suffix.lower() in (".jsonl", ".json", ".csv", *PARQUET_SUFFIXES) or "/" in value or "\\" in value:
-        raise UserError(f"no such file: {value}", where="--data", fix="check the path, or give the name of a dataset made by `tunesmith data prepare`")
+        problems.append(f"--data: no such file: {value}; check the path, or give the name of a dataset made by `tunesmith data prepare`")
+        return {"path": str(path)}
     return {"dataset": value}
 
 
-def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | str | None:
-    """What the config field accepts, typed: a number or 'auto'; the field's own validator checks the range."""
+def _number_or_auto(flag: str, text: str | None, kind: type, problems: list[str]) -> int | float | str | None:
+    """What the config field accepts, typed: a number or 'auto' (the field's own validator checks the range); else a problem."""
     if text is None:
         return None
     if text.strip().lower() == "auto":
@@ -280,9 +287,8 @@ def _number_or_auto(flag: str, text: str | None, kind: type) -> int | float | st
         return kind(text)
     except ValueError:
         example = "3" if kind is int else "2e-4"
-        raise UserError(
-            f"{flag} {text!r} is not a {'whole number' if kind is int else 'number'} or 'auto'", fix=f"write e.g. {flag} {example}, or {flag} auto"
-        ) from None
+        problems.append(f"{flag} {text!r} is not a {'whole number' if kind is int else 'number'} or 'auto'; write e.g. {flag} {example}, or {flag} auto")
+        return None
 
 
 def _report_here() -> bool:

@@ -176,13 +176,6 @@ def _has_content(example: Example) -> bool:
 # --- the lint -------------------------------------------------------------------------------
 
 
-def lint_outputs(examples: list[Example]) -> list[StyleFinding]:
-    lint = OutputLint()
-    for example in examples:
-        lint.add(example)
-    return lint.findings()
-
-
 class _Seen:
     """How often a spelling (or list style) occurred, and the first example ids that used it."""
 

@@ -25,7 +25,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith.data import nearlsh
-from tunesmith.data.example import Example
 
 if TYPE_CHECKING:
     from tunesmith.data.rows import Rows
@@ -59,26 +58,11 @@ class DedupReport(BaseModel):
     pairs: list[DuplicatePair]  # capped at MAX_LISTED
 
 
-def dedup_examples(
-    examples: list[Example], *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0
-) -> tuple[list[Example], DedupReport]:
-    """exact duplicates → near-duplicates; the first occurrence of each is kept."""
-    kept, pairs = _drop_exact(examples)
-    n_exact = len(pairs)
-    shingler = choose_shingles([dedup_text(e) for e in kept]) if near else None
-    if shingler is not None:
-        kept, near_pairs = _drop_near(kept, shingler, threshold, num_perm, seed)
-        pairs += near_pairs
-    report = DedupReport(
-        examples_in=len(examples), examples_out=len(kept), exact=n_exact, near=len(pairs) - n_exact,
-        threshold=threshold if near else None, shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
-    )
-    return kept, report
-
-
 def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0,
                upto: int | None = None) -> tuple[np.ndarray, DedupReport]:
-    """dedup_examples for examples held as Rows: the rows kept, in file order, and the report.
+    """Exact duplicates (Rows' `exact` column: example.normalised_key), then near-duplicates; the first
+    occurrence of each is kept. The rows kept, in file order, and the report. tests/reference_dedup.py
+    is the same rule on lists of examples, which tests check this against.
     `upto`: only the first rows (the file's; splits given as files follow them and stay as given)."""
     n = len(rows) if upto is None else upto
     _, first, inverse = np.unique(rows.column("exact")[:n], return_index=True, return_inverse=True)
@@ -104,27 +88,6 @@ def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_pe
         shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
     )
     return kept, report
-
-
-def near_duplicate_pairs(
-    candidates: list[Example], reference: list[Example], threshold: float = 0.85, *, prompt_only: bool = False,
-    num_perm: int = 128, seed: int = 0,
-) -> list[tuple[str, str]]:
-    """(candidate id, reference id) for each candidate that is a near-duplicate of some reference
-    example (the most similar one): the leakage check between splits."""
-    if not candidates or not reference:
-        return []
-    texts = [dedup_text(e, prompt_only) for e in candidates], [dedup_text(e, prompt_only) for e in reference]
-    shingler = choose_shingles(texts[0] + texts[1])
-    sets = [shingler(t) for t in texts[0]], [shingler(t) for t in texts[1]]
-    found = near_matches(sets[0], sets[1], _by_index(sets[0]), _by_index(sets[1]), threshold, num_perm, seed)
-    return [(candidates[q].id, reference[ref].id) for q, ref in sorted(found.items())]
-
-
-def near_matches(queries: Iterable[set[str]], reference: Iterable[set[str]], query_sets: SetsOf, reference_sets: SetsOf,
-                 threshold: float, num_perm: int = 128, seed: int = 0) -> dict[int, int]:
-    """query index -> index of its most similar reference at or above the threshold."""
-    return NearIndex(reference, reference_sets, threshold, num_perm, seed).matches(queries, query_sets)
 
 
 class NearIndex:
@@ -157,21 +120,7 @@ def _sketcher(threshold: float, num_perm: int, seed: int) -> nearlsh.Sketcher:
     return nearlsh.Sketcher(max(0.05, threshold - LSH_MARGIN), num_perm, seed)
 
 
-def _by_index(sets: list[set[str]]) -> SetsOf:
-    return lambda indices: {i: sets[i] for i in indices}
-
-
 # --- text and shingles -------------------------------------------------------------------------
-
-
-def normalised_key(example: Example) -> tuple[tuple[str, str], ...]:
-    """Exact-duplicate identity: every message, case-folded, whitespace collapsed."""
-    return tuple((m.role, " ".join(m.content.casefold().split())) for m in example.messages)
-
-
-def dedup_text(example: Example, prompt_only: bool = False) -> str:
-    messages = example.prompt_messages if prompt_only else example.messages
-    return "\n".join(m.content for m in messages if m.role != "system")
 
 
 class Shingler:
@@ -197,40 +146,9 @@ class Shingler:
         return {joined[i : i + self.k] for i in range(len(joined) - self.k + 1)}
 
 
-def choose_shingles(texts: Iterable[str]) -> Shingler:
-    return shingler_for_lengths([len(_WORD.findall(t)) for t in texts])
-
-
 def shingler_for_lengths(lengths: Sequence[int]) -> Shingler:
     """The shingle unit for texts of these word counts (see the module docstring)."""
     median = statistics.median(lengths) if len(lengths) else 0
     if median < CHAR_SHINGLE_BELOW:
         return Shingler("char", 3)
     return Shingler("word", int(min(3, max(1, median // WORDS_PER_SHINGLE_WORD))))
-
-
-# --- the two passes ------------------------------------------------------------------------------
-
-
-def _drop_exact(examples: list[Example]) -> tuple[list[Example], list[DuplicatePair]]:
-    first: dict[tuple, str] = {}
-    kept, pairs = [], []
-    for example in examples:
-        key = normalised_key(example)
-        if key in first:
-            pairs.append(DuplicatePair(removed=example.id, kept=first[key], kind="exact", similarity=1.0))
-        else:
-            first[key] = example.id
-            kept.append(example)
-    return kept, pairs
-
-
-def _drop_near(
-    examples: list[Example], shingler: Shingler, threshold: float, num_perm: int, seed: int
-) -> tuple[list[Example], list[DuplicatePair]]:
-    # Only kept examples count as originals: a chain a≈b≈c with a≉c keeps a and c.
-    sets = [shingler(dedup_text(e)) for e in examples]
-    found = near_duplicates_in_order(sets, _by_index(sets), threshold, num_perm, seed)
-    removed = {j for j, _, _ in found}
-    pairs = [DuplicatePair(removed=examples[j].id, kept=examples[i].id, kind="near", similarity=round(score, 4)) for j, i, score in found]
-    return [e for k, e in enumerate(examples) if k not in removed], pairs

@@ -49,6 +49,11 @@ def messages_key(messages: list[Message]) -> bytes:
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).digest()
 
 
+def normalised_key(example: Example) -> tuple[tuple[str, str], ...]:
+    """Exact-duplicate identity: every message, case-folded, whitespace collapsed (dedup and Rows both key on it)."""
+    return tuple((m.role, " ".join(m.content.casefold().split())) for m in example.messages)
+
+
 def content_hash(examples: list[Example]) -> str:
     """Order-independent hash of a set of examples: the dataset's (or split's) version."""
     digest = hashlib.sha256()

@@ -4,8 +4,9 @@ Each example that survives clean and PII is written once, as the JSON line the d
 to a spill file; memory keeps only what the later steps decide with (about 110 bytes an example):
 content and prompt digests, the exact-duplicate key, the split rank, label and group numbers and
 word counts. Dedup, split and the leak check work on these columns and read a line back only
-when they need its text or id, so they give the answers split.py and dedup.py give for lists of
-Example objects (tests/test_rows.py compares the two).
+when they need its text or id, so they give the answers the list-based references in
+tests/reference_dedup.py and tests/reference_split.py give for lists of Example objects
+(tests/test_rows.py compares the two).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.example import Example, messages_key
+from tunesmith.data.example import Example, messages_key, normalised_key
 
 _WORD = re.compile(r"\w+")
 NO_VALUE = -1  # label or group column: the example has none
@@ -47,8 +48,6 @@ class Rows:
 
     def add(self, example: Example) -> int:
         """Store one example; returns its row number."""
-        from tunesmith.data.dedup import normalised_key
-
         line = (example.model_dump_json() + "\n").encode()
         self._offsets.append(self._end)
         self._writer.write(line)
@@ -57,12 +56,12 @@ class Rows:
         self._content += content
         self._prompt += messages_key(example.prompt_messages)[:16]
         self._exact += hashlib.sha256(json.dumps(normalised_key(example), ensure_ascii=False).encode()).digest()[:16]
-        # split.py ranks by sha256(f"{seed}:{content_key}"); 16 bytes of it order the same.
+        # The split ranks by sha256(f"{seed}:{content_key}"); 16 bytes of it order as the whole digest does.
         self._rank += hashlib.sha256(f"{self.seed}:{content.hex()}".encode()).digest()[:16]
         self._labels.append(_number(self._label_ids, self.label_names, example.label))
         group = example.meta.get(self.group_by) if self.group_by is not None else None
         self._groups.append(_number(self._group_ids, self.group_names, None if group is None else str(group)))
-        # Word counts of dedup_text (no word spans the newline joining two messages), with and
+        # Word counts of texts() (no word spans the newline joining two messages), with and
         # without the final answer.
         words = [0 if m.role == "system" else len(_WORD.findall(m.content)) for m in example.messages]
         self._words.append(sum(words))
@@ -107,7 +106,7 @@ class Rows:
         return [Example.model_validate_json(line) for line in self.lines(rows)]
 
     def texts(self, rows: np.ndarray | list[int], prompt_only: bool = False) -> Iterator[str]:
-        """dedup.dedup_text of each row, without building Example objects."""
+        """The text near-duplicates are found on: user and assistant turns (system left out), joined by newlines."""
         for record in self.records(rows):
             messages = record["messages"]
             if prompt_only and messages and messages[-1]["role"] == "assistant":

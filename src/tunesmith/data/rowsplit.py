@@ -1,8 +1,10 @@
-"""split.py's split, leak check and overlap check for examples held as Rows (row numbers and columns).
+"""The deterministic train/validation/test split, leak check and overlap check for examples held as
+Rows (row numbers and columns).
 
-Every rule is split.py's: per-label stratification with `_share`, whole groups with `_open_split`,
+The rules: per-label stratification with split.py's `_share`, whole groups with its `_open_split`,
 given splits kept as given, exact then near prompt leaks removed from validation and test, and each
-split ordered by the seeded content rank. Only the representation differs.
+split ordered by the seeded content rank (sha256 of seed and content key). tests/reference_split.py
+states the same rules on lists of Example objects; tests/test_rows.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _split_groups(rows: Rows, selected: np.ndarray, ratios: tuple[float, float, 
     position = np.empty(len(rows.group_names), dtype=np.int64)
     for rank, group in enumerate(order):
         # _open_split only looks at the lengths of what each split holds.
-        name = _open_split({k: _Length(v) for k, v in lengths.items()}, targets, int(sizes[group]))  # type: ignore[arg-type]
+        name = _open_split({k: _Length(v) for k, v in lengths.items()}, targets, int(sizes[group]))
         lengths[name] += int(sizes[group])
         split_of[group], position[group] = SPLITS.index(name), rank
     # Within a split: groups in their hashed order, each group's examples in file order, then by rank.
@@ -87,7 +89,8 @@ class _Length:
 
 def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray], ratios: tuple[float, float, float], seed: int,
                  group_by: str | None) -> Splits:
-    """split.assign_given_splits: given splits as given, the missing ones carved out of `selected`."""
+    """Given splits kept as given; the missing ones carved out of `selected`, in the proportions `ratios`
+    give them relative to train."""
     wanted = tuple(0.0 if name in given else r for name, r in zip(SPLITS, ratios))
     total = sum(wanted)
     carved = split_rows(rows, selected, tuple(r / total for r in wanted), seed, group_by)  # type: ignore[arg-type]
@@ -95,7 +98,9 @@ def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray],
 
 
 def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None, given: frozenset[str] = frozenset()) -> LeakReport:
-    """split.remove_leaks_detailed on rows; updates `splits` in place. A split named in `given`
+    """Evaluation rows whose prompt is also in train (exactly, or near with `near_threshold`: a reworded
+    copy leaks the answer just the same) would measure memory, not skill; they leave `splits` in place.
+    A split named in `given`
     came from the user's own file and is never cut: the training examples repeating its prompts
     (exactly, or near with `near_threshold`) leave train instead."""
     from tunesmith.data.dedup import NearIndex, shingler_for_lengths
@@ -175,7 +180,8 @@ def _sets_of(rows: Rows, selected: np.ndarray, shingler):
 
 
 def check_overlap(rows: Rows, splits: Splits, extra_train: list[Example] = ()) -> OverlapReport:  # type: ignore[assignment]
-    """split.check_overlap on rows (plus examples added to train, e.g. paraphrases)."""
+    """Evaluation rows (by content, and test by prompt) also in train, plus examples added to train
+    (e.g. paraphrases): all zero when clean."""
     content, prompts = rows.column("content"), rows.column("prompt")
     train_keys, train_prompts = content[splits["train"]], prompts[splits["train"]]
     if extra_train:
