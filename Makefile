@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 install: $(STAMP)
 
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 demo: install
 	$(VENV)/bin/tunesmith quickstart
 
-test: install
+# Lint first: a broken layer contract or an unformatted file fails in seconds, before the suite.
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+
+test: install lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -13,6 +13,7 @@ from conftest import tiny_records
 from tunesmith.chat_template import collate, encode_all, end_of_turn_ids
 from tunesmith.config import ModelSpec, TrainSpec
 from tunesmith.data.example import Example, Message
+from tunesmith.errors import UserError
 from tunesmith.models.generate import generate_batched
 from tunesmith.models.loading import load_model
 from tunesmith.models.methods import apply_method, load_for_method, load_trained
@@ -145,3 +146,17 @@ def test_settings_of_another_method_are_refused_with_their_path(capsys, home, tm
     assert result.code == 2 and "Traceback" not in result.err
     assert "train.lora: only read by method lora or qlora or dora" in result.err
     assert "train.prefix_tuning: only read by method prefix_tuning" in result.err
+
+
+def test_the_method_registry_is_the_one_table_config_and_training_agree_on():
+    """config validates with name lists; the registry says what each method is: they must not drift apart."""
+    from tunesmith.config import CLASSIFICATION_METHODS, VIRTUAL_TOKEN_METHODS, TrainSpec
+    from tunesmith.models.methods import METHODS, method_for
+
+    assert set(METHODS) == set(TrainSpec.model_fields["method"].annotation.__args__)
+    assert {m.name for m in METHODS.values() if m.classification} == set(CLASSIFICATION_METHODS)
+    assert {m.name for m in METHODS.values() if m.virtual_tokens} == set(VIRTUAL_TOKEN_METHODS)
+    assert [m.artefact for m in METHODS.values()].count("model") == 1 and method_for("full").peft_config is None
+    with pytest.raises(UserError, match="unknown method 'lorra'") as caught:
+        method_for("lorra")
+    assert caught.value.fix == "use one of: full, lora, dora, qlora, prompt_tuning, prefix_tuning"

@@ -7,14 +7,13 @@ import torch
 from tunesmith.config import ModelSpec
 from tunesmith.models.classifier import LABELS_FILE, load_classifier
 from tunesmith.models.loading import load_model
+from tunesmith.models.methods import load_trained, method_for
 from tunesmith.registry.runfolder import RunInfo, read_config
 
 
 def load_tuned(run_dir: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
     """The tuned model with the tokenizer (and so the chat template) saved beside its weights at training.
-    Each method is loaded as `train.methods.load_trained` says (LoRA/DoRA merged, QLoRA over its 4-bit base)."""
-    from tunesmith.models.methods import load_trained
-
+    Each method is loaded as `methods.load_trained` says (LoRA/DoRA merged, QLoRA over its 4-bit base)."""
     train_spec = read_config(run_dir).train  # qlora's quantisation settings
     return load_trained(run_dir / info.artefact, info.method, info.base_model_path, model_spec, train_spec)
 
@@ -32,7 +31,7 @@ def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) 
     from tunesmith.models.loading import DAMAGED_WEIGHTS_FIX, from_pretrained, load_adapter
 
     labels = read_json(folder / LABELS_FILE, fix=DAMAGED_WEIGHTS_FIX)
-    if info.method == "full":
+    if method_for(info.method).peft_config is None:
         return load_classifier(model_spec, str(folder), labels)
     base, _, device = load_classifier(model_spec, info.base_model_path, labels)
     model = load_adapter(base, folder).merge_and_unload()

@@ -17,24 +17,79 @@ evaluation should measure the model that was trained.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunesmith.config import ModelSpec, TrainSpec
 from tunesmith.errors import UserError
 
-PEFT_METHODS = ("lora", "qlora", "dora", "prompt_tuning", "prefix_tuning")
-MERGEABLE = ("lora", "dora")  # PEFT folds these into the base weights; prompt learning has nothing to fold
+
+@dataclass(frozen=True)
+class Method:
+    """What a method is, for every part of tunesmith that must know: picked by name with `method_for`."""
+
+    name: str
+    artefact: str  # the run's folder for the trained weights: "model" (every weight) or "adapter"
+    peft_config: Callable[[TrainSpec, Any, str | None], Any] | None = None  # (spec, PEFT task type, tokenizer path); None: the weights themselves learn
+    quantized: bool = False  # the frozen base is loaded in 4 bits (bitsandbytes) and evaluated that way
+    virtual_tokens: bool = False  # tokens before each row: rows cannot be packed
+    mergeable: bool = False  # PEFT folds the adapter into the base weights (prompt learning has nothing to fold)
+    classification: bool = False  # trains a classifier head too (PEFT's SEQ_CLS saves the new head)
+    shardable: bool = True  # runs under FSDP and DeepSpeed (4-bit weights and virtual tokens do not)
+
+
+def _lora(spec: TrainSpec, task_type: Any, tokenizer_path: str | None) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task_type, r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules, use_dora=spec.method == "dora",
+    )
+
+
+def _prompt_tuning(spec: TrainSpec, task_type: Any, tokenizer_path: str | None) -> Any:
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    settings = spec.prompt_tuning
+    text = {"tokenizer_name_or_path": tokenizer_path, "prompt_tuning_init_text": settings.init_text} if settings.init == "text" else {}
+    return PromptTuningConfig(
+        task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prompt_tuning_init=PromptTuningInit[settings.init.upper()], **text
+    )
+
+
+def _prefix_tuning(spec: TrainSpec, task_type: Any, tokenizer_path: str | None) -> Any:
+    from peft import PrefixTuningConfig
+
+    settings = spec.prefix_tuning
+    hidden = {"encoder_hidden_size": settings.projection_hidden_size} if settings.projection_hidden_size else {}
+    return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prefix_projection=settings.projection, **hidden)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", "model", classification=True),
+    Method("lora", "adapter", _lora, mergeable=True, classification=True),
+    Method("dora", "adapter", _lora, mergeable=True, classification=True),
+    Method("qlora", "adapter", _lora, quantized=True, shardable=False),
+    Method("prompt_tuning", "adapter", _prompt_tuning, virtual_tokens=True, shardable=False),
+    Method("prefix_tuning", "adapter", _prefix_tuning, virtual_tokens=True, shardable=False),
+)}
+
+
+def method_for(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}", where="train.method", fix=f"use one of: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def artefact_kind(method: str) -> str:
     """The folder inside the run that holds the trained weights."""
-    return "model" if method == "full" else "adapter"
+    return method_for(method).artefact
 
 
 def quantization_config(spec: TrainSpec, model_spec: ModelSpec) -> Any:
     """The bitsandbytes 4-bit config for qlora (compute in the model's dtype: fp32 on CPUs); None otherwise."""
-    if spec.method != "qlora":
+    if not method_for(spec.method).quantized:
         return None
     from tunesmith.models.loading import quiet_libraries
 
@@ -58,7 +113,7 @@ def load_for_method(model_spec: ModelSpec, path: str, spec: TrainSpec) -> tuple[
     from tunesmith.models.loading import load_model
 
     model, tokenizer, device = load_model(model_spec, path, quantization=quantization_config(spec, model_spec))
-    if spec.method == "qlora":
+    if method_for(spec.method).quantized:
         _keep_cpu_inference_in_compute_dtype(model)
     return model, tokenizer, device
 
@@ -73,30 +128,18 @@ def _keep_cpu_inference_in_compute_dtype(model: Any) -> None:
 
 
 def peft_config(spec: TrainSpec, task: str = "causal_lm", tokenizer_path: str | None = None) -> Any:
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
+    from peft import TaskType
 
-    task_type = TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
-    if spec.method in ("lora", "qlora", "dora"):
-        return LoraConfig(
-            task_type=task_type, r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules, use_dora=spec.method == "dora",
-        )
-    if spec.method == "prompt_tuning":
-        settings = spec.prompt_tuning
-        text = {"tokenizer_name_or_path": tokenizer_path, "prompt_tuning_init_text": settings.init_text} if settings.init == "text" else {}
-        return PromptTuningConfig(
-            task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prompt_tuning_init=PromptTuningInit[settings.init.upper()], **text
-        )
-    if spec.method == "prefix_tuning":
-        settings = spec.prefix_tuning
-        hidden = {"encoder_hidden_size": settings.projection_hidden_size} if settings.projection_hidden_size else {}
-        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prefix_projection=settings.projection, **hidden)
-    raise ValueError(f"no PEFT config for method {spec.method}")
+    build = method_for(spec.method).peft_config
+    if build is None:
+        raise ValueError(f"no PEFT config for method {spec.method}")
+    return build(spec, TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM, tokenizer_path)
 
 
 def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm") -> Any:
     """The model with exactly the method's parameters trainable. Seed torch first: adapters start random."""
-    if spec.method == "full":
+    method = method_for(spec.method)
+    if method.peft_config is None:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
@@ -105,7 +148,7 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm") -> Any:
     quiet_libraries()
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if spec.method == "qlora":
+    if method.quantized:
         # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.qlora.gradient_checkpointing)
     return get_peft_model(model, peft_config(spec, task, getattr(model, "name_or_path", None)))
@@ -122,12 +165,12 @@ def load_trained(folder: Path, method: str, base_path: str, model_spec: ModelSpe
     LoRA and DoRA are merged into the base when `merge` (faster generation, same outputs)."""
     from tunesmith.models.loading import load_adapter, load_model, load_tokenizer
 
-    if method == "full":
+    if method_for(method).peft_config is None:
         model, tokenizer, _ = load_model(model_spec, str(folder))
         return model, tokenizer
     base, _, _ = load_for_method(model_spec, base_path, spec)
     model = load_adapter(base, folder)
-    if merge and method in MERGEABLE:
+    if merge and method_for(method).mergeable:
         model = model.merge_and_unload()
     model.eval()
     return model, load_tokenizer(str(folder))

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from tunesmith.chat_template import Encoded
-from tunesmith.config import VIRTUAL_TOKEN_METHODS, TrainSpec
+from tunesmith.config import TrainSpec
+from tunesmith.models.methods import method_for
 from tunesmith.train.batching import Batch, choose_packing, make_batches, tokens_per_forward
 from tunesmith.train.kernels.segments import use_segment_attention
 
@@ -32,7 +33,7 @@ class Layout:
 def plan_layout(model: Any, cfg: TrainSpec, items: list[Encoded], device: torch.device, packs: bool = True) -> Layout:
     """Decide packing; flat rows switch the model's attention to per-example segments (idempotent)."""
     # Virtual tokens sit before each row, not before each packed example: those methods never pack.
-    setting = False if cfg.method in VIRTUAL_TOKEN_METHODS or not packs else cfg.packing
+    setting = False if method_for(cfg.method).virtual_tokens or not packs else cfg.packing
     packed, waste = choose_packing(setting, items, cfg.batch_size, cfg.seed)
     # Under auto, flat rows win over any padding at all: they cost neither padding nor attention across examples.
     flat = (packed or (setting == "auto" and waste > 0)) and use_segment_attention(model)

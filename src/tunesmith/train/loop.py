@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -21,6 +21,7 @@ from tunesmith.errors import TrainingFailed
 from tunesmith.plot import plot_loss
 from tunesmith.registry.runfolder import RunInfo, name_base_model, replace_folder, save_run_info
 from tunesmith.train.layout import plan_layout
+from tunesmith.train.objective import Objective
 from tunesmith.train.parallel import distributed
 from tunesmith.train.run.checkpoint import (
     STATE_FILE,
@@ -263,16 +264,3 @@ class TrainingLoop:
             self.tracker.log(record)
 
 
-class Objective(Protocol):
-    packs: bool  # whether examples may share a row (packing); a pooled head needs one example per row
-    files: dict[str, str]  # written into every checkpoint, so the artefact copied from one carries them
-
-    def tensors(self, batch: list, pad_id: int) -> list[dict[str, torch.Tensor]]: ...
-
-    def summed_loss(self, model: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
-
-    def validate(self, model: Any, items: list, pad_id: int, device: torch.device, batch_size: int) -> dict[str, Any]: ...
-
-    def score(self, found: dict[str, Any]) -> tuple[list[float] | None, dict[str, float] | None]: ...
-
-    def best_text(self, monitor: Monitor) -> str: ...

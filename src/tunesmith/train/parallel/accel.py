@@ -34,6 +34,7 @@ import yaml
 
 from tunesmith.config import spec_to_yaml
 from tunesmith.errors import UserError
+from tunesmith.models.methods import method_for
 from tunesmith.train.parallel import distributed, zero
 
 DATA_PARALLEL = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_SDAA", "MULTI_HPU"}
@@ -123,10 +124,11 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
         return
     where = "train.method" if isinstance(config, str) else f"train.method (with FSDP from {config.path})"
     cfg = spec.train
-    if cfg.method == "qlora":
-        raise UserError("qlora cannot be sharded with FSDP: its 4-bit base weights are not plain tensors FSDP can split", where=where,
+    method = method_for(cfg.method)
+    if method.quantized:
+        raise UserError(f"{cfg.method} cannot be sharded with FSDP: its 4-bit base weights are not plain tensors FSDP can split", where=where,
                         fix="use method lora with FSDP (the base is sharded instead of quantised), or qlora without FSDP (--nproc N)")
-    if cfg.method in ("prompt_tuning", "prefix_tuning"):
+    if not method.shardable:
         raise UserError(f"{cfg.method} is not supported with FSDP", where=where, fix="use lora, dora or full with FSDP, or --nproc N without FSDP")
     if cfg.task == "classification":
         raise UserError("classification training does not run with FSDP", where="train.task", fix="drop the accelerate config, or use --nproc N")
@@ -139,7 +141,7 @@ def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
 
     where = "train.method" if isinstance(config, str) else f"train.method (with DeepSpeed from {config.path})"
     cfg = spec.train
-    if cfg.method in ("qlora", "prompt_tuning", "prefix_tuning"):
+    if not method_for(cfg.method).shardable:
         raise UserError(f"{cfg.method} is not supported with DeepSpeed (not tested)", where=where,
                         fix="use lora, dora or full with DeepSpeed, or --nproc N without DeepSpeed")
     if cfg.task == "classification":

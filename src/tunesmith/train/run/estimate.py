@@ -21,7 +21,7 @@ from tunesmith.chat_template import Encoded
 from tunesmith.config import TrainSpec
 from tunesmith.train import kernels
 from tunesmith.train.layout import plan_layout
-from tunesmith.train.loop import Objective
+from tunesmith.train.objective import Objective
 from tunesmith.train.parallel.strategy import Plain
 from tunesmith.train.settings import plan_steps
 from tunesmith.train.step import Diverged, optimizer_step
