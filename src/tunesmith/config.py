@@ -400,9 +400,19 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None) ->
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, dotted, value)
-    if "data" not in data:
-        raise UserError(f"no data given in {source}", fix="pass --data NAME_OR_FILE or set data.dataset / data.path in the config")
-    spec = validate_spec(RunSpec, data, source)
+    return run_spec_from(data, source)
+
+
+def run_spec_from(data: dict[str, Any] | RunSpec, source: str) -> RunSpec:
+    """A run spec from a mapping (a parsed config, or one a program built) or a RunSpec, checked the same
+    way whatever its origin; `source` names it in error messages. model.trust_remote_code is never taken
+    from the spec itself (see remote_code_allowed). A RunSpec given is copied, not changed."""
+    if isinstance(data, RunSpec):
+        spec = data.model_copy(deep=True)
+    else:
+        if "data" not in data:
+            raise UserError(f"no data given in {source}", fix="pass --data NAME_OR_FILE or set data.dataset / data.path in the config")
+        spec = validate_spec(RunSpec, data, source)
     if spec.model.trust_remote_code and not remote_code_allowed():
         from tunesmith.ui import console
 
