@@ -1,3 +1,85 @@
-"""tunesmith: turn a general LLM into a specialist for one job."""
+"""tunesmith: turn a general LLM into a specialist for one job.
 
-__version__ = "0.1.0"
+The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
+generate, classify; bad input raises tunesmith.errors.UserError with the CLI's message.
+
+Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
+stages can import tunesmith's submodules without running into a half-initialised package root."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from tunesmith._version import __version__
+
+if TYPE_CHECKING:
+    from tunesmith.config import EvalSpec, PrepareSpec, RunSpec
+    from tunesmith.data.dataset import Dataset
+    from tunesmith.errors import UserError
+    from tunesmith.registry.runfolder import RunInfo
+    from tunesmith.train.loop import TrainResult
+    from tunesmith.train.run.guards import Budget
+    from tunesmith.workflows import Chat, Evaluation, Run, classify, evaluate, generate, load_dataset, load_run, prepare_dataset, resume, train
+    from tunesmith.workspace import Workspace
+
+# name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        ("prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat", "Evaluation"),
+        "tunesmith.workflows",
+    ),
+    "Workspace": "tunesmith.workspace",
+    "UserError": "tunesmith.errors",
+    "RunSpec": "tunesmith.config",
+    "PrepareSpec": "tunesmith.config",
+    "EvalSpec": "tunesmith.config",
+    "Dataset": "tunesmith.data.dataset",
+    "RunInfo": "tunesmith.registry.runfolder",
+    "TrainResult": "tunesmith.train.loop",  # imports torch, on first use only
+    "Budget": "tunesmith.train.run.guards",  # imports torch, on first use only
+}
+
+__all__ = [
+    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat",
+    "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
+]  # fmt: skip
+
+
+assert set(__all__) == {"__version__", *_EXPORTS}
+
+
+class _Package(types.ModuleType):
+    """`tunesmith.train` is the API's function, although the subpackage tunesmith.train has the same name:
+    importing a submodule makes the import system bind it on its parent (setattr), which would replace the
+    function the moment any stage imports tunesmith.train.*. A property on the module's class is looked
+    up before the module's own attributes, and its setter leaves the binding to sys.modules."""
+
+    @property
+    def train(self) -> Any:
+        from tunesmith.workflows import train
+
+        return train
+
+    @train.setter
+    def train(self, value: Any) -> None:
+        pass  # the subpackage: reach it by `from tunesmith.train import ...` (sys.modules["tunesmith.train"])
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

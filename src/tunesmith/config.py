@@ -426,7 +426,18 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None, pr
     for dotted, value in (overrides or {}).items():
         if value is not None and (problem := _set_path(data, dotted, value)):
             found.append(problem)
-    spec = validate_spec(RunSpec, data, source, found)
+    return run_spec_from(data, source, found)
+
+
+def run_spec_from(data: dict[str, Any] | RunSpec, source: str, problems: list[str] | None = None) -> RunSpec:
+    """A run spec from a mapping (a parsed config, or one a program built) or a RunSpec, checked the same
+    way whatever its origin, every problem at once (`problems`: found before, in flags); `source` names it
+    in error messages. model.trust_remote_code is never taken from the spec itself (see
+    remote_code_allowed). A RunSpec given is copied, not changed."""
+    if isinstance(data, RunSpec):
+        spec = data.model_copy(deep=True)
+    else:
+        spec = validate_spec(RunSpec, data, source, problems)
     if spec.model.trust_remote_code and not remote_code_allowed():
         from tunesmith.ui import console
 

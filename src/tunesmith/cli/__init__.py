@@ -71,10 +71,9 @@ def data_prepare(
 ) -> None:
     """Check, clean, scrub, de-duplicate, split by seed and register a dataset; its content hash is its version."""
     from tunesmith.cli.data_report import summarise_dataset
-    from tunesmith.config import DataSpec, validate_spec
-    from tunesmith.data.dataset import prepare_dataset
     from tunesmith.data.formats import parse_mapping
     from tunesmith.data.pii import read_allowlist
+    from tunesmith.workflows import prepare_dataset
 
     options = {
         "mapping": parse_mapping(map_pairs or []), "skip_invalid": skip_invalid, "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
@@ -84,16 +83,8 @@ def data_prepare(
         "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url,
                     "endpoint_model": augment_endpoint_model} if augment else None,
     }
-    spec = validate_spec(DataSpec, {"path": file, "format": format, "seed": seed, "split_ratios": _parse_ratios(split), "prepare": options}, "command-line flags")
-    if max_seq_len is not None and (model is None or max_seq_len < 1):
-        raise UserError("--max-seq-len needs --model and a positive number", fix="add --model smollm2-135m-instruct (or your base model) to count tokens")
-    length = None
-    if model is not None:
-        from tunesmith.config import TrainSpec
-        from tunesmith.data.prepare import LengthLimit
-
-        length = LengthLimit(model=model, max_seq_len=max_seq_len or TrainSpec.model_fields["max_seq_len"].default)
-    dataset = prepare_dataset(file, _workspace(), name=out, fmt=spec.format, seed=seed, ratios=spec.split_ratios, options=spec.prepare, length=length)
+    dataset = prepare_dataset(file, name=out, format=format, seed=seed, ratios=_parse_ratios(split), options=options, model=model, max_seq_len=max_seq_len,
+                              source="command-line flags")  # workspace None: $TUNESMITH_HOME, opened once the flags are checked
     summarise_dataset(dataset, model)
 
 
@@ -329,10 +320,9 @@ def generate(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
-    from tunesmith.cli.chat import Session
+    from tunesmith.workflows import load_run
 
-    session = Session.open(_workspace(), run, system, max_new_tokens)
-    typer.echo(session.reply(prompt))
+    typer.echo(load_run(run, workspace=_workspace()).generate(prompt, system=system, max_new_tokens=max_new_tokens))
 
 
 @app.command()
@@ -342,9 +332,10 @@ def chat(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D ends; /reset clears the conversation."""
-    from tunesmith.cli.chat import Session
+    from tunesmith.cli.chat import interactive
+    from tunesmith.workflows import load_run
 
-    Session.open(_workspace(), run, system, max_new_tokens).interactive()
+    interactive(load_run(run, workspace=_workspace()).chat(system, max_new_tokens))
 
 
 @app.command()

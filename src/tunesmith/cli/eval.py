@@ -49,27 +49,20 @@ def eval_cmd(
     the run folder (eval/, report.html) and the registry. Also: `eval judge`, `eval review-export`,
     `eval review-import`, `eval score` (see `tunesmith eval-judge --help` etc.)."""
     from tunesmith.cli.report import print_comparison, print_evaluation
-    from tunesmith.config import EvalSpec, validate_spec
-    from tunesmith.eval.baselines import parse_baselines
-    from tunesmith.eval.evaluate import evaluate_run
-    from tunesmith.eval.report import write_report
     from tunesmith.eval.results import latest_evaluation
-    from tunesmith.registry.runfolder import find_run, read_config
+    from tunesmith.workflows import evaluate
 
-    ws = _workspace()
-    run_dir = find_run(ws, run)
-    flags = {"split": split, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit, "temperature": temperature,
-             "top_p": top_p, "seed": seed, "metrics": _csv(metrics), "custom_metrics": custom or None, "perplexity": perplexity,
-             "system_prompt": system_prompt, "shots": shots, "forgetting_threshold": forgetting_threshold}
-    base = read_config(run_dir).eval.model_dump()  # the run config's eval section, then the flags given
-    spec = validate_spec(EvalSpec, {**base, **{k: v for k, v in flags.items() if v is not None}}, "the run config's eval section and command-line flags")
-    results = evaluate_run(ws, run_dir, spec, compare_base, compare_runs=compare or [], baselines=parse_baselines(baselines), forgetting=forgetting)
-    record = latest_evaluation(run_dir, spec.split)
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "metrics": _csv(metrics), "custom_metrics": custom or None, "perplexity": perplexity,
+                "system_prompt": system_prompt, "shots": shots, "forgetting_threshold": forgetting_threshold}
+    done = evaluate(run, split=split, compare_base=compare_base, compare=compare or [], baselines=baselines, forgetting=forgetting, settings=settings,
+                    workspace=_workspace(), source="the run config's eval section and command-line flags")
+    record = latest_evaluation(done.run_dir, done.split)
     if record is not None:
         print_evaluation(record)  # the table report.json and report.html hold, deltas included
     else:
-        print_comparison(results, title=" vs ".join(results))
-    console.print(f"report: {write_report(run_dir)}")
+        print_comparison(done.metrics, title=" vs ".join(done.metrics))
+    console.print(f"report: {done.report}")
 
 
 def _evaluated_together(run_dir: Path, split: str, models: list[str], hint: str) -> list[list[dict[str, Any]]]:

@@ -75,13 +75,19 @@ def _print_confusion(confusion: dict[str, Any]) -> None:
     out.print(confusion_table(confusion))
 
 
-@torch.no_grad()
 def classify_texts(workspace: Workspace, run_ref: str, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
     """`tunesmith classify`: each text's label and its probability (softmax over the head's labels),
     with the text truncated as in training."""
-    from tunesmith.registry.runfolder import find_run, read_config
+    from tunesmith.registry.runfolder import find_run
 
-    run_dir = find_run(workspace, run_ref)
+    return classify_run(find_run(workspace, run_ref), texts, batch_size)
+
+
+@torch.no_grad()
+def classify_run(run_dir: Path, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    """classify_texts for a run folder already found."""
+    from tunesmith.registry.runfolder import read_config
+
     info = load_run_info(run_dir)
     if info.task != "classification":
         raise UserError(f"run {info.run_id} writes answers; it has no labels to pick", fix=f"ask it with `tunesmith generate {info.run_id} --prompt \"...\"`")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from tunesmith import __version__
+from tunesmith._version import __version__
 from tunesmith.config import RunSpec, spec_to_yaml
 from tunesmith.errors import UserError
 from tunesmith.workspace import Workspace, owner, process_alive, safe_name, staging_dir

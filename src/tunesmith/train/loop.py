@@ -46,9 +46,27 @@ from tunesmith.ui import console, progress
 
 @dataclass
 class TrainResult:
+    """A training's outcome: its folder, its run.json (status, best step, best_val_loss, best_metrics) and
+    the metrics of each validation."""
+
     run_dir: Path
     info: RunInfo
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def status(self) -> str:
+        """completed, or stopped (a budget ran out; `tunesmith.resume` continues it)."""
+        return self.info.status
+
+    @property
+    def best_metrics(self) -> dict[str, float]:
+        """The kept checkpoint's validation scores: val_loss, and a classifier's accuracy and f1_macro."""
+        found = {} if self.info.best_val_loss is None else {"val_loss": self.info.best_val_loss}
+        return {**found, **(self.info.best_metrics or {})}
 
 
 @dataclass
