@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat", "Evaluation"),
+        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat", "Evaluation"),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -47,27 +47,25 @@ __all__ = [
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", *_EXPORTS}
 
 
-class _Package(types.ModuleType):
-    """`tunesmith.train` is the API's function, although the subpackage tunesmith.train has the same name:
-    importing a submodule makes the import system bind it on its parent (setattr), which would replace the
-    function the moment any stage imports tunesmith.train.*. A property on the module's class is looked
-    up before the module's own attributes, and its setter leaves the binding to sys.modules."""
+class _TrainingPackage(types.ModuleType):
+    """`tunesmith.train` names both the training package (tunesmith/train/) and the API's `train`.
+    The import system binds the package on its parent whenever any stage imports tunesmith.train.*,
+    so the package itself is made callable: `tunesmith.train(spec)` is `workflows.train(spec)`,
+    and every import form of the package's modules keeps working."""
 
-    @property
-    def train(self) -> Any:
+    def __call__(self, spec: Any, **options: Any) -> Any:
+        """Train a run from a RunSpec, a dict or a YAML path: tunesmith.workflows.train, docs/python-api.md."""
         from tunesmith.workflows import train
 
-        return train
-
-    @train.setter
-    def train(self, value: Any) -> None:
-        pass  # the subpackage: reach it by `from tunesmith.train import ...` (sys.modules["tunesmith.train"])
+        return train(spec, **options)
 
 
-sys.modules[__name__].__class__ = _Package
+import tunesmith.train as _training  # noqa: E402  (the package's __init__ is empty: no torch)
+
+_training.__class__ = _TrainingPackage
 
 
 def __getattr__(name: str) -> Any:
