@@ -49,17 +49,16 @@ def test_reallocating_activation_sized_blocks_faults_in_no_new_pages():
     assert kept < plain / 20
 
 
-def test_plan_layout_keeps_freed_memory_on_cpu_only(monkeypatch, tiny_model):
+def test_switching_kernels_on_keeps_freed_memory_on_cpu_only(monkeypatch, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.config import TrainSpec
-    from tunesmith.train import layout
+    from tunesmith.train import kernels
 
     calls = []
-    monkeypatch.setattr(layout, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(kernels, "keep_freed_memory", lambda: calls.append(True) or True)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    layout.plan_layout(model, TrainSpec(), [], torch.device("cpu"))
+    kernels.switch_on(model, torch.device("cpu"))
     assert calls == [True]
-    layout.plan_layout(model, TrainSpec(), [], torch.device("meta"))
+    kernels.switch_on(model, torch.device("meta"))
     assert calls == [True]

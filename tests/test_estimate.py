@@ -110,6 +110,7 @@ def test_calibration_leaves_the_weights_and_the_seed_as_they_were(tiny_model):
     from tunesmith.models.loading import load_model
     from tunesmith.models.methods import apply_method
     from tunesmith.train.run.estimate import estimate_training
+    from tunesmith.train.tasks.causal_lm import CAUSAL_LM
 
     cfg = TrainSpec(method="full", lr=1e-4, batch_size=4, weight_decay=0.1, price_per_hour=2.0)
     model, tokenizer, device = load_model(ModelSpec(name=str(tiny_model)))
@@ -120,7 +121,7 @@ def test_calibration_leaves_the_weights_and_the_seed_as_they_were(tiny_model):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    estimate = estimate_training(model, tokenizer, device, cfg, items[:24], items[24:])
+    estimate = estimate_training(model, tokenizer, device, cfg, items[:24], items[24:], objective=CAUSAL_LM)
     assert torch.equal(torch.rand(3), expected_draw)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(p.grad is None for p in model.parameters())

@@ -8,7 +8,6 @@ stages can import tunesmith's submodules without running into a half-initialised
 
 from __future__ import annotations
 
-import sys
 import types
 from typing import TYPE_CHECKING, Any
 

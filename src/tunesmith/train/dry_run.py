@@ -14,6 +14,7 @@ from tunesmith.models.loading import load_model
 from tunesmith.models.methods import apply_method
 from tunesmith.train.run.estimate import TrainEstimate, calibrate
 from tunesmith.train.tasks import task_for
+from tunesmith.train.tasks.causal_lm import CAUSAL_LM
 
 
 def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]:
@@ -49,6 +50,6 @@ def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec 
     items, _ = encode_all(tokenizer, examples[: spec.batch_size * 16], spec.max_seq_len, spec.train_on)
     if not items:
         raise UserError("no example has a token left to learn", fix=f"check the assistant turns, or raise train.max_seq_len (now {spec.max_seq_len})")
-    return calibrate(model, tokenizer, device, spec, items, [])["seconds_per_token"]
+    return calibrate(model, tokenizer, device, spec, items, [], CAUSAL_LM)["seconds_per_token"]
 
 
