@@ -40,7 +40,6 @@ TOPICS = ["docs/data.md", "docs/training.md", "docs/multi-process.md", "docs/eva
 CHECKED = ["README.md", *TOPICS]
 README_MAX_LINES = 170
 # Linked from README, written on another branch of issue 15; drop a name once its file is merged.
-PENDING = {"docs/python-api.md"}
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -105,19 +104,7 @@ def as_main_rewrites(root, words: list[str]) -> list[str]:
     from tunesmith.data.formats import expand_map_args
 
     words = [w for w in words if w != "--trust-remote-code"]  # main accepts it after any command
-    return route_eval_subcommands(root, expand_map_args(words))
-
-
-# --- TEMPORARY: `eval judge|score|review-export|review-import` are routed by rewriting argv
-# (eval/commands.py route_argv). Once `eval` is a real Click group this returns early; then
-# delete this function and its call above.
-def route_eval_subcommands(root, words: list[str]) -> list[str]:
-    if is_group(root.commands.get("eval")):
-        return words
-    from tunesmith.cli.eval import route_argv
-
-    return route_argv(words)[0]
-# --- end TEMPORARY
+    return expand_map_args(words)
 
 
 def is_group(command) -> bool:
@@ -222,9 +209,6 @@ def test_links_in_readme_and_docs_resolve() -> None:
         for target in _links(doc):
             file, _, anchor = target.partition("#")
             path = (ROOT / doc).parent / file if file else ROOT / doc
-            relative = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else str(path)
-            if relative in PENDING and not path.exists():
-                continue
             if not path.exists():
                 broken.append(f"{doc}: {target} (no such file)")
             elif anchor and path.suffix == ".md":

@@ -1,5 +1,5 @@
-"""The evaluation commands: `tunesmith eval RUN`, `eval judge`, `eval review-export`, `eval review-import`
-and `runs compare`. cli.py registers them; `tunesmith eval judge ...` reaches `eval-judge` through main()."""
+"""The `eval` group: `tunesmith eval RUN` (the `run` subcommand, named or not), `eval judge`,
+`eval review-export`, `eval review-import`, `eval score`; and `runs compare`."""
 
 from __future__ import annotations
 
@@ -8,23 +8,39 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from tunesmith.cli.common import _workspace
 from tunesmith.errors import UserError
 from tunesmith.ui import console, out
 
-SUBCOMMANDS = {"judge": "eval-judge", "review-export": "eval-review-export", "review-import": "eval-review-import", "score": "score"}
+
+class EvalGroup(TyperGroup):
+    """A click group whose first word, when it names no subcommand, is a run: `eval RUN ...` is
+    `eval run RUN ...`, so the commonest command needs no subcommand word and the others are
+    ordinary subcommands with their own --help. A run named like a subcommand is reached with
+    `eval run NAME`."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            return "run", self.commands["run"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
+        formatter.write_usage(ctx.command_path, "RUN [OPTIONS] | COMMAND [ARGS]...")
 
 
-def _workspace():
-    from tunesmith.workspace import Workspace
-
-    return Workspace.from_env()
+eval_app = typer.Typer(
+    cls=EvalGroup, no_args_is_help=True,
+    help="Score a run on held-out data (`tunesmith eval RUN`, see `tunesmith eval run --help`), judge it, review it by hand, or score outputs made elsewhere.",
+)
 
 
 def _csv(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+@eval_app.command("run")
 def eval_cmd(
     run: str = typer.Argument(..., help="run id or run folder"),
     split: Optional[str] = typer.Option(None, help="validation | test (default: the run config's eval.split)"),
@@ -46,8 +62,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="only the first N examples"),
 ) -> None:
     """Score a run on a held-out split against its base, prompting baselines or other runs; results go into
-    the run folder (eval/, report.html) and the registry. Also: `eval judge`, `eval review-export`,
-    `eval review-import`, `eval score` (see `tunesmith eval-judge --help` etc.)."""
+    the run folder (eval/, report.html) and the registry. `tunesmith eval RUN` is the same command."""
     from tunesmith.cli.report import print_comparison, print_evaluation
     from tunesmith.eval.results import latest_evaluation
     from tunesmith.workflows import evaluate
@@ -117,6 +132,7 @@ def _local_ask(ref: str, max_new_tokens: int):
     return lambda messages: generate_one(model, tokenizer, messages, eot, max_new_tokens)
 
 
+@eval_app.command("judge")
 def eval_judge(
     run: str = typer.Argument(..., help="run id or run folder, already evaluated with `tunesmith eval`"),
     judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (key from --api-key-env)"),
@@ -188,6 +204,7 @@ def _update_report(run_dir: Path, keys: list[str], value: Any) -> None:
     write_report(run_dir)
 
 
+@eval_app.command("review-export")
 def eval_review_export(
     run: str = typer.Argument(..., help="run id or run folder, evaluated with `tunesmith eval RUN --compare-base`"),
     fraction: float = typer.Option(0.1, "--fraction", help="share of the evaluated examples to put in front of reviewers"),
@@ -211,6 +228,7 @@ def eval_review_export(
     out.print(f"when filled in: tunesmith eval review-import {run} FILLED.csv [MORE.csv ...]")
 
 
+@eval_app.command("review-import")
 def eval_review_import(
     run: str = typer.Argument(..., help="run id or run folder the sheet was exported from"),
     files: list[Path] = typer.Argument(..., help="filled review CSV(s), one per rater"),
@@ -236,23 +254,3 @@ def eval_review_import(
     _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], "keys": sorted({k.name for k in keys}), **result.model_dump()})
 
 
-def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids or folders")) -> None:
-    """Runs side by side: dataset version, key hyperparameters, validation loss and evaluation metrics."""
-    from tunesmith.cli.report import print_runs_compare
-
-    print_runs_compare(_workspace(), runs)
-
-
-def register(app: typer.Typer, runs_app: typer.Typer) -> None:
-    app.command("eval")(eval_cmd)
-    app.command("eval-judge")(eval_judge)
-    app.command("eval-review-export")(eval_review_export)
-    app.command("eval-review-import")(eval_review_import)
-    runs_app.command("compare")(runs_compare)
-
-
-def route_argv(argv: list[str]) -> tuple[list[str], str | None]:
-    """`eval judge ...` -> `eval-judge ...` (`eval RUN` stays one command; a run cannot be named like a subcommand)."""
-    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in SUBCOMMANDS:
-        return [SUBCOMMANDS[argv[1]], *argv[2:]], f"tunesmith eval {argv[1]}"
-    return argv, None

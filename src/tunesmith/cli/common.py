@@ -1,0 +1,11 @@
+"""What several command modules share."""
+
+from __future__ import annotations
+
+FORMAT_HELP = "messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"
+
+
+def _workspace():
+    from tunesmith.workspace import Workspace
+
+    return Workspace.from_env()
