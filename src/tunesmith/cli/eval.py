@@ -29,6 +29,12 @@ class EvalGroup(TyperGroup):
     def format_usage(self, ctx: Any, formatter: Any) -> None:
         formatter.write_usage(ctx.command_path, "RUN [OPTIONS] | COMMAND [ARGS]...")
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The group's commands, then `eval RUN`'s own options: the command most readers came for."""
+        super().format_help(ctx, formatter)
+        run = self.commands["run"]
+        run.format_help(run.make_context("run", ["--help"], parent=ctx, resilient_parsing=True), formatter)
+
 
 eval_app = typer.Typer(
     cls=EvalGroup, no_args_is_help=True,
