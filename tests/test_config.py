@@ -142,3 +142,17 @@ def test_usage_errors_exit_2(capsys):
 def test_every_command_has_help(capsys, command, mentions):
     result = run_cli(capsys, *command, "--help")
     assert result.code == 0 and mentions in result.out
+
+
+@pytest.mark.parametrize("words", [["eval", "nosuch-run"], ["eval", "run", "nosuch-run"], ["eval", "nosuch-run", "--compare-base"]])
+def test_eval_reads_its_first_word_as_a_run_unless_it_names_a_subcommand(capsys, home, words):
+    """`eval RUN` and `eval run RUN` are one command (the eval group resolves it, nothing rewrites argv)."""
+    result = run_cli(capsys, *words)
+    assert result.code == 2 and "no run 'nosuch-run'" in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(("words", "usage"), [(["eval", "judge"], "tunesmith eval judge"), (["eval", "review-import"], "tunesmith eval review-import"),
+                                              (["eval", "score"], "tunesmith eval score")])
+def test_eval_subcommands_are_commands_of_the_eval_group(capsys, home, words, usage):
+    result = run_cli(capsys, *words)
+    assert result.code == 2 and "Missing" in result.err + result.out and usage in result.err + result.out
