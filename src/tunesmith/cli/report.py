@@ -9,8 +9,8 @@ from rich.table import Table
 from tunesmith.data.dataset import Dataset
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import headline_first
-from tunesmith.files import read_json, read_yaml
-from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, INTERRUPTED, find_run, load_run_info, run_status
+from tunesmith.files import read_json
+from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, INTERRUPTED, config_data, find_run, load_run_info, run_status
 from tunesmith.registry.store import REINDEX, Registry, missing_from_index
 from tunesmith.ui import console, out
 from tunesmith.workspace import Workspace
@@ -158,7 +158,7 @@ def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
         raise UserError("runs compare needs two or more runs", fix="tunesmith runs compare RUN1 RUN2 [RUN3 ...]")
     folders = [find_run(workspace, ref) for ref in refs]
     infos = [load_run_info(f).model_dump() for f in folders]
-    configs = [read_yaml(f / "config.yaml", fix=DAMAGED_RUN_FIX) for f in folders]
+    configs = [config_data(f) for f in folders]
     reports = [read_json(f / "eval" / "report.json", fix="evaluate the run again: tunesmith eval RUN") if (f / "eval" / "report.json").is_file() else {} for f in folders]
     table = Table(title="runs side by side")
     table.add_column("")

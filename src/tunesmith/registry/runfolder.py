@@ -71,9 +71,9 @@ def write_config(run_dir: Path, spec: RunSpec, notes: dict[str, str] | None = No
 DAMAGED_RUN_FIX = "restore the run folder from a backup, or train the run again (its config.yaml, if intact, repeats it)"
 
 
-def read_config(run_dir: Path) -> RunSpec:
-    """The run's resolved config.yaml, checked like any config; damage is named, never a traceback."""
-    from tunesmith.config import validate_spec
+def config_data(run_dir: Path) -> dict[str, Any]:
+    """The run's config.yaml as a mapping, unchecked: the one place that reads the file (read_config
+    checks it; `runs reindex` takes what it can from a damaged one)."""
     from tunesmith.files import read_yaml
 
     path = run_dir / "config.yaml"
@@ -82,6 +82,15 @@ def read_config(run_dir: Path) -> RunSpec:
     data = read_yaml(path, fix=DAMAGED_RUN_FIX) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path} is damaged: not a mapping of sections", fix=DAMAGED_RUN_FIX)
+    return data
+
+
+def read_config(run_dir: Path) -> RunSpec:
+    """The run's resolved config.yaml, checked like any config; damage is named, never a traceback."""
+    from tunesmith.config import validate_spec
+
+    path = run_dir / "config.yaml"
+    data = config_data(run_dir)
     # Every section is written out in full; one missing means the file was cut short, and defaults
     # filling in for it would quietly change what the run was.
     missing = [section for section in ("model", "data", "train", "eval") if not isinstance(data.get(section), dict)]
@@ -89,6 +98,15 @@ def read_config(run_dir: Path) -> RunSpec:
         raise UserError(f"{path} is damaged (cut short?): no {', '.join(missing)} section", fix=DAMAGED_RUN_FIX)
     data.pop("versions", None)
     return validate_spec(RunSpec, data, str(path))
+
+
+def resolved_fields(run_dir: Path) -> set[str]:
+    """Fields the run resolved from 'auto' or a default (noted as comments atop its config.yaml)."""
+    from tunesmith.files import read_text
+
+    lines = read_text(run_dir / "config.yaml", fix=DAMAGED_RUN_FIX).splitlines()
+    fields = {line[2:].split(":", 1)[0] for line in lines if line.startswith("# train.")}
+    return fields | ({"train.lr_multiplier"} if "train.lr" in fields else set())
 
 
 def name_base_model(artefact: Path, base_model: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunesmith.errors import UserError
+from tunesmith.registry.runfolder import config_data
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -207,7 +208,6 @@ def _dataset_rows(home: Path, skipped: list[str]) -> list[tuple]:
 
 
 def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]:
-    import yaml
 
     runs, evaluations = [], []
     for info_path in sorted((home / "runs").glob("*/run.json")):
@@ -215,14 +215,14 @@ def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]
         try:
             info = _read_json(info_path)
             config = folder / "config.yaml"
-            spec = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else {}
+            spec = config_data(folder) if config.is_file() else {}
             first = min((p for p in (folder / "dataset.json", config, info_path) if p.is_file()), key=lambda p: p.stat().st_mtime)
             finished = None if info["status"] == "running" else _mtime(info_path)
             runs.append((
                 info["run_id"], (spec or {}).get("name"), info["base_model"], info["method"], info["dataset"], info["dataset_version"],
                 info["status"], str(folder), info.get("best_val_loss"), _mtime(first), finished, json.dumps(info.get("owner")) if info.get("owner") else None,
             ))
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, UserError) as exc:
             skipped.append(f"{info_path}: {exc}")
             continue
         covered = _kept_evaluations(folder, info["run_id"], evaluations, skipped)

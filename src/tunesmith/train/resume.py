@@ -11,9 +11,9 @@ from typing import Any
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.errors import UserError
-from tunesmith.files import read_text, read_yaml
+from tunesmith.files import read_yaml
 from tunesmith.models.loading import resolve_model_path
-from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, RunInfo, find_run, live_status, load_run_info, read_config
+from tunesmith.registry.runfolder import RunInfo, find_run, live_status, load_run_info, read_config, resolved_fields
 from tunesmith.registry.store import Registry
 from tunesmith.train.loop import TrainResult
 from tunesmith.train.parallel import accel, distributed
@@ -33,13 +33,6 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resolved_fields(run_dir: Path) -> set[str]:
-    """Fields the run resolved from 'auto' or a default (noted as comments atop its config.yaml)."""
-    lines = read_text(run_dir / "config.yaml", fix=DAMAGED_RUN_FIX).splitlines()
-    fields = {line[2:].split(":", 1)[0] for line in lines if line.startswith("# train.")}
-    return fields | ({"train.lr_multiplier"} if "train.lr" in fields else set())
-
-
 def resume_conflicts(run_dir: Path, config: Path | None, overrides: dict[str, Any]) -> list[str]:
     """Settings given alongside --resume that differ from the run's own: a resumed run cannot change course."""
     given: dict[str, Any] = {}
@@ -48,7 +41,7 @@ def resume_conflicts(run_dir: Path, config: Path | None, overrides: dict[str, An
         given.update(_flatten(loaded if isinstance(loaded, dict) else {}))
     given.update(_flatten({k: v for k, v in overrides.items() if v is not None}))
     current = _flatten(read_config(run_dir).model_dump(mode="json"))
-    skip = _resolved_fields(run_dir)
+    skip = resolved_fields(run_dir)
     conflicts = []
     for path, value in given.items():
         if value is None or path in skip or path == "versions" or path.startswith("versions."):
