@@ -18,9 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tunesmith.chat_template import IGNORE
-from tunesmith.train.parallel import distributed
 from tunesmith.train.settings import make_schedule
-from tunesmith.train.step import clip_and_step
 
 
 def is_sharded(model: Any) -> bool:
@@ -122,50 +120,24 @@ def equal_passes(group: list, objective: Any, pad_id: int, device: Any) -> list[
     return passes + [_filler(pad_id)] * (int(most.item()) - len(passes))
 
 
-class FSDP:
-    """The FSDP2 layout as a step strategy (see step.py): each process runs as many forward passes
-    as the busiest one, since FSDP gathers weights in every pass."""
-
-    name = "fsdp"
-
-    def prepare(self, model: Any, optimizer: Any, schedule: Any, params: list, cfg: Any, total_steps: int) -> tuple[Any, Any, Any, list]:
-        """Shard the model and move the optimiser onto the shards, its state (restored from a
-        checkpoint, or fresh) included; the schedule follows the new optimiser. Sharding after
-        restoring means a checkpoint loads exactly as it does in one process."""
-        if is_sharded(model):
-            return model, optimizer, schedule, params
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        from tunesmith.ui import console
-
-        plain, schedule_state, names = optimizer.state_dict(), schedule.state_dict(), _trainable_names(model)
-        shard(model)
-        params = [param for param in model.parameters() if param.requires_grad]
-        optimizer = _same_kind(optimizer, params)
-        schedule = make_schedule(optimizer, cfg, total_steps)
-        if plain["state"]:  # given no state, torch's loader takes a zero step to create it, which would count as Adam's first
-            set_optimizer_state_dict(model, optimizer, _by_name(plain, names), options=StateDictOptions(full_state_dict=True))
-        schedule.load_state_dict(schedule_state)
-        world = dist.get_world_size()
-        console.print(f"model sharded with FSDP2 over {world} processes ({len(params)} trainable tensors, each split {world} ways)")
+def shard_for_training(model: Any, optimizer: Any, schedule: Any, params: list, cfg: Any, total_steps: int) -> tuple[Any, Any, Any, list]:
+    """Shard the model and move the optimiser onto the shards, its state (restored from a
+    checkpoint, or fresh) included; the schedule follows the new optimiser. Sharding after
+    restoring means a checkpoint loads exactly as it does in one process."""
+    if is_sharded(model):
         return model, optimizer, schedule, params
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    def passes(self, group: list, objective: Any, pad_id: int, device: Any) -> list[dict[str, torch.Tensor]]:
-        return equal_passes(group, objective, pad_id, device)
+    from tunesmith.ui import console
 
-    def backward(self, loss_sum: torch.Tensor, step_tokens: int, last: bool) -> None:
-        # FSDP averages the gradients over processes; ours are shares of one sum, so scale them up first
-        # (setting FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks).
-        (loss_sum * (dist.get_world_size() / step_tokens)).backward()
-
-    def reduce(self, params: list, total_loss: float, device: Any) -> float:
-        return distributed.global_sum(total_loss, device)
-
-    def update(self, params: list, optimizer: Any, max_grad_norm: float) -> float:
-        return clip_and_step(params, optimizer, max_grad_norm)
-
-    def optimizer_state(self, model: Any, optimizer: Any, params: list) -> dict[str, Any]:
-        return optimizer_state(model, optimizer)
-
-    def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
-        return full_weights(model)
+    plain, schedule_state, names = optimizer.state_dict(), schedule.state_dict(), _trainable_names(model)
+    shard(model)
+    params = [param for param in model.parameters() if param.requires_grad]
+    optimizer = _same_kind(optimizer, params)
+    schedule = make_schedule(optimizer, cfg, total_steps)
+    if plain["state"]:  # given no state, torch's loader takes a zero step to create it, which would count as Adam's first
+        set_optimizer_state_dict(model, optimizer, _by_name(plain, names), options=StateDictOptions(full_state_dict=True))
+    schedule.load_state_dict(schedule_state)
+    world = dist.get_world_size()
+    console.print(f"model sharded with FSDP2 over {world} processes ({len(params)} trainable tensors, each split {world} ways)")
+    return model, optimizer, schedule, params

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from tunesmith.train.parallel import accel, distributed
-from tunesmith.train.parallel.fsdp import FSDP, full_weights, optimizer_state
+from tunesmith.train.parallel.fsdp import equal_passes, full_weights, optimizer_state, shard_for_training
 from tunesmith.train.parallel.zero import Zero
 from tunesmith.train.step import clip_and_step
 
@@ -51,6 +52,27 @@ class Plain:
 
     def full_weights(self, model: Any) -> dict[str, torch.Tensor] | None:
         return full_weights(model)
+
+
+class FSDP(Plain):
+    """The FSDP2 layout (fsdp.py): each process runs as many forward passes as the busiest one,
+    since FSDP gathers weights in every pass."""
+
+    name = "fsdp"
+
+    def prepare(self, model: Any, optimizer: Any, schedule: Any, params: list, cfg: Any, total_steps: int) -> tuple[Any, Any, Any, list]:
+        return shard_for_training(model, optimizer, schedule, params, cfg, total_steps)
+
+    def passes(self, group: list, objective: Any, pad_id: int, device: Any) -> list[dict[str, torch.Tensor]]:
+        return equal_passes(group, objective, pad_id, device)
+
+    def backward(self, loss_sum: torch.Tensor, step_tokens: int, last: bool) -> None:
+        # FSDP averages the gradients over processes; ours are shares of one sum, so scale them up first
+        # (setting FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks).
+        (loss_sum * (dist.get_world_size() / step_tokens)).backward()
+
+    def reduce(self, params: list, total_loss: float, device: Any) -> float:
+        return distributed.global_sum(total_loss, device)
 
 
 def for_launch() -> Plain | FSDP | Zero:
