@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from conftest import run_id_from
 
 
 @dataclass
@@ -43,17 +44,12 @@ def tunesmith(*args: str, kill_at: str | None = None) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def records(run_dir: Path) -> list[dict]:
-    """The run's metrics.jsonl."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def train_one_process(capsys, monkeypatch, home: Path, config: Path) -> Path:
     """`tunesmith train --config` in this process with TUNESMITH_HOME=home: the run folder to compare others against."""
     monkeypatch.setenv("TUNESMITH_HOME", str(home))
     single = run_cli(capsys, "train", "--config", str(config))
     assert single.code == 0, single.err
-    return home / "runs" / single.out.strip().splitlines()[-1]
+    return home / "runs" / run_id_from(single.out)
 
 
 def model_with_a_nan_weight(tiny_model: Path, folder: Path) -> Path:

@@ -76,6 +76,51 @@ def train_tiny(workspace, tiny_model: Path, **train) -> str:
     return run_training(spec, workspace).info.run_id
 
 
+# ---------------------------------------------------------------- a run's records: metrics.jsonl and the run id
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of the run's metrics.jsonl, in the order written: per-step training records
+    (with "loss"), validations (with "val_loss"), probe records ("gen/...", "forgetting/...") and
+    events (with "event")."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_steps(run_dir: Path) -> list[dict]:
+    """The per-step training records (step, epoch, loss, lr, ...), in order."""
+    return [r for r in read_metrics(run_dir) if "loss" in r]
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    """The training loss of each step, in order."""
+    return [r["loss"] for r in train_steps(run_dir)]
+
+
+def validations(run_dir: Path) -> list[dict]:
+    """The validation records (step, epoch, val_loss and, for a classifier, val_accuracy, val_f1_macro ...), in order."""
+    return [r for r in read_metrics(run_dir) if "val_loss" in r]
+
+
+def events(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """The event records (resumed, stopped, early_stop, diverged, overfitting), in order; only those of `kind` if given."""
+    return [r for r in read_metrics(run_dir) if "event" in r and kind in (None, r["event"])]
+
+
+def run_id_from(output: str) -> str:
+    """The run id `tunesmith train` prints: its stdout carries that alone (the rest goes to stderr)."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, f"train's stdout should be the run id alone, got {output!r}"
+    return lines[0]
+
+
+def only_run(home: Path, besides: set[str] | frozenset[str] = frozenset()) -> Path:
+    """The one run folder under `home`/runs (leaving out the runs named in `besides`, those there
+    before); fails saying what it found if there are none or several."""
+    runs = sorted(p for p in (home / "runs").iterdir() if p.name not in besides) if (home / "runs").is_dir() else []
+    assert len(runs) == 1, f"expected one new run under {home / 'runs'}, found {[p.name for p in runs]}"
+    return runs[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     corpus = [m["content"] for r in tiny_records(200, 1) for m in r["messages"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from clihelp import model_with_a_nan_weight, run_cli, train_one_process
+from conftest import events, only_run, step_losses, train_steps
 from safetensors.torch import load_file
 
 FSDP = (Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml").read_text()  # the documented example is what runs
@@ -134,17 +135,13 @@ def test_cpu_data_parallel_configs_start_every_process(tmp_path):
     assert "accelerate.commands.launch" in launch_command(read_accelerate_config(path), ["--config", "run.yaml"])
 
 
-def losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-
-
 def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNESMITH_HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def assert_same_training(one_dir: Path, two_dir: Path, artefact: str = "adapter/adapter_model.safetensors") -> None:
-    a, b = losses(one_dir), losses(two_dir)
+    a, b = step_losses(one_dir), step_losses(two_dir)
     assert len(a) == len(b) >= 3
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-4 * max(1.0, abs(x))
@@ -173,7 +170,7 @@ def test_fsdp_on_two_cpu_processes_trains_what_one_process_trains(capsys, tmp_pa
     accelerate_yaml.write_text(FSDP)
     done = tunesmith_procs(tmp_path / "two", "train", "--config", str(run_config), "--accelerate-config", str(accelerate_yaml))
     assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "two" / "runs").iterdir()
+    run_dir = only_run(tmp_path / "two")
     assert done.stdout.split() == [run_dir.name] and done.stderr.count("run folder:") == 1
     assert "model sharded with FSDP2 over 2 processes" in " ".join(done.stderr.split())
     assert_same_training(one_dir, run_dir)
@@ -193,8 +190,8 @@ def test_fsdp_full_fine_tuning_stops_on_a_budget_and_resumes_exactly(capsys, tmp
     home = tmp_path / "two"
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--accelerate-config", str(accelerate_yaml), "--max-time", "0.001")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run_dir,) = (home / "runs").iterdir()
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped" and len(losses(run_dir)) == 1
+    run_dir = only_run(home)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped" and len(step_losses(run_dir)) == 1
 
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--accelerate-config", str(accelerate_yaml))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -223,7 +220,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_trains_what_one_process_trains(cap
     accelerate_yaml.write_text(DEEPSPEED)
     done = tunesmith_procs(tmp_path / "two", "train", "--config", str(run_config), "--accelerate-config", str(accelerate_yaml))
     assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "two" / "runs").iterdir()
+    run_dir = only_run(tmp_path / "two")
     assert done.stdout.split() == [run_dir.name] and done.stderr.count("run folder:") == 1  # DeepSpeed's own logging stays off stdout
     assert "DeepSpeed ZeRO-2 over 2 processes" in " ".join(done.stderr.split())
     assert_same_training(one_dir, run_dir)
@@ -244,8 +241,8 @@ def test_a_deepspeed_run_stopped_on_a_budget_resumes_exactly_with_or_without_dee
         stopped = tunesmith_procs(home, "train", "--config", str(run_config), "--accelerate-config", str(accelerate_yaml), "--max-time", "0.001")
         assert stopped.returncode == 0, stopped.stderr[-3000:]
         assert "DeepSpeed ZeRO-1 over 2 processes" in " ".join(stopped.stderr.split())
-        (run_dir,) = (home / "runs").iterdir()
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped" and len(losses(run_dir)) == 1
+        run_dir = only_run(home)
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped" and len(step_losses(run_dir)) == 1
         resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, *resume_with)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert resumed.stderr.count("resuming at step 1 of 8") == 1
@@ -259,8 +256,7 @@ def test_a_deepspeed_run_whose_loss_turns_nan_fails_with_exit_1(tmp_path, tiny_m
     accelerate_yaml.write_text(DEEPSPEED)
     done = tunesmith_procs(tmp_path / "home", "train", "--model", str(broken), "--data", str(tickets_file), "--accelerate-config", str(accelerate_yaml))
     assert done.returncode == 1
-    (run_dir,) = (tmp_path / "home" / "runs").iterdir()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    diverged = [r for r in records if r.get("event") == "diverged"]
-    assert len(diverged) == 1 and "the training loss became nan at step 1" in diverged[0]["message"] and not [r for r in records if "loss" in r]
+    run_dir = only_run(tmp_path / "home")
+    diverged = events(run_dir, "diverged")
+    assert len(diverged) == 1 and "the training loss became nan at step 1" in diverged[0]["message"] and not train_steps(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from clihelp import run_cli
+from conftest import read_metrics, run_id_from, step_losses, train_steps
 
 
 def test_generation_eval_records_appear_every_n_steps_with_eval_metrics(capsys, home, tiny_model, tickets_file, tmp_path):
@@ -18,8 +17,8 @@ def test_generation_eval_records_appear_every_n_steps_with_eval_metrics(capsys, 
     )
     result = run_cli(capsys, "train", "--config", str(config), "--report-to", "tensorboard")
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run_dir = home / "runs" / run_id_from(result.out)
+    records = read_metrics(run_dir)
     total = max(r["step"] for r in records)
     probes = [r for r in records if "gen/exact_match" in r]
     assert [r["step"] for r in probes] == list(range(5, total + 1, 5)) and len(probes) >= 3
@@ -33,7 +32,7 @@ def test_generation_eval_records_appear_every_n_steps_with_eval_metrics(capsys, 
         index = records.index(record)
         assert records[index - 1]["step"] == record["step"]
     # the loss kept falling around the probes: generation switched the model to eval mode and back
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = step_losses(run_dir)
     assert sum(losses[-3:]) < sum(losses[:3])
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -106,14 +105,13 @@ def test_the_forgetting_probe_runs_during_training_next_to_the_loss(capsys, home
     config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{max_steps: 4, batch_size: 4, forgetting_every_steps: 2}}\n")
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    probes = [r for r in records if "forgetting/probe_score" in r]
+    run_dir = home / "runs" / run_id_from(result.out)
+    probes = [r for r in read_metrics(run_dir) if "forgetting/probe_score" in r]
     assert [r["step"] for r in probes] == [2, 4]
     for record in probes:
         assert 0.0 <= record["forgetting/probe_score"] <= 1.0
         assert {"forgetting/probe.facts", "forgetting/probe.arithmetic", "forgetting/probe.instructions", "forgetting/probe.formatting"} <= set(record)
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in train_steps(run_dir)] == [1, 2, 3, 4]
 
 
 def test_forgetting_probe_is_refused_for_classification():

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from clihelp import run_cli
-from conftest import classification_records
+from conftest import classification_records, run_id_from, step_losses, validations
 
 
 def prepare(capsys, path, name="classes"):
@@ -26,7 +26,7 @@ def train(capsys, tmp_path, model, method, lr, epochs=4, batch_size=4):
     assert result.code == 0, result.err
     # the closing line names the scores that chose the best step, not only the validation loss
     assert re.search(r"best at step \d+ \(epoch [\d.]+\), validation loss [\d.]+, accuracy [\d.]+, f1_macro [\d.]+", " ".join(result.err.split()))
-    return result.out.strip().splitlines()[-1]
+    return run_id_from(result.out)
 
 
 @pytest.mark.parametrize(("method", "lr"), [("full", 1e-3), ("lora", 2e-2)])
@@ -42,14 +42,13 @@ def test_classifier_trains_saves_and_eval_reports_accuracy_f1_and_confusion(meth
     assert info["artefact"] == ("model" if method == "full" else "adapter")
     assert json.loads((run_dir / info["artefact"] / "labels.json").read_text()) == info["labels"]
     assert any(p.suffix == ".safetensors" for p in (run_dir / info["artefact"]).iterdir())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
-    validations = [r for r in records if "val_accuracy" in r]
-    assert len(validations) == 4 and all({"val_loss", "val_f1_macro"} <= set(r) for r in validations)
+    losses = step_losses(run_dir)
+    checked = validations(run_dir)
+    assert len(checked) == 4 and all({"val_accuracy", "val_f1_macro"} <= set(r) for r in checked)
     if method == "full":
         per_epoch = len(losses) // 4
         assert sum(losses[-per_epoch:]) < sum(losses[:per_epoch]), losses  # the loss fell
-    best = max(validations, key=lambda r: (r["val_f1_macro"], -r["val_loss"]))
+    best = max(checked, key=lambda r: (r["val_f1_macro"], -r["val_loss"]))
     assert info["best_step"] == best["step"] and info["best_metrics"] == {"accuracy": best["val_accuracy"], "f1_macro": best["val_f1_macro"]}
 
     validated = run_cli(capsys, "eval", run_id, "--split", "validation")
@@ -108,7 +107,7 @@ def test_minilm_classifier_beats_chance_in_a_few_steps(capsys, home, tmp_path):
     config.write_text(json.dumps({"data": {"dataset": "classes"}, "train": {"task": "classification", "method": "full", "epochs": 2, "lr": 1e-4, "batch_size": 16}}))
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_id = result.out.strip().splitlines()[-1]
+    run_id = run_id_from(result.out)
     info = json.loads((home / "runs" / run_id / "run.json").read_text())
     assert info["base_model"] == "all-minilm-l6-v2"
     assert run_cli(capsys, "eval", run_id).code == 0

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from clihelp import records, run_cli, tunesmith
-from conftest import classification_records
+from clihelp import run_cli, tunesmith
+from conftest import classification_records, events, only_run, run_id_from, train_steps, validations
 from safetensors.torch import load_file
 
 
 def curve(run_dir: Path) -> tuple[list, list]:
-    rows = records(run_dir)
-    return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+    return [(r["step"], r["loss"], r["lr"]) for r in train_steps(run_dir)], validations(run_dir)
 
 
 def one_line(text: str) -> str:
@@ -51,13 +50,13 @@ def test_killed_classifier_run_resumes_to_the_uninterrupted_result(home, tiny_be
     config = write_config(tmp_path, tiny_bert, method="full", lr=1e-3, epochs=2, batch_size=8, evals_per_epoch=2, save_every_steps=4)
     whole = tunesmith("train", "--config", str(config))
     assert whole.returncode == 0, whole.stderr
-    reference = home / "runs" / whole.stdout.strip().splitlines()[-1]
+    reference = home / "runs" / run_id_from(whole.stdout)
 
     before = {p.name for p in (home / "runs").iterdir()}
     killed = tunesmith("train", "--config", str(config), kill_at="step:7")  # inside step 7: the last checkpoint is step 5
     assert killed.returncode == -9
-    (name,) = {p.name for p in (home / "runs").iterdir()} - before
-    run_dir = home / "runs" / name
+    run_dir = only_run(home, besides=before)
+    name = run_dir.name
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     assert (run_dir / "checkpoints" / "step-5" / "labels.json").is_file()
 
@@ -85,16 +84,16 @@ def test_classifier_stopped_by_max_time_resumes_to_the_uninterrupted_result(caps
     config = write_config(tmp_path, tiny_bert, method="lora", lr=2e-2, max_steps=6, batch_size=8, evals_per_epoch=2)
     whole = run_cli(capsys, "train", "--config", str(config))
     assert whole.code == 0, whole.err
-    reference = home / "runs" / whole.out.strip().splitlines()[-1]
+    reference = home / "runs" / run_id_from(whole.out)
 
     stopped = run_cli(capsys, "train", "--config", str(config), "--max-time", "0.001")  # any step takes longer: stops after step 1
     assert stopped.code == 0, stopped.err
-    run_id = stopped.out.strip().splitlines()[-1]
+    run_id = run_id_from(stopped.out)
     run_dir = home / "runs" / run_id
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "stopped" and "--max-time 0.001 s reached" in info["stop_reason"]
     assert f"tunesmith train --resume {run_id}" in one_line(stopped.err)
-    assert [r["step"] for r in records(run_dir) if "loss" in r] == [1]
+    assert [r["step"] for r in train_steps(run_dir)] == [1]
     assert (run_dir / "checkpoints" / "step-1" / "trainer_state.pt").is_file() and (run_dir / "adapter" / "labels.json").is_file()
 
     resumed = run_cli(capsys, "train", "--resume", run_id)
@@ -116,11 +115,11 @@ def test_non_finite_classifier_loss_stops_with_exit_1_and_keeps_the_last_good_ch
     with pytest.raises(TrainingFailed) as caught:
         train(spec, Workspace.from_env())
     assert caught.value.exit_code == 1
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     assert f"at step 2; training stopped and the last good checkpoint is kept: {run_dir / 'checkpoints' / 'step-1'}" in str(caught.value)
     assert (run_dir / "checkpoints" / "step-1" / "labels.json").is_file()
-    diverged = [r for r in records(run_dir) if r.get("event") == "diverged"]
-    assert len(diverged) == 1 and [r["step"] for r in records(run_dir) if "loss" in r] == [1]
+    diverged = events(run_dir, "diverged")
+    assert len(diverged) == 1 and [r["step"] for r in train_steps(run_dir)] == [1]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "step 2" in info["stop_reason"]
 
@@ -136,14 +135,13 @@ def test_early_stopping_keeps_the_best_macro_f1_checkpoint(capsys, home, tiny_be
     config = write_config(tmp_path, tiny_bert, method="full", lr=1e-3, epochs=8, batch_size=8, evals_per_epoch=2, early_stopping_patience=2)
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    rows = records(run_dir)
-    validations = [r for r in rows if "val_f1_macro" in r]
-    best = max(validations, key=lambda r: (r["val_f1_macro"], -r["val_loss"]))
-    assert validations[-3]["step"] == best["step"] and len(validations) < 16  # two validations without a new best, then stopped
-    events = {r["event"]: r for r in rows if "event" in r}
-    assert events["early_stop"]["step"] == validations[-1]["step"] == max(r["step"] for r in rows if "loss" in r)
-    assert "without a better macro-F1" in events["early_stop"]["message"]
+    run_dir = home / "runs" / run_id_from(result.out)
+    checked = validations(run_dir)
+    best = max(checked, key=lambda r: (r["val_f1_macro"], -r["val_loss"]))
+    assert checked[-3]["step"] == best["step"] and len(checked) < 16  # two validations without a new best, then stopped
+    logged = {r["event"]: r for r in events(run_dir)}
+    assert logged["early_stop"]["step"] == checked[-1]["step"] == max(r["step"] for r in train_steps(run_dir))
+    assert "without a better macro-F1" in logged["early_stop"]["message"]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and "early stopping" in info["stop_reason"]
     assert info["best_step"] == best["step"] and info["best_metrics"] == {"accuracy": best["val_accuracy"], "f1_macro": best["val_f1_macro"]}
@@ -169,8 +167,8 @@ def test_classifier_dry_run_prints_the_estimate_creates_no_run_and_the_run_takes
     assert not (home / "runs").is_dir() or not any((home / "runs").iterdir())
     result = run_cli(capsys, *args)
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    assert [r["step"] for r in records(run_dir) if "loss" in r] == list(range(1, 19))
+    run_dir = home / "runs" / run_id_from(result.out)
+    assert [r["step"] for r in train_steps(run_dir)] == list(range(1, 19))
     assert json.loads((run_dir / "estimate.json").read_text())["total_steps"] == 18
 
 
@@ -190,12 +188,12 @@ def test_a_classifier_in_two_processes_stopped_and_resumed_equals_one_process(ho
     config = write_config(tmp_path, without_dropout(tiny_bert, tmp_path / "encoder"), method="full", lr=1e-3, epochs=1, batch_size=8, evals_per_epoch=2)
     whole = tunesmith("train", "--config", str(config))
     assert whole.returncode == 0, whole.stderr
-    reference = home / "runs" / whole.stdout.strip().splitlines()[-1]
+    reference = home / "runs" / run_id_from(whole.stdout)
 
     stopped = tunesmith("train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (name,) = {p.name for p in (home / "runs").iterdir()} - {reference.name}
-    run_dir = home / "runs" / name
+    run_dir = only_run(home, besides={reference.name})
+    name = run_dir.name
     assert stopped.stdout.split() == [name] and json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
     resumed = tunesmith("train", "--resume", name, "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

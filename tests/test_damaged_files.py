@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import run_cli, tunesmith
+from conftest import only_run
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(home, tiny_model, tic
                       "train: {epochs: 2, batch_size: 8, save_every_steps: 1, evals_per_epoch: 1}\n", encoding="utf-8")
     killed = tunesmith("train", "--config", str(config), kill_at="step:8")
     assert killed.returncode != 0
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     steps = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
     assert steps[-1] == 7 and len(steps) == 2, steps
     truncate(run_dir / "checkpoints" / "step-7" / "trainer_state.pt")

@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from clihelp import run_cli, train_one_process
+from conftest import events, only_run, step_losses, train_steps
 from safetensors.torch import load_file
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 def assert_same_training(one_dir: Path, run_dir: Path) -> None:
     """The run's loss curve and saved adapter are those of the one-process run."""
-    for a, b in zip(losses(one_dir), losses(run_dir), strict=True):
+    for a, b in zip(step_losses(one_dir), step_losses(run_dir), strict=True):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
     one = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
     other = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
@@ -44,7 +41,7 @@ def stop_after_step_one_in_two_processes(home: Path, config: Path) -> tuple[subp
     """--max-time 0.001 stops both processes after step 1 (process 0's clock decides)."""
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     return stopped, run_dir
 
 
@@ -60,12 +57,12 @@ def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tick
     done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "--config", str(config), "--nproc", "2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = list((tmp_path / "two" / "runs").iterdir())
-    assert len(runs) == 1 and done.stdout.split() == [runs[0].name]  # one run folder, reported once
+    run_dir = only_run(tmp_path / "two")
+    assert done.stdout.split() == [run_dir.name]  # one run folder, reported once
     assert done.stderr.count("run folder:") == 1
 
-    assert len(losses(one_dir)) >= 3
-    assert_same_training(one_dir, runs[0])
+    assert len(step_losses(one_dir)) >= 3
+    assert_same_training(one_dir, run_dir)
 
 
 def tunesmith_procs(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,14 +81,13 @@ def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_
     stopped, run_dir = stop_after_step_one_in_two_processes(home, config)
     assert stopped.stdout.split() == [run_dir.name] and " ".join(stopped.stderr.split()).count(f"run {run_dir.name} stopped") == 1
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"] and losses(run_dir) == losses(run_dir)[:1]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"] and step_losses(run_dir) == step_losses(run_dir)[:1]
 
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 8") == 1
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
-    assert [r["step"] for r in rows if r.get("event") == "resumed"] == [1]
+    assert [r["step"] for r in train_steps(run_dir)] == list(range(1, 9))
+    assert [r["step"] for r in events(run_dir, "resumed")] == [1]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
     assert_same_training(one_dir, run_dir)
 
@@ -174,7 +170,7 @@ def test_a_run_stopped_in_one_process_resumes_in_two(capsys, tmp_path, monkeypat
     home = tmp_path / "switched"
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--max-time", "0.001")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

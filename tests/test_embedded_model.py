@@ -6,6 +6,7 @@ import json
 
 import pytest
 from clihelp import run_cli
+from conftest import run_id_from, step_losses
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +20,9 @@ def test_embedded_model_trains_a_few_steps_and_answers_with_its_template(capsys,
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "t").code == 0
     result = run_cli(capsys, "train", "--data", "t", "--epochs", "1", "--batch-size", "8", "--lr", "2e-3")
     assert result.code == 0, result.err
-    run_id = result.out.strip().splitlines()[-1]
+    run_id = run_id_from(result.out)
     run_dir = home / "runs" / run_id
-    losses = [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = step_losses(run_dir)
     assert len(losses) == 6 and losses[-1] < losses[0]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["end_of_turn_ids"] == [2]  # <|im_end|>, which is also SmolLM2's pad token

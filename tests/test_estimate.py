@@ -10,6 +10,7 @@ import sqlite3
 import pytest
 import torch
 from clihelp import run_cli
+from conftest import read_metrics, run_id_from
 
 
 def _row(out: str, label: str) -> str:
@@ -60,9 +61,8 @@ def test_dry_run_prints_the_estimate_and_creates_nothing_then_the_run_takes_thos
 
     run = run_cli(capsys, *args)
     assert run.code == 0, run.err
-    run_dir = home / "runs" / run.out.strip().splitlines()[-1]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in records) == steps
+    run_dir = home / "runs" / run_id_from(run.out)
+    assert max(r["step"] for r in read_metrics(run_dir)) == steps
     saved = json.loads((run_dir / "estimate.json").read_text())
     assert saved["total_steps"] == steps and saved["tokens_per_epoch"] == rendered
     assert "optimizer steps" in run.err  # train prints the same table before it starts

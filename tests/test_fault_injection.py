@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import SRC, run_cli
+from conftest import run_id_from
 
 from tunesmith.data.dataset import load_dataset
 from tunesmith.registry.runfolder import live_status, load_run_info
@@ -71,7 +72,7 @@ def test_random_kills_leave_a_consistent_workspace_and_the_next_command_works(ca
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     done = run_cli(capsys, *train_args[:-4], "--max-steps", "4", "--batch-size", "4")
     assert done.code == 0, done.err
-    evaluated = done.out.strip().splitlines()[-1]
+    evaluated = run_id_from(done.out)
 
     log = []
     for round_ in range(KILLS):

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 from clihelp import model_with_a_nan_weight, run_cli
-from conftest import tiny_records
+from conftest import events, only_run, run_id_from, step_losses, tiny_records, train_steps, validations
 
 from tunesmith.config import PrepareSpec, RunSpec
 from tunesmith.errors import TrainingFailed
 from tunesmith.registry.store import Registry
 from tunesmith.workspace import Workspace
-
-
-def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def one_line(text: str) -> str:
@@ -38,13 +33,12 @@ def test_divergence_stops_with_exit_1_and_names_the_last_good_checkpoint(home, t
     with pytest.raises(TrainingFailed) as caught:
         train(spec, ws)
     assert caught.value.exit_code == 1
-    (run_dir,) = (home / "runs").iterdir()
-    diverged = [r for r in rows(run_dir) if r.get("event") == "diverged"]
+    run_dir = only_run(home)
+    diverged = events(run_dir, "diverged")
     assert len(diverged) == 1 and ("became nan" in diverged[0]["message"] or "became inf" in diverged[0]["message"])
     kept = sorted((run_dir / "checkpoints").iterdir())
     assert kept and str(kept[-1]) in str(caught.value)  # the latest checkpoint is named and is still there
-    losses = [r["loss"] for r in rows(run_dir) if "loss" in r]
-    assert all(map(lambda x: x == x and abs(x) != float("inf"), losses))  # nothing non-finite was logged as a step
+    assert all(map(lambda x: x == x and abs(x) != float("inf"), step_losses(run_dir)))  # nothing non-finite was logged as a step
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "step" in info["stop_reason"]
     assert Registry(ws.registry_db).run(run_dir.name)["status"] == "failed"
@@ -76,16 +70,15 @@ def test_early_stopping_restores_the_best_checkpoint_and_warns_of_overfitting(ca
     )
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    records = rows(run_dir)
-    validations = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    best_step, best_loss = min(validations, key=lambda v: v[1])
-    assert all(v > validations[-3][1] for _, v in validations[-2:])  # two evaluations without a new best
-    assert validations[-3][0] == best_step and len(validations) < 8  # stopped before the 4 epochs' 8 validations
-    events = {r["event"]: r for r in records if "event" in r}
-    assert "overfitting" in events and "training loss fell" in events["overfitting"]["message"]
+    run_dir = home / "runs" / run_id_from(result.out)
+    checked = [(r["step"], r["val_loss"]) for r in validations(run_dir)]
+    best_step, best_loss = min(checked, key=lambda v: v[1])
+    assert all(v > checked[-3][1] for _, v in checked[-2:])  # two evaluations without a new best
+    assert checked[-3][0] == best_step and len(checked) < 8  # stopped before the 4 epochs' 8 validations
+    logged = {r["event"]: r for r in events(run_dir)}
+    assert "overfitting" in logged and "training loss fell" in logged["overfitting"]["message"]
     assert "overfitting" in one_line(result.err)
-    assert events["early_stop"]["step"] == validations[-1][0] == max(r["step"] for r in records if "loss" in r)
+    assert logged["early_stop"]["step"] == checked[-1][0] == max(r["step"] for r in train_steps(run_dir))
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and info["best_step"] == best_step and info["best_val_loss"] == best_loss
     assert "early stopping" in info["stop_reason"]
@@ -97,10 +90,10 @@ def test_time_budget_stops_cleanly_and_the_run_resumes_to_the_end(capsys, home, 
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "10", "--batch-size", "4", "--max-time", "1")
     assert result.code == 0, result.err
-    run_id = result.out.strip().splitlines()[-1]
+    run_id = run_id_from(result.out)
     run_dir = home / "runs" / run_id
     info = json.loads((run_dir / "run.json").read_text())
-    steps = [r["step"] for r in rows(run_dir) if "loss" in r]
+    steps = [r["step"] for r in train_steps(run_dir)]
     assert info["status"] == "stopped" and "--max-time 1 s reached" in info["stop_reason"] and len(steps) < 120
     assert f"tunesmith train --resume {run_id}" in one_line(result.err)
     assert (run_dir / "checkpoints" / f"step-{steps[-1]}" / "trainer_state.pt").is_file()
@@ -110,7 +103,7 @@ def test_time_budget_stops_cleanly_and_the_run_resumes_to_the_end(capsys, home, 
     assert run_cli(capsys, "train", "--resume", run_id, "--max-cost", "1").code == 2  # a cost needs a price
     resumed = run_cli(capsys, "train", "--resume", run_id)
     assert resumed.code == 0, resumed.err
-    steps = [r["step"] for r in rows(run_dir) if "loss" in r]
+    steps = [r["step"] for r in train_steps(run_dir)]
     assert steps == list(range(1, 121))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from clihelp import SRC, run_cli, tunesmith
+from conftest import only_run, run_id_from
 
 
 def test_names_reach_sqlite_as_parameters_never_as_sql(tmp_path):
@@ -40,7 +41,7 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(home, tiny_model, tickets_f
                       encoding="utf-8")
     killed = tunesmith("train", "--config", str(config), kill_at="step:3")
     assert killed.returncode != 0
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     marker = tmp_path / "code-ran"
     for state in (run_dir / "checkpoints").glob("step-*/trainer_state.pt"):
         state.write_bytes(pickle.dumps(_Planted(marker)))
@@ -60,7 +61,7 @@ def test_two_trainings_started_at_once_both_register(home, tiny_model, tickets_f
     processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
-    run_ids = {out.strip().splitlines()[-1] for out, _ in outputs}
+    run_ids = {run_id_from(out) for out, _ in outputs}
     assert len(run_ids) == 2
 
     from tunesmith.registry.store import Registry

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from clihelp import run_cli
-from conftest import tiny_records
+from conftest import run_id_from, tiny_records
 
 from tunesmith.chat_template import collate, encode_all, end_of_turn_ids
 from tunesmith.config import ModelSpec, TrainSpec
@@ -125,7 +125,7 @@ def test_method_runs_end_to_end_through_the_cli(method, capsys, home, tiny_model
     config.write_text(json.dumps({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": train}))
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_id = result.out.strip().splitlines()[-1]
+    run_id = run_id_from(result.out)
     run_dir = home / "runs" / run_id
     info = json.loads((run_dir / "run.json").read_text())
     assert info["method"] == method and info["artefact"] == "adapter"

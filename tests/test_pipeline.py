@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from clihelp import run_cli
+from conftest import read_metrics, run_id_from, step_losses, validations
 from safetensors.torch import load_file
 
 
@@ -14,7 +15,7 @@ def train_tiny(capsys, tiny_model, tickets_file, *extra: str):
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
     result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4", *extra)
     assert result.code == 0, result.err
-    return result.out.strip().splitlines()[-1]
+    return run_id_from(result.out)
 
 
 def test_lora_run_end_to_end(capsys, monkeypatch, home, tiny_model, tickets_file):
@@ -24,9 +25,8 @@ def test_lora_run_end_to_end(capsys, monkeypatch, home, tiny_model, tickets_file
         assert (run_dir / name).is_file(), name
     config = (run_dir / "config.yaml").read_text()
     assert "tunesmith:" in config and "transformers:" in config and "lr: 0.03" in config
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
-    val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+    losses = step_losses(run_dir)
+    val_losses = [r["val_loss"] for r in validations(run_dir)]
     assert len(val_losses) == 3  # validation loss every epoch
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses  # the loss fell
     info = json.loads((run_dir / "run.json").read_text())
@@ -87,8 +87,8 @@ def test_full_fine_tuning_changes_every_weight(capsys, home, tiny_model, tickets
 
 def test_training_is_reproducible_with_the_same_seed(capsys, home, tiny_model, tickets_file):
     first = train_tiny(capsys, tiny_model, tickets_file)
-    second = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4").out.strip().splitlines()[-1]
-    curves = [[json.loads(line).get("loss") for line in (home / "runs" / r / "metrics.jsonl").read_text().splitlines()] for r in (first, second)]
+    second = run_id_from(run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4").out)
+    curves = [[r.get("loss") for r in read_metrics(home / "runs" / run)] for run in (first, second)]  # validations in place too
     assert curves[0] == curves[1]
 
 
@@ -105,12 +105,12 @@ def test_validation_several_times_per_epoch_keeps_the_best_checkpoint(capsys, ho
     config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{epochs: 2, batch_size: 4, lr: 3.0e-2, evals_per_epoch: 3}}\n")
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    validations = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    run_dir = home / "runs" / run_id_from(result.out)
+    checked = validations(run_dir)
     per_epoch = -(-json.loads((run_dir / "dataset.json").read_text())["counts"]["train"] // 4)
     expected = sorted({e * per_epoch - (k * per_epoch) // 3 for e in (1, 2) for k in range(3)})
-    assert [r["step"] for r in validations] == expected and len(expected) == 6
-    best = min(validations, key=lambda r: r["val_loss"])
+    assert [r["step"] for r in checked] == expected and len(expected) == 6
+    best = min(checked, key=lambda r: r["val_loss"])
     info = json.loads((run_dir / "run.json").read_text())
     assert info["best_step"] == best["step"] and info["best_val_loss"] == best["val_loss"]
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -124,7 +124,7 @@ def test_a_runs_name_works_wherever_its_id_does_and_an_ambiguous_name_lists_the_
     args = ("train", "--model", str(tiny_model), "--data", "tickets", "--max-steps", "1", "--batch-size", "4")
     first = run_cli(capsys, *args, "--name", "router-v1")
     assert first.code == 0, first.err
-    run_id = first.out.strip().splitlines()[-1]
+    run_id = run_id_from(first.out)
     shown = run_cli(capsys, "runs", "show", "router-v1")
     assert shown.code == 0 and run_id in shown.out
     answer = run_cli(capsys, "generate", "router-v1", "--prompt", "SSO-12 login loop", "--max-new-tokens", "3")
@@ -134,7 +134,7 @@ def test_a_runs_name_works_wherever_its_id_does_and_an_ambiguous_name_lists_the_
 
     second = run_cli(capsys, *args, "--name", "router-v1")
     assert second.code == 0, second.err
-    other_id = second.out.strip().splitlines()[-1]
+    other_id = run_id_from(second.out)
     for command in (("runs", "show"), ("generate",), ("eval",)):
         extra = ("--prompt", "hi") if command == ("generate",) else ()
         ambiguous = run_cli(capsys, *command, "router-v1", *extra)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import run_cli
+from conftest import run_id_from
 
 from tunesmith.registry.store import Registry
 
@@ -21,7 +22,7 @@ def evaluated_run(capsys, home, tiny_model, tickets_file) -> str:
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     trained = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--max-steps", "4", "--batch-size", "4", "--lr", "0.03")
     assert trained.code == 0, trained.err
-    run_id = trained.out.strip().splitlines()[-1]
+    run_id = run_id_from(trained.out)
     evaluated = run_cli(capsys, "eval", run_id, "--compare-base", "--limit", "4", "--max-new-tokens", "8", "--no-perplexity")
     assert evaluated.code == 0, evaluated.err
     return run_id

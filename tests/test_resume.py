@@ -10,20 +10,15 @@ import sys
 from pathlib import Path
 
 import torch
-from clihelp import SRC, records, run_cli, tunesmith
+from clihelp import SRC, run_cli, tunesmith
+from conftest import events, only_run, read_metrics, run_id_from, train_steps, validations
 from safetensors.torch import load_file
 
 from tunesmith.registry.store import Registry
 
 
 def curve(run_dir: Path) -> tuple[list, list]:
-    rows = records(run_dir)
-    return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r], [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-
-
-def only_run(home: Path, before: set[str]) -> Path:
-    (new,) = {p.name for p in (home / "runs").iterdir()} - before
-    return home / "runs" / new
+    return [(r["step"], r["loss"], r["lr"]) for r in train_steps(run_dir)], [(r["step"], r["val_loss"]) for r in validations(run_dir)]
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_model, tickets_file, tmp_path):
@@ -36,24 +31,24 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(capsys, home, tiny_
     )
     whole = tunesmith("train", "--config", str(config))
     assert whole.returncode == 0, whole.stderr
-    reference = (home / "runs" / whole.stdout.strip().splitlines()[-1])
+    reference = home / "runs" / run_id_from(whole.stdout)
 
     before = {p.name for p in (home / "runs").iterdir()}
     killed = tunesmith("train", "--config", str(config), kill_at="step:8")  # inside step 8: the last checkpoint is step 6
     assert killed.returncode == -9
-    run_dir = only_run(home, before)
+    run_dir = only_run(home, besides=before)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
-    assert max(r["step"] for r in records(run_dir)) == 7
+    assert max(r["step"] for r in read_metrics(run_dir)) == 7
 
     again = tunesmith("train", "--resume", run_dir.name, kill_at="ckpt:15")  # inside the write of checkpoint 15
     assert again.returncode == -9
     assert (run_dir / "checkpoints" / ".step-15.tmp").is_dir()  # the half checkpoint a crash leaves
-    assert max(r["step"] for r in records(run_dir)) == 15
+    assert max(r["step"] for r in read_metrics(run_dir)) == 15
 
     done = tunesmith("train", "--resume", run_dir.name)
     assert done.returncode == 0, done.stderr
     assert "resuming at step 12 of 24" in done.stderr  # not the half-written step 15
-    resumed_events = [r["step"] for r in records(run_dir) if r.get("event") == "resumed"]
+    resumed_events = [r["step"] for r in events(run_dir, "resumed")]
     assert resumed_events == [6, 12]
 
     train_a, val_a = curve(reference)
@@ -123,7 +118,7 @@ def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    (run_dir,) = (home / "runs").iterdir()
+    run_dir = only_run(home)
     assert process.returncode == 130 and f"tunesmith train --resume {run_dir.name}" in " ".join(err.split())
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "stopped" and f"tunesmith train --resume {run_dir.name}" in info["stop_reason"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import run_cli, tunesmith
+from conftest import only_run
 
 from tunesmith.registry.store import Registry
 
@@ -28,16 +29,11 @@ def squash(text: str) -> str:
     return "".join(text.split())
 
 
-def the_run(home: Path) -> Path:
-    (run_dir,) = (home / "runs").iterdir()
-    return run_dir
-
-
 def test_a_killed_training_is_listed_as_interrupted_and_resumes(capsys, home, tiny_model, tickets_file):
     prepared(capsys, tickets_file)
     killed = tunesmith("train", "--model", str(tiny_model), "--data", "tickets", *TRAIN, kill_at="step:8")  # SIGKILL inside step 8
     assert killed.returncode == -9
-    run_dir = the_run(home)
+    run_dir = only_run(home)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # what the killed process left
 
     listed = run_cli(capsys, "runs", "list")
@@ -61,7 +57,7 @@ def test_a_run_whose_process_lives_stays_running_and_cannot_be_resumed_twice(cap
     prepared(capsys, tickets_file)
     killed = tunesmith("train", "--model", str(tiny_model), "--data", "tickets", *TRAIN, kill_at="step:3")
     assert killed.returncode == -9
-    run_dir = the_run(home)
+    run_dir = only_run(home)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         owner = {"host": __import__("socket").gethostname(), "pid": alive.pid, "started": psutil.Process(alive.pid).create_time()}
@@ -82,7 +78,7 @@ def test_a_run_whose_process_lives_stays_running_and_cannot_be_resumed_twice(cap
 
 
 def assert_failed_cleanly(home: Path, result: subprocess.CompletedProcess, step: int) -> Path:
-    run_dir = the_run(home)
+    run_dir = only_run(home)
     err = squash(result.stderr)  # the terminal wraps long lines, inside paths too
     assert result.returncode == 1, result.stderr
     assert squash(f"disk full while writing checkpoint step {step} under {run_dir}") in err

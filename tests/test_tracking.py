@@ -8,15 +8,15 @@ import time
 
 import pytest
 from clihelp import run_cli
+from conftest import read_metrics, run_id_from
 
 
 def _train(capsys, home, tiny_model, tickets_file, *extra: str):
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--no-pii-ner").code == 0
     result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "2", "--batch-size", "8", *extra)
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return run_dir, records
+    run_dir = home / "runs" / run_id_from(result.out)
+    return run_dir, read_metrics(run_dir)
 
 
 def _series(records: list[dict], key: str) -> list[tuple[int, float]]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from clihelp import run_cli
+from conftest import run_id_from, train_steps
 
 from tunesmith.config import DEFAULT_LR, TrainSpec
 from tunesmith.train.settings import make_schedule, plan_steps, replay_count, replay_sample, resolve_settings
@@ -95,9 +96,8 @@ def test_auto_max_steps_multiplier_constant_and_replay_in_a_real_run(capsys, hom
     )
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
-    run_dir = home / "runs" / result.out.strip().splitlines()[-1]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "loss" in r]
+    run_dir = home / "runs" / run_id_from(result.out)
+    steps = train_steps(run_dir)
     assert len(steps) == 20 and all(r["lr"] == pytest.approx(3 * DEFAULT_LR["lora"]) for r in steps)
     assert all(r["peak_mem_mb"] > 10 for r in steps)
     # 48 training examples + 12 replayed (20% of each epoch) in batches of 4: 15 steps per epoch, so epoch 2 starts at step 16.
@@ -113,7 +113,7 @@ def test_auto_on_the_command_line_resolves_like_the_config_file(capsys, home, ti
     result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", "classes", "--task", "classification", "--max-steps", "2",
                      "--epochs", "auto", "--batch-size", "auto", "--grad-accum", "AUTO", "--lr", "auto")
     assert result.code == 0, result.err
-    text = (home / "runs" / result.out.strip().splitlines()[-1] / "config.yaml").read_text()
+    text = (home / "runs" / run_id_from(result.out) / "config.yaml").read_text()
     for field in ("epochs", "batch_size", "grad_accum", "lr"):
         assert f"# train.{field}: auto:" in text
     saved = yaml.safe_load(text)["train"]
