@@ -33,8 +33,14 @@ def make_file(path: Path, lines: int, seed: int = 0) -> None:
                 handle.write(previous)
                 continue
             text, answer = make_ticket(rng)
-            record = {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{text} (ref {index})"},
-                                   {"role": "assistant", "content": json.dumps(answer)}], "label": answer["team"]}
+            record = {
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"{text} (ref {index})"},
+                    {"role": "assistant", "content": json.dumps(answer)},
+                ],
+                "label": answer["team"],
+            }
             previous = json.dumps(record) + "\n"
             handle.write(previous)
 
@@ -65,8 +71,14 @@ def measure(stage: str, path: Path, lines: int) -> dict:
     if done.returncode != 0:
         return {"stage": stage, "lines": lines, "error": done.stderr.strip().splitlines()[-1:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"stage": stage, "lines": lines, "examples_per_s": round(lines / result["seconds"], 1),
-            "examples_per_cpu_s": round(lines / result["cpu_seconds"], 1), "settings": SETTINGS[stage], **result}
+    return {
+        "stage": stage,
+        "lines": lines,
+        "examples_per_s": round(lines / result["seconds"], 1),
+        "examples_per_cpu_s": round(lines / result["cpu_seconds"], 1),
+        "settings": SETTINGS[stage],
+        **result,
+    }
 
 
 def main() -> None:
@@ -89,8 +101,11 @@ def main() -> None:
     (out / "data_bench.json").write_text(json.dumps(results, indent=2))
     print("| stage | lines | examples/s | seconds | CPU seconds | peak RSS (MB) |\n| --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['stage']} | {r['lines']:,} | {r.get('examples_per_s', '-')} | {r.get('seconds', 0):.1f} | {r.get('cpu_seconds', 0):.1f} | {r.get('peak_rss_mb', 0):.0f} |"
-              if "error" not in r else f"| {r['stage']} | {r['lines']:,} | error: {r['error']} | | | |")
+        print(
+            f"| {r['stage']} | {r['lines']:,} | {r.get('examples_per_s', '-')} | {r.get('seconds', 0):.1f} | {r.get('cpu_seconds', 0):.1f} | {r.get('peak_rss_mb', 0):.0f} |"
+            if "error" not in r
+            else f"| {r['stage']} | {r['lines']:,} | error: {r['error']} | | | |"
+        )
 
 
 if __name__ == "__main__":

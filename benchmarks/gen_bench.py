@@ -30,9 +30,10 @@ def one_by_one(model, tokenizer, examples: list[Example], eot: list[int], max_ne
     started = time.perf_counter()
     for example in examples:
         encoded = tokenizer(render_prompt(tokenizer, example), return_tensors="pt", add_special_tokens=False)
-        generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot, pad_token_id=eot[0],
-                                   temperature=None, top_p=None, top_k=None)
-        outputs.append(tokenizer.decode(generated[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        generated = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot, pad_token_id=eot[0], temperature=None, top_p=None, top_k=None
+        )
+        outputs.append(tokenizer.decode(generated[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return outputs, time.perf_counter() - started
 
 
@@ -55,21 +56,28 @@ def main() -> None:
     single, single_s = one_by_one(model, tokenizer, examples, eot, args.max_new_tokens)
     print(f"one by one: {single_s:.1f} s", flush=True)
     result = {
-        "examples": args.examples, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "batched_seconds": round(batched_s, 2), "batched_examples_per_s": round(args.examples / batched_s, 3),
-        "one_by_one_seconds": round(single_s, 2), "one_by_one_examples_per_s": round(args.examples / single_s, 3),
+        "examples": args.examples,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "batched_seconds": round(batched_s, 2),
+        "batched_examples_per_s": round(args.examples / batched_s, 3),
+        "one_by_one_seconds": round(single_s, 2),
+        "one_by_one_examples_per_s": round(args.examples / single_s, 3),
         "speedup": round(single_s / batched_s, 2),
         "same_output_share": round(sum(a == b for a, b in zip(batched, single)) / len(single), 3),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
     }
     out = Path(__file__).parent / "results" / "gen_bench.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("| examples | max new tokens | batch | batched ex/s | one-by-one ex/s | speedup | same output |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.examples} | {args.max_new_tokens} | {args.batch_size} | {result['batched_examples_per_s']} | "
-          f"{result['one_by_one_examples_per_s']} | {result['speedup']}x | {result['same_output_share']:.0%} |")
+    print(
+        f"| {args.examples} | {args.max_new_tokens} | {args.batch_size} | {result['batched_examples_per_s']} | "
+        f"{result['one_by_one_examples_per_s']} | {result['speedup']}x | {result['same_output_share']:.0%} |"
+    )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,17 @@ def model_check(device: str) -> dict:
     from tunesmith.train.tasks.causal_lm import summed_loss
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
-                         num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
     base = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
     with torch.no_grad():
@@ -98,8 +107,13 @@ def model_check(device: str) -> dict:
     flat_tensors = batch_tensors(flat, 0)
     flat_loss, flat_grads = loss_and_grads(flat_tensors)
     return {
-        "fused_lora_layers": fused, "segments_attention": switched, "flat_passes": len(flat_tensors), "varlen_fell_back": list(segments._varlen_failed),
-        "padded_loss": padded_loss, "flat_loss": flat_loss, "loss_rel_diff": abs(flat_loss - padded_loss) / abs(padded_loss),
+        "fused_lora_layers": fused,
+        "segments_attention": switched,
+        "flat_passes": len(flat_tensors),
+        "varlen_fell_back": list(segments._varlen_failed),
+        "padded_loss": padded_loss,
+        "flat_loss": flat_loss,
+        "loss_rel_diff": abs(flat_loss - padded_loss) / abs(padded_loss),
         "lora_grad_rel_err": rel(flat_grads, padded_grads),
     }
 
@@ -114,8 +128,12 @@ def main() -> None:
     report["model"] = model_check(args.device)
     kernel, model = report["kernel"], report["model"]
     report["pass"] = bool(
-        kernel["output_rel_err"] < 2e-2 and max(kernel["grad_rel_err"]) < 2e-2 and model["loss_rel_diff"] < 2e-2
-        and model["lora_grad_rel_err"] < 5e-2 and not model["varlen_fell_back"] and model["segments_attention"]
+        kernel["output_rel_err"] < 2e-2
+        and max(kernel["grad_rel_err"]) < 2e-2
+        and model["loss_rel_diff"] < 2e-2
+        and model["lora_grad_rel_err"] < 5e-2
+        and not model["varlen_fell_back"]
+        and model["segments_attention"]
     )
     text = json.dumps(report, indent=2)
     print(text)

@@ -155,8 +155,10 @@ class StepClock:
         wall0, cpu0 = self.start if self.warmup == 0 else self.ends[self.warmup - 1][:2]
         wall1, cpu1, _ = self.ends[-1]
         return {
-            "real_tokens": sum(tokens for _, _, tokens in self.ends[self.warmup :]), "timed_steps": len(self.ends) - self.warmup,
-            "train_seconds": round(wall1 - wall0, 3), "train_cpu_seconds": round(cpu1 - cpu0, 2),
+            "real_tokens": sum(tokens for _, _, tokens in self.ends[self.warmup :]),
+            "timed_steps": len(self.ends) - self.warmup,
+            "train_seconds": round(wall1 - wall0, 3),
+            "train_cpu_seconds": round(cpu1 - cpu0, 2),
         }
 
     def callback(self):
@@ -197,8 +199,18 @@ class Hardware:
 
     def argv(self) -> list[str]:
         return [
-            "--device", self.device, "--dtype", self.dtype, "--attn", self.attn, *(["--liger"] if self.liger else []),
-            "--batch", str(self.batch), "--warmup-steps", str(self.warmup), *(["--model", self.model] if self.model else []),
+            "--device",
+            self.device,
+            "--dtype",
+            self.dtype,
+            "--attn",
+            self.attn,
+            *(["--liger"] if self.liger else []),
+            "--batch",
+            str(self.batch),
+            "--warmup-steps",
+            str(self.warmup),
+            *(["--model", self.model] if self.model else []),
         ]
 
     def model_path(self) -> str:
@@ -227,9 +239,20 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn).to(hw.device)
     torch.manual_seed(SEED)
     common = dict(
-        output_dir=str(folder / name), per_device_train_batch_size=hw.batch, num_train_epochs=1, learning_rate=LR,
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-        save_strategy="no", report_to=[], seed=SEED, disable_tqdm=True, **hw.trainer_args(),
+        output_dir=str(folder / name),
+        per_device_train_batch_size=hw.batch,
+        num_train_epochs=1,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        disable_tqdm=True,
+        **hw.trainer_args(),
     )
     clock = StepClock(hw.warmup)
     if name == "hf_padded":
@@ -238,8 +261,11 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
         model = get_peft_model(model, lora_config())
         rows = [{"input_ids": i.input_ids, "labels": i.labels} for i in train_items]
         trainer = Trainer(
-            model=model, args=TrainingArguments(**common), train_dataset=datasets.Dataset.from_list(rows),
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100), callbacks=[clock.callback()],
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=datasets.Dataset.from_list(rows),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+            callbacks=[clock.callback()],
         )
     else:
         from trl import SFTConfig, SFTTrainer
@@ -251,14 +277,19 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
         }[name]
         rows = [{"input_ids": i.input_ids, "assistant_masks": [int(label != -100) for label in i.labels]} for i in train_items]
         trainer = SFTTrainer(
-            model=model, args=SFTConfig(**{**common, **options}), train_dataset=datasets.Dataset.from_list(rows),
-            processing_class=tokenizer, peft_config=lora_config(), callbacks=[clock.callback()],
+            model=model,
+            args=SFTConfig(**{**common, **options}),
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=lora_config(),
+            callbacks=[clock.callback()],
         )
     clock.count_inputs(trainer)
     trainer.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
-        "steps": trainer.state.global_step, **clock.figures(),
+        "steps": trainer.state.global_step,
+        **clock.figures(),
         "heldout_loss": evaluate_loss(trainer.model, val_items, pad_id, torch.device(hw.device), hw.batch),
     }
 
@@ -290,7 +321,8 @@ def tunesmith_spec(folder: Path, model_path: str, hw: Hardware):
 
     prepare = PrepareSpec(clean=False, pii="off", dedup=False, near_dedup=False, validation_file=folder / "val.jsonl", test_file=folder / "val.jsonl")
     return RunSpec(
-        name="bench", model=ModelSpec(name=model_path, dtype=hw.dtype, device=hw.device),
+        name="bench",
+        model=ModelSpec(name=model_path, dtype=hw.dtype, device=hw.device),
         data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare),
         train=TrainSpec(epochs=1, lr=LR, batch_size=hw.batch, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
     )
@@ -328,8 +360,13 @@ def run_tunesmith_processes(folder: Path, model_path: str, hw: Hardware, nproc: 
     validations = [r for r in records if "val_loss" in r]
     window = steps[-1]["elapsed_s"] - steps[0]["elapsed_s"]
     return {
-        "steps": len(steps), "real_tokens": sum(r["tokens"] for r in steps[1:]), "train_seconds": window, "train_cpu_seconds": None,
-        "heldout_loss": validations[-1]["val_loss"], "peak_rss_mb": round(peak / 2**20), "processes": nproc,
+        "steps": len(steps),
+        "real_tokens": sum(r["tokens"] for r in steps[1:]),
+        "train_seconds": window,
+        "train_cpu_seconds": None,
+        "heldout_loss": validations[-1]["val_loss"],
+        "peak_rss_mb": round(peak / 2**20),
+        "processes": nproc,
         "timing": "steps 2..n from metrics.jsonl",
     }
 
@@ -366,7 +403,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 training examples (one step) instead of 16")
     parser.add_argument("--examples", type=int, default=None)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per config (1 makes CPU time a steady measure on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads per config (1 makes CPU time a steady measure on a busy machine)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_bench.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help="reuse this run folder: its data, and the configs already measured there")
@@ -377,7 +416,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="examples per optimiser step (8 on the CPU; a GPU needs more to be busy)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="steps left out of the timing (default 0 on CPUs, 3 on GPUs)")
     parser.add_argument("--model", help="a transformers model folder of the same architecture (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--rounds", type=int, default=1, help="run every config this many times, interleaved, and report each config's median round (ratios: median of the per-round ratios)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every config this many times, interleaved, and report each config's median round (ratios: median of the per-round ratios)",
+    )
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warmup = args.warmup_steps if args.warmup_steps is not None else (3 if args.device == "cuda" else 0)
@@ -404,10 +448,27 @@ def main() -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         f"matmul_{hw.dtype}_gflops_per_round_wall_then_per_cpu_s": [r["gflops"] for r in rounds],
-        "data": {"train_examples": n, "heldout_examples": 8, "tokens_min": min(lengths), "tokens_max": max(lengths),
-                 "tokens_mean": round(sum(lengths) / len(lengths), 1), "real_tokens": sum(lengths)},
-        "settings": {"method": "LoRA r16 alpha32 all-linear", "device": hw.device, "dtype": hw.dtype, "attention (HF, TRL)": hw.attn, "liger (HF, TRL)": hw.liger,
-                     "batch": hw.batch, "warmup_steps_left_out_of_timing": hw.warmup, "model": hw.model or "embedded SmolLM2-135M-Instruct", "epochs": 1, "lr": LR, "max_len": MAX_LEN},
+        "data": {
+            "train_examples": n,
+            "heldout_examples": 8,
+            "tokens_min": min(lengths),
+            "tokens_max": max(lengths),
+            "tokens_mean": round(sum(lengths) / len(lengths), 1),
+            "real_tokens": sum(lengths),
+        },
+        "settings": {
+            "method": "LoRA r16 alpha32 all-linear",
+            "device": hw.device,
+            "dtype": hw.dtype,
+            "attention (HF, TRL)": hw.attn,
+            "liger (HF, TRL)": hw.liger,
+            "batch": hw.batch,
+            "warmup_steps_left_out_of_timing": hw.warmup,
+            "model": hw.model or "embedded SmolLM2-135M-Instruct",
+            "epochs": 1,
+            "lr": LR,
+            "max_len": MAX_LEN,
+        },
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,18 @@ def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
     # initializer_range 0.2, not the usual 0.02: a 32-wide model's logits would otherwise stay
     # near uniform whatever the adapters do, and LoRA tests could not see the loss fall.
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder, safe_serialization=True)
@@ -186,8 +195,13 @@ def build_tiny_bert(folder: Path, corpus: list[str]) -> Path:
     )
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
     )
     BertModel(config).save_pretrained(folder, safe_serialization=True)  # an encoder without a head, like all-MiniLM-L6-v2
     tokenizer.save_pretrained(folder)

@@ -24,15 +24,25 @@ def dedup_examples(
         kept, near_pairs = _drop_near(kept, shingler, threshold, num_perm, seed)
         pairs += near_pairs
     report = DedupReport(
-        examples_in=len(examples), examples_out=len(kept), exact=n_exact, near=len(pairs) - n_exact,
-        threshold=threshold if near else None, shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
+        examples_in=len(examples),
+        examples_out=len(kept),
+        exact=n_exact,
+        near=len(pairs) - n_exact,
+        threshold=threshold if near else None,
+        shingles=shingler.name if shingler else None,
+        pairs=pairs[:MAX_LISTED],
     )
     return kept, report
 
 
 def near_duplicate_pairs(
-    candidates: list[Example], reference: list[Example], threshold: float = 0.85, *, prompt_only: bool = False,
-    num_perm: int = 128, seed: int = 0,
+    candidates: list[Example],
+    reference: list[Example],
+    threshold: float = 0.85,
+    *,
+    prompt_only: bool = False,
+    num_perm: int = 128,
+    seed: int = 0,
 ) -> list[tuple[str, str]]:
     """(candidate id, reference id) for each candidate that is a near-duplicate of some reference
     example (the most similar one): the leakage check between splits."""
@@ -45,8 +55,9 @@ def near_duplicate_pairs(
     return [(candidates[q].id, reference[ref].id) for q, ref in sorted(found.items())]
 
 
-def near_matches(queries: Iterable[set[str]], reference: Iterable[set[str]], query_sets: SetsOf, reference_sets: SetsOf,
-                 threshold: float, num_perm: int = 128, seed: int = 0) -> dict[int, int]:
+def near_matches(
+    queries: Iterable[set[str]], reference: Iterable[set[str]], query_sets: SetsOf, reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0
+) -> dict[int, int]:
     """query index -> index of its most similar reference at or above the threshold."""
     return NearIndex(reference, reference_sets, threshold, num_perm, seed).matches(queries, query_sets)
 
@@ -78,9 +89,7 @@ def _drop_exact(examples: list[Example]) -> tuple[list[Example], list[DuplicateP
     return kept, pairs
 
 
-def _drop_near(
-    examples: list[Example], shingler: Shingler, threshold: float, num_perm: int, seed: int
-) -> tuple[list[Example], list[DuplicatePair]]:
+def _drop_near(examples: list[Example], shingler: Shingler, threshold: float, num_perm: int, seed: int) -> tuple[list[Example], list[DuplicatePair]]:
     # Only kept examples count as originals: a chain a≈b≈c with a≉c keeps a and c.
     sets = [shingler(dedup_text(e)) for e in examples]
     found = near_duplicates_in_order(sets, _by_index(sets), threshold, num_perm, seed)

@@ -24,9 +24,7 @@ def _rank(example: Example, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{example.content_key()}".encode()).hexdigest()
 
 
-def split_examples(
-    examples: list[Example], ratios: tuple[float, float, float], seed: int, group_by: str | None = None
-) -> dict[str, list[Example]]:
+def split_examples(examples: list[Example], ratios: tuple[float, float, float], seed: int, group_by: str | None = None) -> dict[str, list[Example]]:
     """Split per label when examples carry one, so every class appears in every split; with
     `group_by`, whole groups (examples sharing `meta[group_by]`) go to one split instead."""
     if group_by is not None:

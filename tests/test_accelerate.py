@@ -40,18 +40,34 @@ def train_with(capsys, tmp_path: Path, tiny_model: Path, tickets_file: Path, acc
         ("distributed_type: MULTI_CPU\nnum_processes: 0\n", (), "accelerate.yaml: num_processes: num_processes must be a whole number of at least 1"),
         ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 3}\n", (), "accelerate.yaml: deepspeed_config.zero_stage: ZeRO stage 3 is not supported"),
         ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 0}\n", (), "deepspeed_config.zero_stage: ZeRO stage must be 1 or 2 (got 0)"),
-        ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, offload_optimizer_device: cpu}\n", (),
-         "accelerate.yaml: deepspeed_config.offload_optimizer_device: offloading to 'cpu' is not supported"),
-        ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, gradient_accumulation_steps: 4}\n", (),
-         "deepspeed_config.gradient_accumulation_steps: gradient_accumulation_steps 4: tunesmith accumulates inside its own optimiser step"),
-        ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, gradient_clipping: 0.5}\n", (),
-         "accelerate.yaml: deepspeed_config.gradient_clipping: gradient_clipping 0.5 disagrees with train.max_grad_norm"),
-        ("distributed_type: DEEPSPEED\nmixed_precision: bf16\ndeepspeed_config: {zero_stage: 2}\n", (),
-         "accelerate.yaml: mixed_precision: mixed_precision bf16 is not supported with DeepSpeed"),
+        (
+            "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, offload_optimizer_device: cpu}\n",
+            (),
+            "accelerate.yaml: deepspeed_config.offload_optimizer_device: offloading to 'cpu' is not supported",
+        ),
+        (
+            "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, gradient_accumulation_steps: 4}\n",
+            (),
+            "deepspeed_config.gradient_accumulation_steps: gradient_accumulation_steps 4: tunesmith accumulates inside its own optimiser step",
+        ),
+        (
+            "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, gradient_clipping: 0.5}\n",
+            (),
+            "accelerate.yaml: deepspeed_config.gradient_clipping: gradient_clipping 0.5 disagrees with train.max_grad_norm",
+        ),
+        (
+            "distributed_type: DEEPSPEED\nmixed_precision: bf16\ndeepspeed_config: {zero_stage: 2}\n",
+            (),
+            "accelerate.yaml: mixed_precision: mixed_precision bf16 is not supported with DeepSpeed",
+        ),
         ("distributed_type: DEEPSPEED\nuse_cpu: true\ndeepspeed_config: {zero_stage: 2}\n", (), "accelerate.yaml: use_cpu: use_cpu: true makes"),
         (DEEPSPEED, ("--method", "qlora"), "train.method (with DeepSpeed from"),
         ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 1}\n", (), "accelerate.yaml: fsdp_config.fsdp_version: fsdp_version 1 (FSDP1) is not supported"),
-        ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 2, fsdp_offload_params: true}\n", (), "fsdp_config.fsdp_offload_params: fsdp_offload_params: True is not supported"),
+        (
+            "distributed_type: FSDP\nfsdp_config: {fsdp_version: 2, fsdp_offload_params: true}\n",
+            (),
+            "fsdp_config.fsdp_offload_params: fsdp_offload_params: True is not supported",
+        ),
         (FSDP, ("--method", "qlora"), "train.method (with FSDP from"),
         (FSDP, ("--method", "prompt_tuning"), "prompt_tuning is not supported with FSDP"),
     ],
@@ -119,8 +135,19 @@ def test_the_launch_goes_through_accelerate_with_the_users_file(tmp_path):
     config = read_accelerate_config(path)
     assert (config.mode, config.num_processes) == ("fsdp", 2)
     command = launch_command(config, ["--config", "run.yaml"], nproc=4)
-    assert command[1:] == ["-m", "accelerate.commands.launch", "--config_file", str(path), "--num_processes", "4",
-                           "-m", "tunesmith", "train", "--config", "run.yaml"]
+    assert command[1:] == [
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(path),
+        "--num_processes",
+        "4",
+        "-m",
+        "tunesmith",
+        "train",
+        "--config",
+        "run.yaml",
+    ]
 
 
 def test_cpu_data_parallel_configs_start_every_process(tmp_path):

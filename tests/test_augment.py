@@ -29,8 +29,22 @@ def paraphrase_server():
 
 def test_endpoint_paraphrases_join_train_only_and_are_listed_for_review(capsys, home, tickets_file, paraphrase_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    result = run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "aug", "--pii", "off", "--augment", "1",
-                     "--augment-url", paraphrase_server, "--augment-endpoint-model", "para-1")
+    result = run_cli(
+        capsys,
+        "data",
+        "prepare",
+        str(tickets_file),
+        "--out",
+        "aug",
+        "--pii",
+        "off",
+        "--augment",
+        "1",
+        "--augment-url",
+        paraphrase_server,
+        "--augment-endpoint-model",
+        "para-1",
+    )
     assert result.code == 0, result.err
     folder = home / "datasets" / "aug"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -67,8 +81,22 @@ def test_paraphrase_filter(original, paraphrase, reason):
 
 
 def test_local_model_paraphrases_are_generated_and_filtered(capsys, home, tickets_file, tiny_model):
-    result = run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "local", "--pii", "off", "--augment", "1",
-                     "--augment-fraction", "0.25", "--augment-model", str(tiny_model))
+    result = run_cli(
+        capsys,
+        "data",
+        "prepare",
+        str(tickets_file),
+        "--out",
+        "local",
+        "--pii",
+        "off",
+        "--augment",
+        "1",
+        "--augment-fraction",
+        "0.25",
+        "--augment-model",
+        str(tiny_model),
+    )
     assert result.code == 0, result.err
     manifest = json.loads((home / "datasets" / "local" / "manifest.json").read_text())
     report = next(s for s in manifest["steps"] if s["step"] == "augment")["report"]

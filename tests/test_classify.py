@@ -18,10 +18,15 @@ def prepare(capsys, path, name="classes"):
 
 def train(capsys, tmp_path, model, method, lr, epochs=4, batch_size=4):
     config = tmp_path / f"{method}.yaml"
-    config.write_text(json.dumps({
-        "model": {"name": str(model)}, "data": {"dataset": "classes"},
-        "train": {"task": "classification", "method": method, "epochs": epochs, "lr": lr, "batch_size": batch_size},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"name": str(model)},
+                "data": {"dataset": "classes"},
+                "train": {"task": "classification", "method": method, "epochs": epochs, "lr": lr, "batch_size": batch_size},
+            }
+        )
+    )
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
     # the closing line names the scores that chose the best step, not only the validation loss
@@ -104,7 +109,9 @@ def test_minilm_classifier_beats_chance_in_a_few_steps(capsys, home, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in classification_records(150, 3)), encoding="utf-8")
     prepare(capsys, path)
     config = tmp_path / "minilm.yaml"
-    config.write_text(json.dumps({"data": {"dataset": "classes"}, "train": {"task": "classification", "method": "full", "epochs": 2, "lr": 1e-4, "batch_size": 16}}))
+    config.write_text(
+        json.dumps({"data": {"dataset": "classes"}, "train": {"task": "classification", "method": "full", "epochs": 2, "lr": 1e-4, "batch_size": 16}})
+    )
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
     run_id = run_id_from(result.out)

@@ -109,8 +109,13 @@ def test_non_finite_classifier_loss_stops_with_exit_1_and_keeps_the_last_good_ch
     from tunesmith.train.recipe import train
     from tunesmith.workspace import Workspace
 
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_bert)}, "data": {"dataset": classes},
-                                   "train": {"task": "classification", "method": "full", "epochs": 1, "batch_size": 8, "save_every_steps": 1, "warmup_ratio": 0.0}})
+    spec = RunSpec.model_validate(
+        {
+            "model": {"name": str(tiny_bert)},
+            "data": {"dataset": classes},
+            "train": {"task": "classification", "method": "full", "epochs": 1, "batch_size": 8, "save_every_steps": 1, "warmup_ratio": 0.0},
+        }
+    )
     object.__setattr__(spec.train, "lr", 1e30)  # past the config's guard, as a buggy caller could: one step makes every weight ~1e30
     with pytest.raises(TrainingFailed) as caught:
         train(spec, Workspace.from_env())
@@ -203,7 +208,9 @@ def test_a_classifier_in_two_processes_stopped_and_resumed_equals_one_process(ho
     assert [s for s, _, _ in steps] == [s for s, _, _ in ref_steps] == list(range(1, 10))
     assert [lr for _, _, lr in steps] == [lr for _, _, lr in ref_steps]
     assert [loss for _, loss, _ in steps] == pytest.approx([loss for _, loss, _ in ref_steps], rel=1e-4)
-    assert [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in validations] == [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in ref_validations]
+    assert [(v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in validations] == [
+        (v["step"], v["val_accuracy"], v["val_f1_macro"]) for v in ref_validations
+    ]
     assert [v["val_loss"] for v in validations] == pytest.approx([v["val_loss"] for v in ref_validations], rel=1e-4)
     same_weights(run_dir / "model", reference / "model", atol=1e-5, rtol=1e-3)  # two processes sum gradients in another order
 
@@ -244,7 +251,9 @@ def test_a_classifier_step_split_into_smaller_forward_passes_is_the_same_step(ti
     for budget in (None, 3 * widest):
         torch.manual_seed(0)
         model, _, device = load_classifier(ModelSpec(name=str(tiny_bert), device="cpu"), str(tiny_bert), labels)
-        model = apply_method(model, TrainSpec(task="classification", method="full", lr=1e-3), task="classification").eval()  # no dropout: both steps see the same network
+        model = apply_method(
+            model, TrainSpec(task="classification", method="full", lr=1e-3), task="classification"
+        ).eval()  # no dropout: both steps see the same network
         params = [p for p in model.parameters() if p.requires_grad]
         loss, *_ = optimizer_step(model, [Batch(items, max_tokens=budget)], pad_id, device, params, torch.optim.SGD(params, lr=0.5), 1e9, objective, Plain())
         steps.append((loss, torch.cat([p.detach().flatten() for p in params])))

@@ -9,14 +9,13 @@ from tunesmith.data.example import Example, Message
 
 
 def ex(i, user, answer, label=None, system=None):
-    messages = ([Message(role="system", content=system)] if system else []) + [
-        Message(role="user", content=user), Message(role="assistant", content=answer)]
+    messages = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=user), Message(role="assistant", content=answer)]
     return Example(id=f"e{i}", messages=messages, label=label)
 
 
 def test_mojibake_is_repaired_but_quotes_and_entities_are_left_alone():
     assert repair_unicode("cafÃ© crÃ¨me") == "café crème"
-    assert repair_unicode('“curly” &amp; <b>') == '“curly” &amp; <b>'
+    assert repair_unicode("“curly” &amp; <b>") == "“curly” &amp; <b>"
 
 
 def test_whitespace_rules_keep_structure_meaningful():
@@ -42,7 +41,11 @@ def test_lint_finds_mixed_list_styles_with_counts_and_ids():
     (finding,) = [f for f in report.findings if f.kind == "list_style"]
     assert finding.canonical == "1."
     assert {v.text: (v.count, v.example_ids) for v in finding.variants} == {
-        "1.": (3, ["e0", "e1", "e2"]), "1)": (1, ["e3"]), "Step 1:": (1, ["e4"]), "- ": (1, ["e5"])}
+        "1.": (3, ["e0", "e1", "e2"]),
+        "1)": (1, ["e3"]),
+        "Step 1:": (1, ["e4"]),
+        "- ": (1, ["e5"]),
+    }
 
 
 def test_label_spellings_are_reported_and_normalised_to_the_most_common_when_asked():

@@ -47,8 +47,14 @@ def test_flag_problems_are_listed_with_the_config_file_ones(tmp_path, capsys, ho
     result = run_cli(capsys, "train", "--config", str(config), "--epochs", "many", "--method", "sgd", "--data", str(tmp_path / "nowhere.jsonl"))
     assert result.code == 2 and "Traceback" not in result.err
     err = " ".join(result.err.split())
-    for expected in ("train.lrr: unknown setting", "model.nme: unknown setting", "--epochs 'many' is not a whole number",
-                     "train.method: Input should be", "--data: no such file", "nowhere.jsonl"):
+    for expected in (
+        "train.lrr: unknown setting",
+        "model.nme: unknown setting",
+        "--epochs 'many' is not a whole number",
+        "train.method: Input should be",
+        "--data: no such file",
+        "nowhere.jsonl",
+    ):
         assert expected in err
     assert "no data given" not in err  # --data was given, just wrong
 
@@ -151,8 +157,10 @@ def test_eval_reads_its_first_word_as_a_run_unless_it_names_a_subcommand(capsys,
     assert result.code == 2 and "no run 'nosuch-run'" in result.err and "Traceback" not in result.err
 
 
-@pytest.mark.parametrize(("words", "usage"), [(["eval", "judge"], "tunesmith eval judge"), (["eval", "review-import"], "tunesmith eval review-import"),
-                                              (["eval", "score"], "tunesmith eval score")])
+@pytest.mark.parametrize(
+    ("words", "usage"),
+    [(["eval", "judge"], "tunesmith eval judge"), (["eval", "review-import"], "tunesmith eval review-import"), (["eval", "score"], "tunesmith eval score")],
+)
 def test_eval_subcommands_are_commands_of_the_eval_group(capsys, home, words, usage):
     result = run_cli(capsys, *words)
     assert result.code == 2 and "Missing" in result.err + result.out and usage in result.err + result.out

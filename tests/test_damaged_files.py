@@ -57,7 +57,12 @@ CASES = [
     ("runs/{run}/adapter/adapter_model.safetensors", truncate, ["generate", RUN, "-p", "hi"], "adapter_model.safetensors"),
     ("runs/{run}/adapter/adapter_config.json", truncate, ["generate", RUN, "-p", "hi"], "adapter_config.json"),
     ("runs/{run}/adapter/tokenizer.json", delete, ["generate", RUN, "-p", "hi"], "tokenizer"),  # found by test_fuzz_files
-    ("runs/{run}/eval/test-tuned.jsonl", cut_answers, ["eval", "judge", RUN, "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"], "test-tuned.jsonl:2"),
+    (
+        "runs/{run}/eval/test-tuned.jsonl",
+        cut_answers,
+        ["eval", "judge", RUN, "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"],
+        "test-tuned.jsonl:2",
+    ),
     ("datasets/tickets/manifest.json", truncate, ["eval", RUN, "--limit", "1"], "manifest.json"),
     ("datasets/tickets/manifest.json", delete, ["data", "stats", "tickets"], "manifest.json"),
     ("datasets/tickets/test.jsonl", truncate, ["eval", RUN, "--limit", "50", "--no-perplexity"], "test.jsonl:"),
@@ -97,8 +102,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(home, tiny_model, tic
     then truncated. Resume says so, continues from step 6 and completes."""
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\n"
-                      "train: {epochs: 2, batch_size: 8, save_every_steps: 1, evals_per_epoch: 1}\n", encoding="utf-8")
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{epochs: 2, batch_size: 8, save_every_steps: 1, evals_per_epoch: 1}}\n",
+        encoding="utf-8",
+    )
     killed = tunesmith("train", "--config", str(config), kill_at="step:8")
     assert killed.returncode != 0
     run_dir = only_run(home)

@@ -68,8 +68,9 @@ def test_planted_near_duplicates_are_all_found_and_distinct_tickets_kept(edits, 
 
 def test_exact_duplicates_ignore_case_and_whitespace_and_keep_the_first():
     base = tickets(5)
-    copy = base[2].model_copy(update={"id": "copy", "messages": [
-        Message(role=m.role, content="  " + m.content.upper().replace(" ", "   ")) for m in base[2].messages]})
+    copy = base[2].model_copy(
+        update={"id": "copy", "messages": [Message(role=m.role, content="  " + m.content.upper().replace(" ", "   ")) for m in base[2].messages]}
+    )
     kept, report = dedup_examples([*base, copy], near=False)
     assert [e.id for e in kept] == [e.id for e in base]
     assert (report.exact, report.near, report.pairs[0].removed, report.pairs[0].kept) == (1, 0, "copy", "t2")

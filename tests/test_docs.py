@@ -85,7 +85,7 @@ def tunesmith_args(text: str) -> list[str] | None:
         return words[1:]
     for index in range(len(words) - 1):
         if words[index] == "-m" and words[index + 1] == "tunesmith":
-            return words[index + 2:]
+            return words[index + 2 :]
     return None
 
 

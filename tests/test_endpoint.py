@@ -95,7 +95,7 @@ class _MovedWithin(ChatCompletions):
         if self.path.startswith("/v1/"):
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(307)
-            self.send_header("Location", "/v2/" + self.path[len("/v1/"):])
+            self.send_header("Location", "/v2/" + self.path[len("/v1/") :])
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -184,5 +184,3 @@ def test_requests_run_in_parallel_but_never_more_than_allowed():
     assert _Slow.most == 3 and _Slow.calls == 10
     assert [g.scores["correctness"] for g in grades] == [1 + i % 5 for i in range(10)]  # replies stay in order
     assert elapsed < 10 * 0.3  # in parallel: 4 rounds of 0.3 s, not 10
-
-

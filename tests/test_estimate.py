@@ -49,7 +49,9 @@ def test_dry_run_prints_the_estimate_and_creates_nothing_then_the_run_takes_thos
     # Tokens are counted after the chat template: the tokenizer's own rendering gives the same total.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     train_split = load_dataset(Workspace.from_env(), "tickets").splits["train"]
-    rendered = sum(len(tokenizer.apply_chat_template([m.model_dump(exclude={"weight"}) for m in e.messages], tokenize=True, return_dict=False)) for e in train_split)
+    rendered = sum(
+        len(tokenizer.apply_chat_template([m.model_dump(exclude={"weight"}) for m in e.messages], tokenize=True, return_dict=False)) for e in train_split
+    )
     assert _first_int(_row(dry.out, "tokens per epoch")) == rendered
     steps = _first_int(_row(dry.out, "optimizer steps"))
     assert steps == 3 * -(-len(train_split) // 4)

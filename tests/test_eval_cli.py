@@ -40,9 +40,30 @@ def test_eval_against_other_run_baselines_and_probe(capsys, ws_home, tmp_path, m
     home, (run1, run2) = ws_home
     (tmp_path / "mymetric.py").write_text("def brace_share(preds, refs):\n    return sum(p.startswith('{') for p in preds) / len(preds)\n")
     monkeypatch.chdir(tmp_path)
-    result = run_cli(capsys, "eval", run1, "--compare", run2, "--baselines", "few-shot,system", "--shots", "2",
-                     "--system-prompt", "Route the ticket as JSON.", "--forgetting", "--forgetting-threshold", "0.5",
-                     "--metrics", "exact_match,valid_json,rouge", "--custom", "mymetric:brace_share", "--limit", "8", "--max-new-tokens", "8")
+    result = run_cli(
+        capsys,
+        "eval",
+        run1,
+        "--compare",
+        run2,
+        "--baselines",
+        "few-shot,system",
+        "--shots",
+        "2",
+        "--system-prompt",
+        "Route the ticket as JSON.",
+        "--forgetting",
+        "--forgetting-threshold",
+        "0.5",
+        "--metrics",
+        "exact_match,valid_json,rouge",
+        "--custom",
+        "mymetric:brace_share",
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "8",
+    )
     assert result.code == 0, result.err
     report = _report(home, run1)
     assert set(report["test"]) == {"tuned", "base", "few-shot", "system", run2}

@@ -17,9 +17,15 @@ from tunesmith.eval.forgetting import CHECKS, load_probes
 def _ideal(probe) -> str:
     check, answer = probe["check"], probe["answer"]
     return {
-        "exact": lambda: answer, "contains": lambda: f"It is {answer[0]}.", "number": lambda: f"The result is {answer}",
-        "json_keys": lambda: json.dumps(answer), "json_value": lambda: json.dumps(answer), "bullets": lambda: "\n".join(["- item"] * answer),
-        "uppercase": lambda: "GOOD MORNING!", "one_of": lambda: answer[0], "max_words": lambda: "a bright hot star",
+        "exact": lambda: answer,
+        "contains": lambda: f"It is {answer[0]}.",
+        "number": lambda: f"The result is {answer}",
+        "json_keys": lambda: json.dumps(answer),
+        "json_value": lambda: json.dumps(answer),
+        "bullets": lambda: "\n".join(["- item"] * answer),
+        "uppercase": lambda: "GOOD MORNING!",
+        "one_of": lambda: answer[0],
+        "max_words": lambda: "a bright hot star",
         "starts_with": lambda: f"{answer}, blue.",
     }[check]()
 
@@ -63,8 +69,15 @@ def test_reference_perplexity_scores_only_the_final_answer(tiny_model):
     from tunesmith.eval.perplexity import final_turn_only, perplexity, reference_nll
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
-    example = Example(id="x", messages=[Message(role="user", content="hi"), Message(role="assistant", content="hello there"),
-                                        Message(role="user", content="route GW-9"), Message(role="assistant", content='{"team": "NET"}')])
+    example = Example(
+        id="x",
+        messages=[
+            Message(role="user", content="hi"),
+            Message(role="assistant", content="hello there"),
+            Message(role="user", content="route GW-9"),
+            Message(role="assistant", content='{"team": "NET"}'),
+        ],
+    )
     short = Example(id="y", messages=[Message(role="user", content="a"), Message(role="assistant", content="b")])
     (nll, tokens), (nll2, tokens2) = reference_nll(model, tokenizer, [example, short])
     encoded = encode(tokenizer, final_turn_only(example), 512)
@@ -77,8 +90,17 @@ def test_reference_perplexity_scores_only_the_final_answer(tiny_model):
 
 
 def _rows(scores, nll=None):
-    return [{"id": str(i), "prediction": "the cat sat on the mat today" if s else "x", "reference": "the cat sat on the mat today", "exact_match": float(s),
-             "ref_nll": (nll or [2.0] * len(scores))[i] * 3, "ref_tokens": 3} for i, s in enumerate(scores)]
+    return [
+        {
+            "id": str(i),
+            "prediction": "the cat sat on the mat today" if s else "x",
+            "reference": "the cat sat on the mat today",
+            "exact_match": float(s),
+            "ref_nll": (nll or [2.0] * len(scores))[i] * 3,
+            "ref_tokens": 3,
+        }
+        for i, s in enumerate(scores)
+    ]
 
 
 def test_every_metric_compared_with_its_direction():
@@ -107,7 +129,10 @@ def test_prompting_baselines_build_the_prompts():
     from tunesmith.eval.baselines import few_shot, parse_baselines, with_system_prompt
 
     def ex(i, system=None):
-        msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=f"q{i}"), Message(role="assistant", content=f"a{i}")]
+        msgs = ([Message(role="system", content=system)] if system else []) + [
+            Message(role="user", content=f"q{i}"),
+            Message(role="assistant", content=f"a{i}"),
+        ]
         return Example(id=str(i), messages=msgs)
 
     shots = few_shot([ex(0, "be brief")], [ex(i, "train system") for i in range(1, 6)], k=2, seed=0)[0]
@@ -126,10 +151,18 @@ def test_prompting_baselines_build_the_prompts():
         few_shot([ex(0)], [ex(1)], k=3)
 
 
-@pytest.mark.parametrize(("command", "mentions"), [
-    (["eval"], "--baselines"), (["eval"], "--temperature"), (["eval", "judge"], "--judge-url"), (["eval", "judge"], "--pairwise"),
-    (["eval", "review-export"], "--fraction"), (["eval", "review-import"], "rater"), (["runs", "compare"], "two or more"),
-])
+@pytest.mark.parametrize(
+    ("command", "mentions"),
+    [
+        (["eval"], "--baselines"),
+        (["eval"], "--temperature"),
+        (["eval", "judge"], "--judge-url"),
+        (["eval", "judge"], "--pairwise"),
+        (["eval", "review-export"], "--fraction"),
+        (["eval", "review-import"], "rater"),
+        (["runs", "compare"], "two or more"),
+    ],
+)
 def test_eval_commands_have_help(capsys, command, mentions):
     result = run_cli(capsys, *command, "--help")
     assert result.code == 0 and mentions in " ".join(result.out.split())
@@ -152,8 +185,12 @@ def test_probe_on_the_embedded_model_is_quick_and_not_empty():
     assert next(r for r in result["rows"] if r["id"] == "facts-01")["correct"]
 
 
-SENTENCES = [f"Restart the {thing} and check the {part} before you call support {n}" for n, (thing, part) in enumerate(
-    [(a, b) for a in ("router", "printer", "laptop", "phone", "modem", "scanner") for b in ("cable", "battery", "screen", "fan", "light")])]
+SENTENCES = [
+    f"Restart the {thing} and check the {part} before you call support {n}"
+    for n, (thing, part) in enumerate(
+        [(a, b) for a in ("router", "printer", "laptop", "phone", "modem", "scanner") for b in ("cable", "battery", "screen", "fan", "light")]
+    )
+]
 
 
 def _scored(preds: list[str], refs: list[str]):
@@ -161,8 +198,10 @@ def _scored(preds: list[str], refs: list[str]):
     from tunesmith.eval.metrics import aggregate, compute_metrics, example_scores, resolve_metric_names, score_example
 
     names = resolve_metric_names(None, refs)
-    rows = [{"id": str(i), "prompt": "q", "reference": r, "prediction": p, **e, **score_example(p, r, None)}
-            for i, (p, r, e) in enumerate(zip(preds, refs, example_scores(preds, refs, names)))]
+    rows = [
+        {"id": str(i), "prompt": "q", "reference": r, "prediction": p, **e, **score_example(p, r, None)}
+        for i, (p, r, e) in enumerate(zip(preds, refs, example_scores(preds, refs, names)))
+    ]
     metrics = aggregate(rows, 2.0)
     metrics.update({k: round(v, 4) for k, v in compute_metrics(preds, refs, names).items() if isinstance(v, float)})
     return rows, metrics
@@ -197,14 +236,15 @@ def test_runs_list_shows_each_runs_headline_metric(capsys, home):
     ws = Workspace.from_env(home)
     registry = Registry(ws.registry_db)
     registry.start_run("notes-1", None, "tiny", "lora", "notes", "v1", home / "runs" / "notes-1")
-    registry.add_evaluations("notes-1", "test", "e1", "rougeL", [("base", 5, {"exact_match": 0.0, "rougeL": 0.12}),
-                                                                  ("tuned", 5, {"exact_match": 0.0, "rougeL": 0.34})])
+    registry.add_evaluations(
+        "notes-1", "test", "e1", "rougeL", [("base", 5, {"exact_match": 0.0, "rougeL": 0.12}), ("tuned", 5, {"exact_match": 0.0, "rougeL": 0.34})]
+    )
     listed = run_cli(capsys, "runs", "list")
     assert listed.code == 0 and "headline metric" in listed.out
-    line = next(l for l in listed.out.splitlines() if "notes-1" in l)
+    line = next(row for row in listed.out.splitlines() if "notes-1" in row)
     assert "rougeL (test)" in line and "0.340" in line and "0.120" in line
     registry.add_evaluations("notes-1", "test", "e2", "rougeL", [("tuned", 5, {"exact_match": 0.0, "rougeL": 0.5})])
-    line = next(l for l in run_cli(capsys, "runs", "list").out.splitlines() if "notes-1" in l)
+    line = next(row for row in run_cli(capsys, "runs", "list").out.splitlines() if "notes-1" in row)
     assert "0.500" in line and "0.120" not in line  # e1's base is not e2's
 
 

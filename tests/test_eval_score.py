@@ -17,9 +17,10 @@ def _write_jsonl(path, records):
 @pytest.fixture
 def refs(tmp_path):
     teams = ["billing", "tech", "billing", "account", "tech", "billing"]
-    return _write_jsonl(tmp_path / "tickets.jsonl", [
-        {"messages": [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": team}]} for i, team in enumerate(teams)
-    ])
+    return _write_jsonl(
+        tmp_path / "tickets.jsonl",
+        [{"messages": [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": team}]} for i, team in enumerate(teams)],
+    )
 
 
 def test_scores_by_id_and_writes_report(tmp_path, refs, capsys):
@@ -74,17 +75,23 @@ def test_bad_input_exits_2_with_line_and_fix(tmp_path, refs, capsys):
 
 
 def test_json_answers_with_schema(tmp_path, capsys):
-    refs = _write_jsonl(tmp_path / "refs.jsonl", [
-        {"id": f"r{i}", "prompt": f"ticket {i}", "completion": json.dumps({"team": t, "urgent": u})}
-        for i, (t, u) in enumerate([("billing", True), ("tech", False), ("tech", True)])
-    ])
+    refs = _write_jsonl(
+        tmp_path / "refs.jsonl",
+        [
+            {"id": f"r{i}", "prompt": f"ticket {i}", "completion": json.dumps({"team": t, "urgent": u})}
+            for i, (t, u) in enumerate([("billing", True), ("tech", False), ("tech", True)])
+        ],
+    )
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object", "required": ["team", "urgent"]}))
-    preds = _write_jsonl(tmp_path / "preds.jsonl", [
-        {"id": "r0", "prediction": {"team": "billing", "urgent": True}},  # an object, not a string: still scored
-        {"id": "r1", "prediction": '{"team": "tech"}'},
-        {"id": "r2", "prediction": "tech, urgent"},
-    ])
+    preds = _write_jsonl(
+        tmp_path / "preds.jsonl",
+        [
+            {"id": "r0", "prediction": {"team": "billing", "urgent": True}},  # an object, not a string: still scored
+            {"id": "r1", "prediction": '{"team": "tech"}'},
+            {"id": "r2", "prediction": "tech, urgent"},
+        ],
+    )
     result = run_cli(capsys, "eval", "score", str(preds), "--references", str(refs), "--json-schema", str(schema), "--out", str(tmp_path / "o"))
     assert result.code == 0, result.err
     metrics = json.loads((tmp_path / "o" / "report.json").read_text())["metrics"]

@@ -28,7 +28,11 @@ def turns(example):
         ({"instruction": "q", "output": "a"}, "alpaca", QA),
         ({"instruction": "q", "input": "", "output": "a"}, "alpaca", QA),
         ({"instruction": "Translate", "input": "chat", "output": "cat"}, "alpaca", [("user", "Translate\n\nchat"), ("assistant", "cat")]),
-        ({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "sharegpt", [("system", "s"), *QA]),
+        (
+            {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+            "sharegpt",
+            [("system", "s"), *QA],
+        ),
         ({"text": "q", "label": "a"}, "classification", QA),
         ({"prompt": "q", "completion": "a"}, "prompt_completion", QA),
         ({"input_text": "q", "output_text": "a"}, "input_output", QA),
@@ -49,7 +53,14 @@ def test_classification_keeps_the_label_and_numbers_become_text(tmp_path):
 
 
 def test_chat_weights_survive(tmp_path):
-    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x", "weight": 0}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a", "weight": 1}]}
+    record = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "x", "weight": 0},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a", "weight": 1},
+        ]
+    }
     examples, _ = load_examples(write_jsonl(tmp_path / "d.jsonl", [record]))
     assert [m.weight for m in examples[0].messages] == [None, 0, None, 1]
 

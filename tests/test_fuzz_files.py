@@ -27,9 +27,20 @@ def section(cls) -> st.SearchStrategy:
     return st.dictionaries(keys, values | st.dictionaries(st.text(max_size=8), values, max_size=3), max_size=6) | values
 
 
-configs = st.fixed_dictionaries({}, optional={
-    "name": values, "model": section(ModelSpec), "data": section(DataSpec), "train": section(TrainSpec), "eval": section(EvalSpec), "versions": values,
-}) | values
+configs = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": values,
+            "model": section(ModelSpec),
+            "data": section(DataSpec),
+            "train": section(TrainSpec),
+            "eval": section(EvalSpec),
+            "versions": values,
+        },
+    )
+    | values
+)
 
 
 def loads_or_names_the_file(path: Path) -> None:
@@ -58,9 +69,15 @@ def test_any_bytes_as_a_config_are_a_named_user_error(data):
 
 
 FILES = [
-    "runs/{run}/run.json", "runs/{run}/config.yaml", "runs/{run}/adapter/adapter_config.json", "runs/{run}/adapter/adapter_model.safetensors",
-    "runs/{run}/adapter/tokenizer_config.json", "runs/{run}/adapter/tokenizer.json", "datasets/tickets/manifest.json",
-    "datasets/tickets/test.jsonl", "datasets/tickets/train.jsonl",
+    "runs/{run}/run.json",
+    "runs/{run}/config.yaml",
+    "runs/{run}/adapter/adapter_config.json",
+    "runs/{run}/adapter/adapter_model.safetensors",
+    "runs/{run}/adapter/tokenizer_config.json",
+    "runs/{run}/adapter/tokenizer.json",
+    "datasets/tickets/manifest.json",
+    "datasets/tickets/test.jsonl",
+    "datasets/tickets/train.jsonl",
 ]
 
 
@@ -70,7 +87,7 @@ def damage(path: Path, kind: str, where: float, junk: bytes) -> None:
     if kind == "truncate":
         path.write_bytes(data[:at])
     elif kind == "overwrite":
-        path.write_bytes(data[:at] + junk + data[at + len(junk):])
+        path.write_bytes(data[:at] + junk + data[at + len(junk) :])
     elif kind == "insert":
         path.write_bytes(data[:at] + junk + data[at:])
     elif kind == "empty":
@@ -99,8 +116,10 @@ def open_everything(home: Path, run_id: str) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
-    file=st.sampled_from(FILES), kind=st.sampled_from(["truncate", "overwrite", "insert", "empty", "delete", "folder"]),
-    where=st.floats(0, 1), junk=st.binary(min_size=1, max_size=16),
+    file=st.sampled_from(FILES),
+    kind=st.sampled_from(["truncate", "overwrite", "insert", "empty", "delete", "folder"]),
+    where=st.floats(0, 1),
+    junk=st.binary(min_size=1, max_size=16),
 )
 def test_a_damaged_run_or_dataset_is_opened_or_named(pristine, file, kind, where, junk):  # noqa: F811
     source, run_id = pristine
@@ -126,8 +145,11 @@ cells = st.text(max_size=20) | st.sampled_from(["1", "2", "tie", "", "5", "0", "
 
 
 @settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["id", "preferred", "rating_1", "rating_2", "answer_1", None]), cells), max_size=8),
-       raw=st.none() | st.binary(max_size=300), encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["id", "preferred", "rating_1", "rating_2", "answer_1", None]), cells), max_size=8),
+    raw=st.none() | st.binary(max_size=300),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]),
+)
 def test_a_filled_review_sheet_imports_or_names_the_file(tmp_path_factory, edits, raw, encoding):
     """A rater's sheet edited at random (cells, deleted columns, raw bytes, the encodings spreadsheets
     save): the import gives a result or a UserError naming the sheet, never another exception."""

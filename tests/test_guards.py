@@ -26,8 +26,13 @@ def test_divergence_stops_with_exit_1_and_names_the_last_good_checkpoint(home, t
 
     ws = Workspace.from_env()
     prepare_dataset(tickets_file, ws, name="tickets", options=PrepareSpec(pii="off"))
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
-                                   "train": {"method": "full", "epochs": 1, "batch_size": 4, "save_every_steps": 1, "warmup_ratio": 0.0}})
+    spec = RunSpec.model_validate(
+        {
+            "model": {"name": str(tiny_model)},
+            "data": {"dataset": "tickets"},
+            "train": {"method": "full", "epochs": 1, "batch_size": 4, "save_every_steps": 1, "warmup_ratio": 0.0},
+        }
+    )
     # Past the config's guard, as a buggy caller could: after one step at lr 1e30 the next forward overflows.
     object.__setattr__(spec.train, "lr", 1e30)
     with pytest.raises(TrainingFailed) as caught:

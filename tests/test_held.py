@@ -37,8 +37,9 @@ class _Planted:
 def test_a_pickle_planted_in_a_checkpoint_never_runs(home, tiny_model, tickets_file, tmp_path, capsys):
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{max_steps: 6, batch_size: 8, save_every_steps: 1}}\n",
-                      encoding="utf-8")
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{max_steps: 6, batch_size: 8, save_every_steps: 1}}\n", encoding="utf-8"
+    )
     killed = tunesmith("train", "--config", str(config), kill_at="step:3")
     assert killed.returncode != 0
     run_dir = only_run(home)

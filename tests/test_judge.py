@@ -126,7 +126,7 @@ def test_unreachable_or_refusing_endpoints_are_clear_errors(judge_server):
         ("Reasoning... [[A]]", "A"),
         ("[[ b ]]", "B"),
         ("[[C]]", "tie"),
-        ("```json\n{\"winner\": \"tie\"}\n```", "tie"),
+        ('```json\n{"winner": "tie"}\n```', "tie"),
         ("Final verdict: B", "B"),
         ("[[A]] ... actually [[B]]", None),  # contradicts itself: not guessed
         ("verdict: a toss-up", None),
@@ -145,7 +145,7 @@ def test_verdict_parsing(text, verdict):
         ("correctness: 4/10", {}),  # another scale is not mapped onto 1-5
         ("Score: 2", {"correctness": 2}),  # a lone score, one criterion
         ("Score: 2 and later score: 4", {}),
-        ("text {not json} then {\"correctness\": 5}", {"correctness": 5}),
+        ('text {not json} then {"correctness": 5}', {"correctness": 5}),
     ],
 )
 def test_grade_parsing(text, scores):

@@ -21,8 +21,12 @@ def hidden(folder: Path) -> list[Path]:
 
 def test_a_killed_prepare_leaves_a_folder_the_next_command_removes(capsys, home, tickets_file):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "data", "prepare", str(tickets_file), "--out", "tickets"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "data", "prepare", str(tickets_file), "--out", "tickets"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not hidden(home / "datasets") and process.poll() is None:
         time.sleep(0.01)

@@ -23,8 +23,15 @@ def _nested(depth: int) -> dict:
 
 
 def _file(path: Path, odd: dict, n: int = 30) -> Path:
-    records = [{"messages": [{"role": "user", "content": f"Where is parcel {i} of batch {i * 3}?"},
-                             {"role": "assistant", "content": f"Parcel {i} arrives on day {i % 7}."}]} for i in range(n)]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Where is parcel {i} of batch {i * 3}?"},
+                {"role": "assistant", "content": f"Parcel {i} arrives on day {i % 7}."},
+            ]
+        }
+        for i in range(n)
+    ]
     records.insert(4, odd)  # line 5
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
@@ -39,10 +46,13 @@ def _no_dataset(home: Path) -> bool:
     return not datasets.exists() or not [p for p in datasets.iterdir() if not p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("odd,code", [
-    (_chat("Deep meta here", meta=_nested(200)), "meta_too_deep"),
-    (_chat("a" * (MAX_TEXT_CHARS + 1)), "text_too_long"),
-])
+@pytest.mark.parametrize(
+    "odd,code",
+    [
+        (_chat("Deep meta here", meta=_nested(200)), "meta_too_deep"),
+        (_chat("a" * (MAX_TEXT_CHARS + 1)), "text_too_long"),
+    ],
+)
 def test_validate_and_prepare_refuse_the_same_record_with_its_line(capsys, home, tmp_path, odd, code):
     source = _file(tmp_path / "odd.jsonl", odd)
     checked = run_cli(capsys, "data", "validate", str(source), "--json")
@@ -74,7 +84,7 @@ def test_ner_reads_a_long_text_in_pieces_with_exact_offsets():
     text = "Hi, this is Maria Gonzalez from finance. " + filler * (3 * NER_CHUNK_CHARS // len(filler)) + "Regards, Rajesh Patel"
     spans = find_pii(text)
     assert [(s.type, s.text) for s in spans] == [("PERSON", "Maria Gonzalez"), ("PERSON", "Rajesh Patel")]
-    assert all(text[s.start:s.end] == s.text for s in spans)
+    assert all(text[s.start : s.end] == s.text for s in spans)
 
 
 @pytest.mark.slow

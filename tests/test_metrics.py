@@ -85,15 +85,18 @@ def test_json_metrics_schema_and_field_accuracy(tmp_path):
         compute_metrics(preds, refs, ["json_schema"])
 
 
-@pytest.mark.parametrize("refs, task", [
-    (['{"a": 1}', '{"a": 2}'], "json"),
-    (["yes", "no", "yes", "no", "yes"], "classification"),
-    (["yes", "no"], "text"),  # two answers, no repetition: not enough to call it a classification
-    (["A long free-text answer about returns.", "Another different answer here.", "Third one."], "text"),
-    (["team=billing; priority=high", "team=bug; priority=low", "team=bug; priority=high"], "fields"),
-    (["team: billing\npriority: high", "team: bug\npriority: low"], "fields"),
-    (["Note: call back tomorrow", "Step 1: restart; Step 2: retry"], "text"),  # one field, or keys that are words: prose
-])
+@pytest.mark.parametrize(
+    "refs, task",
+    [
+        (['{"a": 1}', '{"a": 2}'], "json"),
+        (["yes", "no", "yes", "no", "yes"], "classification"),
+        (["yes", "no"], "text"),  # two answers, no repetition: not enough to call it a classification
+        (["A long free-text answer about returns.", "Another different answer here.", "Third one."], "text"),
+        (["team=billing; priority=high", "team=bug; priority=low", "team=bug; priority=high"], "fields"),
+        (["team: billing\npriority: high", "team: bug\npriority: low"], "fields"),
+        (["Note: call back tomorrow", "Step 1: restart; Step 2: retry"], "text"),  # one field, or keys that are words: prose
+    ],
+)
 def test_task_is_chosen_from_the_references(refs, task):
     assert detect_task(refs) == task
 
@@ -108,9 +111,13 @@ def test_custom_metric_module_function(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     metrics = compute_metrics(["A", "b"], ["a", "b"], ["exact_match"], custom=["mymetrics_ts:share_upper", "mymetrics_ts:several"])
     assert metrics == {"exact_match": 0.5, "share_upper": 0.5, "several.n": 2.0, "several.same": 1.0}
-    for spec, message in [("mymetrics_ts:wrong", "returned list"), ("mymetrics_ts:broken", "raised RuntimeError: boom"),
-                          ("mymetrics_ts:missing", "has no 'missing'"), ("no_such_module_ts:f", "cannot import module"),
-                          ("mymetrics_ts", "is not module:function")]:
+    for spec, message in [
+        ("mymetrics_ts:wrong", "returned list"),
+        ("mymetrics_ts:broken", "raised RuntimeError: boom"),
+        ("mymetrics_ts:missing", "has no 'missing'"),
+        ("no_such_module_ts:f", "cannot import module"),
+        ("mymetrics_ts", "is not module:function"),
+    ]:
         with pytest.raises(UserError, match=message) as info:
             compute_metrics(["a"], ["a"], ["exact_match"], custom=spec)
         assert spec in str(info.value)

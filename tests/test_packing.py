@@ -113,7 +113,9 @@ def test_forward_passes_split_to_a_token_budget_give_the_same_step(tiny_model, s
         model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model), TrainSpec(method="full", lr=1e-3))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.5)
-        loss, *_ = optimizer_step(model, [Batch(items, packed, 512, max_tokens=budget)], pad_id, torch.device("cpu"), params, optimizer, 1e9, CAUSAL_LM, Plain())
+        loss, *_ = optimizer_step(
+            model, [Batch(items, packed, 512, max_tokens=budget)], pad_id, torch.device("cpu"), params, optimizer, 1e9, CAUSAL_LM, Plain()
+        )
         weights.append((loss, torch.cat([p.detach().flatten() for p in params])))
     assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
     torch.testing.assert_close(weights[0][1], weights[1][1], rtol=1e-4, atol=1e-6)
@@ -136,8 +138,13 @@ def test_a_flat_row_gives_each_example_the_logits_it_has_alone(tiny_model, setup
     (tensors,) = batch_tensors(Batch(items[:3], packed=True, max_tokens=None, flat=True), 0)
     assert tensors["input_ids"].shape == (1, sum(len(i.input_ids) for i in items[:3]))  # one row, not a token of padding
     with torch.no_grad():
-        logits = model(input_ids=tensors["input_ids"], position_ids=tensors["position_ids"], cu_seq_lens_q=tensors["cu_seq_lens_q"],
-                       cu_seq_lens_k=tensors["cu_seq_lens_k"], use_cache=False).logits[0]
+        logits = model(
+            input_ids=tensors["input_ids"],
+            position_ids=tensors["position_ids"],
+            cu_seq_lens_q=tensors["cu_seq_lens_q"],
+            cu_seq_lens_k=tensors["cu_seq_lens_k"],
+            use_cache=False,
+        ).logits[0]
         # The control: no boundaries, and positions running on, as if it were one long text.
         running = model(input_ids=tensors["input_ids"], use_cache=False).logits[0]
     bounds = tensors["cu_seq_lens_q"].tolist()

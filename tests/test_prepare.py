@@ -18,9 +18,15 @@ def test_prepare_redacts_dedups_groups_and_writes_its_report(capsys, home, tmp_p
     records = []
     for i in range(60):
         secret = PLANTED[i % len(PLANTED)] if i % 5 == 0 else ""
-        records.append({"messages": [{"role": "user", "content": f"Customer {i % 12} asks about order {i * 7} {secret}".strip()},
-                                     {"role": "assistant", "content": f"Order {i * 7} ships  on day {i % 9}."}],
-                        "meta": {"customer_id": f"c{i % 12}"}})
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Customer {i % 12} asks about order {i * 7} {secret}".strip()},
+                    {"role": "assistant", "content": f"Order {i * 7} ships  on day {i % 9}."},
+                ],
+                "meta": {"customer_id": f"c{i % 12}"},
+            }
+        )
     records.append(records[3])  # an exact duplicate
     source = write_records(tmp_path / "orders.jsonl", records)
     result = run_cli(capsys, "data", "prepare", str(source), "--pii", "redact", "--no-pii-ner", "--group-by", "customer_id", "--out", "orders")
@@ -32,7 +38,9 @@ def test_prepare_redacts_dedups_groups_and_writes_its_report(capsys, home, tmp_p
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [s["step"] for s in manifest["steps"]] == ["clean", "pii", "dedup", "leakage"]
     assert manifest["removed"]["dedup"] >= 1 and manifest["settings"]["group_by"] == "customer_id"
-    groups = {s: {json.loads(line)["meta"]["customer_id"] for line in (folder / f"{s}.jsonl").read_text().splitlines()} for s in ("train", "validation", "test")}
+    groups = {
+        s: {json.loads(line)["meta"]["customer_id"] for line in (folder / f"{s}.jsonl").read_text().splitlines()} for s in ("train", "validation", "test")
+    }
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
     assert (folder / "report.html").is_file() and "Overlap check" in (folder / "report.html").read_text()
 
@@ -51,7 +59,9 @@ def _read(folder, split):
 
 def test_a_test_split_too_small_to_compare_models_is_warned_about_with_the_size_needed(capsys, home, tmp_path):
     # 149 rows written from a handful of templates: dedup removes most, leaving a test split of a few.
-    records = [{"prompt": f"Reset the password for account {i % 50}", "completion": f"Open settings, then security, then reset ({i % 50})."} for i in range(149)]
+    records = [
+        {"prompt": f"Reset the password for account {i % 50}", "completion": f"Open settings, then security, then reset ({i % 50})."} for i in range(149)
+    ]
     source = write_records(tmp_path / "support.jsonl", records)
     result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--out", "support")
     assert result.code == 0, result.err
@@ -78,7 +88,9 @@ def test_examples_longer_than_the_training_length_stay_out_of_validation_and_tes
     records = [{"prompt": f"question number {i} about orders", "completion": f"answer {i}"} for i in range(40)]
     records += [{"prompt": f"long question {i} " + "with many extra words " * 40, "completion": f"long answer {i}"} for i in range(20)]
     source = write_records(tmp_path / "mixed.jsonl", records)
-    result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--no-near-dedup", "--model", str(tiny_model), "--max-seq-len", "64", "--out", "mixed")
+    result = run_cli(
+        capsys, "data", "prepare", str(source), "--pii", "off", "--no-near-dedup", "--model", str(tiny_model), "--max-seq-len", "64", "--out", "mixed"
+    )
     assert result.code == 0, result.err
     folder = home / "datasets" / "mixed"
     assert not [r for s in ("validation", "test") for r in _read(folder, s) if "long question" in r["messages"][0]["content"]]
@@ -97,9 +109,11 @@ def test_a_given_test_file_is_never_cut_its_repeats_leave_train_and_its_own_dupl
     words = [f"w{n}" for n in range(400)]
     train = [{"prompt": " ".join(rng.sample(words, 12)), "completion": f"Go to menu {i}."} for i in range(60)]
     test = [{"prompt": " ".join(rng.sample(words, 12)), "completion": f"In billing {i}."} for i in range(97)]
-    test += [{"prompt": train[5]["prompt"], "completion": "Go to menu 5."},  # the same prompt as a training example
-             {"prompt": train[7]["prompt"] + " please", "completion": "Go to menu 7."},  # a near copy
-             dict(test[10])]  # a duplicate inside the test file, at line 100 of line 11
+    test += [
+        {"prompt": train[5]["prompt"], "completion": "Go to menu 5."},  # the same prompt as a training example
+        {"prompt": train[7]["prompt"] + " please", "completion": "Go to menu 7."},  # a near copy
+        dict(test[10]),
+    ]  # a duplicate inside the test file, at line 100 of line 11
     source, given = write_records(tmp_path / "train.jsonl", train), write_records(tmp_path / "held.jsonl", test)
     result = run_cli(capsys, "data", "prepare", str(source), "--pii", "off", "--test-file", str(given), "--out", "given")
     assert result.code == 0, result.err
@@ -122,8 +136,12 @@ def _support_csv(path, n=150, empty_at=None):
         writer = csv.writer(handle)
         writer.writerow(["question", "answer"])
         for i in range(1, n + 1):
-            writer.writerow([f"ticket {i}: my order {i * 13} has not arrived after {i % 7 + 2} days, item {i * 31}",
-                             "" if i == empty_at else f"We resent order {i * 13} by courier {i % 5}; tracking code T{i * 97}."])
+            writer.writerow(
+                [
+                    f"ticket {i}: my order {i * 13} has not arrived after {i % 7 + 2} days, item {i * 31}",
+                    "" if i == empty_at else f"We resent order {i * 13} by courier {i % 5}; tracking code T{i * 97}.",
+                ]
+            )
     return path
 
 
@@ -183,7 +201,9 @@ def test_train_on_a_file_keeps_examples_it_would_truncate_out_of_validation_and_
     records += [{"prompt": f"long question {i} " + "with many extra words " * 40, "completion": f"long answer {i}"} for i in range(20)]
     source = write_records(tmp_path / "mixed.jsonl", records)
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {source}, prepare: {{pii: 'off', near_dedup: false}}}}\ntrain: {{max_seq_len: 64, max_steps: 1, batch_size: 4}}\n")
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {source}, prepare: {{pii: 'off', near_dedup: false}}}}\ntrain: {{max_seq_len: 64, max_steps: 1, batch_size: 4}}\n"
+    )
     result = run_cli(capsys, "train", "--config", str(config))
     assert result.code == 0, result.err
     folder = home / "datasets" / "mixed"

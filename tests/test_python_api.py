@@ -122,7 +122,9 @@ def test_a_bad_spec_lists_every_problem_and_writes_nothing(trained):
     with pytest.raises(tunesmith.errors.ProblemList) as caught:
         tunesmith.train({"data": {"dataset": "tickets"}, "train": {"epochs": 0, "colour": "red"}}, workspace=ws)
     assert "invalid configuration in the spec given to tunesmith.train" in str(caught.value)
-    assert any(p.startswith("train.epochs") for p in caught.value.problems) and any(p.startswith("train.colour: unknown setting") for p in caught.value.problems)
+    assert any(p.startswith("train.epochs") for p in caught.value.problems) and any(
+        p.startswith("train.colour: unknown setting") for p in caught.value.problems
+    )
     with pytest.raises(tunesmith.errors.ProblemList, match="invalid configuration in the spec given to tunesmith.train") as caught:
         tunesmith.train({"train": {"max_steps": 1}}, workspace=ws)
     assert caught.value.problems == ["data: no data given; pass --data NAME_OR_FILE or set data.dataset / data.path in the config"]

@@ -49,7 +49,9 @@ def test_a_damaged_registry_stops_every_command_with_the_fix_and_reindex_restore
     before = folders(home)
 
     commands = [
-        ("runs", "list"), ("runs", "show", evaluated_run), ("data", "prepare", str(tickets_file), "--out", "again", "--pii", "off"),
+        ("runs", "list"),
+        ("runs", "show", evaluated_run),
+        ("data", "prepare", str(tickets_file), "--out", "again", "--pii", "off"),
         ("train", "--model", str(tiny_model), "--data", "tickets", "--max-steps", "2"),
     ]
     for args in commands:

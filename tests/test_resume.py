@@ -89,8 +89,13 @@ def test_full_fine_tuning_resumes_exactly_after_a_budget_stop(home, tiny_model, 
 
     ws = Workspace.from_env()
     prepare_dataset(tickets_file, ws, name="tickets", options=PrepareSpec(pii="off"))
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"},
-                                   "train": {"method": "full", "max_steps": 8, "batch_size": 4, "lr": 1e-3, "evals_per_epoch": 2}})
+    spec = RunSpec.model_validate(
+        {
+            "model": {"name": str(tiny_model)},
+            "data": {"dataset": "tickets"},
+            "train": {"method": "full", "max_steps": 8, "batch_size": 4, "lr": 1e-3, "evals_per_epoch": 2},
+        }
+    )
     whole = train(spec, ws)
     stopped = train(spec, ws, Budget(max_seconds=1e-3))  # any step takes longer: stops after step 1
     assert stopped.info.status == "stopped" and [r["step"] for r in stopped.history if "loss" in r] == [1]
@@ -111,10 +116,18 @@ def test_ctrl_c_marks_the_run_stopped_and_says_how_to_resume(capsys, home, tiny_
     args = ["train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "200", "--batch-size", "4"]
     # A terminal starts the command with Ctrl-C at its default; an ignored SIGINT would be inherited
     # from the test process (something earlier in the full suite leaves it ignored there).
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((home / "runs").glob("*/checkpoints/step-*")):  # after the first validation (step 12); 200 epochs leave the signal plenty of run to land in
+    while time.monotonic() < deadline and not list(
+        (home / "runs").glob("*/checkpoints/step-*")
+    ):  # after the first validation (step 12); 200 epochs leave the signal plenty of run to land in
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

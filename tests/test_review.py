@@ -17,8 +17,13 @@ from tunesmith.eval.review import COLUMNS, export_review, import_review
 
 def make_rows(n: int = 40) -> list[dict]:
     return [
-        {"id": f"ex-{i}", "prompt": f"Question {i}, with \"quotes\", commas\nand a <b>tag</b>", "reference": f"ref {i}",
-         "answer_a": f"base answer {i}", "answer_b": f"tuned answer {i}"}
+        {
+            "id": f"ex-{i}",
+            "prompt": f'Question {i}, with "quotes", commas\nand a <b>tag</b>',
+            "reference": f"ref {i}",
+            "answer_a": f"base answer {i}",
+            "answer_b": f"tuned answer {i}",
+        }
         for i in range(n)
     ]
 
@@ -41,8 +46,7 @@ def fill(sheet: list[dict], choose) -> list[dict]:
     for i, row in enumerate(sheet):
         first = "tuned" if row["answer_1"].startswith("tuned") else "base"
         second = "base" if first == "tuned" else "tuned"
-        out.append({**row, "preferred": choose(first, second, i),
-                    "rating_1": "5" if first == "tuned" else "2", "rating_2": "5" if second == "tuned" else "2"})
+        out.append({**row, "preferred": choose(first, second, i), "rating_1": "5" if first == "tuned" else "2", "rating_2": "5" if second == "tuned" else "2"})
     return out
 
 
@@ -189,12 +193,11 @@ def test_the_html_download_button_writes_an_importable_sheet(tmp_path):
     assert all(2 <= m <= 4 for m in result.mean_rating.values())
 
 
-FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=already quoted", "'plain"]
+FORMULAS = ['=HYPERLINK("http://x","y")', "+1+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=already quoted", "'plain"]
 
 
 def test_cells_a_spreadsheet_would_run_are_defused_and_read_back_exactly(tmp_path):
-    rows = [{"id": f"-{i}" if i % 2 else f"ex-{i}", "prompt": text, "reference": text, "answer_a": text, "answer_b": "fine"}
-            for i, text in enumerate(FORMULAS)]
+    rows = [{"id": f"-{i}" if i % 2 else f"ex-{i}", "prompt": text, "reference": text, "answer_a": text, "answer_b": "fine"} for i, text in enumerate(FORMULAS)]
     csv_path, _, key_path = export_review(rows, tmp_path, fraction=1.0)
     sheet = read(csv_path)
     cells = [row[c] for row in sheet for c in ("id", "prompt", "reference", "answer_1", "answer_2")]

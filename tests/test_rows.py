@@ -169,20 +169,61 @@ def test_prepare_keeps_compact_rows_not_examples_in_memory(tmp_path):
 
 
 def test_messages_with_a_weight_round_trip_through_the_spill_file(tmp_path):
-    record = {"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a", "weight": 0},
-                           {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}], "meta": {"n": 1.5e20}}
+    record = {
+        "messages": [
+            {"role": "user", "content": "q é"},
+            {"role": "assistant", "content": "a", "weight": 0},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "b"},
+        ],
+        "meta": {"n": 1.5e20},
+    }
     path = tmp_path / "w.jsonl"
-    path.write_text("".join(json.dumps({**record, "id": f"x{i}", "messages": [*record["messages"][:2], {"role": "user", "content": f"again {i}"},
-                                                                               {"role": "assistant", "content": f"b{i}"}]}) + "\n"
-                            for i in range(30)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **record,
+                    "id": f"x{i}",
+                    "messages": [*record["messages"][:2], {"role": "user", "content": f"again {i}"}, {"role": "assistant", "content": f"b{i}"}],
+                }
+            )
+            + "\n"
+            for i in range(30)
+        ),
+        encoding="utf-8",
+    )
     dataset = prepare_dataset(path, Workspace.from_env(tmp_path / "ws"), options=PrepareSpec(pii="off", near_dedup=False))
     loaded = [e for split in dataset.splits.values() for e in split]
     assert len(loaded) == 30 and all(e.messages[1] == Message(role="assistant", content="a", weight=0.0) for e in loaded)
     assert loaded[0].meta == {"n": 1.5e20}
 
 
-FRAGMENTS = (" ", "  ", "\n", "\n\n", "\n\n\n", "\t", "\r\n", "\r", "\u00a0", "\x0b", "\x0c", "\x1b[31m", "\x00", "\x7f", "a", "bc",
-             "```", "~~~", "    x", "-", " \n", "\n ", "ok.")
+FRAGMENTS = (
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\n\n\n",
+    "\t",
+    "\r\n",
+    "\r",
+    "\u00a0",
+    "\x0b",
+    "\x0c",
+    "\x1b[31m",
+    "\x00",
+    "\x7f",
+    "a",
+    "bc",
+    "```",
+    "~~~",
+    "    x",
+    "-",
+    " \n",
+    "\n ",
+    "ok.",
+)
 
 
 def test_the_fast_paths_of_clean_change_nothing_the_full_repairs_would_not():
@@ -202,14 +243,33 @@ def test_pii_pattern_hints_never_skip_a_finding(monkeypatch):
 
     from tunesmith.data import pii
 
-    bits = ["jane.doe@example.com", "+44 20 7946 0958", "(555) 234-5678", "4111 1111 1111 1111", "4111111111111111",
-            "GB82 WEST 1234 5698 7654 32", "123-45-6789", "192.168.1.20", "fe80::1ff:fe23:4567:890a", "::ffff:10.0.0.1",
-            "AKIAIOSFODNN7EXAMPLE", "sk-proj-abc123def456ghi789jkl012", "sk_live_abcdefghijklmnop1234", "ghp_" + "a1" * 20,
-            "xoxb-1234567890-abc", "api_key=abcd1234", "password: hunter2!", "PASSWORD = 'secret99'", "Bearer_Token: abcd12345",
-            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijk", "version 10.2.0.1", "٣٤٥-٦٧٨٩", "ＡＰＩ_key=abc12345"]
+    bits = [
+        "jane.doe@example.com",
+        "+44 20 7946 0958",
+        "(555) 234-5678",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "GB82 WEST 1234 5698 7654 32",
+        "123-45-6789",
+        "192.168.1.20",
+        "fe80::1ff:fe23:4567:890a",
+        "::ffff:10.0.0.1",
+        "AKIAIOSFODNN7EXAMPLE",
+        "sk-proj-abc123def456ghi789jkl012",
+        "sk_live_abcdefghijklmnop1234",
+        "ghp_" + "a1" * 20,
+        "xoxb-1234567890-abc",
+        "api_key=abcd1234",
+        "password: hunter2!",
+        "PASSWORD = 'secret99'",
+        "Bearer_Token: abcd12345",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijk",
+        "version 10.2.0.1",
+        "٣٤٥-٦٧٨٩",
+        "ＡＰＩ_key=abc12345",
+    ]
     rng = random.Random(1)
-    texts = [" ".join(rng.choice(bits) if rng.random() < 0.4 else rng.choice(["hi", "42", "-", ".", "\n", ":", "="]) for _ in range(6))
-             for _ in range(3_000)]
+    texts = [" ".join(rng.choice(bits) if rng.random() < 0.4 else rng.choice(["hi", "42", "-", ".", "\n", ":", "="]) for _ in range(6)) for _ in range(3_000)]
     hinted = [pii._regex_findings(t) for t in texts]
     monkeypatch.setattr(pii, "PATTERNS", tuple(dataclasses.replace(p, needs=None) for p in pii.PATTERNS))
     assert hinted == [pii._regex_findings(t) for t in texts] and sum(map(bool, hinted)) > 2_000

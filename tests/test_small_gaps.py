@@ -36,9 +36,15 @@ def test_a_name_with_a_trailing_newline_is_refused(home, tickets_file, capsys):
     assert not any((home / "datasets").glob("tickets*"))
 
 
-@pytest.mark.parametrize(("setting", "value"), [
-    ("train.weight_decay", ".inf"), ("train.max_grad_norm", ".nan"), ("train.price_per_hour", ".inf"), ("train.warmup_ratio", ".nan"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("train.weight_decay", ".inf"),
+        ("train.max_grad_norm", ".nan"),
+        ("train.price_per_hour", ".inf"),
+        ("train.warmup_ratio", ".nan"),
+    ],
+)
 def test_config_numbers_must_be_finite(home, tmp_path, capsys, setting, value):
     section, field = setting.split(".")
     config = tmp_path / "run.yaml"

@@ -12,8 +12,7 @@ from tunesmith.data.stats import dataset_stats, plot_length_histogram, print_sta
 
 def chat(i, *turns, label=None, system=None):
     roles = ["user", "assistant"] * len(turns)
-    messages = ([Message(role="system", content=system)] if system else []) + [
-        Message(role=r, content=t) for r, t in zip(roles, turns)]
+    messages = ([Message(role="system", content=system)] if system else []) + [Message(role=r, content=t) for r, t in zip(roles, turns)]
     return Example(id=str(i), messages=messages, label=label)
 
 

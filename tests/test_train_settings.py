@@ -110,8 +110,26 @@ def test_auto_max_steps_multiplier_constant_and_replay_in_a_real_run(capsys, hom
 
 def test_auto_on_the_command_line_resolves_like_the_config_file(capsys, home, tiny_bert, classes_file):
     assert run_cli(capsys, "data", "prepare", str(classes_file), "--out", "classes", "--pii", "off", "--no-near-dedup").code == 0
-    result = run_cli(capsys, "train", "--model", str(tiny_bert), "--data", "classes", "--task", "classification", "--max-steps", "2",
-                     "--epochs", "auto", "--batch-size", "auto", "--grad-accum", "AUTO", "--lr", "auto")
+    result = run_cli(
+        capsys,
+        "train",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        "classes",
+        "--task",
+        "classification",
+        "--max-steps",
+        "2",
+        "--epochs",
+        "auto",
+        "--batch-size",
+        "auto",
+        "--grad-accum",
+        "AUTO",
+        "--lr",
+        "auto",
+    )
     assert result.code == 0, result.err
     text = (home / "runs" / run_id_from(result.out) / "config.yaml").read_text()
     for field in ("epochs", "batch_size", "grad_accum", "lr"):
@@ -122,12 +140,15 @@ def test_auto_on_the_command_line_resolves_like_the_config_file(capsys, home, ti
     assert saved["lr"] == pytest.approx(1e-3 * math.sqrt(4 / 8))
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--epochs", "many", "--epochs 'many' is not a whole number or 'auto'"),
-    ("--grad-accum", "1.5", "--grad-accum '1.5' is not a whole number or 'auto'"),
-    ("--lr", "fast", "--lr 'fast' is not a number or 'auto'"),
-    ("--batch-size", "0", "train.batch_size: must be a whole number from 1 to 4096, or 'auto'"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "many", "--epochs 'many' is not a whole number or 'auto'"),
+        ("--grad-accum", "1.5", "--grad-accum '1.5' is not a whole number or 'auto'"),
+        ("--lr", "fast", "--lr 'fast' is not a number or 'auto'"),
+        ("--batch-size", "0", "train.batch_size: must be a whole number from 1 to 4096, or 'auto'"),
+    ],
+)
 def test_bad_numbers_or_auto_on_the_command_line_exit_2_naming_the_flag(capsys, home, flag, value, message):
     result = run_cli(capsys, "train", "--data", "x", flag, value)
     assert result.code == 2 and message in " ".join(result.err.split()) and "Traceback" not in result.err

@@ -16,7 +16,15 @@ from tunesmith.data.validate import validate_file
 from tunesmith.errors import UserError
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
-WARNING_CODES = {"duplicate", "missing_system_message", "missing_user_message", "too_long", "no_trainable_tokens", "class_imbalance", "inconsistent_output_style"}
+WARNING_CODES = {
+    "duplicate",
+    "missing_system_message",
+    "missing_user_message",
+    "too_long",
+    "no_trainable_tokens",
+    "class_imbalance",
+    "inconsistent_output_style",
+}
 
 # file -> every (line, code) the validator must report, errors and warnings together; line 0 is the whole file.
 EXPECTED: dict[str, list[tuple[int, str]]] = {
@@ -160,10 +168,15 @@ def test_duplicates_past_the_exact_window_are_still_caught(monkeypatch, tmp_path
 SUFFIXES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(sorted(CANONICAL_KEYS | {"role", "content", "from", "value", "weight", "x"})), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(sorted(CANONICAL_KEYS | {"role", "content", "from", "value", "weight", "x"})), children, max_size=5)
+    ),
     max_leaves=20,
 )
-records = st.one_of(json_values, st.builds(lambda r, q: {"messages": [{"role": r, "content": q}, {"role": "assistant", "content": q}]}, st.text(max_size=10), json_values))
+records = st.one_of(
+    json_values, st.builds(lambda r, q: {"messages": [{"role": r, "content": q}, {"role": "assistant", "content": q}]}, st.text(max_size=10), json_values)
+)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -61,7 +61,7 @@ class ReplaySpec(_Spec):
     fraction: float = Field(0.1, gt=0.0, le=0.9, description="share of each epoch's examples drawn from the replay data (fresh seeded draw per epoch)")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ReplaySpec":
+    def _one_source(self) -> ReplaySpec:
         if (self.dataset is None) == (self.path is None):
             raise ValueError("give exactly one of data.replay.dataset or data.replay.path")
         return self
@@ -79,7 +79,7 @@ class DataSpec(_Spec):
     replay: ReplaySpec | None = Field(None, description="mix another dataset's training examples into each epoch against forgetting")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
+    def _one_source(self) -> DataSpec:
         if (self.dataset is None) == (self.path is None):
             raise ValueError("give exactly one of data.dataset (a prepared dataset) or data.path (a file)")
         if abs(sum(self.split_ratios) - 1.0) > 1e-6 or min(self.split_ratios) < 0:
@@ -139,7 +139,7 @@ class PromptTuningSpec(_Spec):
     init_text: str | None = Field(None, description="with init: text, the words whose embeddings start the virtual tokens")
 
     @model_validator(mode="after")
-    def _text_given(self) -> "PromptTuningSpec":
+    def _text_given(self) -> PromptTuningSpec:
         if (self.init == "text") != (self.init_text is not None):
             raise ValueError("init: text needs init_text, and init_text is only read with init: text")
         return self
@@ -208,7 +208,8 @@ class TrainSpec(_Spec):
     epochs: int | Literal["auto"] = Field(2, description=f"passes over the training split (ignored when max_steps is set). {AUTO_RULE}")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; overrides epochs")
     lr: float | Literal["auto"] | None = Field(
-        None, description=f"peak learning rate; default: the method's ({', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())}); 'auto' scales it with the batch"
+        None,
+        description=f"peak learning rate; default: the method's ({', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())}); 'auto' scales it with the batch",
     )
     lr_multiplier: float | None = Field(None, gt=0, le=100, description="peak lr as a multiple of the method's default (instead of lr)")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="lr after warm-up: linear or cosine decay to 0, or constant")
@@ -219,8 +220,12 @@ class TrainSpec(_Spec):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     evals_per_epoch: int = Field(1, ge=1, le=100, description="validation loss (and a checkpoint) this many times per epoch")
-    save_every_steps: int | None = Field(None, ge=1, description="also write a resumable checkpoint every N steps (default: at each validation only); the latest and the best are kept")
-    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many validations without a new best validation loss; the best checkpoint is the result")
+    save_every_steps: int | None = Field(
+        None, ge=1, description="also write a resumable checkpoint every N steps (default: at each validation only); the latest and the best are kept"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without a new best validation loss; the best checkpoint is the result"
+    )
     train_on: Literal["assistant", "all"] = "assistant"
     packing: Literal["auto"] | bool = Field(
         "auto",
@@ -229,7 +234,8 @@ class TrainSpec(_Spec):
         "per-example attention (flat rows, no padding at all), else when length-grouped batches would be over 10% padding",
     )
     tokens_per_forward: int | None = Field(
-        None, ge=16,
+        None,
+        ge=16,
         description="split each batch into forward passes of at most this many tokens (padding included): less memory, "
         "same result; default max(max_seq_len, 1024) on CPU, no split on GPU",
     )
@@ -242,9 +248,13 @@ class TrainSpec(_Spec):
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also send every metrics record to these trackers (offline: files in the run folder or the workspace)"
     )
-    generation_eval: GenerationEvalSpec | None = Field(None, description="task metrics from generation on a validation sample during training (off unless given)")
+    generation_eval: GenerationEvalSpec | None = Field(
+        None, description="task metrics from generation on a validation sample during training (off unless given)"
+    )
     forgetting_every_steps: int | None = Field(
-        None, ge=1, description="score the general-skills probe (see `tunesmith eval --forgetting`) every N optimizer steps, logged as forgetting/* records (off unless given)"
+        None,
+        ge=1,
+        description="score the general-skills probe (see `tunesmith eval --forgetting`) every N optimizer steps, logged as forgetting/* records (off unless given)",
     )
 
     @field_validator("method")
@@ -275,18 +285,22 @@ class TrainSpec(_Spec):
         return data
 
     @model_validator(mode="after")
-    def _packing_fits_method(self) -> "TrainSpec":
+    def _packing_fits_method(self) -> TrainSpec:
         if self.packing is True and self.method in VIRTUAL_TOKEN_METHODS:
-            raise ValueError(f"train.packing true cannot be used with {self.method}: its virtual tokens precede a whole row, not each packed example; use packing auto or false")
+            raise ValueError(
+                f"train.packing true cannot be used with {self.method}: its virtual tokens precede a whole row, not each packed example; use packing auto or false"
+            )
         return self
 
     @model_validator(mode="after")
-    def _classification_settings(self) -> "TrainSpec":
+    def _classification_settings(self) -> TrainSpec:
         # Settings a classifier would ignore are refused, not dropped silently.
         if self.task == "classification":
             unsupported = [name for name in CAUSAL_LM_ONLY if getattr(self, name) is not None]
             if unsupported:
-                raise ValueError(f"train.task classification does not support {', '.join(unsupported)}: a classifier writes no text to score; remove them or use task causal_lm")
+                raise ValueError(
+                    f"train.task classification does not support {', '.join(unsupported)}: a classifier writes no text to score; remove them or use task causal_lm"
+                )
             if self.packing is True:
                 raise ValueError("train.packing true cannot be used with task classification: the head reads one example per row; use packing auto or false")
         return self
@@ -321,7 +335,9 @@ class TrainSpec(_Spec):
 class EvalSpec(_Spec):
     split: Literal["validation", "test"] = "test"
     max_new_tokens: int = Field(64, ge=1, le=8192)
-    batch_size: int = Field(32, ge=1, le=1024, description="prompts generated together; batched generation ran 7x one-at-a-time at 32 on a 2-core CPU (benchmarks/README.md)")
+    batch_size: int = Field(
+        32, ge=1, le=1024, description="prompts generated together; batched generation ran 7x one-at-a-time at 32 on a 2-core CPU (benchmarks/README.md)"
+    )
     limit: int | None = Field(None, ge=1, description="evaluate only the first N examples")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily (reproducible); above 0 samples")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (only when temperature > 0)")
@@ -342,14 +358,14 @@ class RunSpec(_Spec):
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
     @model_validator(mode="after")
-    def _encoder_for_classification(self) -> "RunSpec":
+    def _encoder_for_classification(self) -> RunSpec:
         # The chat model is the default for generation; a classifier defaults to the embedded encoder instead.
         if self.train.task == "classification" and "name" not in self.model.model_fields_set:
             self.model.name = EMBEDDED_ENCODER
         return self
 
     @model_validator(mode="after")
-    def _no_replay_for_classification(self) -> "RunSpec":
+    def _no_replay_for_classification(self) -> RunSpec:
         # The classifier trains on its own labels only; a replay set would be silently ignored.
         if self.train.task == "classification" and self.data.replay is not None:
             raise ValueError("data.replay mixes in examples for causal_lm runs only; remove it for train.task classification")
@@ -422,7 +438,9 @@ def load_run_spec(path: Path | None, overrides: dict[str, Any] | None = None, pr
             raise
         # An unreadable file leaves nothing to check the flags against: its error, and the flags' own.
         head = f"{exc.where}: {exc}" if exc.where else str(exc)
-        raise ProblemList(f"invalid configuration in {source}", [f"{head}; {exc.fix}" if exc.fix else head, *found], fix="correct the problems named above") from None
+        raise ProblemList(
+            f"invalid configuration in {source}", [f"{head}; {exc.fix}" if exc.fix else head, *found], fix="correct the problems named above"
+        ) from None
     for dotted, value in (overrides or {}).items():
         if value is not None and (problem := _set_path(data, dotted, value)):
             found.append(problem)

@@ -15,8 +15,11 @@ from tunesmith.errors import UserError
 
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
 _BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
 )
 
 
@@ -60,9 +63,7 @@ def decode(data: bytes, path: Path, *, fallbacks: tuple[str, ...] = (), fix: str
         except UnicodeDecodeError:
             continue
     line = data[: first_error.start].count(b"\n") + 1
-    raise UserError(
-        f"{path} is not UTF-8 text: byte 0x{data[first_error.start]:02x} on line {line} does not decode", where=f"{path}:{line}", fix=fix
-    ) from None
+    raise UserError(f"{path} is not UTF-8 text: byte 0x{data[first_error.start]:02x} on line {line} does not decode", where=f"{path}:{line}", fix=fix) from None
 
 
 def read_text(path: Path, *, fix: str, fallbacks: tuple[str, ...] = ()) -> str:

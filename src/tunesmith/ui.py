@@ -88,8 +88,17 @@ class PlainProgress:
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def update(self, task_id: int, *, advance: float | None = None, completed: float | None = None, total: float | None = None,
-               info: str | None = None, description: str | None = None, **_: Any) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        advance: float | None = None,
+        completed: float | None = None,
+        total: float | None = None,
+        info: str | None = None,
+        description: str | None = None,
+        **_: Any,
+    ) -> None:
         task = self.tasks[task_id]
         task.total = task.total if total is None else total
         task.description = task.description if description is None else description
@@ -123,4 +132,3 @@ class PlainProgress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-

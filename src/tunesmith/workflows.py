@@ -238,8 +238,10 @@ class Run:
         from tunesmith.chat_template import end_of_turn_ids
 
         if self.info.task == "classification":
-            raise UserError(f"run {self.info.run_id} is a classifier: it picks one of {len(self.info.labels or [])} labels and does not write answers",
-                            fix=f"label a text with `tunesmith classify {self.info.run_id} --text \"...\"`; score it with `tunesmith eval {self.info.run_id}`")
+            raise UserError(
+                f"run {self.info.run_id} is a classifier: it picks one of {len(self.info.labels or [])} labels and does not write answers",
+                fix=f'label a text with `tunesmith classify {self.info.run_id} --text "..."`; score it with `tunesmith eval {self.info.run_id}`',
+            )
         model, tokenizer = self.model()
         system = system if system is not None else trained_system_prompt(self.workspace, self.info.dataset)
         return Chat(model, tokenizer, end_of_turn_ids(tokenizer), system, max_new_tokens)

@@ -28,7 +28,7 @@ class Workspace:
     home: Path
 
     @classmethod
-    def from_env(cls, home: str | Path | None = None) -> "Workspace":
+    def from_env(cls, home: str | Path | None = None) -> Workspace:
         root = Path(home or os.environ.get("TUNESMITH_HOME") or ".tunesmith").expanduser().resolve()
         ws = cls(root)
         fix = "set TUNESMITH_HOME to a folder you can write (default: ./.tunesmith)"

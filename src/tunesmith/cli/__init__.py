@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,8 +17,11 @@ from tunesmith.ui import console
 
 app = typer.Typer(
     help="Turn a general LLM into a specialist: prepare data, fine-tune, evaluate against the base.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
 
 @app.command()
 def quickstart(
@@ -37,11 +39,16 @@ def quickstart(
 def score_cmd(
     predictions: Path = typer.Argument(..., help='JSONL of {"id": ..., "prediction": ...} lines ("output" or "text" also work)'),
     references: Path = typer.Option(..., "--references", "-r", help="any file `data prepare` reads; the final assistant message is the reference"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="comma-separated: exact_match, accuracy, f1, confusion_matrix, rouge, bleu, chrf, valid_json, field_accuracy, json_schema, length (default: chosen by task)"),
-    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="JSON Schema file the answers must conform to (adds schema_valid)"),
-    custom: Optional[list[str]] = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
-    format: Optional[str] = typer.Option(None, "--format", help="format of the references file: " + FORMAT_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for report.json and scores.jsonl (per-example scores)"),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        "-m",
+        help="comma-separated: exact_match, accuracy, f1, confusion_matrix, rouge, bleu, chrf, valid_json, field_accuracy, json_schema, length (default: chosen by task)",
+    ),
+    json_schema: Path | None = typer.Option(None, "--json-schema", help="JSON Schema file the answers must conform to (adds schema_valid)"),
+    custom: list[str] | None = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
+    format: str | None = typer.Option(None, "--format", help="format of the references file: " + FORMAT_HELP),
+    out: Path | None = typer.Option(None, "--out", help="folder for report.json and scores.jsonl (per-example scores)"),
 ) -> None:
     """Score any system's outputs against references without loading a model (also `tunesmith eval score`)."""
     from tunesmith.eval.score import print_score_report, score_files, write_score_report
@@ -58,7 +65,7 @@ def score_cmd(
 def generate(
     run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
-    system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
+    system: str | None = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
@@ -70,7 +77,7 @@ def generate(
 @app.command()
 def chat(
     run: str = typer.Argument(..., help="run id, the run's --name, or run folder"),
-    system: Optional[str] = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
+    system: str | None = typer.Option(None, help="system message (default: the one the run was trained with, if any)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
 ) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D ends; /reset clears the conversation."""
@@ -83,8 +90,8 @@ def chat(
 @app.command()
 def classify(
     run: str = typer.Argument(..., help="a classification run's id, name or folder"),
-    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="many texts: a .txt file (one a line) or any file `data prepare` reads (its user turns)"),
+    text: list[str] | None = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
+    file: Path | None = typer.Option(None, "--file", "-f", help="many texts: a .txt file (one a line) or any file `data prepare` reads (its user turns)"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
     """A trained classifier's label and probability: `LABEL<TAB>PROBABILITY` for one --text; JSONL (one object a text, with every label's probability) otherwise."""
@@ -116,7 +123,11 @@ def _texts_of(path: Path) -> list[str]:
     for line, record in read_records(path):
         found = _text_of(record)
         if found is None:
-            raise UserError("no text in this record", where=f"{path}:{line}", fix='give each record a "text" (or "prompt", or user messages), or use a .txt file with one text a line')
+            raise UserError(
+                "no text in this record",
+                where=f"{path}:{line}",
+                fix='give each record a "text" (or "prompt", or user messages), or use a .txt file with one text a line',
+            )
         texts.append(found)
     return texts
 
@@ -146,8 +157,10 @@ TRUST_FLAG = "--trust-remote-code"
 @app.callback()
 def _options(
     trust_remote_code: bool = typer.Option(
-        False, TRUST_FLAG, help="let a model folder run its own Python (auto_map), on any command that loads a model (also TUNESMITH_TRUST_REMOTE_CODE=1); "
-        "never allowed by a file such as a run's config.yaml"
+        False,
+        TRUST_FLAG,
+        help="let a model folder run its own Python (auto_map), on any command that loads a model (also TUNESMITH_TRUST_REMOTE_CODE=1); "
+        "never allowed by a file such as a run's config.yaml",
     ),
 ) -> None:
     if trust_remote_code:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,30 +15,40 @@ data_app = typer.Typer(help="Prepare and inspect datasets.", no_args_is_help=Tru
 @data_app.command("prepare")
 def data_prepare(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
-    out: Optional[str] = typer.Option(None, "--out", help="dataset name (default: the file's name; folder-file for generic names like train.csv)"),
+    format: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    map_pairs: list[str] | None = typer.Option(
+        None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"
+    ),
+    out: str | None = typer.Option(None, "--out", help="dataset name (default: the file's name; folder-file for generic names like train.csv)"),
     seed: int = typer.Option(0, help="seed of the split"),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="leave out lines that cannot be read as examples (listed in the manifest and report) instead of refusing the file"),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="leave out lines that cannot be read as examples (listed in the manifest and report) instead of refusing the file"
+    ),
     split: str = typer.Option("0.8,0.1,0.1", help="train,validation,test ratios"),
     clean: bool = typer.Option(True, "--clean/--no-clean", help="Unicode repair, whitespace, empty examples, output-style lint"),
     normalise_outputs: bool = typer.Option(False, "--normalise-outputs", help="rewrite label spelling variants to the most common one"),
     pii: str = typer.Option("report", "--pii", help="off | report | redact | drop"),
     pii_ner: bool = typer.Option(True, "--pii-ner/--no-pii-ner", help="find person names with spaCy NER (about 60 examples/s)"),
-    pii_allow: Optional[list[str]] = typer.Option(None, "--pii-allow", help="never personal data, e.g. a product or machine name (repeat, comma-separate, or @FILE: one a line)"),
+    pii_allow: list[str] | None = typer.Option(
+        None, "--pii-allow", help="never personal data, e.g. a product or machine name (repeat, comma-separate, or @FILE: one a line)"
+    ),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="remove exact duplicates"),
     near_dedup: bool = typer.Option(True, "--near-dedup/--no-near-dedup", help="remove near-duplicates too (MinHash LSH)"),
     near_threshold: float = typer.Option(0.85, "--near-threshold", help="Jaccard similarity that counts as a near-duplicate"),
-    group_by: Optional[str] = typer.Option(None, "--group-by", help="meta field whose groups never straddle splits, e.g. customer_id"),
-    validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="use this file as the validation split"),
-    test_file: Optional[Path] = typer.Option(None, "--test-file", help="use this file as the test split"),
-    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer; examples longer than --max-seq-len stay out of validation and test"),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: the training length examples are checked against (default: train.max_seq_len's default)"),
+    group_by: str | None = typer.Option(None, "--group-by", help="meta field whose groups never straddle splits, e.g. customer_id"),
+    validation_file: Path | None = typer.Option(None, "--validation-file", help="use this file as the validation split"),
+    test_file: Path | None = typer.Option(None, "--test-file", help="use this file as the test split"),
+    model: str | None = typer.Option(
+        None, "--model", help="count tokens with this model's tokenizer; examples longer than --max-seq-len stay out of validation and test"
+    ),
+    max_seq_len: int | None = typer.Option(
+        None, "--max-seq-len", help="with --model: the training length examples are checked against (default: train.max_seq_len's default)"
+    ),
     augment: int = typer.Option(0, "--augment", help="paraphrases per training example (0: none); synthetic examples stay in train"),
     augment_fraction: float = typer.Option(1.0, "--augment-fraction", help="share of training examples to paraphrase"),
     augment_model: str = typer.Option("smollm2-135m-instruct", "--augment-model", help="local model that paraphrases"),
-    augment_url: Optional[str] = typer.Option(None, "--augment-url", help="OpenAI-compatible base URL to paraphrase with instead (key from $OPENAI_API_KEY)"),
-    augment_endpoint_model: Optional[str] = typer.Option(None, "--augment-endpoint-model", help="model name at --augment-url"),
+    augment_url: str | None = typer.Option(None, "--augment-url", help="OpenAI-compatible base URL to paraphrase with instead (key from $OPENAI_API_KEY)"),
+    augment_endpoint_model: str | None = typer.Option(None, "--augment-endpoint-model", help="model name at --augment-url"),
 ) -> None:
     """Check, clean, scrub, de-duplicate, split by seed and register a dataset; its content hash is its version."""
     from tunesmith.cli.data_report import summarise_dataset
@@ -48,23 +57,42 @@ def data_prepare(
     from tunesmith.workflows import prepare_dataset
 
     options = {
-        "mapping": parse_mapping(map_pairs or []), "skip_invalid": skip_invalid, "clean": clean, "normalise_outputs": normalise_outputs, "pii": pii, "pii_ner": pii_ner,
+        "mapping": parse_mapping(map_pairs or []),
+        "skip_invalid": skip_invalid,
+        "clean": clean,
+        "normalise_outputs": normalise_outputs,
+        "pii": pii,
+        "pii_ner": pii_ner,
         "pii_allow": read_allowlist(pii_allow or []),
-        "dedup": dedup, "near_dedup": near_dedup, "near_threshold": near_threshold, "group_by": group_by,
-        "validation_file": validation_file, "test_file": test_file,
-        "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url,
-                    "endpoint_model": augment_endpoint_model} if augment else None,
+        "dedup": dedup,
+        "near_dedup": near_dedup,
+        "near_threshold": near_threshold,
+        "group_by": group_by,
+        "validation_file": validation_file,
+        "test_file": test_file,
+        "augment": {"per_example": augment, "fraction": augment_fraction, "model": augment_model, "url": augment_url, "endpoint_model": augment_endpoint_model}
+        if augment
+        else None,
     }
-    dataset = prepare_dataset(file, name=out, format=format, seed=seed, ratios=_parse_ratios(split), options=options, model=model, max_seq_len=max_seq_len,
-                              source="command-line flags")  # workspace None: $TUNESMITH_HOME, opened once the flags are checked
+    dataset = prepare_dataset(
+        file,
+        name=out,
+        format=format,
+        seed=seed,
+        ratios=_parse_ratios(split),
+        options=options,
+        model=model,
+        max_seq_len=max_seq_len,
+        source="command-line flags",
+    )  # workspace None: $TUNESMITH_HOME, opened once the flags are checked
     summarise_dataset(dataset, model)
 
 
 @data_app.command("stats")
 def data_stats(
     source: str = typer.Argument(..., help="a prepared dataset's name, or a file"),
-    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and estimate training time on this machine"),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    model: str | None = typer.Option(None, "--model", help="count tokens with this model's tokenizer and estimate training time on this machine"),
+    format: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Counts, roles, turns, labels, token lengths (with a histogram PNG), tokens per epoch and time per epoch."""
     from tunesmith.cli.data_report import stats_command
@@ -75,14 +103,22 @@ def data_stats(
 @data_app.command("validate")
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
-    format: Optional[str] = typer.Option(None, "--format", help="messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"),
-    map_pairs: Optional[list[str]] = typer.Option(None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"),
-    model: Optional[str] = typer.Option(None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
+    format: str | None = typer.Option(
+        None, "--format", help="messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"
+    ),
+    map_pairs: list[str] | None = typer.Option(
+        None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="count tokens with this model's tokenizer and chat template ('smollm2-135m-instruct', a local HF folder or a hub id)"
+    ),
+    max_seq_len: int | None = typer.Option(None, "--max-seq-len", help="with --model: flag examples longer than this (default: train.max_seq_len's default)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
     pii: bool = typer.Option(False, "--pii", help="also look for personal data, as `prepare --pii report` does (one warning per type, with examples)"),
     pii_ner: bool = typer.Option(True, "--pii-ner/--no-pii-ner", help="with --pii: find person names with spaCy NER"),
-    pii_allow: Optional[list[str]] = typer.Option(None, "--pii-allow", help="with --pii: never personal data, e.g. a product name (repeat, comma-separate, or @FILE)"),
+    pii_allow: list[str] | None = typer.Option(
+        None, "--pii-allow", help="with --pii: never personal data, e.g. a product name (repeat, comma-separate, or @FILE)"
+    ),
 ) -> None:
     """Check every line of a training file and list each problem with its line and fix; exit 2 if any error."""
     from tunesmith.data.formats import parse_mapping

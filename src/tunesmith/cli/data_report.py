@@ -79,8 +79,10 @@ def write_dataset_report(dataset: Dataset, stats: DatasetStats) -> Path:
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in m.warnings)
     warnings = f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""
     if m.skipped:
-        skipped = "".join(f"<tr><td>{html.escape(s['file'])}</td><td>{s['line']}</td><td>{html.escape(s['code'])}</td><td>{html.escape(s['message'])}</td></tr>"
-                          for s in m.skipped)
+        skipped = "".join(
+            f"<tr><td>{html.escape(s['file'])}</td><td>{s['line']}</td><td>{html.escape(s['code'])}</td><td>{html.escape(s['message'])}</td></tr>"
+            for s in m.skipped
+        )
         warnings += f"<h2>Lines left out (--skip-invalid)</h2><table><tr><th>file</th><th>line</th><th>code</th><th>problem</th></tr>{skipped}</table>"
     leak = "no evaluation example appears in training" if m.overlap.clean else "EVALUATION EXAMPLES FOUND IN TRAINING"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dataset {html.escape(m.name)}</title>

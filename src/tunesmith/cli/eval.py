@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -37,35 +37,38 @@ class EvalGroup(TyperGroup):
 
 
 eval_app = typer.Typer(
-    cls=EvalGroup, no_args_is_help=True,
+    cls=EvalGroup,
+    no_args_is_help=True,
     help="Score a run on held-out data (`tunesmith eval RUN`, see `tunesmith eval run --help`), judge it, review it by hand, or score outputs made elsewhere.",
 )
 
 
-def _csv(text: Optional[str]) -> Optional[list[str]]:
+def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
 @eval_app.command("run")
 def eval_cmd(
     run: str = typer.Argument(..., help="run id or run folder"),
-    split: Optional[str] = typer.Option(None, help="validation | test (default: the run config's eval.split)"),
+    split: str | None = typer.Option(None, help="validation | test (default: the run config's eval.split)"),
     compare_base: bool = typer.Option(False, "--compare-base", help="also evaluate the base model on the same examples"),
-    compare: Optional[list[str]] = typer.Option(None, "--compare", help="another run (id or folder) scored on this run's examples and compared metric by metric (repeatable)"),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="prompting baselines for the base model: few-shot,system"),
-    shots: Optional[int] = typer.Option(None, "--shots", help="training examples shown as prior turns in the few-shot baseline (default 3)"),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="system prompt for the system baseline (or eval.system_prompt)"),
+    compare: list[str] | None = typer.Option(
+        None, "--compare", help="another run (id or folder) scored on this run's examples and compared metric by metric (repeatable)"
+    ),
+    baselines: str | None = typer.Option(None, "--baselines", help="prompting baselines for the base model: few-shot,system"),
+    shots: int | None = typer.Option(None, "--shots", help="training examples shown as prior turns in the few-shot baseline (default 3)"),
+    system_prompt: str | None = typer.Option(None, "--system-prompt", help="system prompt for the system baseline (or eval.system_prompt)"),
     forgetting: bool = typer.Option(False, "--forgetting", help="score base and tuned on the shipped general-skills probe (about 50 questions)"),
-    forgetting_threshold: Optional[float] = typer.Option(None, "--forgetting-threshold", help="warn when the probe score drops by more than this (default 0.05)"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="comma-separated metric names (see `tunesmith score --help`); default: chosen by task"),
-    custom: Optional[list[str]] = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
-    perplexity: Optional[bool] = typer.Option(None, "--perplexity/--no-perplexity", help="perplexity of the reference answers (on by default)"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 (default) decodes greedily; above 0 samples"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass when sampling"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seeds sampling, few-shot choice and the bootstrap"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
+    forgetting_threshold: float | None = typer.Option(None, "--forgetting-threshold", help="warn when the probe score drops by more than this (default 0.05)"),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="comma-separated metric names (see `tunesmith score --help`); default: chosen by task"),
+    custom: list[str] | None = typer.Option(None, "--custom", help="your metric as module:function, fn(predictions, references) -> float | dict (repeatable)"),
+    perplexity: bool | None = typer.Option(None, "--perplexity/--no-perplexity", help="perplexity of the reference answers (on by default)"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
+    temperature: float | None = typer.Option(None, "--temperature", help="0 (default) decodes greedily; above 0 samples"),
+    top_p: float | None = typer.Option(None, "--top-p", help="nucleus sampling mass when sampling"),
+    seed: int | None = typer.Option(None, "--seed", help="seeds sampling, few-shot choice and the bootstrap"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    limit: int | None = typer.Option(None, help="only the first N examples"),
 ) -> None:
     """Score a run on a held-out split against its base, prompting baselines or other runs; results go into
     the run folder (eval/, report.html) and the registry. `tunesmith eval RUN` is the same command."""
@@ -73,11 +76,31 @@ def eval_cmd(
     from tunesmith.eval.results import latest_evaluation
     from tunesmith.workflows import evaluate
 
-    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "metrics": _csv(metrics), "custom_metrics": custom or None, "perplexity": perplexity,
-                "system_prompt": system_prompt, "shots": shots, "forgetting_threshold": forgetting_threshold}
-    done = evaluate(run, split=split, compare_base=compare_base, compare=compare or [], baselines=baselines, forgetting=forgetting, settings=settings,
-                    workspace=_workspace(), source="the run config's eval section and command-line flags")
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "limit": limit,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "metrics": _csv(metrics),
+        "custom_metrics": custom or None,
+        "perplexity": perplexity,
+        "system_prompt": system_prompt,
+        "shots": shots,
+        "forgetting_threshold": forgetting_threshold,
+    }
+    done = evaluate(
+        run,
+        split=split,
+        compare_base=compare_base,
+        compare=compare or [],
+        baselines=baselines,
+        forgetting=forgetting,
+        settings=settings,
+        workspace=_workspace(),
+        source="the run config's eval section and command-line flags",
+    )
     record = latest_evaluation(done.run_dir, done.split)
     if record is not None:
         print_evaluation(record)  # the table report.json and report.html hold, deltas included
@@ -141,13 +164,17 @@ def _local_ask(ref: str, max_new_tokens: int):
 @eval_app.command("judge")
 def eval_judge(
     run: str = typer.Argument(..., help="run id or run folder, already evaluated with `tunesmith eval`"),
-    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (key from --api-key-env)"),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="model name at --judge-url"),
-    judge_local: Optional[str] = typer.Option(None, "--judge-local", help="judge with a local model instead: a run id, or a model name such as smollm2-135m-instruct"),
+    judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (key from --api-key-env)"),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="model name at --judge-url"),
+    judge_local: str | None = typer.Option(
+        None, "--judge-local", help="judge with a local model instead: a run id, or a model name such as smollm2-135m-instruct"
+    ),
     rubric: str = typer.Option("correctness,helpfulness,tone", "--rubric", help="comma-separated criteria, each scored 1-5"),
-    pairwise: Optional[str] = typer.Option(None, "--pairwise", help="compare the tuned answers with 'base' or another run's (evaluated with --compare RUN2), both orders"),
+    pairwise: str | None = typer.Option(
+        None, "--pairwise", help="compare the tuned answers with 'base' or another run's (evaluated with --compare RUN2), both orders"
+    ),
     split: str = typer.Option("test", help="validation | test"),
-    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
+    limit: int | None = typer.Option(None, help="only the first N examples"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="environment variable holding the endpoint's key"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="reply budget of a local judge"),
 ) -> None:
@@ -156,13 +183,20 @@ def eval_judge(
     from tunesmith.registry.runfolder import find_run, write_json
 
     if (judge_url is None) == (judge_local is None):
-        raise UserError("give exactly one judge: --judge-url URL --judge-model NAME, or --judge-local RUN_OR_MODEL", fix="e.g. --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini")
+        raise UserError(
+            "give exactly one judge: --judge-url URL --judge-model NAME, or --judge-local RUN_OR_MODEL",
+            fix="e.g. --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini",
+        )
     if judge_url and not judge_model:
         raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
     run_dir = find_run(_workspace(), run)
     if pairwise:
-        other, tuned = _evaluated_together(run_dir, split, [pairwise, "tuned"],
-                                           f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`"))
+        other, tuned = _evaluated_together(
+            run_dir,
+            split,
+            [pairwise, "tuned"],
+            f"evaluate it first: `tunesmith eval {run} " + ("--compare-base`" if pairwise == "base" else f"--compare {pairwise}`"),
+        )
         tuned = tuned[:limit]
     else:
         tuned, other = _evaluated_together(run_dir, split, ["tuned"], f"run `tunesmith eval {run} --split {split}` first")[0][:limit], []
@@ -170,14 +204,19 @@ def eval_judge(
     judge_name = f"{judge_model} at {judge_url}" if judge_url else str(judge_local)
     if pairwise:
         by_id = {r["id"]: r for r in other}
-        items = [PairItem(id=r["id"], prompt=r["prompt"], answer_a=by_id[r["id"]]["prediction"], answer_b=r["prediction"], reference=r["reference"])
-                 for r in tuned if r["id"] in by_id]
+        items = [
+            PairItem(id=r["id"], prompt=r["prompt"], answer_a=by_id[r["id"]]["prediction"], answer_b=r["prediction"], reference=r["reference"])
+            for r in tuned
+            if r["id"] in by_id
+        ]
         result = compare_pairwise(items, ask=ask)
         kind, summary = f"pairwise-{pairwise}", {"a": pairwise, "b": "tuned", **result.model_dump(exclude={"verdicts"})}
         details = [v.model_dump() for v in result.verdicts]
-        out.print(f"tuned vs {pairwise} on {result.n} examples (judge {judge_name}): tuned wins {result.wins_b}, {pairwise} wins {result.wins_a}, "
-                  f"ties {result.ties}, unparseable {result.unparseable}; tuned win rate {result.win_rate_b}; "
-                  f"{result.order_disagreements} verdict(s) changed when the order was swapped")
+        out.print(
+            f"tuned vs {pairwise} on {result.n} examples (judge {judge_name}): tuned wins {result.wins_b}, {pairwise} wins {result.wins_a}, "
+            f"ties {result.ties}, unparseable {result.unparseable}; tuned win rate {result.win_rate_b}; "
+            f"{result.order_disagreements} verdict(s) changed when the order was swapped"
+        )
     else:
         criteria = _csv(rubric) or []
         grades = grade([JudgeItem(id=r["id"], prompt=r["prompt"], answer=r["prediction"], reference=r["reference"]) for r in tuned], criteria, ask=ask)
@@ -225,8 +264,11 @@ def eval_review_export(
     hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
     base_rows, tuned_rows = _evaluated_together(run_dir, split, ["base", "tuned"], hint)
     base = {r["id"]: r for r in base_rows}
-    rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r["reference"], "answer_a": base[r["id"]]["prediction"], "answer_b": r["prediction"]}
-            for r in tuned_rows if r["id"] in base]
+    rows = [
+        {"id": r["id"], "prompt": r["prompt"], "reference": r["reference"], "answer_a": base[r["id"]]["prediction"], "answer_b": r["prediction"]}
+        for r in tuned_rows
+        if r["id"] in base
+    ]
     csv_path, html_path, key_path = export_review(rows, run_dir / "eval" / "review", fraction=fraction, seed=seed)
     out.print(f"review sheet for raters: {csv_path}\n  the same as a page with rating fields: {html_path}\n  key (who wrote which answer; keep it): {key_path}")
     if key_path.name != "review-key.json":
@@ -238,7 +280,7 @@ def eval_review_export(
 def eval_review_import(
     run: str = typer.Argument(..., help="run id or run folder the sheet was exported from"),
     files: list[Path] = typer.Argument(..., help="filled review CSV(s), one per rater"),
-    key: Optional[Path] = typer.Option(None, "--key", help="the review-key*.json the sheets were exported with (default: found by the sheets' ids)"),
+    key: Path | None = typer.Option(None, "--key", help="the review-key*.json the sheets were exported with (default: found by the sheets' ids)"),
 ) -> None:
     """Unblind filled review sheets: tuned-vs-base win rate, mean ratings and, with several raters, their agreement."""
     from tunesmith.eval.review import find_key, import_review, review_keys
@@ -253,10 +295,10 @@ def eval_review_import(
             raise UserError(f"no review key in {run_dir / 'eval' / 'review'}", fix=f"export the sheet first: tunesmith eval review-export {run}")
         keys = [find_key(f, found) for f in files]
     result = import_review(files, keys)
-    out.print(f"{result.rated} preference(s) from {result.raters} rater(s): tuned wins {result.tuned_wins}, base wins {result.base_wins}, "
-              f"ties {result.ties}; tuned win rate {result.win_rate_tuned}; mean rating {result.mean_rating}")
+    out.print(
+        f"{result.rated} preference(s) from {result.raters} rater(s): tuned wins {result.tuned_wins}, base wins {result.base_wins}, "
+        f"ties {result.ties}; tuned win rate {result.win_rate_tuned}; mean rating {result.mean_rating}"
+    )
     if result.agreement is not None:
         out.print(f"rater agreement {result.agreement} (Cohen's kappa {result.cohen_kappa}) over {result.agreement_rows} shared row(s)")
     _update_report(run_dir, ["human_review"], {"files": [str(f) for f in files], "keys": sorted({k.name for k in keys}), **result.model_dump()})
-
-

@@ -33,7 +33,12 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     dataset = prepare_dataset(source, workspace, name=f"{DATASET}-{n_examples}-{seed}", seed=seed)
     summarise_dataset(dataset)
     spec = RunSpec.model_validate(
-        {"name": "quickstart", "data": {"dataset": dataset.name}, "train": {"method": "lora", "epochs": epochs, "lr": 2e-3, "batch_size": 4, "evals_per_epoch": 2, "seed": seed}, "eval": EVAL.model_dump()}
+        {
+            "name": "quickstart",
+            "data": {"dataset": dataset.name},
+            "train": {"method": "lora", "epochs": epochs, "lr": 2e-3, "batch_size": 4, "evals_per_epoch": 2, "seed": seed},
+            "eval": EVAL.model_dump(),
+        }
     )
     console.rule("2/4 base model on the test split")
     resolve_model_path(spec.model.name)  # converts the embedded model once, before the clock of any stage
@@ -57,4 +62,3 @@ def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1,
     report = write_report(result.run_dir)
     console.print(f"run {result.info.run_id}: report {report}, loss curve {result.run_dir / 'loss.png'}")
     console.print(f"quickstart took {time.perf_counter() - started:.0f} s; try: tunesmith chat {result.info.run_id}")
-

@@ -33,8 +33,14 @@ def print_dataset(dataset: Dataset) -> None:
 KIND_TITLES = {"speed": "speed", "description": "description of the answers (neither higher nor lower is better)"}
 
 
-def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs tuned", *, versus: dict[str, Any] | None = None,
-                     headline: str | None = None, table: list[dict[str, Any]] | None = None) -> None:
+def print_comparison(
+    results: dict[str, dict[str, float]],
+    title: str = "base vs tuned",
+    *,
+    versus: dict[str, Any] | None = None,
+    headline: str | None = None,
+    table: list[dict[str, Any]] | None = None,
+) -> None:
     """Every model's metrics, and the tuned model against each other one (delta = tuned - other, coloured
     by the metric's direction), from `compare.comparison_table`: the same rows report.json and report.html hold."""
     from tunesmith.eval.compare import comparison_table
@@ -70,8 +76,13 @@ def print_comparison(results: dict[str, dict[str, float]], title: str = "base vs
 def print_evaluation(record: dict[str, Any]) -> None:
     """One kept evaluation (eval/evaluations/<id>/evaluation.json) as printed after `tunesmith eval`."""
     results = {m: v["metrics"] for m, v in record["models"].items()}
-    print_comparison(results, title=f"{record['split']} split: " + " vs ".join(results), versus=record.get("versus"),
-                     headline=(record.get("headline") or {}).get("metric"), table=record.get("table"))
+    print_comparison(
+        results,
+        title=f"{record['split']} split: " + " vs ".join(results),
+        versus=record.get("versus"),
+        headline=(record.get("headline") or {}).get("metric"),
+        table=record.get("table"),
+    )
 
 
 def _headline_scores(evaluations: list[dict[str, Any]]) -> tuple[str, dict[str, float | None]]:
@@ -96,8 +107,13 @@ def print_runs(workspace: Workspace) -> None:
             interrupted.append(run["id"])
         metric, scores = _headline_scores(registry.evaluations(run["id"]))
         table.add_row(
-            run["id"], status, run["base_model"], run["method"], f"{run['dataset']}@{run['dataset_version']}",
-            "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}", metric,
+            run["id"],
+            status,
+            run["base_model"],
+            run["method"],
+            f"{run['dataset']}@{run['dataset_version']}",
+            "-" if run["best_val_loss"] is None else f"{run['best_val_loss']:.4f}",
+            metric,
             *("-" if scores.get(m) is None else f"{scores[m]:.3f}" for m in ("tuned", "base")),
         )
     out.print(table)
@@ -110,8 +126,11 @@ def _say_what_is_not_indexed(workspace: Workspace, registry: Registry) -> None:
     """Folders the registry does not list (it was emptied, or replaced by an older copy): say so, never hide them."""
     missing = missing_from_index(workspace.home, registry)
     if missing["runs"] or missing["datasets"]:
-        found = " and ".join(f"{len(missing[k])} {k[:-1] if len(missing[k]) == 1 else k} folder{'' if len(missing[k]) == 1 else 's'} ({', '.join(missing[k][:3])}{', ...' if len(missing[k]) > 3 else ''})"
-                             for k in ("runs", "datasets") if missing[k])
+        found = " and ".join(
+            f"{len(missing[k])} {k[:-1] if len(missing[k]) == 1 else k} folder{'' if len(missing[k]) == 1 else 's'} ({', '.join(missing[k][:3])}{', ...' if len(missing[k]) > 3 else ''})"
+            for k in ("runs", "datasets")
+            if missing[k]
+        )
         console.print(f"[yellow]{found} in {workspace.home} not in the registry[/]: `{REINDEX}` adds them")
 
 
@@ -122,7 +141,10 @@ def print_run(workspace: Workspace, run_id: str) -> None:
     run = registry.run(run_id)
     if run is None:
         find_run(workspace, run_id)  # raises the user-facing error when the folder is missing too
-        raise UserError(f"run '{run_id}' has a folder but is not in the registry {workspace.registry_db}", fix=f"`{REINDEX}` adds it (and any other folder missing from the registry)")
+        raise UserError(
+            f"run '{run_id}' has a folder but is not in the registry {workspace.registry_db}",
+            fix=f"`{REINDEX}` adds it (and any other folder missing from the registry)",
+        )
     run["status"], why = run_status(workspace.runs / run_id, run["status"], run.pop("owner", None))
     for key, value in run.items():
         out.print(f"[bold]{key}[/]: {value}")
@@ -141,9 +163,17 @@ def print_run(workspace: Workspace, run_id: str) -> None:
         print_comparison(dict(sorted(results.items())), title=f"{split} split", headline=headlines.get(split))
 
 
-HYPERPARAMETERS = (("method", "train.method"), ("epochs", "train.epochs"), ("lr", "train.lr"), ("batch size", "train.batch_size"),
-                   ("grad accum", "train.grad_accum"), ("max seq len", "train.max_seq_len"), ("lora r", "train.lora.r"),
-                   ("lora alpha", "train.lora.alpha"), ("seed", "train.seed"))
+HYPERPARAMETERS = (
+    ("method", "train.method"),
+    ("epochs", "train.epochs"),
+    ("lr", "train.lr"),
+    ("batch size", "train.batch_size"),
+    ("grad accum", "train.grad_accum"),
+    ("max seq len", "train.max_seq_len"),
+    ("lora r", "train.lora.r"),
+    ("lora alpha", "train.lora.alpha"),
+    ("seed", "train.seed"),
+)
 
 
 def _dotted(data: dict, path: str) -> object:
@@ -159,7 +189,10 @@ def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
     folders = [find_run(workspace, ref) for ref in refs]
     infos = [load_run_info(f).model_dump() for f in folders]
     configs = [config_data(f) for f in folders]
-    reports = [read_json(f / "eval" / "report.json", fix="evaluate the run again: tunesmith eval RUN") if (f / "eval" / "report.json").is_file() else {} for f in folders]
+    reports = [
+        read_json(f / "eval" / "report.json", fix="evaluate the run again: tunesmith eval RUN") if (f / "eval" / "report.json").is_file() else {}
+        for f in folders
+    ]
     table = Table(title="runs side by side")
     table.add_column("")
     for info in infos:
@@ -181,8 +214,10 @@ def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
     out.print(table)
     versions = {i["dataset_version"] for i in infos}
     if len(versions) > 1:
-        out.print(f"[yellow]note:[/] the runs were trained on {len(versions)} different dataset versions; their test splits may differ, "
-                  "so compare test scores with `tunesmith eval RUN1 --compare RUN2` (same examples)")
+        out.print(
+            f"[yellow]note:[/] the runs were trained on {len(versions)} different dataset versions; their test splits may differ, "
+            "so compare test scores with `tunesmith eval RUN1 --compare RUN2` (same examples)"
+        )
 
 
 def print_reindex(workspace: Workspace) -> None:
@@ -194,5 +229,6 @@ def print_reindex(workspace: Workspace) -> None:
         console.print(f"[yellow]the damaged registry is kept as {found['kept']}")
     for problem in found["skipped"]:
         console.print(f"[yellow]skipped[/] {problem}")
-    out.print(f"registry {workspace.registry_db} rebuilt from the folders: {found['runs']} runs, {found['datasets']} datasets, "
-              f"{found['evaluations']} evaluations")
+    out.print(
+        f"registry {workspace.registry_db} rebuilt from the folders: {found['runs']} runs, {found['datasets']} datasets, {found['evaluations']} evaluations"
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -16,28 +16,39 @@ from tunesmith.ui import console
 
 
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
-    model: Optional[str] = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
-    data: Optional[str] = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
-    method: Optional[str] = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (docs/training.md: when to use each)"),
-    task: Optional[str] = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
-    epochs: Optional[str] = typer.Option(None, help="passes over the training split, or auto (chosen from the number of examples)"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
-    lr: Optional[str] = typer.Option(None, help="peak learning rate (default: the method's), or auto (scaled with the batch)"),
-    lr_multiplier: Optional[float] = typer.Option(None, "--lr-multiplier", help="peak lr as a multiple of the method's default"),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
-    grad_accum: Optional[str] = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
-    name: Optional[str] = typer.Option(None, help="a label for the run"),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
-    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
-    report_to: Optional[str] = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1 (dropout aside: each process draws its own masks)"),
-    accelerate_config: Optional[Path] = typer.Option(
-        None, "--accelerate-config", help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model, DEEPSPEED runs ZeRO stage 1 or 2"
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
+    model: str | None = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
+    data: str | None = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
+    method: str | None = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (docs/training.md: when to use each)"),
+    task: str | None = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
+    epochs: str | None = typer.Option(None, help="passes over the training split, or auto (chosen from the number of examples)"),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
+    lr: str | None = typer.Option(None, help="peak learning rate (default: the method's), or auto (scaled with the batch)"),
+    lr_multiplier: float | None = typer.Option(None, "--lr-multiplier", help="peak lr as a multiple of the method's default"),
+    batch_size: str | None = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
+    grad_accum: str | None = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
+    name: str | None = typer.Option(None, help="a label for the run"),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="continue this run (id or folder) from its latest checkpoint, with its own config"),
+    max_time: float | None = typer.Option(None, "--max-time", help="seconds of training (whole run); stops cleanly with a checkpoint, resumable"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="money to spend at --price-per-hour; stops cleanly with a checkpoint, resumable"),
+    price_per_hour: float | None = typer.Option(None, "--price-per-hour", help="what an hour of this machine costs; the estimate shows the run's cost"),
+    report_to: str | None = typer.Option(None, "--report-to", help="comma-separated trackers: tensorboard, mlflow, wandb (offline)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="print the estimate (tokens, steps, time, memory, cost) and exit; creates no run (one process, whatever --nproc)"
+    ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="data-parallel processes on this machine (gloo on CPU, nccl on GPU); same result as 1 (dropout aside: each process draws its own masks)",
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None,
+        "--accelerate-config",
+        help="an accelerate YAML (from `accelerate config`): run under `accelerate launch`; FSDP (fsdp_version 2) shards the model, DEEPSPEED runs ZeRO stage 1 or 2",
     ),
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
@@ -82,12 +93,17 @@ class TrainFlags:
     def overrides(self, problems: list[str]) -> dict[str, Any]:
         """The flags as dotted config paths (None: not given); a flag that cannot be read goes to `problems`."""
         overrides: dict[str, Any] = {
-            "model.name": self.model, "train.task": self.task, "train.method": self.method,
-            "train.epochs": _number_or_auto("--epochs", self.epochs, int, problems), "train.max_steps": self.max_steps,
-            "train.lr": _number_or_auto("--lr", self.lr, float, problems), "train.lr_multiplier": self.lr_multiplier,
+            "model.name": self.model,
+            "train.task": self.task,
+            "train.method": self.method,
+            "train.epochs": _number_or_auto("--epochs", self.epochs, int, problems),
+            "train.max_steps": self.max_steps,
+            "train.lr": _number_or_auto("--lr", self.lr, float, problems),
+            "train.lr_multiplier": self.lr_multiplier,
             "train.batch_size": _number_or_auto("--batch-size", self.batch_size, int, problems),
             "train.grad_accum": _number_or_auto("--grad-accum", self.grad_accum, int, problems),
-            "name": self.name, "train.price_per_hour": self.price_per_hour,
+            "name": self.name,
+            "train.price_per_hour": self.price_per_hour,
             "train.report_to": [t.strip() for t in self.report_to.split(",") if t.strip()] if self.report_to else None,
         }
         if self.data is not None:
@@ -107,8 +123,11 @@ def _launcher(flags: TrainFlags) -> Any:
         from tunesmith.train.parallel.distributed import launched
 
         if launched():  # e.g. `accelerate launch ... -m tunesmith train --nproc 2` would start processes inside processes
-            raise UserError("this process was already started by a launcher as one of several", where="--nproc / --accelerate-config",
-                            fix="drop --nproc and --accelerate-config here: the launcher decides the processes")
+            raise UserError(
+                "this process was already started by a launcher as one of several",
+                where="--nproc / --accelerate-config",
+                fix="drop --nproc and --accelerate-config here: the launcher decides the processes",
+            )
     if flags.accelerate_config is None:
         return None
     from tunesmith.train.parallel.accel import read_accelerate_config
@@ -171,7 +190,9 @@ def _report(result: Any) -> None:
         console.print(f"[yellow]run {info.run_id} stopped[/]: {info.stop_reason}; continue with `tunesmith train --resume {info.run_id}`")
     else:
         scores = "".join(f", {name} {value}" for name, value in (info.best_metrics or {}).items())  # a classifier's accuracy and macro-F1
-        console.print(f"[green]run {info.run_id} completed[/]: best at step {info.best_step} (epoch {info.best_epoch}), validation loss {info.best_val_loss}{scores}")
+        console.print(
+            f"[green]run {info.run_id} completed[/]: best at step {info.best_step} (epoch {info.best_epoch}), validation loss {info.best_val_loss}{scores}"
+        )
         if info.stop_reason:
             console.print(info.stop_reason)
     console.print(f"run folder: {result.run_dir}")

@@ -18,10 +18,7 @@ from tunesmith.config import AugmentSpec
 from tunesmith.data.example import Example, Message
 from tunesmith.models.endpoint import ChatEndpoint
 
-PARAPHRASE_PROMPT = (
-    "Rewrite the user's message in different words. Keep every fact, name, code and number exactly. "
-    "Reply with the rewritten message only."
-)
+PARAPHRASE_PROMPT = "Rewrite the user's message in different words. Keep every fact, name, code and number exactly. Reply with the rewritten message only."
 # Tokens a paraphrase must keep verbatim: product codes, numbers, ALL-CAPS acronyms.
 _KEEP = re.compile(r"\b(?:[A-Za-z]{2,}-\d+|\d[\d.,:/-]*|[A-Z]{2,})\b")
 
@@ -39,9 +36,16 @@ class AugmentReport(BaseModel):
 def endpoint_generator(url: str, model: str, api_key_env: str, max_new_tokens: int, timeout: float = 60.0) -> Generator:
     """Chat completions over HTTP, several at a time; the key comes from the environment, never
     from a config file, and is sent only to `url`'s origin (models/endpoint.py)."""
-    endpoint = ChatEndpoint(url, model, role="paraphrase", api_key_env=api_key_env, timeout=timeout,
-                            fix="check augment.url, augment.endpoint_model and the key in $" + api_key_env,
-                            temperature=0.7, max_tokens=max_new_tokens)
+    endpoint = ChatEndpoint(
+        url,
+        model,
+        role="paraphrase",
+        api_key_env=api_key_env,
+        timeout=timeout,
+        fix="check augment.url, augment.endpoint_model and the key in $" + api_key_env,
+        temperature=0.7,
+        max_tokens=max_new_tokens,
+    )
     return lambda texts: endpoint.many([[{"role": "system", "content": PARAPHRASE_PROMPT}, {"role": "user", "content": t}] for t in texts])
 
 
@@ -55,7 +59,9 @@ def local_generator(model_name: str, max_new_tokens: int) -> Generator:
     eot = end_of_turn_ids(tokenizer)
 
     def paraphrase(texts: list[str]) -> list[str]:
-        prompts = [Example(id=str(i), messages=[Message(role="system", content=PARAPHRASE_PROMPT), Message(role="user", content=t)]) for i, t in enumerate(texts)]
+        prompts = [
+            Example(id=str(i), messages=[Message(role="system", content=PARAPHRASE_PROMPT), Message(role="user", content=t)]) for i, t in enumerate(texts)
+        ]
         return generate_batched(model, tokenizer, prompts, eot, max_new_tokens=max_new_tokens, batch_size=16)[0]
 
     return paraphrase
@@ -80,7 +86,9 @@ def rejection(original: str, paraphrase: str) -> str | None:
     return None
 
 
-def augment_train(train: list[Example], spec: AugmentSpec, generator: Generator, generator_name: str) -> tuple[list[Example], AugmentReport, list[dict[str, Any]]]:
+def augment_train(
+    train: list[Example], spec: AugmentSpec, generator: Generator, generator_name: str
+) -> tuple[list[Example], AugmentReport, list[dict[str, Any]]]:
     """(synthetic examples, report, review rows). Each source example gets `per_example` tries."""
     chosen = [e for e in train if _last_user(e) is not None][: max(0, round(len(train) * spec.fraction))]
     originals = [(e, _last_user(e)) for e in chosen for _ in range(spec.per_example)]

@@ -25,8 +25,12 @@ LABEL_MAX_CHARS = 40  # an answer this short, on one line, is treated as a label
 # Only the encoding repairs: quotes, ligatures, full-width forms and HTML entities can be
 # deliberate content (code, markup), so ftfy's other fixes stay off.
 _FTFY = ftfy.TextFixerConfig(
-    unescape_html=False, uncurl_quotes=False, fix_latin_ligatures=False, fix_character_width=False,
-    fix_line_breaks=False, explain=False,
+    unescape_html=False,
+    uncurl_quotes=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    fix_line_breaks=False,
+    explain=False,
 )
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # what ftfy's remove_control_chars removes
 # Anything normalise_whitespace could change: whitespace other than single spaces and line breaks,
@@ -113,8 +117,13 @@ class Cleaner:
 
     def report(self, findings: list[StyleFinding], normalised: int = 0) -> CleanReport:
         return CleanReport(
-            examples_in=self.examples_in, examples_out=self.examples_out, repaired_unicode=self.repaired,
-            whitespace_changed=self.tidied, dropped_empty=self.dropped, dropped_ids=self.dropped_ids, findings=findings,
+            examples_in=self.examples_in,
+            examples_out=self.examples_out,
+            repaired_unicode=self.repaired,
+            whitespace_changed=self.tidied,
+            dropped_empty=self.dropped,
+            dropped_ids=self.dropped_ids,
+            findings=findings,
             normalised=normalised,
         )
 
@@ -307,10 +316,7 @@ def normalise_with(findings: list[StyleFinding]) -> Callable[[Example], Example]
 
 
 def _normalise_one(example: Example, answers: dict[str, str], labels: dict[str, str], json_values: dict[str, dict[str, str]]) -> Example:
-    messages = [
-        _with_content(m, answers.get(m.content) or _rewrite_json(m.content, json_values)) if m.role == "assistant" else m
-        for m in example.messages
-    ]
+    messages = [_with_content(m, answers.get(m.content) or _rewrite_json(m.content, json_values)) if m.role == "assistant" else m for m in example.messages]
     label = labels.get(example.label, example.label) if example.label is not None else None
     if label == example.label and all(a is b for a, b in zip(messages, example.messages)):
         return example

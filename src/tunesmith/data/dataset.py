@@ -74,8 +74,32 @@ class Dataset(BaseModel):
 
 
 # File names that say nothing about the data: a dataset (and its runs) named `train` cannot be told apart.
-GENERIC_STEMS = frozenset({"train", "training", "data", "dataset", "test", "testing", "val", "valid", "validation", "dev", "input",
-                           "inputs", "examples", "export", "all", "sample", "samples", "file", "output", "raw", "clean", "final"})
+GENERIC_STEMS = frozenset(
+    {
+        "train",
+        "training",
+        "data",
+        "dataset",
+        "test",
+        "testing",
+        "val",
+        "valid",
+        "validation",
+        "dev",
+        "input",
+        "inputs",
+        "examples",
+        "export",
+        "all",
+        "sample",
+        "samples",
+        "file",
+        "output",
+        "raw",
+        "clean",
+        "final",
+    }
+)
 
 
 def default_name(source: Path) -> str:
@@ -148,16 +172,36 @@ def prepare_dataset(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _register(prepared: Prepared, source: Path, workspace: Workspace, registry: Registry, name: str, explicit_name: bool, seed: int,
-              ratios: tuple[float, float, float], options: PrepareSpec) -> Dataset:
+def _register(
+    prepared: Prepared,
+    source: Path,
+    workspace: Workspace,
+    registry: Registry,
+    name: str,
+    explicit_name: bool,
+    seed: int,
+    ratios: tuple[float, float, float],
+    options: PrepareSpec,
+) -> Dataset:
     rows, splits, extra = prepared.rows, prepared.splits, {"train": prepared.extra_train}
     split_hashes = {s: content_hash(rows, splits[s], extra.get(s, [])) for s in SPLITS}
     version = hashlib.sha256(json.dumps([prepared.format, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
     manifest = Manifest(
-        name=name, version=version, format=prepared.format, source=str(source), source_sha256=_sha256(source), seed=seed,
-        split_ratios=ratios, counts={s: len(splits[s]) + len(extra.get(s, [])) for s in SPLITS}, split_hashes=split_hashes,
-        removed=prepared.removed, overlap=check_overlap(rows, splits, prepared.extra_train), settings=options.model_dump(mode="json"),
-        steps=prepared.steps, warnings=prepared.warnings, skipped=prepared.skipped,
+        name=name,
+        version=version,
+        format=prepared.format,
+        source=str(source),
+        source_sha256=_sha256(source),
+        seed=seed,
+        split_ratios=ratios,
+        counts={s: len(splits[s]) + len(extra.get(s, [])) for s in SPLITS},
+        split_hashes=split_hashes,
+        removed=prepared.removed,
+        overlap=check_overlap(rows, splits, prepared.extra_train),
+        settings=options.model_dump(mode="json"),
+        steps=prepared.steps,
+        warnings=prepared.warnings,
+        skipped=prepared.skipped,
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
@@ -207,7 +251,9 @@ def _examples(path: Path) -> Iterator[Example]:
                     try:
                         yield Example.model_validate_json(line)
                     except ValidationError as exc:
-                        raise UserError(f"damaged line in a prepared dataset: {exc.errors()[0]['msg']}", where=f"{path}:{number}", fix=_damaged_fix(path.parent)) from None
+                        raise UserError(
+                            f"damaged line in a prepared dataset: {exc.errors()[0]['msg']}", where=f"{path}:{number}", fix=_damaged_fix(path.parent)
+                        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", fix=_damaged_fix(path.parent)) from None
 

@@ -58,8 +58,9 @@ class DedupReport(BaseModel):
     pairs: list[DuplicatePair]  # capped at MAX_LISTED
 
 
-def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0,
-               upto: int | None = None) -> tuple[np.ndarray, DedupReport]:
+def dedup_rows(
+    rows: Rows, *, near: bool = True, threshold: float = 0.85, num_perm: int = 128, seed: int = 0, upto: int | None = None
+) -> tuple[np.ndarray, DedupReport]:
     """Exact duplicates (Rows' `exact` column: example.normalised_key), then near-duplicates; the first
     occurrence of each is kept. The rows kept, in file order, and the report. tests/reference_dedup.py
     is the same rule on lists of examples, which tests check this against.
@@ -74,6 +75,7 @@ def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_pe
     shingler = shingler_for_lengths(rows.column("words")[kept]) if near else None
     n_near = 0
     if shingler is not None:
+
         def sets_of(positions: list[int]) -> dict[int, set[str]]:
             return {p: shingler(t) for p, t in zip(positions, rows.texts(kept[positions]))}
 
@@ -84,8 +86,13 @@ def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_pe
         pairs += [DuplicatePair(removed=r, kept=k, kind="near", similarity=round(s, 4)) for r, k, (_, _, s) in zip(removed_ids, kept_ids, listed_near)]
         kept = np.delete(kept, [j for j, _, _ in found])
     report = DedupReport(
-        examples_in=n, examples_out=len(kept), exact=len(repeats), near=n_near, threshold=threshold if near else None,
-        shingles=shingler.name if shingler else None, pairs=pairs[:MAX_LISTED],
+        examples_in=n,
+        examples_out=len(kept),
+        exact=len(repeats),
+        near=n_near,
+        threshold=threshold if near else None,
+        shingles=shingler.name if shingler else None,
+        pairs=pairs[:MAX_LISTED],
     )
     return kept, report
 
@@ -93,8 +100,7 @@ def dedup_rows(rows: Rows, *, near: bool = True, threshold: float = 0.85, num_pe
 class NearIndex:
     """Reference shingle sets sketched once and asked about several query sets (validation, then test)."""
 
-    def __init__(self, reference: Iterable[set[str]], reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0,
-                 count: int | None = None):
+    def __init__(self, reference: Iterable[set[str]], reference_sets: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0, count: int | None = None):
         self.sketcher, self.threshold, self.reference_sets = _sketcher(threshold, num_perm, seed), threshold, reference_sets
         self.sketches = self.sketcher.sketch(reference, count)
 
@@ -106,8 +112,9 @@ class NearIndex:
         return nearlsh.best_reference(nearlsh.exact_scores(q, ref, query_sets, self.reference_sets, self.threshold))
 
 
-def near_duplicates_in_order(sets: Iterable[set[str]], sets_of: SetsOf, threshold: float, num_perm: int = 128,
-                             seed: int = 0, count: int | None = None) -> list[tuple[int, int, float]]:
+def near_duplicates_in_order(
+    sets: Iterable[set[str]], sets_of: SetsOf, threshold: float, num_perm: int = 128, seed: int = 0, count: int | None = None
+) -> list[tuple[int, int, float]]:
     """(removed, kept, similarity) by position: each example against the earlier ones kept."""
     sketches = _sketcher(threshold, num_perm, seed).sketch(sets, count)
     i, j = nearlsh.self_pairs(sketches, threshold)

@@ -89,7 +89,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 # A BOM on the first line and CRLF endings are what Windows editors write: not problems.
                 text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8").strip()
             except UnicodeDecodeError as exc:
-                yield line_number, RecordError("encoding", f"line is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", fix="re-save the file as UTF-8")
+                yield (
+                    line_number,
+                    RecordError("encoding", f"line is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", fix="re-save the file as UTF-8"),
+                )
                 continue
             if text:
                 yield line_number, _parse_json(text)
@@ -183,7 +186,10 @@ def _json_array_items(text: str) -> Iterator[tuple[int, Any]]:
     if position >= len(text):
         return
     if text[position] != "[":
-        yield _line_of(text, position), RecordError("data_type", "a .json file must hold one array of records", fix="wrap the records in [ ... ], or use JSONL (one record a line)")
+        yield (
+            _line_of(text, position),
+            RecordError("data_type", "a .json file must hold one array of records", fix="wrap the records in [ ... ], or use JSONL (one record a line)"),
+        )
         return
     position = _skip_space(text, position + 1)
     if text.startswith("]", position):
@@ -194,7 +200,14 @@ def _json_array_items(text: str) -> Iterator[tuple[int, Any]]:
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             # Named by the record's first line (where the user looks), with the exact spot in the message.
-            yield line, RecordError("invalid_json", f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", fix="fix this record; the rest of the array cannot be read past it")
+            yield (
+                line,
+                RecordError(
+                    "invalid_json",
+                    f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                    fix="fix this record; the rest of the array cannot be read past it",
+                ),
+            )
             return
         except RecursionError:
             yield line, RecordError("invalid_json", "JSON nested too deeply to read", fix="flatten the record")
@@ -206,7 +219,10 @@ def _json_array_items(text: str) -> Iterator[tuple[int, Any]]:
         elif text.startswith("]", position):
             return
         else:
-            yield _line_of(text, position), RecordError("invalid_json", "expected ',' or ']' after a record", fix="separate records with commas and close the array")
+            yield (
+                _line_of(text, position),
+                RecordError("invalid_json", "expected ',' or ']' after a record", fix="separate records with commas and close the array"),
+            )
             return
 
 
@@ -422,12 +438,17 @@ def _depth(value: Any) -> int:
 def check_limits(messages: list[Message], meta: dict) -> None:
     for index, message in enumerate(messages):
         if len(message.content) > MAX_TEXT_CHARS:
-            raise LimitError("text_too_long", f"message {index} ({message.role}) holds {len(message.content):,} characters; one text may hold at most "
-                                              f"{MAX_TEXT_CHARS:,}: split it into several examples, or shorten it")
+            raise LimitError(
+                "text_too_long",
+                f"message {index} ({message.role}) holds {len(message.content):,} characters; one text may hold at most "
+                f"{MAX_TEXT_CHARS:,}: split it into several examples, or shorten it",
+            )
     depth = _depth(meta)
     if depth > MAX_META_DEPTH:
-        raise LimitError("meta_too_deep", f"'meta' is nested more than {MAX_META_DEPTH} levels deep; at most {MAX_META_DEPTH} are kept: "
-                                          "flatten it (e.g. join the path into one key)")
+        raise LimitError(
+            "meta_too_deep",
+            f"'meta' is nested more than {MAX_META_DEPTH} levels deep; at most {MAX_META_DEPTH} are kept: flatten it (e.g. join the path into one key)",
+        )
 
 
 def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
@@ -452,8 +473,9 @@ def check_format_name(fmt: str | None) -> FormatName | None:
     return fmt  # type: ignore[return-value]
 
 
-FORMAT_FIX = ("name the format with --format " + "|".join(FORMAT_NAMES)
-              + ", or rename the file's columns with --map, e.g. --map prompt=question completion=answer")
+FORMAT_FIX = (
+    "name the format with --format " + "|".join(FORMAT_NAMES) + ", or rename the file's columns with --map, e.g. --map prompt=question completion=answer"
+)
 SKIP_FIX = "or pass --skip-invalid to leave these lines out (they are listed in the dataset's manifest and report)"
 MAX_SKIPPED_LISTED = 1_000  # skipped lines named in a manifest; the count stays exact
 LINES_SHOWN = 5
@@ -568,8 +590,10 @@ class ExampleReader:
             self.problems.raise_if_any(self.path)
         if not self.examples or self.fmt is None:
             skipped = f" ({self.problems.count} line(s) skipped: {'; '.join(self.problems.lines_shown(self.path)[:3])})" if self.problems.count else ""
-            raise UserError(f"{self.path} holds no examples{skipped}",
-                            fix=self.problems.fix(skippable=False) if self.problems.count else "add at least one record, e.g. {\"messages\": [...]}")
+            raise UserError(
+                f"{self.path} holds no examples{skipped}",
+                fix=self.problems.fix(skippable=False) if self.problems.count else 'add at least one record, e.g. {"messages": [...]}',
+            )
         return self.fmt
 
 

@@ -218,8 +218,12 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def exact_scores(
-    left: np.ndarray, right: np.ndarray, sets_left: Callable[[list[int]], dict[int, set[str]]],
-    sets_right: Callable[[list[int]], dict[int, set[str]]], threshold: float, chunk: int = 5_000,
+    left: np.ndarray,
+    right: np.ndarray,
+    sets_left: Callable[[list[int]], dict[int, set[str]]],
+    sets_right: Callable[[list[int]], dict[int, set[str]]],
+    threshold: float,
+    chunk: int = 5_000,
 ) -> list[tuple[int, int, float]]:
     """(left, right, Jaccard) for the pairs at or above the threshold; shingle sets are fetched a
     chunk of pairs at a time, so only those sets are ever in memory."""

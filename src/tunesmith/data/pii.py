@@ -80,6 +80,7 @@ class _Finding:
 
 # ---------------------------------------------------------------- validators
 
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -156,6 +157,7 @@ _VERSION_WORDS = re.compile(r"\b(?:v|version|ver\.?|firmware|build|release|rev\.
 
 # ---------------------------------------------------------------- regex detectors
 
+
 @dataclass(frozen=True)
 class _Pattern:
     type: str
@@ -182,51 +184,88 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _SECRET_VALUE = r"""(?:"[^"\s]{4,}"|'[^'\s]{4,}'|[^\s"'<>,;]{4,})"""
 
 PATTERNS: tuple[_Pattern, ...] = (
-    _Pattern("EMAIL", re.compile(
-        r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"), needs=_has("@")),
+    _Pattern(
+        "EMAIL",
+        re.compile(
+            r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"
+        ),
+        needs=_has("@"),
+    ),
     # International numbers need their +: without it a digit run is as likely an order number or part
     # of an IBAN ("DE89 3704 0044 0532 ..." has a "0044 ..." inside), so the "00" prefix is not accepted.
-    _Pattern("PHONE", re.compile(
-        r"(?<![\w+.:/-])\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,5}){1,5}(?![\d-]|\.\d)"),
-        _intl_phone_ok, needs=_has("+")),
+    _Pattern(
+        "PHONE", re.compile(r"(?<![\w+.:/-])\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,5}){1,5}(?![\d-]|\.\d)"), _intl_phone_ok, needs=_has("+")
+    ),
     # US numbers need separators or parentheses, so dates (4-2-2), product codes and plain ids never match.
-    _Pattern("PHONE", re.compile(
-        r"(?<![\w+.:/-])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)"),
-        _us_phone_ok, needs=_matches(r"\d{3}[ .-]\d{4}")),
+    _Pattern(
+        "PHONE",
+        re.compile(r"(?<![\w+.:/-])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)"),
+        _us_phone_ok,
+        needs=_matches(r"\d{3}[ .-]\d{4}"),
+    ),
     # Groups with one consistent separator, so a card followed by "12/25" or a CVC is not one long number.
-    _Pattern("CREDIT_CARD", re.compile(
-        r"(?<![\w-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5}|\d{13,19})(?![\w-])"),
-             lambda s: card_ok(re.sub(r"\D", "", s)), needs=_matches(r"\d{4}[ -]?\d{4}")),
-    _Pattern("US_SSN", re.compile(r"(?<![\w-])(?!000|666|9)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-]|\.\d)"),
-             needs=_matches(r"\d{3}[- ]\d{2}[- ]\d{4}")),
+    _Pattern(
+        "CREDIT_CARD",
+        re.compile(r"(?<![\w-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5}|\d{13,19})(?![\w-])"),
+        lambda s: card_ok(re.sub(r"\D", "", s)),
+        needs=_matches(r"\d{4}[ -]?\d{4}"),
+    ),
+    _Pattern("US_SSN", re.compile(r"(?<![\w-])(?!000|666|9)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-]|\.\d)"), needs=_matches(r"\d{3}[- ]\d{2}[- ]\d{4}")),
     _Pattern("IP_ADDRESS", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"), needs=_matches(r"\d\.\d+\.\d+\.\d")),
-    _Pattern("IP_ADDRESS", re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%[\w.]+)?(?![\w:])"),
-             lambda s: _ipv6_ok(s.split("%", 1)[0]), needs=lambda text: text.count(":") >= 2),
-    _Pattern("IP_ADDRESS", re.compile(
-        rf"(?<![\w:.])[0-9A-Fa-f:]*::ffff:{_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)", re.IGNORECASE), needs=_has("::")),
-    _Pattern("API_KEY", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"),
-             needs=_has("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA")),
-    _Pattern("API_KEY", re.compile(r"(?<![\w-])sk-(?:[A-Za-z]+-)*[A-Za-z0-9_-]{20,}"),
-             lambda s: any(c.isdigit() for c in s) and any(c.isalpha() for c in s[3:]), needs=_has("sk-")),
+    _Pattern(
+        "IP_ADDRESS",
+        re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%[\w.]+)?(?![\w:])"),
+        lambda s: _ipv6_ok(s.split("%", 1)[0]),
+        needs=lambda text: text.count(":") >= 2,
+    ),
+    _Pattern("IP_ADDRESS", re.compile(rf"(?<![\w:.])[0-9A-Fa-f:]*::ffff:{_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)", re.IGNORECASE), needs=_has("::")),
+    _Pattern(
+        "API_KEY",
+        re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"),
+        needs=_has("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"),
+    ),
+    _Pattern(
+        "API_KEY",
+        re.compile(r"(?<![\w-])sk-(?:[A-Za-z]+-)*[A-Za-z0-9_-]{20,}"),
+        lambda s: any(c.isdigit() for c in s) and any(c.isalpha() for c in s[3:]),
+        needs=_has("sk-"),
+    ),
     _Pattern("API_KEY", re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"), needs=_has("k_live_", "k_test_")),
-    _Pattern("API_KEY", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-             needs=_has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
+    _Pattern(
+        "API_KEY",
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        needs=_has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
     _Pattern("API_KEY", re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}"), needs=_has("xox")),
     _Pattern("API_KEY", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _jwt_ok, needs=_has("eyJ")),
-    _Pattern("SECRET", re.compile(
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----", re.DOTALL)),
-    _Pattern("API_KEY", re.compile(
-        rf"(?i)\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|bearer[_-]?token|x-api-key)\b[\"']?\s*[:=]\s*({_SECRET_VALUE})"),
-        group=1, needs=_matches("api|token", re.IGNORECASE)),
+    _Pattern("SECRET", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----", re.DOTALL)),
+    _Pattern(
+        "API_KEY",
+        re.compile(rf"(?i)\b(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|bearer[_-]?token|x-api-key)\b[\"']?\s*[:=]\s*({_SECRET_VALUE})"),
+        group=1,
+        needs=_matches("api|token", re.IGNORECASE),
+    ),
     # "password: ..." in prose is often a sentence ("password: reset link broken"), so after a colon
     # only a quoted value or one with a digit or symbol counts; after "=" (code, configs) anything does.
-    _Pattern("SECRET", re.compile(
-        rf"(?i)\b(?:password|passwd|pwd|pass|secret|client[_-]?secret|secret[_-]?key|aws_secret_access_key|private[_-]?key)"
-        rf"\b[\"']?\s*=\s*({_SECRET_VALUE})"), group=1, needs=_has("=")),
-    _Pattern("SECRET", re.compile(
-        r"(?i)\b(?:password|passwd|pwd|secret|client[_-]?secret|secret[_-]?key|aws_secret_access_key)"
-        r"\b[\"']?\s*:\s*(\"[^\"\s]{4,}\"|'[^'\s]{4,}'|(?=[^\s<>,;]*[^A-Za-z\s<>,;\"'.])[^\s\"'<>,;]{4,})"), group=1, needs=_has(":")),
+    _Pattern(
+        "SECRET",
+        re.compile(
+            rf"(?i)\b(?:password|passwd|pwd|pass|secret|client[_-]?secret|secret[_-]?key|aws_secret_access_key|private[_-]?key)"
+            rf"\b[\"']?\s*=\s*({_SECRET_VALUE})"
+        ),
+        group=1,
+        needs=_has("="),
+    ),
+    _Pattern(
+        "SECRET",
+        re.compile(
+            r"(?i)\b(?:password|passwd|pwd|secret|client[_-]?secret|secret[_-]?key|aws_secret_access_key)"
+            r"\b[\"']?\s*:\s*(\"[^\"\s]{4,}\"|'[^'\s]{4,}'|(?=[^\s<>,;]*[^A-Za-z\s<>,;\"'.])[^\s\"'<>,;]{4,})"
+        ),
+        group=1,
+        needs=_has(":"),
+    ),
 )
 
 
@@ -240,7 +279,7 @@ def _regex_findings(text: str) -> list[_Finding]:
             value = text[start:end]
             if _placeholder_like(value) or (pattern.validate and not pattern.validate(value)):
                 continue
-            if pattern.type == "IP_ADDRESS" and _VERSION_WORDS.search(text[max(0, start - 12):start]):
+            if pattern.type == "IP_ADDRESS" and _VERSION_WORDS.search(text[max(0, start - 12) : start]):
                 continue
             found.append(_Finding(pattern.type, start, end, 1.0, True))
     found.extend(_iban_findings(text))
@@ -276,7 +315,7 @@ def _iban_findings(text: str) -> Iterator[_Finding]:
             end += 1
         if seen < length or (end < len(text) and text[end].isalnum()):
             continue
-        if iban_ok(text[match.start():end].replace(" ", "")):
+        if iban_ok(text[match.start() : end].replace(" ", "")):
             yield _Finding("IBAN", match.start(), end, 1.0, True)
 
 
@@ -297,20 +336,45 @@ _PRESIDIO_TYPES = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "IBAN_CODE
 # validity rules (it accepts SSN 923-45-6789), so asking it would undo our checksums. Its
 # EmailRecognizer is removed as well, because its validator (tldextract) downloads the suffix list.
 _PRESIDIO_ENTITIES = [
-    "PERSON", "LOCATION", "NRP", "PHONE_NUMBER", "US_DRIVER_LICENSE", "US_PASSPORT", "US_ITIN", "CRYPTO",
-    "MEDICAL_LICENSE", "MAC_ADDRESS",
+    "PERSON",
+    "LOCATION",
+    "NRP",
+    "PHONE_NUMBER",
+    "US_DRIVER_LICENSE",
+    "US_PASSPORT",
+    "US_ITIN",
+    "CRYPTO",
+    "MEDICAL_LICENSE",
+    "MAC_ADDRESS",
 ]
 # presidio's own defaults (conf/default.yaml), given here because a configuration without them makes
 # presidio warn about every CARDINAL it sees.
 _NER_MODEL_CONFIGURATION = {
     "model_to_presidio_entity_mapping": {
-        "PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION", "GPE": "LOCATION",
-        "ORG": "ORGANIZATION", "DATE": "DATE_TIME", "TIME": "DATE_TIME",
+        "PER": "PERSON",
+        "PERSON": "PERSON",
+        "NORP": "NRP",
+        "FAC": "LOCATION",
+        "LOC": "LOCATION",
+        "GPE": "LOCATION",
+        "ORG": "ORGANIZATION",
+        "DATE": "DATE_TIME",
+        "TIME": "DATE_TIME",
     },
     "low_confidence_score_multiplier": 0.4,
     "labels_to_ignore": [
-        "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT",
-        "QUANTITY", "WORK_OF_ART", "DATE_TIME",
+        "ORGANIZATION",
+        "CARDINAL",
+        "EVENT",
+        "LANGUAGE",
+        "LAW",
+        "MONEY",
+        "ORDINAL",
+        "PERCENT",
+        "PRODUCT",
+        "QUANTITY",
+        "WORK_OF_ART",
+        "DATE_TIME",
     ],
 }
 # presidio's weak pattern guesses (a bare 9-digit number as a passport: 0.05) are below this.
@@ -382,14 +446,14 @@ def _presidio_findings(texts: list[str]) -> list[list[_Finding]]:
     artifacts = engine.nlp_engine.process_batch(pieces, language="en", batch_size=64)
     results: list[list[_Finding]] = [[] for _ in texts]
     for index, offset, (piece, nlp_artifacts) in zip(owner, offsets, artifacts):
-        for r in engine.analyze(piece, language="en", entities=_PRESIDIO_ENTITIES, nlp_artifacts=nlp_artifacts,
-                                score_threshold=_PRESIDIO_MIN_SCORE):
-            if _ner_plausible(r.entity_type, piece[r.start:r.end]):
+        for r in engine.analyze(piece, language="en", entities=_PRESIDIO_ENTITIES, nlp_artifacts=nlp_artifacts, score_threshold=_PRESIDIO_MIN_SCORE):
+            if _ner_plausible(r.entity_type, piece[r.start : r.end]):
                 results[index].append(_Finding(_PRESIDIO_TYPES.get(r.entity_type, r.entity_type), offset + r.start, offset + r.end, r.score, False))
     return results
 
 
 # ---------------------------------------------------------------- allowlist
+
 
 class Allowlist:
     """Terms the user says are not personal data (a product called "Velora", a machine "LN-3 press"):
@@ -414,7 +478,7 @@ class Allowlist:
         return [f for f in findings if not self._allowed(text, f, occurrences)]
 
     def _allowed(self, text: str, f: _Finding, occurrences: list[tuple[int, int]]) -> bool:
-        if " ".join(text[f.start:f.end].split()).casefold() in self._keys:
+        if " ".join(text[f.start : f.end].split()).casefold() in self._keys:
             return True
         if f.type in _NER_TYPES and not f.from_regex:
             return any(start < f.end and f.start < end for start, end in occurrences)
@@ -434,8 +498,11 @@ def read_allowlist(values: Iterable[str]) -> list[str]:
             try:
                 lines = path.read_text(encoding="utf-8-sig").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"cannot read the allowlist {path} ({exc.__class__.__name__})", where="--pii-allow",
-                                fix="give a UTF-8 text file with one term a line, e.g. --pii-allow @allow.txt") from None
+                raise UserError(
+                    f"cannot read the allowlist {path} ({exc.__class__.__name__})",
+                    where="--pii-allow",
+                    fix="give a UTF-8 text file with one term a line, e.g. --pii-allow @allow.txt",
+                ) from None
             terms += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         else:
             terms += [t.strip() for t in value.split(",") if t.strip()]
@@ -444,6 +511,7 @@ def read_allowlist(values: Iterable[str]) -> list[str]:
 
 # ---------------------------------------------------------------- merging and the public API
 
+
 def _merge(text: str, findings: Iterable[_Finding]) -> list[PiiSpan]:
     ranked = sorted(findings, key=lambda f: (f.end - f.start, f.score, f.from_regex), reverse=True)
     kept: list[_Finding] = []
@@ -451,7 +519,7 @@ def _merge(text: str, findings: Iterable[_Finding]) -> list[PiiSpan]:
         if all(f.end <= k.start or f.start >= k.end for k in kept):
             kept.append(f)
     kept.sort(key=lambda f: f.start)
-    return [PiiSpan(type=f.type, start=f.start, end=f.end, text=text[f.start:f.end]) for f in kept]
+    return [PiiSpan(type=f.type, start=f.start, end=f.end, text=text[f.start : f.end]) for f in kept]
 
 
 def _wants_ner(text: str) -> bool:
@@ -483,7 +551,7 @@ def redact(text: str, spans: Iterable[PiiSpan]) -> str:
         if span.start < cursor:
             cursor = max(cursor, span.end)
             continue
-        pieces += [text[cursor:span.start], f"<{span.type}>"]
+        pieces += [text[cursor : span.start], f"<{span.type}>"]
         cursor = span.end
     pieces.append(text[cursor:])
     return "".join(pieces)
@@ -510,9 +578,7 @@ def shown(span_type: str, text: str, mode: ScrubMode) -> str:
     return mask(text)
 
 
-def scrub_examples(
-    examples: list[Example], mode: ScrubMode, *, ner: bool = True, allow: Iterable[str] = ()
-) -> tuple[list[Example], PiiReport]:
+def scrub_examples(examples: list[Example], mode: ScrubMode, *, ner: bool = True, allow: Iterable[str] = ()) -> tuple[list[Example], PiiReport]:
     """Scan every text field of every example (messages, id, label, meta values and keys at any
     depth): `report` returns them unchanged, `redact` replaces each finding with a typed
     placeholder, `drop` leaves out examples with any finding."""
@@ -656,6 +722,22 @@ class Scrubber:
 
 
 __all__ = [
-    "Allowlist", "PiiLocation", "PiiReport", "PiiSpan", "ScrubMode", "card_ok", "find_pii", "find_pii_batch", "iban_ok",
-    "luhn_ok", "get_analyzer", "mask", "read_allowlist", "redact", "scrub_examples", "Scrubber", "shown", "text_fields",
+    "Allowlist",
+    "PiiLocation",
+    "PiiReport",
+    "PiiSpan",
+    "ScrubMode",
+    "card_ok",
+    "find_pii",
+    "find_pii_batch",
+    "iban_ok",
+    "luhn_ok",
+    "get_analyzer",
+    "mask",
+    "read_allowlist",
+    "redact",
+    "scrub_examples",
+    "Scrubber",
+    "shown",
+    "text_fields",
 ]

@@ -52,8 +52,9 @@ class Prepared(BaseModel):
 CHUNK = 512  # examples per batch through clean and PII: NER is faster on batches, memory stays flat
 
 
-def _record_step(steps: list[StepRecord], name: str, settings: dict[str, Any], examples_in: int, examples_out: int, report: BaseModel,
-                 say: bool = True) -> None:
+def _record_step(
+    steps: list[StepRecord], name: str, settings: dict[str, Any], examples_in: int, examples_out: int, report: BaseModel, say: bool = True
+) -> None:
     steps.append(StepRecord(step=name, settings=settings, examples_in=examples_in, examples_out=examples_out, report=report.model_dump(mode="json")))
     if not say:
         return
@@ -76,8 +77,9 @@ def length_limit_for(spec: RunSpec) -> LengthLimit | None:
     return LengthLimit(model=spec.model.name, max_seq_len=spec.train.max_seq_len) if spec.train.task == "causal_lm" else None
 
 
-def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path,
-              length: LengthLimit | None = None) -> Prepared:
+def run_steps(
+    source: Path, fmt: FormatName | None, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, workdir: Path, length: LengthLimit | None = None
+) -> Prepared:
     """read → clean → PII → dedup → split → length check → leak check. Examples stream through the
     first three into `workdir`; later steps work on row numbers and compact columns (rows.py)."""
     rows = Rows(workdir, seed, options.group_by)
@@ -92,8 +94,15 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
         from tunesmith.data.dedup import dedup_rows
 
         kept, dedup_report = dedup_rows(rows, near=options.near_dedup, threshold=options.near_threshold, seed=seed, upto=from_file)
-        _record_step(steps, "dedup", {"near": options.near_dedup, "threshold": options.near_threshold}, dedup_report.examples_in, dedup_report.examples_out,
-                     dedup_report, say=dedup_report.examples_in == dedup_report.examples_out)
+        _record_step(
+            steps,
+            "dedup",
+            {"near": options.near_dedup, "threshold": options.near_threshold},
+            dedup_report.examples_in,
+            dedup_report.examples_out,
+            dedup_report,
+            say=dedup_report.examples_in == dedup_report.examples_out,
+        )
         warnings += _say_dedup(dedup_report, options)
     else:
         kept = np.arange(from_file)
@@ -103,8 +112,15 @@ def run_steps(source: Path, fmt: FormatName | None, seed: int, ratios: tuple[flo
     if length is not None:
         _keep_long_examples_in_train(rows, splits, given, length, steps, warnings)
     leaks = remove_leaks(rows, splits, options.near_threshold if options.near_dedup else None, frozenset(given))
-    steps.append(StepRecord(step="leakage", settings={"near_threshold": leaks.near_threshold}, examples_in=len(kept) + sum(len(v) for v in given.values()),
-                            examples_out=sum(len(v) for v in splits.values()), report=leaks.model_dump(mode="json")))
+    steps.append(
+        StepRecord(
+            step="leakage",
+            settings={"near_threshold": leaks.near_threshold},
+            examples_in=len(kept) + sum(len(v) for v in given.values()),
+            examples_out=sum(len(v) for v in splits.values()),
+            report=leaks.model_dump(mode="json"),
+        )
+    )
     _say_leaks(leaks, given)
     removed = {step.step: step.examples_in - step.examples_out for step in steps if step.step not in ("leakage", "length")}
     removed.update({f"{name}_leaked_into_train": n for name, n in leaks.removed.items() if name not in given})
@@ -146,12 +162,18 @@ def _say_dedup(report: Any, options: PrepareSpec) -> list[str]:
     share = removed / max(report.examples_in, 1)
     near = f" and {report.near} near-duplicate(s) (Jaccard >= {options.near_threshold} on {report.shingles} shingles)" if report.near else ""
     shown = ", ".join(f"{p.removed} ~ {p.kept}" for p in report.pairs[:3])
-    console.print(f"  dedup: removed {removed} of {report.examples_in} example(s) ({share:.0%}): {report.exact} exact duplicate(s){near}"
-                  + escape(f"; e.g. {shown} (every pair: manifest.json, step dedup)"), highlight=False)
+    console.print(
+        f"  dedup: removed {removed} of {report.examples_in} example(s) ({share:.0%}): {report.exact} exact duplicate(s){near}"
+        + escape(f"; e.g. {shown} (every pair: manifest.json, step dedup)"),
+        highlight=False,
+    )
     if share < 0.2:
         return []
-    advice = "raise --near-threshold (e.g. 0.95) or pass --no-near-dedup if they are distinct examples written from one template" if report.near else \
-        "check the export: the same rows appear many times"
+    advice = (
+        "raise --near-threshold (e.g. 0.95) or pass --no-near-dedup if they are distinct examples written from one template"
+        if report.near
+        else "check the export: the same rows appear many times"
+    )
     return [f"dedup_removed_many: dedup removed {removed} of {report.examples_in} examples ({share:.0%}); {advice}"]
 
 
@@ -162,24 +184,29 @@ def _say_leaks(leaks: Any, given: dict[str, np.ndarray]) -> None:
     for name, n in leaks.removed_from_train.items():
         if n:
             shown = [f"{p.removed} ~ {p.matches}" for p in leaks.pairs if p.split == "train" and p.matches][:3]
-            console.print(f"  [yellow]leakage: {n} training example(s) repeat a prompt of your {name} file and were removed from train; "
-                          f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown)})"))
+            console.print(
+                f"  [yellow]leakage: {n} training example(s) repeat a prompt of your {name} file and were removed from train; "
+                f"the {name} file is kept whole[/]" + escape(f" (e.g. {', '.join(shown)})")
+            )
 
 
 def _nothing_left(source: Path, steps: list[StepRecord]) -> None:
     """A dataset with none of the file's examples is of no use to anything: say which step took them."""
     removed = ", ".join(f"{step.step} removed {step.examples_in - step.examples_out}" for step in steps if step.examples_in != step.examples_out)
-    raise UserError(f"no example of {source} is left to put in the dataset ({removed})",
-                    fix="with --pii drop every example holding personal data goes: --pii redact keeps them with it replaced; "
-                        "clean removes examples without a user turn and an answer (`tunesmith data validate` lists them)")
+    raise UserError(
+        f"no example of {source} is left to put in the dataset ({removed})",
+        fix="with --pii drop every example holding personal data goes: --pii redact keeps them with it replaced; "
+        "clean removes examples without a user turn and an answer (`tunesmith data validate` lists them)",
+    )
 
 
 # Where a row came from: the file, or a split given with --validation-file / --test-file.
 _ORIGINS = {"file": 0, "validation": 1, "test": 2}
 
 
-def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord],
-               skipped: list[dict[str, Any]]) -> tuple[FormatName, np.ndarray]:
+def _stream_in(
+    source: Path, fmt: FormatName | None, options: PrepareSpec, rows: Rows, steps: list[StepRecord], skipped: list[dict[str, Any]]
+) -> tuple[FormatName, np.ndarray]:
     """Read, clean and scrub every input file a batch at a time into `rows` (the given validation and
     test files too: whatever goes into the dataset passes the same steps); record the clean and PII
     steps. Returns the format and each row's origin (_ORIGINS)."""
@@ -248,8 +275,14 @@ def _stream_in(source: Path, fmt: FormatName | None, options: PrepareSpec, rows:
         _warn_style(steps[-1].report)
     if scrubber:
         pii_report = scrubber.finish()
-        _record_step(steps, "pii", {"mode": options.pii, "ner": options.pii_ner, "allow": len(pii_report.allowed)}, pii_report.examples_scanned,
-                     pii_report.examples_scanned - pii_report.examples_dropped, pii_report)
+        _record_step(
+            steps,
+            "pii",
+            {"mode": options.pii, "ner": options.pii_ner, "allow": len(pii_report.allowed)},
+            pii_report.examples_scanned,
+            pii_report.examples_scanned - pii_report.examples_dropped,
+            pii_report,
+        )
         _warn_pii(steps[-1].report)
     return fmt, np.frombuffer(origin, dtype=np.int8).copy()
 
@@ -262,17 +295,30 @@ def _augment(rows: Rows, splits: dict[str, np.ndarray], steps: list[StepRecord],
     generator, name = make_generator(spec)
     train = rows.examples(splits["train"])
     synthetic, report, review = augment_train(train, spec, generator, name)
-    steps.append(StepRecord(step="augment", settings=spec.model_dump(mode="json"), examples_in=len(train),
-                            examples_out=len(train) + len(synthetic), report=report.model_dump(mode="json")))
-    console.print(f"  augment: {report.added} paraphrase(s) added to train, {sum(report.rejected.values())} rejected {report.rejected or ''}; review them in augment_review.jsonl")
+    steps.append(
+        StepRecord(
+            step="augment",
+            settings=spec.model_dump(mode="json"),
+            examples_in=len(train),
+            examples_out=len(train) + len(synthetic),
+            report=report.model_dump(mode="json"),
+        )
+    )
+    console.print(
+        f"  augment: {report.added} paraphrase(s) added to train, {sum(report.rejected.values())} rejected {report.rejected or ''}; review them in augment_review.jsonl"
+    )
     return synthetic, review
 
 
-def _split(rows: Rows, kept: np.ndarray, origin: np.ndarray, seed: int, ratios: tuple[float, float, float], options: PrepareSpec,
-           warnings: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _split(
+    rows: Rows, kept: np.ndarray, origin: np.ndarray, seed: int, ratios: tuple[float, float, float], options: PrepareSpec, warnings: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The splits, and the rows of each split the user gave as a file (kept whole: never deduplicated against train)."""
-    given = {name: np.flatnonzero(origin == _ORIGINS[name]) for name, path in
-             (("validation", options.validation_file), ("test", options.test_file)) if path is not None}
+    given = {
+        name: np.flatnonzero(origin == _ORIGINS[name])
+        for name, path in (("validation", options.validation_file), ("test", options.test_file))
+        if path is not None
+    }
     for name, numbers in given.items():
         warnings += _repeats_in_given(rows, numbers, name, options.validation_file if name == "validation" else options.test_file)
     if given:
@@ -297,14 +343,15 @@ def _repeats_in_given(rows: Rows, numbers: np.ndarray, name: str, path: Path | N
     if not repeats:
         return []
     listed = "; ".join(repeats[:10]) + (f"; and {len(repeats) - 10} more" if len(repeats) > 10 else "")
-    return [f"duplicates_in_{name}_file: {len(repeats)} example(s) of {path} repeat another of its examples ({listed}); "
-            f"kept as given, so each counts twice in the scores: remove the repeats from the file if they are not meant"]
+    return [
+        f"duplicates_in_{name}_file: {len(repeats)} example(s) of {path} repeat another of its examples ({listed}); "
+        f"kept as given, so each counts twice in the scores: remove the repeats from the file if they are not meant"
+    ]
 
 
-
-
-def _keep_long_examples_in_train(rows: Rows, splits: dict[str, np.ndarray], given: dict[str, np.ndarray], length: LengthLimit,
-                                 steps: list[StepRecord], warnings: list[str]) -> None:
+def _keep_long_examples_in_train(
+    rows: Rows, splits: dict[str, np.ndarray], given: dict[str, np.ndarray], length: LengthLimit, steps: list[StepRecord], warnings: list[str]
+) -> None:
     """Validation/test examples longer than the model's training length move to train, where they
     are truncated like every long example; scoring one would judge a cut prompt or answer.
     Examples of a file the user gave stay where they are, named in a warning."""
@@ -321,17 +368,28 @@ def _keep_long_examples_in_train(rows: Rows, splits: dict[str, np.ndarray], give
         ids = rows.ids(selected[too_long])
         if name in given:
             flagged[name] = ids
-            warnings.append(f"too_long_in_{name}_file: {len(ids)} example(s) of your {name} file are longer than max_seq_len {length.max_seq_len} "
-                            f"with {length.model}'s chat template ({', '.join(ids[:10])}): they are scored on a cut prompt; shorten them or raise --max-seq-len")
+            warnings.append(
+                f"too_long_in_{name}_file: {len(ids)} example(s) of your {name} file are longer than max_seq_len {length.max_seq_len} "
+                f"with {length.model}'s chat template ({', '.join(ids[:10])}): they are scored on a cut prompt; shorten them or raise --max-seq-len"
+            )
             continue
         moved[name] = ids
         splits["train"] = _by_rank(rows, np.concatenate([splits["train"], selected[too_long]]))
         splits[name] = selected[~too_long]
-        console.print(f"  length: {len(ids)} {name} example(s) over max_seq_len {length.max_seq_len} moved to train, where they are truncated"
-                      + escape(f" ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"))
+        console.print(
+            f"  length: {len(ids)} {name} example(s) over max_seq_len {length.max_seq_len} moved to train, where they are truncated"
+            + escape(f" ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+        )
     n_moved = sum(len(v) for v in moved.values())
-    steps.append(StepRecord(step="length", settings=length.model_dump(), examples_in=n_moved, examples_out=n_moved,
-                            report={"moved_to_train": moved, "too_long_in_given_files": flagged}))
+    steps.append(
+        StepRecord(
+            step="length",
+            settings=length.model_dump(),
+            examples_in=n_moved,
+            examples_out=n_moved,
+            report={"moved_to_train": moved, "too_long_in_given_files": flagged},
+        )
+    )
 
 
 def _warn_style(report: dict[str, Any]) -> None:

@@ -37,7 +37,6 @@ _REQUIRED = {
 _OPTIONAL_TEXT = {"alpaca": ("input", "system")}
 
 
-
 def _check_turns(record: dict, spec: _TurnSpec) -> Found:
     turns = record.get(spec.list_key)
     if not isinstance(turns, list) or not turns:
@@ -57,21 +56,33 @@ def _check_turns(record: dict, spec: _TurnSpec) -> Found:
 
 def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
     if not isinstance(turn, dict):
-        return [("message_missing_key", f"{where} is not an object; write {{\"{spec.role_key}\": ..., \"{spec.content_key}\": ...}}", "error")]
+        return [("message_missing_key", f'{where} is not an object; write {{"{spec.role_key}": ..., "{spec.content_key}": ...}}', "error")]
     found: Found = []
     missing = [key for key in (spec.role_key, spec.content_key) if key not in turn]
     if missing:
         found.append(("message_missing_key", f"{where} has no '{', '.join(missing)}'; every turn needs {spec.role_key} and {spec.content_key}", "error"))
     unknown = sorted(map(str, set(turn) - {spec.role_key, spec.content_key, "weight"}))
     if unknown:
-        found.append(("message_unrecognized_key", f"{where} has key(s) {', '.join(unknown)}; tunesmith reads only {spec.role_key}, {spec.content_key} and weight: remove them", "error"))
+        found.append(
+            (
+                "message_unrecognized_key",
+                f"{where} has key(s) {', '.join(unknown)}; tunesmith reads only {spec.role_key}, {spec.content_key} and weight: remove them",
+                "error",
+            )
+        )
     role = turn.get(spec.role_key)
     if spec.role_key in turn and (not isinstance(role, str) or role not in spec.roles):
         found.append(("unrecognized_role", f"{where}.{spec.role_key} is {json.dumps(role)[:40]}; use one of {', '.join(spec.roles)}", "error"))
     content = turn.get(spec.content_key)
     if spec.content_key in turn and (not isinstance(content, str) or _blank(content)):
-        found.append(("missing_content", f"{where}.{spec.content_key} is empty (or only control characters) or not text; give the turn its text, "
-                      "remove the turn, or leave the line out with `data prepare --skip-invalid`", "error"))
+        found.append(
+            (
+                "missing_content",
+                f"{where}.{spec.content_key} is empty (or only control characters) or not text; give the turn its text, "
+                "remove the turn, or leave the line out with `data prepare --skip-invalid`",
+                "error",
+            )
+        )
     if "weight" in turn and not _is_weight(turn["weight"]):
         found.append(("invalid_weight", f"{where}.weight is {json.dumps(turn['weight'])[:40]}; use 0 (context only) or 1 (trained)", "error"))
     return found
@@ -96,8 +107,14 @@ def _check_fields(record: dict, fmt: str) -> Found:
         allowed = (str, int, float) if key == "label" else (str,)
         if isinstance(value, bool) or not isinstance(value, allowed) or _blank(str(value)):
             state = "missing" if key not in record else "empty or not text"
-            found.append(("missing_field", f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text: "
-                          "fill it in, or leave the line out with `data prepare --skip-invalid`", "error"))
+            found.append(
+                (
+                    "missing_field",
+                    f"field '{key}' is {state}; every {fmt} record needs {' and '.join(_REQUIRED[fmt])} as non-empty text: "
+                    "fill it in, or leave the line out with `data prepare --skip-invalid`",
+                    "error",
+                )
+            )
     for key in _OPTIONAL_TEXT.get(fmt, ()):
         if key in record and record[key] is not None and not isinstance(record[key], str):
             found.append(("missing_field", f"field '{key}' must be text when present (it is {type(record[key]).__name__})", "error"))

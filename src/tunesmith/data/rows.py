@@ -80,8 +80,7 @@ class Rows:
             return np.frombuffer(bytes(data), dtype=dtype)
         if name == "rank":
             return np.frombuffer(bytes(self._rank), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        source = {"offsets": self._offsets, "labels": self._labels, "groups": self._groups, "words": self._words,
-                  "prompt_words": self._prompt_words}[name]
+        source = {"offsets": self._offsets, "labels": self._labels, "groups": self._groups, "words": self._words, "prompt_words": self._prompt_words}[name]
         return np.frombuffer(source, dtype=np.int64 if name == "offsets" else np.int32).copy()
 
     # --- reading back ---------------------------------------------------------------------------

@@ -87,8 +87,7 @@ class _Length:
         return self.n
 
 
-def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray], ratios: tuple[float, float, float], seed: int,
-                 group_by: str | None) -> Splits:
+def assign_given(rows: Rows, selected: np.ndarray, given: dict[str, np.ndarray], ratios: tuple[float, float, float], seed: int, group_by: str | None) -> Splits:
     """Given splits kept as given; the missing ones carved out of `selected`, in the proportions `ratios`
     give them relative to train."""
     wanted = tuple(0.0 if name in given else r for name, r in zip(SPLITS, ratios))
@@ -126,10 +125,12 @@ def remove_leaks(rows: Rows, splits: Splits, near_threshold: float | None, given
             words = rows.column("prompt_words")
             shingler = shingler_for_lengths(np.concatenate([words[candidates], words[train]]))
             if shingler.name not in indexes:
-                indexes[shingler.name] = NearIndex((shingler(t) for t in rows.texts(train, prompt_only=True)),
-                                                   _sets_of(rows, train, shingler), near_threshold, count=len(train))
-            matches = indexes[shingler.name].matches((shingler(t) for t in rows.texts(candidates, prompt_only=True)),
-                                                     _sets_of(rows, candidates, shingler), count=len(candidates))
+                indexes[shingler.name] = NearIndex(
+                    (shingler(t) for t in rows.texts(train, prompt_only=True)), _sets_of(rows, train, shingler), near_threshold, count=len(train)
+                )
+            matches = indexes[shingler.name].matches(
+                (shingler(t) for t in rows.texts(candidates, prompt_only=True)), _sets_of(rows, candidates, shingler), count=len(candidates)
+            )
             ordered = sorted(matches.items())
             ids = rows.ids([int(candidates[q]) for q, _ in ordered])
             train_ids = rows.ids([int(train[ref]) for _, ref in ordered])
@@ -153,8 +154,10 @@ def _remove_from_train(rows: Rows, splits: Splits, name: str, near_threshold: fl
     if exact.any():
         by_prompt = {bytes(p): i for i, p in zip(rows.ids(held), prompts[held])}
         removed = train[exact]
-        pairs += [LeakedPair(split="train", removed=i, train_id=None, kind="exact", matches=by_prompt[bytes(p)])
-                  for i, p in zip(rows.ids(removed[:MAX_LISTED]), prompts[removed[:MAX_LISTED]])]
+        pairs += [
+            LeakedPair(split="train", removed=i, train_id=None, kind="exact", matches=by_prompt[bytes(p)])
+            for i, p in zip(rows.ids(removed[:MAX_LISTED]), prompts[removed[:MAX_LISTED]])
+        ]
     remaining = train[~exact]
     if near_threshold is not None and len(remaining) and len(held):
         words = rows.column("prompt_words")
@@ -163,8 +166,10 @@ def _remove_from_train(rows: Rows, splits: Splits, name: str, near_threshold: fl
         matches = index.matches((shingler(t) for t in rows.texts(remaining, prompt_only=True)), _sets_of(rows, remaining, shingler), count=len(remaining))
         ordered = sorted(matches.items())
         listed = ordered[:MAX_LISTED]
-        pairs += [LeakedPair(split="train", removed=r, train_id=None, kind="near", matches=g) for r, g in
-                  zip(rows.ids([int(remaining[q]) for q, _ in listed]), rows.ids([int(held[ref]) for _, ref in listed]))]
+        pairs += [
+            LeakedPair(split="train", removed=r, train_id=None, kind="near", matches=g)
+            for r, g in zip(rows.ids([int(remaining[q]) for q, _ in listed]), rows.ids([int(held[ref]) for _, ref in listed]))
+        ]
         if ordered:
             remaining = np.delete(remaining, [q for q, _ in ordered])
     splits["train"] = remaining

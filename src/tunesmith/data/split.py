@@ -96,13 +96,18 @@ def small_split_warning(name: str, n: int, given: bool = False) -> str | None:
     needed = paired_sample_size()
     if n >= needed:
         return None
-    rule = (f"a paired comparison of a 0/1 metric (McNemar, 95% confidence, 80% power, assuming 20% of answers change) "
-            f"needs about {needed} to detect a {TARGET_GAIN * 100:.0f}-point gain")
+    rule = (
+        f"a paired comparison of a 0/1 metric (McNemar, 95% confidence, 80% power, assuming 20% of answers change) "
+        f"needs about {needed} to detect a {TARGET_GAIN * 100:.0f}-point gain"
+    )
     if n < min_significant_size():
         verdict = f"no difference between two models can be significant on {n} example(s)"
     else:
         detectable = next((g for g in range(11, 51) if paired_sample_size(g / 100) <= n), None)
-        verdict = (f"on {n} examples only a gain of about {detectable} points or more can reliably be told from chance" if detectable
-                   else f"on {n} examples even a 50-point gain is likely to look like chance")
+        verdict = (
+            f"on {n} examples only a gain of about {detectable} points or more can reliably be told from chance"
+            if detectable
+            else f"on {n} examples even a 50-point gain is likely to look like chance"
+        )
     fix = f"add examples to your {name} file" if given else f"add examples, give --{name}-file, or raise the {name} share of --split"
     return f"small_{name}_split: {verdict}; {rule}. {fix[0].upper()}{fix[1:]}"

@@ -52,9 +52,7 @@ class DatasetStats(BaseModel):
     seconds_per_epoch: float | None = None
 
 
-def dataset_stats(
-    examples_by_split: Mapping[str, Iterable[Example]], tokenizer: Any = None, *, seconds_per_token: float | None = None
-) -> DatasetStats:
+def dataset_stats(examples_by_split: Mapping[str, Iterable[Example]], tokenizer: Any = None, *, seconds_per_token: float | None = None) -> DatasetStats:
     """Each split is read once, example by example: a split may be a generator over a large file."""
     lengths: dict[str, list[int]] = {}
     splits = {}

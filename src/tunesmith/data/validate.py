@@ -89,8 +89,15 @@ class ValidationReport:
 
 
 def validate_file(
-    path: Path, fmt: FormatName | None = None, mapping: dict[str, str] | None = None, tokenizer: Any = None, max_seq_len: int | None = None,
-    *, pii: bool = False, pii_ner: bool = True, pii_allow: list[str] | tuple[str, ...] = (),
+    path: Path,
+    fmt: FormatName | None = None,
+    mapping: dict[str, str] | None = None,
+    tokenizer: Any = None,
+    max_seq_len: int | None = None,
+    *,
+    pii: bool = False,
+    pii_ner: bool = True,
+    pii_allow: list[str] | tuple[str, ...] = (),
 ) -> ValidationReport:
     """Read every record of `path` and report every problem; never stops at the first. `pii`: also
     look for personal data with prepare's detectors (and `pii_allow`), one warning per type."""
@@ -136,7 +143,9 @@ class _FileChecker:
             return
         record = apply_mapping(record, self.mapping)
         if not isinstance(record, dict):
-            self.report.add(line, "data_type", f"record is a {type(record).__name__}, not an object; each record must be a JSON object like {{\"messages\": [...]}}")
+            self.report.add(
+                line, "data_type", f'record is a {type(record).__name__}, not an object; each record must be a JSON object like {{"messages": [...]}}'
+            )
             return
         fmt = self._format_of(line, record)
         if fmt is None:
@@ -153,7 +162,9 @@ class _FileChecker:
         if self.fmt is None and detected is not None:
             self.fmt = self.report.format = detected
         if self.fmt is None:
-            self.report.add(line, "missing_field", f"no known format's fields ({_describe(record)}); use one of {_format_list()}, or rename keys with --map canonical=yours")
+            self.report.add(
+                line, "missing_field", f"no known format's fields ({_describe(record)}); use one of {_format_list()}, or rename keys with --map canonical=yours"
+            )
             return None
         if all(key in record for key in FORMAT_KEYS[self.fmt]):
             return self.fmt
@@ -163,7 +174,11 @@ class _FileChecker:
             self.report.add(line, "missing_messages_list", f"no '{TURNS[self.fmt].list_key}' list ({_describe(record)}); every {self.fmt} record needs one")
         else:
             missing = [key for key in FORMAT_KEYS[self.fmt] if key not in record]
-            self.report.add(line, "missing_field", f"field(s) {', '.join(missing)} missing ({_describe(record)}); every {self.fmt} record needs {' and '.join(FORMAT_KEYS[self.fmt])}, or use --map")
+            self.report.add(
+                line,
+                "missing_field",
+                f"field(s) {', '.join(missing)} missing ({_describe(record)}); every {self.fmt} record needs {' and '.join(FORMAT_KEYS[self.fmt])}, or use --map",
+            )
         return None
 
     def _check_example(self, line: int, record: dict, fmt: str) -> None:
@@ -267,7 +282,13 @@ class _LabelCounts:
         (top, most), (bottom, least) = self.counts.most_common()[0], self.counts.most_common()[-1]
         if most <= IMBALANCE_RATIO * least:
             return []
-        return [(0, "class_imbalance", f"label '{top}' has {most} examples but '{bottom}' only {least} (over {IMBALANCE_RATIO}x); add examples of the rare labels, or the model learns to ignore them")]
+        return [
+            (
+                0,
+                "class_imbalance",
+                f"label '{top}' has {most} examples but '{bottom}' only {least} (over {IMBALANCE_RATIO}x); add examples of the rare labels, or the model learns to ignore them",
+            )
+        ]
 
 
 _STEP = re.compile(r"^\s*step\s*\d+\s*[:.)]", re.IGNORECASE | re.MULTILINE)
@@ -301,7 +322,13 @@ class _OutputStyle:
         found = []
         for a, b, what in (("json", "not_json", "JSON objects"), ("numbered_list", "step_list", "'1.' lists and 'Step 1:' lists")):
             if self.counts[a] and self.counts[b]:
-                found.append((0, "inconsistent_output_style", f"answers mix {what}: {self.counts[a]} {a} (first at line {self.first[a]}) and {self.counts[b]} {b} (first at line {self.first[b]}); make every answer the same shape"))
+                found.append(
+                    (
+                        0,
+                        "inconsistent_output_style",
+                        f"answers mix {what}: {self.counts[a]} {a} (first at line {self.first[a]}) and {self.counts[b]} {b} (first at line {self.first[b]}); make every answer the same shape",
+                    )
+                )
         return found
 
 
@@ -333,7 +360,13 @@ class _SystemConsistency:
     def findings(self) -> list[tuple[int, str, str]]:
         if not (self.with_system and self.without):
             return []
-        return [(self.first_without, "missing_system_message", f"{self.without} example(s) have no system message (first at line {self.first_without}) while {self.with_system} do; give every example the same system message, or none")]
+        return [
+            (
+                self.first_without,
+                "missing_system_message",
+                f"{self.without} example(s) have no system message (first at line {self.first_without}) while {self.with_system} do; give every example the same system message, or none",
+            )
+        ]
 
 
 class _PersonalData:
@@ -368,8 +401,12 @@ class _PersonalData:
         self._flush()
         report = self.scrubber.finish()
         return [
-            (self.first[kind], "personal_data", f"{count} {kind} finding(s), first at line {self.first[kind]}, e.g. {', '.join(f'{text!r} x{n}' for text, n in report.examples.get(kind, {}).items())}; "
-             "prepare with --pii redact (or drop) to remove them; --pii-allow TERM for any that is not personal data (a product, a machine)")
+            (
+                self.first[kind],
+                "personal_data",
+                f"{count} {kind} finding(s), first at line {self.first[kind]}, e.g. {', '.join(f'{text!r} x{n}' for text, n in report.examples.get(kind, {}).items())}; "
+                "prepare with --pii redact (or drop) to remove them; --pii-allow TERM for any that is not personal data (a product, a machine)",
+            )
             for kind, count in report.counts.items()
         ]
 
@@ -407,7 +444,12 @@ class _LengthCheck:
         fix = f"raise --max-seq-len to {total}, or shorten the example"
         if not any(i < limit for i in trained):
             return [("no_trainable_tokens", f"{total} tokens, and every trained token lies past max_seq_len {limit}: training drops this example; {fix}")]
-        return [("too_long", f"{total} tokens with the chat template, over max_seq_len {limit}: the last {total - limit} are cut, {lost_final} of them from the final assistant answer's {len(final)}; {fix}")]
+        return [
+            (
+                "too_long",
+                f"{total} tokens with the chat template, over max_seq_len {limit}: the last {total - limit} are cut, {lost_final} of them from the final assistant answer's {len(final)}; {fix}",
+            )
+        ]
 
 
 def long_example_check(tokenizer: Any, max_seq_len: int | None) -> Any:

@@ -16,7 +16,10 @@ SYSTEM_PROMPT = 'Route this Nimbus support ticket. Reply with JSON only: {"team"
 TEAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "FINOPS": (("BLX", "INV"), ("the dunning run", "ledger sync", "proration on the invoice", "the PO mismatch", "a double charge", "the refund batch")),
     "CORE-INFRA": (("KST", "GW"), ("a Kestrel node", "pod evictions", "the edge gateway", "TLS handshake errors", "the blue/green cutover", "disk pressure")),
-    "APPX": (("MOB", "WDG"), ("the iOS build", "push notifications", "the Android widget", "the app crashing on launch", "the dark-mode toggle", "the offline cache")),
+    "APPX": (
+        ("MOB", "WDG"),
+        ("the iOS build", "push notifications", "the Android widget", "the app crashing on launch", "the dark-mode toggle", "the offline cache"),
+    ),
     "DATAPIPE": (("ETL", "LKH"), ("the nightly ETL", "the lakehouse sync", "a stuck CDC stream", "schema drift", "the backfill job", "stale dashboards")),
     "IAM": (("SSO", "MFA"), ("SAML assertions", "SCIM provisioning", "MFA resets", "the SSO redirect loop", "expired API tokens", "role mappings")),
     "DEVICES": (("RMA", "HWK"), ("a dead HWK scanner", "the RMA label", "firmware 4.2 rollout", "a cracked dock", "battery swelling", "the replacement unit")),
@@ -26,8 +29,22 @@ TEAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # adapter on a 135M model barely separates them in one epoch (measured: chance level), while
 # full fine-tuning does. Words also read better in a queue.
 PRIORITY_CUES = {
-    "urgent": ("production is down", "all customers are affected", "this is a sev1", "we are losing money every minute", "nobody can work", "complete outage since 9am"),
-    "normal": ("it happens intermittently", "some users see it", "it is slowing us down", "there is a workaround but it hurts", "about a third of requests fail", "it started after the last update"),
+    "urgent": (
+        "production is down",
+        "all customers are affected",
+        "this is a sev1",
+        "we are losing money every minute",
+        "nobody can work",
+        "complete outage since 9am",
+    ),
+    "normal": (
+        "it happens intermittently",
+        "some users see it",
+        "it is slowing us down",
+        "there is a workaround but it hurts",
+        "about a third of requests fail",
+        "it started after the last update",
+    ),
     "low": ("no rush on this", "whenever you get a chance", "just a cosmetic thing", "more of a question really", "low priority", "not urgent at all"),
 }
 

@@ -28,11 +28,11 @@ def few_shot(examples: list[Example], train: list[Example], k: int, seed: int = 
     (after the example's own system message, if it has one)."""
     usable = [e for e in train if e.reference is not None and any(m.role == "user" for m in e.prompt_messages)]
     if len(usable) < k:
-        raise UserError(f"the few-shot baseline needs {k} training examples with an answer; the train split has {len(usable)}",
-                        fix="lower --shots")
+        raise UserError(f"the few-shot baseline needs {k} training examples with an answer; the train split has {len(usable)}", fix="lower --shots")
     shots = random.Random(seed).sample(usable, k)
-    turns = [Message(role=m.role, content=m.content, weight=0.0 if m.role == "assistant" else None)
-             for shot in shots for m in shot.messages if m.role != "system"]
+    turns = [
+        Message(role=m.role, content=m.content, weight=0.0 if m.role == "assistant" else None) for shot in shots for m in shot.messages if m.role != "system"
+    ]
     out = []
     for example in examples:
         system = [m for m in example.messages if m.role == "system"]

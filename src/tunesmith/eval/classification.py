@@ -1,4 +1,3 @@
-
 import json
 import time
 from pathlib import Path
@@ -49,10 +48,16 @@ def evaluate_classifier_run(workspace: Workspace, run_dir: Path, info: RunInfo, 
     found = compute_metrics(guesses, truth, ["accuracy", "f1", "confusion_matrix"], labels=labels)
     majority = max(labels, key=lambda name: sum(t == name for t in truth))
     metrics = {k: round(v, 4) for k, v in found.items() if isinstance(v, float)}
-    metrics.update(n=float(len(examples)), exact_match=metrics["accuracy"], examples_per_s=round(len(examples) / seconds, 2) if seconds > 0 else 0.0,
-                   majority_class_accuracy=round(sum(t == majority for t in truth) / len(truth), 4))
-    rows = [{"id": e.id, "prompt": example_text(e), "reference": t, "prediction": g, "exact_match": float(t == g), "label": t, "predicted_label": g}
-            for e, t, g in zip(examples, truth, guesses)]
+    metrics.update(
+        n=float(len(examples)),
+        exact_match=metrics["accuracy"],
+        examples_per_s=round(len(examples) / seconds, 2) if seconds > 0 else 0.0,
+        majority_class_accuracy=round(sum(t == majority for t in truth) / len(truth), 4),
+    )
+    rows = [
+        {"id": e.id, "prompt": example_text(e), "reference": t, "prediction": g, "exact_match": float(t == g), "label": t, "predicted_label": g}
+        for e, t, g in zip(examples, truth, guesses)
+    ]
     save_evaluation(workspace, run_dir, info, spec.split, "tuned", rows, metrics)
     _add_to_report(run_dir, spec.split, found)
     _print_confusion(found["confusion_matrix"])
@@ -90,7 +95,7 @@ def classify_run(run_dir: Path, texts: list[str], batch_size: int = 32) -> list[
 
     info = load_run_info(run_dir)
     if info.task != "classification":
-        raise UserError(f"run {info.run_id} writes answers; it has no labels to pick", fix=f"ask it with `tunesmith generate {info.run_id} --prompt \"...\"`")
+        raise UserError(f"run {info.run_id} writes answers; it has no labels to pick", fix=f'ask it with `tunesmith generate {info.run_id} --prompt "..."`')
     run_spec = read_config(run_dir)
     model, tokenizer, device = load_trained_classifier(run_dir / info.artefact, info, run_spec.model)
     model.eval()
@@ -103,6 +108,7 @@ def classify_run(run_dir: Path, texts: list[str], batch_size: int = 32) -> list[
         probabilities = F.softmax(model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits.float(), dim=-1)
         for text, row in zip(batch, probabilities.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
-            found.append({"text": text, "label": labels[best], "probability": round(row[best], 4),
-                          "probabilities": {name: round(p, 4) for name, p in zip(labels, row)}})
+            found.append(
+                {"text": text, "label": labels[best], "probability": round(row[best], 4), "probabilities": {name: round(p, 4) for name, p in zip(labels, row)}}
+            )
     return found

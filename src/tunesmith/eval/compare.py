@@ -10,7 +10,8 @@ random examples (a paired permutation test)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,19 @@ from tunesmith.eval.significance import changed_examples, compare_paired
 
 N_BOOT = 1000
 ALPHA = 0.05
-PER_EXAMPLE = ("exact_match", "valid_json", "field_accuracy", "correct", "rouge1", "rouge2", "rougeL", "schema_valid",
-               "length_chars", "length_words", "ref_nll")
+PER_EXAMPLE = (
+    "exact_match",
+    "valid_json",
+    "field_accuracy",
+    "correct",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "schema_valid",
+    "length_chars",
+    "length_words",
+    "ref_nll",
+)
 
 Rows = list[dict[str, Any]]
 
@@ -116,16 +128,30 @@ def _corpus_comparison(fn: Callable[[Rows], float], a: Rows, b: Rows, seed: int,
         hits += abs(fn(b2) - fn(a2)) >= observed - 1e-12
         tick()
     p = (hits + 1) / (n_perm + 1)
-    return {"n": n, "mean_a": value_a, "mean_b": value_b, "delta": metric_delta(value_a, value_b), "ci_low": float(low), "ci_high": float(high),
-            "confidence": 1 - ALPHA, "test": "paired_permutation", "p_value": p, "significant": p < ALPHA, "n_boot": n_boot, "seed": seed}
+    return {
+        "n": n,
+        "mean_a": value_a,
+        "mean_b": value_b,
+        "delta": metric_delta(value_a, value_b),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": 1 - ALPHA,
+        "test": "paired_permutation",
+        "p_value": p,
+        "significant": p < ALPHA,
+        "n_boot": n_boot,
+        "seed": seed,
+    }
 
 
 def compare_rows(a: Rows, b: Rows, metrics: dict[str, float], *, custom: list[str] | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
     """{metric: comparison} of B against A (delta = B - A) for every metric both sets of rows carry."""
     ids_a, ids_b = [r["id"] for r in a], [r["id"] for r in b]
     if ids_a != ids_b:
-        raise UserError("the two models were not scored on the same examples in the same order",
-                        fix="evaluate both in one `tunesmith eval` call (same split, --limit and dataset)")
+        raise UserError(
+            "the two models were not scored on the same examples in the same order",
+            fix="evaluate both in one `tunesmith eval` call (same split, --limit and dataset)",
+        )
     out: dict[str, dict[str, Any]] = {}
     fields = sorted({k for r in (*a, *b) for k in (r.get("fields") or {})})
     for name in (*PER_EXAMPLE, *(f"field_accuracy.{f}" for f in fields)):
@@ -160,15 +186,14 @@ def _direction(name: str) -> dict[str, Any]:
 
 
 def better_or_worse(name: str, delta: float | None) -> str | None:
-    """"better", "worse" or None (no change, no delta, or a metric with no better direction)."""
+    """ "better", "worse" or None (no change, no delta, or a metric with no better direction)."""
     direction = definition(name).direction
     if delta is None or direction == "none" or not math.isfinite(delta) or abs(delta) < 1e-12:
         return None
     return "better" if (delta > 0) == (direction == "higher") else "worse"
 
 
-def comparison_table(models: dict[str, dict[str, Any]], versus: dict[str, dict[str, Any]] | None = None,
-                     headline: str | None = None) -> list[dict[str, Any]]:
+def comparison_table(models: dict[str, dict[str, Any]], versus: dict[str, dict[str, Any]] | None = None, headline: str | None = None) -> list[dict[str, Any]]:
     """The rows every report prints (terminal, report.html), so no two of them can disagree: per metric
     its definition, each model's value and, for each model compared with the tuned one, the delta
     tuned - other (versus's paired delta where the comparison has one, else `metric_delta` of the
@@ -194,8 +219,11 @@ def comparison_table(models: dict[str, dict[str, Any]], versus: dict[str, dict[s
                     delta = metric_delta(other_value, tuned_value)
                 else:
                     delta = None
-                deltas[other] = {"delta": delta, "change": better_or_worse(name, delta),
-                                 "significant": None if comparison is None else comparison.get("significant")}
+                deltas[other] = {
+                    "delta": delta,
+                    "change": better_or_worse(name, delta),
+                    "significant": None if comparison is None else comparison.get("significant"),
+                }
         rows.append({"name": name, "direction": d.direction, "kind": d.kind, "values": values, "deltas": deltas})
     return rows
 
@@ -211,8 +239,10 @@ def _same_values(comparison: dict[str, Any], other: Any, tuned: Any) -> bool:
 def verdict_line(comparison: dict[str, Any], metric: str, name_b: str, name_a: str) -> str:
     """One plain sentence: did B beat A on this metric beyond chance?"""
     c = comparison
-    stats = (f"{metric} {c['mean_b']:.3f} vs {c['mean_a']:.3f}, delta {c['delta']:+.3f} "
-             f"(95% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}, {c['test']} p = {c['p_value']:.2g})")
+    stats = (
+        f"{metric} {c['mean_b']:.3f} vs {c['mean_a']:.3f}, delta {c['delta']:+.3f} "
+        f"(95% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}, {c['test']} p = {c['p_value']:.2g})"
+    )
     higher = c.get("higher_is_better", True) is not False
     ahead, behind = (c["ci_low"] > 0, c["ci_high"] < 0) if higher else (c["ci_high"] < 0, c["ci_low"] > 0)
     # Both the test and the interval must agree before a winner is named.
@@ -256,8 +286,14 @@ def needed_examples(comparison: dict[str, Any], *, alpha: float = ALPHA, power: 
     z_alpha, z_power = float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
     se = (comparison["ci_high"] - comparison["ci_low"]) / (2 * float(norm.ppf(1 - (1 - comparison.get("confidence", 1 - ALPHA)) / 2)))
     needed = math.ceil(n * ((z_alpha + z_power) * se / abs(delta)) ** 2) if se > 0 and abs(delta) > 1e-12 else None
-    return {"n": n, "smallest_significant_n": smallest_significant_n(alpha), "needed": needed, "alpha": alpha, "power": power,
-            "formula": "n * ((z[1-alpha/2] + z[power]) * SE / |delta|)^2, SE from the bootstrap interval"}
+    return {
+        "n": n,
+        "smallest_significant_n": smallest_significant_n(alpha),
+        "needed": needed,
+        "alpha": alpha,
+        "power": power,
+        "formula": "n * ((z[1-alpha/2] + z[power]) * SE / |delta|)^2, SE from the bootstrap interval",
+    }
 
 
 def size_note(comparison: dict[str, Any], plan: dict[str, Any]) -> str | None:
@@ -269,6 +305,8 @@ def size_note(comparison: dict[str, Any], plan: dict[str, Any]) -> str | None:
         more = f"; roughly {max(needed, least)} would be needed to find a difference of this size" if needed else ""
         return f"Note: {n} examples are too few for any difference to be significant (at least {least}){more}."
     if needed and needed > n:
-        return (f"Note: {n} examples are too few to tell a difference of this size from chance; roughly {needed} would find it "
-                f"{plan['power']:.0%} of the time (paired test, alpha {plan['alpha']}).")
+        return (
+            f"Note: {n} examples are too few to tell a difference of this size from chance; roughly {needed} would find it "
+            f"{plan['power']:.0%} of the time (paired test, alpha {plan['alpha']})."
+        )
     return None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.chat_template import end_of_turn_ids
 from tunesmith.config import EvalSpec, RunSpec
@@ -29,8 +30,16 @@ def evaluate_model(model: Any, tokenizer: Any, examples: list[Example], spec: Ev
     with progress() as bar:
         task = bar.add_task(f"evaluating {label}", total=len(examples), info="")
         outputs, seconds = generate_batched(
-            model, tokenizer, examples, eot, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-            on_batch=lambda n: bar.update(task, advance=n), temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed,
+            model,
+            tokenizer,
+            examples,
+            eot,
+            max_new_tokens=spec.max_new_tokens,
+            batch_size=spec.batch_size,
+            on_batch=lambda n: bar.update(task, advance=n),
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            seed=spec.seed,
         )
     references = [e.reference or "" for e in examples]
     names = resolve_metric_names(spec.metrics, references)
@@ -38,8 +47,16 @@ def evaluate_model(model: Any, tokenizer: Any, examples: list[Example], spec: Ev
     rows = []
     for example, output, extra in zip(examples, outputs, per_example):
         prompt = example.prompt_messages[-1].content if example.prompt_messages else ""
-        rows.append({"id": example.id, "prompt": prompt, "reference": example.reference, "prediction": output,
-                     **extra, **score_example(output, example.reference or "", example.label)})
+        rows.append(
+            {
+                "id": example.id,
+                "prompt": prompt,
+                "reference": example.reference,
+                "prediction": output,
+                **extra,
+                **score_example(output, example.reference or "", example.label),
+            }
+        )
     metrics = aggregate(rows, seconds)
     corpus = compute_metrics(outputs, references, names, custom=spec.custom_metrics)
     metrics.update({k: round(float(v), 4) for k, v in corpus.items() if isinstance(v, (int, float))})
@@ -73,8 +90,19 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
 
 
-def plan_jobs(workspace: Workspace, run_dir: Path, info: RunInfo, run_spec: RunSpec, dataset: Dataset, spec: EvalSpec, *,
-              compare_base: bool, compare_runs: list[str], baselines: list[str], forgetting: bool) -> list[Job]:
+def plan_jobs(
+    workspace: Workspace,
+    run_dir: Path,
+    info: RunInfo,
+    run_spec: RunSpec,
+    dataset: Dataset,
+    spec: EvalSpec,
+    *,
+    compare_base: bool,
+    compare_runs: list[str],
+    baselines: list[str],
+    forgetting: bool,
+) -> list[Job]:
     from tunesmith.eval.baselines import few_shot, with_system_prompt
 
     examples = eval_examples(dataset, spec)
@@ -89,8 +117,7 @@ def plan_jobs(workspace: Workspace, run_dir: Path, info: RunInfo, run_spec: RunS
         base_variants["system"] = with_system_prompt(examples, spec.system_prompt)
     jobs = []
     if base_variants or forgetting:
-        names = {"base": info.base_model, "few-shot": f"{info.base_model} + {spec.shots} shots",
-                 "system": f"{info.base_model} + system prompt"}
+        names = {"base": info.base_model, "few-shot": f"{info.base_model} + {spec.shots} shots", "system": f"{info.base_model} + system prompt"}
         jobs.append(Job(lambda: load_base(info, run_spec.model), base_variants, names, probe=forgetting))
     jobs.append(Job(lambda: load_tuned(run_dir, info, run_spec.model), {"tuned": examples}, {"tuned": info.run_id}, probe=forgetting))
     for ref in compare_runs:
@@ -99,14 +126,24 @@ def plan_jobs(workspace: Workspace, run_dir: Path, info: RunInfo, run_spec: RunS
         if other.run_id == info.run_id:
             raise UserError(f"--compare {ref} is this run itself", fix="compare with another run id (`tunesmith runs list`)")
         if other.dataset_version != info.dataset_version:
-            console.print(f"[yellow]note:[/] {other.run_id} was trained on dataset version {other.dataset_version}, this run on "
-                          f"{info.dataset_version}; both are scored on this run's {spec.split} examples")
+            console.print(
+                f"[yellow]note:[/] {other.run_id} was trained on dataset version {other.dataset_version}, this run on "
+                f"{info.dataset_version}; both are scored on this run's {spec.split} examples"
+            )
         jobs.append(Job(lambda d=other_dir, o=other, s=other_spec: load_tuned(d, o, s.model), {other.run_id: examples}, {other.run_id: other.run_id}))
     return jobs
 
 
-def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_base: bool = False, *, compare_runs: list[str] | None = None,
-                 baselines: list[str] | None = None, forgetting: bool = False) -> dict[str, dict[str, float]]:
+def evaluate_run(
+    workspace: Workspace,
+    run_dir: Path,
+    spec: EvalSpec,
+    compare_base: bool = False,
+    *,
+    compare_runs: list[str] | None = None,
+    baselines: list[str] | None = None,
+    forgetting: bool = False,
+) -> dict[str, dict[str, float]]:
     """load → generate → score → compare → keep the evaluation (eval/evaluations/<id>/, report.json) and register it.
     Returns metrics per model id. Nothing earlier is touched until the whole evaluation is written."""
     info = load_run_info(run_dir)
@@ -116,8 +153,18 @@ def evaluate_run(workspace: Workspace, run_dir: Path, spec: EvalSpec, compare_ba
         return evaluate_classifier_run(workspace, run_dir, info, spec, compare_base)
     run_spec = read_config(run_dir)
     dataset = load_dataset(workspace, info.dataset)
-    jobs = plan_jobs(workspace, run_dir, info, run_spec, dataset, spec, compare_base=compare_base, compare_runs=compare_runs or [],
-                     baselines=baselines or [], forgetting=forgetting)
+    jobs = plan_jobs(
+        workspace,
+        run_dir,
+        info,
+        run_spec,
+        dataset,
+        spec,
+        compare_base=compare_base,
+        compare_runs=compare_runs or [],
+        baselines=baselines or [],
+        forgetting=forgetting,
+    )
     staged = Staged(run_dir, spec.split)
     results, rows_by_model, names, probes = {}, {}, {}, {}
     try:
@@ -149,5 +196,3 @@ def _test_kill(point: str, step: int) -> None:
     model's answers are staged (as a power cut would). Inert unless set."""
     if os.environ.get("TUNESMITH_TEST_KILL_AT") == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-

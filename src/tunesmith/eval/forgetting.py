@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.chat_template import end_of_turn_ids
 from tunesmith.data.example import Example, Message
@@ -82,22 +83,30 @@ def _uppercase(output: str, _answer: Any) -> bool:
 
 
 CHECKS: dict[str, Callable[[str, Any], bool]] = {
-    "exact": _exact, "contains": _contains, "number": _number, "json_value": _json_value, "json_keys": _json_keys,
-    "bullets": _bullets, "uppercase": _uppercase,
+    "exact": _exact,
+    "contains": _contains,
+    "number": _number,
+    "json_value": _json_value,
+    "json_keys": _json_keys,
+    "bullets": _bullets,
+    "uppercase": _uppercase,
     "one_of": lambda out, answers: any(_exact(out, a) for a in answers),
     "max_words": lambda out, n: 0 < len(out.split()) <= n,
     "starts_with": lambda out, prefix: _clean(out).lower().startswith(prefix.lower()),
 }
 
 
-def run_probe(model: Any, tokenizer: Any, *, probes: list[dict[str, Any]] | None = None, batch_size: int = 64,
-              max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
+def run_probe(
+    model: Any, tokenizer: Any, *, probes: list[dict[str, Any]] | None = None, batch_size: int = 64, max_new_tokens: int = MAX_NEW_TOKENS
+) -> dict[str, Any]:
     """{score, per_category, rows}: the share of probes answered correctly, overall and per category."""
     probes = probes if probes is not None else load_probes()
     examples = [Example(id=p["id"], messages=[Message(role="user", content=p["question"])]) for p in probes]
     outputs, seconds = generate_batched(model, tokenizer, examples, end_of_turn_ids(tokenizer), max_new_tokens=max_new_tokens, batch_size=batch_size)
-    rows = [{"id": p["id"], "category": p["category"], "question": p["question"], "output": out,
-             "correct": bool(CHECKS[p["check"]](out, p["answer"]))} for p, out in zip(probes, outputs)]
+    rows = [
+        {"id": p["id"], "category": p["category"], "question": p["question"], "output": out, "correct": bool(CHECKS[p["check"]](out, p["answer"]))}
+        for p, out in zip(probes, outputs)
+    ]
     per_category: dict[str, float] = {}
     for category in dict.fromkeys(r["category"] for r in rows):
         scored = [r["correct"] for r in rows if r["category"] == category]
@@ -135,10 +144,12 @@ def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold:
         section["drop"], section["warning"] = drop, drop > threshold
         worst = {c: round(probes["base"]["per_category"][c] - probes["tuned"]["per_category"].get(c, 0.0), 4) for c in probes["base"]["per_category"]}
         section["drop_per_category"] = worst
-        message = (f"general-skills probe: base {probes['base']['score']:.2f}, tuned {probes['tuned']['score']:.2f} "
-                   f"(drop {drop:+.2f}; threshold {threshold:.2f})")
-        console.print(f"[yellow]warning: forgetting[/] {message}; lower the learning rate or epochs, or mix general data into training"
-                      if section["warning"] else message)
+        message = (
+            f"general-skills probe: base {probes['base']['score']:.2f}, tuned {probes['tuned']['score']:.2f} (drop {drop:+.2f}; threshold {threshold:.2f})"
+        )
+        console.print(
+            f"[yellow]warning: forgetting[/] {message}; lower the learning rate or epochs, or mix general data into training" if section["warning"] else message
+        )
     summary_path = folder / "report.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     summary["forgetting"] = section

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,18 +113,36 @@ def check_readable(n: int, unparseable: int, judge_name: str, kind: str, replies
             f"follow the grading format ({form}); a model of a few hundred million parameters, such as the embedded "
             f"smollm2-135m-instruct, cannot judge. Its replies are in {replies}.",
             fix="judge with a bigger instruction-tuned model: --judge-url URL --judge-model NAME (any OpenAI-compatible server), "
-                "or --judge-local with a local folder of such a model",
+            "or --judge-local with a local folder of such a model",
         )
 
 
-def endpoint_judge(url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                   temperature: float = 0.0, max_tokens: int = 512, concurrency: int = 4, retries: int = 3) -> ChatEndpoint:
+def endpoint_judge(
+    url: str,
+    model: str,
+    *,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60.0,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    concurrency: int = 4,
+    retries: int = 3,
+) -> ChatEndpoint:
     """Chat completions over HTTP (`url` ends before `/chat/completions`, e.g. http://host/v1);
     the key comes from the environment variable `api_key_env`, never from a file, and is sent only
     to `url`'s origin. Up to `concurrency` requests are in flight; see models/endpoint.py."""
-    return ChatEndpoint(url, model, role="judge", api_key_env=api_key_env, timeout=timeout, retries=retries, concurrency=concurrency,
-                        fix=f"check the judge url, the model name {model!r} and the key in ${api_key_env}",
-                        temperature=temperature, max_tokens=max_tokens)
+    return ChatEndpoint(
+        url,
+        model,
+        role="judge",
+        api_key_env=api_key_env,
+        timeout=timeout,
+        retries=retries,
+        concurrency=concurrency,
+        fix=f"check the judge url, the model name {model!r} and the key in ${api_key_env}",
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
 
 
 def ask_all(ask: Ask, conversations: list[list[dict]]) -> list[str]:
@@ -161,8 +180,11 @@ def compare_pairwise(items: Sequence[PairItem], ask: Ask | None = None) -> Pairw
     if ask is None:
         raise UserError("no judge given", fix="pass ask=endpoint_judge(url, model) or a function messages -> reply text")
     verdicts = []
-    conversations = [pair_messages(item.prompt, first, second, item.reference)
-                     for item in items for first, second in ((item.answer_a, item.answer_b), (item.answer_b, item.answer_a))]
+    conversations = [
+        pair_messages(item.prompt, first, second, item.reference)
+        for item in items
+        for first, second in ((item.answer_a, item.answer_b), (item.answer_b, item.answer_a))
+    ]
     replies = ask_all(ask, conversations)
     for index, item in enumerate(items):
         raw_ab, raw_ba = replies[2 * index], replies[2 * index + 1]
@@ -188,9 +210,16 @@ def summarize_pairwise(verdicts: list[PairVerdict]) -> PairwiseResult:
 
     disagreements = sum(p.a_first is not None and p.b_first is not None and p.a_first != p.b_first for p in verdicts)
     return PairwiseResult(
-        n=len(verdicts), wins_a=counts["A"], wins_b=counts["B"], ties=counts["tie"], unparseable=counts["unparseable"],
-        order_disagreements=disagreements, win_rate_a=rate(counts["A"]), win_rate_b=rate(counts["B"]),
-        tie_rate=rate(counts["tie"]), verdicts=verdicts,
+        n=len(verdicts),
+        wins_a=counts["A"],
+        wins_b=counts["B"],
+        ties=counts["tie"],
+        unparseable=counts["unparseable"],
+        order_disagreements=disagreements,
+        win_rate_a=rate(counts["A"]),
+        win_rate_b=rate(counts["B"]),
+        tie_rate=rate(counts["tie"]),
+        verdicts=verdicts,
     )
 
 
@@ -285,7 +314,7 @@ def parse_grade(text: str, criteria: list[str]) -> tuple[dict[str, int], str]:
 
 
 def parse_verdict(text: str) -> Verdict | None:
-    """"A", "B" or "tie" when the reply names exactly one; None when it names none or several."""
+    """ "A", "B" or "tie" when the reply names exactly one; None when it names none or several."""
     tokens = {_VERDICT_WORD[t.lower()] for t in _VERDICT_TOKEN.findall(text)}
     if not tokens:
         for obj in json_objects(text):

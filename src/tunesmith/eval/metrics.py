@@ -17,9 +17,10 @@ import numbers
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sklearn.metrics import f1_score
 
@@ -45,9 +46,29 @@ class MetricDefinition:
 
 
 _DEFINITIONS = [
-    *(MetricDefinition(n, "higher", "quality") for n in (
-        "exact_match", "valid_json", "field_accuracy", "label_macro_f1", "accuracy", "correct", "schema_valid", "rouge1", "rouge2",
-        "rougeL", "bleu", "chrf", "f1_macro", "f1_micro", "precision_macro", "precision_micro", "recall_macro", "recall_micro")),
+    *(
+        MetricDefinition(n, "higher", "quality")
+        for n in (
+            "exact_match",
+            "valid_json",
+            "field_accuracy",
+            "label_macro_f1",
+            "accuracy",
+            "correct",
+            "schema_valid",
+            "rouge1",
+            "rouge2",
+            "rougeL",
+            "bleu",
+            "chrf",
+            "f1_macro",
+            "f1_micro",
+            "precision_macro",
+            "precision_micro",
+            "recall_macro",
+            "recall_micro",
+        )
+    ),
     MetricDefinition("perplexity", "lower", "quality"),
     MetricDefinition("ref_nll", "lower", "quality"),
     MetricDefinition("examples_per_s", "higher", "speed"),
@@ -72,8 +93,16 @@ TASK_HEADLINE = {
     "classification": ("label_macro_f1", "f1_macro", "accuracy", "exact_match"),
     "text": ("rougeL", "chrf", "bleu", "exact_match"),
 }
-HEADLINE_NAMES = {"exact_match": "exact match", "rougeL": "ROUGE-L", "chrf": "chrF", "bleu": "BLEU", "label_macro_f1": "macro-F1",
-                  "f1_macro": "macro-F1", "accuracy": "accuracy", "field_accuracy": "field accuracy"}
+HEADLINE_NAMES = {
+    "exact_match": "exact match",
+    "rougeL": "ROUGE-L",
+    "chrf": "chrF",
+    "bleu": "BLEU",
+    "label_macro_f1": "macro-F1",
+    "f1_macro": "macro-F1",
+    "accuracy": "accuracy",
+    "field_accuracy": "field accuracy",
+}
 
 
 def headline_metric(task: str, metrics: dict[str, Any]) -> str:
@@ -186,8 +215,13 @@ def _exact_match(preds: list[str], refs: list[str], opts: Options) -> dict[str, 
     for pred, ref in zip(preds, refs):
         ref_obj = parse_json_object(ref)
         ref_fields = parse_fields(ref) if ref_obj is None else None
-        hits.append(parse_json_object(pred) == ref_obj if ref_obj is not None
-                    else parse_fields(pred) == ref_fields if ref_fields is not None else pred.strip() == ref.strip())
+        hits.append(
+            parse_json_object(pred) == ref_obj
+            if ref_obj is not None
+            else parse_fields(pred) == ref_fields
+            if ref_fields is not None
+            else pred.strip() == ref.strip()
+        )
     return {"exact_match": sum(hits) / len(hits)}
 
 
@@ -217,8 +251,9 @@ def _precision_recall_f1(preds: list[str], refs: list[str], opts: Options) -> di
         p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=order, average=average, zero_division=0)
         out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
     p, r, f, support = precision_recall_fscore_support(truth, predicted, labels=order, average=None, zero_division=0)
-    out["per_class"] = {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
-                        for i, label in enumerate(order)}
+    out["per_class"] = {
+        label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])} for i, label in enumerate(order)
+    }
     return out
 
 
@@ -274,8 +309,10 @@ def field_matches(pred: str, ref: str) -> dict[str, float]:
 def _field_accuracy(preds: list[str], refs: list[str], opts: Options) -> dict[str, MetricValue]:
     rows = [field_matches(p, r) for p, r in zip(preds, refs) if structured(r) is not None]
     if not rows:
-        raise UserError("field_accuracy needs JSON-object or key=value references, and none of them is one",
-                        fix="leave field_accuracy out of --metrics, or give references whose answers are JSON objects or `key=value; key=value` pairs")
+        raise UserError(
+            "field_accuracy needs JSON-object or key=value references, and none of them is one",
+            fix="leave field_accuracy out of --metrics, or give references whose answers are JSON objects or `key=value; key=value` pairs",
+        )
     out: dict[str, MetricValue] = {"field_accuracy": sum(sum(r.values()) for r in rows) / max(1, sum(len(r) for r in rows))}
     for name in sorted({k for r in rows for k in r}):
         scored = [r[name] for r in rows if name in r]
@@ -299,7 +336,11 @@ def load_json_schema(path: Path) -> dict[str, Any]:
     try:
         validators.validator_for(schema).check_schema(schema)
     except SchemaError as exc:
-        raise UserError(f"not a valid JSON Schema: {exc.message}", where=str(path), fix="check it against the JSON Schema spec (draft 2020-12 unless $schema says otherwise)") from None
+        raise UserError(
+            f"not a valid JSON Schema: {exc.message}",
+            where=str(path),
+            fix="check it against the JSON Schema spec (draft 2020-12 unless $schema says otherwise)",
+        ) from None
     return schema
 
 
@@ -346,9 +387,20 @@ METRICS: dict[str, Callable[[list[str], list[str], Options], dict[str, MetricVal
 }
 # Other names users reach for, and the metric that answers them.
 ALIASES = {
-    "em": "exact_match", "precision": "f1", "recall": "f1", "macro_f1": "f1", "rouge1": "rouge", "rouge2": "rouge",
-    "rougeL": "rouge", "rougel": "rouge", "sacrebleu": "bleu", "json": "valid_json", "schema": "json_schema",
-    "schema_valid": "json_schema", "fields": "field_accuracy", "confusion": "confusion_matrix",
+    "em": "exact_match",
+    "precision": "f1",
+    "recall": "f1",
+    "macro_f1": "f1",
+    "rouge1": "rouge",
+    "rouge2": "rouge",
+    "rougeL": "rouge",
+    "rougel": "rouge",
+    "sacrebleu": "bleu",
+    "json": "valid_json",
+    "schema": "json_schema",
+    "schema_valid": "json_schema",
+    "fields": "field_accuracy",
+    "confusion": "confusion_matrix",
 }
 TASK_METRICS = {
     "json": ["exact_match", "valid_json", "field_accuracy"],
@@ -374,8 +426,9 @@ def detect_task(references: list[str], labels: list[str] | None = None) -> str:
     return "text"
 
 
-def resolve_metric_names(names: list[str] | None, references: list[str], *, labels: list[str] | None = None,
-                         json_schema: dict[str, Any] | None = None) -> list[str]:
+def resolve_metric_names(
+    names: list[str] | None, references: list[str], *, labels: list[str] | None = None, json_schema: dict[str, Any] | None = None
+) -> list[str]:
     """The metric functions to run, in order: the named ones (aliases resolved) or the task's defaults."""
     if names is None:
         chosen = list(TASK_METRICS[detect_task(references, labels)])
@@ -396,9 +449,15 @@ def resolve_metric_names(names: list[str] | None, references: list[str], *, labe
     return list(dict.fromkeys(chosen))
 
 
-def compute_metrics(predictions: list[str], references: list[str], names: list[str] | None = None, *,
-                    labels: list[str] | None = None, json_schema: dict[str, Any] | str | Path | None = None,
-                    custom: str | list[str] | None = None) -> dict[str, MetricValue]:
+def compute_metrics(
+    predictions: list[str],
+    references: list[str],
+    names: list[str] | None = None,
+    *,
+    labels: list[str] | None = None,
+    json_schema: dict[str, Any] | str | Path | None = None,
+    custom: str | list[str] | None = None,
+) -> dict[str, MetricValue]:
     """Score predictions against references (same order, same length).
 
     names None chooses by task (`detect_task`): JSON references get exact_match, valid_json and
@@ -443,7 +502,10 @@ def load_custom_metric(spec: str) -> Callable[[list[str], list[str]], Any]:
         if fn is None:
             raise UserError(f"custom metric '{spec}': module '{module_name}' has no '{attr}'", fix=fix)
     if not callable(fn):
-        raise UserError(f"custom metric '{spec}': '{attr}' is not a function", fix="point at a function fn(predictions: list[str], references: list[str]) -> float | dict[str, float]")
+        raise UserError(
+            f"custom metric '{spec}': '{attr}' is not a function",
+            fix="point at a function fn(predictions: list[str], references: list[str]) -> float | dict[str, float]",
+        )
     return fn  # type: ignore[return-value]
 
 
@@ -467,15 +529,18 @@ def run_custom_metric(spec: str, predictions: list[str], references: list[str]) 
         return {name: _number(value)}  # type: ignore[dict-item]
     if isinstance(value, dict) and value and all(isinstance(k, str) and _number(v) is not None for k, v in value.items()):
         return {f"{name}.{k}": _number(v) for k, v in value.items()}  # type: ignore[misc]
-    raise UserError(f"custom metric '{spec}' returned {type(value).__name__} {str(value)[:80]!r}, not a finite number or a dict of str to numbers",
-                    fix=f"return a float or a dict of floats: {shape}")
+    raise UserError(
+        f"custom metric '{spec}' returned {type(value).__name__} {str(value)[:80]!r}, not a finite number or a dict of str to numbers",
+        fix=f"return a float or a dict of floats: {shape}",
+    )
 
 
 # ---------------------------------------------------------------- per-example scores (for the scores JSONL)
 
 
-def example_scores(predictions: list[str], references: list[str], names: list[str], *,
-                   labels: list[str] | None = None, json_schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def example_scores(
+    predictions: list[str], references: list[str], names: list[str], *, labels: list[str] | None = None, json_schema: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One dict per example with the per-example side of the chosen metrics (corpus-only ones, BLEU and chrF, are left out)."""
     rows: list[dict[str, Any]] = [{} for _ in predictions]
     if "exact_match" in names:

@@ -15,8 +15,20 @@ import numpy as np
 
 from tunesmith.eval.metrics import headline_first
 
-SECTIONS = {"comparisons", "versus", "prompting_verdict", "forgetting", "judge", "human_review", "evaluations", "headline", "verdicts", "table",
-            "power", "evaluation_id"}
+SECTIONS = {
+    "comparisons",
+    "versus",
+    "prompting_verdict",
+    "forgetting",
+    "judge",
+    "human_review",
+    "evaluations",
+    "headline",
+    "verdicts",
+    "table",
+    "power",
+    "evaluation_id",
+}
 BAR_METRICS = ("exact_match", "valid_json", "field_accuracy", "correct", "rouge1", "rougeL", "schema_valid")
 
 
@@ -149,15 +161,35 @@ def _versus_section(versus: dict[str, dict[str, Any]], headline: str = "exact_ma
             c = by_metric[name]
             d = definition(name)
             better = {"higher": "higher", "lower": "lower"}.get(d.direction, "-")
-            count = (lambda key: "-" if c.get(key) is None or d.direction == "none" else c[key])
-            rows.append([name, _fmt(c["mean_a"]), _fmt(c["mean_b"]), f"{c['delta']:+.3f}", f"{c['ci_low']:+.3f} to {c['ci_high']:+.3f}",
-                         c["test"], f"{c['p_value']:.2g}", "yes" if c["significant"] else "no", better, count("improved"), count("regressed")])
-        parts.append(f"<h4>tuned vs {html.escape(other)}</h4>" + _table(
-            ["metric", other, "tuned", "delta (tuned - other)", "95% CI", "test", "p", "significant", "better is", "improved", "regressed"], rows))
+
+            def count(key: str, c: dict = c, d: Any = d) -> Any:  # examples improved/regressed; "-" where direction has no meaning
+                return "-" if c.get(key) is None or d.direction == "none" else c[key]
+
+            rows.append(
+                [
+                    name,
+                    _fmt(c["mean_a"]),
+                    _fmt(c["mean_b"]),
+                    f"{c['delta']:+.3f}",
+                    f"{c['ci_low']:+.3f} to {c['ci_high']:+.3f}",
+                    c["test"],
+                    f"{c['p_value']:.2g}",
+                    "yes" if c["significant"] else "no",
+                    better,
+                    count("improved"),
+                    count("regressed"),
+                ]
+            )
+        parts.append(
+            f"<h4>tuned vs {html.escape(other)}</h4>"
+            + _table(["metric", other, "tuned", "delta (tuned - other)", "95% CI", "test", "p", "significant", "better is", "improved", "regressed"], rows)
+        )
         top = by_metric.get(headline) or by_metric.get("exact_match", {})
         if top.get("improved_ids") or top.get("regressed_ids"):
-            parts.append(f"<p>{html.escape(headline)} improved on: {html.escape(', '.join(top.get('improved_ids', [])[:20]) or 'none')}; "
-                         f"regressed on: {html.escape(', '.join(top.get('regressed_ids', [])[:20]) or 'none')}.</p>")
+            parts.append(
+                f"<p>{html.escape(headline)} improved on: {html.escape(', '.join(top.get('improved_ids', [])[:20]) or 'none')}; "
+                f"regressed on: {html.escape(', '.join(top.get('regressed_ids', [])[:20]) or 'none')}.</p>"
+            )
     return "".join(parts)
 
 
@@ -174,8 +206,10 @@ def comparison_tables(table: list[dict[str, Any]], headline: str | None, names: 
     for kind in ("quality", "speed", "description"):
         rows = []
         for row in (r for r in table if r["kind"] == kind):
-            cells: list[object] = [f"{row['name']} (headline)" if row["name"] == headline else row["name"],
-                                   {"higher": "higher", "lower": "lower"}.get(row["direction"], "-")]
+            cells: list[object] = [
+                f"{row['name']} (headline)" if row["name"] == headline else row["name"],
+                {"higher": "higher", "lower": "lower"}.get(row["direction"], "-"),
+            ]
             cells += [_fmt(row["values"].get(m)) if row["values"].get(m) is not None else "-" for m in models]
             for other in others:
                 d = row["deltas"].get(other, {})
@@ -197,10 +231,14 @@ def _evaluation_section(run_dir: Path, record: dict[str, Any]) -> str:
     names = {m: v.get("model", m) for m, v in record["models"].items()}
     about = f"task {record.get('task', '-')}, headline metric {headline or '-'}; evaluation {record['id']}, {record.get('created', '')[:19]}"
     verdicts = "".join(f"<p class='verdict'><b>{html.escape(line)}</b></p>" for line in record.get("verdicts", []))
-    return (f"<h3>{html.escape(record.get('kind', split))} ({record.get('n', 0)} examples)</h3><p>{html.escape(about)}</p>"
-            + comparison_tables(record.get("table") or [], headline, names) + verdicts
-            + metric_bars(run_dir, split, models, folder) + _versus_section(record.get("versus", {}), headline or "exact_match")
-            + confusion_plot(run_dir, split, "tuned" if "tuned" in models else models[0], folder))
+    return (
+        f"<h3>{html.escape(record.get('kind', split))} ({record.get('n', 0)} examples)</h3><p>{html.escape(about)}</p>"
+        + comparison_tables(record.get("table") or [], headline, names)
+        + verdicts
+        + metric_bars(run_dir, split, models, folder)
+        + _versus_section(record.get("versus", {}), headline or "exact_match")
+        + confusion_plot(run_dir, split, "tuned" if "tuned" in models else models[0], folder)
+    )
 
 
 def _metrics_section(run_dir: Path, report: dict) -> str:
@@ -225,15 +263,21 @@ def _metrics_section(run_dir: Path, report: dict) -> str:
         if split in SECTIONS or split in kept or not isinstance(by_model, dict):
             continue
         names = headline_first({k for m in by_model.values() for k in m["metrics"]} - {"n"})
-        models = [m for m in ("base", "few-shot", "system", "tuned") if m in by_model] + [m for m in by_model if m not in ("base", "few-shot", "system", "tuned")]
+        models = [m for m in ("base", "few-shot", "system", "tuned") if m in by_model] + [
+            m for m in by_model if m not in ("base", "few-shot", "system", "tuned")
+        ]
         rows = [[name, *[_fmt(by_model[m]["metrics"].get(name, "")) for m in models]] for name in names]
         header = ["metric", *[f"{m} ({by_model[m]['model']})" for m in models]]
         n = next(iter(by_model.values()))["metrics"].get("n", 0)
         verdict = report.get("prompting_verdict", {}).get(split)
-        parts.append(f"<h3>{html.escape(split)} split ({n:.0f} examples)</h3>" + _table(header, rows)
-                     + (f"<p class='verdict'><b>{html.escape(verdict['text'])}</b></p>" if verdict else "")
-                     + metric_bars(run_dir, split, models) + _versus_section(report.get("versus", {}).get(split, {}))
-                     + confusion_plot(run_dir, split))
+        parts.append(
+            f"<h3>{html.escape(split)} split ({n:.0f} examples)</h3>"
+            + _table(header, rows)
+            + (f"<p class='verdict'><b>{html.escape(verdict['text'])}</b></p>" if verdict else "")
+            + metric_bars(run_dir, split, models)
+            + _versus_section(report.get("versus", {}).get(split, {}))
+            + confusion_plot(run_dir, split)
+        )
     return "".join(parts) or "<p>No evaluation yet: run <code>tunesmith eval RUN --compare-base</code>.</p>"
 
 
@@ -243,10 +287,18 @@ def _extras_section(report: dict) -> str:
     if forgetting:
         models = [m for m in ("base", "tuned") if m in forgetting]
         cats = list(forgetting[models[0]]["per_category"])
-        rows = [["overall", *[_fmt(forgetting[m]["score"]) for m in models]]] + [[c, *[_fmt(forgetting[m]["per_category"].get(c)) for m in models]] for c in cats]
+        rows = [["overall", *[_fmt(forgetting[m]["score"]) for m in models]]] + [
+            [c, *[_fmt(forgetting[m]["per_category"].get(c)) for m in models]] for c in cats
+        ]
         warn = forgetting.get("warning")
-        note = "" if "drop" not in forgetting else (f"<p class='{'bad' if warn else 'ok'}'>Probe score drop {forgetting['drop']:+.3f} "
-                                                    f"(warning threshold {forgetting['threshold']:.3f}){': the tuned model lost general skills' if warn else ''}.</p>")
+        note = (
+            ""
+            if "drop" not in forgetting
+            else (
+                f"<p class='{'bad' if warn else 'ok'}'>Probe score drop {forgetting['drop']:+.3f} "
+                f"(warning threshold {forgetting['threshold']:.3f}){': the tuned model lost general skills' if warn else ''}.</p>"
+            )
+        )
         parts.append("<h2>General skills (forgetting probe)</h2>" + _table(["category", *models], rows) + note)
     for split, kinds in report.get("judge", {}).items():
         rows = [[kind, json.dumps({k: v for k, v in s.items() if k not in ("judge",)}, default=str)[:400], s.get("judge", "")] for kind, s in kinds.items()]
@@ -280,19 +332,19 @@ def write_report(run_dir: Path) -> Path:
     splits = _table(["split", "examples", "content hash"], [[s, dataset["counts"][s], dataset["split_hashes"][s]] for s in dataset["counts"]])
     checks = _table(["check", "count"], [[k.replace("_", " "), v] for k, v in {**overlap, **dataset["removed"]}.items()])
     config = html.escape((run_dir / "config.yaml").read_text())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith run {html.escape(run['run_id'])}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunesmith run {html.escape(run["run_id"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}}
 th{{background:#f3f3f3}}.ok{{color:#17692a}}.bad{{color:#b00020}}pre{{background:#f7f7f7;padding:1em;overflow:auto}}img{{max-width:100%}}</style></head><body>
-<h1>Run {html.escape(run['run_id'])}</h1>
-<p>Base model <b>{html.escape(run['base_model'])}</b>, method <b>{html.escape(run['method'])}</b>, dataset <b>{html.escape(run['dataset'])}</b>
-version <code>{html.escape(run['dataset_version'])}</code>; best at step {run.get('best_step')} (epoch {run.get('best_epoch')}) (validation loss {run.get('best_val_loss')}),
-training took {run.get('train_seconds')} s.</p>
+<h1>Run {html.escape(run["run_id"])}</h1>
+<p>Base model <b>{html.escape(run["base_model"])}</b>, method <b>{html.escape(run["method"])}</b>, dataset <b>{html.escape(run["dataset"])}</b>
+version <code>{html.escape(run["dataset_version"])}</code>; best at step {run.get("best_step")} (epoch {run.get("best_epoch")}) (validation loss {run.get("best_val_loss")}),
+training took {run.get("train_seconds")} s.</p>
 <h2>Evaluation</h2>{_metrics_section(run_dir, report)}
 {_extras_section(report)}
 <h2>Training</h2>{loss_plot(run_dir)}
 <h2>Data</h2>{splits}
-<p class="{'ok' if leak_ok else 'bad'}">Overlap check: {'no evaluation example appears in training' if leak_ok else 'EVALUATION EXAMPLES FOUND IN TRAINING'}.</p>{checks}
+<p class="{"ok" if leak_ok else "bad"}">Overlap check: {"no evaluation example appears in training" if leak_ok else "EVALUATION EXAMPLES FOUND IN TRAINING"}.</p>{checks}
 {_samples_section(run_dir)}
 <h2>Resolved config</h2><pre>{config}</pre></body></html>"""
     path = run_dir / "report.html"

@@ -49,8 +49,7 @@ class Staged:
 
     def commit(self, record: dict[str, Any]) -> Path:
         """Make the evaluation visible in one rename; until then the previous results are untouched."""
-        record = {"id": self.id, "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "split": self.split,
-                  "models": self.models, **record}
+        record = {"id": self.id, "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "split": self.split, "models": self.models, **record}
         write_json(self.folder / RECORD, record)
         final = self.run_dir / "eval" / KEPT / self.id
         final.parent.mkdir(exist_ok=True)
@@ -166,18 +165,24 @@ def compare_models(spec: EvalSpec, rows_by_model: dict[str, list[dict]], results
         pick = min if definition(on).direction == "lower" else max
         best = pick(prompts, key=lambda m: results[m][on])
         line = "Fine-tuning vs the best prompt (" + best + "): " + verdict_line(versus[best][on], metric_label(on), "tuned", best)
-        record["prompting_verdict"] = {"best_prompt": best, "metric": on, "text": line,
-                                       **{k: versus[best][on][k] for k in ("delta", "ci_low", "ci_high", "p_value", "significant")}}
+        record["prompting_verdict"] = {
+            "best_prompt": best,
+            "metric": on,
+            "text": line,
+            **{k: versus[best][on][k] for k in ("delta", "ci_low", "ci_high", "p_value", "significant")},
+        }
         verdicts.append(line)
     kind = "tuned vs " + ", ".join(sorted(versus)) if versus else "tuned"
     models = {m: results[m] for m in [*(m for m in rows_by_model if m != "tuned"), "tuned"] if m in results}
-    record.update(kind=f"{spec.split}: {kind}", versus=versus, verdicts=verdicts, table=comparison_table(models, versus, headline),
-                  n=int(results["tuned"].get("n", 0)))
+    record.update(
+        kind=f"{spec.split}: {kind}", versus=versus, verdicts=verdicts, table=comparison_table(models, versus, headline), n=int(results["tuned"].get("n", 0))
+    )
     return record
 
 
-def record_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, staged: Staged, spec: EvalSpec,
-                      rows_by_model: dict[str, list[dict]]) -> dict[str, Any]:
+def record_evaluation(
+    workspace: Workspace, run_dir: Path, info: RunInfo, staged: Staged, spec: EvalSpec, rows_by_model: dict[str, list[dict]]
+) -> dict[str, Any]:
     """Compare, keep the evaluation (one rename), register its rows under one evaluation id, rebuild the views."""
     results = {m: v["metrics"] for m, v in staged.models.items()}
     record = compare_models(spec, rows_by_model, results)
@@ -186,14 +191,19 @@ def record_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, staged
     staged.commit(record)
     record = json.loads((evaluation_folder(run_dir, staged.id) / "evaluation.json").read_text(encoding="utf-8"))
     Registry(workspace.registry_db).add_evaluations(
-        info.run_id, spec.split, staged.id, record["headline"]["metric"],
-        [(m, int(v["metrics"].get("n", len(rows_by_model[m]))), v["metrics"]) for m, v in record["models"].items()])
+        info.run_id,
+        spec.split,
+        staged.id,
+        record["headline"]["metric"],
+        [(m, int(v["metrics"].get("n", len(rows_by_model[m]))), v["metrics"]) for m, v in record["models"].items()],
+    )
     publish(run_dir, record)
     return record
 
 
-def save_evaluation(workspace: Workspace, run_dir: Path, info: RunInfo, split: str, model_id: str, rows: list[dict], metrics: dict[str, float],
-                    model_name: str | None = None) -> dict[str, Any]:
+def save_evaluation(
+    workspace: Workspace, run_dir: Path, info: RunInfo, split: str, model_id: str, rows: list[dict], metrics: dict[str, float], model_name: str | None = None
+) -> dict[str, Any]:
     """One model's evaluation on its own, kept and registered like any other (a classifier's, for one)."""
     staged = Staged(run_dir, split)
     try:

@@ -12,9 +12,9 @@ import html
 import io
 import json
 import random
+from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import BaseModel
 
@@ -55,16 +55,32 @@ def export_review(rows: Sequence[dict], folder: str | Path, *, fraction: float =
         swap = rng.random() < 0.5
         first, second = (row["answer_b"], row["answer_a"]) if swap else (row["answer_a"], row["answer_b"])
         order[str(row["id"])] = ["tuned", "base"] if swap else ["base", "tuned"]
-        sheet.append({"id": str(row["id"]), "prompt": row.get("prompt") or "", "reference": row.get("reference") or "",
-                      "answer_1": first or "", "answer_2": second or "", "preferred": "", "rating_1": "", "rating_2": "", "comment": ""})
+        sheet.append(
+            {
+                "id": str(row["id"]),
+                "prompt": row.get("prompt") or "",
+                "reference": row.get("reference") or "",
+                "answer_1": first or "",
+                "answer_2": second or "",
+                "preferred": "",
+                "rating_1": "",
+                "rating_2": "",
+                "comment": "",
+            }
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key_path, suffix = _new_key_file(folder)
     csv_path, html_path = folder / f"review{suffix}.csv", folder / f"review{suffix}.html"
     write_sheet(csv_path, sheet)
     html_path.write_text(render_html(sheet), encoding="utf-8")
-    key = {"about": "which model wrote answer_1 / answer_2 per row; do not share with raters",
-           "sheet": csv_path.name, "seed": seed, "fraction": fraction, "order": order}
+    key = {
+        "about": "which model wrote answer_1 / answer_2 per row; do not share with raters",
+        "sheet": csv_path.name,
+        "seed": seed,
+        "fraction": fraction,
+        "order": order,
+    }
     key_path.write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
     return csv_path, html_path, key_path
 
@@ -85,6 +101,7 @@ def _new_key_file(folder: Path) -> tuple[Path, str]:
 
 def review_keys(folder: Path) -> list[Path]:
     """The review keys in an export folder, newest export first."""
+
     def number(path: Path) -> int:
         tail = path.stem.removeprefix("review-key").removeprefix("-")
         return int(tail) if tail.isdigit() else 1
@@ -109,13 +126,17 @@ def find_key(sheet: Path, keys: list[Path]) -> Path:
         matches.append((key, order, None))
     names = ", ".join(k.name for k in keys)
     if not matches:
-        raise UserError(f"no review key holds the ids of {sheet} (keys in {keys[0].parent if keys else '-'}: {names or 'none'})",
-                        fix="pass the key written when this sheet was exported: --key PATH/review-key-N.json")
+        raise UserError(
+            f"no review key holds the ids of {sheet} (keys in {keys[0].parent if keys else '-'}: {names or 'none'})",
+            fix="pass the key written when this sheet was exported: --key PATH/review-key-N.json",
+        )
     first_key, first_order, problem = matches[0]
     differing = [k for k, order, _ in matches[1:] if any(order[i] != first_order[i] for i in first_order.keys() & order.keys())]
     if differing:
-        raise UserError(f"{sheet} fits several review keys that blind it differently: {first_key.name}, {', '.join(k.name for k in differing)}",
-                        fix=f"say which export it came from: --key {first_key}")
+        raise UserError(
+            f"{sheet} fits several review keys that blind it differently: {first_key.name}, {', '.join(k.name for k in differing)}",
+            fix=f"say which export it came from: --key {first_key}",
+        )
     if problem is not None:
         raise problem
     return first_key
@@ -139,8 +160,15 @@ def import_review(csv_paths: str | Path | Sequence[str | Path], key_path: str | 
         found = [ratings[model] for rater in raters for _, ratings, _ in rater.values() if model in ratings]
         mean_rating[model] = round(sum(found) / len(found), 4) if found else None
     result = ReviewResult(
-        raters=len(raters), rated=len(prefs), tuned_wins=counts["tuned"], base_wins=counts["base"], ties=counts["tie"],
-        win_rate_tuned=rate(counts["tuned"]), win_rate_base=rate(counts["base"]), tie_rate=rate(counts["tie"]), mean_rating=mean_rating,
+        raters=len(raters),
+        rated=len(prefs),
+        tuned_wins=counts["tuned"],
+        base_wins=counts["base"],
+        ties=counts["tie"],
+        win_rate_tuned=rate(counts["tuned"]),
+        win_rate_base=rate(counts["base"]),
+        tie_rate=rate(counts["tie"]),
+        mean_rating=mean_rating,
     )
     if len(raters) > 1:
         result.agreement, result.cohen_kappa, result.agreement_rows = rater_agreement(raters)
@@ -200,8 +228,9 @@ def load_key(path: Path) -> dict[str, list[str]]:
     try:
         order = json.loads(path.read_text(encoding="utf-8"))["order"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read the review key: {exc}", where=str(path),
-                        fix="pass the review-key.json written by export_review next to the sheet") from None
+        raise UserError(
+            f"cannot read the review key: {exc}", where=str(path), fix="pass the review-key.json written by export_review next to the sheet"
+        ) from None
     if not isinstance(order, dict) or not all(sorted(v) == sorted(MODELS) for v in order.values()):
         raise UserError("the review key has no valid 'order' table", where=str(path), fix="pass the review-key.json written by export_review")
     return order
@@ -218,8 +247,7 @@ def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str |
         reader = csv.DictReader(handle, delimiter=_delimiter(text.split("\n", 1)[0]))
         missing = [c for c in ("id", "preferred", "rating_1", "rating_2") if c not in (reader.fieldnames or [])]
         if missing:
-            raise UserError(f"missing column(s) {', '.join(missing)}", where=f"{path}:1",
-                            fix=f"keep the header row of the exported sheet: {','.join(COLUMNS)}")
+            raise UserError(f"missing column(s) {', '.join(missing)}", where=f"{path}:1", fix=f"keep the header row of the exported sheet: {','.join(COLUMNS)}")
         rows, problems, line = {}, [], 1
         for record in reader:
             start, line = line + 1, reader.line_num
@@ -228,8 +256,11 @@ def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str |
             if parsed is not None:
                 rows[parsed[0]] = parsed[1:]
     if problems:
-        raise ProblemList(f"{len(problems)} problem(s) in the review sheet {path}", problems,
-                          fix="ids must be the exported ones, each once; preferred is 1, 2, tie or empty; ratings are 1-5 or empty")
+        raise ProblemList(
+            f"{len(problems)} problem(s) in the review sheet {path}",
+            problems,
+            fix="ids must be the exported ones, each once; preferred is 1, 2, tie or empty; ratings are 1-5 or empty",
+        )
     return rows
 
 
@@ -321,32 +352,29 @@ def render_html(sheet: list[dict]) -> str:
     blocks = [_row_html(i, row) for i, row in enumerate(sheet)]
     data = json.dumps(sheet, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunesmith review</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>tunesmith review</title>'
         f"<style>{_STYLE}</style></head><body>\n<h1>Blind review: {len(sheet)} example(s)</h1>\n"
         "<p>For each example, pick the better answer (or tie) and rate each answer from 1 (poor) to 5 (excellent). "
         "The answers' order is random. When done, press the button and send the downloaded file back.</p>\n"
         + "\n".join(blocks)
-        + "\n<p><button type=\"button\" onclick=\"downloadCsv()\">Download ratings (CSV)</button></p>\n"
-        f"<script type=\"application/json\" id=\"rows\">{data}</script>\n"
+        + '\n<p><button type="button" onclick="downloadCsv()">Download ratings (CSV)</button></p>\n'
+        f'<script type="application/json" id="rows">{data}</script>\n'
         f"<script>{_SCRIPT % json.dumps(COLUMNS)}</script>\n</body></html>\n"
     )
 
 
 def _row_html(i: int, row: dict) -> str:
     e = html.escape
-    options = "".join(f"<option value=\"{v}\">{v or '-'}</option>" for v in ("", "1", "2", "3", "4", "5"))
+    options = "".join(f'<option value="{v}">{v or "-"}</option>' for v in ("", "1", "2", "3", "4", "5"))
     radios = "".join(
-        f"<label><input type=\"radio\" name=\"preferred-{i}\" value=\"{v}\"> {text}</label>"
-        for v, text in (("1", "Answer 1"), ("2", "Answer 2"), ("tie", "Tie"))
+        f'<label><input type="radio" name="preferred-{i}" value="{v}"> {text}</label>' for v, text in (("1", "Answer 1"), ("2", "Answer 2"), ("tie", "Tie"))
     )
     reference = f"<h3>Reference</h3><pre>{e(row['reference'])}</pre>" if row["reference"] else ""
     answers = "".join(
-        f"<div><h3>Answer {n}</h3><pre>{e(row[f'answer_{n}'])}</pre>"
-        f"<label>Rating <select id=\"rating_{n}-{i}\">{options}</select></label></div>"
-        for n in (1, 2)
+        f'<div><h3>Answer {n}</h3><pre>{e(row[f"answer_{n}"])}</pre><label>Rating <select id="rating_{n}-{i}">{options}</select></label></div>' for n in (1, 2)
     )
     return (
-        f"<div class=\"row\" data-id=\"{e(row['id'])}\"><h2>#{i + 1} <small>{e(row['id'])}</small></h2>"
-        f"<h3>Prompt</h3><pre>{e(row['prompt'])}</pre>{reference}<div class=\"answers\">{answers}</div>"
-        f"<p>Better: {radios}</p><textarea id=\"comment-{i}\" placeholder=\"comment (optional)\"></textarea></div>"
+        f'<div class="row" data-id="{e(row["id"])}"><h2>#{i + 1} <small>{e(row["id"])}</small></h2>'
+        f'<h3>Prompt</h3><pre>{e(row["prompt"])}</pre>{reference}<div class="answers">{answers}</div>'
+        f'<p>Better: {radios}</p><textarea id="comment-{i}" placeholder="comment (optional)"></textarea></div>'
     )

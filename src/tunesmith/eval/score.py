@@ -53,14 +53,27 @@ class ScoreReport:
     def summary(self) -> dict[str, Any]:
         m = self.matched
         return {
-            "predictions": self.predictions_file, "references": self.references_file, "n": len(m.ids), "matched_by": m.by,
-            "task": self.task, "metric_names": self.metric_names, "missing_predictions": m.missing_predictions,
-            "unmatched_predictions": m.unmatched_predictions, "metrics": self.metrics,
+            "predictions": self.predictions_file,
+            "references": self.references_file,
+            "n": len(m.ids),
+            "matched_by": m.by,
+            "task": self.task,
+            "metric_names": self.metric_names,
+            "missing_predictions": m.missing_predictions,
+            "unmatched_predictions": m.unmatched_predictions,
+            "metrics": self.metrics,
         }
 
 
-def score_files(predictions_file: Path, references_file: Path, names: list[str] | None = None, *,
-                json_schema_file: Path | None = None, custom: list[str] | None = None, fmt: str | None = None) -> ScoreReport:
+def score_files(
+    predictions_file: Path,
+    references_file: Path,
+    names: list[str] | None = None,
+    *,
+    json_schema_file: Path | None = None,
+    custom: list[str] | None = None,
+    fmt: str | None = None,
+) -> ScoreReport:
     """read → match → score. Raises UserError (exit 2) on bad input, with file:line and a fix."""
     predictions = read_predictions(predictions_file)
     examples = read_references(references_file, fmt)
@@ -90,13 +103,15 @@ def read_predictions(path: Path) -> list[Prediction]:
             continue
         value = record[key]
         if value is None:
-            problems.append(f"{path}:{line}: \"{key}\" is null")
+            problems.append(f'{path}:{line}: "{key}" is null')
             continue
         ident = record.get("id")
         found.append(Prediction(line, None if ident is None else str(ident), value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)))
     fix = 'write one JSON object per line: {"id": "<reference id>", "prediction": "<the system\'s answer>"}'
     if problems:
-        raise ProblemList(f"{len(problems)} problem(s) in {path}", problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []), fix=fix)
+        raise ProblemList(
+            f"{len(problems)} problem(s) in {path}", problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []), fix=fix
+        )
     if not found:
         raise UserError(f"{path} holds no predictions", fix=fix)
     duplicates = _duplicates(found)
@@ -122,8 +137,11 @@ def read_references(path: Path, fmt: str | None = None) -> list[Example]:
     examples, _ = load_examples(Path(path), fmt)  # type: ignore[arg-type]
     missing = [e.id for e in examples if e.reference is None]
     if missing:
-        raise UserError(f"{len(missing)} reference example(s) do not end with an assistant message (first: {', '.join(missing[:SHOWN_IDS])})",
-                        where=str(path), fix="the final assistant message is the reference; end every example with one")
+        raise UserError(
+            f"{len(missing)} reference example(s) do not end with an assistant message (first: {', '.join(missing[:SHOWN_IDS])})",
+            where=str(path),
+            fix="the final assistant message is the reference; end every example with one",
+        )
     return examples
 
 
@@ -134,7 +152,10 @@ def match(predictions: list[Prediction], examples: list[Example], predictions_fi
     if common:
         ref_ids = {e.id for e in examples}
         return Matched(
-            ids=[e.id for e in common], predictions=[by_id[e.id].text for e in common], references=[e.reference or "" for e in common], by="id",
+            ids=[e.id for e in common],
+            predictions=[by_id[e.id].text for e in common],
+            references=[e.reference or "" for e in common],
+            by="id",
             missing_predictions=[e.id for e in examples if e.id not in by_id],
             unmatched_predictions=[f"{p.id} (line {p.line})" if p.id is not None else f"line {p.line}" for p in predictions if p.id not in ref_ids],
         )
@@ -145,8 +166,8 @@ def match(predictions: list[Prediction], examples: list[Example], predictions_fi
         f"no prediction id matches a reference id (prediction ids: {sample}; reference ids: {', '.join(e.id for e in examples[:3])}), "
         f"and the files hold {len(predictions)} predictions but {len(examples)} references, so they cannot be aligned by order",
         where=str(predictions_file),
-        fix=f"give each prediction the id of its reference in {references_file} (ids are the record's \"id\", else <file stem>-<line>), "
-            "or write exactly one prediction per reference, in the same order",
+        fix=f'give each prediction the id of its reference in {references_file} (ids are the record\'s "id", else <file stem>-<line>), '
+        "or write exactly one prediction per reference, in the same order",
     )
 
 
@@ -160,7 +181,9 @@ def print_score_report(report: ScoreReport) -> None:
     if m.missing_predictions:
         console.print(f"[yellow]warning:[/] {len(m.missing_predictions)} reference(s) have no prediction and are not scored: {_some(m.missing_predictions)}")
     if m.unmatched_predictions:
-        console.print(f"[yellow]warning:[/] {len(m.unmatched_predictions)} prediction(s) match no reference id and are not scored: {_some(m.unmatched_predictions)}")
+        console.print(
+            f"[yellow]warning:[/] {len(m.unmatched_predictions)} prediction(s) match no reference id and are not scored: {_some(m.unmatched_predictions)}"
+        )
     scalars = {k: v for k, v in report.metrics.items() if not isinstance(v, dict)}
     out.print(f"{len(m.ids)} examples scored, matched by {m.by}; metrics: {'chosen for a ' + report.task + ' task' if report.task != 'named' else 'as named'}")
     table = Table(title="scores")

@@ -5,7 +5,8 @@ same examples: the mean difference, a paired bootstrap confidence interval, and 
 from __future__ import annotations
 
 import itertools
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import scipy.stats
@@ -53,9 +54,20 @@ def compare_paired(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000
     else:
         test, p = sign_flip_test(diff, rng)
     return PairedComparison(
-        n=len(x), mean_a=float(x.mean()), mean_b=float(y.mean()), delta=float(diff.mean()), ci_low=low, ci_high=high,
-        confidence=1 - alpha, test=test, p_value=p, significant=p < alpha, improved=int(np.sum(diff > 0)),
-        regressed=int(np.sum(diff < 0)), n_boot=n_boot, seed=seed,
+        n=len(x),
+        mean_a=float(x.mean()),
+        mean_b=float(y.mean()),
+        delta=float(diff.mean()),
+        ci_low=low,
+        ci_high=high,
+        confidence=1 - alpha,
+        test=test,
+        p_value=p,
+        significant=p < alpha,
+        improved=int(np.sum(diff > 0)),
+        regressed=int(np.sum(diff < 0)),
+        n_boot=n_boot,
+        seed=seed,
     )
 
 
@@ -77,8 +89,9 @@ def bootstrap_ci(diff: np.ndarray, n_boot: int, alpha: float, rng: np.random.Gen
     It refuses a single example, whose every resample is that example: the interval is the point."""
     if len(diff) == 1:
         return float(diff[0]), float(diff[0])
-    result = scipy.stats.bootstrap((diff,), np.mean, n_resamples=n_boot, batch=BOOT_CHUNK, vectorized=True,
-                                   confidence_level=1 - alpha, method="percentile", rng=rng)
+    result = scipy.stats.bootstrap(
+        (diff,), np.mean, n_resamples=n_boot, batch=BOOT_CHUNK, vectorized=True, confidence_level=1 - alpha, method="percentile", rng=rng
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

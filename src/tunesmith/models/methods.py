@@ -17,9 +17,10 @@ evaluation should measure the model that was trained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.config import ModelSpec, TrainSpec
 from tunesmith.errors import UserError
@@ -43,8 +44,12 @@ def _lora(spec: TrainSpec, task_type: Any, tokenizer_path: str | None) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type=task_type, r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules, use_dora=spec.method == "dora",
+        task_type=task_type,
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules,
+        use_dora=spec.method == "dora",
     )
 
 
@@ -66,14 +71,17 @@ def _prefix_tuning(spec: TrainSpec, task_type: Any, tokenizer_path: str | None) 
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=settings.num_virtual_tokens, prefix_projection=settings.projection, **hidden)
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("full", "model", classification=True),
-    Method("lora", "adapter", _lora, mergeable=True, classification=True),
-    Method("dora", "adapter", _lora, mergeable=True, classification=True),
-    Method("qlora", "adapter", _lora, quantized=True, shardable=False),
-    Method("prompt_tuning", "adapter", _prompt_tuning, virtual_tokens=True, shardable=False),
-    Method("prefix_tuning", "adapter", _prefix_tuning, virtual_tokens=True, shardable=False),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("full", "model", classification=True),
+        Method("lora", "adapter", _lora, mergeable=True, classification=True),
+        Method("dora", "adapter", _lora, mergeable=True, classification=True),
+        Method("qlora", "adapter", _lora, quantized=True, shardable=False),
+        Method("prompt_tuning", "adapter", _prompt_tuning, virtual_tokens=True, shardable=False),
+        Method("prefix_tuning", "adapter", _prefix_tuning, virtual_tokens=True, shardable=False),
+    )
+}
 
 
 def method_for(name: str) -> Method:
@@ -103,7 +111,9 @@ def quantization_config(spec: TrainSpec, model_spec: ModelSpec) -> Any:
     from tunesmith.models.loading import pick_device, pick_dtype
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=spec.qlora.quant_type, bnb_4bit_use_double_quant=spec.qlora.double_quant,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.qlora.quant_type,
+        bnb_4bit_use_double_quant=spec.qlora.double_quant,
         bnb_4bit_compute_dtype=pick_dtype(model_spec, pick_device(model_spec)),
     )
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.registry.runfolder import config_data
@@ -43,7 +44,9 @@ class RegistryUnusable(UserError):
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             self.exit_code = 1
-            super().__init__(f"the registry {db_path} is locked by another process ({text})", fix="wait for the other tunesmith command to finish, then try again")
+            super().__init__(
+                f"the registry {db_path} is locked by another process ({text})", fix="wait for the other tunesmith command to finish, then try again"
+            )
         elif isinstance(exc, sqlite3.OperationalError) and ("full" in text or "readonly" in text or "unable to open" in text):
             self.exit_code = 1
             super().__init__(f"the registry {db_path} cannot be written ({text})", fix="free disk space or make the folder writable, then try again")
@@ -174,7 +177,9 @@ class Registry:
                 if evaluation_id is None:
                     rows += db.execute(
                         "SELECT * FROM evaluations WHERE id IN (SELECT MAX(id) FROM evaluations WHERE run_id = ? AND split = ?"
-                        " AND evaluation_id IS NULL GROUP BY model_id)", (run_id, split)).fetchall()
+                        " AND evaluation_id IS NULL GROUP BY model_id)",
+                        (run_id, split),
+                    ).fetchall()
                 else:
                     rows += db.execute("SELECT * FROM evaluations WHERE run_id = ? AND evaluation_id = ?", (run_id, evaluation_id)).fetchall()
         rows.sort(key=lambda r: (r["split"], r["model_id"]))
@@ -218,10 +223,22 @@ def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]
             spec = config_data(folder) if config.is_file() else {}
             first = min((p for p in (folder / "dataset.json", config, info_path) if p.is_file()), key=lambda p: p.stat().st_mtime)
             finished = None if info["status"] == "running" else _mtime(info_path)
-            runs.append((
-                info["run_id"], (spec or {}).get("name"), info["base_model"], info["method"], info["dataset"], info["dataset_version"],
-                info["status"], str(folder), info.get("best_val_loss"), _mtime(first), finished, json.dumps(info.get("owner")) if info.get("owner") else None,
-            ))
+            runs.append(
+                (
+                    info["run_id"],
+                    (spec or {}).get("name"),
+                    info["base_model"],
+                    info["method"],
+                    info["dataset"],
+                    info["dataset_version"],
+                    info["status"],
+                    str(folder),
+                    info.get("best_val_loss"),
+                    _mtime(first),
+                    finished,
+                    json.dumps(info.get("owner")) if info.get("owner") else None,
+                )
+            )
         except (OSError, ValueError, KeyError, TypeError, UserError) as exc:
             skipped.append(f"{info_path}: {exc}")
             continue
@@ -259,7 +276,9 @@ def _kept_evaluations(folder: Path, run_id: str, evaluations: list[tuple], skipp
             headline = (record.get("headline") or {}).get("metric")
             for model_id, result in record["models"].items():
                 metrics = result["metrics"]
-                evaluations.append((run_id, model_id, record["split"], int(metrics.get("n", 0)), json.dumps(metrics), record["created"], record["id"], headline))
+                evaluations.append(
+                    (run_id, model_id, record["split"], int(metrics.get("n", 0)), json.dumps(metrics), record["created"], record["id"], headline)
+                )
             covered.add(record["split"])
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             skipped.append(f"{folder / 'eval' / 'evaluations' / str(record.get('id'))}: {exc!r}")
@@ -284,10 +303,12 @@ def reindex(home: Path) -> dict[str, Any]:
             db.executemany("INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?,?,?)", datasets)
             db.executemany(
                 "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, best_val_loss, created, finished, owner)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", runs,
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                runs,
             )
-            db.executemany("INSERT INTO evaluations (run_id, model_id, split, n, metrics, created, evaluation_id, headline) VALUES (?,?,?,?,?,?,?,?)",
-                           evaluations)
+            db.executemany(
+                "INSERT INTO evaluations (run_id, model_id, split, n, metrics, created, evaluation_id, headline) VALUES (?,?,?,?,?,?,?,?)", evaluations
+            )
     finally:
         db.close()
     kept = None

@@ -36,7 +36,13 @@ class Batch(list):
     and which share of it this process computes (data parallel: rank of world)."""
 
     def __init__(
-        self, items: list[Encoded], packed: bool = False, capacity: int = 0, rank: int = 0, world: int = 1, max_tokens: int | None = None,
+        self,
+        items: list[Encoded],
+        packed: bool = False,
+        capacity: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        max_tokens: int | None = None,
         flat: bool = False,
     ):
         super().__init__(items)
@@ -71,8 +77,16 @@ def choose_packing(setting: str | bool, items: list[Encoded], batch_size: int, s
 
 
 def make_batches(
-    items: list[Encoded], batch_size: int, seed: int, epoch: int, packed: bool, capacity: int, rank: int = 0, world: int = 1,
-    max_tokens: int | None = None, flat: bool = False,
+    items: list[Encoded],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    packed: bool,
+    capacity: int,
+    rank: int = 0,
+    world: int = 1,
+    max_tokens: int | None = None,
+    flat: bool = False,
 ) -> list[Batch]:
     """The epoch's global batches. Padded ones are length-grouped to save padding; packed ones need not
     be, so they are plain seeded shuffles (a less length-biased mix of examples in each step)."""
@@ -146,8 +160,11 @@ def _flat_tensors(items: list[Encoded]) -> dict[str, torch.Tensor]:
         bounds.append(bounds[-1] + n)
     cu = torch.tensor(bounds, dtype=torch.int32)
     return {
-        "input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions]),
-        "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
     }
 
 

@@ -26,8 +26,7 @@ def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]
     from tunesmith.data.prepare import length_limit_for, run_steps
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-dry-run-") as workdir:
-        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir),
-                             length_limit_for(spec))
+        prepared = run_steps(spec.data.path, spec.data.format, spec.data.seed, spec.data.split_ratios, spec.data.prepare, Path(workdir), length_limit_for(spec))
         try:
             splits = {name: prepared.rows.examples(rows) for name, rows in prepared.splits.items()}
             splits["train"] = splits.get("train", []) + list(prepared.extra_train)
@@ -51,5 +50,3 @@ def seconds_per_token(model_name: str, examples: list[Example], spec: TrainSpec 
     if not items:
         raise UserError("no example has a token left to learn", fix=f"check the assistant turns, or raise train.max_seq_len (now {spec.max_seq_len})")
     return calibrate(model, tokenizer, device, spec, items, [], CAUSAL_LM)["seconds_per_token"]
-
-

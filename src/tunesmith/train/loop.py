@@ -83,7 +83,7 @@ class Items:
         return self.train + replay_sample(self.replay, self.replay_per_epoch, seed, epoch)
 
 
-def run_interruptible(loop: "TrainingLoop") -> tuple[str, str | None]:
+def run_interruptible(loop: TrainingLoop) -> tuple[str, str | None]:
     """Ctrl-C leaves a run marked stopped with the command that continues it."""
     try:
         return loop.run()
@@ -95,7 +95,7 @@ def run_interruptible(loop: "TrainingLoop") -> tuple[str, str | None]:
         raise
 
 
-def finish(loop: "TrainingLoop", status: str, reason: str | None) -> TrainResult:
+def finish(loop: TrainingLoop, status: str, reason: str | None) -> TrainResult:
     """The best checkpoint becomes the run's artefact (the latest one if none was validated yet)."""
     info, run_dir = loop.info, loop.run_dir
     source = info.best_step if info.best_step is not None else loop.last_saved
@@ -114,8 +114,20 @@ class TrainingLoop:
     laid out across processes (parallel/strategy.py)."""
 
     def __init__(
-        self, model, tokenizer, device, cfg: TrainSpec, items: Items, run_dir: Path, info: RunInfo, budget: Budget | None,
-        spec: RunSpec, *, objective: Objective, strategy: StepStrategy, probes: Probes | None = None,
+        self,
+        model,
+        tokenizer,
+        device,
+        cfg: TrainSpec,
+        items: Items,
+        run_dir: Path,
+        info: RunInfo,
+        budget: Budget | None,
+        spec: RunSpec,
+        *,
+        objective: Objective,
+        strategy: StepStrategy,
+        probes: Probes | None = None,
     ):
         self.model, self.tokenizer, self.device, self.cfg, self.items = model, tokenizer, device, cfg, items
         self.objective, self.strategy = objective, strategy
@@ -141,11 +153,19 @@ class TrainingLoop:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "epoch": self.plan.epoch_of(self.step), "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
-            "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed(), "optimizer": self.strategy.optimizer_state(self.model, self.optimizer, self.params),
-            "scheduler": self.schedule.state_dict(), "rng": rng_state(), "monitor": self.monitor.state_dict(), "threads": torch.get_num_threads(),
+            "step": self.step,
+            "epoch": self.plan.epoch_of(self.step),
+            "position": self.step - (self.plan.epoch_of(self.step) - 1) * self.plan.steps_per_epoch,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.elapsed(),
+            "optimizer": self.strategy.optimizer_state(self.model, self.optimizer, self.params),
+            "scheduler": self.schedule.state_dict(),
+            "rng": rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "threads": torch.get_num_threads(),
             # the optimiser and weights are the same in every process, RNG streams and thread counts are not
-            "rng_by_rank": distributed.per_process(rng_state()), "threads_by_rank": distributed.per_process(torch.get_num_threads()),
+            "rng_by_rank": distributed.per_process(rng_state()),
+            "threads_by_rank": distributed.per_process(torch.get_num_threads()),
         }
 
     def restore(self, folder: Path) -> None:
@@ -173,7 +193,11 @@ class TrainingLoop:
             self.model, self.optimizer, self.schedule, self.params, self.cfg, self.plan.total_steps
         )
         self.model.train()
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics, progress() as self.bar, open_trackers(self.spec, self.run_dir) as self.tracker:
+        with (
+            (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as self.metrics,
+            progress() as self.bar,
+            open_trackers(self.spec, self.run_dir) as self.tracker,
+        ):
             self.task = self.bar.add_task("training", total=self.plan.total_steps, completed=self.step, info="")
             if self.step:
                 self._log({"step": self.step, "event": "resumed"})
@@ -196,19 +220,36 @@ class TrainingLoop:
         began, step, lr = time.perf_counter(), self.step + 1, self.optimizer.param_groups[0]["lr"]
         try:
             loss, grad_norm, n_trained, n_real = optimizer_step(
-                self.model, groups[index], self.pad_id, self.device, self.params, self.optimizer, self.cfg.max_grad_norm,
-                self.objective, self.strategy, on_backward=lambda: test_kill("step", step),
+                self.model,
+                groups[index],
+                self.pad_id,
+                self.device,
+                self.params,
+                self.optimizer,
+                self.cfg.max_grad_norm,
+                self.objective,
+                self.strategy,
+                on_backward=lambda: test_kill("step", step),
             )
         except Diverged as exc:
             raise self._diverged(step, exc) from None
         self.schedule.step()
         self.step, self.tokens_seen = step, self.tokens_seen + n_real
         elapsed, position = self.elapsed(), round(epoch - 1 + (index + 1) / len(groups), 4)
-        self._log({
-            "step": step, "epoch": position, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4), "trained_tokens": n_trained,
-            "tokens": n_real, "tokens_per_s": round(self.tokens_seen / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 1),
-            "peak_mem_mb": peak_memory_mb(self.device),
-        })
+        self._log(
+            {
+                "step": step,
+                "epoch": position,
+                "loss": round(loss, 5),
+                "lr": lr,
+                "grad_norm": round(grad_norm, 4),
+                "trained_tokens": n_trained,
+                "tokens": n_real,
+                "tokens_per_s": round(self.tokens_seen / max(elapsed, 1e-9), 1),
+                "elapsed_s": round(elapsed, 1),
+                "peak_mem_mb": peak_memory_mb(self.device),
+            }
+        )
         self.monitor.add_train_loss(loss)
         self.bar.update(self.task, advance=1, info=f"epoch {epoch} loss {loss:.3f} {self.history[-1]['tokens_per_s']:.0f} tok/s")
         if step in self.plan.eval_steps:
@@ -248,7 +289,13 @@ class TrainingLoop:
 
     def _checkpoint(self) -> None:
         save_checkpoint(
-            self.model, self.tokenizer, self.run_dir, self.step, self.info.end_of_turn_ids, self.state_dict(), self.objective.files,
+            self.model,
+            self.tokenizer,
+            self.run_dir,
+            self.step,
+            self.info.end_of_turn_ids,
+            self.state_dict(),
+            self.objective.files,
             self.strategy.full_weights(self.model),
         )
         self.last_saved = self.step
@@ -259,7 +306,12 @@ class TrainingLoop:
 
     def _copy_best(self) -> None:
         monitor, info = self.monitor, self.info
-        info.best_step, info.best_epoch, info.best_val_loss, info.best_metrics = monitor.best_step, monitor.best_epoch, monitor.best_val_loss, monitor.best_metrics
+        info.best_step, info.best_epoch, info.best_val_loss, info.best_metrics = (
+            monitor.best_step,
+            monitor.best_epoch,
+            monitor.best_val_loss,
+            monitor.best_metrics,
+        )
 
     def _diverged(self, step: int, exc: Diverged) -> TrainingFailed:
         last = latest_checkpoint(self.run_dir)
@@ -280,5 +332,3 @@ class TrainingLoop:
         self.metrics.flush()
         if self.tracker is not None:
             self.tracker.log(record)
-
-

@@ -7,8 +7,9 @@ epoch, and the checkpoint holds the optimiser, the schedule, the RNGs and the st
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
@@ -30,8 +31,15 @@ from tunesmith.workspace import Workspace
 def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     if spec.data.path is not None:
         # As `data prepare --model`: examples this run would truncate stay out of validation and test.
-        return prepare_dataset(spec.data.path, workspace, fmt=spec.data.format, seed=spec.data.seed, ratios=spec.data.split_ratios,
-                               options=spec.data.prepare, length=length_limit_for(spec))
+        return prepare_dataset(
+            spec.data.path,
+            workspace,
+            fmt=spec.data.format,
+            seed=spec.data.seed,
+            ratios=spec.data.split_ratios,
+            options=spec.data.prepare,
+            length=length_limit_for(spec),
+        )
     return load_dataset(workspace, spec.data.dataset or "")
 
 
@@ -75,10 +83,21 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     write_json(run_dir / "dataset.json", dataset.manifest.model_dump(mode="json"))
     # run.json from the first moment, owner included: a run killed while its model loads is still a
     # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
-    save_run_info(run_dir, RunInfo(
-        run_id=run_id, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
-        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[], task=spec.train.task,
-    ))
+    save_run_info(
+        run_dir,
+        RunInfo(
+            run_id=run_id,
+            status="running",
+            base_model=spec.model.name,
+            base_model_path=base_path,
+            method=spec.train.method,
+            artefact=artefact_kind(spec.train.method),
+            dataset=dataset.name,
+            dataset_version=dataset.version,
+            end_of_turn_ids=[],
+            task=spec.train.task,
+        ),
+    )
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
     return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
 
@@ -125,7 +144,9 @@ def _as_training_failure(exc: BaseException, run_id: str, run_dir: Path) -> Trai
     where = exc.filename or run_dir
     if exc.errno == errno.ENOSPC:
         return TrainingFailed(f"disk full while training run {run_id}, writing {where}", fix=f"free space and `tunesmith train --resume {run_id}`")
-    return TrainingFailed(f"training run {run_id} could not write {where}: {exc.strerror or exc}", fix=f"fix the folder, then `tunesmith train --resume {run_id}`")
+    return TrainingFailed(
+        f"training run {run_id} could not write {where}: {exc.strerror or exc}", fix=f"fix the folder, then `tunesmith train --resume {run_id}`"
+    )
 
 
 def _record_end(run_dir: Path, status: str, exc: BaseException) -> None:
@@ -148,5 +169,3 @@ def train_task(
 ) -> TrainResult:
     """The run's task trained in run_dir, in every process of a data-parallel run alike."""
     return task_for(spec.train.task).train(spec, dataset, replay, run_dir, base_path, budget, resume_from)
-
-

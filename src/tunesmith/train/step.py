@@ -10,7 +10,8 @@ N processes train what one large batch would."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -32,8 +33,16 @@ class StepStrategy(Protocol):
 
 
 def optimizer_step(
-    model: Any, group: list, pad_id: int, device: torch.device, params: list, optimizer: Any, max_grad_norm: float,
-    objective: Any, strategy: StepStrategy, on_backward: Callable[[], None] | None = None,
+    model: Any,
+    group: list,
+    pad_id: int,
+    device: torch.device,
+    params: list,
+    optimizer: Any,
+    max_grad_norm: float,
+    objective: Any,
+    strategy: StepStrategy,
+    on_backward: Callable[[], None] | None = None,
 ) -> tuple[float, float, int, int]:
     """One optimiser step over a group of micro-batches. Returns (loss per trained token, gradient
     norm, trained tokens, real tokens); raises Diverged, before the weights are touched, when the

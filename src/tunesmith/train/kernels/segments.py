@@ -126,4 +126,3 @@ def use_segment_attention(model: Any) -> bool:
     _register()
     base.set_attn_implementation(NAME)
     return base.config._attn_implementation == NAME
-

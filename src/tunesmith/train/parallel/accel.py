@@ -84,19 +84,26 @@ def read_accelerate_config(path: Path) -> AccelerateConfig:
         return AccelerateConfig(path, "ddp", processes, on_cpu and not data.get("mpirun_config") and data.get("num_machines", 1) == 1)
     raise UserError(
         f"distributed_type {data.get('distributed_type')!r} is not one tunesmith runs",
-        where=f"{where}: distributed_type", fix="use NO, MULTI_CPU, MULTI_GPU, FSDP or DEEPSPEED",
+        where=f"{where}: distributed_type",
+        fix="use NO, MULTI_CPU, MULTI_GPU, FSDP or DEEPSPEED",
     )
 
 
 def _check_deepspeed(data: dict, where: str) -> Any:
 
     if data.get("use_cpu") is True:
-        raise UserError("use_cpu: true makes `accelerate launch` start one process without DeepSpeed", where=f"{where}: use_cpu",
-                        fix="remove use_cpu: on a machine without GPUs the DeepSpeed processes run on CPU anyway")
+        raise UserError(
+            "use_cpu: true makes `accelerate launch` start one process without DeepSpeed",
+            where=f"{where}: use_cpu",
+            fix="remove use_cpu: on a machine without GPUs the DeepSpeed processes run on CPU anyway",
+        )
     precision = str(data.get("mixed_precision", "no")).lower()
     if precision not in ("no", "none", "false"):  # YAML reads an unquoted no as false
-        raise UserError(f"mixed_precision {precision} is not supported with DeepSpeed: the model trains in its own dtype (model.dtype)",
-                        where=f"{where}: mixed_precision", fix="set mixed_precision: 'no' and choose model.dtype in the run config")
+        raise UserError(
+            f"mixed_precision {precision} is not supported with DeepSpeed: the model trains in its own dtype (model.dtype)",
+            where=f"{where}: mixed_precision",
+            fix="set mixed_precision: 'no' and choose model.dtype in the run config",
+        )
     return zero.from_accelerate(data.get("deepspeed_config"), where)
 
 
@@ -106,12 +113,15 @@ def _check_fsdp(fsdp: Any, where: str) -> None:
     version = fsdp.get("fsdp_version", 1)
     if str(version) != "2":
         raise UserError(
-            f"fsdp_version {version} (FSDP1) is not supported; tunesmith shards with FSDP2", where=f"{where}: fsdp_config.fsdp_version",
+            f"fsdp_version {version} (FSDP1) is not supported; tunesmith shards with FSDP2",
+            where=f"{where}: fsdp_config.fsdp_version",
             fix="set fsdp_config.fsdp_version: 2 (the same sharding, newer API)",
         )
     for key, allowed in UNSUPPORTED_FSDP.items():
         if key in fsdp and fsdp[key] not in allowed:
-            raise UserError(f"{key}: {fsdp[key]} is not supported by tunesmith's FSDP path", where=f"{where}: fsdp_config.{key}", fix=f"remove {key} or set it to false")
+            raise UserError(
+                f"{key}: {fsdp[key]} is not supported by tunesmith's FSDP path", where=f"{where}: fsdp_config.{key}", fix=f"remove {key} or set it to false"
+            )
 
 
 def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
@@ -126,15 +136,21 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
     cfg = spec.train
     method = method_for(cfg.method)
     if method.quantized:
-        raise UserError(f"{cfg.method} cannot be sharded with FSDP: its 4-bit base weights are not plain tensors FSDP can split", where=where,
-                        fix="use method lora with FSDP (the base is sharded instead of quantised), or qlora without FSDP (--nproc N)")
+        raise UserError(
+            f"{cfg.method} cannot be sharded with FSDP: its 4-bit base weights are not plain tensors FSDP can split",
+            where=where,
+            fix="use method lora with FSDP (the base is sharded instead of quantised), or qlora without FSDP (--nproc N)",
+        )
     if not method.shardable:
         raise UserError(f"{cfg.method} is not supported with FSDP", where=where, fix="use lora, dora or full with FSDP, or --nproc N without FSDP")
     if cfg.task == "classification":
         raise UserError("classification training does not run with FSDP", where="train.task", fix="drop the accelerate config, or use --nproc N")
     if cfg.generation_eval is not None or cfg.forgetting_every_steps is not None:
-        raise UserError("generation during training (generation_eval, forgetting_every_steps) does not run on a sharded model",
-                        where="train.generation_eval / train.forgetting_every_steps", fix="drop them for this run; `tunesmith eval RUN` scores the result")
+        raise UserError(
+            "generation during training (generation_eval, forgetting_every_steps) does not run on a sharded model",
+            where="train.generation_eval / train.forgetting_every_steps",
+            fix="drop them for this run; `tunesmith eval RUN` scores the result",
+        )
 
 
 def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
@@ -142,13 +158,19 @@ def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
     where = "train.method" if isinstance(config, str) else f"train.method (with DeepSpeed from {config.path})"
     cfg = spec.train
     if not method_for(cfg.method).shardable:
-        raise UserError(f"{cfg.method} is not supported with DeepSpeed (not tested)", where=where,
-                        fix="use lora, dora or full with DeepSpeed, or --nproc N without DeepSpeed")
+        raise UserError(
+            f"{cfg.method} is not supported with DeepSpeed (not tested)",
+            where=where,
+            fix="use lora, dora or full with DeepSpeed, or --nproc N without DeepSpeed",
+        )
     if cfg.task == "classification":
         raise UserError("classification training does not run with DeepSpeed", where="train.task", fix="drop the accelerate config, or use --nproc N")
     if cfg.generation_eval is not None or cfg.forgetting_every_steps is not None:
-        raise UserError("generation during training (generation_eval, forgetting_every_steps) has not been tested with DeepSpeed",
-                        where="train.generation_eval / train.forgetting_every_steps", fix="drop them for this run; `tunesmith eval RUN` scores the result")
+        raise UserError(
+            "generation during training (generation_eval, forgetting_every_steps) has not been tested with DeepSpeed",
+            where="train.generation_eval / train.forgetting_every_steps",
+            fix="drop them for this run; `tunesmith eval RUN` scores the result",
+        )
     if not isinstance(config, str) and config.zero is not None:
         zero.check_clipping(config.zero, cfg.max_grad_norm)
 
@@ -167,12 +189,14 @@ def check_env(spec: Any) -> Literal["ddp", "fsdp", "deepspeed"]:
     mode = mode_from_env()
     if mode == "deepspeed":
         from tunesmith.models.loading import import_deepspeed_quietly
-    
+
         zero.check_clipping(zero.from_env(), spec.train.max_grad_norm)  # a process started by hand skipped the launcher's checks
         zero.require_installed("ACCELERATE_USE_DEEPSPEED")
         import_deepspeed_quietly()  # now, before transformers or accelerate import it with its logger on stdout
     if mode == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
-        raise UserError("FSDP1 is not supported; tunesmith shards with FSDP2", where="FSDP_VERSION", fix="set fsdp_config.fsdp_version: 2 in the accelerate config")
+        raise UserError(
+            "FSDP1 is not supported; tunesmith shards with FSDP2", where="FSDP_VERSION", fix="set fsdp_config.fsdp_version: 2 in the accelerate config"
+        )
     check_spec(mode, spec)
     return mode
 
@@ -189,10 +213,11 @@ def launch(config: AccelerateConfig, train_args: list[str], nproc: int = 1) -> i
 
     processes = nproc if nproc > 1 else config.num_processes
     if config.mode == "deepspeed":  # checked last, so a config's mistakes are reported whether or not it is installed
-    
         zero.require_installed(f"{config.path}: distributed_type")
     if config.cpu_without_mpirun and processes > 1:
-        console.print(f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run")
+        console.print(
+            f"{config.path}: CPU processes without mpirun, which `accelerate launch` would run as one; starting {processes} with torch.distributed.run"
+        )
     # said, not guessed: DeepSpeed warns on stdout (the launcher's too) when it falls back to CPU
     defaults = {"DS_ACCELERATOR": "cpu"} if config.mode == "deepspeed" and not torch.cuda.is_available() else {}
 

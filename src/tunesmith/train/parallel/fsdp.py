@@ -47,8 +47,11 @@ def shard(model: Any) -> Any:
         from tunesmith.errors import UserError
 
         looked = sorted(classes) or "the model's _no_split_modules"
-        raise UserError(f"no transformer block to shard in {type(model).__name__} (looked for {looked})",
-                        where="FSDP_TRANSFORMER_CLS_TO_WRAP", fix="set fsdp_config.fsdp_transformer_layer_cls_to_wrap to the model's decoder layer class")
+        raise UserError(
+            f"no transformer block to shard in {type(model).__name__} (looked for {looked})",
+            where="FSDP_TRANSFORMER_CLS_TO_WRAP",
+            fix="set fsdp_config.fsdp_transformer_layer_cls_to_wrap to the model's decoder layer class",
+        )
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard)
     fully_shard(model, reshard_after_forward=reshard)

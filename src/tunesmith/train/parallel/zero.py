@@ -25,9 +25,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.train.parallel import distributed
@@ -37,8 +38,14 @@ INSTALL = "pip install 'tunesmith[deepspeed]' (tunesmith's DeepSpeed path was te
 # accelerate's own deepspeed_config keys that only matter for stage 3 or for starting processes on
 # several machines: accepted as accelerate reads them.
 ACCELERATE_PASSIVE = {
-    "zero3_init_flag", "zero3_save_16bit_model", "deepspeed_multinode_launcher", "deepspeed_hostfile",
-    "deepspeed_exclusion_filter", "deepspeed_inclusion_filter", "offload_optimizer_nvme_path", "offload_param_nvme_path",
+    "zero3_init_flag",
+    "zero3_save_16bit_model",
+    "deepspeed_multinode_launcher",
+    "deepspeed_hostfile",
+    "deepspeed_exclusion_filter",
+    "deepspeed_inclusion_filter",
+    "offload_optimizer_nvme_path",
+    "offload_param_nvme_path",
 }
 # Set by tunesmith in the DeepSpeed config it builds; a user's JSON may leave them out or say "auto".
 OURS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
@@ -71,26 +78,34 @@ def _stage(value: Any, where: str) -> int:
     if value in (3, "3"):
         raise UserError(
             "ZeRO stage 3 is not supported by tunesmith: it partitions the weights themselves, which tunesmith's "
-            "validation, generation and checkpoints would have to gather (not built or tested)", where=where,
+            "validation, generation and checkpoints would have to gather (not built or tested)",
+            where=where,
             fix="use stage 2 (gradients and optimiser state partitioned), or distributed_type: FSDP with fsdp_version: 2 to shard the weights too",
         )
     if str(value) not in ("1", "2") or isinstance(value, bool):
-        raise UserError(f"ZeRO stage must be 1 or 2 (got {value!r})", where=where,
-                        fix="set it to 2 (or 1); for plain data parallelism use distributed_type: MULTI_GPU or --nproc N")
+        raise UserError(
+            f"ZeRO stage must be 1 or 2 (got {value!r})",
+            where=where,
+            fix="set it to 2 (or 1); for plain data parallelism use distributed_type: MULTI_GPU or --nproc N",
+        )
     return int(value)
 
 
 def _offload(value: Any, where: str) -> None:
     device = value.get("device", "none") if isinstance(value, Mapping) else value
     if device not in (None, "none", False):
-        raise UserError(f"offloading to {device!r} is not supported by tunesmith's DeepSpeed path (not run or tested)", where=where,
-                        fix="set it to none (or remove it)")
+        raise UserError(
+            f"offloading to {device!r} is not supported by tunesmith's DeepSpeed path (not run or tested)", where=where, fix="set it to none (or remove it)"
+        )
 
 
 def _accumulation(value: Any, where: str) -> None:
     if value not in (None, 1, "1", "auto"):
-        raise UserError(f"gradient_accumulation_steps {value!r}: tunesmith accumulates inside its own optimiser step", where=where,
-                        fix="remove it (or set 1) and use train.grad_accum in the run config")
+        raise UserError(
+            f"gradient_accumulation_steps {value!r}: tunesmith accumulates inside its own optimiser step",
+            where=where,
+            fix="remove it (or set 1) and use train.grad_accum in the run config",
+        )
 
 
 def _clipping(value: Any, where: str) -> float | None:
@@ -99,9 +114,13 @@ def _clipping(value: Any, where: str) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"gradient_clipping must be a number or auto (got {value!r})", where=where, fix="remove it: tunesmith clips at train.max_grad_norm") from None
+        raise UserError(
+            f"gradient_clipping must be a number or auto (got {value!r})", where=where, fix="remove it: tunesmith clips at train.max_grad_norm"
+        ) from None
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise UserError(f"gradient_clipping must be a number of at least 0 (got {value!r})", where=where, fix="remove it: tunesmith clips at train.max_grad_norm")
+        raise UserError(
+            f"gradient_clipping must be a number of at least 0 (got {value!r})", where=where, fix="remove it: tunesmith clips at train.max_grad_norm"
+        )
     return number
 
 
@@ -116,14 +135,26 @@ def from_accelerate(section: Any, config_path: str) -> ZeroSettings:
     if file not in (None, "", "none"):
         mixed = sorted(set(section) - {"deepspeed_config_file"} - ACCELERATE_PASSIVE)
         if mixed:
-            raise UserError(f"{', '.join(mixed)} given next to deepspeed_config_file (accelerate takes the settings from one place)",
-                            where=f"{where}.{mixed[0]}", fix=f"move them into {file}, or drop deepspeed_config_file")
+            raise UserError(
+                f"{', '.join(mixed)} given next to deepspeed_config_file (accelerate takes the settings from one place)",
+                where=f"{where}.{mixed[0]}",
+                fix=f"move them into {file}, or drop deepspeed_config_file",
+            )
         return from_json_file(Path(str(file)))
     for key in section:
-        if key not in ACCELERATE_PASSIVE | {"zero_stage", "offload_optimizer_device", "offload_param_device", "gradient_accumulation_steps",
-                                            "gradient_clipping", "deepspeed_config_file"}:
-            raise UserError(f"{key} is not a deepspeed_config setting tunesmith knows", where=f"{where}.{key}",
-                            fix="remove it, or put DeepSpeed settings in a JSON file named by deepspeed_config_file")
+        if key not in ACCELERATE_PASSIVE | {
+            "zero_stage",
+            "offload_optimizer_device",
+            "offload_param_device",
+            "gradient_accumulation_steps",
+            "gradient_clipping",
+            "deepspeed_config_file",
+        }:
+            raise UserError(
+                f"{key} is not a deepspeed_config setting tunesmith knows",
+                where=f"{where}.{key}",
+                fix="remove it, or put DeepSpeed settings in a JSON file named by deepspeed_config_file",
+            )
     stage = _stage(section.get("zero_stage", 2), f"{where}.zero_stage")
     _offload(section.get("offload_optimizer_device"), f"{where}.offload_optimizer_device")
     _offload(section.get("offload_param_device"), f"{where}.offload_param_device")
@@ -134,7 +165,7 @@ def from_accelerate(section: Any, config_path: str) -> ZeroSettings:
 
 def from_json_file(path: Path) -> ZeroSettings:
     where = str(path)
-    fix = "point deepspeed_config_file at a DeepSpeed JSON file such as {\"zero_optimization\": {\"stage\": 2}}"
+    fix = 'point deepspeed_config_file at a DeepSpeed JSON file such as {"zero_optimization": {"stage": 2}}'
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -148,38 +179,53 @@ def from_json_file(path: Path) -> ZeroSettings:
 
 def from_json(data: Any, where: str) -> ZeroSettings:
     if not isinstance(data, Mapping):
-        raise UserError("a DeepSpeed config is a JSON object", where=where, fix="e.g. {\"zero_optimization\": {\"stage\": 2}}")
+        raise UserError("a DeepSpeed config is a JSON object", where=where, fix='e.g. {"zero_optimization": {"stage": 2}}')
     for key in ("optimizer", "scheduler"):
         if key in data:
-            raise UserError(f"a DeepSpeed {key} is not used: tunesmith trains with AdamW at train.lr / train.weight_decay and its own schedule",
-                            where=f"{where}: {key}", fix=f"remove the {key} section; set train.lr, train.weight_decay, train.scheduler in the run config")
+            raise UserError(
+                f"a DeepSpeed {key} is not used: tunesmith trains with AdamW at train.lr / train.weight_decay and its own schedule",
+                where=f"{where}: {key}",
+                fix=f"remove the {key} section; set train.lr, train.weight_decay, train.scheduler in the run config",
+            )
     for key in PRECISION:
         enabled = data.get(key, {}).get("enabled", False) if isinstance(data.get(key), Mapping) else data.get(key)
         if enabled not in (None, False, "auto"):
-            raise UserError(f"{key} is not supported by tunesmith's DeepSpeed path: the model trains in its own dtype (model.dtype)",
-                            where=f"{where}: {key}.enabled", fix=f"set {key}.enabled to false (or remove {key}); choose model.dtype in the run config")
+            raise UserError(
+                f"{key} is not supported by tunesmith's DeepSpeed path: the model trains in its own dtype (model.dtype)",
+                where=f"{where}: {key}.enabled",
+                fix=f"set {key}.enabled to false (or remove {key}); choose model.dtype in the run config",
+            )
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu"):
         if data.get(key) not in (None, "auto"):
-            raise UserError(f"{key} {data[key]!r}: tunesmith's train.batch_size is the global batch", where=f"{where}: {key}",
-                            fix=f"set {key} to \"auto\" (or remove it) and use train.batch_size")
+            raise UserError(
+                f"{key} {data[key]!r}: tunesmith's train.batch_size is the global batch",
+                where=f"{where}: {key}",
+                fix=f'set {key} to "auto" (or remove it) and use train.batch_size',
+            )
     _accumulation(data.get("gradient_accumulation_steps"), f"{where}: gradient_accumulation_steps")
     clipping = _clipping(data.get("gradient_clipping"), f"{where}: gradient_clipping")
     zero = data.get("zero_optimization")
     if not isinstance(zero, Mapping):
-        raise UserError("zero_optimization is missing (DeepSpeed would run stage 0, plain data parallelism)", where=f"{where}: zero_optimization",
-                        fix="add \"zero_optimization\": {\"stage\": 2}")
+        raise UserError(
+            "zero_optimization is missing (DeepSpeed would run stage 0, plain data parallelism)",
+            where=f"{where}: zero_optimization",
+            fix='add "zero_optimization": {"stage": 2}',
+        )
     stage = _stage(zero.get("stage", 0), f"{where}: zero_optimization.stage")
     _offload(zero.get("offload_optimizer"), f"{where}: zero_optimization.offload_optimizer")
     _offload(zero.get("offload_param"), f"{where}: zero_optimization.offload_param")
     if zero.get("cpu_offload"):
-        raise UserError("offloading to the CPU is not supported by tunesmith's DeepSpeed path", where=f"{where}: zero_optimization.cpu_offload",
-                        fix="set it to false (or remove it)")
+        raise UserError(
+            "offloading to the CPU is not supported by tunesmith's DeepSpeed path",
+            where=f"{where}: zero_optimization.cpu_offload",
+            fix="set it to false (or remove it)",
+        )
     passthrough = _without_auto({key: value for key, value in data.items() if key not in OURS and key not in PRECISION})
     return ZeroSettings(stage, clipping, passthrough, f"{where}: gradient_clipping")
 
 
 def _without_auto(data: Mapping[str, Any]) -> dict[str, Any]:
-    """"auto" is a value only the Hugging Face integrations resolve (DeepSpeed itself rejects it):
+    """ "auto" is a value only the Hugging Face integrations resolve (DeepSpeed itself rejects it):
     such a setting is left out, so DeepSpeed uses its own default."""
     return {key: _without_auto(value) if isinstance(value, Mapping) else value for key, value in data.items() if value != "auto"}
 
@@ -190,13 +236,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> ZeroSettings:
     env = os.environ if environ is None else environ
     precision = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if precision not in ("no", ""):
-        raise UserError(f"mixed_precision {precision} is not supported with DeepSpeed: the model trains in its own dtype (model.dtype)",
-                        where="ACCELERATE_MIXED_PRECISION (mixed_precision in the accelerate config)", fix="set mixed_precision: 'no'")
+        raise UserError(
+            f"mixed_precision {precision} is not supported with DeepSpeed: the model trains in its own dtype (model.dtype)",
+            where="ACCELERATE_MIXED_PRECISION (mixed_precision in the accelerate config)",
+            fix="set mixed_precision: 'no'",
+        )
     file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if file not in (None, "", "none"):
         return from_json_file(Path(file))
     stage = _stage(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"), "ACCELERATE_DEEPSPEED_ZERO_STAGE (deepspeed_config.zero_stage)")
-    _offload(env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"), "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE (deepspeed_config.offload_optimizer_device)")
+    _offload(
+        env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"), "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE (deepspeed_config.offload_optimizer_device)"
+    )
     _offload(env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"), "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE (deepspeed_config.offload_param_device)")
     _accumulation(env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS"), "ACCELERATE_GRADIENT_ACCUMULATION_STEPS (deepspeed_config.gradient_accumulation_steps)")
     clipping = _clipping(env.get("ACCELERATE_GRADIENT_CLIPPING"), "ACCELERATE_GRADIENT_CLIPPING (deepspeed_config.gradient_clipping)")
@@ -207,7 +258,8 @@ def check_clipping(settings: ZeroSettings, max_grad_norm: float) -> None:
     if settings.clipping is not None and settings.clipping != max_grad_norm:
         raise UserError(
             f"gradient_clipping {settings.clipping} disagrees with train.max_grad_norm {max_grad_norm} (tunesmith clips at train.max_grad_norm)",
-            where=settings.clipping_where, fix=f"remove gradient_clipping, or set train.max_grad_norm: {settings.clipping} in the run config",
+            where=settings.clipping_where,
+            fix=f"remove gradient_clipping, or set train.max_grad_norm: {settings.clipping} in the run config",
         )
 
 
@@ -219,8 +271,11 @@ def deepspeed_config(settings: ZeroSettings, world: int, max_grad_norm: float) -
         **settings.passthrough,
         # One micro-batch per process per DeepSpeed step as far as DeepSpeed's bookkeeping goes: our
         # step holds the batches and accumulates its passes itself.
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
-        "gradient_clipping": max_grad_norm, "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
     }
 
 
@@ -257,8 +312,11 @@ def _check_layout(optimizer: Any) -> None:
         whole = torch.cat([p.detach().reshape(-1).to(flat.dtype) for p in params])
         # compared bit for bit: weights already NaN (a broken model) must fail the NaN guard, not this check
         if flat.numel() < whole.numel() or not torch.equal(flat[: whole.numel()].view(torch.uint8), whole.view(torch.uint8)):
-            raise UserError("this DeepSpeed version lays out its ZeRO partitions in a way tunesmith does not read",
-                            where="deepspeed", fix="install deepspeed==0.19.8, the version tunesmith's DeepSpeed path was tested with")
+            raise UserError(
+                "this DeepSpeed version lays out its ZeRO partitions in a way tunesmith does not read",
+                where="deepspeed",
+                fix="install deepspeed==0.19.8, the version tunesmith's DeepSpeed path was tested with",
+            )
 
 
 def full_optimizer_state(optimizer: Any, params: list[Any]) -> dict[str, Any]:

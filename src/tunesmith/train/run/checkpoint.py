@@ -55,7 +55,13 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    model: Any, tokenizer: Any, run_dir: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None = None,
+    model: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    step: int,
+    eot_ids: list[int],
+    state: dict[str, Any],
+    files: dict[str, str] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Written to a temporary folder and renamed, so a crash never leaves a half checkpoint to be picked.
@@ -102,11 +108,19 @@ def _write_failure(exc: Exception, run_dir: Path, staging: Path, step: int) -> A
     if disk_full:
         return TrainingFailed(f"disk full while writing checkpoint step {step} under {run_dir}", fix=f"free space and `tunesmith train --resume {run}`")
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return TrainingFailed(f"could not write checkpoint step {step} under {run_dir}: {first}", fix=f"make the folder writable, then `tunesmith train --resume {run}`")
+    return TrainingFailed(
+        f"could not write checkpoint step {step} under {run_dir}: {first}", fix=f"make the folder writable, then `tunesmith train --resume {run}`"
+    )
 
 
 def _write_checkpoint(
-    model: Any, tokenizer: Any, staging: Path, step: int, eot_ids: list[int], state: dict[str, Any], files: dict[str, str] | None,
+    model: Any,
+    tokenizer: Any,
+    staging: Path,
+    step: int,
+    eot_ids: list[int],
+    state: dict[str, Any],
+    files: dict[str, str] | None,
     weights: dict[str, torch.Tensor] | None,
 ) -> None:
     import_deepspeed_quietly()
@@ -194,7 +208,9 @@ def restore_weights(model: Any, folder: Path) -> None:
     else:
         unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
     if not weights or unexpected:
-        raise UserError(f"checkpoint {folder} does not fit this model ({len(unexpected)} unknown weights)", fix="resume with the base model the run started from")
+        raise UserError(
+            f"checkpoint {folder} does not fit this model ({len(unexpected)} unknown weights)", fix="resume with the base model the run started from"
+        )
 
 
 def prune_checkpoints(run_dir: Path, keep: set[int]) -> None:

@@ -70,7 +70,7 @@ class _PeakMemory:
     def __init__(self, device: torch.device):
         self.device, self.peak, self._stop = device, 0, threading.Event()
 
-    def __enter__(self) -> "_PeakMemory":
+    def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -164,8 +164,11 @@ def calibrate(
             torch.cuda.set_rng_state_all(cuda_rng)
         model.train(was_training)
     return {
-        "seconds_per_token": train_spt, "validation_seconds_per_token": val_spt, "calibration_steps": n_timed,
-        "peak_memory_bytes": memory.peak, "memory_measure": memory.measure,
+        "seconds_per_token": train_spt,
+        "validation_seconds_per_token": val_spt,
+        "calibration_steps": n_timed,
+        "peak_memory_bytes": memory.peak,
+        "memory_measure": memory.measure,
     }
 
 
@@ -189,8 +192,15 @@ def _validation_seconds_per_token(
 
 
 def estimate_training(
-    model: Any, tokenizer: Any, device: torch.device, cfg: TrainSpec, train_items: list[Encoded], val_items: list[Encoded], dropped: int = 0,
-    *, objective: Objective,
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    cfg: TrainSpec,
+    train_items: list[Encoded],
+    val_items: list[Encoded],
+    dropped: int = 0,
+    *,
+    objective: Objective,
 ) -> TrainEstimate:
     plan = plan_steps(cfg, len(train_items))  # the trainer's own plan: max_steps, epochs and validation points
     measured = calibrate(model, tokenizer, device, cfg, train_items, val_items, objective)
@@ -201,11 +211,22 @@ def estimate_training(
     val_seconds = val_tokens * validations * (measured["validation_seconds_per_token"] or 0.0)
     total = train_seconds + val_seconds
     return TrainEstimate(
-        examples=len(train_items), dropped_examples=dropped, epochs=plan.epochs, tokens_per_epoch=tokens,
-        trained_tokens_per_epoch=sum(i.n_trained for i in train_items), steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
-        validations=validations, validation_tokens=val_tokens, **measured,
-        train_seconds=round(train_seconds, 1), validation_seconds=round(val_seconds, 1), total_seconds=round(total, 1), device=str(device),
-        price_per_hour=cfg.price_per_hour, cost=round(total / 3600 * cfg.price_per_hour, 4) if cfg.price_per_hour is not None else None,
+        examples=len(train_items),
+        dropped_examples=dropped,
+        epochs=plan.epochs,
+        tokens_per_epoch=tokens,
+        trained_tokens_per_epoch=sum(i.n_trained for i in train_items),
+        steps_per_epoch=plan.steps_per_epoch,
+        total_steps=plan.total_steps,
+        validations=validations,
+        validation_tokens=val_tokens,
+        **measured,
+        train_seconds=round(train_seconds, 1),
+        validation_seconds=round(val_seconds, 1),
+        total_seconds=round(total, 1),
+        device=str(device),
+        price_per_hour=cfg.price_per_hour,
+        cost=round(total / 3600 * cfg.price_per_hour, 4) if cfg.price_per_hour is not None else None,
     )
 
 
@@ -229,12 +250,15 @@ def print_estimate(estimate: TrainEstimate, run_dir: Path | None = None) -> None
     table.add_row("tokens per epoch", f"{e.tokens_per_epoch:,} ({e.trained_tokens_per_epoch:,} trained)")
     table.add_row("optimizer steps", f"{e.total_steps:,} ({e.steps_per_epoch:,} per epoch x {e.epochs} epochs)")
     table.add_row("validation", f"{e.validations} pass(es) over {e.validation_tokens:,} tokens")
-    table.add_row("throughput", f"{1 / e.seconds_per_token:,.0f} tokens/s training on {e.device} ({e.calibration_steps} timed steps after {WARMUP_STEPS} warm-up steps)")
-    table.add_row("estimated time", f"{duration(e.total_seconds)} ({duration(e.train_seconds)} training, {duration(e.validation_seconds)} validation; model loading and checkpoints not included)")
+    table.add_row(
+        "throughput", f"{1 / e.seconds_per_token:,.0f} tokens/s training on {e.device} ({e.calibration_steps} timed steps after {WARMUP_STEPS} warm-up steps)"
+    )
+    table.add_row(
+        "estimated time",
+        f"{duration(e.total_seconds)} ({duration(e.train_seconds)} training, {duration(e.validation_seconds)} validation; model loading and checkpoints not included)",
+    )
     table.add_row("peak memory", f"{e.peak_memory_bytes / 2**30:.2f} GiB ({e.memory_measure})")
     table.add_row("estimated cost", f"{e.cost:,.2f} at {e.price_per_hour:g} per hour" if e.cost is not None else "give --price-per-hour to see it")
     (out if run_dir is None else console).print(table)
     if run_dir is not None:
         (run_dir / "estimate.json").write_text(json.dumps(estimate.model_dump(), indent=2) + "\n", encoding="utf-8")
-
-

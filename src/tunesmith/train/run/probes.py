@@ -36,7 +36,8 @@ class GenerationProbe:
         if not candidates:
             raise UserError(
                 "train.generation_eval needs validation examples with a reference answer, and there are none",
-                where="train.generation_eval", fix="remove train.generation_eval, or prepare the dataset with a validation split",
+                where="train.generation_eval",
+                fix="remove train.generation_eval, or prepare the dataset with a validation split",
             )
         # A fixed sample, so the curve shows the model changing rather than the sample.
         keep = sorted(random.Random(seed).sample(range(len(candidates)), min(spec.sample_size, len(candidates))))

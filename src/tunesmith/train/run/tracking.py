@@ -32,7 +32,8 @@ def check_installed(names: list[str]) -> None:
         if importlib.util.find_spec(module) is None:
             raise UserError(
                 f"train.report_to names '{name}' but the package '{module}' is not installed",
-                where="train.report_to", fix=f"{command}   (or pip install 'tunesmith[tracking]' for tensorboard and mlflow)",
+                where="train.report_to",
+                fix=f"{command}   (or pip install 'tunesmith[tracking]' for tensorboard and mlflow)",
             )
 
 
@@ -89,8 +90,11 @@ class _WandB:
         import wandb
 
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "tunesmith"), name=run_dir.name, dir=str(run_dir),
-            mode=os.environ.get("WANDB_MODE", "offline"), config=spec.model_dump(mode="json"),
+            project=os.environ.get("WANDB_PROJECT", "tunesmith"),
+            name=run_dir.name,
+            dir=str(run_dir),
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            config=spec.model_dump(mode="json"),
         )
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -121,7 +125,7 @@ class Trackers:
             backend.close(failed)
         self.backends = []
 
-    def __enter__(self) -> "Trackers":
+    def __enter__(self) -> Trackers:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:

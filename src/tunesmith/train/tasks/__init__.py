@@ -4,8 +4,9 @@ preference) registers here and gets the loop's checkpoints, resume, guards and b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.train.tasks.causal_lm import estimate_causal_lm, train_causal_lm

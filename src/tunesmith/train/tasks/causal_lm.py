@@ -159,8 +159,18 @@ def train_causal_lm(
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
     info = _run_info(spec, dataset, run_dir, base_path, tokenizer, items, resuming=resume_from is not None)
     loop = TrainingLoop(
-        model, tokenizer, device, cfg, items, run_dir, info, budget, spec,
-        objective=CAUSAL_LM, strategy=strategy.for_launch(), probes=build_probes(spec, dataset.splits["validation"]),
+        model,
+        tokenizer,
+        device,
+        cfg,
+        items,
+        run_dir,
+        info,
+        budget,
+        spec,
+        objective=CAUSAL_LM,
+        strategy=strategy.for_launch(),
+        probes=build_probes(spec, dataset.splits["validation"]),
     )
     if resume_from is not None:
         loop.restore(resume_from)
@@ -169,10 +179,21 @@ def train_causal_lm(
 
 
 def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, tokenizer: Any, items: Items, resuming: bool) -> RunInfo:
-    info = load_run_info(run_dir) if resuming else RunInfo(
-        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
-        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version,
-        end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped,
+    info = (
+        load_run_info(run_dir)
+        if resuming
+        else RunInfo(
+            run_id=run_dir.name,
+            status="running",
+            base_model=spec.model.name,
+            base_model_path=base_path,
+            method=spec.train.method,
+            artefact=artefact_kind(spec.train.method),
+            dataset=dataset.name,
+            dataset_version=dataset.version,
+            end_of_turn_ids=end_of_turn_ids(tokenizer),
+            dropped_examples=items.dropped,
+        )
     )
     info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)

@@ -46,7 +46,8 @@ def label_names(splits: dict[str, list[Example]], name: str) -> list[str]:
             if example.label is None:
                 raise UserError(
                     f"train.task classification needs a label on every example; example {example.id} in {split} has none",
-                    where=f"dataset {name}", fix="prepare a text/label file (format classification), or use train.task causal_lm",
+                    where=f"dataset {name}",
+                    fix="prepare a text/label file (format classification), or use train.task causal_lm",
                 )
             labels.add(example.label)
     if len(labels) < 2:
@@ -70,7 +71,9 @@ def train_classifier(
     model = apply_method(model, cfg, task="classification")
     kernels.switch_on(model, device)
     trainable, total = count_parameters(model)
-    console.print(f"training a {len(labels)}-class classifier: {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
+    console.print(
+        f"training a {len(labels)}-class classifier: {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}"
+    )
     objective = Classification(labels)
     if resume_from is None:
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, objective=objective), run_dir)
@@ -81,7 +84,7 @@ def train_classifier(
     return finish(loop, *run_interruptible(loop))
 
 
-def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], name: str, labels: list[str], max_seq_len: int) -> "Items":
+def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], name: str, labels: list[str], max_seq_len: int) -> Items:
 
     label_ids = {label: i for i, label in enumerate(labels)}
     max_len = _max_len(tokenizer, model, max_seq_len)
@@ -92,10 +95,22 @@ def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], 
 
 
 def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, labels: list[str], resuming: bool) -> RunInfo:
-    info = load_run_info(run_dir) if resuming else RunInfo(
-        run_id=run_dir.name, status="running", base_model=spec.model.name, base_model_path=base_path, method=spec.train.method,
-        artefact=artefact_kind(spec.train.method), dataset=dataset.name, dataset_version=dataset.version, end_of_turn_ids=[],
-        task="classification", labels=labels,
+    info = (
+        load_run_info(run_dir)
+        if resuming
+        else RunInfo(
+            run_id=run_dir.name,
+            status="running",
+            base_model=spec.model.name,
+            base_model_path=base_path,
+            method=spec.train.method,
+            artefact=artefact_kind(spec.train.method),
+            dataset=dataset.name,
+            dataset_version=dataset.version,
+            end_of_turn_ids=[],
+            task="classification",
+            labels=labels,
+        )
     )
     info.status, info.stop_reason = "running", None
     save_run_info(run_dir, info)
