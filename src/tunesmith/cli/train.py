@@ -53,15 +53,16 @@ def train_cmd(
 ) -> None:
     """Fine-tune a base model; writes a run folder and registers the run. --resume continues an interrupted one."""
     flags = TrainFlags(**locals())  # one typed object through the steps below
+    budget = flags.budget()  # first: a budget that is not a finite number is refused by its flag's name
     problems: list[str] = []  # flags' problems, reported together with the config's own, all at once
     overrides = flags.overrides(problems)
     launcher = _launcher(flags)
     if flags.resume is not None:
         if problems:
             raise ProblemList("invalid command-line flags", problems, fix="correct the flags named above")
-        result = _resume(flags, overrides, launcher)
+        result = _resume(flags, overrides, launcher, budget)
     else:
-        result = _train(flags, overrides, problems, launcher)
+        result = _train(flags, overrides, problems, launcher, budget)
     if result is not None and _report_here():
         _report(result)
 
@@ -135,7 +136,7 @@ def _launcher(flags: TrainFlags) -> Any:
     return read_accelerate_config(flags.accelerate_config)
 
 
-def _train(flags: TrainFlags, overrides: dict[str, Any], problems: list[str], launcher: Any) -> Any:
+def _train(flags: TrainFlags, overrides: dict[str, Any], problems: list[str], launcher: Any, budget: Any) -> Any:
     """A new run: here, in processes, or only its estimate (None: nothing to report here)."""
     from tunesmith.config import load_run_spec
     from tunesmith.train.run.tracking import check_installed
@@ -156,13 +157,13 @@ def _train(flags: TrainFlags, overrides: dict[str, Any], problems: list[str], la
         from tunesmith.train.parallel.distributed import budget_args
         from tunesmith.train.recipe import prepared_for_launch
 
-        raise typer.Exit(launch_spec(prepared_for_launch(spec, _workspace()), flags.nproc, budget_args(flags.budget()), launcher))
+        raise typer.Exit(launch_spec(prepared_for_launch(spec, _workspace()), flags.nproc, budget_args(budget), launcher))
     from tunesmith.train.recipe import train
 
-    return train(spec, _workspace(), flags.budget())
+    return train(spec, _workspace(), budget)
 
 
-def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any) -> Any:
+def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any, budget: Any) -> Any:
     """An interrupted run continued with its own config: here, or in processes."""
     from tunesmith.train.parallel.distributed import budget_args
     from tunesmith.train.resume import resumable_run, resume
@@ -175,12 +176,12 @@ def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any) -> Any:
         from tunesmith.train.parallel.accel import launch as accelerate_launch
 
         check_spec(launcher, read_config(run_dir))
-        raise typer.Exit(accelerate_launch(launcher, ["--resume", str(run_dir), *budget_args(flags.budget())], flags.nproc))
+        raise typer.Exit(accelerate_launch(launcher, ["--resume", str(run_dir), *budget_args(budget)], flags.nproc))
     if flags.nproc > 1:
         from tunesmith.train.parallel.distributed import launch
 
-        raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(flags.budget())], flags.nproc))
-    return resume(_workspace(), run_dir, flags.budget())
+        raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(budget)], flags.nproc))
+    return resume(_workspace(), run_dir, budget)
 
 
 def _report(result: Any) -> None:
