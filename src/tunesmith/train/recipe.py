@@ -1,8 +1,10 @@
-"""`tunesmith train`: load → check → train, validating and checkpointing as it goes → keep the best → save.
+"""`tunesmith train`: check every input (registry, model, data) → create the run folder and register
+it → hand it to its task (tasks/: causal_lm, classification), which trains in the shared loop
+(loop.py) → record how it ended, in run.json and the registry.
 
-Every checkpoint can be resumed (`train --resume RUN`, see resume.py) and the resumed run is
-step for step the run that was never interrupted: batches are a pure function of seed and
-epoch, and the checkpoint holds the optimiser, the schedule, the RNGs and the step."""
+The same function runs in every process of a data-parallel run: process 0 owns the run folder,
+the others train alike in a scratch folder. `prepared_for_launch` prepares the data before any
+process starts; `resume.py` continues a run from its latest intact checkpoint."""
 
 from __future__ import annotations
 
