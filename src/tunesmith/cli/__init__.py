@@ -22,6 +22,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# The command groups in the order of the pipeline (help lists the single commands first: quickstart,
+# train, then the ones registered by their decorators below).
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+app.add_typer(runs_app, name="runs")
+
 
 @app.command()
 def quickstart(
@@ -33,6 +39,9 @@ def quickstart(
     from tunesmith.cli.quickstart import run_quickstart
 
     run_quickstart(_workspace(), n_examples=examples, epochs=epochs, seed=seed)
+
+
+app.command("train")(train_cmd)
 
 
 @app.command("score")
@@ -59,6 +68,9 @@ def score_cmd(
     if out is not None:
         summary, rows = write_score_report(report, out)
         console.print(f"report: {summary}\nper-example scores: {rows}")
+
+
+eval_app.command("score")(score_cmd)  # `tunesmith score` and `tunesmith eval score` are one command
 
 
 @app.command()
@@ -143,13 +155,6 @@ def _text_of(record: object) -> str | None:
     users = [m.get("content") for m in turns if isinstance(m, dict) and m.get("role") == "user"] if isinstance(turns, list) else []
     return "\n".join(u for u in users if isinstance(u, str)) or None
 
-
-# The command table, in the order of the pipeline (commands defined here are registered by their decorators).
-app.add_typer(data_app, name="data")
-app.command("train")(train_cmd)
-app.add_typer(eval_app, name="eval")
-eval_app.command("score")(score_cmd)  # `tunesmith score` and `tunesmith eval score` are one command
-app.add_typer(runs_app, name="runs")
 
 TRUST_FLAG = "--trust-remote-code"
 
