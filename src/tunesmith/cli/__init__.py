@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import FORMAT_HELP, _workspace
+from tunesmith.cli.common import FORMAT_HELP, current_workspace
 from tunesmith.cli.data import data_app
 from tunesmith.cli.eval import eval_app
 from tunesmith.cli.runs import runs_app
@@ -38,7 +38,7 @@ def quickstart(
     """The whole loop on the embedded defaults: demo data, base eval, LoRA fine-tune, tuned eval, report."""
     from tunesmith.cli.quickstart import run_quickstart
 
-    run_quickstart(_workspace(), n_examples=examples, epochs=epochs, seed=seed)
+    run_quickstart(current_workspace(), n_examples=examples, epochs=epochs, seed=seed)
 
 
 app.command("train")(train_cmd)
@@ -83,7 +83,7 @@ def generate(
     """One answer from a tuned model, with its training chat template, stopping at end-of-turn."""
     from tunesmith.workflows import load_run
 
-    typer.echo(load_run(run, workspace=_workspace()).generate(prompt, system=system, max_new_tokens=max_new_tokens))
+    typer.echo(load_run(run, workspace=current_workspace()).generate(prompt, system=system, max_new_tokens=max_new_tokens))
 
 
 @app.command()
@@ -96,7 +96,7 @@ def chat(
     from tunesmith.cli.chat import interactive
     from tunesmith.workflows import load_run
 
-    interactive(load_run(run, workspace=_workspace()).chat(system, max_new_tokens))
+    interactive(load_run(run, workspace=current_workspace()).chat(system, max_new_tokens))
 
 
 @app.command()
@@ -116,7 +116,7 @@ def classify(
         texts += _texts_of(file)
     if not texts:
         raise UserError("nothing to classify", fix='give --text "..." or --file FILE')
-    found = classify_texts(_workspace(), run, texts, batch_size)
+    found = classify_texts(current_workspace(), run, texts, batch_size)
     if file is None and len(found) == 1:
         typer.echo(f"{found[0]['label']}\t{found[0]['probability']:.4f}")
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 FORMAT_HELP = "messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"
 
 
-def _workspace():
+def current_workspace():
     from tunesmith.workspace import Workspace
 
     return Workspace.from_env()

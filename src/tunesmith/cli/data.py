@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import FORMAT_HELP, _workspace
+from tunesmith.cli.common import FORMAT_HELP, current_workspace
 from tunesmith.errors import UserError
 
 data_app = typer.Typer(help="Prepare and inspect datasets.", no_args_is_help=True)
@@ -97,7 +97,7 @@ def data_stats(
     """Counts, roles, turns, labels, token lengths (with a histogram PNG), tokens per epoch and time per epoch."""
     from tunesmith.cli.data_report import stats_command
 
-    stats_command(_workspace(), source, model, format)
+    stats_command(current_workspace(), source, model, format)
 
 
 @data_app.command("validate")

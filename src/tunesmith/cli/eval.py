@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from tunesmith.cli.common import _workspace
+from tunesmith.cli.common import current_workspace
 from tunesmith.errors import UserError
 from tunesmith.ui import console, out
 
@@ -98,7 +98,7 @@ def eval_cmd(
         baselines=baselines,
         forgetting=forgetting,
         settings=settings,
-        workspace=_workspace(),
+        workspace=current_workspace(),
         source="the run config's eval section and command-line flags",
     )
     record = latest_evaluation(done.run_dir, done.split)
@@ -152,7 +152,7 @@ def _local_ask(ref: str, max_new_tokens: int):
     from tunesmith.registry.runfolder import find_run, load_run_info, read_config
 
     try:
-        run_dir = find_run(_workspace(), ref)
+        run_dir = find_run(current_workspace(), ref)
     except UserError:
         model, tokenizer, _ = load_model(ModelSpec(name=ref))
     else:
@@ -189,7 +189,7 @@ def eval_judge(
         )
     if judge_url and not judge_model:
         raise UserError("--judge-url needs --judge-model", fix="name the model the endpoint should use")
-    run_dir = find_run(_workspace(), run)
+    run_dir = find_run(current_workspace(), run)
     if pairwise:
         other, tuned = _evaluated_together(
             run_dir,
@@ -260,7 +260,7 @@ def eval_review_export(
     from tunesmith.eval.review import export_review
     from tunesmith.registry.runfolder import find_run
 
-    run_dir = find_run(_workspace(), run)
+    run_dir = find_run(current_workspace(), run)
     hint = f"run `tunesmith eval {run} --compare-base --split {split}` first"
     base_rows, tuned_rows = _evaluated_together(run_dir, split, ["base", "tuned"], hint)
     base = {r["id"]: r for r in base_rows}
@@ -286,7 +286,7 @@ def eval_review_import(
     from tunesmith.eval.review import find_key, import_review, review_keys
     from tunesmith.registry.runfolder import find_run
 
-    run_dir = find_run(_workspace(), run)
+    run_dir = find_run(current_workspace(), run)
     if key is not None:
         keys = [key] * len(files)
     else:

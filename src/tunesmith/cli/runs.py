@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli.common import _workspace
+from tunesmith.cli.common import current_workspace
 
 runs_app = typer.Typer(help="The registry of runs and their evaluations.", no_args_is_help=True)
 
@@ -14,7 +14,7 @@ def runs_list() -> None:
     """Every run with its base model, dataset version and headline scores."""
     from tunesmith.cli.report import print_runs
 
-    print_runs(_workspace())
+    print_runs(current_workspace())
 
 
 @runs_app.command("show")
@@ -22,7 +22,7 @@ def runs_show(run: str = typer.Argument(..., help="run id or the run's --name"))
     """One run: config, dataset, training result and evaluations."""
     from tunesmith.cli.report import print_run
 
-    print_run(_workspace(), run)
+    print_run(current_workspace(), run)
 
 
 @runs_app.command("reindex")
@@ -30,7 +30,7 @@ def runs_reindex() -> None:
     """Rebuild the registry (registry.db) from the run and dataset folders, the truth; a damaged registry is kept beside it."""
     from tunesmith.cli.report import print_reindex
 
-    print_reindex(_workspace())
+    print_reindex(current_workspace())
 
 
 @runs_app.command("compare")
@@ -38,4 +38,4 @@ def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids
     """Runs side by side: dataset version, key hyperparameters, validation loss and evaluation metrics."""
     from tunesmith.cli.report import print_runs_compare
 
-    print_runs_compare(_workspace(), runs)
+    print_runs_compare(current_workspace(), runs)

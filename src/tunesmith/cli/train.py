@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from tunesmith.cli.common import _workspace
+from tunesmith.cli.common import current_workspace
 from tunesmith.errors import ProblemList, UserError
 from tunesmith.ui import console
 
@@ -150,17 +150,17 @@ def _train(flags: TrainFlags, overrides: dict[str, Any], problems: list[str], la
     if flags.dry_run:
         from tunesmith.train.dry_run import dry_run
 
-        dry_run(spec, _workspace())
+        dry_run(spec, current_workspace())
         return None
     if flags.nproc > 1 or launcher is not None:
         from tunesmith.train.parallel.accel import launch_spec
         from tunesmith.train.parallel.distributed import budget_args
         from tunesmith.train.recipe import prepared_for_launch
 
-        raise typer.Exit(launch_spec(prepared_for_launch(spec, _workspace()), flags.nproc, budget_args(budget), launcher))
+        raise typer.Exit(launch_spec(prepared_for_launch(spec, current_workspace()), flags.nproc, budget_args(budget), launcher))
     from tunesmith.train.recipe import train
 
-    return train(spec, _workspace(), budget)
+    return train(spec, current_workspace(), budget)
 
 
 def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any, budget: Any) -> Any:
@@ -169,7 +169,7 @@ def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any, budget:
     from tunesmith.train.resume import resumable_run, resume
 
     overrides.pop("train.price_per_hour")  # a price is not part of the run; it only feeds the budget
-    run_dir = resumable_run(_workspace(), flags.resume, flags.config, overrides)
+    run_dir = resumable_run(current_workspace(), flags.resume, flags.config, overrides)
     if launcher is not None:
         from tunesmith.registry.runfolder import read_config
         from tunesmith.train.parallel.accel import check_spec
@@ -181,7 +181,7 @@ def _resume(flags: TrainFlags, overrides: dict[str, Any], launcher: Any, budget:
         from tunesmith.train.parallel.distributed import launch
 
         raise typer.Exit(launch(["--resume", str(run_dir), *budget_args(budget)], flags.nproc))
-    return resume(_workspace(), run_dir, budget)
+    return resume(current_workspace(), run_dir, budget)
 
 
 def _report(result: Any) -> None:

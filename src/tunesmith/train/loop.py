@@ -18,8 +18,9 @@ import torch
 from tunesmith.chat_template import Encoded
 from tunesmith.config import RunSpec, TrainSpec
 from tunesmith.errors import TrainingFailed
+from tunesmith.models.methods import artefact_kind
 from tunesmith.plot import plot_loss
-from tunesmith.registry.runfolder import RunInfo, name_base_model, replace_folder, save_run_info
+from tunesmith.registry.runfolder import RunInfo, load_run_info, name_base_model, replace_folder, save_run_info
 from tunesmith.train.layout import plan_layout
 from tunesmith.train.objective import Objective
 from tunesmith.train.parallel import distributed
@@ -81,6 +82,30 @@ class Items:
 
     def for_epoch(self, seed: int, epoch: int) -> list[Encoded]:
         return self.train + replay_sample(self.replay, self.replay_per_epoch, seed, epoch)
+
+
+def open_run_info(run_dir: Path, spec: RunSpec, dataset: Any, base_path: str, *, resuming: bool = False, **fields: Any) -> RunInfo:
+    """run.json marked running and saved: the run's own when resuming, else a new one from the spec
+    and the dataset; `fields` are what only the task knows (end-of-turn ids, dropped examples, labels)."""
+    info = (
+        load_run_info(run_dir)
+        if resuming
+        else RunInfo(
+            run_id=run_dir.name,
+            status="running",
+            base_model=spec.model.name,
+            base_model_path=base_path,
+            method=spec.train.method,
+            artefact=artefact_kind(spec.train.method),
+            dataset=dataset.name,
+            dataset_version=dataset.version,
+            task=spec.train.task,
+            **{"end_of_turn_ids": [], **fields},
+        )
+    )
+    info.status, info.stop_reason = "running", None
+    save_run_info(run_dir, info)
+    return info
 
 
 def run_interruptible(loop: TrainingLoop) -> tuple[str, str | None]:

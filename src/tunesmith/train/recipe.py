@@ -19,10 +19,9 @@ from tunesmith.data.example import Example
 from tunesmith.data.prepare import length_limit_for
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.models.loading import resolve_model_path
-from tunesmith.models.methods import artefact_kind
-from tunesmith.registry.runfolder import RunInfo, load_run_info, new_run_id, save_run_info, write_config, write_json
+from tunesmith.registry.runfolder import load_run_info, new_run_id, save_run_info, write_config, write_json
 from tunesmith.registry.store import Registry
-from tunesmith.train.loop import TrainResult
+from tunesmith.train.loop import TrainResult, open_run_info
 from tunesmith.train.parallel import accel, distributed
 from tunesmith.train.run.guards import Budget
 from tunesmith.train.tasks import task_for
@@ -85,21 +84,7 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     write_json(run_dir / "dataset.json", dataset.manifest.model_dump(mode="json"))
     # run.json from the first moment, owner included: a run killed while its model loads is still a
     # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
-    save_run_info(
-        run_dir,
-        RunInfo(
-            run_id=run_id,
-            status="running",
-            base_model=spec.model.name,
-            base_model_path=base_path,
-            method=spec.train.method,
-            artefact=artefact_kind(spec.train.method),
-            dataset=dataset.name,
-            dataset_version=dataset.version,
-            end_of_turn_ids=[],
-            task=spec.train.task,
-        ),
-    )
+    open_run_info(run_dir, spec, dataset, base_path)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
     return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
 

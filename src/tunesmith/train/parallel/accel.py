@@ -154,7 +154,6 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
 
 
 def _check_deepspeed_spec(config: AccelerateConfig | str, spec: Any) -> None:
-
     where = "train.method" if isinstance(config, str) else f"train.method (with DeepSpeed from {config.path})"
     cfg = spec.train
     if not method_for(cfg.method).shardable:

@@ -22,12 +22,12 @@ from tunesmith.data.dataset import Dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
 from tunesmith.models.loading import load_model
-from tunesmith.models.methods import apply_method, artefact_kind, count_parameters, is_prompt_learning, load_for_method
-from tunesmith.registry.runfolder import RunInfo, load_run_info, save_run_info, write_config
+from tunesmith.models.methods import apply_method, count_parameters, is_prompt_learning, load_for_method
+from tunesmith.registry.runfolder import write_config
 from tunesmith.train import kernels
 from tunesmith.train.batching import batch_tensors
 from tunesmith.train.kernels.head_loss import fused_head_loss
-from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, run_interruptible
+from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
 from tunesmith.train.parallel import strategy
 from tunesmith.train.parallel.fsdp import is_sharded
 from tunesmith.train.run.estimate import TrainEstimate, estimate_training, print_estimate
@@ -157,7 +157,9 @@ def train_causal_lm(
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
     if resume_from is None:
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
-    info = _run_info(spec, dataset, run_dir, base_path, tokenizer, items, resuming=resume_from is not None)
+    info = open_run_info(
+        run_dir, spec, dataset, base_path, resuming=resume_from is not None, end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped
+    )
     loop = TrainingLoop(
         model,
         tokenizer,
@@ -176,28 +178,6 @@ def train_causal_lm(
         loop.restore(resume_from)
     status, reason = run_interruptible(loop)
     return finish(loop, status, reason)
-
-
-def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, tokenizer: Any, items: Items, resuming: bool) -> RunInfo:
-    info = (
-        load_run_info(run_dir)
-        if resuming
-        else RunInfo(
-            run_id=run_dir.name,
-            status="running",
-            base_model=spec.model.name,
-            base_model_path=base_path,
-            method=spec.train.method,
-            artefact=artefact_kind(spec.train.method),
-            dataset=dataset.name,
-            dataset_version=dataset.version,
-            end_of_turn_ids=end_of_turn_ids(tokenizer),
-            dropped_examples=items.dropped,
-        )
-    )
-    info.status, info.stop_reason = "running", None
-    save_run_info(run_dir, info)
-    return info
 
 
 def estimate_causal_lm(spec: RunSpec, splits: dict[str, list[Example]], name: str) -> TrainEstimate:

@@ -26,11 +26,11 @@ from tunesmith.errors import UserError
 from tunesmith.eval.classification import scores
 from tunesmith.models.classifier import LABELS_FILE, Item, _max_len, collate, encode, load_classifier, predict
 from tunesmith.models.loading import resolve_model_path
-from tunesmith.models.methods import apply_method, artefact_kind, count_parameters
-from tunesmith.registry.runfolder import RunInfo, load_run_info, save_run_info, write_config
+from tunesmith.models.methods import apply_method, count_parameters
+from tunesmith.registry.runfolder import write_config
 from tunesmith.train import kernels
 from tunesmith.train.batching import Batch, padded_chunks
-from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, run_interruptible
+from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
 from tunesmith.train.parallel import strategy
 from tunesmith.train.run.estimate import TrainEstimate, estimate_training, print_estimate
 from tunesmith.train.run.guards import Budget, Monitor
@@ -77,7 +77,7 @@ def train_classifier(
     objective = Classification(labels)
     if resume_from is None:
         print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, objective=objective), run_dir)
-    info = _run_info(spec, dataset, run_dir, base_path, labels, resuming=resume_from is not None)
+    info = open_run_info(run_dir, spec, dataset, base_path, resuming=resume_from is not None, labels=labels)
     loop = TrainingLoop(model, tokenizer, device, cfg, items, run_dir, info, budget, spec, objective=objective, strategy=strategy.for_launch())
     if resume_from is not None:
         loop.restore(resume_from)
@@ -92,29 +92,6 @@ def encode_splits(tokenizer: Any, model: Any, splits: dict[str, list[Example]], 
     if not train_items:
         raise UserError(f"dataset {name} has no training examples", fix="check the split ratios")
     return Items(train_items, encode(tokenizer, splits.get("validation", []), label_ids, max_len), dropped=[])
-
-
-def _run_info(spec: RunSpec, dataset: Dataset, run_dir: Path, base_path: str, labels: list[str], resuming: bool) -> RunInfo:
-    info = (
-        load_run_info(run_dir)
-        if resuming
-        else RunInfo(
-            run_id=run_dir.name,
-            status="running",
-            base_model=spec.model.name,
-            base_model_path=base_path,
-            method=spec.train.method,
-            artefact=artefact_kind(spec.train.method),
-            dataset=dataset.name,
-            dataset_version=dataset.version,
-            end_of_turn_ids=[],
-            task="classification",
-            labels=labels,
-        )
-    )
-    info.status, info.stop_reason = "running", None
-    save_run_info(run_dir, info)
-    return info
 
 
 class Classification:
