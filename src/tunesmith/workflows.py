@@ -224,13 +224,9 @@ class Run:
     def model(self) -> tuple[Any, Any]:
         """(model, tokenizer) as trained: LoRA/DoRA merged, QLoRA over its 4-bit base, a classifier with its head."""
         if self._loaded is None:
-            from tunesmith.models.artefact import load_trained_classifier, load_tuned
+            from tunesmith.models.artefact import load_run_model
 
-            if self.info.task == "classification":
-                model, tokenizer, _ = load_trained_classifier(self.folder / self.info.artefact, self.info, self.spec.model)
-                self._loaded = (model, tokenizer)
-            else:
-                self._loaded = load_tuned(self.folder, self.info, self.spec.model)
+            self._loaded = load_run_model(self.folder, self.info, self.spec.model)
         return self._loaded
 
     def chat(self, system: str | None = None, max_new_tokens: int = 256) -> Chat:

@@ -35,3 +35,12 @@ def load_trained_classifier(folder: Path, info: RunInfo, model_spec: ModelSpec) 
     base, _, device = load_classifier(model_spec, info.base_model_path, labels)
     model = load_adapter(base, folder).merge_and_unload()
     return model, from_pretrained(AutoTokenizer, folder), device
+
+
+def load_run_model(run_dir: Path, info: RunInfo, model_spec: ModelSpec) -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained run, whatever it trained: a classifier with its head, or a
+    generative model as its method says (LoRA/DoRA merged, QLoRA over its 4-bit base)."""
+    if info.task == "classification":
+        model, tokenizer, _ = load_trained_classifier(run_dir / info.artefact, info, model_spec)
+        return model, tokenizer
+    return load_tuned(run_dir, info, model_spec)
