@@ -1,0 +1,1 @@
+"""An OpenAI-compatible inference server for trained runs, export folders and base models."""
