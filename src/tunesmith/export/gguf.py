@@ -152,7 +152,9 @@ def _run_converter(script: Path, merged_dir: Path, out: Path, outtype: str) -> N
             fix="export --to merged and serve that, or train from a base whose tokenizer llama.cpp supports (the embedded SmolLM2 is one)",
         )
     if "not supported" in log and "Architecture" in log:
-        raise UserError(f"llama.cpp's converter does not support this architecture:\n{_tail(log)}", where=str(merged_dir / "config.json"), fix="export --to merged")
+        raise UserError(
+            f"llama.cpp's converter does not support this architecture:\n{_tail(log)}", where=str(merged_dir / "config.json"), fix="export --to merged"
+        )
     raise UserError(f"llama.cpp's converter failed on {merged_dir}:\n{_tail(log)}", fix="export --to merged, or report the converter's message above")
 
 
@@ -163,10 +165,10 @@ def _tail(log: str, lines: int = 15) -> str:
 def _ensure_end_of_turn(script: Path, merged_dir: Path, gguf_file: Path) -> Path:
     """Make the GGUF name the token that ends an assistant turn: as eos, or else as eot, which
     llama.cpp also stops on (a template whose turns end in a token other than eos would otherwise run on)."""
+    from transformers import AutoTokenizer
+
     from tunesmith.chat_template import end_of_turn_ids
     from tunesmith.models.loading import from_pretrained
-
-    from transformers import AutoTokenizer
 
     eot = end_of_turn_ids(from_pretrained(AutoTokenizer, merged_dir))[0]
     meta = gguf_metadata(gguf_file)
@@ -304,4 +306,3 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(_main(sys.argv[1:]))
-
