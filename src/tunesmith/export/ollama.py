@@ -61,7 +61,9 @@ def _after(text: str, start: str, what: str) -> str:
 
 def _split(text: str, sentinel: str, what: str) -> tuple[str, str]:
     if text.count(sentinel) != 1:
-        raise UserError(f"the chat template does not render {what}'s content as given (it changes or repeats it)", fix=REFUSE_FIX)
+        raise UserError(
+            f"the chat template does not render {what}'s content as given (it changes or repeats it), so no Ollama TEMPLATE can match it", fix=REFUSE_FIX
+        )
     before, _, after = text.partition(sentinel)
     return before, after
 
@@ -79,7 +81,9 @@ def template_shape(tokenizer: Any) -> TemplateShape:
         t_su = _render(tokenizer, [system, user], False)
         t_u_gen = _render(tokenizer, [user], True)
     except Exception as error:  # jinja's TemplateError, or raise_exception() inside the template (e.g. "system role not supported")
-        raise UserError(f"the chat template refuses a plain system / user / assistant conversation: {error}", fix=REFUSE_FIX) from None
+        raise UserError(
+            f"the chat template refuses a plain system / user / assistant conversation, so no Ollama TEMPLATE can match it: {error}", fix=REFUSE_FIX
+        ) from None
     head_and_user_prefix, user_suffix = _split(t_u, _U1, "a user message")
     assistant_prefix, assistant_suffix = _split(_after(t_ua, t_u, "a user turn"), _A1, "an assistant message")
     user_prefix, second_user_suffix = _split(_after(t_uau, t_ua, "an assistant turn"), _U2, "a second user message")
@@ -91,7 +95,9 @@ def template_shape(tokenizer: Any) -> TemplateShape:
         or not head_and_user_prefix.endswith(user_prefix)
         or not between.endswith(user_prefix)
     ):
-        raise UserError("the chat template renders a user turn differently by its position in the conversation", fix=REFUSE_FIX)
+        raise UserError(
+            "the chat template renders a user turn differently by its position in the conversation, which an Ollama TEMPLATE cannot express", fix=REFUSE_FIX
+        )
     shape = TemplateShape(
         prefix={"system": system_prefix, "user": user_prefix, "assistant": assistant_prefix},
         suffix={"system": between[: len(between) - len(user_prefix)], "user": user_suffix, "assistant": assistant_suffix},
