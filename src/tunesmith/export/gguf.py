@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,13 @@ def _run_converter(script: Path, merged_dir: Path, out: Path, outtype: str) -> N
             f"{llama_cpp_version()}), so llama.cpp would split text differently from the model's own tokenizer",
             where=str(merged_dir / "tokenizer.json"),
             fix="export --to merged and serve that, or train from a base whose tokenizer llama.cpp supports (the embedded SmolLM2 is one)",
+        )
+    missing = re.search(r"No module named '([\w.]+)'", log)
+    if missing:
+        module = missing.group(1).split(".")[0]
+        raise UserError(
+            f"llama.cpp's converter needs the Python package '{module}', which is not installed",
+            fix=f"pip install {module} (or pip install 'tunesmith[gguf]'), then export again",
         )
     if "not supported" in log and "Architecture" in log:
         raise UserError(
