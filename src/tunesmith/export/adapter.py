@@ -114,6 +114,12 @@ def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Writt
         usage = f"vllm serve {base_ref} {' '.join(flags)} --override-generation-config '{{\"temperature\": 0}}'  (then ask for model {name!r})"
     else:
         usage = f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_ref!r}), {str(options.out / 'adapter')!r}) with AutoTokenizer from the base folder"
+    if source.method.virtual_tokens:
+        notes.append(
+            "PEFT's own generate (peft 0.21, transformers 5) places virtual tokens differently from training (prompt tuning: positions; "
+            "prefix tuning: the prefix never reaches the cache), so plain PEFT may answer otherwise: verification measures it; "
+            f"`tunesmith serve {source.run_id}` answers as trained"
+        )
     if quantized:
         notes.append("QLoRA: the adapter was trained over the base loaded in 4 bits (NF4); load the base that way to answer as trained")
     details: dict[str, Any] = {"base": base_ref, "adapter_type": config.get("peft_type"), "rank": rank or None, "lora_module_name": name}

@@ -24,8 +24,8 @@ def check_merged(source: Source, options: ExportOptions) -> None:
         raise UserError(
             f"run {source.run_id} was trained with {method.name}: its virtual tokens are added in PEFT's forward pass, there are no weights to merge",
             where="--to merged",
-            fix=f"export the adapter with `tunesmith export {source.run_id} --to adapter --runtime peft` (transformers + PEFT load it), "
-            f"or serve it with `tunesmith serve {source.run_id}`",
+            fix=f"serve it with `tunesmith serve {source.run_id}` (answers as trained), or export the PEFT adapter with "
+            f"`tunesmith export {source.run_id} --to adapter --runtime peft`",
         )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ExportMismatch, UserError
-from tunesmith.export.base import ExportOptions
-from tunesmith.export.record import build_record, write_record
+from tunesmith.export.base import ExportOptions, Target, Written
+from tunesmith.export.record import build_record, read_record, write_record
 from tunesmith.export.source import Source, load_source
 from tunesmith.export.targets import check_options, target_for
 from tunesmith.workspace import Workspace, staging_dir, sweep_staging
@@ -48,6 +48,29 @@ def _check_destination(out: Path, force: bool) -> None:
         raise UserError(f"{out} is a file, not a folder", where="--out", fix="give a folder path (it is created)")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already holds files", where="--out", fix="give an empty or new folder, or add --force to replace it")
+
+
+def _verify(source: Source, target: Target, folder: Path, written: Written, options: ExportOptions) -> dict[str, Any]:
+    if target.verify is not None:
+        return target.verify(source, folder, written, options).record()
+    from tunesmith.export.verify import verify_answers
+
+    return verify_answers(source, target, folder, written, options).record()
+
+
+def _raise_if_failed(source: Source, folder: Path, verification: dict[str, Any], notes: list[str]) -> None:
+    if verification.get("passed", False):
+        return
+    from tunesmith.export.verify import Verification
+
+    found = Verification(**verification)
+    raise ExportMismatch(
+        f"the export does not behave as run {source.run_id} did in tunesmith: {'; '.join(found.failures)}\n{found.first_difference_text()}"
+        + "".join(f"\n  note: {note}" for note in notes),
+        where=str(folder),
+        fix="export.json holds the figures; a prompt-id or runaway failure means the template or stop tokens were lost (a bug to report), "
+        "a few differing answers may be numerical (verify on the device the run was evaluated on)",
+    )
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -83,28 +106,34 @@ def export_run(
     staging = staging_dir(destination.parent, destination.name)
     try:
         written = target.write(source, staging, options)
-        if not verify:
-            verification: dict[str, Any] = {"skipped": True, "why": "--no-verify"}
-        elif target.verify is not None:
-            verification = target.verify(source, staging, written, options).record()
-        else:
-            from tunesmith.export.verify import verify_answers
-
-            verification = verify_answers(source, target, staging, written, options).record()
+        verification = _verify(source, target, staging, written, options) if verify else {"skipped": True, "why": "--no-verify"}
         record = build_record(source, options, written, verification, staging)
         write_record(staging, record)
         _move_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if verify and not verification.get("passed", False):
-        from tunesmith.export.verify import Verification
-
-        found = Verification(**verification)
-        raise ExportMismatch(
-            f"the export does not behave as run {source.run_id} did in tunesmith: {'; '.join(found.failures)}\n{found.first_difference_text()}",
-            where=str(destination),
-            fix="export.json holds the figures; a template or stop-token difference is a bug to report, "
-            "a few differing answers may be numerical (try again on the device it was evaluated on)",
-        )
+    if verify:
+        _raise_if_failed(source, destination, verification, written.notes)
     return ExportResult(destination, to, written.runtime, record, verification)
+
+
+def verify_export(folder: Path, workspace: Workspace, *, verify_examples: int | None = None) -> ExportResult:
+    """Verify an export folder again (after copying it, or exported with --no-verify), as `export` does
+    after writing: the figures replace export.json's; ExportMismatch (exit 1) when it fails."""
+    folder = Path(folder).resolve()
+    record = read_record(folder)
+    target = target_for(record["format"])
+    run = record["source_run"]
+    source = load_source(workspace, run["folder"] if (Path(run["folder"]) / "run.json").is_file() else run["run_id"])
+    written = Written(
+        runtime=record["runtime"], usage=record["usage"], notes=record["notes"], details=record["details"], quantized=bool(record.get("quantized"))
+    )
+    examples = verify_examples or (record["verification"] or {}).get("examples") or 32
+    options = ExportOptions(
+        to=record["format"], out=folder, quantize=record.get("quantization"), runtime=record["runtime"] if target.runtimes else None, verify_examples=examples
+    )
+    record["verification"] = _verify(source, target, folder, written, options)
+    write_record(folder, record)
+    _raise_if_failed(source, folder, record["verification"], written.notes)
+    return ExportResult(folder, record["format"], written.runtime, record, record["verification"])

@@ -45,7 +45,8 @@ def build_record(source: Source, options: ExportOptions, written: Written, verif
         "system_prompt": source.system_prompt,
         "usage": written.usage,
         "notes": written.notes,
-        **written.details,
+        "quantized": written.quantized,
+        "details": written.details,
         "files": files,
         "total_bytes": sum(f["bytes"] for f in files),
         "verification": verification,
@@ -57,3 +58,16 @@ def write_record(folder: Path, record: dict[str, Any]) -> Path:
 
     write_json(folder / RECORD, record)
     return folder / RECORD
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    from tunesmith.errors import UserError
+    from tunesmith.files import read_json
+
+    path = folder / RECORD
+    if not path.is_file():
+        raise UserError(f"{folder} has no {RECORD}: not a tunesmith export (or one cut short)", fix="export the run again with `tunesmith export RUN --to ...`")
+    record = read_json(path, fix="export the run again")
+    if not isinstance(record, dict) or not {"format", "runtime", "source_run", "details"} <= set(record):
+        raise UserError(f"{path} is damaged: not an export record", fix="export the run again")
+    return record
