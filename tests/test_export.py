@@ -129,7 +129,7 @@ def test_merged_lora_answers_as_tunesmith_generate(cli_home, runs, capsys):
     assert record["total_bytes"] == sum(f["bytes"] for f in record["files"])
     v = record["verification"]
     assert v["passed"] and v["examples"] == 6 and v["prompt_ids_identical"] == 6 and v["identical_rate"] == 1.0 and v["new_runaways"] == 0
-    assert str(folder) in record["usage"]
+    assert str(folder) in record["usage"] and "--override-generation-config" in record["usage"]
     assert not list(folder.parent.glob(".*")), "no staging folder left behind"
 
 
@@ -294,3 +294,16 @@ def test_prompt_tuning_through_plain_peft_is_written_but_fails_verification_with
     record = json.loads((out / "export.json").read_text())
     assert record["verification"]["passed"] is False and record["verification"]["prompt_ids_identical"] == 3
     assert any("virtual tokens" in note for note in record["notes"])
+
+
+def test_a_classifier_is_not_exported(cli_home, runs, capsys):
+    import shutil
+
+    folder = cli_home.runs / "classifier-copy"
+    shutil.copytree(cli_home.run_dir(runs["full"]), folder, ignore=shutil.ignore_patterns("exports"))
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**info, "run_id": folder.name, "task": "classification", "labels": ["a", "b"]}))
+    result, _ = _export(capsys, folder.name, "--to", "merged")
+    text = " ".join(result.err.split())
+    assert result.code == 2 and "is a classifier" in text and "tunesmith classify classifier-copy" in text
+    assert not (folder / "exports").exists()

@@ -231,4 +231,10 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
         quantized=written.quantized,
     )
     result.seconds = round(time.perf_counter() - started, 1)
+    if target.name in ("merged", "adapter"):
+        import importlib.util
+
+        # vLLM is what these folders are laid out for; where it is installed the lead's engine check can join here
+        if importlib.util.find_spec("vllm") is None:
+            result.not_checked.append(f"vLLM: not installed here; checked with {'transformers + PEFT' if target.name == 'adapter' else 'transformers'}")
     return result
