@@ -307,3 +307,15 @@ def test_a_classifier_is_not_exported(cli_home, runs, capsys):
     text = " ".join(result.err.split())
     assert result.code == 2 and "is a classifier" in text and "tunesmith classify classifier-copy" in text
     assert not (folder / "exports").exists()
+
+
+def test_an_export_its_runtime_cannot_load_fails_verification(cli_home, runs, tmp_path):
+    from tunesmith.export.pipeline import export_run, verify_export
+
+    out = tmp_path / "no-weights"
+    export_run(runs["lora"], cli_home, "merged", out, verify=False)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(ExportMismatch) as raised:
+        verify_export(out, cli_home)
+    assert raised.value.exit_code == 1 and "transformers could not answer with the export" in str(raised.value)
+    assert json.loads((out / "export.json").read_text())["verification"]["passed"] is False

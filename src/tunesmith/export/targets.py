@@ -32,6 +32,7 @@ TARGETS: dict[str, Target] = {
             write=write_merged,
             answer=answer_merged,
             check=check_merged,
+            checked_with="transformers",
         ),
         Target(
             "adapter",
@@ -40,6 +41,7 @@ TARGETS: dict[str, Target] = {
             answer=answer_adapter,
             check=check_adapter,
             runtimes=("vllm", "peft"),
+            checked_with="transformers + PEFT",
         ),
         # Written by export/gguf.py and export/ollama.py; each row becomes Target("gguf", ..., write=write_gguf, answer=answer_gguf, quantizations=(...)).
         Target(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunesmith.errors import UserError
 from tunesmith.export.base import Answer, Conversation
 
 IDENTICAL_LINE = 0.98  # unquantised: share of greedy answers identical to tunesmith's
@@ -213,17 +214,44 @@ def transformers_answers(model: Any, tokenizer: Any, conversations: list[Convers
     return [a for a in answers if a is not None]
 
 
+def crashed(written: Any, runtime: str, examples: int, max_new_tokens: int, exc: BaseException, seconds: float) -> Verification:
+    """A failed verification for an export its runtime could not even run."""
+    cause = str(exc).splitlines()[0] if str(exc) else ""
+    return Verification(
+        runtime=runtime,
+        examples=examples,
+        prompt_ids_identical=0,
+        identical_answers=0,
+        identical_rate=0.0,
+        tunesmith_runaways=0,
+        export_runaways=0,
+        new_runaways=0,
+        max_new_tokens=max_new_tokens,
+        quantized=written.quantized,
+        line="the runtime loads the export and answers",
+        passed=False,
+        failures=[f"{runtime} could not answer with the export: {type(exc).__name__}: {cause}"],
+        seconds=round(seconds, 1),
+    )
+
+
 def verify_answers(source: Any, target: Any, folder: Any, written: Any, options: Any) -> Verification:
     """The export's answers (target.answer, in its runtime) against tunesmith's, on the run's held-out prompts."""
     started = time.perf_counter()
+    runtime = target.checked_with or written.runtime
     ids, conversations, references = source.conversations(options.verify_examples)
     max_new_tokens = source.spec.eval.max_new_tokens
     reference = tunesmith_answers(source, conversations, max_new_tokens)
-    exported = target.answer(folder, written, conversations, max_new_tokens, BATCH_SIZE)
+    try:
+        exported = target.answer(folder, written, conversations, max_new_tokens, BATCH_SIZE)
+    except UserError:
+        raise
+    except Exception as exc:  # the runtime itself cannot run the export: that is the verification's finding, not a crash of tunesmith's
+        return crashed(written, runtime, len(conversations), max_new_tokens, exc, time.perf_counter() - started)
     result = compare_answers(
         reference,
         exported,
-        runtime=written.runtime,
+        runtime=runtime,
         max_new_tokens=max_new_tokens,
         ids=ids,
         conversations=conversations,
