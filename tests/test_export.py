@@ -215,6 +215,12 @@ def test_no_verify_and_an_occupied_out(cli_home, runs, capsys, tmp_path):
     replaced, folder = _export(capsys, runs["full"], "--to", "merged", "--out", str(out), "--no-verify", "--force")
     assert replaced.code == 0 and folder == out and "verification: skipped" in replaced.err
 
+    run_dir = cli_home.run_dir(runs["full"])
+    for dangerous in (run_dir / "model", run_dir, cli_home.home):  # --force must never remove the run, its weights or the workspace
+        refused, _ = _export(capsys, runs["full"], "--to", "merged", "--out", str(dangerous), "--no-verify", "--force")
+        assert refused.code == 2 and "could overwrite them" in " ".join(refused.err.split()), refused.err
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
 
 def _tamper_template(folder: Path) -> None:
     template = folder / "chat_template.jinja"

@@ -43,7 +43,16 @@ def default_out(source: Source, to: str, quantize: str | None) -> Path:
     return source.folder / "exports" / (f"{to}-{quantize}" if quantize else to)
 
 
-def _check_destination(out: Path, force: bool) -> None:
+def _check_destination(out: Path, force: bool, source: Source) -> None:
+    # --force removes the destination: never a folder that holds the run, the base model or the workspace
+    kept = [source.folder, source.workspace.home, *([Path(source.info.base_model_path).resolve()] if Path(source.info.base_model_path).exists() else [])]
+    inside_run = source.folder in out.parents and (source.folder / "exports") not in [out, *out.parents]
+    if any(out == k or out in k.parents for k in kept) or inside_run:
+        raise UserError(
+            f"{out} holds (or is part of) the run, its base model or the workspace: an export there could overwrite them",
+            where="--out",
+            fix=f"give a new folder elsewhere, or leave --out out (default: {source.folder / 'exports'}/<target>)",
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder", where="--out", fix="give a folder path (it is created)")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -97,7 +106,7 @@ def export_run(
     options = ExportOptions(to=to, out=destination, quantize=quantize, runtime=runtime, verify=verify, verify_examples=verify_examples)
     check_options(target, options)
     target.check(source, options)
-    _check_destination(destination, force)
+    _check_destination(destination, force, source)
     if verify:
         source.conversations(verify_examples)  # no dataset to verify on is bad input: said now, before minutes of writing
 
