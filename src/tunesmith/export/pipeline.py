@@ -46,7 +46,7 @@ def default_out(source: Source, to: str, quantize: str | None) -> Path:
 def _check_destination(out: Path, force: bool, source: Source) -> None:
     # --force removes the destination: never a folder that holds the run, the base model or the workspace
     kept = [source.folder, source.workspace.home, *([Path(source.info.base_model_path).resolve()] if Path(source.info.base_model_path).exists() else [])]
-    inside_run = source.folder in out.parents and (source.folder / "exports") not in [out, *out.parents]
+    inside_run = source.folder in out.parents and (source.folder / "exports") not in out.parents
     if any(out == k or out in k.parents for k in kept) or inside_run:
         raise UserError(
             f"{out} holds (or is part of) the run, its base model or the workspace: an export there could overwrite them",
@@ -74,7 +74,8 @@ def _raise_if_failed(source: Source, folder: Path, verification: dict[str, Any],
 
     found = Verification(**verification)
     raise ExportMismatch(
-        f"the export does not behave as run {source.run_id} did in tunesmith: {'; '.join(found.failures)}\n{found.first_difference_text()}"
+        f"the export does not behave as run {source.run_id} did in tunesmith: {'; '.join(found.failures)}"
+        + "".join(f"\n{text}" for text in [found.first_difference_text()] if text)
         + "".join(f"\n  note: {note}" for note in notes),
         where=str(folder),
         fix="export.json holds the figures; a prompt-id or runaway failure means the template or stop tokens were lost (a bug to report), "

@@ -3,7 +3,7 @@ prompts verification asks. Every target and the verification read this, never th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ class Source:
     folder: Path
     info: RunInfo
     spec: RunSpec
+    _prompts: dict[int, tuple[list[str], list[Conversation], list[str]]] = field(default_factory=dict, repr=False)
 
     @property
     def run_id(self) -> str:
@@ -58,6 +59,11 @@ class Source:
     def conversations(self, limit: int) -> tuple[list[str], list[Conversation], list[str]]:
         """(example ids, prompts, reference answers) of the first `limit` held-out test examples of the dataset
         the run trained on, each prompt with every turn before its answer (its system message included)."""
+        if limit not in self._prompts:
+            self._prompts[limit] = self._read_conversations(limit)
+        return self._prompts[limit]
+
+    def _read_conversations(self, limit: int) -> tuple[list[str], list[Conversation], list[str]]:
         from tunesmith.data.dataset import load_dataset
 
         fix = f"prepare the dataset '{self.info.dataset}' again in this workspace ($TUNESMITH_HOME), or export with --no-verify"

@@ -51,10 +51,11 @@ class Verification:
         head = f"{self.identical_answers}/{self.examples} answers identical ({self.identical_rate:.0%})"
         if self.metric:
             head += f", {self.metric['name']} {self.metric['tunesmith']:.3f} (tunesmith) vs {self.metric['export']:.3f} (export)"
-        return (
-            f"{head}, prompt ids identical {self.prompt_ids_identical}/{self.examples}, runaways {self.export_runaways} "
-            f"(tunesmith {self.tunesmith_runaways}), {self.runtime}: {'passed' if self.passed else 'FAILED'}"
+        text = (
+            f"{head}, prompt ids identical {self.prompt_ids_identical}/{self.examples}, ran to max_new_tokens {self.export_runaways} "
+            f"(tunesmith's own {self.tunesmith_runaways}, new {self.new_runaways}), checked with {self.runtime}: {'passed' if self.passed else 'FAILED'}"
         )
+        return text + "".join(f"; not checked: {what}" for what in self.not_checked)
 
     def first_difference_text(self) -> str:
         d = self.first_difference
@@ -264,5 +265,5 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
 
         # vLLM is what these folders are laid out for; where it is installed the lead's engine check can join here
         if importlib.util.find_spec("vllm") is None:
-            result.not_checked.append(f"vLLM: not installed here; checked with {'transformers + PEFT' if target.name == 'adapter' else 'transformers'}")
+            result.not_checked.append("vLLM (not installed here)")
     return result
