@@ -66,23 +66,25 @@ def check_adapter(source: Source, options: ExportOptions) -> None:
             )
 
 
-def _place(source_file: Path, target: Path) -> None:
-    """A hard link costs no space and the base's files are never written in place; a copy where links cannot go."""
-    try:
-        os.link(source_file, target)
-    except OSError:
-        shutil.copy2(source_file, target)
+def _place(source_file: Path, target: Path) -> bool:
+    """Weights are hard-linked (no second copy of a multi-GB base), copied where links cannot go; True when linked."""
+    if source_file.suffix == ".safetensors":
+        try:
+            os.link(source_file, target)
+            return True
+        except OSError:
+            pass
+    shutil.copy2(source_file, target)
+    return False
 
 
-def _copy_base(base_path: Path, folder: Path) -> list[str]:
-    """The base's config and safetensors weights (its own tokenizer and generation config are replaced by the run's)."""
+def _copy_base(base_path: Path, folder: Path) -> bool:
+    """The base's config and safetensors weights (its own tokenizer and generation config are replaced by the run's); True when the weights are hard links."""
     folder.mkdir()
     names = ["config.json", *sorted(p.name for p in base_path.glob("*.safetensors")), *sorted(p.name for p in base_path.glob("*.safetensors.index.json"))]
     if not any(n.endswith(".safetensors") for n in names):
         raise UserError(f"the base model in {base_path} has no safetensors weights to copy", fix="export --to merged, which writes the weights itself")
-    for name in names:
-        _place(base_path / name, folder / name)
-    return names
+    return any([_place(base_path / name, folder / name) for name in names])
 
 
 def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Written:
@@ -94,7 +96,8 @@ def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Writt
     base_path = Path(source.info.base_model_path)
     notes = []
     if base_path.is_dir():
-        _copy_base(base_path, folder / "base")
+        if _copy_base(base_path, folder / "base"):
+            notes.append(f"base/*.safetensors are hard links to {base_path} (no second copy): replace them, never edit them in place")
         tokenizer.save_pretrained(folder / "base")  # the run's tokenizer: vLLM renders chat with the base folder's template
         write_generation_config(folder / "base", tokenizer)
         base_ref = str(options.out / "base")
