@@ -325,3 +325,29 @@ def test_an_export_its_runtime_cannot_load_fails_verification(cli_home, runs, tm
         verify_export(out, cli_home)
     assert raised.value.exit_code == 1 and "transformers could not answer with the export" in str(raised.value)
     assert json.loads((out / "export.json").read_text())["verification"]["passed"] is False
+
+
+@pytest.mark.slow
+def test_the_embedded_model_exported_merged_stops_and_answers_as_trained(tmp_path):
+    """SmolLM2 after a few LoRA steps stops at <|im_end|> on its own: the merged export must too, and one
+    whose generation_config lost that stop token is caught running on."""
+    from conftest import tickets_home
+
+    from tunesmith.config import RunSpec
+    from tunesmith.export.pipeline import export_run, verify_export
+    from tunesmith.train.recipe import train
+
+    ws = tickets_home(tmp_path / "home", 60)
+    run = train(RunSpec.model_validate({"data": {"dataset": "tickets"}, "train": {"max_steps": 6, "batch_size": 8, "lr": 2e-3}}), ws).info.run_id
+    result = export_run(run, ws, "merged", verify_examples=4)
+    v = result.verification
+    assert v["passed"] and v["identical_answers"] == v["prompt_ids_identical"] == 4
+    assert v["tunesmith_runaways"] == v["export_runaways"] == 0  # trained to stop, and the export stops where it does
+    assert json.loads((result.folder / "generation_config.json").read_text())["eos_token_id"] == [2]
+
+    config = json.loads((result.folder / "generation_config.json").read_text())
+    (result.folder / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [0]}))  # <|endoftext|>: the turn's end is lost
+    with pytest.raises(ExportMismatch) as raised:
+        verify_export(result.folder, ws)
+    assert "ran to max_new_tokens where tunesmith's stopped" in str(raised.value)
+    assert json.loads((result.folder / "export.json").read_text())["verification"]["new_runaways"] == 4
