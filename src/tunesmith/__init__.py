@@ -1,7 +1,7 @@
 """tunesmith: turn a general LLM into a specialist for one job.
 
 The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
-generate, classify; bad input raises tunesmith.errors.UserError with the CLI's message.
+generate, classify, export; bad input raises tunesmith.errors.UserError with the CLI's message.
 
 Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
 stages can import tunesmith's submodules without running into a half-initialised package root."""
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tunesmith.registry.runfolder import RunInfo
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget
-    from tunesmith.workflows import Chat, Evaluation, Run, classify, evaluate, generate, load_dataset, load_run, prepare_dataset, resume, train
+    from tunesmith.workflows import Chat, Evaluation, Run, classify, evaluate, export, generate, load_dataset, load_run, prepare_dataset, resume, train
     from tunesmith.workspace import Workspace
 
 # name -> the module that defines it
@@ -41,12 +41,12 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat",
+    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", "train", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", "export", *_EXPORTS}
 
 
 class _TrainingPackage(types.ModuleType):
@@ -62,9 +62,22 @@ class _TrainingPackage(types.ModuleType):
         return train(spec, **options)
 
 
+class _ExportPackage(types.ModuleType):
+    """`tunesmith.export` is the export package (tunesmith/export/) and the API's `export`, made callable
+    as the training package is, for the same reason."""
+
+    def __call__(self, run_ref: Any, **options: Any) -> Any:
+        """Export a run (merged, adapter, gguf, ollama) and verify it: tunesmith.workflows.export, docs/python-api.md."""
+        from tunesmith.workflows import export
+
+        return export(run_ref, **options)
+
+
+import tunesmith.export as _exporting  # noqa: E402  (the package's __init__ is a docstring: no torch)
 import tunesmith.train as _training  # noqa: E402  (the package's __init__ is empty: no torch)
 
 _training.__class__ = _TrainingPackage
+_exporting.__class__ = _ExportPackage
 
 
 def __getattr__(name: str) -> Any:

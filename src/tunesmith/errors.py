@@ -30,3 +30,10 @@ class TrainingFailed(UserError):
     """Training went wrong at run time (e.g. diverged): the message names what was kept. Exit 1."""
 
     exit_code = 1
+
+
+class ExportMismatch(UserError):
+    """An export written whole that does not behave as the run did in tunesmith: the message shows the
+    first differing example; export.json keeps the figures. Exit 1."""
+
+    exit_code = 1

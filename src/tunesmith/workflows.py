@@ -19,6 +19,7 @@ from tunesmith.workspace import Workspace
 if TYPE_CHECKING:
     from tunesmith.config import PrepareSpec, RunSpec
     from tunesmith.data.dataset import Dataset
+    from tunesmith.export.pipeline import ExportResult
     from tunesmith.registry.runfolder import RunInfo
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget
@@ -177,11 +178,9 @@ def trained_system_prompt(workspace: Workspace, dataset_name: str) -> str | None
     from tunesmith.data.dataset import load_dataset as load
 
     try:
-        examples = load(workspace, dataset_name).splits["train"]
+        return load(workspace, dataset_name).system_prompt
     except UserError:  # the dataset was made in another TUNESMITH_HOME: ask without a system message
         return None
-    systems = {e.messages[0].content for e in examples if e.messages and e.messages[0].role == "system"}
-    return systems.pop() if len(systems) == 1 else None
 
 
 @dataclass
@@ -272,3 +271,43 @@ def classify(run_ref: str | Path, texts: Sequence[str], *, batch_size: int = 32,
     from tunesmith.eval.classification import classify_texts
 
     return classify_texts(workspace_of(workspace), str(run_ref), list(texts), batch_size)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export(
+    run_ref: str | Path,
+    *,
+    to: str,
+    out: str | Path | None = None,
+    quantize: str | None = None,
+    verify: bool = True,
+    verify_examples: int = 32,
+    runtime: str | None = None,
+    force: bool = False,
+    workspace: WorkspaceLike = None,
+) -> ExportResult:
+    """Write a trained run in a format another runtime loads (`tunesmith export`), and check it behaves as trained.
+
+    to: "merged" (a Hugging Face folder, adapters folded in), "adapter" (the PEFT adapter beside its base, for
+    vLLM), "gguf", "ollama". out: the folder (default runs/<run-id>/exports/<to>[-<quantize>]/; an existing
+    one must be empty unless force). runtime: for "adapter", "vllm" (default: refuses adapters vLLM cannot
+    serve) or "peft". verify: load the export in its runtime and compare greedy answers with tunesmith's on
+    the first `verify_examples` held-out test prompts. Returns an ExportResult (folder, record = export.json,
+    verification). Raises UserError before writing anything for bad input; ExportMismatch (a UserError,
+    exit 1) when the written export does not behave as trained.
+    """
+    from tunesmith.export.pipeline import export_run
+
+    return export_run(
+        run_ref,
+        workspace_of(workspace),
+        to,
+        None if out is None else Path(out),
+        quantize,
+        verify,
+        runtime=runtime,
+        verify_examples=verify_examples,
+        force=force,
+    )

@@ -10,6 +10,7 @@ import typer
 from tunesmith.cli.common import FORMAT_HELP, current_workspace
 from tunesmith.cli.data import data_app
 from tunesmith.cli.eval import eval_app
+from tunesmith.cli.export import export_cmd
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.train import train_cmd
 from tunesmith.errors import UserError
@@ -154,6 +155,9 @@ def _text_of(record: object) -> str | None:
     turns = record.get("messages")
     users = [m.get("content") for m in turns if isinstance(m, dict) and m.get("role") == "user"] if isinstance(turns, list) else []
     return "\n".join(u for u in users if isinstance(u, str)) or None
+
+
+app.command("export")(export_cmd)  # after the commands that use a run in tunesmith: export takes it elsewhere
 
 
 TRUST_FLAG = "--trust-remote-code"

@@ -69,6 +69,13 @@ class Dataset(BaseModel):
         return self.manifest.name
 
     @property
+    def system_prompt(self) -> str | None:
+        """The system message every training example shared, if they shared one: what a bare prompt is
+        asked with (generate, chat), and what an exported model's serving config must send."""
+        systems = {e.messages[0].content for e in self.iter_split("train") if e.messages and e.messages[0].role == "system"}
+        return systems.pop() if len(systems) == 1 else None
+
+    @property
     def version(self) -> str:
         return self.manifest.version
 

@@ -1,0 +1,77 @@
+"""The shapes every export target is made of: what the user asked (ExportOptions), what a target wrote
+(Written), one answer from a runtime (Answer), and the Target itself, a row of the registry in targets.py.
+
+A target is three steps the export flow (pipeline.py) runs in order:
+
+  check(source, options)            refuse before anything is written (a method the target cannot take)
+  write(source, folder, options)    write the artefact into `folder` (a staging folder), return Written
+  answer(folder, written, conversations, max_new_tokens, batch_size)
+                                    load the artefact in ITS runtime, with no tunesmith code in the
+                                    loading path, and answer the conversations greedily
+
+verify.py compares `answer`'s results with tunesmith's own generation. A target whose runtime cannot
+run here (Ollama) leaves `answer` None and gives `verify` instead, which returns the figures itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunesmith.export.source import Source
+    from tunesmith.export.verify import Verification
+
+Conversation = list[dict[str, Any]]  # a prompt as chat messages, ready for the assistant's turn
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    to: str
+    out: Path  # the final folder (the target writes into a staging folder beside it, renamed when complete)
+    quantize: str | None = None
+    runtime: str | None = None  # adapter: "vllm" (default: refuse what vLLM refuses) or "peft"
+    verify: bool = True
+    verify_examples: int = 32
+
+
+@dataclass
+class Written:
+    """What a target wrote, for export.json and the summary."""
+
+    runtime: str  # what the artefact is made for: "transformers", "vllm", "peft", "llama.cpp", "ollama"
+    usage: str  # the command (or code) that uses it, with the final folder's path
+    notes: list[str] = field(default_factory=list)  # what the user must know (a de-quantised merge, a base not copied)
+    details: dict[str, Any] = field(default_factory=dict)  # target-specific fields of export.json
+    quantized: bool = False  # answers are held to the task metric (within 2 points), not to identical text
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One greedy answer: the prompt's token ids as the runtime rendered them, the answer's text, and
+    whether it ended at an end-of-turn token (False: it ran on to max_new_tokens)."""
+
+    prompt_ids: list[int]
+    text: str
+    stopped: bool
+
+
+AnswerFn = Callable[[Path, Written, list[Conversation], int, int], list[Answer]]
+
+
+def no_check(source: Source, options: ExportOptions) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    help: str
+    write: Callable[[Source, Path, ExportOptions], Written]
+    answer: AnswerFn | None = None
+    verify: Callable[[Source, Path, Written, ExportOptions], Verification] | None = None  # instead of answer, where the runtime cannot run here
+    check: Callable[[Source, ExportOptions], None] = no_check
+    quantizations: tuple[str, ...] = ()  # --quantize values it takes; () refuses --quantize
+    runtimes: tuple[str, ...] = ()  # --runtime values it takes, the first the default; () refuses --runtime
+    checked_with: str = ""  # what `answer` runs, for the figures ("transformers + PEFT" standing in for vLLM); "" : Written.runtime
