@@ -169,7 +169,7 @@ def test_lora_adapter_for_vllm_loads_with_peft(cli_home, runs, capsys):
         ("prompt_tuning", "adapter", ["vLLM serves LoRA adapters only", "tunesmith serve", "--runtime peft"]),
         ("dora", "adapter", ["vLLM does not serve DoRA", "--to merged", "--runtime peft"]),
         ("full", "adapter", ["full fine-tune", "no adapter", "--to merged"]),
-        ("lora", "gguf", ["--to gguf is not wired"]),
+        ("lora", "gguf", ["does not know this model's tokenizer", "--to merged"]),
     ],
 )
 def test_what_a_target_cannot_take_is_refused_with_what_to_use(cli_home, runs, capsys, method, to, said):

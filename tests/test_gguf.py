@@ -322,3 +322,74 @@ def test_template_not_of_per_role_shape_is_refused(tiny_model, tmp_path):
     assert not (tmp_path / "ollama").exists()
     with pytest.raises(UserError, match="no chat_template"):
         write_ollama(gguf_file, tmp_path / "ollama", tokenizer_with(tiny_model, ""), None, ["<|im_end|>"])
+
+
+# ---------------------------------------------------------------- `tunesmith export --to gguf|ollama` of a trained run, end to end
+
+
+@pytest.fixture(scope="module")
+def smol_run(smol_tiny, tmp_path_factory):
+    """A tunesmith LoRA run over smol_tiny on the QA chats (a tiny learning rate: the base already
+    answers them, and the export must answer as the run does), in its own workspace."""
+    from tunesmith.config import PrepareSpec, RunSpec
+    from tunesmith.data.dataset import prepare_dataset
+    from tunesmith.train.recipe import train
+    from tunesmith.workspace import Workspace
+
+    home = tmp_path_factory.mktemp("gguf-home")
+    source = home / "qa.jsonl"
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
+    chats += [[{"role": "system", "content": SYSTEM}, *c] for c in chats[:2]]
+    source.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats), encoding="utf-8")
+    workspace = Workspace.from_env(home)
+    prepare_dataset(source, workspace, name="qa", seed=0, ratios=(0.5, 0.0, 0.5), options=PrepareSpec(pii="off"))
+    spec = RunSpec.model_validate(
+        {
+            "model": {"name": str(smol_tiny)},
+            "data": {"dataset": "qa"},
+            "train": {"method": "lora", "max_steps": 1, "batch_size": 2, "lr": 1e-5},
+            "eval": {"max_new_tokens": 16},
+        }
+    )
+    return workspace, train(spec, workspace).info.run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["f16", "q8_0"])
+def test_export_to_gguf_answers_as_the_run_through_llamacpp(smol_run, quantize):
+    from tunesmith.export.gguf import gguf_metadata
+    from tunesmith.export.pipeline import export_run
+
+    workspace, run_id = smol_run
+    result = export_run(run_id, workspace, "gguf", quantize=quantize)
+    record = json.loads((result.folder / "export.json").read_text())
+    gguf_file = result.folder / record["details"]["file"]
+    assert gguf_file.is_file() and gguf_file.suffix == ".gguf"
+    assert record["format"] == "gguf" and record["runtime"] == "llama.cpp" and record["quantization"] == quantize
+    assert gguf_metadata(gguf_file)["tokenizer.chat_template"]
+    check = record["verification"]
+    assert check["passed"], check
+    assert check["prompt_ids_identical"] == check["examples"] > 0
+    assert check["new_runaways"] == 0 and check["export_runaways"] == 0
+    if quantize == "f16":
+        assert check["identical_rate"] >= 0.98 and not check["quantized"]
+    else:  # quantised: held to the task metric, within 2 points
+        assert check["quantized"] and check["metric"] is not None
+    assert [p.name for p in result.folder.parent.iterdir() if p.name.startswith(".")] == []  # no staging or scratch left behind
+
+
+@pytest.mark.slow
+def test_export_to_ollama_writes_a_modelfile_that_answers_as_the_run(smol_run):
+    from tunesmith.export.ollama import read_modelfile
+    from tunesmith.export.pipeline import export_run
+
+    workspace, run_id = smol_run
+    result = export_run(run_id, workspace, "ollama")
+    record = json.loads((result.folder / "export.json").read_text())
+    modelfile = read_modelfile(result.folder / "Modelfile")
+    assert modelfile["from"] == f"./{record['details']['file']}" and (result.folder / record["details"]["file"]).is_file()
+    assert ("stop", "<|im_end|>") in modelfile["parameters"]
+    assert record["details"]["ollama_create"][:2] == ["ollama", "create"] and "ollama create" in record["usage"]
+    check = record["verification"]
+    assert check["passed"] and check["prompt_ids_identical"] == check["examples"] > 0, check
+    assert any("Ollama itself" in what for what in check["not_checked"])

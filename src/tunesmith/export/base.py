@@ -74,4 +74,5 @@ class Target:
     check: Callable[[Source, ExportOptions], None] = no_check
     quantizations: tuple[str, ...] = ()  # --quantize values it takes; () refuses --quantize
     runtimes: tuple[str, ...] = ()  # --runtime values it takes, the first the default; () refuses --runtime
+    not_checked: str = ""  # the runtime the artefact is for, where `answer` had to stand in for it
     checked_with: str = ""  # what `answer` runs, for the figures ("transformers + PEFT" standing in for vLLM); "" : Written.runtime

@@ -291,6 +291,115 @@ def _token_id(llm: Any, token: str) -> int:
     return ids[0]
 
 
+# ---------------------------------------------------------------- `tunesmith export --to gguf`
+
+
+def gguf_file_name(source: Any, quantize: str) -> str:
+    return f"{source.run_id}-{quantize}.gguf"
+
+
+def check_gguf(source: Any, options: Any) -> None:
+    """Refuse before minutes of merging: what cannot be merged cannot become a GGUF, and the converter
+    and llama.cpp must be there to write it and to check it."""
+    from tunesmith.export.merged import check_merged
+
+    check_merged(source, options)
+    find_converter()
+    if options.verify or (options.quantize or "f16") == "q4_k_m":
+        _import_llama_cpp()
+
+
+def write_gguf(source: Any, folder: Path, options: Any) -> Any:
+    """The run merged (as `--to merged` writes it) into a scratch folder, then converted by llama.cpp's
+    converter into one GGUF file in `folder`; the merged copy is removed."""
+    from tunesmith.export.base import Written
+    from tunesmith.export.merged import write_merged
+
+    quantize = options.quantize or "f16"
+    with tempfile.TemporaryDirectory(prefix=".merged-", dir=folder.parent) as scratch:
+        merged = write_merged(source, Path(scratch), options)
+        gguf_file = convert_to_gguf(Path(scratch), folder / gguf_file_name(source, quantize), quantize)
+    meta = gguf_metadata(gguf_file)
+    final = options.out / gguf_file.name
+    usage = f"llama.cpp: llama-server -m {final} --jinja  (or llama-cli -m {final} -cnv); Python: llama_cpp.Llama(model_path={str(final)!r}).create_chat_completion(...)"
+    details = {
+        "file": gguf_file.name,
+        "quantization": quantize,
+        "tensor_types": meta["tensor_types"],
+        "chat_template_in_metadata": bool(meta.get("tokenizer.chat_template")),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "eot_token_id": meta.get("tokenizer.ggml.eot_token_id"),
+        "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {llama_cpp_version()})",
+    }
+    # f16 is held to identical answers like a full-precision export; q8_0 and q4_k_m to the task metric.
+    return Written(runtime="llama.cpp", usage=usage, notes=merged.notes, details=details, quantized=quantize != "f16")
+
+
+def llamacpp_chat_answers(
+    gguf_file: Path, conversations: list[list[dict]], max_new_tokens: int, prompts: list[str] | None = None, stops: list[str] | None = None
+) -> list[Any]:
+    """Greedy answers as llama.cpp's chat path gives them, with nothing from tunesmith in between: the
+    prompt rendered by llama-cpp-python's Jinja2 chat formatter from the GGUF's own chat template (or
+    `prompts` rendered by another runtime's template, as Ollama's), tokenised by llama.cpp, and decoding
+    stopped where llama.cpp stops: any end-of-generation token of the GGUF's vocabulary (and at the
+    `stops` strings too, as Ollama adds its PARAMETER stop)."""
+    llama_cpp = _import_llama_cpp()
+    from llama_cpp._utils import suppress_stdout_stderr
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from tunesmith.export.base import Answer as ExportAnswer
+
+    with suppress_stdout_stderr(disable=False):
+        vocab = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        if prompts is None:
+            template = vocab.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise UserError(f"{Path(gguf_file).name} has no chat template in its metadata: llama.cpp would fall back to another format", fix="export again")
+            eos, bos = vocab.token_eos(), vocab.token_bos()
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=vocab._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=vocab._model.token_get_text(bos) if bos != -1 else "",
+            )
+            formatted = [formatter(messages=c) for c in conversations]
+            # as llama-cpp-python's chat handler tokenises: BOS only where the template did not write special tokens itself
+            ids = [vocab.tokenize(f.prompt.encode("utf-8"), add_bos=not f.added_special, special=True) for f in formatted]
+        else:
+            ids = [vocab.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
+    finally:
+        vocab.close()
+    needed = max((len(i) for i in ids), default=0) + max_new_tokens + 8
+    with suppress_stdout_stderr(disable=False):
+        llm = llama_cpp.Llama(str(gguf_file), n_ctx=needed, n_batch=min(needed, 512), verbose=False, seed=0, n_threads=max(1, os.cpu_count() or 1))
+    answers = []
+    try:
+        for prompt_ids in ids:
+            out: list[int] = []
+            stopped = False
+            for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    stopped = True
+                    break
+                out.append(token)
+                text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
+                if stops is not None and any(s in text for s in stops):
+                    stopped = True
+                    out.pop()
+                    break
+                if len(out) >= max_new_tokens:
+                    break
+            text = llm.detokenize(out, special=False).decode("utf-8", errors="replace").strip()
+            answers.append(ExportAnswer(list(prompt_ids), text, stopped))
+    finally:
+        llm.close()
+    return answers
+
+
+def answer_gguf(folder: Path, written: Any, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Any]:
+    return llamacpp_chat_answers(folder / written.details["file"], conversations, max_new_tokens)
+
+
 # ---------------------------------------------------------------- `python -m tunesmith.export.gguf install-converter`
 
 

@@ -223,6 +223,58 @@ def read_modelfile(modelfile: Path) -> dict[str, Any]:
     return found
 
 
+# ---------------------------------------------------------------- `tunesmith export --to ollama`
+
+
+def ollama_model_name(source: Any) -> str:
+    """A name `ollama create` takes: the run's name, else its id, lower-cased, other characters as '-'."""
+    raw = (source.spec.name or source.run_id).lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", raw).strip("-._") or "tunesmith-model"
+
+
+def check_ollama(source: Any, options: Any) -> None:
+    from tunesmith.export.gguf import check_gguf
+    from tunesmith.models.loading import load_tokenizer
+
+    check_gguf(source, options)
+    template_shape(load_tokenizer(str(source.artefact)))  # a template Ollama cannot express is refused before any writing
+
+
+def write_ollama_target(source: Any, folder: Path, options: Any) -> Any:
+    """The GGUF (as `--to gguf` writes it) and a Modelfile beside it, for `ollama create`."""
+    from tunesmith.chat_template import end_of_turn_ids
+    from tunesmith.export.gguf import write_gguf
+    from tunesmith.models.loading import load_tokenizer
+
+    written = write_gguf(source, folder, options)
+    tokenizer = load_tokenizer(str(source.artefact))
+    modelfile = write_ollama(folder / written.details["file"], folder, tokenizer, source.system_prompt, end_of_turn_ids(tokenizer))
+    command = ollama_create_command(options.out, ollama_model_name(source))
+    written.runtime = "ollama"
+    written.usage = f"{' '.join(command)}  then  ollama run {command[2]}"
+    parsed = read_modelfile(modelfile)
+    written.details.update(
+        modelfile=modelfile.name, ollama_create=command, stops=[v for k, v in parsed["parameters"] if k == "stop"], system=parsed.get("system")
+    )
+    return written
+
+
+def answer_ollama(folder: Path, written: Any, conversations: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[Any]:
+    """What Ollama would answer, as near as can be run here: the prompt rendered by the Modelfile's
+    TEMPLATE (Go's text/template when `go` is installed) with its SYSTEM prepended as Ollama does, the
+    GGUF run by llama.cpp (Ollama's own engine), stopping at the Modelfile's stops or end-of-generation."""
+    from tunesmith.export.gguf import llamacpp_chat_answers
+
+    parsed = read_modelfile(folder / written.details["modelfile"])
+    system = parsed.get("system")
+    messages = [[{"role": "system", "content": system}, *c] if system and c and c[0]["role"] != "system" else c for c in conversations]
+    go = shutil.which("go")
+    prompts = render_with_go(parsed["template"], messages) if go else [render_go_template(parsed["template"], {"Messages": m}) for m in messages]
+    written.details["template_rendered_with"] = _go_version(go) if go else "tunesmith's renderer for the emitted Go template constructs (no `go` here)"
+    stops = [v for k, v in parsed["parameters"] if k == "stop"]
+    return llamacpp_chat_answers(folder / written.details["file"], conversations, max_new_tokens, prompts=prompts, stops=stops)
+
+
 # ---------------------------------------------------------------- checking the TEMPLATE (no Ollama server here)
 
 

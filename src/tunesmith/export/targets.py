@@ -3,25 +3,12 @@ verify what it wrote (export/base.py says what each field does); adding one is o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tunesmith.errors import UserError
 from tunesmith.export.adapter import answer_adapter, check_adapter, write_adapter
-from tunesmith.export.base import ExportOptions, Target, Written
+from tunesmith.export.base import ExportOptions, Target
+from tunesmith.export.gguf import QUANTIZE, answer_gguf, check_gguf, write_gguf
 from tunesmith.export.merged import answer_merged, check_merged, write_merged
-from tunesmith.export.source import Source
-
-
-def _not_wired(name: str):
-    def check(source: Source, options: ExportOptions) -> None:
-        raise UserError(f"--to {name} is not wired into this build yet", fix=f"use `tunesmith export {source.run_id} --to merged` (or --to adapter)")
-
-    return check
-
-
-def _never(source: Source, folder: Path, options: ExportOptions) -> Written:
-    raise AssertionError("a target's check refuses before its write")
-
+from tunesmith.export.ollama import answer_ollama, check_ollama, write_ollama_target
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -43,20 +30,24 @@ TARGETS: dict[str, Target] = {
             runtimes=("vllm", "peft"),
             checked_with="transformers + PEFT",
         ),
-        # Written by export/gguf.py and export/ollama.py; each row becomes Target("gguf", ..., write=write_gguf, answer=answer_gguf, quantizations=(...)).
         Target(
             "gguf",
             "one GGUF file for llama.cpp, chat template and stop tokens in its metadata",
-            write=_never,
-            check=_not_wired("gguf"),
-            quantizations=("f16", "q8_0", "q4_k_m"),
+            write=write_gguf,
+            answer=answer_gguf,
+            check=check_gguf,
+            quantizations=QUANTIZE,
+            checked_with="llama.cpp (llama-cpp-python, its chat template from the GGUF)",
         ),
         Target(
             "ollama",
             "a GGUF and a Modelfile (template, stop tokens, system prompt) for `ollama create`",
-            write=_never,
-            check=_not_wired("ollama"),
-            quantizations=("f16", "q8_0", "q4_k_m"),
+            write=write_ollama_target,
+            answer=answer_ollama,
+            check=check_ollama,
+            quantizations=QUANTIZE,
+            checked_with="llama.cpp with the Modelfile's TEMPLATE and stops (Ollama's engine; no Ollama server here)",
+            not_checked="Ollama itself (no Ollama server installs here: the model was not created nor run in Ollama)",
         ),
     )
 }

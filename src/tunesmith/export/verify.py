@@ -260,6 +260,8 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
         quantized=written.quantized,
     )
     result.seconds = round(time.perf_counter() - started, 1)
+    if target.not_checked:
+        result.not_checked.append(target.not_checked)
     if target.name in ("merged", "adapter"):
         import importlib.util
 
