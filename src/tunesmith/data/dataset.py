@@ -276,3 +276,14 @@ def load_dataset(workspace: Workspace, name: str) -> Dataset:
     if not (folder / "manifest.json").is_file():
         raise UserError(f"no dataset named '{name}' in {workspace.datasets}", fix="run `tunesmith data prepare FILE --out NAME` first, or pass a file path")
     return Dataset(path=folder, manifest=read_manifest(folder))
+
+
+def trained_system_prompt(workspace: Workspace, name: str) -> str | None:
+    """The system message every training example of dataset `name` shared, so a bare prompt is asked
+    the way the model learned (generate, chat and the server all add it); None if they had none or differed."""
+    try:
+        examples = load_dataset(workspace, name).splits["train"]
+    except UserError:  # the dataset was made in another TUNESMITH_HOME: ask without a system message
+        return None
+    systems = {e.messages[0].content for e in examples if e.messages and e.messages[0].role == "system"}
+    return systems.pop() if len(systems) == 1 else None
