@@ -14,7 +14,6 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
-
 from clihelp import run_cli
 from conftest import tickets_home, train_tiny
 
@@ -58,8 +57,10 @@ def server(tmp_path_factory, tiny_model):
     import tunesmith
 
     ws = tickets_home(tmp_path_factory.mktemp("serve") / "home", 30)
-    run_a = train_tiny(ws, tiny_model, epochs=2, lr=3e-2, batch_size=4)
-    run_b = train_run(ws, {"name": "second", "model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"lr": 1e-2, "batch_size": 4}})
+    run_a = train_tiny(ws, tiny_model, max_steps=6, lr=3e-2, batch_size=4)
+    run_b = train_run(
+        ws, {"name": "second", "model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 4}}
+    )
     app = tunesmith.serving_app([run_a, run_b, str(tiny_model)], engine="transformers", api_key=KEY, workspace=ws.home)
     with running(app) as url:
         yield {"url": url, "ws": ws, "a": run_a, "b": run_b, "base": str(tiny_model), "app": app}
@@ -247,6 +248,16 @@ def test_cli_refusals(capsys, home, tiny_model, monkeypatch):
         assert vllm.code == 2 and "vLLM" in vllm.out + vllm.err and "not installed" in vllm.out + vllm.err
     missing = run_cli(capsys, "serve", "no-such-run")
     assert missing.code == 2 and "no-such-run" in missing.out + missing.err
+
+
+def test_tunesmith_serve_is_callable_and_still_the_package(tiny_model, tmp_path):
+    import tunesmith
+    import tunesmith.serve.protocol as protocol
+
+    assert callable(tunesmith.serve) and protocol.__name__ == "tunesmith.serve.protocol"
+    if not __import__("importlib").util.find_spec("vllm"):
+        with pytest.raises(tunesmith.UserError, match="vLLM"):
+            tunesmith.serve([str(tiny_model)], engine="vllm", workspace=tmp_path / "home")
 
 
 def test_llama_cpp_engine_answers_the_openai_client(tmp_path):

@@ -246,7 +246,10 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
         def emit(index: int, ev: Event) -> None:  # in the engine's thread
             if ev.kind == "delta":
                 counter.inc()  # every token decoded, also for a client that has gone away
-            loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+            except RuntimeError:  # the server is shutting down and its loop is closed: nobody is listening
+                pass
 
         n = req.n or 1
         jobs = []
