@@ -10,8 +10,9 @@ A request's answer does not depend on what else is in the batch: prompts are lef
 their padding masked and their position ids counted from their own first token (as generate
 does), each row samples from its own logits with its own generator, and LoRA adapters are
 chosen per row with PEFT's mixed-adapter batches (`adapter_names`), so runs on one base share
-ONE copy of its weights. The batch is fixed once its prefill ran: requests that arrive meanwhile
-wait for the next one (rows joining a running batch would need its cache re-padded; not done).
+ONE copy of its weights. Requests that arrive while a batch runs join it between two steps
+(continuous batching): they are prefilled apart and their KV cache left-padded to the running
+batch's width, padding that the attention mask weighs at exactly zero.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from tunesmith.models.virtual_tokens import _cache_of
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -210,6 +213,14 @@ class Group:
     device: torch.device
     pad_id: int
     mixed_adapters: bool  # a PeftModel whose LoRA adapters are picked per row
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cache_kw(self) -> str:
+        from tunesmith.models.virtual_tokens import _cache_keyword
+
+        base = self.model.get_base_model() if self.mixed_adapters else self.model
+        return _cache_keyword(base)
 
 
 @dataclass(eq=False)
@@ -222,7 +233,65 @@ class Route:
     decode: Callable[[list[int]], str]
 
 
+@dataclass(eq=False)
+class Row:
+    """A job being decoded: its text so far, its own generator, its token count."""
+
+    job: Job
+    stream: TextStream
+    generator: torch.Generator | None
+    count: int = 0
+
+
+@dataclass(eq=False)
+class Batch:
+    """Rows decoded together and the state their next forward needs (one entry per row)."""
+
+    rows: list[Row]
+    cache: Any
+    mask: torch.Tensor  # [rows, cached positions]: 1 for real tokens, 0 for left padding
+    position: torch.Tensor  # [rows, 1]: the position id of each row's last token
+
+    def keep(self, index: list[int]) -> None:
+        if len(index) == len(self.rows):
+            return
+        at = torch.tensor(index, device=self.mask.device)
+        self.cache.batch_select_indices(at)
+        self.mask, self.position = self.mask[at], self.position[at]
+        self.rows = [self.rows[i] for i in index]
+
+    def join(self, other: Batch) -> None:
+        """Rows prefilled apart join this batch: the shorter side's cache and mask are left-padded
+        (masked positions weigh exactly nothing in attention), then the two are stacked."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)])
+            mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)])
+        self.position = torch.cat([self.position, other.position])
+        self.rows += other.rows
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _joinable(cache: Any) -> bool:
+    """Only plain dynamic caches are re-padded to take new rows (sliding-window and other layouts keep their batch)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
 class TransformersEngine(Engine):
+    """Continuous batching: between two decoding steps, requests waiting for the same weights are
+    prefilled and join the running batch (up to max_batch rows); rows that end leave it."""
+
     name = "transformers"
 
     def __init__(self, max_batch: int = 32, batch_window_s: float = 0.005):
@@ -232,68 +301,82 @@ class TransformersEngine(Engine):
     def batchable(self, first: Job, other: Job) -> bool:
         return first.route.group is other.route.group
 
-    @torch.no_grad()
-    def run_batch(self, jobs: list[Job]) -> None:
-        from tunesmith.models.virtual_tokens import _cache_keyword, _cache_of
+    def _joiners(self, group: Group, room: int) -> list[Job]:
+        if room <= 0 or not self.queue:
+            return []
+        with self.ready:
+            found = [j for j in self.queue if j.route.group is group and not j.cancelled][:room]
+            for job in found:
+                self.queue.remove(job)
+        return found
 
-        group: Group = jobs[0].route.group
-        model, device = group.model, group.device
-        base = model.get_base_model() if group.mixed_adapters else model
-        cache_kw = _cache_keyword(base)
+    def _forward(self, group: Group, rows: list[Row], **inputs: Any) -> Any:
+        extra = {"adapter_names": [r.job.route.adapter for r in rows]} if group.mixed_adapters else {}
+        # logits_to_keep=1: only the last position's logits are needed (a prompt's full logits are rows x length x vocab)
+        return group.model(**inputs, use_cache=True, logits_to_keep=1, **extra, **group.forward_kwargs)
+
+    def _prefill(self, group: Group, jobs: list[Job]) -> tuple[Batch, torch.Tensor]:
         width = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), width), group.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
         for row, job in enumerate(jobs):
             ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        live = list(jobs)
-        streams = [TextStream(j.route.decode, j.sampling.stops) for j in live]
-        generators = [row_generator(j.sampling) for j in live]
-        counts = [0] * len(live)
+        ids, mask = ids.to(group.device), mask.to(group.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted from each row's own first token, as when alone
+        rows = [Row(j, TextStream(j.route.decode, j.sampling.stops), row_generator(j.sampling)) for j in jobs]
+        out = self._forward(group, rows, input_ids=ids, attention_mask=mask, position_ids=positions)
+        return Batch(rows, _cache_of(out), mask, positions[:, -1:]), out.logits[:, -1, :]
 
-        def extra() -> dict[str, Any]:
-            return {"adapter_names": [j.route.adapter for j in live]} if group.mixed_adapters else {}
+    def _advance(self, batch: Batch, logits: torch.Tensor) -> list[int]:
+        """Each row's next token, emitted; rows that end (or whose client left) are dropped from the batch."""
+        keep, tokens = [], []
+        for index, row in enumerate(batch.rows):
+            job = row.job
+            if job.cancelled:
+                continue
+            token = pick_token(logits[index], job.sampling, row.generator)
+            row.count += 1
+            if token in job.route.eot_ids:
+                job.emit(Event("delta", row.stream.finish(), tokens=row.count))
+                job.emit(Event("done", finish_reason="stop", tokens=row.count))
+                continue
+            delta = row.stream.push(token)
+            if row.stream.stopped:
+                job.emit(Event("delta", delta, tokens=row.count))
+                job.emit(Event("done", finish_reason="stop", tokens=row.count))
+                continue
+            if row.count >= job.sampling.max_tokens:
+                job.emit(Event("delta", delta + row.stream.finish(), tokens=row.count))
+                job.emit(Event("done", finish_reason="length", tokens=row.count))
+                continue
+            job.emit(Event("delta", delta, tokens=row.count))
+            keep.append(index)
+            tokens.append(token)
+        batch.keep(keep)
+        return tokens
 
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra())
+    @torch.no_grad()
+    def run_batch(self, jobs: list[Job]) -> None:
+        group: Group = jobs[0].route.group
+        batch, logits = self._prefill(group, jobs)
         while True:
-            logits = out.logits[:, -1, :]
-            tokens, keep = [], []
-            for row, job in enumerate(live):
-                if job.cancelled:
-                    continue
-                token = pick_token(logits[row], job.sampling, generators[row])
-                counts[row] += 1
-                if token in job.route.eot_ids:
-                    job.emit(Event("delta", streams[row].finish(), tokens=counts[row]))
-                    job.emit(Event("done", finish_reason="stop", tokens=counts[row]))
-                    continue
-                delta = streams[row].push(token)
-                if streams[row].stopped:
-                    job.emit(Event("delta", delta, tokens=counts[row]))
-                    job.emit(Event("done", finish_reason="stop", tokens=counts[row]))
-                    continue
-                if counts[row] >= job.sampling.max_tokens:
-                    job.emit(Event("delta", delta + streams[row].finish(), tokens=counts[row]))
-                    job.emit(Event("done", finish_reason="length", tokens=counts[row]))
-                    continue
-                job.emit(Event("delta", delta, tokens=counts[row]))
-                tokens.append(token)
-                keep.append(row)
-            if not keep:
+            tokens = self._advance(batch, logits)
+            joiners = self._joiners(group, self.max_batch - len(batch.rows)) if _joinable(batch.cache) else []
+            if joiners:
+                if self.on_batch is not None:
+                    self.on_batch(len(batch.rows) + len(joiners))
+                more, more_logits = self._prefill(group, joiners)
+                tokens += self._advance(more, more_logits)
+                if not batch.rows:
+                    batch = more
+                elif more.rows:
+                    batch.join(more)
+            self.running_rows = len(batch.rows)
+            if not batch.rows:
                 return
-            cache = _cache_of(out)
-            if len(keep) < len(live):  # rows that ended leave the batch and its cache
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                live = [live[r] for r in keep]
-                streams = [streams[r] for r in keep]
-                generators = [generators[r] for r in keep]
-                counts = [counts[r] for r in keep]
-            self.running_rows = len(live)
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            step = torch.tensor(tokens, device=device)[:, None]
-            out = model(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache}, **extra())
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+            batch.position = batch.position + 1
+            step = torch.tensor(tokens, device=group.device)[:, None]
+            out = self._forward(group, batch.rows, input_ids=step, attention_mask=batch.mask, position_ids=batch.position, **{group.cache_kw: batch.cache})
+            logits = out.logits[:, -1, :]
