@@ -4,8 +4,13 @@ tiny LoRA runs on one tiny base (one copy of its weights), and over the embedded
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,9 +66,15 @@ def server(tmp_path_factory, tiny_model):
     run_b = train_run(
         ws, {"name": "second", "model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"max_steps": 3, "lr": 1e-2, "batch_size": 4}}
     )
-    app = tunesmith.serving_app([run_a, run_b, str(tiny_model)], engine="transformers", api_key=KEY, workspace=ws.home)
+    run_dora = train_tiny(ws, tiny_model, method="dora", max_steps=3, lr=3e-2, batch_size=4)
+    # run_b's adapter as an export folder would hold it (read as plain files: no tunesmith.export involved)
+    export = ws.home / "exports" / "second-adapter"
+    shutil.copytree(ws.run_dir(run_b) / "adapter", export / "adapter")
+    (export / "export.json").write_text(json.dumps({"format": "adapter"}), encoding="utf-8")
+    models = [run_a, run_b, run_dora, str(export), str(tiny_model)]
+    app = tunesmith.serving_app(models, engine="transformers", api_key=KEY, workspace=ws.home)
     with running(app) as url:
-        yield {"url": url, "ws": ws, "a": run_a, "b": run_b, "base": str(tiny_model), "app": app}
+        yield {"url": url, "ws": ws, "a": run_a, "b": run_b, "dora": run_dora, "export": "second-adapter", "base": str(tiny_model), "app": app}
 
 
 def client(server, key: str | None = KEY) -> openai.OpenAI:
@@ -100,8 +111,24 @@ def test_answers_equal_tunesmith_generate_streamed_or_not(server):
         assert answer.choices[0].finish_reason in ("stop", "length")
         assert answer.usage.completion_tokens <= 24 and answer.usage.prompt_tokens > 0
         assert streamed(server, server["a"], prompt) == (expected, answer.choices[0].finish_reason)
-    # the run's name serves it too
-    assert ask(server, "second", PROMPTS[0]).choices[0].message.content == ask(server, server["b"], PROMPTS[0]).choices[0].message.content
+    # the run's name serves it too, and so does its adapter copied into an export folder (which, with no
+    # system prompt recorded in its export.json, is asked with the client's own)
+    b = ask(server, server["b"], PROMPTS[0]).choices[0].message.content
+    assert ask(server, "second", PROMPTS[0]).choices[0].message.content == b
+    system = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": PROMPTS[0]}]
+    as_run, as_export = (
+        client(server).chat.completions.create(model=m, messages=system, temperature=0, max_tokens=24) for m in (server["b"], server["export"])
+    )
+    assert as_run.choices[0].message.content == as_export.choices[0].message.content
+
+
+def test_a_dora_run_is_served_as_trained(server):
+    """PEFT cannot mix DoRA adapters in a batch: the run is served merged, as its own model, and answers as `tunesmith generate`."""
+    import tunesmith
+
+    for prompt in PROMPTS[:2]:
+        expected = tunesmith.generate(server["dora"], prompt, max_new_tokens=24, workspace=server["ws"].home)
+        assert ask(server, server["dora"], prompt).choices[0].message.content == expected
 
 
 def test_requests_batched_together_answer_as_alone(server):
@@ -248,6 +275,32 @@ def test_cli_refusals(capsys, home, tiny_model, monkeypatch):
         assert vllm.code == 2 and "vLLM" in vllm.out + vllm.err and "not installed" in vllm.out + vllm.err
     missing = run_cli(capsys, "serve", "no-such-run")
     assert missing.code == 2 and "no-such-run" in missing.out + missing.err
+
+
+def test_the_command_serves_and_says_which_engine(tiny_model, tmp_path):
+    """`tunesmith serve` as a user starts it: it names the engine and why, answers, and stops on Ctrl-C."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "SERVE_TEST_KEY": KEY}
+    argv = [sys.executable, "-m", "tunesmith", "serve", str(tiny_model), "--port", str(port), "--api-key-env", "SERVE_TEST_KEY"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if "OpenAI-compatible API at" in line:
+                break
+        text = " ".join("".join(said).split())
+        assert "engine: transformers (auto: vLLM is not installed" in text or "engine: vllm" in text, text
+        assert f"http://127.0.0.1:{port}/v1 (API key required)" in text
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert (
+            c.chat.completions.create(model=tiny_model.name, messages=[{"role": "user", "content": "hi"}], max_tokens=3).choices[0].message.content is not None
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) in (0, 130)
 
 
 def test_tunesmith_serve_is_callable_and_still_the_package(tiny_model, tmp_path):

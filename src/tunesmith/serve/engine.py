@@ -255,7 +255,7 @@ class Batch:
     def keep(self, index: list[int]) -> None:
         if len(index) == len(self.rows):
             return
-        at = torch.tensor(index, device=self.mask.device)
+        at = torch.tensor(index, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(at)
         self.mask, self.position = self.mask[at], self.position[at]
         self.rows = [self.rows[i] for i in index]

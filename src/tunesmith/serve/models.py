@@ -86,6 +86,16 @@ def _adapter_base(adapter: Path, export: Path) -> str:
     return str(named)
 
 
+def _export_system_prompt(folder: Path) -> str | None:
+    """The system prompt the source run was trained with, when the folder's export.json records one
+    (`system_prompt`): an export is then asked as the run is."""
+    try:
+        value = json.loads((folder / "export.json").read_text(encoding="utf-8")).get("system_prompt")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def _from_run(arg: str, folder: Path, workspace: Workspace) -> Source:
     from tunesmith.data.dataset import trained_system_prompt
     from tunesmith.models.methods import method_for
@@ -134,10 +144,10 @@ def resolve(arg: str, workspace: Workspace) -> Source:
         if (path / "run.json").is_file():
             return _from_run(arg, find_run(workspace, str(path)), workspace)
         if (path / "config.json").is_file():
-            return Source(arg, "hf", str(path.resolve()), names)
+            return Source(arg, "hf", str(path.resolve()), names, system=_export_system_prompt(path))
         adapter = _adapter_in(path)
         if adapter is not None:
-            return Source(arg, "adapter", str(adapter.resolve()), names, base=_adapter_base(adapter, path))
+            return Source(arg, "adapter", str(adapter.resolve()), names, base=_adapter_base(adapter, path), system=_export_system_prompt(path))
         gguf = _gguf_in(path)
         if gguf is not None:
             return Source(arg, "gguf", str(gguf.resolve()), names)
