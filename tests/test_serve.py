@@ -277,6 +277,28 @@ def test_cli_refusals(capsys, home, tiny_model, monkeypatch):
     assert missing.code == 2 and "no-such-run" in missing.out + missing.err
 
 
+def test_vllm_is_started_with_the_runs_adapters(server):
+    """What `--engine vllm` would run (vLLM is not installed here): one base, each LoRA run as a
+    --lora-modules entry, and vLLM's own sampling defaults; a DoRA run is refused with what to do."""
+    from tunesmith.serve import vllm
+    from tunesmith.serve.launch import resolve_all
+
+    ws = server["ws"]
+    argv = vllm.command(resolve_all([server["a"], server["b"]], ws), "127.0.0.1", 8123)
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and argv[argv.index("--model") + 1] == server["base"]
+    modules = argv[argv.index("--lora-modules") + 1 :]
+    assert modules == [f"{server['a']}={ws.run_dir(server['a']) / 'adapter'}", f"{server['b']}={ws.run_dir(server['b']) / 'adapter'}"]
+    assert argv[argv.index("--generation-config") + 1] == "vllm" and argv[argv.index("--port") + 1] == "8123"
+    with pytest.raises(tunesmith_error(), match="vLLM does not serve dora adapters"):
+        vllm.command(resolve_all([server["dora"]], ws), "127.0.0.1", 8123)
+
+
+def tunesmith_error():
+    from tunesmith.errors import UserError
+
+    return UserError
+
+
 def test_the_command_serves_and_says_which_engine(tiny_model, tmp_path):
     """`tunesmith serve` as a user starts it: it names the engine and why, answers, and stops on Ctrl-C."""
     with socket.socket() as probe:

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -120,8 +121,11 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(error_body(message, type, param, code), status_code=status)
 
 
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*[\[\]-].*)$")  # pydantic names the union member it tried: not a parameter
+
+
 def _param_of(location: tuple) -> str:
-    parts = [str(p) for p in location if p not in ("body",)]
+    parts = [str(p) for p in location if p != "body" and (isinstance(p, int) or not _UNION_BRANCH.match(str(p)))]
     text = ""
     for part in parts:
         text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)

@@ -131,10 +131,10 @@ def serve(
     if chosen == "vllm":
         console.print(f"engine: vllm ({reason})")
         raise SystemExit(vllm.run(sources, host=host, port=port, api_key=key))
+    console.print(f"engine: {chosen} ({reason}); loading {len(sources)} model(s)")
     server = _open(sources, chosen, reason, api_key=key)
     import uvicorn
 
-    console.print(f"engine: {server.engine} ({server.reason})")
     for item in server.served:
         console.print(f"serving {', '.join(item.names)}")
     console.print(f"OpenAI-compatible API at http://{host}:{port}/v1" + (" (API key required)" if key else ""))

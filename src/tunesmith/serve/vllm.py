@@ -72,7 +72,14 @@ def run(sources: list[Source], *, host: str, port: int, api_key: str | None) -> 
     """Run vLLM's server in the foreground; its exit code."""
     if not installed():
         raise UserError("--engine vllm needs vLLM, which is not installed", fix=INSTALL_FIX)
+    import shlex
+
+    from rich.markup import escape
+
+    from tunesmith.ui import console
+
     argv = command(sources, host, port)
+    console.print(escape(f"starting vLLM: {shlex.join(argv)}"), highlight=False, soft_wrap=True)
     env = dict(os.environ)
     if api_key:
         env["VLLM_API_KEY"] = api_key  # in the environment, not argv: other users can read a process's arguments
