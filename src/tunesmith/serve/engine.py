@@ -199,6 +199,7 @@ class Engine:
                 self.running_rows = 0
 
     def run_batch(self, jobs: list[Job]) -> None:
+        """Decode these jobs to their end; jobs taken on the way are appended to `jobs`."""
         raise NotImplementedError
 
 
@@ -364,6 +365,7 @@ class TransformersEngine(Engine):
             tokens = self._advance(batch, logits)
             joiners = self._joiners(group, self.max_batch - len(batch.rows)) if _joinable(batch.cache) else []
             if joiners:
+                jobs.extend(joiners)  # the scheduler reports a failure to every job the batch took, joiners included
                 if self.on_batch is not None:
                     self.on_batch(len(batch.rows) + len(joiners))
                 more, more_logits = self._prefill(group, joiners)
