@@ -1,7 +1,7 @@
 """tunesmith: turn a general LLM into a specialist for one job.
 
 The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
-generate, classify, export; bad input raises tunesmith.errors.UserError with the CLI's message.
+generate, classify, export, serve, serving_app; bad input raises tunesmith.errors.UserError with the CLI's message.
 
 Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
 stages can import tunesmith's submodules without running into a half-initialised package root."""
@@ -20,13 +20,27 @@ if TYPE_CHECKING:
     from tunesmith.registry.runfolder import RunInfo
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget
-    from tunesmith.workflows import Chat, Evaluation, Run, classify, evaluate, export, generate, load_dataset, load_run, prepare_dataset, resume, train
+    from tunesmith.workflows import (
+        Chat,
+        Evaluation,
+        Run,
+        classify,
+        evaluate,
+        export,
+        generate,
+        load_dataset,
+        load_run,
+        prepare_dataset,
+        resume,
+        serving_app,
+        train,
+    )
     from tunesmith.workspace import Workspace
 
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "Run", "Chat", "Evaluation"),
+        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -41,43 +55,35 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "Run", "Chat",
+    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
+    "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", "train", "export", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", "export", "serve", *_EXPORTS}
 
 
-class _TrainingPackage(types.ModuleType):
-    """`tunesmith.train` names both the training package (tunesmith/train/) and the API's `train`.
-    The import system binds the package on its parent whenever any stage imports tunesmith.train.*,
-    so the package itself is made callable: `tunesmith.train(spec)` is `workflows.train(spec)`,
-    and every import form of the package's modules keeps working."""
+class _CallablePackage(types.ModuleType):
+    """`tunesmith.train`, `tunesmith.export` and `tunesmith.serve` each name both a package
+    (tunesmith/train/, export/, serve/) and a function of the API. The import system binds the package on its parent whenever any stage
+    imports its modules, so the package itself is made callable: `tunesmith.train(spec)` is
+    `workflows.train(spec)`, `tunesmith.serve(models)` is `workflows.serve(models)`, and every import
+    form of the packages' modules keeps working."""
 
-    def __call__(self, spec: Any, **options: Any) -> Any:
-        """Train a run from a RunSpec, a dict or a YAML path: tunesmith.workflows.train, docs/python-api.md."""
-        from tunesmith.workflows import train
+    def __call__(self, *args: Any, **options: Any) -> Any:
+        """tunesmith.workflows.train, .export or .serve (the function this package is named for): docs/python-api.md."""
+        import tunesmith.workflows as workflows
 
-        return train(spec, **options)
-
-
-class _ExportPackage(types.ModuleType):
-    """`tunesmith.export` is the export package (tunesmith/export/) and the API's `export`, made callable
-    as the training package is, for the same reason."""
-
-    def __call__(self, run_ref: Any, **options: Any) -> Any:
-        """Export a run (merged, adapter, gguf, ollama) and verify it: tunesmith.workflows.export, docs/python-api.md."""
-        from tunesmith.workflows import export
-
-        return export(run_ref, **options)
+        return getattr(workflows, self.__name__.rsplit(".", 1)[1])(*args, **options)
 
 
-import tunesmith.export as _exporting  # noqa: E402  (the package's __init__ is a docstring: no torch)
-import tunesmith.train as _training  # noqa: E402  (the package's __init__ is empty: no torch)
+import tunesmith.export as _exporting  # noqa: E402  (the packages' __init__ are docstrings: no torch)
+import tunesmith.serve as _serving  # noqa: E402
+import tunesmith.train as _training  # noqa: E402
 
-_training.__class__ = _TrainingPackage
-_exporting.__class__ = _ExportPackage
+for _package in (_training, _exporting, _serving):
+    _package.__class__ = _CallablePackage
 
 
 def __getattr__(name: str) -> Any:

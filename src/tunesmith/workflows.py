@@ -175,12 +175,9 @@ def evaluate(
 
 def trained_system_prompt(workspace: Workspace, dataset_name: str) -> str | None:
     """The system message the training examples shared, so a bare prompt is asked the way the model learned."""
-    from tunesmith.data.dataset import load_dataset as load
+    from tunesmith.data.dataset import trained_system_prompt as shared
 
-    try:
-        return load(workspace, dataset_name).system_prompt
-    except UserError:  # the dataset was made in another TUNESMITH_HOME: ask without a system message
-        return None
+    return shared(workspace, dataset_name)
 
 
 @dataclass
@@ -311,3 +308,37 @@ def export(
         verify_examples=verify_examples,
         force=force,
     )
+
+
+# ---------------------------------------------------------------- serving
+
+
+def serving_app(models: Sequence[str | Path], *, engine: str = "auto", api_key: str | None = None, max_batch: int = 32, workspace: WorkspaceLike = None) -> Any:
+    """The OpenAI-compatible server's ASGI app (FastAPI) over these models, loaded now, to run under
+    any ASGI server or mount in another app. models, engine: as `serve`. api_key: required of every
+    route but /health when given. `app.state.server.close()` stops its engine threads."""
+    from tunesmith.serve.launch import open_server
+
+    server = open_server([str(m) for m in models], engine=engine, api_key=api_key, workspace=workspace_of(workspace), max_batch=max_batch)
+    server.app.state.server = server
+    return server.app
+
+
+def serve(
+    models: Sequence[str | Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    engine: str = "auto",
+    workspace: WorkspaceLike = None,
+) -> None:
+    """Serve models behind an OpenAI-compatible API until interrupted (`tunesmith serve`; docs/serve.md).
+
+    models: run ids or names, run or export folders, GGUF files, base model names. LoRA runs on one
+    base share one copy of its weights. engine: auto | transformers | vllm | llamacpp (auto says
+    which it picked and why). api_key_env: the environment variable holding the API key that every
+    route but /health then requires."""
+    from tunesmith.serve.launch import serve as run_server
+
+    run_server([str(m) for m in models], host=host, port=port, api_key_env=api_key_env, engine=engine, workspace=workspace_of(workspace))

@@ -12,6 +12,7 @@ from tunesmith.cli.data import data_app
 from tunesmith.cli.eval import eval_app
 from tunesmith.cli.export import export_cmd
 from tunesmith.cli.runs import runs_app
+from tunesmith.cli.serve import serve_cmd
 from tunesmith.cli.train import train_cmd
 from tunesmith.errors import UserError
 from tunesmith.ui import console
@@ -98,6 +99,9 @@ def chat(
     from tunesmith.workflows import load_run
 
     interactive(load_run(run, workspace=current_workspace()).chat(system, max_new_tokens))
+
+
+app.command("serve")(serve_cmd)
 
 
 @app.command()

@@ -283,3 +283,12 @@ def load_dataset(workspace: Workspace, name: str) -> Dataset:
     if not (folder / "manifest.json").is_file():
         raise UserError(f"no dataset named '{name}' in {workspace.datasets}", fix="run `tunesmith data prepare FILE --out NAME` first, or pass a file path")
     return Dataset(path=folder, manifest=read_manifest(folder))
+
+
+def trained_system_prompt(workspace: Workspace, name: str) -> str | None:
+    """The system message every training example of dataset `name` shared, so a bare prompt is asked
+    the way the model learned (generate, chat and the server all add it); None if they had none or differed."""
+    try:
+        return load_dataset(workspace, name).system_prompt
+    except UserError:  # the dataset was made in another TUNESMITH_HOME: ask without a system message
+        return None

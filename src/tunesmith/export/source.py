@@ -49,12 +49,9 @@ class Source:
     @cached_property
     def system_prompt(self) -> str | None:
         """The system message the training examples shared (as `tunesmith generate` asks with), if any."""
-        from tunesmith.data.dataset import load_dataset
+        from tunesmith.data.dataset import trained_system_prompt
 
-        try:
-            return load_dataset(self.workspace, self.info.dataset).system_prompt
-        except UserError:  # the dataset lives in another TUNESMITH_HOME
-            return None
+        return trained_system_prompt(self.workspace, self.info.dataset)
 
     def conversations(self, limit: int) -> tuple[list[str], list[Conversation], list[str]]:
         """(example ids, prompts, reference answers) of the first `limit` held-out test examples of the dataset
