@@ -9,19 +9,19 @@ A target is three steps the export flow (pipeline.py) runs in order:
                                     load the artefact in ITS runtime, with no tunesmith code in the
                                     loading path, and answer the conversations greedily
 
-verify.py compares `answer`'s results with tunesmith's own generation. A target whose runtime cannot
-run here (Ollama) leaves `answer` None and gives `verify` instead, which returns the figures itself."""
+verify.py compares `answer`'s results with tunesmith's own generation. Where the artefact's runtime
+cannot run here (Ollama), `answer` runs what stands nearest (llama.cpp, Ollama's engine, with the
+Modelfile's template and stops) and `not_checked` names what was not run."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tunesmith.export.source import Source
-    from tunesmith.export.verify import Verification
+# export.source.Source, the run read once: source.py builds on the shapes here, so they name it without importing it.
+Source = Any
 
 Conversation = list[dict[str, Any]]  # a prompt as chat messages, ready for the assistant's turn
 
@@ -69,8 +69,7 @@ class Target:
     name: str
     help: str
     write: Callable[[Source, Path, ExportOptions], Written]
-    answer: AnswerFn | None = None
-    verify: Callable[[Source, Path, Written, ExportOptions], Verification] | None = None  # instead of answer, where the runtime cannot run here
+    answer: AnswerFn
     check: Callable[[Source, ExportOptions], None] = no_check
     quantizations: tuple[str, ...] = ()  # --quantize values it takes; () refuses --quantize
     runtimes: tuple[str, ...] = ()  # --runtime values it takes, the first the default; () refuses --runtime

@@ -60,8 +60,6 @@ def _check_destination(out: Path, force: bool, source: Source) -> None:
 
 
 def _verify(source: Source, target: Target, folder: Path, written: Written, options: ExportOptions) -> dict[str, Any]:
-    if target.verify is not None:
-        return target.verify(source, folder, written, options).record()
     from tunesmith.export.verify import verify_answers
 
     return verify_answers(source, target, folder, written, options).record()
