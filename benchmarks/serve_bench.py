@@ -72,7 +72,7 @@ def one_by_one(home: Path, run_id: str, prompts: list[list[dict]], max_tokens: i
     import tunesmith
     from tunesmith.chat_template import end_of_turn_ids, render_messages
 
-    model, tokenizer = tunesmith.load_run(run_id, workspace=home).model
+    model, tokenizer = tunesmith.load_run(run_id, workspace=home).model()
     eot = end_of_turn_ids(tokenizer)
     latencies, tokens = [], 0
     started = time.perf_counter()

@@ -393,3 +393,24 @@ def test_export_to_ollama_writes_a_modelfile_that_answers_as_the_run(smol_run):
     check = record["verification"]
     assert check["passed"] and check["prompt_ids_identical"] == check["examples"] > 0, check
     assert any("Ollama itself" in what for what in check["not_checked"])
+
+
+@pytest.mark.slow
+def test_gguf_export_served_by_llamacpp_answers_as_tunesmith_generate(smol_run):
+    """The whole path a user takes: train, export --to gguf, serve the export folder, ask with the openai client."""
+    import openai
+    from test_serve import running
+
+    import tunesmith
+    from tunesmith.export.pipeline import export_run
+
+    workspace, run_id = smol_run
+    folder = export_run(run_id, workspace, "gguf", out=workspace.home / "served-gguf").folder
+    app = tunesmith.serving_app([str(folder)], engine="auto", workspace=workspace.home)
+    with running(app) as url:  # closes the app's engine when done
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        for question, _ in QA[:3]:
+            asked = client.chat.completions.create(model=folder.name, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16)
+            expected = tunesmith.generate(run_id, question, max_new_tokens=16, workspace=workspace.home)
+            assert asked.choices[0].message.content == expected, question
+            assert asked.choices[0].finish_reason == "stop"
