@@ -209,6 +209,11 @@ def wave(
     return latencies, ttfts, sum(token_counts), wall
 
 
+def per_client(clients: int, args: argparse.Namespace) -> int:
+    """Requests each client sends: at least 8 requests in all, so a single client's figures are not two requests' noise."""
+    return max(args.requests_per_client, -(-8 // clients))
+
+
 def tunesmith_command(models: list[str], port: int, engine: str) -> list[str]:
     return [sys.executable, "-m", "tunesmith", "serve", *models, "--port", str(port), "--engine", engine]
 
@@ -262,8 +267,10 @@ def main() -> None:
             names = [m.id for m in __import__("openai").OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x").models.list().data]
             targets = [n for n in names if n in served] or names
             wave(port, targets, prompts, 2, 1, 4)  # warm-up: first requests pay for lazy loading
+            if engine == "transformers":  # after the same warm-up as the one-adapter server below, before the waves grow its caches
+                memory[f"{len(targets)} adapters"] = server.rss_mb()
             for clients in client_counts:
-                latencies, ttfts, tokens, wall = wave(port, targets, prompts, clients, args.requests_per_client, args.max_tokens)
+                latencies, ttfts, tokens, wall = wave(port, targets, prompts, clients, per_client(clients, args), args.max_tokens)
                 rows.append(
                     {
                         "engine": f"tunesmith serve --engine {engine}",
@@ -275,8 +282,6 @@ def main() -> None:
                     }
                 )
                 print(rows[-1], file=sys.stderr)
-            if engine == "transformers":
-                memory[f"{len(targets)} adapters"] = server.rss_mb()
         finally:
             server.stop()
 
@@ -286,6 +291,11 @@ def main() -> None:
         try:
             wave(port, runs[:1], prompts, 2, 1, 4)
             memory["1 adapter"] = server.rss_mb()
+            for clients in client_counts:  # the cost of serving several adapters unmerged, against one
+                latencies, ttfts, tokens, wall = wave(port, runs[:1], prompts, clients, per_client(clients, args), args.max_tokens)
+                row = {"engine": "tunesmith serve --engine transformers, one run", "clients": clients, "requests": len(latencies), "tokens": tokens}
+                rows.append({**row, "wall_s": round(wall, 2), **summarise(latencies, ttfts, tokens, wall)})
+                print(rows[-1], file=sys.stderr)
         finally:
             server.stop()
 
@@ -297,12 +307,13 @@ def main() -> None:
         else:
             port = free_port()
             command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--port", str(port), "--host", "127.0.0.1", "--n_ctx", "2048"]
+            command += ["--interrupt_requests", "False"]  # its default cuts a running answer short when the next request arrives
             server = Server(command, port, env, "llama.cpp server")
             try:
                 names = [m.id for m in __import__("openai").OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x").models.list().data]
                 wave(port, names, prompts, 2, 1, 4)
                 for clients in client_counts:
-                    latencies, ttfts, tokens, wall = wave(port, names, prompts, clients, args.requests_per_client, args.max_tokens)
+                    latencies, ttfts, tokens, wall = wave(port, names, prompts, clients, per_client(clients, args), args.max_tokens)
                     rows.append(
                         {
                             "engine": "llama.cpp server (same GGUF)",
