@@ -122,6 +122,21 @@ def test_answers_equal_tunesmith_generate_streamed_or_not(server):
     assert as_run.choices[0].message.content == as_export.choices[0].message.content
 
 
+def test_a_run_served_alone_is_merged_and_answers_as_generate(server):
+    """One LoRA run on its base, the base not served: the adapter is folded in (no per-row routing),
+    and the answers stay tunesmith generate's."""
+    import tunesmith
+
+    app = tunesmith.serving_app([server["a"]], engine="transformers", workspace=server["ws"].home)
+    assert not app.state.server.served[0].route.group.mixed_adapters
+    with running(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for prompt in PROMPTS[:3]:
+            expected = tunesmith.generate(server["a"], prompt, max_new_tokens=24, workspace=server["ws"].home)
+            asked = c.chat.completions.create(model=server["a"], messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=24)
+            assert asked.choices[0].message.content == expected
+
+
 def test_a_dora_run_is_served_as_trained(server):
     """PEFT cannot mix DoRA adapters in a batch: the run is served merged, as its own model, and answers as `tunesmith generate`."""
     import tunesmith

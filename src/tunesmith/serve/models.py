@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,16 +219,23 @@ def load_transformers(sources: list[Source], max_batch: int = 32) -> list[Served
             bases[base_path] = Group(model.eval(), device, pad, mixed_adapters=False)
         return bases[base_path]
 
+    # A base with one adapter and not served bare itself gets the adapter merged in: no per-row
+    # adapter routing to pay for, and the weights `tunesmith generate` answers with (it merges too).
+    bare = {s.path for s in sources if s not in shared and s.kind not in ("run", "gguf")}
+    adapters_on = Counter(s.base for s in shared)
     for index, source in enumerate(shared):
         group = group_for(source.base, source.model_spec)
         folder = Path(source.path) / (source.info.artefact if source.kind == "run" else "")
         group.model = load_adapter(group.model, folder, name=f"a{index}")
+        alone = adapters_on[source.base] == 1 and source.base not in bare
+        if alone:
+            group.model = group.model.merge_and_unload()
         group.model.eval()
-        group.mixed_adapters = True
+        group.mixed_adapters = not alone
         tokenizer = load_tokenizer(str(folder))
         render, encode, decode = _prompting(tokenizer)
         eot = source.eot_ids or end_of_turn_ids(tokenizer)
-        route = Route(group, f"a{index}", eot, decode)
+        route = Route(group, None if alone else f"a{index}", eot, decode)
         served.append(Served(source.names, "tunesmith", context_length(group.model.config, tokenizer), source.system, render, encode, route, engine))
     for source in sources:
         if source in shared:
