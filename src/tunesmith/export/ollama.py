@@ -185,7 +185,7 @@ def write_ollama(
             shutil.copy2(gguf_file, target)
     lines = [
         "# Written by tunesmith export --to ollama. Create the model with:",
-        f"#   ollama create NAME -f {out_dir / 'Modelfile'}",
+        "#   ollama create NAME -f Modelfile   (in this folder: FROM names the GGUF beside it)",
         f"FROM ./{target.name}",
         f'TEMPLATE """{template}"""',
     ]

@@ -33,7 +33,7 @@ class Verification:
     identical_rate: float
     tunesmith_runaways: int  # tunesmith's own answers that ran to max_new_tokens (not the export's fault)
     export_runaways: int
-    new_runaways: int  # the export ran on where tunesmith stopped: the end-of-turn token is lost
+    new_runaways: int  # the export said tunesmith's whole answer and ran on: the end-of-turn token is lost
     max_new_tokens: int
     quantized: bool
     line: str  # the rule the export was held to, in words
@@ -95,14 +95,19 @@ def compare_answers(
     n = len(reference)
     same_prompt = [a.prompt_ids == b.prompt_ids for a, b in zip(reference, exported)]
     same_text = [a.text == b.text for a, b in zip(reference, exported)]
-    new_runaway = [a.stopped and not b.stopped for a, b in zip(reference, exported)]
+    # Lost stop tokens show as an export that says tunesmith's whole answer and then goes on. An answer
+    # that took another path first (a quantised export's near-tied token) and then ran long says
+    # nothing about stop tokens: the identical-answer line or the task metric judges it.
+    new_runaway = [a.stopped and not b.stopped and b.text.startswith(a.text) for a, b in zip(reference, exported)]
     identical = sum(same_text)
     rate = identical / n if n else 1.0
     failures = []
     if not all(same_prompt):
         failures.append(f"{n - sum(same_prompt)} of {n} prompts render to other token ids than in training (the chat template or tokenizer differs)")
     if any(new_runaway):
-        failures.append(f"{sum(new_runaway)} answers ran to max_new_tokens where tunesmith's stopped (the end-of-turn token is not a stop token)")
+        failures.append(
+            f"{sum(new_runaway)} answers ran to max_new_tokens past the point where tunesmith's stopped (the end-of-turn token is not a stop token)"
+        )
     metric = None
     if quantized:
         if references is None:
