@@ -258,30 +258,50 @@ def llamacpp_answers(gguf_file: Path, prompts: list[str], eot_tokens: list[int |
     llama_cpp = _import_llama_cpp()
     from llama_cpp._utils import suppress_stdout_stderr
 
-    encoded = [p.encode("utf-8") for p in prompts]
-    # verbose=False still lets llama.cpp's context set-up print a line or two on stderr.
-    with suppress_stdout_stderr(disable=False):
+    with suppress_stdout_stderr(disable=False):  # verbose=False still lets llama.cpp's set-up print a line or two on stderr
         vocab = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
-        ids = [vocab.tokenize(p, add_bos=False, special=True) for p in encoded]
+        ids = [vocab.tokenize(p.encode("utf-8"), add_bos=False, special=True) for p in prompts]
         vocab.close()
-        needed = n_ctx or (max((len(i) for i in ids), default=0) + max_new_tokens + 8)
-        llm = llama_cpp.Llama(str(gguf_file), n_ctx=needed, n_batch=min(needed, 512), verbose=False, seed=0, n_threads=max(1, os.cpu_count() or 1))
+    llm = _context_for(gguf_file, ids, max_new_tokens, n_ctx)
     stop = {t if isinstance(t, int) else _token_id(llm, t) for t in eot_tokens}
     answers = []
-    for prompt_ids in ids:
-        out: list[int] = []
-        stopped = False
-        for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if token in stop:
-                stopped = True
-                break
-            out.append(token)
-            if len(out) >= max_new_tokens:
-                break
-        text = llm.detokenize(out, special=False).decode("utf-8", errors="replace").strip()
-        answers.append(Answer(list(prompt_ids), text, stopped, out))
-    llm.close()
+    try:
+        for prompt_ids in ids:
+            out, stopped = _greedy(llm, prompt_ids, max_new_tokens, lambda token: token in stop)
+            answers.append(Answer(list(prompt_ids), _answer_text(llm, out), stopped, out))
+    finally:
+        llm.close()
     return answers
+
+
+def _context_for(gguf_file: Path, ids: list[list[int]], max_new_tokens: int, n_ctx: int | None = None) -> Any:
+    """A llama.cpp context long enough for the longest prompt and its answer."""
+    llama_cpp = _import_llama_cpp()
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    needed = n_ctx or (max((len(i) for i in ids), default=0) + max_new_tokens + 8)
+    with suppress_stdout_stderr(disable=False):
+        return llama_cpp.Llama(str(gguf_file), n_ctx=needed, n_batch=min(needed, 512), verbose=False, seed=0, n_threads=max(1, os.cpu_count() or 1))
+
+
+def _greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, is_stop: Any, stops: list[str] | None = None) -> tuple[list[int], bool]:
+    """Greedy tokens after the prompt (llama.cpp's other samplers off), up to a stop token, a `stops`
+    string in the text (left out of the answer) or max_new_tokens; and whether it stopped."""
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        if is_stop(token):
+            return out, True
+        out.append(token)
+        if stops and any(s in llm.detokenize(out, special=True).decode("utf-8", errors="replace") for s in stops):
+            return out[:-1], True
+        if len(out) >= max_new_tokens:
+            break
+    return out, False
+
+
+def _answer_text(llm: Any, out: list[int]) -> str:
+    """Decoded as tunesmith's generate decodes: special tokens dropped, whitespace stripped."""
+    return llm.detokenize(out, special=False).decode("utf-8", errors="replace").strip()
 
 
 def _token_id(llm: Any, token: str) -> int:
@@ -369,28 +389,12 @@ def llamacpp_chat_answers(
             ids = [vocab.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
     finally:
         vocab.close()
-    needed = max((len(i) for i in ids), default=0) + max_new_tokens + 8
-    with suppress_stdout_stderr(disable=False):
-        llm = llama_cpp.Llama(str(gguf_file), n_ctx=needed, n_batch=min(needed, 512), verbose=False, seed=0, n_threads=max(1, os.cpu_count() or 1))
+    llm = _context_for(gguf_file, ids, max_new_tokens)
     answers = []
     try:
         for prompt_ids in ids:
-            out: list[int] = []
-            stopped = False
-            for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                    stopped = True
-                    break
-                out.append(token)
-                text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-                if stops is not None and any(s in text for s in stops):
-                    stopped = True
-                    out.pop()
-                    break
-                if len(out) >= max_new_tokens:
-                    break
-            text = llm.detokenize(out, special=False).decode("utf-8", errors="replace").strip()
-            answers.append(ExportAnswer(list(prompt_ids), text, stopped))
+            out, stopped = _greedy(llm, prompt_ids, max_new_tokens, lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token), stops)
+            answers.append(ExportAnswer(list(prompt_ids), _answer_text(llm, out), stopped))
     finally:
         llm.close()
     return answers
