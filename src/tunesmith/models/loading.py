@@ -152,9 +152,10 @@ def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
         ) from None
 
 
-def load_adapter(base: Any, folder: Path, name: str = "default") -> Any:
+def load_adapter(base: Any, folder: Path, name: str = "default", trainable: bool = False) -> Any:
     """A PEFT adapter folder (a run's artefact or checkpoint) on its base model. Given a PeftModel,
-    the adapter is added to it under `name` (the server keeps several on one copy of the base)."""
+    the adapter is added to it under `name` (the server keeps several on one copy of the base).
+    `trainable`: to train on (a continued run), not only to use."""
     from peft import PeftModel
 
     from tunesmith.files import check_model_folder
@@ -162,9 +163,9 @@ def load_adapter(base: Any, folder: Path, name: str = "default") -> Any:
     check_model_folder(folder, fix=DAMAGED_WEIGHTS_FIX)
     try:
         if isinstance(base, PeftModel):
-            base.load_adapter(folder, adapter_name=name)
+            base.load_adapter(folder, adapter_name=name, is_trainable=trainable)
             return base
-        return PeftModel.from_pretrained(base, folder, adapter_name=name)
+        return PeftModel.from_pretrained(base, folder, adapter_name=name, is_trainable=trainable)
     except (ValueError, TypeError, KeyError) as exc:  # adapter_config.json that parses but does not describe an adapter
         raise UserError(
             f"the adapter in {folder} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", fix=DAMAGED_WEIGHTS_FIX
