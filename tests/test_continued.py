@@ -75,7 +75,25 @@ def test_full_fine_tuning_from_a_config_starts_from_the_merged_adapter(cli, pare
     assert info["parent_run"] == parent["id"] and info["artefact"] == "model"
 
 
+@pytest.mark.parametrize(("parent_method", "lr", "child_method"), [("prompt_tuning", 3e-1, None), ("full", 1e-3, "lora")])
+def test_other_methods_continue_from_what_their_parent_learned(parent, tiny_model, parent_method, lr, child_method):
+    """Prompt tuning's virtual tokens train on (PEFT loads them for inference only); a full run's
+    weights are the base a new adapter starts on."""
+    from tunesmith.config import RunSpec
+    from tunesmith.train.recipe import train
+
+    ws = parent["ws"]
+    first = {"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": {"method": parent_method, "max_steps": 12, "lr": lr, "batch_size": 4}}
+    first_id = train(RunSpec.model_validate(first), ws).info.run_id
+    learned = step_losses(ws.run_dir(first_id))
+    then = {"max_steps": 1, "batch_size": 4, "lr": 1e-4, **({"method": child_method} if child_method else {})}
+    result = train(RunSpec.model_validate({"model": {"from_run": first_id}, "data": {"dataset": "tickets"}, "train": then}), ws)
+    assert result.info.method == (child_method or parent_method) and result.info.parent_run == first_id
+    assert step_losses(result.run_dir)[0] < learned[0] - 0.5 * (learned[0] - learned[-1]), learned
+
+
 def test_bad_references_exit_2_naming_them(cli, parent):
+    before = sorted(p.name for p in (parent["ws"].home / "runs").iterdir())
     missing = cli("train", "--from", "no-such-run", "--data", "tickets", "--max-steps", "1")
     assert missing.code == 2 and "no-such-run" in missing.err and "--from" in missing.err
     wrong_method = cli("train", "--from", "first", "--data", "tickets", "--method", "prompt_tuning", "--max-steps", "1")
@@ -87,5 +105,29 @@ def test_bad_references_exit_2_naming_them(cli, parent):
     )
     other_base = cli("train", "--from", "first", "--data", "tickets", "--model", "smollm2-135m-instruct", "--max-steps", "1")
     assert other_base.code == 2 and "keeps its parent's base" in other_base.err
-    runs = sorted(p.name for p in (parent["ws"].home / "runs").iterdir())
-    assert not [r for r in runs if not r.startswith("first-") and not json.loads((parent["ws"].run_dir(r) / "run.json").read_text()).get("parent_run")]
+    assert sorted(p.name for p in (parent["ws"].home / "runs").iterdir()) == before  # refused before any run folder was made
+
+
+@pytest.mark.slow
+def test_a_killed_continued_run_resumes_as_if_never_stopped(cli, parent, tmp_path):
+    from clihelp import tunesmith
+    from conftest import only_run
+
+    config = tmp_path / "continue.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"model": {"from_run": "first"}, "data": {"dataset": "tickets"}, "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-2, "save_every_steps": 2}}
+        )
+    )
+    whole = cli("train", "--config", str(config))
+    assert whole.code == 0, whole.err
+    reference = parent["ws"].run_dir(run_id_from(whole.out))
+    before = {p.name for p in (parent["ws"].home / "runs").iterdir()}
+    killed = tunesmith("train", "--config", str(config), kill_at="step:5")  # inside step 5: the last checkpoint is step 4
+    assert killed.returncode == -9, killed.stderr
+    run_dir = only_run(parent["ws"].home, besides=before)
+    done = tunesmith("train", "--resume", run_dir.name)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step 4 of 6" in done.stderr
+    assert step_losses(run_dir) == pytest.approx(step_losses(reference), abs=2e-5)  # the parent's adapter, then the checkpoint over it
+    assert json.loads((run_dir / "run.json").read_text())["parent_run"] == parent["id"]
