@@ -105,6 +105,10 @@ def allow_remote_code() -> None:
 
 class ModelSpec(_Spec):
     name: str = Field(EMBEDDED_MODEL, description="the embedded default's name, a local HF folder, or a hub id")
+    from_run: str | None = Field(
+        None,
+        description="continue tuning this run (id, name or folder): start from its adapter or weights, on its base, with its chat template (docs/training.md)",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = Field(

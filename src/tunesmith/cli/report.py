@@ -154,6 +154,8 @@ def print_run(workspace: Workspace, run_id: str) -> None:
     if info_path.exists():
         info = read_json(info_path, fix=DAMAGED_RUN_FIX)
         out.print(f"[bold]best step[/]: {info.get('best_step')} (epoch {info.get('best_epoch')})  [bold]train seconds[/]: {info.get('train_seconds')}")
+        if info.get("parent_run"):
+            out.print(f"[bold]continued from[/]: {info['parent_run']}")
     by_split: dict[str, dict[str, dict[str, float]]] = {}
     headlines: dict[str, str | None] = {}
     for evaluation in registry.evaluations(run_id):  # the models of the latest evaluation of each split, evaluated together
@@ -198,6 +200,8 @@ def print_runs_compare(workspace: Workspace, refs: list[str]) -> None:
     for info in infos:
         table.add_column(info["run_id"], justify="right")
     table.add_row("base model", *(i["base_model"] for i in infos))
+    if any(i.get("parent_run") for i in infos):
+        table.add_row("continued from", *(i.get("parent_run") or "-" for i in infos))
     table.add_row("dataset@version", *(f"{i['dataset']}@{i['dataset_version']}" for i in infos))
     for label, path in HYPERPARAMETERS:
         table.add_row(label, *(str(_dotted(c, path)) for c in configs))

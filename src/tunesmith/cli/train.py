@@ -18,6 +18,9 @@ from tunesmith.ui import console
 def train_cmd(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config (see examples/)"),
     model: str | None = typer.Option(None, help="base model: 'smollm2-135m-instruct', a local HF folder or a hub id"),
+    from_run: str | None = typer.Option(
+        None, "--from", help="continue tuning this run (id, name or folder): start from its adapter or weights, on its base, with its chat template"
+    ),
     data: str | None = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
     method: str | None = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (docs/training.md: when to use each)"),
     task: str | None = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
@@ -71,6 +74,7 @@ def train_cmd(
 class TrainFlags:
     config: Path | None
     model: str | None
+    from_run: str | None
     data: str | None
     method: str | None
     task: str | None
@@ -95,6 +99,7 @@ class TrainFlags:
         """The flags as dotted config paths (None: not given); a flag that cannot be read goes to `problems`."""
         overrides: dict[str, Any] = {
             "model.name": self.model,
+            "model.from_run": self.from_run,
             "train.task": self.task,
             "train.method": self.method,
             "train.epochs": _number_or_auto("--epochs", self.epochs, int, problems),

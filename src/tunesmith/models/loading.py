@@ -152,23 +152,45 @@ def from_pretrained(loader: Any, path: str | Path, **kwargs: Any) -> Any:
         ) from None
 
 
-def load_adapter(base: Any, folder: Path, name: str = "default") -> Any:
+def load_adapter(base: Any, folder: Path, name: str = "default", trainable: bool = False) -> Any:
     """A PEFT adapter folder (a run's artefact or checkpoint) on its base model. Given a PeftModel,
-    the adapter is added to it under `name` (the server keeps several on one copy of the base)."""
+    the adapter is added to it under `name` (the server keeps several on one copy of the base).
+    `trainable`: to train on (a continued run), not only to use."""
     from peft import PeftModel
 
     from tunesmith.files import check_model_folder
 
     check_model_folder(folder, fix=DAMAGED_WEIGHTS_FIX)
     try:
+        if trainable:
+            return _trainable_adapter(base, folder)
         if isinstance(base, PeftModel):
-            base.load_adapter(folder, adapter_name=name)
+            base.load_adapter(folder, adapter_name=name, is_trainable=trainable)
             return base
         return PeftModel.from_pretrained(base, folder, adapter_name=name)
     except (ValueError, TypeError, KeyError) as exc:  # adapter_config.json that parses but does not describe an adapter
         raise UserError(
             f"the adapter in {folder} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", fix=DAMAGED_WEIGHTS_FIX
         ) from None
+
+
+def _trainable_adapter(base: Any, folder: Path) -> Any:
+    """The adapter built anew from its config, its saved weights then copied in. PEFT loads prompt
+    and prefix tuning adapters for inference only (is_trainable refuses them); this way every kind
+    trains on, and the optimiser sees exactly the parameters a fresh adapter of that shape has."""
+    from peft import PeftConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+    config = PeftConfig.from_pretrained(str(folder))
+    config.inference_mode = False
+    if getattr(config, "prompt_tuning_init", None) is not None:
+        config.prompt_tuning_init = "RANDOM"  # the saved embeddings replace the start; text init would load a tokenizer for nothing
+    model = get_peft_model(base, config)
+    result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    # prompt learning's embeddings go to its prompt encoder, past the state dict that reports keys it did not take
+    unplaced = [key for key in result.unexpected_keys if key != "prompt_embeddings"]
+    if unplaced:
+        raise ValueError(f"weights that fit no layer of the model: {', '.join(unplaced[:3])}")
+    return model
 
 
 def load_tokenizer(path: str) -> Any:

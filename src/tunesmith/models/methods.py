@@ -90,6 +90,17 @@ def method_for(name: str) -> Method:
     return METHODS[name]
 
 
+def continuable_methods(parent: str) -> tuple[str, ...]:
+    """The methods a run trained with `parent` can be continued with (train/continued.py): any from
+    full weights (they are a new base); an adapter only as itself (LoRA's also under QLoRA and back,
+    the same adapter over a base in other precision), or merged into full weights by `full`. Other
+    pairs have nothing to start from: a LoRA adapter is no prompt to tune."""
+    if method_for(parent).peft_config is None:
+        return tuple(METHODS)
+    same = ("lora", "qlora") if parent in ("lora", "qlora") else (parent,)
+    return same + (("full",) if method_for(parent).mergeable else ())
+
+
 def artefact_kind(method: str) -> str:
     """The folder inside the run that holds the trained weights."""
     return method_for(method).artefact
@@ -146,9 +157,15 @@ def peft_config(spec: TrainSpec, task: str = "causal_lm", tokenizer_path: str | 
     return build(spec, TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM, tokenizer_path)
 
 
-def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm") -> Any:
-    """The model with exactly the method's parameters trainable. Seed torch first: adapters start random."""
+def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm", start: Path | None = None) -> Any:
+    """The model with exactly the method's parameters trainable. Seed torch first: adapters start random.
+    `start`: an adapter folder (a continued run's parent) the training starts from instead; `full`
+    merges it into the weights, an adapter method trains it on."""
     method = method_for(spec.method)
+    if start is not None and method.peft_config is None:
+        from tunesmith.models.loading import load_adapter
+
+        model = load_adapter(model, start).merge_and_unload()
     if method.peft_config is None:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -161,6 +178,10 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm") -> Any:
     if method.quantized:
         # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.qlora.gradient_checkpointing)
+    if start is not None:
+        from tunesmith.models.loading import load_adapter
+
+        return load_adapter(model, start, trainable=True)
     return get_peft_model(model, peft_config(spec, task, getattr(model, "name_or_path", None)))
 
 

@@ -46,6 +46,7 @@ class RunInfo(BaseModel):
     labels: list[str] | None = None  # classification: the class names, in the head's output order
     best_metrics: dict[str, float] | None = None  # classification: validation accuracy and macro-F1 of the kept checkpoint
     owner: dict[str, Any] | None = None  # the training process (host, pid, start time) while status is "running": see live_status
+    parent_run: str | None = None  # the run this one continued (model.from_run), by run id
 
 
 def versions() -> dict[str, str]:

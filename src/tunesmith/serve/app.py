@@ -13,9 +13,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,17 +74,68 @@ def _route_label(path: str) -> str:
     return path if path in {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"} else "other"
 
 
+class KeyCheck(Protocol):
+    """What the gate asks of a set of keys (tunesmith.api.keys.KeyStore is one): whether any key is in
+    force (none: the routes are open), and whether a presented secret is one of them."""
+
+    def any_active(self) -> bool: ...
+
+    def verify(self, secret: str) -> bool: ...
+
+
+class OneKey:
+    """`tunesmith serve --api-key KEY`: one key, always in force."""
+
+    def __init__(self, key: str):
+        self.key = key.encode()
+
+    def any_active(self) -> bool:
+        return True
+
+    def verify(self, secret: str) -> bool:
+        # compare_digest: how long the comparison takes says nothing about how much of the key was right
+        return hmac.compare_digest(secret.encode("latin-1"), self.key)
+
+
+class CheckedBy:
+    """Keys checked by a function (secret -> bool), always in force."""
+
+    def __init__(self, check: Callable[[str], bool]):
+        self.verify = check
+
+    def any_active(self) -> bool:
+        return True
+
+
+def key_check(api_key: str | None = None, keys: KeyCheck | Callable[[str], bool] | None = None) -> KeyCheck | None:
+    if api_key is not None and keys is not None:
+        raise ValueError("give the gate either api_key or keys, not both")
+    if api_key:
+        return OneKey(api_key)
+    if keys is None or hasattr(keys, "any_active"):
+        return keys  # type: ignore[return-value]
+    return CheckedBy(keys)
+
+
 class Gate:
     """Pure ASGI middleware (streaming responses pass through untouched): the API key, the body
-    size limit, and the request counter."""
+    size limit, and the request counter. `keys` (a KeyCheck, or a function secret -> bool) or one
+    `api_key`; with neither, or while a KeyCheck has no active key, every route is open.
+    `metrics` and `max_body` may be None: nothing counted, no limit here (the app sets its own)."""
 
-    def __init__(self, app: Any, api_key: str | None, metrics: Metrics, max_body: int):
-        self.app, self.key, self.metrics, self.max_body = app, api_key.encode() if api_key else None, metrics, max_body
+    def __init__(
+        self,
+        app: Any,
+        api_key: str | None = None,
+        metrics: Metrics | None = None,
+        max_body: int | None = None,
+        keys: KeyCheck | Callable[[str], bool] | None = None,
+    ):
+        self.app, self.keys, self.metrics, self.max_body = app, key_check(api_key, keys), metrics, max_body
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = _route_label(scope["path"])
         status = {"code": 500}
 
         async def counted_send(message: dict) -> None:
@@ -99,20 +150,21 @@ class Gate:
             else:
                 await self.app(scope, receive, counted_send)
         finally:
-            self.metrics.requests.labels(route, str(status["code"])).inc()
+            if self.metrics is not None:
+                self.metrics.requests.labels(_route_label(scope["path"]), str(status["code"])).inc()
 
     def _refusal(self, scope: dict) -> Response | None:
         headers = dict(scope.get("headers") or [])
-        if self.key is not None and scope["path"] not in OPEN_PATHS:
+        if self.keys is not None and scope["path"] not in OPEN_PATHS and self.keys.any_active():
             given = headers.get(b"authorization", b"")
             if not given:
                 return _error(401, "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.", code="invalid_api_key")
             scheme, _, token = given.partition(b" ")
-            # compare_digest: how long the comparison takes says nothing about how much of the key was right
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            # latin-1 maps every byte to one character: the checker sees exactly the bytes that were sent
+            if scheme.lower() != b"bearer" or not self.keys.verify(token.strip().decode("latin-1")):
                 return _error(401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+        if self.max_body is not None and length is not None and (not length.isdigit() or int(length) > self.max_body):
             return _error(413, f"The request body is larger than this server accepts ({self.max_body} bytes).", code="request_too_large")
         return None
 

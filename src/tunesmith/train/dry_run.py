@@ -37,6 +37,9 @@ def _splits_read_only(spec: RunSpec, workspace: Any) -> dict[str, list[Example]]
 
 def dry_run(spec: RunSpec, workspace: Any) -> TrainEstimate:
     """`train --dry-run`: the run's own model, settings and batches, timed and printed; no run folder, nothing registered."""
+    from tunesmith.train.continued import continue_from
+
+    spec = continue_from(spec, workspace)  # a bad --from is refused here as in training; the estimate times the parent's base
     splits = _splits_read_only(spec, workspace)
     return task_for(spec.train.task).estimate(spec, splits, spec.data.dataset or str(spec.data.path))
 

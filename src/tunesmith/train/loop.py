@@ -21,6 +21,7 @@ from tunesmith.errors import TrainingFailed
 from tunesmith.models.methods import artefact_kind
 from tunesmith.plot import plot_loss
 from tunesmith.registry.runfolder import RunInfo, load_run_info, name_base_model, replace_folder, save_run_info
+from tunesmith.train.continued import lineage
 from tunesmith.train.layout import plan_layout
 from tunesmith.train.objective import Objective
 from tunesmith.train.parallel import distributed
@@ -100,7 +101,7 @@ def open_run_info(run_dir: Path, spec: RunSpec, dataset: Any, base_path: str, *,
             dataset=dataset.name,
             dataset_version=dataset.version,
             task=spec.train.task,
-            **{"end_of_turn_ids": [], **fields},
+            **{"end_of_turn_ids": [], **lineage(spec), **fields},
         )
     )
     info.status, info.stop_reason = "running", None

@@ -18,9 +18,9 @@ from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
 from tunesmith.data.example import Example
 from tunesmith.data.prepare import length_limit_for
 from tunesmith.errors import TrainingFailed, UserError
-from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.runfolder import load_run_info, new_run_id, save_run_info, write_config, write_json
 from tunesmith.registry.store import Registry
+from tunesmith.train.continued import base_path_of, check_system_prompt, continue_from
 from tunesmith.train.loop import TrainResult, open_run_info
 from tunesmith.train.parallel import accel, distributed
 from tunesmith.train.run.guards import Budget
@@ -57,25 +57,28 @@ def prepared_for_launch(spec: RunSpec, workspace: Workspace) -> RunSpec:
     """The spec with its files prepared into datasets (and its model found) by the launching process,
     before any training process starts: bad input then ends here, with its message and exit 2,
     instead of in process 0 while the others wait for it. The processes read the datasets by name."""
+    spec = continue_from(spec, workspace)
     data: dict[str, Any] = {"dataset": resolve_dataset(spec, workspace).name, "path": None}
     replay = spec.data.replay
     if replay is not None and replay.path is not None:
         data["replay"] = replay.model_copy(update={"dataset": prepare_dataset(replay.path, workspace).name, "path": None})
-    resolve_model_path(spec.model.name)
+    base_path_of(spec)
     return spec.model_copy(update={"data": spec.data.model_copy(update=data)})
 
 
 def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> TrainResult:
     distributed.init_from_env(spec.model.device)
     accel.check_env(spec)
+    spec = continue_from(spec, workspace)  # the run named by model.from_run, if any: its base, method and folder
     if not distributed.is_main():
         return _train_as_worker(spec, workspace, budget)
     # Every input is checked before anything is created: the registry can be opened, the model is
     # found, the data prepared. A bad --model then leaves no run folder and no dataset behind.
     registry = Registry(workspace.registry_db)
-    base_path = resolve_model_path(spec.model.name)
+    base_path = base_path_of(spec)
     dataset = resolve_dataset(spec, workspace)
     replay = resolve_replay(spec, workspace)
+    check_system_prompt(spec, workspace, dataset)
     distributed.share_from_main(dataset.name)
     run_id = new_run_id(spec.name or dataset.name)
     run_dir = workspace.run_dir(run_id)
@@ -95,7 +98,7 @@ def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None)
     console.quiet = True
     run_dir = distributed.worker_folder()
     try:
-        return train_task(spec, dataset, resolve_replay(spec, workspace), run_dir, resolve_model_path(spec.model.name), budget)
+        return train_task(spec, dataset, resolve_replay(spec, workspace), run_dir, base_path_of(spec), budget)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -12,9 +12,9 @@ from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset
 from tunesmith.errors import UserError
 from tunesmith.files import read_yaml
-from tunesmith.models.loading import resolve_model_path
 from tunesmith.registry.runfolder import RunInfo, find_run, live_status, load_run_info, read_config, resolved_fields
 from tunesmith.registry.store import Registry
+from tunesmith.train.continued import base_path_of
 from tunesmith.train.loop import TrainResult
 from tunesmith.train.parallel import accel, distributed
 from tunesmith.train.recipe import resolve_replay, run_registered, train_task
@@ -104,7 +104,7 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     replay = resolve_replay(spec, workspace)
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
-    base_path = resolve_model_path(spec.model.name)
+    base_path = base_path_of(spec)
     return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint), run_dir)
 
 
@@ -116,6 +116,6 @@ def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, datase
     folder = distributed.worker_folder()
     try:
         shutil.copy2(run_dir / "run.json", folder / "run.json")
-        return train_task(spec, dataset, resolve_replay(spec, workspace), folder, resolve_model_path(spec.model.name), budget, resume_from=checkpoint)
+        return train_task(spec, dataset, resolve_replay(spec, workspace), folder, base_path_of(spec), budget, resume_from=checkpoint)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

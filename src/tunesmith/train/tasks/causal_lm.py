@@ -21,11 +21,12 @@ from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
-from tunesmith.models.loading import load_model
+from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.models.methods import apply_method, count_parameters, is_prompt_learning, load_for_method
 from tunesmith.registry.runfolder import write_config
 from tunesmith.train import kernels
 from tunesmith.train.batching import batch_tensors
+from tunesmith.train.continued import start_adapter
 from tunesmith.train.kernels.head_loss import fused_head_loss
 from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
 from tunesmith.train.parallel import strategy
@@ -145,13 +146,16 @@ def train_causal_lm(
     """A causal LM trained with its method (full, LoRA, QLoRA, DoRA, prompt or prefix tuning) in
     run_dir: load → encode → settle the numbers → apply the method → estimate → loop → artefact."""
     model, tokenizer, device = load_for_method(spec.model, base_path, spec.train)
+    start = start_adapter(spec)
+    if start is not None:
+        tokenizer = load_tokenizer(str(start))  # the parent's, saved with its adapter: its chat template
     items = _encode(spec, dataset, replay, tokenizer)
     cfg, notes = resolve_settings(spec.train, len(items.train) + items.replay_per_epoch, device)
     spec = spec.model_copy(update={"train": cfg})
     if resume_from is None:
         write_config(run_dir, spec, notes)  # the numbers the run actually used
     torch.manual_seed(cfg.seed)  # right before the adapters are initialised, so the same seed gives the same start
-    model = apply_method(model, cfg)
+    model = apply_method(model, cfg, start=start)
     kernels.switch_on(model, device)
     trainable, total = count_parameters(model)
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
