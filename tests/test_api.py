@@ -191,7 +191,7 @@ def test_job_lists_page_with_has_more_and_filter_by_metadata(idle_api, tmp_path)
 def test_an_upload_cut_off_midway_leaves_no_file_listed(tmp_path, tiny_model):
     api = start_api(tmp_path / "home", tiny_model, "--workers", "0")
     try:
-        body = b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
+        body = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
         with socket.create_connection(("127.0.0.1", api.port)) as conn:
             head = f"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) + 100_000}\r\n\r\n"
             conn.sendall(head.encode() + body + b'{"messages": []}\n' * 2000)
