@@ -186,6 +186,8 @@ def test_job_lists_page_with_has_more_and_filter_by_metadata(idle_api, tmp_path)
     assert [j.id for j in client.fine_tuning.jobs.list(limit=3, metadata={"sweep": "p"})] == made[::-1]  # the client follows the pages
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"i": "4"})] == [made[4]]
     assert client.fine_tuning.jobs.cancel(made[0]).status == "cancelled"  # never started: at once
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert client.fine_tuning.jobs.create(model=idle_api.base, training_file=file.id, method=supervised(**auto)).hyperparameters.n_epochs == "auto"
 
 
 def test_an_upload_cut_off_midway_leaves_no_file_listed(tmp_path, tiny_model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,9 +24,9 @@ Auto = Literal["auto"]
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Auto | int | None = Field(None, ge=1, le=50)
-    batch_size: Auto | int | None = Field(None, ge=1, le=256)
-    learning_rate_multiplier: Auto | float | None = Field(None, gt=0, le=100)
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = None
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = None
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
 
 
 class Supervised(BaseModel):
