@@ -101,11 +101,11 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
         truncate_metrics(run_dir / "metrics.jsonl", 0)
         prune_checkpoints(run_dir, set())
     distributed.share_from_main(checkpoint)
+    if budget is not None:
+        budget.announce(info.run_id, run_dir)
     replay = resolve_replay(spec, workspace)
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
-    if budget is not None:
-        budget.announce(info.run_id, run_dir)
     base_path = resolve_model_path(spec.model.name)
     return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint), run_dir)
 
