@@ -134,6 +134,24 @@ def _first_step(client, job_id: str, timeout: float = 120) -> int:
 
 
 @pytest.mark.slow
+def test_a_budget_stops_training_and_the_job_keeps_what_it_trained(api, tmp_path):
+    client = api.client()
+    file = upload(client, training_file(tmp_path, 40))
+    job = client.fine_tuning.jobs.create(
+        model=api.base, training_file=file.id, method=supervised(n_epochs=50), metadata={"budget_max_seconds": "2"}, extra_body=FAST
+    )
+    assert job.model_extra["budget"] == {"max_seconds": 2.0}
+    done = wait_for(client, job.id, {"succeeded", "failed", "cancelled"}, timeout=120)
+    assert done.status == "succeeded" and done.fine_tuned_model, done.error
+    assert done.hyperparameters.n_epochs == 50 and isinstance(done.hyperparameters.learning_rate_multiplier, float)  # "auto" resolved
+    events = all_events(client, job.id)
+    warning = next(e for e in events if e.message.startswith("Training stopped by the job's budget"))
+    assert warning.level == "warn" and "--max-time 2 s reached" in warning.message
+    trained = [e.data for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert [d["step"] for d in trained] == list(range(1, len(trained) + 1)) and len(trained) < trained[-1]["total_steps"]
+
+
+@pytest.mark.slow
 def test_a_bad_file_fails_the_job_with_openais_code_and_the_line(api, tmp_path):
     client = api.client()
     lines = training_file(tmp_path, 12).read_text().splitlines()

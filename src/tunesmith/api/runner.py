@@ -146,9 +146,24 @@ class JobControl(Control):
                 level = "warn" if record["event"] in ("overfitting", "stopped", "diverged") else "info"
                 self.store.add_event(self.job_id, f"{record['event']}-{record['step']}", record.get("message", record["event"]), level=level)
         if steps:
+            if not self.step:
+                self._resolved_hyperparameters()
             self.step, self.tokens = steps[-1]["step"], sum(r.get("tokens", 0) for r in steps)
             self._progress(steps, total)
         self._checkpoints(records)
+
+    def _resolved_hyperparameters(self) -> None:
+        """As OpenAI does once a job runs: "auto" replaced by the numbers training uses (from the run's resolved config)."""
+        from tunesmith.config import DEFAULT_LR
+        from tunesmith.registry.runfolder import read_config
+
+        assert self.run_dir is not None
+        cfg = read_config(self.run_dir).train
+        if not isinstance(cfg.lr, float) or not isinstance(cfg.batch_size, int) or not isinstance(cfg.grad_accum, int):
+            return
+        hyper = {"n_epochs": cfg.epochs, "batch_size": cfg.batch_size * cfg.grad_accum, "learning_rate_multiplier": round(cfg.lr / DEFAULT_LR[cfg.method], 6)}
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+        self.store.update_job(self.job_id, hyperparameters=hyper, method=method)
 
     def _progress(self, steps: list[dict[str, Any]], total: int) -> None:
         job = self.store.job(self.job_id) or {}
