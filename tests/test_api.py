@@ -252,3 +252,20 @@ def test_a_job_killed_with_its_server_and_worker_resumes_and_logs_every_step_onc
         assert 8 in run_steps
     finally:
         api.kill()
+
+
+@pytest.mark.slow
+def test_a_job_waits_in_queued_while_every_worker_slot_is_busy(tmp_path, tiny_model):
+    with running_api(tmp_path / "home", tiny_model, "--workers", "1") as api:
+        client = api.client()
+        file = upload(client, training_file(tmp_path, 40))
+        first, second = (
+            client.fine_tuning.jobs.create(model=api.base, training_file=file.id, method=supervised(n_epochs=50, batch_size=2), extra_body=FAST)
+            for _ in range(2)
+        )
+        _first_step(client, first.id)
+        time.sleep(1.5)  # three polls of the worker: it would have started the second job by now if it had a free slot
+        assert client.fine_tuning.jobs.retrieve(second.id).status == "queued"
+        assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
+        client.fine_tuning.jobs.cancel(first.id)
+        assert wait_for(client, first.id, {"cancelled", "failed", "succeeded"}, timeout=60).status == "cancelled"
