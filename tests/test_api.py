@@ -8,6 +8,7 @@ import io
 import json
 import socket
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -269,3 +270,19 @@ def test_a_job_waits_in_queued_while_every_worker_slot_is_busy(tmp_path, tiny_mo
         assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
         client.fine_tuning.jobs.cancel(first.id)
         assert wait_for(client, first.id, {"cancelled", "failed", "succeeded"}, timeout=60).status == "cancelled"
+
+
+def test_with_a_key_every_route_but_health_needs_it(tmp_path, tiny_model):
+    keys = pytest.importorskip("tunesmith.api.keys")  # the keys module (tunesmith api keys) arrives with its own branch
+    from tunesmith.api.store import api_db
+    from tunesmith.workspace import Workspace
+
+    home = tmp_path / "home"
+    _, secret = keys.KeyStore(api_db(Workspace.from_env(home))).create("ci")
+    with running_api(home, tiny_model, "--workers", "0") as api:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            api.client(api_key="wrong").files.list()
+        assert refused.value.body["code"] == "invalid_api_key"
+        assert list(api.client(api_key=secret).files.list()) == []
+        with urllib.request.urlopen(f"http://127.0.0.1:{api.port}/health") as answer:
+            assert answer.status == 200
