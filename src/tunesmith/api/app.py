@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.api.jobs import Catalogue, CreateJob, create_job, present, present_checkpoint, present_event, refuse
 from tunesmith.api.store import ApiStore, api_db, now
+from tunesmith.errors import UserError
 from tunesmith.serve.app import _param_of
 from tunesmith.serve.protocol import ServeError, error_body
 from tunesmith.workspace import Workspace
@@ -32,6 +34,7 @@ log = logging.getLogger("tunesmith.api")
 MAX_BODY_BYTES = 1 << 20
 OPEN_PATHS = frozenset({"/health"})
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def create_api_app(workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES) -> Any:
@@ -148,15 +151,20 @@ class ChatRouter:
         await (target or self.app_for_nothing())(scope, replay, send)
 
     def app_for_nothing(self) -> Any:
-        from tunesmith.serve.app import create_app
+        if "" not in self.served:
+            from tunesmith.serve.app import create_app
 
-        return create_app([], max_body=self.max_body)
+            self.served[""] = create_app([], max_body=self.max_body)
+        return self.served[""]
 
     async def app_for(self, name: str) -> Any:
         async with self.lock:  # one load per model, however many requests arrive for it at once
             if name not in self.served:
                 folder = self.folder_of(name)
-                self.served[name] = await asyncio.to_thread(self._load, name, folder)
+                try:
+                    self.served[name] = await asyncio.to_thread(self._load, name, folder)
+                except UserError as exc:  # a model that cannot be served (its files gone, say): final, so not a 5xx
+                    raise ServeError(400, f"The model '{name}' cannot be served: {exc}", param="model", code="model_not_available") from None
             return self.served[name]
 
     def folder_of(self, name: str) -> str:
@@ -306,6 +314,11 @@ def routes(store: ApiStore, catalogue: Catalogue, max_upload: int) -> FastAPI:
     @app.get("/v1/fine_tuning/jobs")
     async def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
         wanted = {k[len("metadata[") : -1]: v for k, v in request.query_params.multi_items() if k.startswith("metadata[") and k.endswith("]")}
+        for key in wanted:
+            if not METADATA_KEY.fullmatch(key):  # keys become a JSON path in the query: only plain ones
+                raise refuse(
+                    f"metadata filter key '{key[:64]}': use letters, digits, '_', '-', '.' (1-64 characters).", f"metadata[{key[:64]}]", "invalid_value"
+                )
         rows, more = store.list_jobs(wanted, after, limit)
         return {"object": "list", "data": [present(r) for r in rows], "has_more": more}
 
