@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tunesmith.export.pipeline import ExportResult
     from tunesmith.registry.runfolder import RunInfo
     from tunesmith.train.loop import TrainResult
-    from tunesmith.train.run.guards import Budget
+    from tunesmith.train.run.guards import Budget, Control
 
 WorkspaceLike = Workspace | str | Path | None
 
@@ -92,12 +92,27 @@ def run_spec(spec: RunSpec | Mapping[str, Any] | str | Path) -> RunSpec:
     return run_spec_from(copy.deepcopy(dict(spec)), "the spec given to tunesmith.train")
 
 
-def train(spec: RunSpec | Mapping[str, Any] | str | Path, *, workspace: WorkspaceLike = None, budget: Budget | None = None) -> TrainResult:
+def with_control(budget: Budget | None, control: Control | None) -> Budget | None:
+    """The budget carrying the caller's control: the loop asks both after every step."""
+    if control is None:
+        return budget
+    from dataclasses import replace
+
+    from tunesmith.train.run.guards import Budget
+
+    return replace(budget or Budget(), control=control)
+
+
+def train(
+    spec: RunSpec | Mapping[str, Any] | str | Path, *, workspace: WorkspaceLike = None, budget: Budget | None = None, control: Control | None = None
+) -> TrainResult:
     """Fine-tune a base model (`tunesmith train`): writes a run folder and registers the run.
 
     spec: a RunSpec, a dict like a run config, or a YAML file's path. budget: tunesmith.Budget(max_seconds,
     max_cost, price_per_hour); a run that reaches it stops with a checkpoint (status "stopped"), and
-    tunesmith.resume continues it. Returns a TrainResult: run_id, run_dir, status, best_metrics, info, history.
+    tunesmith.resume continues it. control: a tunesmith.train.run.guards.Control, told the run id and folder
+    once they exist and asked after every optimiser step whether to stop (a stop is checkpointed, status
+    "stopped", as a budget's). Returns a TrainResult: run_id, run_dir, status, best_metrics, info, history.
     Raises UserError on bad input before anything is written; TrainingFailed (a UserError) if training diverges.
     """
     from tunesmith.train.recipe import train as run_training
@@ -105,17 +120,17 @@ def train(spec: RunSpec | Mapping[str, Any] | str | Path, *, workspace: Workspac
 
     checked = run_spec(spec)
     check_installed(checked.train.report_to)
-    return run_training(checked, workspace_of(workspace), budget)
+    return run_training(checked, workspace_of(workspace), with_control(budget, control))
 
 
-def resume(run_ref: str | Path, *, workspace: WorkspaceLike = None, budget: Budget | None = None) -> TrainResult:
+def resume(run_ref: str | Path, *, workspace: WorkspaceLike = None, budget: Budget | None = None, control: Control | None = None) -> TrainResult:
     """Continue a stopped or interrupted run from its latest intact checkpoint, with its own config
-    (`tunesmith train --resume RUN`). run_ref: run id, the run's name, or its folder."""
+    (`tunesmith train --resume RUN`). run_ref: run id, the run's name, or its folder. control: as for train."""
     from tunesmith.train.resume import resumable_run
     from tunesmith.train.resume import resume as continue_run
 
     ws = workspace_of(workspace)
-    return continue_run(ws, resumable_run(ws, str(run_ref), None, {}), budget)
+    return continue_run(ws, resumable_run(ws, str(run_ref), None, {}), with_control(budget, control))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -1,13 +1,19 @@
-"""Where a job's process runs: on this machine (LocalExecutor, the jobs helper's) or on a Ray cluster
-(ray_executor.RayExecutor). The worker builds the command and its environment; an executor only runs it.
-
-(Only the protocol, as INTERFACES.md gives it; the jobs helper's branch holds the rest of this module.)"""
+"""Where a job's process runs: the Executor protocol and the local executor (a child process on this
+machine). The worker builds the command (`python -m tunesmith.api.runner JOB_ID`) and its environment;
+an executor only starts, watches and stops it. `--executor ray` hands it to Ray Jobs instead
+(ray_executor.py)."""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 State = Literal["running", "succeeded", "failed", "stopped", "unknown"]
+LOG_TAIL_BYTES = 4000
 
 
 class Executor(Protocol):
@@ -17,6 +23,79 @@ class Executor(Protocol):
 
     def state(self, handle: str) -> State: ...
 
-    def stop(self, handle: str) -> None: ...  # hard stop; a cancel/pause normally goes through the training control hook
+    def stop(self, handle: str) -> None: ...  # hard stop; cancel and pause go through the training control hook
 
     def logs(self, handle: str) -> str: ...  # the tail of the job process's output, for a failed job's error message
+
+
+class LocalExecutor:
+    """Each job a child process in a session of its own (a Ctrl-C meant for the server does not reach
+    it), its output in <log_dir>/<job id>.log. The handle is JSON {pid, log}: a worker started again
+    after a crash can still watch and read the process its predecessor started."""
+
+    name = "local"
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = Path(log_dir)
+        self.children: dict[int, subprocess.Popen] = {}
+
+    def start(self, job_id: str, command: list[str], env: dict[str, str]) -> str:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{job_id}.log"
+        with log.open("ab") as out:
+            child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children[child.pid] = child
+        return json.dumps({"pid": child.pid, "log": str(log)})
+
+    def state(self, handle: str) -> State:
+        pid = json.loads(handle)["pid"]
+        child = self.children.get(pid)
+        if child is None:  # started by an earlier worker process: alive or not is all that can be known
+            return "running" if _alive(pid) else "unknown"
+        code = child.poll()
+        if code is None:
+            return "running"
+        self.children.pop(pid, None)
+        return "succeeded" if code == 0 else "stopped" if code < 0 else "failed"
+
+    def stop(self, handle: str) -> None:
+        pid = json.loads(handle)["pid"]
+        try:
+            os.killpg(pid, signal.SIGKILL)  # its own session: the group is the job's process and anything it started
+        except (ProcessLookupError, PermissionError):
+            pass
+        child = self.children.pop(pid, None)
+        if child is not None:
+            child.wait()
+
+    def logs(self, handle: str) -> str:
+        log = Path(json.loads(handle)["log"])
+        try:
+            with log.open("rb") as source:
+                source.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
+                return source.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def executor_for(name: str, **options: Any) -> Executor:
+    """ "local" (the default, needs nothing) or "ray" (Ray Jobs; options: address)."""
+    if name == "local":
+        return LocalExecutor(options["log_dir"])
+    if name == "ray":
+        from tunesmith.api.ray_executor import RayExecutor  # owned by the ray executor's module; ray is an extra
+
+        return RayExecutor(address=options.get("address"))
+    from tunesmith.errors import UserError
+
+    raise UserError(f"unknown executor '{name}'", fix="use --executor local (this machine) or --executor ray (a Ray cluster)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tunesmith.cli.api import api_app, worker_cmd
 from tunesmith.cli.common import FORMAT_HELP, current_workspace
 from tunesmith.cli.data import data_app
 from tunesmith.cli.eval import eval_app
@@ -162,6 +163,8 @@ def _text_of(record: object) -> str | None:
 
 
 app.command("export")(export_cmd)  # after the commands that use a run in tunesmith: export takes it elsewhere
+app.add_typer(api_app, name="api")  # the service over all of the above
+app.command("worker")(worker_cmd)
 
 
 TRUST_FLAG = "--trust-remote-code"

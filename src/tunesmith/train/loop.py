@@ -296,6 +296,8 @@ class TrainingLoop:
         reason = self.budget.exceeded(self.elapsed(), step_seconds)
         if self.budget.limited:
             reason = distributed.share_from_main(reason)  # clocks differ per process; all must stop at the same step
+        # a caller's control steers single-process runs only (the jobs service); launched processes get flags
+        reason = reason or self.budget.requested_stop()
         if reason is None:
             return None
         if self.last_saved != self.step:

@@ -89,6 +89,8 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
     open_run_info(run_dir, spec, dataset, base_path)
     registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
+    if budget is not None:
+        budget.announce(run_id, run_dir)
     return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
 
 

@@ -101,6 +101,8 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
         truncate_metrics(run_dir / "metrics.jsonl", 0)
         prune_checkpoints(run_dir, set())
     distributed.share_from_main(checkpoint)
+    if budget is not None:
+        budget.announce(info.run_id, run_dir)
     replay = resolve_replay(spec, workspace)
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)

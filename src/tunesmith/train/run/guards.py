@@ -1,5 +1,5 @@
-"""What stops or warns a run besides reaching its last step: time and cost budgets, early
-stopping, overfitting, peak memory for the logs."""
+"""What stops or warns a run besides reaching its last step: time and cost budgets, a caller's
+stop request (Control), early stopping, overfitting, peak memory for the logs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,13 +15,28 @@ import torch
 from tunesmith.errors import UserError
 
 
+class Control:
+    """A caller that steers a run from outside (the jobs service): told the run's id and folder as soon as
+    they exist, and asked after every optimiser step whether to stop. A stop is a budget stop: the loop
+    checkpoints and the run ends "stopped", so `resume` continues it. This base class never stops."""
+
+    def on_start(self, run_id: str, run_dir: Path) -> None:
+        """The run folder exists (a new run) or is about to be continued (a resumed one)."""
+
+    def stop_requested(self) -> str | None:
+        """Why to stop after this step (it ends up as the run's stop_reason), or None to go on."""
+        return None
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Limits over the whole run, earlier sessions of a resumed run included."""
+    """Limits over the whole run, earlier sessions of a resumed run included. `control` rides along
+    because it is asked at the same moment and stops the same way; it is not part of the limits."""
 
     max_seconds: float | None = None
     max_cost: float | None = None
     price_per_hour: float | None = None
+    control: Control | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_seconds", "max_cost", "price_per_hour"):
@@ -33,6 +49,13 @@ class Budget:
     @property
     def limited(self) -> bool:
         return self.max_seconds is not None or self.max_cost is not None
+
+    def announce(self, run_id: str, run_dir: Path) -> None:
+        if self.control is not None:
+            self.control.on_start(run_id, run_dir)
+
+    def requested_stop(self) -> str | None:
+        return None if self.control is None else self.control.stop_requested()
 
     def exceeded(self, elapsed: float, last_step_seconds: float) -> str | None:
         """Why to stop now: another step like the last would end past a limit."""

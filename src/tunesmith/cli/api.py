@@ -1,0 +1,92 @@
+"""`tunesmith api`: the self-hosted OpenAI fine-tuning service (files, fine-tuning jobs, models, chat),
+with its worker; `tunesmith worker`: a worker alone (more slots, another machine sharing the workspace);
+`tunesmith api keys`: the keys the service asks for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from tunesmith.cli.common import current_workspace
+from tunesmith.ui import console
+
+EXECUTOR_HELP = "local (child processes on this machine, the default) or ray (Ray Jobs on the cluster at --ray-address or RAY_ADDRESS)"
+
+api_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Serve OpenAI's fine-tuning API (files, fine_tuning.jobs, models, chat.completions) over this workspace; see docs/api.md.",
+)
+
+
+@api_app.callback()
+def api_cmd(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="address to bind; the default answers this machine only"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=0, help="jobs trained at once (0: start no worker; run `tunesmith worker` yourself)"),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS)"),
+    max_upload_mb: float = typer.Option(512, "--max-upload-mb", min=0.001, help="largest file files.create accepts"),
+    base_model: list[Path] = typer.Option([], "--base-model", help="a model folder jobs may fine-tune, named by its folder's name (repeatable)"),
+) -> None:
+    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from tunesmith.api.app import create_api_app
+    from tunesmith.api.jobs import Catalogue
+
+    workspace = current_workspace()
+    catalogue = Catalogue(_model_folders(base_model))
+    app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20))
+    worker = _start_worker(workspace.home, workers, executor, ray_address, base_model) if workers else None
+    console.print(f"tunesmith api on http://{host}:{port}/v1 (workspace {workspace.home}; {workers} job(s) at once, executor {executor})")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def _model_folders(folders: list[Path]) -> list[Path]:
+    from tunesmith.errors import UserError
+
+    for folder in folders:
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--base-model {folder} is not a model folder (no config.json)", fix="give a Hugging Face model folder")
+    return folders
+
+
+def _start_worker(home: Path, slots: int, executor: str, ray_address: str | None, base_model: list[Path]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tunesmith", "worker", "--slots", str(slots), "--executor", executor]
+    command += ["--ray-address", ray_address] if ray_address else []
+    return subprocess.Popen(command, env={**os.environ, "TUNESMITH_HOME": str(home)})
+
+
+def worker_cmd(
+    slots: int = typer.Option(1, "--slots", min=1, help="jobs trained at once by this worker"),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS)"),
+) -> None:
+    """Take fine-tuning jobs from the workspace's queue (api.db) and train them; a job whose worker died is resumed."""
+    from tunesmith.api.executor import executor_for
+    from tunesmith.api.worker import Worker
+
+    workspace = current_workspace()
+    options = {"address": ray_address} if executor == "ray" else {"log_dir": workspace.home / "jobs"}
+    Worker(workspace, executor_for(executor, **options), slots).run_forever()
+
+
+try:  # the keys group lives in its own module (tunesmith.cli.api_keys)
+    from tunesmith.cli.api_keys import keys_app
+except ImportError:
+    keys_app = None
+if keys_app is not None:
+    api_app.add_typer(keys_app, name="keys")
