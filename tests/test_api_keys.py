@@ -8,24 +8,13 @@ import time
 import httpx
 import openai
 import pytest
-import typer
 from clihelp import run_cli
 from test_serve import running
 
 
 @pytest.fixture()
-def keys_cli(capsys, monkeypatch, home):
-    """`tunesmith api keys ...` through the real entry point. Until the jobs service registers the
-    `api` group, the keys group is mounted under it for the test alone."""
-    from typer.models import TyperInfo
-
-    from tunesmith.cli import app
-    from tunesmith.cli.api_keys import keys_app
-
-    if not any(group.name == "api" for group in app.registered_groups):
-        api = typer.Typer()
-        api.add_typer(keys_app, name="keys")
-        monkeypatch.setattr(app, "registered_groups", [*app.registered_groups, TyperInfo(api, name="api")])
+def keys_cli(capsys, home):
+    """`tunesmith api keys ...` through the real entry point."""
     return lambda *args: run_cli(capsys, "api", "keys", *args)
 
 

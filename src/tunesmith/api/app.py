@@ -23,16 +23,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.api.jobs import Catalogue, CreateJob, create_job, present, present_checkpoint, present_event, refuse
+from tunesmith.api.keys import KeyStore
 from tunesmith.api.store import ApiStore, api_db, now
 from tunesmith.errors import UserError
-from tunesmith.serve.app import _param_of
+from tunesmith.serve.app import Gate, _param_of
 from tunesmith.serve.protocol import ServeError, error_body
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.api")
 
 MAX_BODY_BYTES = 1 << 20
-OPEN_PATHS = frozenset({"/health"})
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -44,71 +44,7 @@ def create_api_app(workspace: Workspace, catalogue: Catalogue | None = None, *, 
     app = routes(store, catalogue, max_upload)
     chat = ChatRouter(app, store, catalogue, workspace, max_body)
     app.state.forget = chat.forget  # a deleted model's weights leave memory
-    return Gate(chat, key_store(workspace), max_body, max_upload)
-
-
-# ---------------------------------------------------------------- the gate: keys and body sizes
-
-
-def key_store(workspace: Workspace) -> Any:
-    """The API keys (tunesmith.api.keys), when that module is installed; without it no key is asked."""
-    try:
-        from tunesmith.api.keys import KeyStore
-    except ImportError:
-        return None
-    return KeyStore(api_db(workspace))
-
-
-def _refusal(status: int, message: str, code: str, type: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, type, None, code), status_code=status)
-
-
-class Gate:
-    """Pure ASGI: with any active key, every route but /health needs one; each body is counted as it
-    arrives and cut off past its limit (a body sent without Content-Length too)."""
-
-    def __init__(self, app: Any, keys: Any, max_body: int, max_upload: int):
-        self.app, self.keys, self.max_body, self.max_upload = app, keys, max_body, max_upload
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self.keys is not None and scope["path"] not in OPEN_PATHS and not await run_in_threadpool(self._authorised, headers):
-            return await _refusal(401, "Incorrect API key provided: send a valid key as 'Authorization: Bearer KEY'.", "invalid_api_key")(scope, receive, send)
-        limit = self.max_upload if scope["path"] == "/v1/files" else self.max_body
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await _too_large(limit)(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _too_large_error(limit)
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except ServeError as exc:  # raised by `counted` while the chat router read the body, before any answer
-            await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
-
-    def _authorised(self, headers: dict) -> bool:
-        if not self.keys.any_active():
-            return True
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and bool(token.strip()) and self.keys.verify(token.strip())
-
-
-def _too_large_error(limit: int) -> ServeError:
-    return ServeError(413, f"The request body is larger than this server accepts ({limit} bytes).", code="request_too_large")
-
-
-def _too_large(limit: int) -> JSONResponse:
-    exc = _too_large_error(limit)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return Gate(chat, keys=KeyStore(api_db(workspace)), max_body=max_body, path_limits={"/v1/files": max_upload})
 
 
 # ---------------------------------------------------------------- chat through the serving layer

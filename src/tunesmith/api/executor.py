@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 State = Literal["running", "succeeded", "failed", "stopped", "unknown"]
 LOG_TAIL_BYTES = 4000
@@ -86,16 +86,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def executor_for(name: str, **options: Any) -> Executor:
-    """ "local" (the default, needs nothing) or "ray" (Ray Jobs; options: address)."""
-    if name == "local":
-        return LocalExecutor(options["log_dir"])
-    if name == "ray":
-        from tunesmith.api.ray_executor import RayExecutor  # owned by the ray executor's module; ray is an extra
-
-        return RayExecutor(address=options.get("address"))
-    from tunesmith.errors import UserError
-
-    raise UserError(f"unknown executor '{name}'", fix="use --executor local (this machine) or --executor ray (a Ray cluster)")

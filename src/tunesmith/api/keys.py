@@ -24,17 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.workspace import Workspace
 
 KEY_PREFIX = "ts-"
 SHOWN_CHARS = 8  # "ts-" and five more: enough to tell keys apart in a list, far too few to guess the rest
 CACHE_SECONDS = 1.0  # a revoked key stops working within this long in a server that has it cached
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def api_db(workspace: Workspace) -> Path:
-    """The service's own database (files, jobs, keys): see INTERFACES.md; the jobs store owns the same path."""
-    return workspace.home / "api.db"
 
 
 @dataclass(frozen=True)

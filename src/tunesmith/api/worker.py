@@ -15,9 +15,10 @@ import sys
 import time
 from typing import Any
 
-from tunesmith.api.executor import Executor
+from tunesmith.api.executor import Executor, LocalExecutor
 from tunesmith.api.jobs import check_files
 from tunesmith.api.store import ApiStore, now
+from tunesmith.errors import UserError
 from tunesmith.workspace import Workspace
 
 LEASE_S = float(os.environ.get("TUNESMITH_API_LEASE_S", "30"))
@@ -91,3 +92,14 @@ class Worker:
                 self.store.update_job(job_id, status="failed", error=error, finished_at=now())
                 self.store.add_event(job_id, "failed", error["message"], level="error")
             self.store.release(job_id, self.id)  # a killed job's lease is free now: the next claim resumes it
+
+
+def executor_for(name: str, **options: Any) -> Executor:
+    """ "local" (the default, needs nothing) or "ray" (Ray Jobs; options: address)."""
+    if name == "local":
+        return LocalExecutor(options["log_dir"])
+    if name == "ray":
+        from tunesmith.api.ray_executor import RayExecutor  # owned by the ray executor's module; ray is an extra
+
+        return RayExecutor(address=options.get("address"))
+    raise UserError(f"unknown executor '{name}'", fix="use --executor local (this machine) or --executor ray (a Ray cluster)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from tunesmith.cli.api_keys import keys_app
 from tunesmith.cli.common import current_workspace
 from tunesmith.ui import console
 
@@ -76,17 +77,11 @@ def worker_cmd(
     ray_address: str | None = typer.Option(None, "--ray-address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS)"),
 ) -> None:
     """Take fine-tuning jobs from the workspace's queue (api.db) and train them; a job whose worker died is resumed."""
-    from tunesmith.api.executor import executor_for
-    from tunesmith.api.worker import Worker
+    from tunesmith.api.worker import Worker, executor_for
 
     workspace = current_workspace()
     options = {"address": ray_address} if executor == "ray" else {"log_dir": workspace.home / "jobs"}
     Worker(workspace, executor_for(executor, **options), slots).run_forever()
 
 
-try:  # the keys group lives in its own module (tunesmith.cli.api_keys)
-    from tunesmith.cli.api_keys import keys_app
-except ImportError:
-    keys_app = None
-if keys_app is not None:
-    api_app.add_typer(keys_app, name="keys")
+api_app.add_typer(keys_app, name="keys")

@@ -12,7 +12,8 @@ keys_app = typer.Typer(help="API keys of the fine-tuning service: while any key 
 
 
 def _store():
-    from tunesmith.api.keys import KeyStore, api_db
+    from tunesmith.api.keys import KeyStore
+    from tunesmith.api.store import api_db
 
     return KeyStore(api_db(current_workspace()))
 

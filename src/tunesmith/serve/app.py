@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -119,9 +119,11 @@ def key_check(api_key: str | None = None, keys: KeyCheck | Callable[[str], bool]
 
 class Gate:
     """Pure ASGI middleware (streaming responses pass through untouched): the API key, the body
-    size limit, and the request counter. `keys` (a KeyCheck, or a function secret -> bool) or one
+    size limits, and the request counter. `keys` (a KeyCheck, or a function secret -> bool) or one
     `api_key`; with neither, or while a KeyCheck has no active key, every route is open.
-    `metrics` and `max_body` may be None: nothing counted, no limit here (the app sets its own)."""
+    `max_body` (None: no limit here, the app sets its own) holds for every path but those in
+    `path_limits` (the jobs API's uploads are larger than its JSON bodies). A body is counted as it
+    arrives, so one sent without Content-Length is cut off at its limit too. `metrics` may be None."""
 
     def __init__(
         self,
@@ -130,8 +132,10 @@ class Gate:
         metrics: Metrics | None = None,
         max_body: int | None = None,
         keys: KeyCheck | Callable[[str], bool] | None = None,
+        path_limits: Mapping[str, int] | None = None,
     ):
-        self.app, self.keys, self.metrics, self.max_body = app, key_check(api_key, keys), metrics, max_body
+        self.app, self.keys, self.metrics = app, key_check(api_key, keys), metrics
+        self.max_body, self.path_limits = max_body, dict(path_limits or {})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -143,17 +147,20 @@ class Gate:
                 status["code"] = message["status"]
             await send(message)
 
+        limit = self.path_limits.get(scope["path"], self.max_body)
         try:
-            refusal = self._refusal(scope)
+            refusal = self._refusal(scope, limit)
             if refusal is not None:
                 await refusal(scope, receive, counted_send)
             else:
-                await self.app(scope, receive, counted_send)
+                await self.app(scope, _counted(receive, limit), counted_send)
+        except ServeError as exc:  # the body ran past its limit while a route read it, before any answer began
+            await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, counted_send)
         finally:
             if self.metrics is not None:
                 self.metrics.requests.labels(_route_label(scope["path"]), str(status["code"])).inc()
 
-    def _refusal(self, scope: dict) -> Response | None:
+    def _refusal(self, scope: dict, limit: int | None) -> Response | None:
         headers = dict(scope.get("headers") or [])
         if self.keys is not None and scope["path"] not in OPEN_PATHS and self.keys.any_active():
             given = headers.get(b"authorization", b"")
@@ -164,9 +171,35 @@ class Gate:
             if scheme.lower() != b"bearer" or not self.keys.verify(token.strip().decode("latin-1")):
                 return _error(401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length")
-        if self.max_body is not None and length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return _error(413, f"The request body is larger than this server accepts ({self.max_body} bytes).", code="request_too_large")
+        if limit is not None and length is not None and (not length.isdigit() or int(length) > limit):
+            return _too_large(limit)
         return None
+
+
+def _too_large(limit: int) -> JSONResponse:
+    exc = _too_large_error(limit)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _too_large_error(limit: int) -> ServeError:
+    return ServeError(413, f"The request body is larger than this server accepts ({limit} bytes).", code="request_too_large")
+
+
+def _counted(receive: Any, limit: int | None) -> Any:
+    """`receive`, raising a 413 once the body read so far passes `limit`."""
+    if limit is None:
+        return receive
+    seen = 0
+
+    async def counted() -> dict:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _too_large_error(limit)
+        return message
+
+    return counted
 
 
 def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> JSONResponse:
