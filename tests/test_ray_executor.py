@@ -111,3 +111,31 @@ def test_an_unreachable_cluster_is_named():
     with pytest.raises(UserError) as refused:
         RayExecutor(f"http://127.0.0.1:{free_port()}")
     assert "--ray-address" in refused.value.render() and "ray start --head" in refused.value.render()
+
+
+def test_the_service_runs_a_fine_tuning_job_on_the_ray_cluster(ray_address, tmp_path, tiny_model):
+    """`tunesmith api --executor ray`: the openai client's job trains as a Ray job, and its state,
+    events and fine-tuned model reach the API as with the local executor."""
+    from apiserver import all_events, running_api, training_file, wait_for
+
+    with running_api(tmp_path / "home", tiny_model, "--executor", "ray", "--ray-address", ray_address) as api:
+        client = api.client(max_retries=0)
+        with training_file(tmp_path, 30).open("rb") as handle:
+            uploaded = client.files.create(file=handle, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model=api.base,
+            training_file=uploaded.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+            extra_body={"evaluation": {"enabled": False}},
+        )
+        done = wait_for(client, job.id, {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done.status == "succeeded", done.error
+        steps = [e.data["step"] for e in all_events(client, job.id) if e.type == "metrics" and "train_loss" in e.data]
+        assert steps == list(range(1, len(steps) + 1)) and steps
+        from ray.job_submission import JobSubmissionClient
+
+        # the job really ran on the cluster, under the submission id derived from the job's
+        submitted = {info.submission_id for info in JobSubmissionClient(ray_address).list_jobs()}
+        assert f"tunesmith-{job.id}" in submitted
+        answer = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert answer.model == done.fine_tuned_model
