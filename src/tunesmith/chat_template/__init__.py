@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import torch
 
-from tunesmith.errors import UserError
 from tunesmith.chat_template.tools import conversation, supports_tools, uses_tools
+from tunesmith.errors import UserError
 
 IGNORE = -100
 

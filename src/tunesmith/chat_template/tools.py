@@ -59,11 +59,19 @@ def _native_message(message: dict) -> dict:
 
 _PROBE_TOOL = {
     "type": "function",
-    "function": {"name": "probe_tool_q7", "description": "probe_desc_q7", "parameters": {"type": "object", "properties": {"probe_arg_q7": {"type": "integer"}}}},
+    "function": {
+        "name": "probe_tool_q7",
+        "description": "probe_desc_q7",
+        "parameters": {"type": "object", "properties": {"probe_arg_q7": {"type": "integer"}}},
+    },
 }
 _PROBE = [
     {"role": "user", "content": "probe_question_q7"},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_q7", "type": "function", "function": {"name": "probe_tool_q7", "arguments": {"probe_arg_q7": 7}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_q7", "type": "function", "function": {"name": "probe_tool_q7", "arguments": {"probe_arg_q7": 7}}}],
+    },
     {"role": "tool", "tool_call_id": "call_q7", "content": "probe_result_q7"},
 ]
 
