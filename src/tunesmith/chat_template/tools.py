@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,22 +77,24 @@ _PROBE = [
 ]
 
 
+def renders_tools(render: Callable[[list[dict], list[dict]], str]) -> bool:
+    """Whether a template, given as render(messages, tools) -> text, shows the tools' definitions, the
+    calls' arguments and the tool answers (many accept `tools` and drop it, as SmolLM2's does)."""
+    try:
+        text = render(_PROBE, [_PROBE_TOOL])
+    except Exception:  # a template that refuses the tool role or the tools argument does not support them
+        return False
+    return all(mark in text for mark in ("probe_desc_q7", "probe_arg_q7", "probe_result_q7"))
+
+
 def supports_tools(tokenizer: Any) -> bool:
-    """Whether the tokenizer's own chat template renders tools, calls and tool answers."""
+    """Whether the tokenizer's own chat template renders tools (probed once per template)."""
     template = getattr(tokenizer, "chat_template", None)
-    return _renders_tools(tokenizer, template if isinstance(template, str) else json.dumps(template, sort_keys=True, default=str))
-
-
-def _renders_tools(tokenizer: Any, template: str) -> bool:
+    key = template if isinstance(template, str) else json.dumps(template, sort_keys=True, default=str)
     cache = tokenizer.__dict__.setdefault("_tunesmith_renders_tools", {})
-    if template not in cache:
-        try:
-            text = tokenizer.apply_chat_template(_PROBE, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=False)
-        except Exception:  # a template that refuses the tool role or the tools argument does not support them
-            cache[template] = False
-        else:
-            cache[template] = all(mark in text for mark in ("probe_desc_q7", "probe_arg_q7", "probe_result_q7"))
-    return cache[template]
+    if key not in cache:
+        cache[key] = renders_tools(lambda messages, tools: tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=False))
+    return cache[key]
 
 
 def call_block(name: str, arguments: Any) -> str:
