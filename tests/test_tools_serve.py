@@ -114,3 +114,25 @@ def test_evaluation_scores_the_caller_with_full_marks(caller):
     assert metrics["tool_name_accuracy"] == metrics["tool_arguments_exact_match"] == metrics["tool_arguments_schema_valid"] == 1.0
     assert metrics["tool_missed_call"] == metrics["tool_unwanted_call"] == 0.0
     assert rows[0]["reference"].startswith("<tool_call>") and rows[0]["tool_arguments_exact_match"] == 1.0
+
+
+def test_a_run_trained_on_tool_calls_is_evaluated_against_its_base(tmp_path, tiny_model):
+    """train on the tools dataset (the tiny model, a few LoRA steps) -> tunesmith.evaluate with the base:
+    report.json carries the tool-calling metrics for both, compared, with the task's headline."""
+    from toolfixtures import tools_home, varied_records
+
+    import tunesmith
+
+    ws = tools_home(tmp_path / "home", varied_records())
+    from tunesmith.config import RunSpec
+    from tunesmith.train.recipe import train
+
+    run = train(
+        RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tools"}, "train": {"max_steps": 2, "batch_size": 4}}), ws
+    ).info.run_id
+    tunesmith.evaluate(run, split="test", compare_base=True, settings={"max_new_tokens": 16, "perplexity": False}, workspace=ws.home)
+    report = json.loads((ws.run_dir(run) / "eval" / "report.json").read_text())
+    assert report["headline"]["test"] == {"metric": "tool_arguments_exact_match", "label": "tool-call exact match", "task": "tools"}
+    for model in ("base", "tuned"):
+        assert {"tool_name_accuracy", "tool_arguments_exact_match", "tool_missed_call", "tool_unwanted_call"} <= set(report["test"][model]["metrics"])
+    assert {"tool_name_accuracy", "tool_missed_call"} <= set(report["versus"]["test"]["base"])

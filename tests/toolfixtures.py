@@ -38,12 +38,6 @@ def chat_record() -> dict:
     return {"tools": [WEATHER], "messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": "Hello there!"}]}
 
 
-def tool_records(repeats: int) -> list[dict]:
-    """Each of a few conversations `repeats` times (ids differ; prepared with dedup off), so a tiny model learns them by heart."""
-    base = [weather_record(c) for c in CITIES] + [chat_record()]
-    return [{**r, "id": f"r{i}-{j}"} for i in range(repeats) for j, r in enumerate(base)]
-
-
 def tool_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: the tool template's pieces, so a call is a few tokens."""
     from tunesmith.chat_template.tools import call_block, tools_system_text
@@ -52,17 +46,27 @@ def tool_corpus() -> list[str]:
     return [tools_system_text([WEATHER]), *calls, "Say hello", "Hello there!", *(f"What is the weather in {c}?" for c in CITIES)] * 20
 
 
-def tools_home(folder: Path, repeats: int = 8):
-    """A workspace holding the `tools` dataset (dedup off, everything in train and validation alike)."""
+def varied_records() -> list[dict]:
+    """Distinct conversations (a call per city, a greeting per name), so every split gets its own."""
+    cities = ["Paris", "Rome", "Oslo", "Lima", "Kyiv", "Bern", "Riga", "Baku", "Doha", "Suva", "Lome", "Male"]
+    greetings = [
+        {"tools": [WEATHER], "messages": [{"role": "user", "content": f"Say hello to {n}"}, {"role": "assistant", "content": f"Hello {n}!"}]}
+        for n in ("Ann", "Bo", "Cy", "Di")
+    ]
+    return [weather_record(c, answered=i % 2 == 0) for i, c in enumerate(cities)] + greetings
+
+
+def tools_home(folder: Path, records: list[dict]):
+    """A workspace holding `records` as the `tools` dataset (dedup off, split 60/20/20)."""
     from tunesmith.config import PrepareSpec
     from tunesmith.data.dataset import prepare_dataset
     from tunesmith.workspace import Workspace
 
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "tools.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in tool_records(repeats)), encoding="utf-8")
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     workspace = Workspace.from_env(folder)
-    prepare_dataset(source, workspace, name="tools", seed=0, ratios=(0.8, 0.1, 0.1), options=PrepareSpec(pii="off", dedup=False, near_dedup=False))
+    prepare_dataset(source, workspace, name="tools", seed=0, ratios=(0.6, 0.2, 0.2), options=PrepareSpec(pii="off", dedup=False, near_dedup=False))
     return workspace
 
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tunesmith.data.toolcalls import check_calls
+
 Severity = Literal["error", "warning"]
 Found = list[tuple[str, str, Severity]]
 # ShareGPT's role names -> ours.
@@ -140,7 +142,5 @@ def _check_fields(record: dict, fmt: str) -> Found:
 def check_record(record: dict, fmt: str) -> Found:
     """Every problem of one record already known to be in format `fmt`."""
     if fmt == "messages":
-        from tunesmith.data.toolcalls import check_calls
-
         return _check_turns(record, TURNS[fmt]) + check_calls(record)
     return _check_turns(record, TURNS[fmt]) if fmt in TURNS else _check_fields(record, fmt)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-from tunesmith.data.records import Found
+# (code, message, severity), as data.records lists a record's problems (which imports this module).
+Found = list[tuple[str, str, Literal["error", "warning"]]]
 
 # Message keys the chat format reads besides role, content and weight.
 TOOL_MESSAGE_KEYS = frozenset({"tool_calls", "tool_call_id", "function_call", "name"})
