@@ -244,7 +244,7 @@ def _add_spelling(groups: _Groups, text: str, example_id: str) -> None:
 
 
 def _answers(example: Example) -> list[str]:
-    return [m.content for m in example.messages if m.role == "assistant"]
+    return [m.content for m in example.messages if m.role == "assistant" and not m.tool_calls]  # a calling turn's text is no answer to lint
 
 
 def list_styles(text: str) -> set[str]:
