@@ -284,3 +284,23 @@ def test_loaded_file_keeps_tools_for_evaluation(tmp_path):
     examples, fmt = load_examples(write_jsonl(tmp_path / "w.jsonl", [weather_record("Paris"), chat_record()]))
     assert fmt == "messages" and all(e.tools_json() == [WEATHER] for e in examples)
     assert examples[0].reference_calls[0].function.arguments == '{"city": "Paris"}' and examples[1].reference_calls is None
+
+
+def test_streamed_answer_holds_back_call_text_and_sends_calls_as_openai_does():
+    from tunesmith.serve.tools import CallStream, Offer
+
+    offered = Offer(tools=[WEATHER])
+    text = "Let me check. " + call_block("get_weather", {"city": "Paris"})
+    stream = CallStream(offered)
+    deltas = [d for i in range(0, len(text), 3) for d in stream.push(text[i : i + 3])]
+    assert "".join(d["content"] for d in deltas) == "Let me check. "  # nothing of the call leaked as content
+    last, reason = stream.finish("stop")
+    assert reason == "tool_calls"
+    head, body = last
+    assert head["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""} and head["tool_calls"][0]["id"].startswith("call_")
+    assert body == {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]}
+    # A '<' that opens no call is sent once it is known not to; text stays text.
+    plain = CallStream(offered)
+    sent = [d for piece in ("1 <", " 2", " done") for d in plain.push(piece)]
+    assert "".join(d["content"] for d in sent) + "".join(d["content"] for d in plain.finish("stop")[0]) == "1 < 2 done"
+    assert plain.finish("length")[1] == "length"
