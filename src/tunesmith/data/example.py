@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class _Omitting(BaseModel):
-    """Optional fields left out of dumps when unset (None)."""
+def _unset(value: Any) -> bool:
+    return value is None
 
-    @model_serializer(mode="wrap")
-    def _without_unset(self, handler: Any) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items() if value is not None or key in self._always}
 
-    _always: ClassVar[frozenset[str]] = frozenset()
+def Optional(default: Any = None) -> Any:  # noqa: N802 - reads as a type in the field lists below
+    """An optional field left out of dumps when unset (None), so records without it are written as before."""
+    return Field(default, exclude_if=_unset)
 
 
 class FunctionCall(BaseModel):
@@ -43,12 +42,12 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class FunctionDef(_Omitting):
+class FunctionDef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    description: str | None = Optional()
+    parameters: dict[str, Any] | None = Optional()
+    strict: bool | None = Optional()
 
 
 class Tool(BaseModel):
@@ -57,16 +56,14 @@ class Tool(BaseModel):
     function: FunctionDef
 
 
-class Message(_Omitting):
+class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: Role
     content: str
     # 0 keeps an assistant turn as context only (OpenAI's per-message weight); 1 trains on it.
     weight: float | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-
-    _always: ClassVar[frozenset[str]] = frozenset({"weight"})  # written as null, as it always was
+    tool_calls: list[ToolCall] | None = Optional()
+    tool_call_id: str | None = Optional()
 
     def calls_key(self) -> list[Any]:
         """The calls as comparable data (arguments parsed, so key order and spacing do not count)."""
@@ -80,17 +77,15 @@ def _parsed_or_text(arguments: str) -> Any:
         return arguments
 
 
-class Example(_Omitting):
+class Example(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
     messages: list[Message]
     label: str | None = None
     weight: float = 1.0
     meta: dict[str, Any] = Field(default_factory=dict)
-    tools: list[Tool] | None = None
-    parallel_tool_calls: bool | None = None
-
-    _always: ClassVar[frozenset[str]] = frozenset({"label"})
+    tools: list[Tool] | None = Optional()
+    parallel_tool_calls: bool | None = Optional()
 
     @property
     def prompt_messages(self) -> list[Message]:
