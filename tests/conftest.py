@@ -14,7 +14,7 @@ CHATML = (
 )
 
 
-def build_tiny_model(folder: Path, corpus: list[str], vocab_size: int = 400) -> Path:
+def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
     """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on `corpus`; pad == eos
     (as in SmolLM2), the setting that silently stops models from learning to end their turn."""
     import torch
@@ -25,7 +25,7 @@ def build_tiny_model(folder: Path, corpus: list[str], vocab_size: int = 400) -> 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
