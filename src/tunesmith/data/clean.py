@@ -173,12 +173,13 @@ def _map_text(example: Example, fix: Callable[[str], str]) -> Example:
 
 
 def _with_content(message: Message, content: str) -> Message:
-    return message if content == message.content else Message(role=message.role, content=content, weight=message.weight)
+    # model_copy keeps the turn's tool calls and tool_call_id: only its text is repaired.
+    return message if content == message.content else message.model_copy(update={"content": content})
 
 
 def _has_content(example: Example) -> bool:
     """Something to answer and something to learn: a non-empty user turn and a non-empty answer."""
-    roles = {m.role for m in example.messages if m.content.strip()}
+    roles = {m.role for m in example.messages if m.content.strip() or m.tool_calls}
     return {"user", "assistant"} <= roles
 
 
@@ -243,7 +244,7 @@ def _add_spelling(groups: _Groups, text: str, example_id: str) -> None:
 
 
 def _answers(example: Example) -> list[str]:
-    return [m.content for m in example.messages if m.role == "assistant"]
+    return [m.content for m in example.messages if m.role == "assistant" and not m.tool_calls]  # a calling turn's text is no answer to lint
 
 
 def list_styles(text: str) -> set[str]:

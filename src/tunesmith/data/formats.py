@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from tunesmith.data.example import Example, Message
+from tunesmith.data.example import Example, Message, Tool
 from tunesmith.data.records import SHAREGPT_ROLES, check_record
+from tunesmith.data.toolcalls import check_calls, has_tools, normalise
 from tunesmith.errors import ProblemList, UserError
 
 FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"]
@@ -340,6 +341,11 @@ def _scalar_text(record: dict, key: str) -> str:
 
 
 def _from_messages(record: dict) -> list[Message]:
+    if has_tools(record):
+        errors = [message for _, message, severity in check_calls(record) if severity == "error"]
+        if errors:
+            raise ValueError(errors[0])
+        record = normalise(record)
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' must be a non-empty list of {role, content} objects")
@@ -464,7 +470,13 @@ def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     label = record.get("label")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
     check_limits(messages, meta)
-    return Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
+    example = Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
+    if fmt == "messages" and has_tools(record):
+        # The tools were checked with the messages (check_calls); only their shape is read here.
+        normalised = normalise(record)
+        example.tools = [Tool.model_validate(tool) for tool in normalised["tools"]] if normalised.get("tools") else None
+        example.parallel_tool_calls = normalised.get("parallel_tool_calls")
+    return example
 
 
 def check_format_name(fmt: str | None) -> FormatName | None:

@@ -603,9 +603,31 @@ def _meta_fields(value: Any, where: str) -> Iterator[TextField]:
             yield from _meta_fields(item, f"{where}[{index}]")
 
 
+def _argument_values(value: Any, where: str) -> Iterator[TextField]:
+    """The string values of a call's arguments; the keys are the function's parameter names, not personal data."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _argument_values(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _argument_values(item, f"{where}[{index}]")
+
+
+def _call_fields(index: int, message: Any) -> Iterator[TextField]:
+    for number, call in enumerate(message.tool_calls or ()):
+        try:
+            arguments = json.loads(call.function.arguments)
+        except (ValueError, RecursionError):  # validation refuses these; a scan still reads the text
+            arguments = call.function.arguments
+        yield from _argument_values(arguments, f"messages[{index}].tool_calls[{number}].arguments")
+
+
 def text_fields(example: Example) -> list[TextField]:
     """Every string an example carries, with where it sits: what a scrub must cover."""
     fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
+    fields += [field for i, m in enumerate(example.messages) for field in _call_fields(i, m)]
     if example.label is not None:
         fields.append(("label", example.label))
     fields += list(_meta_fields(example.meta, "meta"))
@@ -698,9 +720,40 @@ class Scrubber:
             # Ids name examples in reports and reviews: a scrubbed id stays unique with a number.
             self.ids_rewritten += 1
             new_id = f"{new_id}-{self.ids_rewritten}"
-        messages = [m if not self.spans(m.content) else m.model_copy(update={"content": self.scrub_text(m.content)}) for m in example.messages]
+        messages = [self._redacted_message(m) for m in example.messages]
         label = None if example.label is None else self.scrub_text(example.label)
         return example.model_copy(update={"id": new_id, "messages": messages, "label": label, "meta": self._scrub_value(example.meta)})
+
+    def _redacted_message(self, message: Any) -> Any:
+        update: dict[str, Any] = {}
+        if self.spans(message.content):
+            update["content"] = self.scrub_text(message.content)
+        if message.tool_calls:
+            calls = [self._redacted_call(call) for call in message.tool_calls]
+            if calls != message.tool_calls:
+                update["tool_calls"] = calls
+        return message.model_copy(update=update) if update else message
+
+    def _redacted_call(self, call: Any) -> Any:
+        """The call with personal data replaced inside its argument values, re-serialised: the
+        arguments stay JSON (a scrub of the raw text could cut through quotes and escapes)."""
+        try:
+            arguments = json.loads(call.function.arguments)
+        except (ValueError, RecursionError):
+            return call
+        if not any(self.spans(text) for _, text in _argument_values(arguments, "")):
+            return call
+        scrubbed = json.dumps(self._scrub_leaves(arguments), ensure_ascii=False)
+        return call.model_copy(update={"function": call.function.model_copy(update={"arguments": scrubbed})})
+
+    def _scrub_leaves(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub_text(value)
+        if isinstance(value, dict):
+            return {key: self._scrub_leaves(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._scrub_leaves(item) for item in value]
+        return value
 
     def _record(self, example_id: str, found: list[tuple[str, list[PiiSpan]]]) -> None:
         report = self.report
@@ -712,7 +765,7 @@ class Scrubber:
                 if text in seen or len(seen) < MAX_EXAMPLES_COUNTED:
                     seen[text] += 1
                 if len(report.locations) < MAX_LOCATIONS:
-                    index = int(where[9:-1]) if where.startswith("messages[") else None
+                    index = int(where[9 : where.index("]")]) if where.startswith("messages[") else None
                     report.locations.append(PiiLocation(example_id=example_id, field=where, message_index=index, type=span.type))
 
     def finish(self) -> PiiReport:

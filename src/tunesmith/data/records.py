@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tunesmith.data.toolcalls import check_calls
+
 Severity = Literal["error", "warning"]
 Found = list[tuple[str, str, Severity]]
 # ShareGPT's role names -> ours.
@@ -20,11 +22,18 @@ class _TurnSpec:
     list_key: str
     role_key: str
     content_key: str
-    roles: dict[str, str]  # the file's role name -> system | user | assistant
+    roles: dict[str, str]  # the file's role name -> system | user | assistant (| tool)
+    extra_keys: frozenset[str] = frozenset()  # keys a turn may carry besides role, content and weight
 
 
 TURNS = {
-    "messages": _TurnSpec("messages", "role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+    "messages": _TurnSpec(
+        "messages",
+        "role",
+        "content",
+        {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"},
+        frozenset({"tool_calls", "tool_call_id", "function_call", "name"}),
+    ),
     "sharegpt": _TurnSpec("conversations", "from", "value", SHAREGPT_ROLES),
 }
 # Fields that must be non-empty text (or, for a label, a number) per non-chat format.
@@ -58,15 +67,21 @@ def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
     if not isinstance(turn, dict):
         return [("message_missing_key", f'{where} is not an object; write {{"{spec.role_key}": ..., "{spec.content_key}": ...}}', "error")]
     found: Found = []
-    missing = [key for key in (spec.role_key, spec.content_key) if key not in turn]
+    # An assistant turn that calls a tool may have no text (OpenAI sends content null), and a tool's answer may be empty.
+    calls = turn.get("tool_calls") or turn.get("function_call")
+    tool_answer = spec.roles.get(turn.get(spec.role_key)) == "tool" if isinstance(turn.get(spec.role_key), str) else False
+    text_optional = bool(calls) or tool_answer
+    missing = [key for key in (spec.role_key, spec.content_key) if key not in turn and not (key == spec.content_key and calls)]
     if missing:
         found.append(("message_missing_key", f"{where} has no '{', '.join(missing)}'; every turn needs {spec.role_key} and {spec.content_key}", "error"))
-    unknown = sorted(map(str, set(turn) - {spec.role_key, spec.content_key, "weight"}))
+    # `name` is the legacy function answer's (and older tool answers') link to its call; on other turns it means nothing here.
+    known = {spec.role_key, spec.content_key, "weight", *(spec.extra_keys - ({"name"} if not tool_answer else set()))}
+    unknown = sorted(map(str, set(turn) - known))
     if unknown:
         found.append(
             (
                 "message_unrecognized_key",
-                f"{where} has key(s) {', '.join(unknown)}; tunesmith reads only {spec.role_key}, {spec.content_key} and weight: remove them",
+                f"{where} has key(s) {', '.join(unknown)}; tunesmith reads only {', '.join(sorted(known))}: remove them",
                 "error",
             )
         )
@@ -74,7 +89,10 @@ def _check_turn(turn: Any, where: str, spec: _TurnSpec) -> Found:
     if spec.role_key in turn and (not isinstance(role, str) or role not in spec.roles):
         found.append(("unrecognized_role", f"{where}.{spec.role_key} is {json.dumps(role)[:40]}; use one of {', '.join(spec.roles)}", "error"))
     content = turn.get(spec.content_key)
-    if spec.content_key in turn and (not isinstance(content, str) or _blank(content)):
+    if text_optional:
+        if content is not None and not isinstance(content, str):
+            found.append(("missing_content", f"{where}.{spec.content_key} must be text or null", "error"))
+    elif spec.content_key in turn and (not isinstance(content, str) or _blank(content)):
         found.append(
             (
                 "missing_content",
@@ -123,4 +141,6 @@ def _check_fields(record: dict, fmt: str) -> Found:
 
 def check_record(record: dict, fmt: str) -> Found:
     """Every problem of one record already known to be in format `fmt`."""
+    if fmt == "messages":
+        return _check_turns(record, TURNS[fmt]) + check_calls(record)
     return _check_turns(record, TURNS[fmt]) if fmt in TURNS else _check_fields(record, fmt)

@@ -110,12 +110,20 @@ class Rows:
             messages = record["messages"]
             if prompt_only and messages and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
-            yield "\n".join(m["content"] for m in messages if m["role"] != "system")
+            yield "\n".join(_turn_text(m) for m in messages if m["role"] != "system")
 
     def close(self) -> None:
         self._writer.close()
         if self._reader is not None:
             self._reader.close()
+
+
+def _turn_text(message: dict) -> str:
+    """A turn's text and its calls (name and arguments): two conversations that differ only in a call's arguments are not near-duplicates."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    return "\n".join([message["content"], *(f"{c['function']['name']} {c['function']['arguments']}" for c in calls)]).strip()
 
 
 def _number(ids: dict[str, int], names: list[str], value: str | None) -> int:

@@ -201,7 +201,7 @@ class _FileChecker:
             for code, message in self.lengths.check(example):
                 self.report.add(line, code, message, "warning")
         self.labels.add(example.label)
-        self.style.add(line, example.reference)
+        self.style.add(line, None if example.reference_calls else example.reference)  # a call is not an answer's style
         if fmt in TURNS:
             self.system.add(line, any(m.role == "system" for m in example.messages))
         if self.personal is not None:

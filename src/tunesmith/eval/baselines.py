@@ -30,9 +30,8 @@ def few_shot(examples: list[Example], train: list[Example], k: int, seed: int = 
     if len(usable) < k:
         raise UserError(f"the few-shot baseline needs {k} training examples with an answer; the train split has {len(usable)}", fix="lower --shots")
     shots = random.Random(seed).sample(usable, k)
-    turns = [
-        Message(role=m.role, content=m.content, weight=0.0 if m.role == "assistant" else None) for shot in shots for m in shot.messages if m.role != "system"
-    ]
+    # model_copy keeps a shot's tool calls and tool answers with its turns.
+    turns = [m.model_copy(update={"weight": 0.0 if m.role == "assistant" else None}) for shot in shots for m in shot.messages if m.role != "system"]
     out = []
     for example in examples:
         system = [m for m in example.messages if m.role == "system"]

@@ -18,6 +18,7 @@ import numpy as np
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import definition, metric_label
 from tunesmith.eval.significance import changed_examples, compare_paired
+from tunesmith.eval.toolcalls import TOOL_METRICS
 
 N_BOOT = 1000
 ALPHA = 0.05
@@ -33,6 +34,7 @@ PER_EXAMPLE = (
     "length_chars",
     "length_words",
     "ref_nll",
+    *TOOL_METRICS,
 )
 
 Rows = list[dict[str, Any]]

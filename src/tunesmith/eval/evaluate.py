@@ -17,6 +17,7 @@ from tunesmith.data.example import Example
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import aggregate, compute_metrics, example_scores, resolve_metric_names, score_example
 from tunesmith.eval.results import Staged, record_evaluation
+from tunesmith.eval.toolcalls import reference_text
 from tunesmith.models.artefact import load_base, load_tuned
 from tunesmith.models.generate import generate_batched
 from tunesmith.registry.runfolder import RunInfo, find_run, load_run_info, read_config
@@ -41,24 +42,26 @@ def evaluate_model(model: Any, tokenizer: Any, examples: list[Example], spec: Ev
             top_p=spec.top_p,
             seed=spec.seed,
         )
-    references = [e.reference or "" for e in examples]
+    # A final turn that calls tools is referred to as the tool template writes its calls (eval/toolcalls.py).
+    references = [reference_text(e) or "" for e in examples]
+    tools = [e.tools_json() for e in examples] if any(e.tools for e in examples) else None
     names = resolve_metric_names(spec.metrics, references)
-    per_example = example_scores(outputs, references, names)
+    per_example = example_scores(outputs, references, names, tools=tools)
     rows = []
-    for example, output, extra in zip(examples, outputs, per_example):
+    for example, output, reference, extra in zip(examples, outputs, references, per_example):
         prompt = example.prompt_messages[-1].content if example.prompt_messages else ""
         rows.append(
             {
                 "id": example.id,
                 "prompt": prompt,
-                "reference": example.reference,
+                "reference": reference,
                 "prediction": output,
                 **extra,
-                **score_example(output, example.reference or "", example.label),
+                **score_example(output, reference, example.label),
             }
         )
     metrics = aggregate(rows, seconds)
-    corpus = compute_metrics(outputs, references, names, custom=spec.custom_metrics)
+    corpus = compute_metrics(outputs, references, names, custom=spec.custom_metrics, tools=tools)
     metrics.update({k: round(float(v), 4) for k, v in corpus.items() if isinstance(v, (int, float))})
     if spec.perplexity:
         from tunesmith.eval.perplexity import perplexity, reference_nll

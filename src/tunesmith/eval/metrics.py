@@ -25,6 +25,7 @@ from typing import Any
 from sklearn.metrics import f1_score
 
 from tunesmith.errors import UserError
+from tunesmith.eval.toolcalls import is_tool_task, score_calls, tool_call_metrics
 
 INVALID = "<invalid>"
 HEADLINE = ("exact_match", "valid_json", "label_macro_f1", "examples_per_s")
@@ -69,6 +70,8 @@ _DEFINITIONS = [
             "recall_micro",
         )
     ),
+    *(MetricDefinition(n, "higher", "quality") for n in ("tool_name_accuracy", "tool_arguments_exact_match", "tool_arguments_schema_valid")),
+    *(MetricDefinition(n, "lower", "quality") for n in ("tool_missed_call", "tool_unwanted_call")),
     MetricDefinition("perplexity", "lower", "quality"),
     MetricDefinition("ref_nll", "lower", "quality"),
     MetricDefinition("examples_per_s", "higher", "speed"),
@@ -92,6 +95,7 @@ TASK_HEADLINE = {
     "fields": ("exact_match",),
     "classification": ("label_macro_f1", "f1_macro", "accuracy", "exact_match"),
     "text": ("rougeL", "chrf", "bleu", "exact_match"),
+    "tools": ("tool_arguments_exact_match", "tool_name_accuracy", "exact_match"),
 }
 HEADLINE_NAMES = {
     "exact_match": "exact match",
@@ -102,6 +106,8 @@ HEADLINE_NAMES = {
     "f1_macro": "macro-F1",
     "accuracy": "accuracy",
     "field_accuracy": "field accuracy",
+    "tool_arguments_exact_match": "tool-call exact match",
+    "tool_name_accuracy": "tool name accuracy",
 }
 
 
@@ -384,6 +390,7 @@ METRICS: dict[str, Callable[[list[str], list[str], Options], dict[str, MetricVal
     "field_accuracy": _field_accuracy,
     "json_schema": _json_schema,
     "length": _length,
+    "tool_calls": tool_call_metrics,
 }
 # Other names users reach for, and the metric that answers them.
 ALIASES = {
@@ -401,17 +408,22 @@ ALIASES = {
     "schema_valid": "json_schema",
     "fields": "field_accuracy",
     "confusion": "confusion_matrix",
+    "tools": "tool_calls",
+    "tool_call": "tool_calls",
 }
 TASK_METRICS = {
     "json": ["exact_match", "valid_json", "field_accuracy"],
     "fields": ["exact_match", "field_accuracy"],
     "classification": ["accuracy", "f1", "confusion_matrix"],
     "text": ["exact_match", "rouge", "bleu", "chrf", "length"],
+    "tools": ["exact_match", "tool_calls"],
 }
 
 
 def detect_task(references: list[str], labels: list[str] | None = None) -> str:
-    """json | fields | classification | text, from the references alone (or classification when labels are given)."""
+    """tools | json | fields | classification | text, from the references alone (or classification when labels are given)."""
+    if is_tool_task(references):
+        return "tools"
     if references and all(parse_json_object(r) is not None for r in references):
         return "json"
     if references and all(parse_fields(r) is not None for r in references):
@@ -457,6 +469,7 @@ def compute_metrics(
     labels: list[str] | None = None,
     json_schema: dict[str, Any] | str | Path | None = None,
     custom: str | list[str] | None = None,
+    tools: list[list[dict] | None] | None = None,
 ) -> dict[str, MetricValue]:
     """Score predictions against references (same order, same length).
 
@@ -464,6 +477,8 @@ def compute_metrics(
     per-field accuracy; a classification gets accuracy, precision/recall/F1 and the confusion
     matrix; free text gets exact_match, ROUGE, BLEU, chrF and length. A schema (dict or file)
     adds schema_valid; `custom` ("module:function", or several) adds the function's value(s).
+    References holding tool calls get the tool-calling metrics (eval/toolcalls.py); `tools`, each
+    example's tool definitions, adds their schema validity.
     Scalars are plain floats; per-class numbers and the confusion matrix are nested dicts.
     """
     if len(predictions) != len(references):
@@ -472,7 +487,7 @@ def compute_metrics(
         raise UserError("nothing to score: no predictions", fix="give at least one prediction and its reference")
     preds, refs = [str(p) for p in predictions], [str(r) for r in references]
     schema = load_json_schema(Path(json_schema)) if isinstance(json_schema, (str, Path)) else json_schema
-    opts: Options = {"labels": labels, "json_schema": schema}
+    opts: Options = {"labels": labels, "json_schema": schema, "tools": tools}
     out: dict[str, MetricValue] = {}
     for name in resolve_metric_names(names, refs, labels=labels, json_schema=schema):
         out.update(METRICS[name](preds, refs, opts))
@@ -539,7 +554,13 @@ def run_custom_metric(spec: str, predictions: list[str], references: list[str]) 
 
 
 def example_scores(
-    predictions: list[str], references: list[str], names: list[str], *, labels: list[str] | None = None, json_schema: dict[str, Any] | None = None
+    predictions: list[str],
+    references: list[str],
+    names: list[str],
+    *,
+    labels: list[str] | None = None,
+    json_schema: dict[str, Any] | None = None,
+    tools: list[list[dict] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per example with the per-example side of the chosen metrics (corpus-only ones, BLEU and chrF, are left out)."""
     rows: list[dict[str, Any]] = [{} for _ in predictions]
@@ -566,4 +587,7 @@ def example_scores(
     if "length" in names:
         for row, pred in zip(rows, predictions):
             row.update(length_chars=len(pred), length_words=len(pred.split()))
+    if "tool_calls" in names:
+        for row, pred, ref, declared in zip(rows, predictions, references, tools or [None] * len(rows)):
+            row.update(score_calls(pred, ref, declared))
     return rows

@@ -40,6 +40,7 @@ from tunesmith.serve.protocol import (
     now,
     usage,
 )
+from tunesmith.serve.tools import CallStream, Offer, answer, offer
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -308,10 +309,11 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
         messages = [m.for_template() for m in req.messages]
         if served.system and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": served.system})  # the run was trained with it (docs/serve.md)
-        prompt_ids = served.encode(served.render(messages))
+        offered = offer(req)
+        prompt_ids = served.encode(served.render(messages, tools=offered.tools) + offered.prefix)
         sampling = _sampling(req, req.token_limit(), len(prompt_ids), served.context_length, "messages")
         prompts = [prompt_ids]
-        return await _answer(served, req, prompts, sampling, started, chat=True)
+        return await _answer(served, req, prompts, sampling, started, chat=True, offered=offered)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -326,7 +328,7 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
         sampling = _sampling(req, req.token_limit(), longest, served.context_length, "prompt")
         return await _answer(served, req, prompts, sampling, started, chat=False)
 
-    async def _answer(served: Served, req: Any, prompts: list[list[int]], sampling: Sampling, started: float, chat: bool) -> Any:
+    async def _answer(served: Served, req: Any, prompts: list[list[int]], sampling: Sampling, started: float, chat: bool, offered: Offer | None = None) -> Any:
         route = "/v1/chat/completions" if chat else "/v1/completions"
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -381,13 +383,18 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
             finally:
                 cancel_all()
             metrics.latency.labels(route).observe(time.perf_counter() - started)
-            build = chat_completion if chat else completion
-            return build(rid, req.model, list(zip(texts, reasons, strict=True)), prompt_tokens, generated)
+            if chat:
+                choices = [answer(text, reason, offered or Offer()) for text, reason in zip(texts, reasons, strict=True)]
+                return chat_completion(rid, req.model, choices, prompt_tokens, generated)
+            return completion(rid, req.model, list(zip(texts, reasons, strict=True)), prompt_tokens, generated)
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def sse(data: dict[str, Any]) -> str:
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        # With tools offered, each choice's text goes through a CallStream: calls leave as delta.tool_calls.
+        calls = [CallStream(offered) for _ in jobs] if chat and offered is not None and offered.tools is not None else None
 
         async def stream() -> AsyncIterator[str]:
             generated = 0
@@ -400,17 +407,24 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                     index, ev = await events.get()
                     note(ev)
                     if ev.kind == "delta" and ev.text:
-                        yield sse(
-                            chat_chunk(rid, req.model, created, index, {"content": ev.text}, None)
-                            if chat
-                            else completion_chunk(rid, req.model, created, index, ev.text, None)
-                        )
+                        if calls is not None:
+                            for delta in calls[index].push(ev.text):
+                                yield sse(chat_chunk(rid, req.model, created, index, delta, None))
+                        else:
+                            yield sse(
+                                chat_chunk(rid, req.model, created, index, {"content": ev.text}, None)
+                                if chat
+                                else completion_chunk(rid, req.model, created, index, ev.text, None)
+                            )
                     elif ev.kind == "done":
                         pending, generated = pending - 1, generated + ev.tokens
+                        reason = ev.finish_reason
+                        if calls is not None:
+                            last, reason = calls[index].finish(ev.finish_reason or "stop")
+                            for delta in last:
+                                yield sse(chat_chunk(rid, req.model, created, index, delta, None))
                         yield sse(
-                            chat_chunk(rid, req.model, created, index, {}, ev.finish_reason)
-                            if chat
-                            else completion_chunk(rid, req.model, created, index, "", ev.finish_reason)
+                            chat_chunk(rid, req.model, created, index, {}, reason) if chat else completion_chunk(rid, req.model, created, index, "", reason)
                         )
                     elif ev.kind == "error":
                         yield sse(error_body("The server had an error while processing your request.", "server_error"))

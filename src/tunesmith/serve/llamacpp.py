@@ -83,6 +83,8 @@ class LlamaRoute:
 def _template_renderer(llm: Any, path: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    from tunesmith.chat_template.tools import conversation, renders_tools, uses_tools
+
     meta = llm.metadata
     template = meta.get("tokenizer.chat_template")
     if not template:
@@ -103,9 +105,18 @@ def _template_renderer(llm: Any, path: str) -> Any:
     compiled = env.from_string(template)
     bos, eos = token_text("tokenizer.ggml.bos_token_id"), token_text("tokenizer.ggml.eos_token_id")
 
-    def render(messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply(messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> str:
+        extra = {"tools": tools} if tools is not None else {}
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos, **extra)
+
+    # Tools are rendered as training rendered them (chat_template.tools): natively when this template shows them, else tunesmith's tool template.
+    native = renders_tools(lambda messages, tools: apply(messages, False, tools))
+
+    def render(messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
         try:
-            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+            if uses_tools(messages, tools):
+                messages, _, tools = conversation(messages, tools, native=native, trained=[False] * len(messages))
+            return apply(messages, add_generation_prompt, tools)
         except Exception as exc:  # the template's raise_exception, or one it cannot render: the client's messages
             from tunesmith.serve.protocol import ServeError
 

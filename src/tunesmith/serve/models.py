@@ -53,7 +53,7 @@ class Served:
     owned_by: str
     context_length: int
     system: str | None
-    render: Callable[[list[dict]], str]  # chat messages -> the prompt text, in the model's chat template
+    render: Callable[..., str]  # (chat messages, tools=None) -> the prompt text, in the model's chat template
     encode: Callable[[str], list[int]]
     route: Any  # the engine's handle
     engine: Any
@@ -179,12 +179,12 @@ def context_length(config: Any, tokenizer: Any) -> int:
     return limit if isinstance(limit, int) and 0 < limit < 10**7 else DEFAULT_CONTEXT
 
 
-def _prompting(tokenizer: Any) -> tuple[Callable[[list[dict]], str], Callable[[str], list[int]], Callable[[list[int]], str]]:
+def _prompting(tokenizer: Any) -> tuple[Callable[..., str], Callable[[str], list[int]], Callable[[list[int]], str]]:
     from tunesmith.chat_template import render_messages
 
-    def render(messages: list[dict]) -> str:
+    def render(messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
-            return render_messages(tokenizer, messages)
+            return render_messages(tokenizer, messages, tools)
         except Exception as exc:  # the template's own raise_exception (roles out of order, ...): the client's messages
             from tunesmith.serve.protocol import ServeError
 

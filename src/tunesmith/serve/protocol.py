@@ -4,8 +4,10 @@
 Unknown request fields are refused with a 400 naming them, as OpenAI's API does ("Unrecognized
 request argument supplied"): a misspelt `max_token` would otherwise be ignored silently and the
 answer run to the context limit. Fields OpenAI defines that this server cannot honour are
-accepted at their neutral value only (`logprobs: false`, `presence_penalty: 0`, no tools ...);
-any other value is a 400 naming the field, never a silently different answer.
+accepted at their neutral value only (`logprobs: false`, `presence_penalty: 0` ...); any other
+value is a 400 naming the field, never a silently different answer. Tools are served
+(serve/tools.py, docs/tools.md): `tools`, `tool_choice`, `parallel_tool_calls`, and answers with
+`message.tool_calls` / `delta.tool_calls` and finish_reason "tool_calls".
 """
 
 from __future__ import annotations
@@ -89,16 +91,61 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str
+
+
+class MessageToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, refusal ...: passed to the chat template as given
+    model_config = ConfigDict(extra="allow")  # name, refusal ...: passed to the chat template as given
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an earlier answer's calls, sent back with their results
+    tool_call_id: str | None = None
 
     def for_template(self) -> dict[str, Any]:
         text = self.content if isinstance(self.content, str) or self.content is None else "".join(p.text for p in self.content)
         # The developer role is OpenAI's newer name for system; chat templates know only "system".
-        return {**(self.model_extra or {}), "role": "system" if self.role == "developer" else self.role, "content": text or ""}
+        out = {**(self.model_extra or {}), "role": "system" if self.role == "developer" else self.role, "content": text or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ChatCompletionRequest(_Request):
@@ -106,8 +153,8 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     # OpenAI fields accepted at their neutral value only.
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
@@ -120,10 +167,6 @@ class ChatCompletionRequest(_Request):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def unsupported(self) -> str | None:
-        if self.tools:
-            return "tools"
-        if self.tool_choice not in (None, "none", "auto"):
-            return "tool_choice"
         if self.response_format not in (None, {"type": "text"}):
             return "response_format"
         if self.top_logprobs:
@@ -173,17 +216,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(id: str, model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """choices: (text, finish_reason) in index order."""
+def assistant_message(text: str | None, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """OpenAI's answer message: content null when the answer is only tool calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def chat_completion(id: str, model: str, choices: list[tuple[dict[str, Any], str]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """choices: (assistant_message, finish_reason) in index order."""
     return {
         "id": id,
         "object": "chat.completion",
         "created": now(),
         "model": model,
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": reason, "logprobs": None}
-            for i, (text, reason) in enumerate(choices)
-        ],
+        "choices": [{"index": i, "message": message, "finish_reason": reason, "logprobs": None} for i, (message, reason) in enumerate(choices)],
         "usage": usage(prompt_tokens, completion_tokens),
         "system_fingerprint": None,
     }

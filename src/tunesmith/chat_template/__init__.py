@@ -1,6 +1,7 @@
 """Turn Examples into token ids and labels with the model's own chat template, and those into a
 padded batch: one renderer that data (token counts, checks), train (the label mask), eval and
-serving (the prompt) all read.
+serving (the prompt) all read. Conversations with tools go through chat_template.tools first: the
+model's own template when it renders tools, else tunesmith's documented tool template.
 
 The label mask covers exactly each trained assistant turn's content plus its end-of-turn
 token. It is built from character spans of the rendered template, never from the pad id,
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from tunesmith.chat_template.tools import conversation, supports_tools, uses_tools
 from tunesmith.errors import UserError
 
 IGNORE = -100
@@ -46,32 +48,54 @@ class Encoded:
         return sum(label != IGNORE for label in self.labels[1:])
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    if tools is not None:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def render_messages(tokenizer: Any, messages: list[dict]) -> str:
-    """A conversation given as plain messages (chat, a judge's prompt), ready for the next assistant turn."""
-    return _render(tokenizer, messages, True)
+def _template_message(message: Any) -> dict:
+    """A Message as the chat template reads it: role and content, plus tool_calls / tool_call_id when it has them."""
+    return message.model_dump(exclude={"weight"})
+
+
+def _tools_of(example: Any) -> list[dict] | None:
+    tools = getattr(example, "tools", None)
+    return [t.model_dump() for t in tools] if tools else None
+
+
+def _conversation(tokenizer: Any, messages: list[dict], tools: list[dict] | None, trained: list[bool]) -> tuple[list[dict], list[bool], list[dict] | None]:
+    """The turns as this tokenizer's template is given them (tools.conversation), with which of them carry loss."""
+    if not uses_tools(messages, tools):
+        return messages, trained, None
+    return conversation(messages, tools, native=supports_tools(tokenizer), trained=trained)
+
+
+def render_messages(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """A conversation given as plain messages (chat, a judge's prompt, a served request with its tools), ready for the next assistant turn."""
+    turns, _, native_tools = _conversation(tokenizer, messages, tools, [False] * len(messages))
+    return _render(tokenizer, turns, True, native_tools)
 
 
 def render_prompt(tokenizer: Any, example: Conversation) -> str:
     """The text the model sees at evaluation and serving: identical to training's prefix."""
-    return _render(tokenizer, [m.model_dump(exclude={"weight"}) for m in example.prompt_messages], True)
+    return render_messages(tokenizer, [_template_message(m) for m in example.prompt_messages], _tools_of(example))
 
 
 def trained_spans(tokenizer: Any, example: Conversation, train_on: str) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the character spans that carry loss."""
-    messages = [m.model_dump(exclude={"weight"}) for m in example.messages]
-    full = _render(tokenizer, messages, False)
+    """The full rendered text and the character spans that carry loss: each trained assistant turn,
+    its text and its tool calls; never the tools' definitions or their answers."""
+    trains = [message.role == "assistant" and message.weight != 0 for message in example.messages]
+    messages, trains, tools = _conversation(tokenizer, [_template_message(m) for m in example.messages], _tools_of(example), trains)
+    full = _render(tokenizer, messages, False, tools)
     if train_on == "all":
         return full, [(0, len(full.rstrip()))]
     spans = []
-    for index, message in enumerate(example.messages):
-        if message.role != "assistant" or message.weight == 0:
+    for index, trained in enumerate(trains):
+        if not trained:
             continue
-        before = _render(tokenizer, messages[:index], True)
-        through = _render(tokenizer, messages[: index + 1], False)
+        before = _render(tokenizer, messages[:index], True, tools)
+        through = _render(tokenizer, messages[: index + 1], False, tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise UserError(
                 "this model's chat template rewrites earlier turns, so the assistant text cannot be located",
