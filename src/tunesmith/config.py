@@ -72,7 +72,7 @@ class DataSpec(_Spec):
 
     dataset: str | None = Field(None, description="name of a dataset made by `tunesmith data prepare`")
     path: Path | None = Field(None, description="a JSONL/JSON/CSV/Parquet file; prepared when the run starts")
-    format: Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"] | None = None
+    format: Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"] | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)

@@ -24,6 +24,10 @@ class Example(BaseModel):
     id: str
     messages: list[Message]
     label: str | None = None
+    # A preference pair: `messages` ends with the preferred answer and `rejected` is the answer not
+    # preferred to the same prompt (prompt_messages). One record serves both: SFT-style stages
+    # (generation, references, token counts) read the preferred answer as the reference.
+    rejected: Message | None = None
     weight: float = 1.0
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -40,18 +44,27 @@ class Example(BaseModel):
 
     def content_key(self) -> str:
         """Identity of what the example says, independent of its id: used for hashes and leak checks."""
-        return messages_key(self.messages).hex()
+        return messages_key(self.messages, self.rejected).hex()
+
+    @property
+    def is_pair(self) -> bool:
+        return self.rejected is not None
 
 
-def messages_key(messages: list[Message]) -> bytes:
-    """The SHA-256 digest behind Example.content_key, for any list of messages (e.g. a prompt)."""
+def messages_key(messages: list[Message], rejected: Message | None = None) -> bytes:
+    """The SHA-256 digest behind Example.content_key, for any list of messages (e.g. a prompt); a
+    preference pair's rejected answer is part of what it says (two pairs may share prompt and answer)."""
     payload = [(m.role, " ".join(m.content.split())) for m in messages]
+    if rejected is not None:
+        payload.append(("rejected", " ".join(rejected.content.split())))
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).digest()
 
 
 def normalised_key(example: Example) -> tuple[tuple[str, str], ...]:
     """Exact-duplicate identity: every message, case-folded, whitespace collapsed (dedup and Rows both key on it)."""
-    return tuple((m.role, " ".join(m.content.casefold().split())) for m in example.messages)
+    found = tuple((m.role, " ".join(m.content.casefold().split())) for m in example.messages)
+    rejected = example.rejected
+    return found if rejected is None else (*found, ("rejected", " ".join(rejected.content.casefold().split())))
 
 
 def content_hash(examples: list[Example]) -> str:

@@ -4,7 +4,8 @@ Files: JSONL (one record a line), JSON (one array), CSV (a header row), Parquet 
 batches). Formats, auto-detected from the record's keys or named: chat `messages` (OpenAI
 style, optional per-message `weight` 0/1), `prompt`/`completion`, `input_text`/`output_text`
 (Vertex AI style), Alpaca `instruction`/`input`/`output`, ShareGPT `conversations`
-(`from`/`value`), classification `text`/`label`. Other key names are renamed to these with a
+(`from`/`value`), classification `text`/`label`, and preference pairs (OpenAI's `input`/
+`preferred_output`/`non_preferred_output`, and `prompt`/`chosen`/`rejected`: data/preference.py). Other key names are renamed to these with a
 mapping {canonical: file's key}.
 """
 
@@ -22,15 +23,18 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message
+from tunesmith.data.preference import PREFERENCE_FORMATS, pair_messages
 from tunesmith.data.records import SHAREGPT_ROLES, check_record
 from tunesmith.errors import ProblemList, UserError
 
-FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"]
+FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"]
 # Detection order matters: chat formats first, and classification last because `label` also
 # rides along on records of the other formats (the demo's chat records carry one).
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
+    "preference": ("input", "preferred_output", "non_preferred_output"),
+    "prompt_chosen_rejected": ("chosen", "rejected"),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "input_output": ("input_text", "output_text"),
@@ -38,7 +42,7 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
 }
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMAT_KEYS)
 # Top-level keys a mapping may rename to: every format's fields plus the optional ones.
-CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "system", "id", "meta"}
+CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "prompt", "system", "id", "meta"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_PROBLEMS_SHOWN = 20
 
@@ -162,8 +166,10 @@ def _csv_record(header: list[str], row: list[str]) -> Any:
 
 
 def _csv_value(name: str, value: str) -> Any:
-    # A chat column in CSV holds the conversation as JSON text.
-    if name in ("messages", "conversations") and value.lstrip().startswith("["):
+    # A chat column in CSV holds the conversation as JSON text (OpenAI preference columns too).
+    if (name in ("messages", "conversations", "preferred_output", "non_preferred_output") and value.lstrip().startswith("[")) or (
+        name == "input" and value.lstrip().startswith("{")
+    ):
         parsed = _parse_json(value)
         return value if isinstance(parsed, RecordError) else parsed
     return value
@@ -454,17 +460,19 @@ def check_limits(messages: list[Message], meta: dict) -> None:
 def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if fmt not in _CONVERTERS:
+    if fmt not in FORMAT_KEYS:
         raise ValueError(f"unknown format '{fmt}' (known: {', '.join(FORMAT_NAMES)})")
     if not all(key in record for key in FORMAT_KEYS[fmt]):
         raise ValueError(f"record is not in the file's format '{fmt}' (needs keys {', '.join(FORMAT_KEYS[fmt])})")
-    messages = _CONVERTERS[fmt](record)
+    messages, rejected = pair_messages(record, fmt) if fmt in PREFERENCE_FORMATS else (_CONVERTERS[fmt](record), None)
     if not any(m.role == "assistant" for m in messages):
         raise ValueError("example has no assistant message to learn from")
     label = record.get("label")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
-    check_limits(messages, meta)
-    return Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
+    check_limits(messages if rejected is None else [*messages, rejected], meta)
+    return Example(
+        id=str(record.get("id") or example_id), messages=messages, rejected=rejected, label=None if label is None else str(label), meta=meta
+    )
 
 
 def check_format_name(fmt: str | None) -> FormatName | None:

@@ -606,6 +606,8 @@ def _meta_fields(value: Any, where: str) -> Iterator[TextField]:
 def text_fields(example: Example) -> list[TextField]:
     """Every string an example carries, with where it sits: what a scrub must cover."""
     fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
+    if example.rejected is not None:
+        fields.append(("rejected", example.rejected.content))
     if example.label is not None:
         fields.append(("label", example.label))
     fields += list(_meta_fields(example.meta, "meta"))
@@ -700,7 +702,10 @@ class Scrubber:
             new_id = f"{new_id}-{self.ids_rewritten}"
         messages = [m if not self.spans(m.content) else m.model_copy(update={"content": self.scrub_text(m.content)}) for m in example.messages]
         label = None if example.label is None else self.scrub_text(example.label)
-        return example.model_copy(update={"id": new_id, "messages": messages, "label": label, "meta": self._scrub_value(example.meta)})
+        rejected = example.rejected
+        if rejected is not None and self.spans(rejected.content):
+            rejected = rejected.model_copy(update={"content": self.scrub_text(rejected.content)})
+        return example.model_copy(update={"id": new_id, "messages": messages, "rejected": rejected, "label": label, "meta": self._scrub_value(example.meta)})
 
     def _record(self, example_id: str, found: list[tuple[str, list[PiiSpan]]]) -> None:
         report = self.report

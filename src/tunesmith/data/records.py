@@ -123,4 +123,8 @@ def _check_fields(record: dict, fmt: str) -> Found:
 
 def check_record(record: dict, fmt: str) -> Found:
     """Every problem of one record already known to be in format `fmt`."""
+    if fmt in ("preference", "prompt_chosen_rejected"):
+        from tunesmith.data.preference import check_pair  # it builds on this module's turn checks
+
+        return check_pair(record, fmt)
     return _check_turns(record, TURNS[fmt]) if fmt in TURNS else _check_fields(record, fmt)
