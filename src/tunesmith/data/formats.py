@@ -470,9 +470,7 @@ def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     label = record.get("label")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
     check_limits(messages if rejected is None else [*messages, rejected], meta)
-    return Example(
-        id=str(record.get("id") or example_id), messages=messages, rejected=rejected, label=None if label is None else str(label), meta=meta
-    )
+    return Example(id=str(record.get("id") or example_id), messages=messages, rejected=rejected, label=None if label is None else str(label), meta=meta)
 
 
 def check_format_name(fmt: str | None) -> FormatName | None:

@@ -50,8 +50,7 @@ def _answer(value: Any, where: str, found: Found, *, text_allowed: bool) -> Mess
         found.append(
             (
                 "invalid_preference_output",
-                f"'{where}' is {count}; it must be {kind}a list holding exactly one assistant message, e.g. "
-                '[{"role": "assistant", "content": "..."}]',
+                f'\'{where}\' is {count}; it must be {kind}a list holding exactly one assistant message, e.g. [{{"role": "assistant", "content": "..."}}]',
                 "error",
             )
         )
@@ -67,7 +66,9 @@ def _answer(value: Any, where: str, found: Found, *, text_allowed: bool) -> Mess
 
 def _prompt_ends_with_user(prompt: list[Message], where: str, found: Found) -> None:
     if prompt[-1].role != "user":
-        found.append(("last_message_not_user", f"the last message of '{where}' is {prompt[-1].role}; the prompt the answers reply to ends with a user message", "error"))
+        found.append(
+            ("last_message_not_user", f"the last message of '{where}' is {prompt[-1].role}; the prompt the answers reply to ends with a user message", "error")
+        )
 
 
 def _read_openai(record: dict, found: Found) -> tuple[list[Message], Message, Message] | None:
