@@ -33,6 +33,9 @@ PER_EXAMPLE = (
     "length_chars",
     "length_words",
     "ref_nll",
+    "reward_accuracy",
+    "preference_accuracy",
+    "reward_margin",
 )
 
 Rows = list[dict[str, Any]]

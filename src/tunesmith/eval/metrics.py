@@ -67,6 +67,10 @@ _DEFINITIONS = [
             "precision_micro",
             "recall_macro",
             "recall_micro",
+            # a preference run's held-out pairs (eval/preference.py)
+            "reward_accuracy",
+            "preference_accuracy",
+            "reward_margin",
         )
     ),
     MetricDefinition("perplexity", "lower", "quality"),
@@ -92,6 +96,8 @@ TASK_HEADLINE = {
     "fields": ("exact_match",),
     "classification": ("label_macro_f1", "f1_macro", "accuracy", "exact_match"),
     "text": ("rougeL", "chrf", "bleu", "exact_match"),
+    # pairs: whether the tuned model ranks the preferred answer higher, against the base's ranking
+    "preference": ("reward_accuracy", "preference_accuracy"),
 }
 HEADLINE_NAMES = {
     "exact_match": "exact match",
@@ -102,6 +108,8 @@ HEADLINE_NAMES = {
     "f1_macro": "macro-F1",
     "accuracy": "accuracy",
     "field_accuracy": "field accuracy",
+    "reward_accuracy": "reward accuracy",
+    "preference_accuracy": "preference accuracy",
 }
 
 

@@ -10,7 +10,9 @@ label; assistant turns inside the prompt are context.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +20,10 @@ import torch.nn.functional as F
 
 from tunesmith.chat_template import IGNORE, Encoded, collate, encode
 from tunesmith.data.example import Example
+from tunesmith.errors import UserError
+
+# The base model's log-probabilities of every pair, {split: {example id: [chosen, rejected]}}, in a DPO run's folder.
+REFERENCE_FILE = "reference_logps.json"
 
 
 @dataclass
@@ -195,8 +201,51 @@ def preference_rows(scored: list[tuple[float, float, int, int]], reference: list
 
 
 def preference_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    scored = [r for r in rows if "reward_accuracy" in r]
-    if not scored:
-        return {}
-    n = len(scored)
-    return {name: round(sum(r[name] for r in scored) / n, 4) for name in ("reward_accuracy", "preference_accuracy", "reward_margin")}
+    """The mean of each preference figure over the pairs that have it."""
+    found = {}
+    for name in ("reward_accuracy", "preference_accuracy", "reward_margin"):
+        values = [r[name] for r in rows if name in r]
+        if values:
+            found[name] = round(sum(values) / len(values), 4)
+    return found
+
+
+def read_reference(run_dir: Path) -> dict[str, dict[str, list[float]]] | None:
+    """A run's stored reference log-probabilities, or None when it has none (a reference-free objective)."""
+    path = run_dir / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["pairs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read {path} ({exc})", fix="delete it: `tunesmith train --resume` computes it again from the base weights") from None
+
+
+class HeldOutPairs:
+    """`tunesmith eval` on a preference run: each model's log-probabilities of the held-out pairs, and its
+    implicit reward against the base (the run's stored reference log-probabilities; for a reference-free
+    run, the base's own, when the base is evaluated first, as `--compare-base` does). Prompt variants of
+    the base (few-shot, system) change the prompt the pairs are scored under, so they are left out."""
+
+    def __init__(self, run_dir: Path, split: str, max_seq_len: int, beta: float, batch_size: int):
+        self.split, self.max_seq_len, self.beta, self.batch_size = split, max_seq_len, beta, batch_size
+        self.reference: dict[str, tuple[float, float]] = {k: (v[0], v[1]) for k, v in ((read_reference(run_dir) or {}).get(split) or {}).items()}
+
+    def add(self, model_id: str, model: Any, tokenizer: Any, examples: list[Example], rows: list[dict], metrics: dict[str, float]) -> None:
+        if model_id in ("few-shot", "system"):
+            return
+        pairs, _ = encode_pairs(tokenizer, [e for e in examples if e.rejected is not None], self.max_seq_len)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        scored = score_pairs(model, pairs, pad_id, device, self.batch_size)
+        if model_id == "base" and not self.reference:
+            self.reference = {p.example_id: (c, r) for p, (c, r, _, _) in zip(pairs, scored)}
+        own = model_id == "base"  # the base is its own reference: every reward 0
+        found = preference_rows(scored, [None if own else self.reference.get(p.example_id) for p in pairs], self.beta)
+        if not own and not self.reference:
+            for row in found:  # no reference to reward against: only the model's own preference is reported
+                del row["reward_margin"], row["reward_accuracy"]
+        by_id = {p.example_id: extra for p, extra in zip(pairs, found)}
+        for row in rows:
+            row.update(by_id.get(row["id"], {}))
+        metrics.update(preference_metrics(rows))

@@ -23,7 +23,17 @@ from tunesmith.config import PreferenceSpec, RunSpec
 from tunesmith.data.dataset import Dataset
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
-from tunesmith.eval.preference import Pair, encode_pairs, pair_losses, pair_tensors, response_logps, score_pairs, validation_metrics
+from tunesmith.eval.preference import (
+    REFERENCE_FILE,
+    Pair,
+    encode_pairs,
+    pair_losses,
+    pair_tensors,
+    read_reference,
+    response_logps,
+    score_pairs,
+    validation_metrics,
+)
 from tunesmith.models.loading import load_model
 from tunesmith.models.methods import apply_method, count_parameters, load_for_method
 from tunesmith.registry.runfolder import write_config
@@ -37,7 +47,6 @@ from tunesmith.train.settings import resolve_settings
 from tunesmith.train.tasks.causal_lm import _selective_head_supported
 from tunesmith.ui import console
 
-REFERENCE_FILE = "reference_logps.json"
 SPLITS = ("train", "validation", "test")
 
 
@@ -119,7 +128,7 @@ def reference_logps(model: Any, tokenizer: Any, device: torch.device, pairs: dic
     """Every pair's reference log-probabilities, attached to it: read from the run folder when a
     previous session wrote them, else computed now (each process scores a share; process 0 writes)."""
     path = run_dir / REFERENCE_FILE
-    table = _read_reference(path) if distributed.is_main() and path.is_file() else None
+    table = read_reference(run_dir) if distributed.is_main() else None
     table = distributed.share_from_main(table)
     if table is None:
         table = _compute_reference(model, tokenizer, device, pairs, batch_size)
@@ -140,13 +149,6 @@ def reference_logps(model: Any, tokenizer: Any, device: torch.device, pairs: dic
                 )
             pair.reference = tuple(known[pair.example_id])  # type: ignore[assignment]
     return path
-
-
-def _read_reference(path: Path) -> dict[str, dict[str, list[float]]]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["pairs"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot read {path} ({exc})", fix="delete it: `tunesmith train --resume` computes it again from the base weights") from None
 
 
 def _compute_reference(model: Any, tokenizer: Any, device: torch.device, pairs: dict[str, list[Pair]], batch_size: int) -> dict[str, dict[str, list[float]]]:
