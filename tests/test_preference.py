@@ -248,7 +248,8 @@ def test_other_objectives_and_methods_learn_the_preference(pairs_home, tiny_mode
     assert (result.run_dir / "reference_logps.json").is_file() == (objective == "dpo")
 
 
-def test_a_killed_dpo_run_resumes_exactly_and_reads_its_reference_back(pairs_home, tiny_model, tmp_path, monkeypatch):
+@pytest.mark.slow  # a launched process that is killed: ~40 s on a busy 2-core machine, most of it the process's imports
+def test_a_killed_dpo_run_resumes_exactly_and_reads_its_reference_back(pairs_home, tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TUNESMITH_HOME", str(pairs_home))
     config = tmp_path / "run.yaml"
     # 48 pairs / batch 4 = 12 steps per epoch, 24 in all; validation (and a checkpoint) at 6, 12, 18, 24
@@ -256,9 +257,9 @@ def test_a_killed_dpo_run_resumes_exactly_and_reads_its_reference_back(pairs_hom
         f"model: {{name: {tiny_model}}}\ndata: {{dataset: pairs}}\n"
         "train: {task: preference, epochs: 2, batch_size: 4, lr: 5.0e-3, evals_per_epoch: 2, scheduler: cosine, preference: {beta: 0.2}}\n"
     )
-    whole = tunesmith("train", "--config", str(config))
-    assert whole.returncode == 0, whole.stderr
-    uninterrupted = pairs_home / "runs" / run_id_from(whole.stdout)
+    whole = run_cli(capsys, "train", "--config", str(config))
+    assert whole.code == 0, whole.err
+    uninterrupted = pairs_home / "runs" / run_id_from(whole.out)
 
     before = {p.name for p in (pairs_home / "runs").iterdir()}
     killed = tunesmith("train", "--config", str(config), kill_at="step:9")  # inside step 9: the last checkpoint is step 6
@@ -268,11 +269,12 @@ def test_a_killed_dpo_run_resumes_exactly_and_reads_its_reference_back(pairs_hom
     written = stored.stat()
     assert "computed with the base weights" in killed.stderr
 
-    done = tunesmith("train", "--resume", run_dir.name)
-    assert done.returncode == 0, done.stderr
-    assert "resuming at step 6 of 24" in done.stderr
-    assert "reference log-probabilities read from reference_logps.json (not computed again)" in done.stderr
-    assert "computed with the base weights" not in done.stderr
+    done = run_cli(capsys, "train", "--resume", run_dir.name)
+    assert done.code == 0, done.err
+    said = " ".join(done.err.split())
+    assert "resuming at step 6 of 24" in said
+    assert "reference log-probabilities read from reference_logps.json (not computed again)" in said
+    assert "computed with the base weights" not in said
     assert (stored.stat().st_mtime_ns, stored.stat().st_ino) == (written.st_mtime_ns, written.st_ino)
     assert stored.read_bytes() == (uninterrupted / "reference_logps.json").read_bytes()
 
