@@ -137,7 +137,7 @@ def test_a_preference_file_is_prepared_into_a_versioned_split_dataset(tmp_path, 
     kept = [json.loads(line) for split in ("train", "validation", "test") for line in (folder / f"{split}.jsonl").read_text().splitlines()]
     assert all(k["rejected"]["content"].startswith("no") for k in kept)
     assert sum(k["rejected"]["content"] == "nope, absolutely never" for k in kept) == 1
-    again = run_cli(capsys, "data", "prepare", str(source), "--out", "pairs2", "--pii", "off")
+    assert run_cli(capsys, "data", "prepare", str(source), "--out", "pairs2", "--pii", "off").code == 0
     assert json.loads((home / "datasets" / "pairs2" / "manifest.json").read_text())["version"] == manifest["version"]
 
 
