@@ -60,7 +60,11 @@ def test_both_preference_formats_become_pairs_of_the_canonical_example(tmp_path)
         tmp_path / "pcr.jsonl",
         [
             {"prompt": "Is water wet?", "chosen": "Yes.", "rejected": "No idea."},
-            {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "What?"}]},
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "Hello!"}],
+                "rejected": [{"role": "assistant", "content": "What?"}],
+            },
             # TRL's implicit prompt: whole conversations that differ only in the last answer
             {
                 "chosen": [{"role": "user", "content": "hey"}, {"role": "assistant", "content": "Hey there."}],
@@ -80,7 +84,11 @@ def test_both_preference_formats_become_pairs_of_the_canonical_example(tmp_path)
 
 
 def test_bad_preference_lines_are_named_by_code_and_line(tmp_path, capsys, home):
-    good = {"input": {"messages": [{"role": "user", "content": "Q"}]}, "preferred_output": [{"role": "assistant", "content": "A"}], "non_preferred_output": [{"role": "assistant", "content": "B"}]}
+    good = {
+        "input": {"messages": [{"role": "user", "content": "Q"}]},
+        "preferred_output": [{"role": "assistant", "content": "A"}],
+        "non_preferred_output": [{"role": "assistant", "content": "B"}],
+    }
     lines = [
         good,
         {**good, "preferred_output": [{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "C"}]},  # 2: two answers
@@ -111,7 +119,10 @@ def test_bad_preference_lines_are_named_by_code_and_line(tmp_path, capsys, home)
             {"prompt": "Q", "chosen": "A", "rejected": "B"},
             {"prompt": "", "chosen": "A", "rejected": "B"},  # 2
             {"prompt": "Q", "chosen": 3, "rejected": "B"},  # 3
-            {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}], "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]},
+            {
+                "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}],
+                "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}],
+            },
         ],
     )
     assert {(p.line, p.code) for p in validate_file(pcr).errors} == {(2, "missing_field"), (3, "invalid_preference_output"), (4, "prompt_mismatch")}
@@ -125,7 +136,11 @@ def test_bad_preference_lines_are_named_by_code_and_line(tmp_path, capsys, home)
 
 def test_a_preference_file_is_prepared_into_a_versioned_split_dataset(tmp_path, capsys, home):
     pairs = yes_no_pairs(40)
-    rows = [*pairs, pairs[0], {**pairs[1], "rejected": "nope, absolutely never"}]  # an exact repeat (removed) and a pair differing only in its rejected answer (kept)
+    rows = [
+        *pairs,
+        pairs[0],
+        {**pairs[1], "rejected": "nope, absolutely never"},
+    ]  # an exact repeat (removed) and a pair differing only in its rejected answer (kept)
     source = write_jsonl(tmp_path / "pairs.jsonl", rows)
     result = run_cli(capsys, "data", "prepare", str(source), "--out", "pairs", "--pii", "off")
     assert result.code == 0, result.err
@@ -163,6 +178,8 @@ def test_preference_settings_are_checked(tmp_path):
     ):
         with pytest.raises(ValidationError, match=says):
             spec(bad)
+    with pytest.raises(ValidationError, match="data.replay mixes in examples for causal_lm runs only; remove it for train.task preference"):
+        RunSpec.model_validate({"data": {"dataset": "x", "replay": {"dataset": "y"}}, "train": {"task": "preference"}})
     # config.yaml of a supervised run has no preference section; a preference run's shows the objective
     assert "preference" not in spec({}).train.model_dump()
     assert spec({"task": "preference"}).train.model_dump()["preference"]["objective"] == "dpo"

@@ -406,8 +406,8 @@ class RunSpec(_Spec):
     @model_validator(mode="after")
     def _no_replay_for_classification(self) -> RunSpec:
         # The classifier trains on its own labels only; a replay set would be silently ignored.
-        if self.train.task == "classification" and self.data.replay is not None:
-            raise ValueError("data.replay mixes in examples for causal_lm runs only; remove it for train.task classification")
+        if self.train.task != "causal_lm" and self.data.replay is not None:
+            raise ValueError(f"data.replay mixes in examples for causal_lm runs only; remove it for train.task {self.train.task}")
         return self
 
 

@@ -170,9 +170,8 @@ def train_preference(
     spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
 ) -> TrainResult:
     """load → encode the pairs → the reference log-probabilities (once, base weights) → settle the
-    numbers → apply the method → estimate → loop → artefact."""
-    if replay:
-        raise UserError("data.replay mixes supervised examples into causal_lm runs; a preference run learns from pairs only", fix="remove data.replay")
+    numbers → apply the method → estimate → loop → artefact. `replay` is always empty: the config
+    refuses data.replay for this task."""
     model, tokenizer, device = load_for_method(spec.model, base_path, spec.train)
     pairs, dropped = _encode(spec, dataset.splits, tokenizer, dataset.name)
     objective = Preference(spec.train.preference)
