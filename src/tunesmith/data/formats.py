@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message
-from tunesmith.data.preference import PREFERENCE_FORMATS, pair_messages
-from tunesmith.data.records import SHAREGPT_ROLES, check_record
+from tunesmith.data.preference import PREFERENCE_FORMATS, check_pair, pair_messages
+from tunesmith.data.records import SHAREGPT_ROLES, Found, check_fields_or_turns
 from tunesmith.errors import ProblemList, UserError
 
 FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"]
@@ -531,6 +531,11 @@ class LoadProblems:
     def raise_if_any(self, path: Path) -> None:
         if self.count:
             raise ProblemList(f"{self.count} problem(s) in {path}", self.lines_shown(path), fix=self.fix())
+
+
+def check_record(record: dict, fmt: str) -> Found:
+    """Every problem of one record already known to be in format `fmt`, as `data validate` and prepare name them."""
+    return check_pair(record, fmt) if fmt in PREFERENCE_FORMATS else check_fields_or_turns(record, fmt)
 
 
 def _problem_code(record: Any, fmt: str) -> tuple[str, str]:

@@ -23,11 +23,12 @@ from tunesmith.data.formats import (
     apply_mapping,
     check_format_name,
     check_mapping,
+    check_record,
     detect_format,
     read_records,
     to_example,
 )
-from tunesmith.data.records import TURNS, Severity, check_record
+from tunesmith.data.records import TURNS, Severity
 
 # Problems kept for display; every one is still counted, so `ok` and the totals stay exact
 # while a file that is wrong on every one of a million lines does not fill memory.
