@@ -174,7 +174,6 @@ def test_preference_settings_are_checked(tmp_path):
         ({"task": "preference", "preference": {"betta": 0.2}}, "betta"),
         ({"task": "preference", "preference": {"beta": 0}}, "beta"),
         ({"task": "preference", "preference": {"objective": "kto"}}, "objective"),
-        ({"task": "preference", "packing": True}, "packing"),
     ):
         with pytest.raises(ValidationError, match=says):
             spec(bad)
@@ -300,3 +299,27 @@ def test_a_killed_dpo_run_resumes_exactly_and_reads_its_reference_back(pairs_hom
 
     assert curve(run_dir) == curve(uninterrupted)
     assert [r["event"] for r in read_metrics(run_dir) if "event" in r] == ["resumed"]
+
+
+def test_a_pair_scores_the_same_in_padded_rows_and_in_one_flat_row(tiny_model, tmp_path):
+    """Training lays a batch's sequences end to end with per-example attention; the reference and
+    evaluation score padded rows: both must give each answer the same log-probability."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.eval.preference import encode_pairs, pair_tensors, response_logps
+    from tunesmith.train.kernels.segments import use_segment_attention
+
+    examples, _ = load_examples(write_jsonl(tmp_path / "p.jsonl", yes_no_pairs(6)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    pairs, dropped = encode_pairs(tokenizer, examples, 512)
+    assert len(pairs) == 6 and not dropped
+    with torch.no_grad():
+        padded, padded_counts = response_logps(model, pair_tensors(pairs, tokenizer.pad_token_id))
+        assert use_segment_attention(model)
+        for select_head in (False, True):
+            flat, flat_counts = response_logps(model, pair_tensors(pairs, tokenizer.pad_token_id, flat=True), select_head)
+            assert torch.equal(flat_counts, padded_counts) and torch.allclose(flat, padded, atol=1e-4)
+    # each count is the answer's tokens and its end-of-turn token, nothing of the prompt
+    assert padded_counts[0] == len(tokenizer(examples[0].reference + "<|im_end|>", add_special_tokens=False)["input_ids"])

@@ -327,8 +327,6 @@ class TrainSpec(_Spec):
     def _preference_settings(self) -> TrainSpec:
         if "preference" in self.model_fields_set and self.task != "preference":
             raise ValueError(f"train.preference is read by task preference only, but train.task is {self.task}; remove the section or set task: preference")
-        if self.task == "preference" and self.packing is True:
-            raise ValueError("train.packing true cannot be used with task preference: each pair is scored on rows of its own; use packing auto or false")
         return self
 
     @model_validator(mode="after")

@@ -85,12 +85,39 @@ def encode_pairs(tokenizer: Any, examples: list[Example], max_seq_len: int) -> t
     return kept, dropped
 
 
-def pair_tensors(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
-    """The chosen rows, then the rejected rows, padded together: one forward pass scores both."""
-    tensors = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def pair_tensors(pairs: list[Pair], pad_id: int, flat: bool = False) -> dict[str, torch.Tensor]:
+    """The chosen sequences, then the rejected ones, in one forward pass: padded rows, or (`flat`) one
+    row of them end to end with their boundaries for per-example attention (kernels/segments.py:
+    no padding, no attention across sequences; the layout's choice, as for supervised batches)."""
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    tensors = _flat(sequences) if flat else collate(sequences, pad_id)
     if all(p.reference is not None for p in pairs):
         tensors["reference"] = torch.tensor([p.reference for p in pairs], dtype=torch.float32)
     return tensors
+
+
+def _flat(sequences: list[Encoded]) -> dict[str, torch.Tensor]:
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    owner: list[int] = []
+    bounds = [0]
+    for number, item in enumerate(sequences):
+        n = len(item.input_ids)
+        ids.extend(item.input_ids)
+        labels.extend([IGNORE, *item.labels[1:]])  # nothing in this sequence predicts its first token
+        positions.extend(range(n))
+        owner.extend([number] * n)
+        bounds.append(bounds[-1] + n)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "sequence": torch.tensor(owner),
+    }
 
 
 def response_logps(model: Any, tensors: dict[str, torch.Tensor], select_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +126,9 @@ def response_logps(model: Any, tensors: dict[str, torch.Tensor], select_head: bo
     whether the model allows skipping its own forward: train/tasks/causal_lm.py)."""
     targets = tensors["labels"][:, 1:]
     selected = targets != IGNORE
-    inputs = {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
+    inputs = {k: tensors[k] for k in ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k") if k in tensors}
+    if "cu_seq_lens_q" in inputs:
+        inputs["max_length_q"] = inputs["max_length_k"] = int(torch.diff(inputs["cu_seq_lens_q"]).max())
     if select_head:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1][selected]
@@ -108,9 +137,13 @@ def response_logps(model: Any, tensors: dict[str, torch.Tensor], select_head: bo
         # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
         logits = model(**inputs, use_cache=False).logits[:, -tensors["input_ids"].shape[1] :][:, :-1][selected]
     token_logps = -F.cross_entropy(logits.float(), targets[selected], reduction="none")
-    rows = selected.nonzero()[:, 0]
-    logps = torch.zeros(targets.shape[0], dtype=torch.float32, device=token_logps.device).index_add(0, rows, token_logps)
-    return logps, selected.sum(dim=1)
+    if "sequence" in tensors:  # one flat row: a target position belongs to the sequence of the token it predicts
+        owners, n = tensors["sequence"][1:][selected[0]], len(tensors["cu_seq_lens_q"]) - 1
+    else:
+        owners, n = selected.nonzero()[:, 0], targets.shape[0]
+    logps = torch.zeros(n, dtype=torch.float32, device=token_logps.device).index_add(0, owners, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=token_logps.device).index_add(0, owners, torch.ones_like(owners))
+    return logps, counts
 
 
 def pair_losses(

@@ -38,7 +38,7 @@ from tunesmith.models.loading import load_model
 from tunesmith.models.methods import apply_method, count_parameters, load_for_method
 from tunesmith.registry.runfolder import write_config
 from tunesmith.train import kernels
-from tunesmith.train.batching import Batch, padded_chunks
+from tunesmith.train.batching import Batch, flat_passes, padded_chunks
 from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
 from tunesmith.train.parallel import distributed, strategy
 from tunesmith.train.run.estimate import TrainEstimate, estimate_training, print_estimate
@@ -55,16 +55,23 @@ class Preference:
     its chosen and rejected rows; the loss is summed over pairs (the step divides by the pairs of
     the whole batch); validation logs the loss and the rewards; the lowest validation loss is best."""
 
-    packs = False  # each pair's two rows are scored apart; packing would mix pairs in one row
+    # Sequences may share a flat row with per-example attention (the layout decides, as for supervised
+    # batches: no padding, each sequence attending only to itself); a row packed with a mask is not used.
+    packs = True
     files: dict[str, str] = {}
 
     def __init__(self, spec: PreferenceSpec):
         self.objective, self.beta, self.gamma = spec.objective, spec.strength, spec.simpo_gamma
 
     def tensors(self, batch: list[Pair], pad_id: int) -> list[dict[str, torch.Tensor]]:
-        local = batch.local() if isinstance(batch, Batch) else list(batch)
-        max_tokens = batch.max_tokens if isinstance(batch, Batch) else None
-        return [pair_tensors(chunk, pad_id) for chunk in padded_chunks(local, max_tokens)]
+        """This process's pairs in forward passes of at most train.tokens_per_forward tokens: exact,
+        since the step divides by the pairs of the whole batch."""
+        if not isinstance(batch, Batch):
+            return [pair_tensors(list(batch), pad_id)]
+        local = batch.local()
+        if batch.flat:
+            return [pair_tensors(chunk, pad_id, flat=True) for chunk in flat_passes(local, batch.max_tokens)]
+        return [pair_tensors(chunk, pad_id) for chunk in padded_chunks(local, batch.max_tokens)]
 
     def _losses(self, model: Any, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logps, counts = response_logps(model, tensors, _selective_head_supported(model))
