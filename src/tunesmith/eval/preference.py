@@ -175,16 +175,17 @@ def pair_losses(
 
 @torch.no_grad()
 def score_pairs(
-    model: Any, pairs: list[Pair], pad_id: int, device: torch.device, batch_size: int, select_head: bool = False
+    model: Any, pairs: list[Pair], pad_id: int, device: torch.device, batch_size: int, select_head: bool = False, flat: bool = False
 ) -> list[tuple[float, float, int, int]]:
-    """(log-prob of chosen, of rejected, their token counts) for every pair, in order."""
+    """(log-prob of chosen, of rejected, their token counts) for every pair, in order; `flat`: each
+    batch's sequences in one row with per-example attention (a model switched to segments.py's)."""
     was_training = model.training
     model.eval()
     out: list[tuple[float, float, int, int]] = []
     try:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            tensors = {k: v.to(device) for k, v in pair_tensors(chunk, pad_id).items() if k != "reference"}
+            tensors = {k: v.to(device) for k, v in pair_tensors(chunk, pad_id, flat).items() if k != "reference"}
             logps, counts = response_logps(model, tensors, select_head)
             n = len(chunk)
             out += [(float(logps[i]), float(logps[n + i]), int(counts[i]), int(counts[n + i])) for i in range(n)]
