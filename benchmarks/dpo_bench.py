@@ -231,13 +231,20 @@ def main() -> None:
         print(name, results[name], file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"pairs": args.pairs, "threads": args.threads, "folder": str(folder), "results": results}, indent=2))
-    print("| config | real tokens/s (steps) | steps | reference pass s | whole training call s | peak RSS (MB) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| config | real tokens/s (steps) | real tokens per CPU-s | timed steps | reference pass s | TRL setup s | whole training call s | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        rate = r["real_tokens"] / max(r["train_seconds"], 1e-9)
-        print(
-            f"| {name} | {rate:.1f} | {r['steps']} | {r['ref_seconds'] if r['ref_seconds'] is not None else '-'} | {r['total_seconds']} | {r['peak_rss_mb']:,} |"
-        )
+        rate, per_cpu = r["real_tokens"] / max(r["train_seconds"], 1e-9), r["real_tokens"] / max(r["train_cpu_seconds"], 1e-9)
+        cells = [
+            f"{rate:.1f}",
+            f"{per_cpu:.1f}",
+            r["timed_steps"],
+            r.get("ref_seconds") or "-",
+            r.get("setup_seconds") or "-",
+            r["total_seconds"],
+            f"{r['peak_rss_mb']:,}",
+        ]
+        print(f"| {name} | " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
