@@ -323,3 +323,25 @@ def test_a_pair_scores_the_same_in_padded_rows_and_in_one_flat_row(tiny_model, t
             assert torch.equal(flat_counts, padded_counts) and torch.allclose(flat, padded, atol=1e-4)
     # each count is the answer's tokens and its end-of-turn token, nothing of the prompt
     assert padded_counts[0] == len(tokenizer(examples[0].reference + "<|im_end|>", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.slow  # two launched processes
+def test_dpo_in_two_processes_trains_what_one_process_trains(pairs_home, tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNESMITH_HOME", str(pairs_home))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: pairs}}\ntrain: {{task: preference, epochs: 1, batch_size: 6, lr: 5.0e-3}}\n")
+    one = run_cli(capsys, "train", "--config", str(config))
+    assert one.code == 0, one.err
+    one_dir = pairs_home / "runs" / run_id_from(one.out)
+    two = tunesmith("train", "--config", str(config), "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    two_dir = pairs_home / "runs" / run_id_from(two.stdout)
+    # each process scored half of the pairs for the reference; process 0 wrote them all
+    stored = [json.loads((folder / "reference_logps.json").read_text())["pairs"] for folder in (one_dir, two_dir)]
+    assert {s: set(v) for s, v in stored[0].items()} == {s: set(v) for s, v in stored[1].items()}
+    for split, found in stored[0].items():
+        for key, (chosen, rejected) in found.items():
+            assert stored[1][split][key] == pytest.approx([chosen, rejected], abs=1e-4)
+    for a, b in zip([r["loss"] for r in train_steps(one_dir)], [r["loss"] for r in train_steps(two_dir)], strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    assert abs(validations(one_dir)[-1]["val_reward_margin"] - validations(two_dir)[-1]["val_reward_margin"]) <= 1e-3
