@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message
 from tunesmith.data.preference import PREFERENCE_FORMATS, check_pair, pair_messages
-from tunesmith.data.records import SHAREGPT_ROLES, Found, check_fields_or_turns
+from tunesmith.data.records import SHAREGPT_ROLES, Found, check_record
 from tunesmith.errors import ProblemList, UserError
 
 FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"]
@@ -533,9 +533,10 @@ class LoadProblems:
             raise ProblemList(f"{self.count} problem(s) in {path}", self.lines_shown(path), fix=self.fix())
 
 
-def check_record(record: dict, fmt: str) -> Found:
-    """Every problem of one record already known to be in format `fmt`, as `data validate` and prepare name them."""
-    return check_pair(record, fmt) if fmt in PREFERENCE_FORMATS else check_fields_or_turns(record, fmt)
+def record_problems(record: dict, fmt: str) -> Found:
+    """Every problem of one record already known to be in format `fmt`, as `data validate` and prepare
+    name them: preference pairs by data/preference.py (which builds on records' turn checks), the rest by records."""
+    return check_pair(record, fmt) if fmt in PREFERENCE_FORMATS else check_record(record, fmt)
 
 
 def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
@@ -544,7 +545,7 @@ def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
         return "data_type", "make each record an object"
     if not all(key in record for key in FORMAT_KEYS[fmt]):
         return "missing_field", f"give every record {' and '.join(FORMAT_KEYS[fmt])} (one format per file)"
-    errors = [(code, message) for code, message, severity in check_record(record, fmt) if severity == "error"]
+    errors = [(code, message) for code, message, severity in record_problems(record, fmt) if severity == "error"]
     if not errors:
         return "invalid_record", "correct the record"
     code = errors[0][0]

@@ -121,7 +121,6 @@ def _check_fields(record: dict, fmt: str) -> Found:
     return found
 
 
-def check_fields_or_turns(record: dict, fmt: str) -> Found:
-    """Every problem of one record already known to be in a chat or field format `fmt` (preference
-    pairs: data/preference.py, which builds on these turn checks; formats.check_record picks)."""
+def check_record(record: dict, fmt: str) -> Found:
+    """Every problem of one record already known to be in format `fmt`."""
     return _check_turns(record, TURNS[fmt]) if fmt in TURNS else _check_fields(record, fmt)

@@ -23,9 +23,9 @@ from tunesmith.data.formats import (
     apply_mapping,
     check_format_name,
     check_mapping,
-    check_record,
     detect_format,
     read_records,
+    record_problems,
     to_example,
 )
 from tunesmith.data.records import TURNS, Severity
@@ -151,7 +151,7 @@ class _FileChecker:
         fmt = self._format_of(line, record)
         if fmt is None:
             return
-        found = check_record(record, fmt)
+        found = record_problems(record, fmt)
         for code, message, severity in found:
             self.report.add(line, code, message, severity)
         if not any(severity == "error" for _, _, severity in found):
