@@ -34,7 +34,8 @@ def _turns(value: Any, where: str, found: Found) -> list[Message] | None:
         found.extend(_check_turn(turn, f"{where}[{index}]", _SPEC))
     if len(found) > before:
         return None
-    return [Message(role=t["role"], content=t["content"], **({"weight": t["weight"]} if "weight" in t else {})) for t in value]
+    # every field the turn checks accepted (so whatever a chat message may carry is kept)
+    return [Message.model_validate(turn) for turn in value]
 
 
 def _answer(value: Any, where: str, found: Found, *, text_allowed: bool) -> Message | None:
