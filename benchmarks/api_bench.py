@@ -7,9 +7,10 @@
 Measured, each in the same run on the same machine:
 - submit to first step: from `client.fine_tuning.jobs.create` returning to the first event that
   carries a training step's metrics (the upload is timed apart), against the time from starting
-  `tunesmith train --data FILE` to the first step record in its run's metrics.jsonl. Both include
-  validating and preparing the file, the process start and loading the model; the difference is
-  what the service adds (queue, worker, runner process, database writes).
+  `tunesmith data prepare FILE --pii off` (the service does not scan uploads for PII either) and then
+  `tunesmith train` to the first step record in the run's metrics.jsonl. Both include validating and
+  preparing the file, process starts, loading the model and the pre-training estimate; the
+  difference is what the service adds (queue, worker, runner process, database writes).
 - events latency while the job trains: p50/p95 of `client.fine_tuning.jobs.list_events` round trips
   (the endpoint a client polls), and how far behind the newest step event is from the run's own
   metrics log at the moment of each poll.
@@ -57,10 +58,12 @@ def steps_logged(home: Path) -> list[int]:
 
 
 def cli_first_step(tickets: Path, env: dict, epochs: int, batch_size: int) -> float:
-    """Seconds from starting `tunesmith train` to its first step record."""
-    home = Path(env["TUNESMITH_HOME"])
-    command = [str(Path(sys.executable).parent / "tunesmith"), "train", "--data", str(tickets), "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    """Seconds from starting `tunesmith data prepare` (PII off, as the service prepares a job's file)
+    to the first step record of the `tunesmith train` that follows it."""
+    home, tunesmith = Path(env["TUNESMITH_HOME"]), str(Path(sys.executable).parent / "tunesmith")
     started = time.perf_counter()
+    subprocess.run([tunesmith, "data", "prepare", str(tickets), "--out", "tickets", "--pii", "off"], env=env, check=True, stdout=subprocess.DEVNULL)
+    command = [tunesmith, "train", "--data", "tickets", "--epochs", str(epochs), "--batch-size", str(batch_size)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while not steps_logged(home):
@@ -74,7 +77,7 @@ def cli_first_step(tickets: Path, env: dict, epochs: int, batch_size: int) -> fl
 
 
 def is_step_event(event) -> bool:
-    return event.type == "metrics" and isinstance(event.data, dict) and "step" in event.data
+    return event.type == "metrics" and isinstance(event.data, dict) and "train_loss" in event.data
 
 
 def api_job(tickets: Path, env: dict, epochs: int, batch_size: int, polls: int) -> dict:

@@ -47,6 +47,7 @@ TOPICS = [
     "docs/api-keys.md",
     "docs/ray.md",
     "docs/tools.md",
+    "docs/preference.md",
 ]
 CHECKED = ["README.md", *TOPICS]
 README_MAX_LINES = 170

@@ -44,7 +44,16 @@ def test_each_format_is_detected_and_normalised(tmp_path, record, fmt, expected)
 
 
 def test_every_format_name_is_in_the_literal():
-    assert set(typing.get_args(FormatName)) == {"messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"}
+    assert set(typing.get_args(FormatName)) == {
+        "messages",
+        "prompt_completion",
+        "input_output",
+        "alpaca",
+        "sharegpt",
+        "classification",
+        "preference",
+        "prompt_chosen_rejected",
+    }
 
 
 def test_classification_keeps_the_label_and_numbers_become_text(tmp_path):

@@ -72,7 +72,9 @@ class DataSpec(_Spec):
 
     dataset: str | None = Field(None, description="name of a dataset made by `tunesmith data prepare`")
     path: Path | None = Field(None, description="a JSONL/JSON/CSV/Parquet file; prepared when the run starts")
-    format: Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"] | None = None
+    format: Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"] | None = (
+        None
+    )
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)
@@ -202,9 +204,35 @@ class GenerationEvalSpec(_Spec):
     max_new_tokens: int = Field(64, ge=1, le=8192)
 
 
+PREFERENCE_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1}
+
+
+class PreferenceSpec(_Spec):
+    """How `train.task: preference` learns from pairs (docs/preference.md)."""
+
+    objective: Literal["dpo", "simpo", "orpo"] = Field(
+        "dpo",
+        description="dpo: against the base model's log-probabilities (computed once before training); simpo and orpo: reference-free",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="strength: DPO's and SimPO's reward scale, ORPO's weight of the odds-ratio term; default "
+        + ", ".join(f"{k} {v:g}" for k, v in PREFERENCE_BETA.items()),
+    )
+    simpo_gamma: float = Field(0.5, ge=0, le=10, description="SimPO's target reward margin (read by objective simpo only)")
+
+    @property
+    def strength(self) -> float:
+        return self.beta if self.beta is not None else PREFERENCE_BETA[self.objective]
+
+
 class TrainSpec(_Spec):
-    task: Literal["causal_lm", "classification"] = Field(
-        "causal_lm", description="causal_lm: learn to write the assistant's answer; classification: a classifier head predicts the example's label"
+    task: Literal["causal_lm", "classification", "preference"] = Field(
+        "causal_lm",
+        description="causal_lm: learn to write the assistant's answer; classification: a classifier head predicts the example's label; "
+        "preference: learn from preferred/rejected answer pairs (DPO, SimPO, ORPO)",
     )
     method: Literal["lora", "qlora", "dora", "full", "prompt_tuning", "prefix_tuning"] = Field(
         "lora", description="which parameters learn; see the methods table in docs/training.md"
@@ -248,6 +276,7 @@ class TrainSpec(_Spec):
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="settings of qlora's quantised base")
     prompt_tuning: PromptTuningSpec = Field(default_factory=PromptTuningSpec, description="settings of prompt_tuning")
     prefix_tuning: PrefixTuningSpec = Field(default_factory=PrefixTuningSpec, description="settings of prefix_tuning")
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="settings of task preference: objective and beta")
     price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs; the estimate shows the run's cost")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also send every metrics record to these trackers (offline: files in the run folder or the workspace)"
@@ -286,6 +315,8 @@ class TrainSpec(_Spec):
             for section in ("lora", "qlora", "prompt_tuning", "prefix_tuning"):
                 if section not in METHOD_SECTIONS[self.method]:
                     data.pop(section, None)
+            if self.task != "preference":
+                data.pop("preference", None)
         return data
 
     @model_validator(mode="after")
@@ -294,6 +325,12 @@ class TrainSpec(_Spec):
             raise ValueError(
                 f"train.packing true cannot be used with {self.method}: its virtual tokens precede a whole row, not each packed example; use packing auto or false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_settings(self) -> TrainSpec:
+        if "preference" in self.model_fields_set and self.task != "preference":
+            raise ValueError(f"train.preference is read by task preference only, but train.task is {self.task}; remove the section or set task: preference")
         return self
 
     @model_validator(mode="after")
@@ -371,8 +408,8 @@ class RunSpec(_Spec):
     @model_validator(mode="after")
     def _no_replay_for_classification(self) -> RunSpec:
         # The classifier trains on its own labels only; a replay set would be silently ignored.
-        if self.train.task == "classification" and self.data.replay is not None:
-            raise ValueError("data.replay mixes in examples for causal_lm runs only; remove it for train.task classification")
+        if self.train.task != "causal_lm" and self.data.replay is not None:
+            raise ValueError(f"data.replay mixes in examples for causal_lm runs only; remove it for train.task {self.train.task}")
         return self
 
 

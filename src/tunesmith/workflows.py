@@ -51,7 +51,7 @@ def prepare_dataset(
     """Check, clean, scrub, de-duplicate, split by seed and register a dataset (`tunesmith data prepare`).
 
     path: a JSONL, JSON (array), CSV or Parquet file. name: the dataset's name (default: the file's).
-    format: messages | prompt_completion | input_output | alpaca | sharegpt | classification (None: detected).
+    format: messages | prompt_completion | input_output | alpaca | sharegpt | classification | preference | prompt_chosen_rejected (None: detected).
     options: PrepareSpec fields (clean, pii, dedup, near_dedup, group_by, mapping, ...).
     model, max_seq_len: count tokens with this model's tokenizer; over-long examples stay out of validation
     and test. source: what error messages call these settings.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-FORMAT_HELP = "messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"
+FORMAT_HELP = (
+    "messages | prompt_completion | input_output | alpaca | sharegpt | classification | preference | prompt_chosen_rejected (auto-detected when omitted)"
+)
 
 
 def current_workspace():

@@ -104,7 +104,9 @@ def data_stats(
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL, JSON (array), CSV or Parquet file of examples"),
     format: str | None = typer.Option(
-        None, "--format", help="messages | prompt_completion | input_output | alpaca | sharegpt | classification (auto-detected when omitted)"
+        None,
+        "--format",
+        help="messages | prompt_completion | input_output | alpaca | sharegpt | classification | preference | prompt_chosen_rejected (auto-detected when omitted)",
     ),
     map_pairs: list[str] | None = typer.Option(
         None, "--map", help="rename the file's keys: canonical=yours, e.g. --map prompt=question completion=answer (or repeat --map, or comma-separate)"

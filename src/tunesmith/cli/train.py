@@ -23,7 +23,9 @@ def train_cmd(
     ),
     data: str | None = typer.Option(None, help="a prepared dataset's name, or a file to prepare"),
     method: str | None = typer.Option(None, help="lora | qlora | dora | full | prompt_tuning | prefix_tuning (docs/training.md: when to use each)"),
-    task: str | None = typer.Option(None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2)"),
+    task: str | None = typer.Option(
+        None, help="causal_lm (write answers) | classification (a head predicts the label; default model all-minilm-l6-v2) | preference (DPO on answer pairs)"
+    ),
     epochs: str | None = typer.Option(None, help="passes over the training split, or auto (chosen from the number of examples)"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="stop after this many optimiser steps (overrides --epochs)"),
     lr: str | None = typer.Option(None, help="peak learning rate (default: the method's), or auto (scaled with the batch)"),

@@ -167,9 +167,10 @@ def _tidy(text: str) -> str:
 
 def _map_text(example: Example, fix: Callable[[str], str]) -> Example:
     messages = [_with_content(m, fix(m.content)) for m in example.messages]
-    if all(a is b for a, b in zip(messages, example.messages)):
+    rejected = None if example.rejected is None else _with_content(example.rejected, fix(example.rejected.content))
+    if all(a is b for a, b in zip(messages, example.messages)) and rejected is example.rejected:
         return example
-    return example.model_copy(update={"messages": messages})
+    return example.model_copy(update={"messages": messages, "rejected": rejected})
 
 
 def _with_content(message: Message, content: str) -> Message:
@@ -178,9 +179,9 @@ def _with_content(message: Message, content: str) -> Message:
 
 
 def _has_content(example: Example) -> bool:
-    """Something to answer and something to learn: a non-empty user turn and a non-empty answer."""
+    """Something to answer and something to learn: a non-empty user turn and a non-empty answer (both answers of a pair)."""
     roles = {m.role for m in example.messages if m.content.strip() or m.tool_calls}
-    return {"user", "assistant"} <= roles
+    return {"user", "assistant"} <= roles and (example.rejected is None or bool(example.rejected.content.strip()))
 
 
 # --- the lint -------------------------------------------------------------------------------

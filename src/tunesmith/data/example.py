@@ -82,6 +82,10 @@ class Example(BaseModel):
     id: str
     messages: list[Message]
     label: str | None = None
+    # A preference pair: `messages` ends with the preferred answer and `rejected` is the answer not
+    # preferred to the same prompt (prompt_messages). One record serves both: SFT-style stages
+    # (generation, references, token counts) read the preferred answer as the reference.
+    rejected: Message | None = Optional()
     weight: float = 1.0
     meta: dict[str, Any] = Field(default_factory=dict)
     tools: list[Tool] | None = Optional()
@@ -109,7 +113,11 @@ class Example(BaseModel):
 
     def content_key(self) -> str:
         """Identity of what the example says, independent of its id: used for hashes and leak checks."""
-        return messages_key(self.messages, self.tools).hex()
+        return messages_key(self.messages, self.tools, self.rejected).hex()
+
+    @property
+    def is_pair(self) -> bool:
+        return self.rejected is not None
 
 
 def _message_payload(m: Message, text: str) -> tuple:
@@ -119,18 +127,25 @@ def _message_payload(m: Message, text: str) -> tuple:
     return (m.role, text)
 
 
-def messages_key(messages: list[Message], tools: list[Tool] | None = None) -> bytes:
-    """The SHA-256 digest behind Example.content_key, for any list of messages (e.g. a prompt)."""
+def messages_key(messages: list[Message], tools: list[Tool] | None = None, rejected: Message | None = None) -> bytes:
+    """The SHA-256 digest behind Example.content_key, for any list of messages (e.g. a prompt); a
+    preference pair's rejected answer is part of what it says (two pairs may share prompt and answer)."""
     payload: list[Any] = [_message_payload(m, " ".join(m.content.split())) for m in messages]
     if tools:
         payload.append(["tools", [t.model_dump() for t in tools]])
+    if rejected is not None:
+        payload.append(("rejected", " ".join(rejected.content.split())))
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).digest()
 
 
 def normalised_key(example: Example) -> tuple[tuple, ...]:
     """Exact-duplicate identity: every message, case-folded, whitespace collapsed (dedup and Rows both key on it)."""
     key = tuple(_message_payload(m, " ".join(m.content.casefold().split())) for m in example.messages)
-    return key + ((("tools", json.dumps([t.model_dump() for t in example.tools], sort_keys=True)),) if example.tools else ())
+    if example.tools:
+        key += (("tools", json.dumps([t.model_dump() for t in example.tools], sort_keys=True)),)
+    if example.rejected is not None:
+        key += (("rejected", " ".join(example.rejected.content.casefold().split())),)
+    return key
 
 
 def content_hash(examples: list[Example]) -> str:

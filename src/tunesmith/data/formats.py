@@ -4,7 +4,8 @@ Files: JSONL (one record a line), JSON (one array), CSV (a header row), Parquet 
 batches). Formats, auto-detected from the record's keys or named: chat `messages` (OpenAI
 style, optional per-message `weight` 0/1), `prompt`/`completion`, `input_text`/`output_text`
 (Vertex AI style), Alpaca `instruction`/`input`/`output`, ShareGPT `conversations`
-(`from`/`value`), classification `text`/`label`. Other key names are renamed to these with a
+(`from`/`value`), classification `text`/`label`, and preference pairs (OpenAI's `input`/
+`preferred_output`/`non_preferred_output`, and `prompt`/`chosen`/`rejected`: data/preference.py). Other key names are renamed to these with a
 mapping {canonical: file's key}.
 """
 
@@ -22,16 +23,19 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tunesmith.data.example import Example, Message, Tool
-from tunesmith.data.records import SHAREGPT_ROLES, check_record
+from tunesmith.data.preference import PREFERENCE_FORMATS, check_pair, pair_messages
+from tunesmith.data.records import SHAREGPT_ROLES, Found, check_record
 from tunesmith.data.toolcalls import check_calls, has_tools, normalise
 from tunesmith.errors import ProblemList, UserError
 
-FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification"]
+FormatName = Literal["messages", "prompt_completion", "input_output", "alpaca", "sharegpt", "classification", "preference", "prompt_chosen_rejected"]
 # Detection order matters: chat formats first, and classification last because `label` also
 # rides along on records of the other formats (the demo's chat records carry one).
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
+    "preference": ("input", "preferred_output", "non_preferred_output"),
+    "prompt_chosen_rejected": ("chosen", "rejected"),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "input_output": ("input_text", "output_text"),
@@ -39,7 +43,7 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
 }
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMAT_KEYS)
 # Top-level keys a mapping may rename to: every format's fields plus the optional ones.
-CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "system", "id", "meta"}
+CANONICAL_KEYS = frozenset(k for keys in FORMAT_KEYS.values() for k in keys) | {"input", "prompt", "system", "id", "meta"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_PROBLEMS_SHOWN = 20
 
@@ -163,8 +167,10 @@ def _csv_record(header: list[str], row: list[str]) -> Any:
 
 
 def _csv_value(name: str, value: str) -> Any:
-    # A chat column in CSV holds the conversation as JSON text.
-    if name in ("messages", "conversations") and value.lstrip().startswith("["):
+    # A chat column in CSV holds the conversation as JSON text (OpenAI preference columns too).
+    if (name in ("messages", "conversations", "preferred_output", "non_preferred_output") and value.lstrip().startswith("[")) or (
+        name == "input" and value.lstrip().startswith("{")
+    ):
         parsed = _parse_json(value)
         return value if isinstance(parsed, RecordError) else parsed
     return value
@@ -460,17 +466,17 @@ def check_limits(messages: list[Message], meta: dict) -> None:
 def to_example(record: Any, fmt: FormatName, example_id: str) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if fmt not in _CONVERTERS:
+    if fmt not in FORMAT_KEYS:
         raise ValueError(f"unknown format '{fmt}' (known: {', '.join(FORMAT_NAMES)})")
     if not all(key in record for key in FORMAT_KEYS[fmt]):
         raise ValueError(f"record is not in the file's format '{fmt}' (needs keys {', '.join(FORMAT_KEYS[fmt])})")
-    messages = _CONVERTERS[fmt](record)
+    messages, rejected = pair_messages(record, fmt) if fmt in PREFERENCE_FORMATS else (_CONVERTERS[fmt](record), None)
     if not any(m.role == "assistant" for m in messages):
         raise ValueError("example has no assistant message to learn from")
     label = record.get("label")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
-    check_limits(messages, meta)
-    example = Example(id=str(record.get("id") or example_id), messages=messages, label=None if label is None else str(label), meta=meta)
+    check_limits(messages if rejected is None else [*messages, rejected], meta)
+    example = Example(id=str(record.get("id") or example_id), messages=messages, rejected=rejected, label=None if label is None else str(label), meta=meta)
     if fmt == "messages" and has_tools(record):
         # The tools were checked with the messages (check_calls); only their shape is read here.
         normalised = normalise(record)
@@ -539,13 +545,19 @@ class LoadProblems:
             raise ProblemList(f"{self.count} problem(s) in {path}", self.lines_shown(path), fix=self.fix())
 
 
+def record_problems(record: dict, fmt: str) -> Found:
+    """Every problem of one record already known to be in format `fmt`, as `data validate` and prepare
+    name them: preference pairs by data/preference.py (which builds on records' turn checks), the rest by records."""
+    return check_pair(record, fmt) if fmt in PREFERENCE_FORMATS else check_record(record, fmt)
+
+
 def _problem_code(record: Any, fmt: str) -> tuple[str, str]:
     """The validator's code for a record `to_example` refused, so prepare and validate name it alike."""
     if not isinstance(record, dict):
         return "data_type", "make each record an object"
     if not all(key in record for key in FORMAT_KEYS[fmt]):
         return "missing_field", f"give every record {' and '.join(FORMAT_KEYS[fmt])} (one format per file)"
-    errors = [(code, message) for code, message, severity in check_record(record, fmt) if severity == "error"]
+    errors = [(code, message) for code, message, severity in record_problems(record, fmt) if severity == "error"]
     if not errors:
         return "invalid_record", "correct the record"
     code = errors[0][0]

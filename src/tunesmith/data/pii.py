@@ -628,6 +628,8 @@ def text_fields(example: Example) -> list[TextField]:
     """Every string an example carries, with where it sits: what a scrub must cover."""
     fields = [("id", example.id)] + [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages)]
     fields += [field for i, m in enumerate(example.messages) for field in _call_fields(i, m)]
+    if example.rejected is not None:
+        fields.append(("rejected", example.rejected.content))
     if example.label is not None:
         fields.append(("label", example.label))
     fields += list(_meta_fields(example.meta, "meta"))
@@ -722,7 +724,10 @@ class Scrubber:
             new_id = f"{new_id}-{self.ids_rewritten}"
         messages = [self._redacted_message(m) for m in example.messages]
         label = None if example.label is None else self.scrub_text(example.label)
-        return example.model_copy(update={"id": new_id, "messages": messages, "label": label, "meta": self._scrub_value(example.meta)})
+        rejected = example.rejected
+        if rejected is not None and self.spans(rejected.content):
+            rejected = rejected.model_copy(update={"content": self.scrub_text(rejected.content)})
+        return example.model_copy(update={"id": new_id, "messages": messages, "rejected": rejected, "label": label, "meta": self._scrub_value(example.meta)})
 
     def _redacted_message(self, message: Any) -> Any:
         update: dict[str, Any] = {}

@@ -52,7 +52,7 @@ class Rows:
         self._offsets.append(self._end)
         self._writer.write(line)
         self._end += len(line)
-        content = messages_key(example.messages)
+        content = messages_key(example.messages, example.rejected)
         self._content += content
         self._prompt += messages_key(example.prompt_messages)[:16]
         self._exact += hashlib.sha256(json.dumps(normalised_key(example), ensure_ascii=False).encode()).digest()[:16]
@@ -64,7 +64,8 @@ class Rows:
         # Word counts of texts() (no word spans the newline joining two messages), with and
         # without the final answer.
         words = [0 if m.role == "system" else len(_WORD.findall(m.content)) for m in example.messages]
-        self._words.append(sum(words))
+        rejected = len(_WORD.findall(example.rejected.content)) if example.rejected is not None else 0
+        self._words.append(sum(words) + rejected)
         last_is_answer = bool(example.messages) and example.messages[-1].role == "assistant"
         self._prompt_words.append(sum(words) - (words[-1] if last_is_answer else 0))
         return len(self._offsets) - 1
@@ -105,11 +106,14 @@ class Rows:
         return [Example.model_validate_json(line) for line in self.lines(rows)]
 
     def texts(self, rows: np.ndarray | list[int], prompt_only: bool = False) -> Iterator[str]:
-        """The text near-duplicates are found on: user and assistant turns (system left out), joined by newlines."""
+        """The text near-duplicates are found on: user and assistant turns (system left out), and a preference
+        pair's rejected answer (two pairs that differ only there are two pairs), joined by newlines."""
         for record in self.records(rows):
             messages = record["messages"]
             if prompt_only and messages and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
+            elif record.get("rejected"):
+                messages = [*messages, record["rejected"]]
             yield "\n".join(_turn_text(m) for m in messages if m["role"] != "system")
 
     def close(self) -> None:

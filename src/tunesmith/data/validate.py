@@ -25,9 +25,10 @@ from tunesmith.data.formats import (
     check_mapping,
     detect_format,
     read_records,
+    record_problems,
     to_example,
 )
-from tunesmith.data.records import TURNS, Severity, check_record
+from tunesmith.data.records import TURNS, Severity
 
 # Problems kept for display; every one is still counted, so `ok` and the totals stay exact
 # while a file that is wrong on every one of a million lines does not fill memory.
@@ -150,7 +151,7 @@ class _FileChecker:
         fmt = self._format_of(line, record)
         if fmt is None:
             return
-        found = check_record(record, fmt)
+        found = record_problems(record, fmt)
         for code, message, severity in found:
             self.report.add(line, code, message, severity)
         if not any(severity == "error" for _, _, severity in found):

@@ -35,6 +35,9 @@ PER_EXAMPLE = (
     "length_words",
     "ref_nll",
     *TOOL_METRICS,
+    "reward_accuracy",
+    "preference_accuracy",
+    "reward_margin",
 )
 
 Rows = list[dict[str, Any]]

@@ -170,11 +170,14 @@ def evaluate_run(
     )
     staged = Staged(run_dir, spec.split)
     results, rows_by_model, names, probes = {}, {}, {}, {}
+    pairs = _held_out_pairs(run_dir, run_spec, spec) if info.task == "preference" else None
     try:
         for job in jobs:
             model, tokenizer = job.load()
             for model_id, examples in job.variants.items():
                 rows_by_model[model_id], results[model_id] = evaluate_model(model, tokenizer, examples, spec, model_id)
+                if pairs is not None:
+                    pairs.add(model_id, model, tokenizer, examples, rows_by_model[model_id], results[model_id])
                 names[model_id] = job.names[model_id]
                 staged.add(model_id, names[model_id], rows_by_model[model_id], results[model_id])
                 _test_kill("eval", len(staged.models))
@@ -192,6 +195,14 @@ def evaluate_run(
 
         save_forgetting(run_dir, probes, spec.forgetting_threshold)
     return results
+
+
+def _held_out_pairs(run_dir: Path, run_spec: RunSpec, spec: EvalSpec) -> Any:
+    """A preference run's reward accuracy on the held-out pairs, beside the generated answers' metrics."""
+    from tunesmith.eval.preference import HeldOutPairs
+
+    train = run_spec.train
+    return HeldOutPairs(run_dir, spec.split, train.max_seq_len, train.preference.strength, spec.batch_size)
 
 
 def _test_kill(point: str, step: int) -> None:

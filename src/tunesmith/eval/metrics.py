@@ -68,6 +68,10 @@ _DEFINITIONS = [
             "precision_micro",
             "recall_macro",
             "recall_micro",
+            # a preference run's held-out pairs (eval/preference.py)
+            "reward_accuracy",
+            "preference_accuracy",
+            "reward_margin",
         )
     ),
     *(MetricDefinition(n, "higher", "quality") for n in ("tool_name_accuracy", "tool_arguments_exact_match", "tool_arguments_schema_valid")),
@@ -96,6 +100,8 @@ TASK_HEADLINE = {
     "classification": ("label_macro_f1", "f1_macro", "accuracy", "exact_match"),
     "text": ("rougeL", "chrf", "bleu", "exact_match"),
     "tools": ("tool_arguments_exact_match", "tool_name_accuracy", "exact_match"),
+    # pairs: whether the tuned model ranks the preferred answer higher, against the base's ranking
+    "preference": ("reward_accuracy", "preference_accuracy"),
 }
 HEADLINE_NAMES = {
     "exact_match": "exact match",
@@ -108,6 +114,8 @@ HEADLINE_NAMES = {
     "field_accuracy": "field accuracy",
     "tool_arguments_exact_match": "tool-call exact match",
     "tool_name_accuracy": "tool name accuracy",
+    "reward_accuracy": "reward accuracy",
+    "preference_accuracy": "preference accuracy",
 }
 
 

@@ -215,7 +215,9 @@ def save_evaluation(
 
 
 def task_of(rows: list[dict]) -> str:
-    """The task as docs/evaluation.md names it (json | fields | classification | text), from the references."""
+    """The task as docs/evaluation.md names it (json | fields | classification | text | preference), from the references."""
+    if any("reward_accuracy" in r for r in rows):
+        return "preference"
     labels = sorted({str(r["label"]) for r in rows if r.get("label") is not None}) or None
     return detect_task([r.get("reference") or "" for r in rows], labels)
 

@@ -1,6 +1,5 @@
 """The tasks a run can train, by `train.task`: what each means to the shared loop (an objective:
-tensors, loss, validation, best) and its recipe from a dataset to an artefact. A new task (say
-preference) registers here and gets the loop's checkpoints, resume, guards and budgets."""
+tensors, loss, validation, best) and its recipe from a dataset to an artefact. A new task registers here and gets the loop's checkpoints, resume, guards and budgets."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from typing import Any
 from tunesmith.errors import UserError
 from tunesmith.train.tasks.causal_lm import estimate_causal_lm, train_causal_lm
 from tunesmith.train.tasks.classification import estimate_classifier, train_classifier
+from tunesmith.train.tasks.preference import estimate_preference, train_preference
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "causal_lm": Task(train=train_causal_lm, estimate=estimate_causal_lm),
     "classification": Task(train=train_classifier, estimate=estimate_classifier),
+    "preference": Task(train=train_preference, estimate=estimate_preference),
 }
 
 
