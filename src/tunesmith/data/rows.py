@@ -52,7 +52,7 @@ class Rows:
         self._offsets.append(self._end)
         self._writer.write(line)
         self._end += len(line)
-        content = messages_key(example.messages, example.rejected)
+        content = messages_key(example.messages, example.tools, example.rejected)  # = bytes.fromhex(example.content_key())
         self._content += content
         self._prompt += messages_key(example.prompt_messages)[:16]
         self._exact += hashlib.sha256(json.dumps(normalised_key(example), ensure_ascii=False).encode()).digest()[:16]
