@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Literal, Protocol
 
+from tunesmith.workspace import process_alive, process_start
+
 State = Literal["running", "succeeded", "failed", "stopped", "unknown"]
 LOG_TAIL_BYTES = 4000
 
@@ -45,13 +47,15 @@ class LocalExecutor:
         with log.open("ab") as out:
             child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.children[child.pid] = child
-        return json.dumps({"pid": child.pid, "log": str(log)})
+        # the start time names the process: after a restart a recycled pid must not pass for the job
+        return json.dumps({"pid": child.pid, "started": process_start(child.pid), "log": str(log)})
 
     def state(self, handle: str) -> State:
-        pid = json.loads(handle)["pid"]
+        found = json.loads(handle)
+        pid = found["pid"]
         child = self.children.get(pid)
         if child is None:  # started by an earlier worker process: alive or not is all that can be known
-            return "running" if _alive(pid) else "unknown"
+            return "running" if process_alive(None, pid, found.get("started")) else "unknown"
         code = child.poll()
         if code is None:
             return "running"
@@ -76,13 +80,3 @@ class LocalExecutor:
                 return source.read().decode("utf-8", "replace")
         except OSError:
             return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,7 +19,7 @@ from tunesmith.eval.metrics import definition, detect_task, headline_metric, met
 from tunesmith.registry.runfolder import RunInfo, write_json
 from tunesmith.registry.store import Registry
 from tunesmith.ui import console
-from tunesmith.workspace import Workspace
+from tunesmith.workspace import Workspace, process_alive
 
 KEPT = "evaluations"
 STAGING = ".staging-"
@@ -60,21 +60,11 @@ class Staged:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_staging(run_dir: Path) -> None:
     """Remove the staging folders of evaluations whose process is gone (killed mid-way)."""
     for folder in (run_dir / "eval").glob(f"{STAGING}*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if folder.is_dir() and pid.isdigit() and not process_alive(None, int(pid), None):
             shutil.rmtree(folder, ignore_errors=True)
 
 
