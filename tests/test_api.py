@@ -286,3 +286,22 @@ def test_with_a_key_every_route_but_health_needs_it(tmp_path, tiny_model):
         assert list(api.client(api_key=secret).files.list()) == []
         with urllib.request.urlopen(f"http://127.0.0.1:{api.port}/health") as answer:
             assert answer.status == 200
+
+
+def test_stopping_the_service_stops_its_worker(tmp_path, tiny_model):
+    """SIGTERM (what a service manager or `kill` sends) to `tunesmith api` alone: its worker goes too,
+    instead of living on and taking jobs with nobody serving them."""
+    import signal
+
+    import psutil
+
+    api = start_api(tmp_path / "home", tiny_model)
+    try:
+        workers = [p for p in psutil.Process(api.process.pid).children() if "worker" in p.cmdline()]
+        assert len(workers) == 1
+        api.process.send_signal(signal.SIGTERM)
+        api.process.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"the worker {alive[0].pid} outlived the service"
+    finally:
+        api.kill()

@@ -33,8 +33,11 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.running: dict[str, str] = {}  # job id -> executor handle
 
-    def run_forever(self) -> None:
-        while True:
+    def run_forever(self, parent_pid: int | None = None) -> None:
+        """Until killed, or, for the worker `tunesmith api` starts, until that process is gone: uvicorn
+        ends on SIGTERM by raising the signal again, so the API's own clean-up never runs. The jobs'
+        processes go on (their runner renews their leases); the next worker adopts them."""
+        while parent_pid is None or os.getppid() == parent_pid:
             self.tick()
             time.sleep(self.poll_s)
 

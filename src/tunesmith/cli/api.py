@@ -15,6 +15,7 @@ from tunesmith.cli.api_keys import keys_app
 from tunesmith.cli.common import current_workspace
 from tunesmith.ui import console
 
+PARENT_ENV = "TUNESMITH_API_PID"  # the worker `tunesmith api` starts ends with it
 EXECUTOR_HELP = "local (child processes on this machine, the default) or ray (Ray Jobs on the cluster at --ray-address or RAY_ADDRESS)"
 
 api_app = typer.Typer(
@@ -68,7 +69,7 @@ def _model_folders(folders: list[Path]) -> list[Path]:
 def _start_worker(home: Path, slots: int, executor: str, ray_address: str | None, base_model: list[Path]) -> subprocess.Popen:
     command = [sys.executable, "-m", "tunesmith", "worker", "--slots", str(slots), "--executor", executor]
     command += ["--ray-address", ray_address] if ray_address else []
-    return subprocess.Popen(command, env={**os.environ, "TUNESMITH_HOME": str(home)})
+    return subprocess.Popen(command, env={**os.environ, "TUNESMITH_HOME": str(home), PARENT_ENV: str(os.getpid())})
 
 
 def worker_cmd(
@@ -81,7 +82,8 @@ def worker_cmd(
 
     workspace = current_workspace()
     options = {"address": ray_address} if executor == "ray" else {"log_dir": workspace.home / "jobs"}
-    Worker(workspace, executor_for(executor, **options), slots).run_forever()
+    parent = os.environ.get(PARENT_ENV)
+    Worker(workspace, executor_for(executor, **options), slots).run_forever(int(parent) if parent and parent.isdigit() else None)
 
 
 api_app.add_typer(keys_app, name="keys")
