@@ -105,6 +105,78 @@ def tools_system_text(tools: list[dict]) -> str:
     return TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
 
 
+def _jinja_text(text: str) -> str:
+    """A Jinja string literal: JSON's escapes (\\n, \\", \\uXXXX) are read by Jinja's lexer as Python's."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _tools_prompt_parts() -> tuple[str, str]:
+    """TOOLS_PROMPT before and after the tools' lines, as tools_system_text fills it."""
+    marker = "\x00tools\x00"
+    head, tail = TOOLS_PROMPT.format(tools=marker).split(marker)
+    return head, tail
+
+
+TOOL_TEMPLATE_MARK = "tunesmith tool template"
+
+
+def _preamble() -> str:
+    """Jinja that rewrites `messages` as `conversation(native=False)` does, then hides `tools` (the
+    model's own template is given none, as in Python). Tags only, back to back: it writes no text, so
+    the template after it renders as if it stood alone. Arguments given as objects are written with
+    tojson (json.dumps, as call_block); arguments given as JSON text are written as given (Jinja
+    cannot parse JSON): runtimes that follow HF's convention (vLLM, tunesmith) pass objects."""
+    head, tail = _tools_prompt_parts()
+    head, tail = _jinja_text(head), _jinja_text(tail)
+    call_head, call_middle, call_tail = (_jinja_text(t) for t in (TOOL_CALL_OPEN + '\n{"name": ', ', "arguments": ', '}\n' + TOOL_CALL_CLOSE))
+    tags = [
+        f"{{#- {TOOL_TEMPLATE_MARK}: tools, calls and tool answers as tunesmith renders them (docs/tools.md), then the model's own template -#}}",
+        "{%- set ts_ns = namespace(on=(true if tools else false), turns=[], answers=false) -%}",
+        "{%- for m in messages -%}{%- if m.tool_calls or m.role == 'tool' -%}{%- set ts_ns.on = true -%}{%- endif -%}{%- endfor -%}",
+        "{%- if ts_ns.on -%}",
+        "{%- for m in messages -%}",
+        "{%- if m.role == 'tool' -%}",
+        "{%- set ts_block = '<tool_response>\n' ~ (m.content or '') ~ '\n</tool_response>' -%}",
+        "{%- if ts_ns.answers -%}{%- set ts_ns.turns = ts_ns.turns[:-1] + [{'role': 'user', 'content': ts_ns.turns[-1].content ~ '\n' ~ ts_block}] -%}",
+        "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': 'user', 'content': ts_block}] -%}{%- endif -%}",
+        "{%- set ts_ns.answers = true -%}",
+        "{%- else -%}",
+        "{%- set ts_ns.answers = false -%}",
+        "{%- if m.role == 'assistant' and m.tool_calls -%}",
+        "{%- set ts_call = namespace(parts=([m.content] if (m.content and m.content.strip()) else [])) -%}",
+        "{%- for c in m.tool_calls -%}",
+        "{%- set ts_args = c.function.arguments if c.function.arguments is defined else none -%}",
+        "{%- set ts_call.parts = ts_call.parts + [" + call_head + " ~ (c.function.name | tojson) ~ " + call_middle
+        + " ~ (ts_args if ts_args is string else (ts_args | tojson)) ~ " + call_tail + "] -%}",
+        "{%- endfor -%}",
+        "{%- set ts_ns.turns = ts_ns.turns + [{'role': 'assistant', 'content': ts_call.parts | join('\n')}] -%}",
+        "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': m.role, 'content': m.content or ''}] -%}{%- endif -%}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if tools -%}",
+        "{%- set ts_block = " + head + " ~ (tools | map('tojson') | join('\\n')) ~ " + tail + " -%}",
+        "{%- if ts_ns.turns and ts_ns.turns[0].role == 'system' -%}",
+        "{%- set ts_first = (ts_ns.turns[0].content ~ '\n\n' ~ ts_block) if ts_ns.turns[0].content.strip() else ts_block -%}",
+        "{%- set ts_ns.turns = [{'role': 'system', 'content': ts_first}] + ts_ns.turns[1:] -%}",
+        "{%- else -%}{%- set ts_ns.turns = [{'role': 'system', 'content': ts_block}] + ts_ns.turns -%}{%- endif -%}",
+        "{%- endif -%}",
+        "{%- set messages = ts_ns.turns -%}",
+        "{%- endif -%}",
+        "{%- set tools = none %}",
+    ]
+    return "".join(tags)
+
+
+def with_tool_template(template: str) -> str:
+    """The model's own Jinja chat template, made to render tools, calls and tool answers exactly as
+    tunesmith's tool template (`conversation`) does, and every conversation without them exactly as
+    before: what an export writes for a model whose template does not render tools, so vLLM,
+    transformers and llama.cpp given `tools=[...]` render what training saw."""
+    if TOOL_TEMPLATE_MARK in template:
+        return template
+    return _preamble() + template
+
+
 def conversation(messages: list[dict], tools: list[dict] | None, *, native: bool, trained: list[bool]) -> tuple[list[dict], list[bool], list[dict] | None]:
     """(turns for the template, which turns carry loss, the tools to pass it natively or None)."""
     if native:
