@@ -51,7 +51,8 @@ def _arguments(arguments: Any) -> Any:
         return arguments
 
 
-def _native_message(message: dict) -> dict:
+def template_message(message: dict) -> dict:
+    """A message as a Hugging Face template reads it: a call's arguments as an object, not JSON text."""
     if not message.get("tool_calls"):
         return message
     calls = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"))}} for c in message["tool_calls"]]
@@ -177,10 +178,33 @@ def with_tool_template(template: str) -> str:
     return _preamble() + template
 
 
+_PLAIN_PROBES = [
+    [{"role": "user", "content": "probe user"}],
+    [{"role": "system", "content": "probe system"}, {"role": "user", "content": "probe user"}, {"role": "assistant", "content": "probe answer"}],
+]
+
+
+def exported_template(tokenizer: Any) -> str | None:
+    """The chat template an export writes so that runtimes render tools as tunesmith does: None when
+    the model's own template renders tools (it is kept) or is not one Jinja string; else the template
+    with the tool preamble, checked to render plain conversations byte for byte as the original."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or supports_tools(tokenizer):
+        return None
+    derived = with_tool_template(template)
+    for messages in _PLAIN_PROBES:
+        for generation in (True, False):
+            ours = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation, chat_template=derived)
+            if ours != theirs:
+                return None
+    return derived
+
+
 def conversation(messages: list[dict], tools: list[dict] | None, *, native: bool, trained: list[bool]) -> tuple[list[dict], list[bool], list[dict] | None]:
     """(turns for the template, which turns carry loss, the tools to pass it natively or None)."""
     if native:
-        return [_native_message(m) for m in messages], trained, tools or None
+        return [template_message(m) for m in messages], trained, tools or None
     turns: list[dict] = []
     flags: list[bool] = []
     for message, trains in zip(messages, trained, strict=True):

@@ -382,7 +382,10 @@ def llamacpp_chat_answers(
                 eos_token=vocab._model.token_get_text(eos) if eos != -1 else "",
                 bos_token=vocab._model.token_get_text(bos) if bos != -1 else "",
             )
-            formatted = [formatter(messages=c) for c in conversations]
+            from tunesmith.export.base import tools_of
+            from tunesmith.export.verify import runtime_messages
+
+            formatted = [formatter(messages=runtime_messages(c), tools=tools_of(c)) for c in conversations]
             # as llama-cpp-python's chat handler tokenises: BOS only where the template did not write special tokens itself
             ids = [vocab.tokenize(f.prompt.encode("utf-8"), add_bos=not f.added_special, special=True) for f in formatted]
         else:
