@@ -156,3 +156,33 @@ def test_a_tool_run_exports_a_template_that_verifies_on_its_tool_prompts(tool_ru
     assert exported.apply_chat_template(objects(messages), tools=[WEATHER, SEND], add_generation_prompt=True, tokenize=False) == render_messages(
         run_tokenizer, messages, [WEATHER, SEND]
     )
+
+
+@pytest.mark.slow
+def test_a_gguf_carries_the_template_and_llama_cpp_renders_tool_prompts_as_training(tmp_path):
+    """A 2-layer Llama with SmolLM2's tokenizer (llama.cpp knows its pre-tokenizer), its folder written as
+    an export writes it, converted by llama.cpp's converter: the GGUF's tokenizer.chat_template is the
+    exported one, and llama.cpp's chat path tokenises tool prompts to the ids tunesmith trains on."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.config import EMBEDDED_MODEL
+    from tunesmith.export.base import ToolConversation
+    from tunesmith.export.gguf import convert_to_gguf, gguf_metadata, llamacpp_chat_answers
+    from tunesmith.export.merged import save_tokenizer
+    from tunesmith.models.loading import resolve_model_path
+
+    pytest.importorskip("gguf")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    folder = tmp_path / "merged"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    assert save_tokenizer(AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL)), folder)
+    gguf = convert_to_gguf(folder, tmp_path / "tiny.gguf", "f16")
+    assert gguf_metadata(gguf)["tokenizer.chat_template"] == AutoTokenizer.from_pretrained(folder).chat_template
+    conversations = [ToolConversation(m, [WEATHER, SEND]) for m in TOOL_CONVERSATIONS.values()] + list(PLAIN.values())
+    answers = llamacpp_chat_answers(gguf, conversations, max_new_tokens=1)
+    for conversation, answer in zip(conversations, answers, strict=True):
+        text = render_messages(tokenizer, conversation, getattr(conversation, "tools", None))
+        assert answer.prompt_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
