@@ -12,22 +12,37 @@ from toolfixtures import WEATHER, call, tools_home, varied_records
 from tunesmith.chat_template import render_messages
 from tunesmith.chat_template.tools import exported_template, supports_tools
 
-SEND = {"type": "function", "function": {"name": "send_note", "description": "Send a note", "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}}
+SEND = {
+    "type": "function",
+    "function": {"name": "send_note", "description": "Send a note", "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}},
+}
 
 
 def objects(messages: list[dict]) -> list[dict]:
     """The messages as vLLM hands them to a template: calls' arguments parsed into objects."""
-    return [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}} for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    return [
+        {**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}} for c in m["tool_calls"]]}
+        if m.get("tool_calls")
+        else m
+        for m in messages
+    ]
 
 
 ASK = {"role": "user", "content": "Weather in Paris and Rome? Tell Ann."}
-PARALLEL = {"role": "assistant", "content": None, "tool_calls": [call("call_1", "get_weather", {"city": "Paris"}), call("call_2", "get_weather", {"city": "Rome"})]}
+PARALLEL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [call("call_1", "get_weather", {"city": "Paris"}), call("call_2", "get_weather", {"city": "Rome"})],
+}
 ANSWERS = [{"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}, {"role": "tool", "tool_call_id": "call_2", "content": "sunny, é"}]
 WITH_TEXT = {"role": "assistant", "content": "Sending it now.", "tool_calls": [call("call_3", "send_note", {"to": "Ann", "text": "21 °C"})]}
 SYSTEM = {"role": "system", "content": "You are brief."}
 TOOL_CONVERSATIONS = {
     "single call asked": [{"role": "user", "content": "Weather in Paris?"}],
-    "single call made": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [call("c", "get_weather", {"city": "Paris"})]}],
+    "single call made": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("c", "get_weather", {"city": "Paris"})]},
+    ],
     "parallel calls and answers": [ASK, PARALLEL, *ANSWERS],
     "system prompt, calls, answers, text and a call": [SYSTEM, ASK, PARALLEL, *ANSWERS, WITH_TEXT, {"role": "tool", "tool_call_id": "call_3", "content": "ok"}],
     "system prompt, text answer, new question": [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, ASK],
@@ -71,7 +86,12 @@ def check_renders_as_tunesmith(model, folder):
             assert theirs == ours, name
             # arguments as OpenAI's JSON text are written as given: alike when the text is what json.dumps writes
             as_text = [
-                {**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]]}
+                {
+                    **m,
+                    "tool_calls": [
+                        {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]
+                    ],
+                }
                 if m.get("tool_calls")
                 else m
                 for m in objects(messages)

@@ -123,13 +123,14 @@ TOOL_TEMPLATE_MARK = "tunesmith tool template"
 
 def _preamble() -> str:
     """Jinja that rewrites `messages` as `conversation(native=False)` does, then hides `tools` (the
-    model's own template is given none, as in Python). Tags only, back to back: it writes no text, so
+    model's own template is given none, as in Python). Tags only, back to back, on one line (newlines
+    only as escapes inside literals): it writes no text, so
     the template after it renders as if it stood alone. Arguments given as objects are written with
     tojson (json.dumps, as call_block); arguments given as JSON text are written as given (Jinja
     cannot parse JSON): runtimes that follow HF's convention (vLLM, tunesmith) pass objects."""
     head, tail = _tools_prompt_parts()
     head, tail = _jinja_text(head), _jinja_text(tail)
-    call_head, call_middle, call_tail = (_jinja_text(t) for t in (TOOL_CALL_OPEN + '\n{"name": ', ', "arguments": ', '}\n' + TOOL_CALL_CLOSE))
+    call_head, call_middle, call_tail = (_jinja_text(t) for t in (TOOL_CALL_OPEN + '\n{"name": ', ', "arguments": ', "}\n" + TOOL_CALL_CLOSE))
     tags = [
         f"{{#- {TOOL_TEMPLATE_MARK}: tools, calls and tool answers as tunesmith renders them (docs/tools.md), then the model's own template -#}}",
         "{%- set ts_ns = namespace(on=(true if tools else false), turns=[], answers=false) -%}",
@@ -137,8 +138,8 @@ def _preamble() -> str:
         "{%- if ts_ns.on -%}",
         "{%- for m in messages -%}",
         "{%- if m.role == 'tool' -%}",
-        "{%- set ts_block = '<tool_response>\n' ~ (m.content or '') ~ '\n</tool_response>' -%}",
-        "{%- if ts_ns.answers -%}{%- set ts_ns.turns = ts_ns.turns[:-1] + [{'role': 'user', 'content': ts_ns.turns[-1].content ~ '\n' ~ ts_block}] -%}",
+        "{%- set ts_block = '<tool_response>\\n' ~ (m.content or '') ~ '\\n</tool_response>' -%}",
+        "{%- if ts_ns.answers -%}{%- set ts_ns.turns = ts_ns.turns[:-1] + [{'role': 'user', 'content': ts_ns.turns[-1].content ~ '\\n' ~ ts_block}] -%}",
         "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': 'user', 'content': ts_block}] -%}{%- endif -%}",
         "{%- set ts_ns.answers = true -%}",
         "{%- else -%}",
@@ -147,17 +148,22 @@ def _preamble() -> str:
         "{%- set ts_call = namespace(parts=([m.content] if (m.content and m.content.strip()) else [])) -%}",
         "{%- for c in m.tool_calls -%}",
         "{%- set ts_args = c.function.arguments if c.function.arguments is defined else none -%}",
-        "{%- set ts_call.parts = ts_call.parts + [" + call_head + " ~ (c.function.name | tojson) ~ " + call_middle
-        + " ~ (ts_args if ts_args is string else (ts_args | tojson)) ~ " + call_tail + "] -%}",
+        "{%- set ts_call.parts = ts_call.parts + ["
+        + call_head
+        + " ~ (c.function.name | tojson) ~ "
+        + call_middle
+        + " ~ (ts_args if ts_args is string else (ts_args | tojson)) ~ "
+        + call_tail
+        + "] -%}",
         "{%- endfor -%}",
-        "{%- set ts_ns.turns = ts_ns.turns + [{'role': 'assistant', 'content': ts_call.parts | join('\n')}] -%}",
+        "{%- set ts_ns.turns = ts_ns.turns + [{'role': 'assistant', 'content': ts_call.parts | join('\\n')}] -%}",
         "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': m.role, 'content': m.content or ''}] -%}{%- endif -%}",
         "{%- endif -%}",
         "{%- endfor -%}",
         "{%- if tools -%}",
         "{%- set ts_block = " + head + " ~ (tools | map('tojson') | join('\\n')) ~ " + tail + " -%}",
         "{%- if ts_ns.turns and ts_ns.turns[0].role == 'system' -%}",
-        "{%- set ts_first = (ts_ns.turns[0].content ~ '\n\n' ~ ts_block) if ts_ns.turns[0].content.strip() else ts_block -%}",
+        "{%- set ts_first = (ts_ns.turns[0].content ~ '\\n\\n' ~ ts_block) if ts_ns.turns[0].content.strip() else ts_block -%}",
         "{%- set ts_ns.turns = [{'role': 'system', 'content': ts_first}] + ts_ns.turns[1:] -%}",
         "{%- else -%}{%- set ts_ns.turns = [{'role': 'system', 'content': ts_block}] + ts_ns.turns -%}{%- endif -%}",
         "{%- endif -%}",

@@ -126,7 +126,13 @@ def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Writt
         )
     if quantized:
         notes.append("QLoRA: the adapter was trained over the base loaded in 4 bits (NF4); load the base that way to answer as trained")
-    details: dict[str, Any] = {"base": base_ref, "adapter_type": config.get("peft_type"), "rank": rank or None, "lora_module_name": name, "tool_template": tool_template}
+    details: dict[str, Any] = {
+        "base": base_ref,
+        "adapter_type": config.get("peft_type"),
+        "rank": rank or None,
+        "lora_module_name": name,
+        "tool_template": tool_template,
+    }
     if quantized:
         qlora = source.spec.train.qlora
         details["base_quantization"] = {"load_in_4bit": True, "bnb_4bit_quant_type": qlora.quant_type, "bnb_4bit_use_double_quant": qlora.double_quant}

@@ -98,7 +98,12 @@ def write_merged(source: Source, folder: Path, options: ExportOptions) -> Writte
         f"transformers: AutoModelForCausalLM.from_pretrained({str(options.out)!r}) with AutoTokenizer from the same folder "
         f"(its chat template); vLLM: vllm serve {options.out} --override-generation-config '{{\"temperature\": 0}}' (greedy as evaluated)"
     )
-    details = {"dtype": str(model.dtype).removeprefix("torch."), "end_of_turn_ids": generation["eos_token_id"], "dequantised_merge": source.method.quantized, "tool_template": tool_template}
+    details = {
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "end_of_turn_ids": generation["eos_token_id"],
+        "dequantised_merge": source.method.quantized,
+        "tool_template": tool_template,
+    }
     return Written(runtime="transformers", usage=usage, notes=notes, details=details)
 
 

@@ -83,7 +83,9 @@ class Source:
             )
         # the tools an example offers travel with its prompt, dumped as the renderer dumps them (chat_template._tools_of)
         prompts: list[Conversation] = [
-            ToolConversation([m.model_dump(exclude={"weight"}) for m in e.prompt_messages], [t.model_dump() for t in e.tools] if getattr(e, "tools", None) else None)
+            ToolConversation(
+                [m.model_dump(exclude={"weight"}) for m in e.prompt_messages], [t.model_dump() for t in e.tools] if getattr(e, "tools", None) else None
+            )
             for e in examples
         ]
         return [e.id for e in examples], prompts, [e.reference or "" for e in examples]
