@@ -206,3 +206,28 @@ def test_a_gguf_carries_the_template_and_llama_cpp_renders_tool_prompts_as_train
     for conversation, answer in zip(conversations, answers, strict=True):
         text = render_messages(tokenizer, conversation, getattr(conversation, "tools", None))
         assert answer.prompt_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_target_whose_template_cannot_render_tools_leaves_tool_prompts_out_and_says_so(tool_run, tmp_path):
+    """As for Ollama (its TEMPLATE renders role and content only): held-out prompts with tools are left
+    out and counted under not_checked; when every prompt offers tools (this run's test split), nothing
+    is left to compare and the verification fails saying why, rather than passing on no examples."""
+    from dataclasses import replace
+
+    from tunesmith.export.base import ExportOptions, Written, asks_tools
+    from tunesmith.export.pipeline import export_run
+    from tunesmith.export.source import load_source
+    from tunesmith.export.targets import target_for
+    from tunesmith.export.verify import verify_answers
+
+    ws, run = tool_run
+    result = export_run(run, ws, "merged", out=tmp_path / "merged", verify=False)
+    source = load_source(ws, run)
+    _, conversations, _ = source.conversations(32)
+    assert all(asks_tools(c) for c in conversations)
+    target = replace(target_for("merged"), renders_tools=False)
+    written = Written(runtime="transformers", usage="", details=result.record["details"])
+    found = verify_answers(source, target, tmp_path / "merged", written, ExportOptions(to="merged", out=tmp_path / "merged"))
+    assert not found.passed and found.examples == 0
+    assert f"all {len(conversations)} held-out prompts offer tools" in found.failures[0]
+    assert f"{len(conversations)} held-out prompts with tools" in " ".join(found.not_checked)

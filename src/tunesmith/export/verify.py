@@ -236,6 +236,18 @@ def transformers_answers(model: Any, tokenizer: Any, conversations: list[Convers
     return [a for a in answers if a is not None]
 
 
+def nothing_to_verify(written: Any, runtime: str, target: str, left_out: int, max_new_tokens: int) -> Verification:
+    """A failed verification for a target whose template cannot render tools, when every held-out prompt offers them."""
+    why = (
+        f"all {left_out} held-out prompts offer tools, which {target}'s template cannot render (role and content only): the export would not prompt as trained"
+    )
+    found = crashed(written, runtime, 0, max_new_tokens, RuntimeError(why), 0.0)
+    found.failures = [why]
+    found.line = "prompts without tools render as in training"
+    found.not_checked.append(f"{left_out} held-out prompts with tools ({target}'s template renders role and content only)")
+    return found
+
+
 def crashed(written: Any, runtime: str, examples: int, max_new_tokens: int, exc: BaseException, seconds: float) -> Verification:
     """A failed verification for an export its runtime could not even run."""
     cause = str(exc).splitlines()[0] if str(exc) else ""
@@ -268,6 +280,8 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
         left_out = len(conversations) - len(kept)
         ids, conversations, references = [ids[i] for i in kept], [conversations[i] for i in kept], [references[i] for i in kept]
     max_new_tokens = source.spec.eval.max_new_tokens
+    if left_out and not conversations:  # nothing left to compare: a pass here would be vacuous
+        return nothing_to_verify(written, runtime, target.name, left_out, max_new_tokens)
     reference = tunesmith_answers(source, conversations, max_new_tokens)
     try:
         exported = target.answer(folder, written, conversations, max_new_tokens, BATCH_SIZE)
