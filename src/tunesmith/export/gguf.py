@@ -347,6 +347,7 @@ def write_gguf(source: Any, folder: Path, options: Any) -> Any:
         "quantization": quantize,
         "tensor_types": meta["tensor_types"],
         "chat_template_in_metadata": bool(meta.get("tokenizer.chat_template")),
+        "tool_template": merged.details["tool_template"],  # the template in the metadata renders tools as tunesmith's tool template
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "eot_token_id": meta.get("tokenizer.ggml.eot_token_id"),
         "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {llama_cpp_version()})",
