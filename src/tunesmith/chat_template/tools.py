@@ -124,8 +124,8 @@ TOOL_TEMPLATE_MARK = "tunesmith tool template"
 def _preamble() -> str:
     """Jinja that rewrites `messages` as `conversation(native=False)` does, then hides `tools` (the
     model's own template is given none, as in Python). Tags only, back to back, on one line (newlines
-    only as escapes inside literals): it writes no text, so
-    the template after it renders as if it stood alone. Arguments given as objects are written with
+    only as escapes inside literals): it writes no text, so the template after it renders as if it
+    stood alone. Arguments given as objects are written with
     tojson (json.dumps, as call_block); arguments given as JSON text are written as given (Jinja
     cannot parse JSON): runtimes that follow HF's convention (vLLM, tunesmith) pass objects."""
     head, tail = _tools_prompt_parts()

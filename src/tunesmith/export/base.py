@@ -41,7 +41,9 @@ def tools_of(conversation: Conversation) -> list[dict[str, Any]] | None:
 
 def asks_tools(conversation: Conversation) -> bool:
     """Whether the prompt offers tools or holds calls or tool answers (the tool template renders it)."""
-    return bool(tools_of(conversation)) or any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation)
+    from tunesmith.chat_template.tools import uses_tools
+
+    return uses_tools(conversation, tools_of(conversation))
 
 
 @dataclass(frozen=True)
