@@ -367,6 +367,7 @@ def test_export_to_gguf_answers_as_the_run_through_llamacpp(smol_run, quantize):
     assert gguf_file.is_file() and gguf_file.suffix == ".gguf"
     assert record["format"] == "gguf" and record["runtime"] == "llama.cpp" and record["quantization"] == quantize
     assert gguf_metadata(gguf_file)["tokenizer.chat_template"]
+    assert record["details"]["tool_template"] is True  # ChatML drops tools: the GGUF's template renders them as training does (test_tools_export.py)
     check = record["verification"]
     assert check["passed"], check
     assert check["prompt_ids_identical"] == check["examples"] > 0

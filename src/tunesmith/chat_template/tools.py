@@ -51,7 +51,8 @@ def _arguments(arguments: Any) -> Any:
         return arguments
 
 
-def _native_message(message: dict) -> dict:
+def template_message(message: dict) -> dict:
+    """A message as a Hugging Face template reads it: a call's arguments as an object, not JSON text."""
     if not message.get("tool_calls"):
         return message
     calls = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"))}} for c in message["tool_calls"]]
@@ -105,10 +106,111 @@ def tools_system_text(tools: list[dict]) -> str:
     return TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
 
 
+def _jinja_text(text: str) -> str:
+    """A Jinja string literal: JSON's escapes (\\n, \\", \\uXXXX) are read by Jinja's lexer as Python's."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _tools_prompt_parts() -> tuple[str, str]:
+    """TOOLS_PROMPT before and after the tools' lines, as tools_system_text fills it."""
+    marker = "\x00tools\x00"
+    head, tail = TOOLS_PROMPT.format(tools=marker).split(marker)
+    return head, tail
+
+
+TOOL_TEMPLATE_MARK = "tunesmith tool template"
+
+
+def _preamble() -> str:
+    """Jinja that rewrites `messages` as `conversation(native=False)` does, then hides `tools` (the
+    model's own template is given none, as in Python). Tags only, back to back, on one line (newlines
+    only as escapes inside literals): it writes no text, so the template after it renders as if it
+    stood alone. Arguments given as objects are written with
+    tojson (json.dumps, as call_block); arguments given as JSON text are written as given (Jinja
+    cannot parse JSON): runtimes that follow HF's convention (vLLM, tunesmith) pass objects."""
+    head, tail = _tools_prompt_parts()
+    head, tail = _jinja_text(head), _jinja_text(tail)
+    call_head, call_middle, call_tail = (_jinja_text(t) for t in (TOOL_CALL_OPEN + '\n{"name": ', ', "arguments": ', "}\n" + TOOL_CALL_CLOSE))
+    tags = [
+        f"{{#- {TOOL_TEMPLATE_MARK}: tools, calls and tool answers as tunesmith renders them (docs/tools.md), then the model's own template -#}}",
+        "{%- set ts_ns = namespace(on=(true if tools else false), turns=[], answers=false) -%}",
+        "{%- for m in messages -%}{%- if m.tool_calls or m.role == 'tool' -%}{%- set ts_ns.on = true -%}{%- endif -%}{%- endfor -%}",
+        "{%- if ts_ns.on -%}",
+        "{%- for m in messages -%}",
+        "{%- if m.role == 'tool' -%}",
+        "{%- set ts_block = '<tool_response>\\n' ~ (m.content or '') ~ '\\n</tool_response>' -%}",
+        "{%- if ts_ns.answers -%}{%- set ts_ns.turns = ts_ns.turns[:-1] + [{'role': 'user', 'content': ts_ns.turns[-1].content ~ '\\n' ~ ts_block}] -%}",
+        "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': 'user', 'content': ts_block}] -%}{%- endif -%}",
+        "{%- set ts_ns.answers = true -%}",
+        "{%- else -%}",
+        "{%- set ts_ns.answers = false -%}",
+        "{%- if m.role == 'assistant' and m.tool_calls -%}",
+        "{%- set ts_call = namespace(parts=([m.content] if (m.content and m.content.strip()) else [])) -%}",
+        "{%- for c in m.tool_calls -%}",
+        "{%- set ts_args = c.function.arguments if c.function.arguments is defined else none -%}",
+        "{%- set ts_call.parts = ts_call.parts + ["
+        + call_head
+        + " ~ (c.function.name | tojson) ~ "
+        + call_middle
+        + " ~ (ts_args if ts_args is string else (ts_args | tojson)) ~ "
+        + call_tail
+        + "] -%}",
+        "{%- endfor -%}",
+        "{%- set ts_ns.turns = ts_ns.turns + [{'role': 'assistant', 'content': ts_call.parts | join('\\n')}] -%}",
+        "{%- else -%}{%- set ts_ns.turns = ts_ns.turns + [{'role': m.role, 'content': m.content or ''}] -%}{%- endif -%}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if tools -%}",
+        "{%- set ts_block = " + head + " ~ (tools | map('tojson') | join('\\n')) ~ " + tail + " -%}",
+        "{%- if ts_ns.turns and ts_ns.turns[0].role == 'system' -%}",
+        "{%- set ts_first = (ts_ns.turns[0].content ~ '\\n\\n' ~ ts_block) if ts_ns.turns[0].content.strip() else ts_block -%}",
+        "{%- set ts_ns.turns = [{'role': 'system', 'content': ts_first}] + ts_ns.turns[1:] -%}",
+        "{%- else -%}{%- set ts_ns.turns = [{'role': 'system', 'content': ts_block}] + ts_ns.turns -%}{%- endif -%}",
+        "{%- endif -%}",
+        "{%- set messages = ts_ns.turns -%}",
+        "{%- endif -%}",
+        "{%- set tools = none %}",
+    ]
+    return "".join(tags)
+
+
+def with_tool_template(template: str) -> str:
+    """The model's own Jinja chat template, made to render tools, calls and tool answers exactly as
+    tunesmith's tool template (`conversation`) does, and every conversation without them exactly as
+    before: what an export writes for a model whose template does not render tools, so vLLM,
+    transformers and llama.cpp given `tools=[...]` render what training saw."""
+    if TOOL_TEMPLATE_MARK in template:
+        return template
+    return _preamble() + template
+
+
+_PLAIN_PROBES = [
+    [{"role": "user", "content": "probe user"}],
+    [{"role": "system", "content": "probe system"}, {"role": "user", "content": "probe user"}, {"role": "assistant", "content": "probe answer"}],
+]
+
+
+def exported_template(tokenizer: Any) -> str | None:
+    """The chat template an export writes so that runtimes render tools as tunesmith does: None when
+    the model's own template renders tools (it is kept) or is not one Jinja string; else the template
+    with the tool preamble, checked to render plain conversations byte for byte as the original."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or supports_tools(tokenizer):
+        return None
+    derived = with_tool_template(template)
+    for messages in _PLAIN_PROBES:
+        for generation in (True, False):
+            ours = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation, chat_template=derived)
+            if ours != theirs:
+                return None
+    return derived
+
+
 def conversation(messages: list[dict], tools: list[dict] | None, *, native: bool, trained: list[bool]) -> tuple[list[dict], list[bool], list[dict] | None]:
     """(turns for the template, which turns carry loss, the tools to pass it natively or None)."""
     if native:
-        return [_native_message(m) for m in messages], trained, tools or None
+        return [template_message(m) for m in messages], trained, tools or None
     turns: list[dict] = []
     flags: list[bool] = []
     for message, trains in zip(messages, trained, strict=True):

@@ -19,7 +19,7 @@ from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.export.base import Answer, Conversation, ExportOptions, Written
-from tunesmith.export.merged import write_generation_config
+from tunesmith.export.merged import TOOL_TEMPLATE_NOTE, save_tokenizer, write_generation_config
 from tunesmith.export.source import Source
 
 VLLM_DEFAULT_MAX_RANK = 16  # vLLM's --max-lora-rank default
@@ -93,12 +93,13 @@ def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Writt
     runtime = options.runtime or "vllm"
     shutil.copytree(source.artefact, folder / "adapter")
     tokenizer = load_tokenizer(str(source.artefact))
+    tool_template = save_tokenizer(tokenizer, folder / "adapter")  # the run's tokenizer beside the adapter, its template as in base/
     base_path = Path(source.info.base_model_path)
-    notes = []
+    notes = [TOOL_TEMPLATE_NOTE] if tool_template else []
     if base_path.is_dir():
         if _copy_base(base_path, folder / "base"):
             notes.append(f"base/*.safetensors are hard links to {base_path} (no second copy): replace them, never edit them in place")
-        tokenizer.save_pretrained(folder / "base")  # the run's tokenizer: vLLM renders chat with the base folder's template
+        tokenizer.save_pretrained(folder / "base")  # the run's tokenizer (template already extended above): vLLM renders chat with the base folder's template
         write_generation_config(folder / "base", tokenizer)
         base_ref = str(options.out / "base")
     else:
@@ -125,7 +126,13 @@ def write_adapter(source: Source, folder: Path, options: ExportOptions) -> Writt
         )
     if quantized:
         notes.append("QLoRA: the adapter was trained over the base loaded in 4 bits (NF4); load the base that way to answer as trained")
-    details: dict[str, Any] = {"base": base_ref, "adapter_type": config.get("peft_type"), "rank": rank or None, "lora_module_name": name}
+    details: dict[str, Any] = {
+        "base": base_ref,
+        "adapter_type": config.get("peft_type"),
+        "rank": rank or None,
+        "lora_module_name": name,
+        "tool_template": tool_template,
+    }
     if quantized:
         qlora = source.spec.train.qlora
         details["base_quantization"] = {"load_in_4bit": True, "bnb_4bit_quant_type": qlora.quant_type, "bnb_4bit_use_double_quant": qlora.double_quant}

@@ -26,6 +26,26 @@ Source = Any
 Conversation = list[dict[str, Any]]  # a prompt as chat messages, ready for the assistant's turn
 
 
+class ToolConversation(list):
+    """A prompt's messages and the tools it was offered: still a list of messages, so a runtime that
+    knows no tools reads it as before; tools_of() gives the tools to those that pass them."""
+
+    def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> None:
+        super().__init__(messages)
+        self.tools = tools or None
+
+
+def tools_of(conversation: Conversation) -> list[dict[str, Any]] | None:
+    return getattr(conversation, "tools", None)
+
+
+def asks_tools(conversation: Conversation) -> bool:
+    """Whether the prompt offers tools or holds calls or tool answers (the tool template renders it)."""
+    from tunesmith.chat_template.tools import uses_tools
+
+    return uses_tools(conversation, tools_of(conversation))
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     to: str
@@ -75,3 +95,4 @@ class Target:
     runtimes: tuple[str, ...] = ()  # --runtime values it takes, the first the default; () refuses --runtime
     not_checked: str = ""  # the runtime the artefact is for, where `answer` had to stand in for it
     checked_with: str = ""  # what `answer` runs, for the figures ("transformers + PEFT" standing in for vLLM); "" : Written.runtime
+    renders_tools: bool = True  # False: the artefact's template cannot render tools, so prompts with tools are left out of verification

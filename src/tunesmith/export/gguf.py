@@ -347,6 +347,7 @@ def write_gguf(source: Any, folder: Path, options: Any) -> Any:
         "quantization": quantize,
         "tensor_types": meta["tensor_types"],
         "chat_template_in_metadata": bool(meta.get("tokenizer.chat_template")),
+        "tool_template": merged.details["tool_template"],  # the template in the metadata renders tools as tunesmith's tool template
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "eot_token_id": meta.get("tokenizer.ggml.eot_token_id"),
         "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {llama_cpp_version()})",
@@ -382,7 +383,10 @@ def llamacpp_chat_answers(
                 eos_token=vocab._model.token_get_text(eos) if eos != -1 else "",
                 bos_token=vocab._model.token_get_text(bos) if bos != -1 else "",
             )
-            formatted = [formatter(messages=c) for c in conversations]
+            from tunesmith.export.base import tools_of
+            from tunesmith.export.verify import runtime_messages
+
+            formatted = [formatter(messages=runtime_messages(c), tools=tools_of(c)) for c in conversations]
             # as llama-cpp-python's chat handler tokenises: BOS only where the template did not write special tokens itself
             ids = [vocab.tokenize(f.prompt.encode("utf-8"), add_bos=not f.added_special, special=True) for f in formatted]
         else:

@@ -47,6 +47,25 @@ def merged_model(source: Source) -> tuple[Any, Any, list[str]]:
     return model, load_tokenizer(str(source.artefact)), [note]
 
 
+def save_tokenizer(tokenizer: Any, folder: Path) -> bool:
+    """The run's tokenizer, its chat template made to render tools as tunesmith does when the model's
+    own drops them (chat_template.tools.exported_template): vLLM, transformers and llama.cpp given
+    `tools=[...]` then render what training saw. True when the template was extended."""
+    from tunesmith.chat_template.tools import exported_template
+
+    template = exported_template(tokenizer)
+    if template is not None:
+        tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return template is not None
+
+
+TOOL_TEMPLATE_NOTE = (
+    "the chat template renders tools, tool calls and tool answers in tunesmith's tool template (docs/tools.md), as in training; "
+    "conversations without tools render exactly as the model's own template"
+)
+
+
 def write_generation_config(folder: Path, tokenizer: Any, model_config: Any = None) -> dict[str, Any]:
     """generation_config.json: stop at every end-of-turn token the run was trained to emit, pad with the
     tokenizer's pad, decode greedily. Written fresh, not inherited from the base: a base's sampling
@@ -71,13 +90,20 @@ def write_merged(source: Source, folder: Path, options: ExportOptions) -> Writte
     model, tokenizer, notes = merged_model(source)
     import_deepspeed_quietly()
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    tool_template = save_tokenizer(tokenizer, folder)
+    if tool_template:
+        notes = [*notes, TOOL_TEMPLATE_NOTE]
     generation = write_generation_config(folder, tokenizer, model.config)
     usage = (
         f"transformers: AutoModelForCausalLM.from_pretrained({str(options.out)!r}) with AutoTokenizer from the same folder "
         f"(its chat template); vLLM: vllm serve {options.out} --override-generation-config '{{\"temperature\": 0}}' (greedy as evaluated)"
     )
-    details = {"dtype": str(model.dtype).removeprefix("torch."), "end_of_turn_ids": generation["eos_token_id"], "dequantised_merge": source.method.quantized}
+    details = {
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "end_of_turn_ids": generation["eos_token_id"],
+        "dequantised_merge": source.method.quantized,
+        "tool_template": tool_template,
+    }
     return Written(runtime="transformers", usage=usage, notes=notes, details=details)
 
 

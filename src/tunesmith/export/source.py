@@ -10,7 +10,7 @@ from typing import Any
 
 from tunesmith.config import RunSpec
 from tunesmith.errors import UserError
-from tunesmith.export.base import Conversation
+from tunesmith.export.base import Conversation, ToolConversation
 from tunesmith.models.methods import Method, method_for
 from tunesmith.registry.runfolder import DAMAGED_RUN_FIX, RunInfo, find_run, load_run_info, read_config
 from tunesmith.workspace import Workspace
@@ -81,7 +81,13 @@ class Source:
                 f"[yellow]note:[/] dataset '{dataset.name}' is now version {dataset.version}; the run trained on {self.info.dataset_version}. "
                 f"Verifying on the {split} prompts of the current version."
             )
-        prompts = [[m.model_dump(exclude={"weight"}) for m in e.prompt_messages] for e in examples]
+        # the tools an example offers travel with its prompt, dumped as the renderer dumps them (chat_template._tools_of)
+        prompts: list[Conversation] = [
+            ToolConversation(
+                [m.model_dump(exclude={"weight"}) for m in e.prompt_messages], [t.model_dump() for t in e.tools] if getattr(e, "tools", None) else None
+            )
+            for e in examples
+        ]
         return [e.id for e in examples], prompts, [e.reference or "" for e in examples]
 
 

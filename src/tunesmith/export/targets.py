@@ -47,6 +47,7 @@ TARGETS: dict[str, Target] = {
             check=check_ollama,
             quantizations=QUANTIZE,
             checked_with="llama.cpp with the Modelfile's TEMPLATE and stops (Ollama's engine; no Ollama server here)",
+            renders_tools=False,
             not_checked="Ollama itself (no Ollama server installs here: the model was not created nor run in Ollama)",
         ),
     )

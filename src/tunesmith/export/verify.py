@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunesmith.errors import UserError
-from tunesmith.export.base import Answer, Conversation
+from tunesmith.export.base import Answer, Conversation, asks_tools, tools_of
 
 IDENTICAL_LINE = 0.98  # unquantised: share of greedy answers identical to tunesmith's
 METRIC_POINTS = 2.0  # quantised: the task metric may move this many points (of 100)
@@ -168,7 +168,7 @@ def tunesmith_answers(source: Any, conversations: list[Conversation], max_new_to
 
     model, tokenizer = load_run_model(source.folder, source.info, source.spec.model)
     eot = end_of_turn_ids(tokenizer)
-    texts = [render_messages(tokenizer, c) for c in conversations]
+    texts = [render_messages(tokenizer, c, tools_of(c)) for c in conversations]
     tokens = generate_tokens(model, tokenizer, texts, eot, max_new_tokens=max_new_tokens, batch_size=batch_size)
     answers = [
         Answer(tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.decode(ids, skip_special_tokens=True).strip(), bool(ids) and ids[-1] in eot)
@@ -185,6 +185,22 @@ def runtime_device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def runtime_messages(conversation: Conversation) -> list[dict]:
+    """The messages as an OpenAI-compatible server hands them to a Hugging Face template: calls' arguments
+    as objects, not JSON text (vLLM parses them so; HF templates expect a dict)."""
+    from tunesmith.chat_template.tools import template_message
+
+    return [template_message(m) for m in conversation]
+
+
+def runtime_render(tokenizer: Any, conversation: Conversation) -> str:
+    """A prompt as a plain transformers program renders it: the folder's own chat template, given the tools when the prompt has them."""
+    tools = tools_of(conversation)
+    if tools:
+        return tokenizer.apply_chat_template(runtime_messages(conversation), tools=tools, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(runtime_messages(conversation), tokenize=False, add_generation_prompt=True)
+
+
 def transformers_answers(model: Any, tokenizer: Any, conversations: list[Conversation], max_new_tokens: int, batch_size: int = BATCH_SIZE) -> list[Answer]:
     """Answers as a plain transformers program gets them from an exported folder: the tokenizer's own chat
     template, `model.generate` with nothing but max_new_tokens (stop tokens, padding and greedy decoding
@@ -192,7 +208,7 @@ def transformers_answers(model: Any, tokenizer: Any, conversations: list[Convers
     both sides pad the same rows together."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [runtime_render(tokenizer, c) for c in conversations]
     config = model.generation_config
     stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id] if config.eos_token_id is not None else []
     tokenizer.padding_side = "left"
@@ -218,6 +234,18 @@ def transformers_answers(model: Any, tokenizer: Any, conversations: list[Convers
                 prompt_ids = tokenizer(texts[index], add_special_tokens=False)["input_ids"]
                 answers[index] = Answer(prompt_ids, tokenizer.decode(kept, skip_special_tokens=True).strip(), end is not None)
     return [a for a in answers if a is not None]
+
+
+def nothing_to_verify(written: Any, runtime: str, target: str, left_out: int, max_new_tokens: int) -> Verification:
+    """A failed verification for a target whose template cannot render tools, when every held-out prompt offers them."""
+    why = (
+        f"all {left_out} held-out prompts offer tools, which {target}'s template cannot render (role and content only): the export would not prompt as trained"
+    )
+    found = crashed(written, runtime, 0, max_new_tokens, RuntimeError(why), 0.0)
+    found.failures = [why]
+    found.line = "prompts without tools render as in training"
+    found.not_checked.append(f"{left_out} held-out prompts with tools ({target}'s template renders role and content only)")
+    return found
 
 
 def crashed(written: Any, runtime: str, examples: int, max_new_tokens: int, exc: BaseException, seconds: float) -> Verification:
@@ -246,7 +274,14 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
     started = time.perf_counter()
     runtime = target.checked_with or written.runtime
     ids, conversations, references = source.conversations(options.verify_examples)
+    left_out = 0
+    if not target.renders_tools:
+        kept = [i for i, c in enumerate(conversations) if not asks_tools(c)]
+        left_out = len(conversations) - len(kept)
+        ids, conversations, references = [ids[i] for i in kept], [conversations[i] for i in kept], [references[i] for i in kept]
     max_new_tokens = source.spec.eval.max_new_tokens
+    if left_out and not conversations:  # nothing left to compare: a pass here would be vacuous
+        return nothing_to_verify(written, runtime, target.name, left_out, max_new_tokens)
     reference = tunesmith_answers(source, conversations, max_new_tokens)
     try:
         exported = target.answer(folder, written, conversations, max_new_tokens, BATCH_SIZE)
@@ -267,6 +302,8 @@ def verify_answers(source: Any, target: Any, folder: Any, written: Any, options:
     result.seconds = round(time.perf_counter() - started, 1)
     if target.not_checked:
         result.not_checked.append(target.not_checked)
+    if left_out:
+        result.not_checked.append(f"{left_out} held-out prompts with tools ({target.name}'s template renders role and content only)")
     if target.name in ("merged", "adapter"):
         import importlib.util
 
