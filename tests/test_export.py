@@ -150,7 +150,8 @@ def test_lora_adapter_for_vllm_loads_with_peft(cli_home, runs, capsys):
     record = json.loads((folder / "export.json").read_text())
     assert record["runtime"] == "vllm" and record["verification"]["passed"]
     assert f"--lora-modules {run}={folder / 'adapter'}" in record["usage"] and record["usage"].startswith(f"vllm serve {folder / 'base'}")
-    assert (folder / "base" / "model.safetensors").stat().st_nlink == 2 and (folder / "base" / "config.json").stat().st_nlink == 1
+    # the weights linked to the base's, not copied (other exports of the same base add links); the config written
+    assert (folder / "base" / "model.safetensors").stat().st_nlink >= 2 and (folder / "base" / "config.json").stat().st_nlink == 1
     assert any("hard links" in note and "never edit them in place" in note for note in record["notes"])
     base_generation = json.loads((folder / "base" / "generation_config.json").read_text())
     assert base_generation["eos_token_id"] == record["end_of_turn_ids"]
