@@ -153,3 +153,22 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(item.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_flat(items: list[Encoded]) -> dict[str, torch.Tensor]:
+    """One row of examples end to end, with their boundaries (cu_seq_lens) for per-example attention: no padding."""
+    ids, labels, positions, bounds = [], [], [], [0]
+    for item in items:
+        n = len(item.input_ids)
+        ids.extend(item.input_ids)
+        labels.extend([IGNORE, *item.labels[1:]])  # nothing in this example predicts its first token; the previous example must not
+        positions.extend(range(n))
+        bounds.append(bounds[-1] + n)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+    }

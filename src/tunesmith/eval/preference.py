@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunesmith.chat_template import IGNORE, Encoded, collate, encode
+from tunesmith.chat_template import IGNORE, Encoded, collate, collate_flat, encode
 from tunesmith.data.example import Example
 from tunesmith.errors import UserError
 
@@ -97,27 +97,11 @@ def pair_tensors(pairs: list[Pair], pad_id: int, flat: bool = False) -> dict[str
 
 
 def _flat(sequences: list[Encoded]) -> dict[str, torch.Tensor]:
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    owner: list[int] = []
-    bounds = [0]
-    for number, item in enumerate(sequences):
-        n = len(item.input_ids)
-        ids.extend(item.input_ids)
-        labels.extend([IGNORE, *item.labels[1:]])  # nothing in this sequence predicts its first token
-        positions.extend(range(n))
-        owner.extend([number] * n)
-        bounds.append(bounds[-1] + n)
-    cu = torch.tensor(bounds, dtype=torch.int32)
-    return {
-        "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-        "cu_seq_lens_q": cu,
-        "cu_seq_lens_k": cu,
-        "sequence": torch.tensor(owner),
-    }
+    """The training's flat row, and which sequence owns each token (the log-probabilities are summed per sequence)."""
+    tensors = collate_flat(sequences)
+    lengths = torch.tensor([len(item.input_ids) for item in sequences])
+    tensors["sequence"] = torch.repeat_interleave(torch.arange(len(sequences)), lengths)
+    return tensors
 
 
 def response_logps(model: Any, tensors: dict[str, torch.Tensor], select_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

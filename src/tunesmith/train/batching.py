@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from tunesmith.chat_template import IGNORE, Encoded, collate
+from tunesmith.chat_template import IGNORE, Encoded, collate, collate_flat
 
 
 def length_grouped_batches(items: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
@@ -149,25 +149,6 @@ def flat_passes(items: list[Encoded], max_tokens: int | None) -> list[list[Encod
     return pack_rows(items, max_tokens)
 
 
-def _flat_tensors(items: list[Encoded]) -> dict[str, torch.Tensor]:
-    """One row of examples end to end, with their boundaries (cu_seq_lens) for per-example attention."""
-    ids, labels, positions, bounds = [], [], [], [0]
-    for item in items:
-        n = len(item.input_ids)
-        ids.extend(item.input_ids)
-        labels.extend([IGNORE, *item.labels[1:]])  # nothing in this example predicts its first token; the previous example must not
-        positions.extend(range(n))
-        bounds.append(bounds[-1] + n)
-    cu = torch.tensor(bounds, dtype=torch.int32)
-    return {
-        "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-        "cu_seq_lens_q": cu,
-        "cu_seq_lens_k": cu,
-    }
-
-
 def _chunks(rows: list[list[Encoded]], width_of, max_tokens: int | None) -> list[list[list[Encoded]]]:
     """Consecutive rows grouped so that rows x widest row stays within max_tokens (at least one row each)."""
     if max_tokens is None:
@@ -191,7 +172,7 @@ def batch_tensors(batch: list[Encoded], pad_id: int) -> list[dict[str, torch.Ten
     if not local:
         return []
     if batch.packed and batch.flat:
-        return [_flat_tensors(chunk) for chunk in flat_passes(local, batch.max_tokens)]
+        return [collate_flat(chunk) for chunk in flat_passes(local, batch.max_tokens)]
     if batch.packed:
         rows = pack_rows(local, batch.capacity)
         return [_packed_tensors(chunk, pad_id) for chunk in _chunks(rows, lambda r: sum(len(i.input_ids) for i in r), batch.max_tokens)]
