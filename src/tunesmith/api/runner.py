@@ -115,6 +115,7 @@ class JobControl(Control):
         self.store, self.job_id, self.workspace = store, job_id, workspace
         self.run_dir: Path | None = None
         self.step, self.tokens = 0, 0
+        self.copied: set[str] = set()  # event keys this process wrote: each step copies only what is new
 
     def on_start(self, run_id: str, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -136,21 +137,27 @@ class JobControl(Control):
         for record in steps:
             step = record["step"]
             data = {"step": step, "train_loss": record["loss"], "total_steps": total, "train_mean_token_accuracy": None}
-            self.store.add_event(self.job_id, f"step-{step}", f"Step {step}/{total}: training loss={record['loss']:.4f}", type="metrics", data=data)
+            self._event(f"step-{step}", f"Step {step}/{total}: training loss={record['loss']:.4f}", type="metrics", data=data)
         for record in records:
             if "val_loss" in record and record["val_loss"] is not None:
                 step = record["step"]
                 data = {"step": step, "valid_loss": record["val_loss"], "full_valid_loss": record["val_loss"], "total_steps": total}
-                self.store.add_event(self.job_id, f"valid-{step}", f"Step {step}/{total}: validation loss={record['val_loss']:.4f}", type="metrics", data=data)
+                self._event(f"valid-{step}", f"Step {step}/{total}: validation loss={record['val_loss']:.4f}", type="metrics", data=data)
             elif "event" in record and record["event"] != "resumed":
                 level = "warn" if record["event"] in ("overfitting", "stopped", "diverged") else "info"
-                self.store.add_event(self.job_id, f"{record['event']}-{record['step']}", record.get("message", record["event"]), level=level)
+                self._event(f"{record['event']}-{record['step']}", record.get("message", record["event"]), level=level)
         if steps:
             if not self.step:
                 self._resolved_hyperparameters()
             self.step, self.tokens = steps[-1]["step"], sum(r.get("tokens", 0) for r in steps)
             self._progress(steps, total)
         self._checkpoints(records)
+
+    def _event(self, key: str, message: str, **fields: Any) -> None:
+        """A record's event, written once per process; the store's key keeps it once across restarts too."""
+        if key not in self.copied:
+            self.store.add_event(self.job_id, key, message, **fields)
+            self.copied.add(key)
 
     def _resolved_hyperparameters(self) -> None:
         """As OpenAI does once a job runs: "auto" replaced by the numbers training uses (from the run's resolved config)."""
