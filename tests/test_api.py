@@ -305,3 +305,23 @@ def test_stopping_the_service_stops_its_worker(tmp_path, tiny_model):
         assert not alive, f"the worker {alive[0].pid} outlived the service"
     finally:
         api.kill()
+
+
+@pytest.mark.slow
+def test_a_job_on_a_fine_tuned_model_continues_its_run(api, tmp_path):
+    """OpenAI's continued fine-tuning: `model` names an `ft:` model; the new job's run starts from that
+    job's run (its lineage in run.json) and its model id keeps the original base."""
+    client = api.client()
+    file = upload(client, training_file(tmp_path, 30))
+    first = wait_for(
+        client,
+        client.fine_tuning.jobs.create(model=api.base, training_file=file.id, method=supervised(n_epochs=1), extra_body=FAST).id,
+        {"succeeded", "failed"},
+    )
+    assert first.status == "succeeded", first.error
+    second = client.fine_tuning.jobs.create(model=first.fine_tuned_model, training_file=file.id, method=supervised(n_epochs=1), suffix="more", extra_body=FAST)
+    done = wait_for(client, second.id, {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith(f"ft:{api.base}:more:")
+    run = json.loads((api.home / "runs" / done.model_extra["run_id"] / "run.json").read_text())
+    assert run["parent_run"] == first.model_extra["run_id"]
