@@ -325,3 +325,10 @@ def test_a_job_on_a_fine_tuned_model_continues_its_run(api, tmp_path):
     assert done.fine_tuned_model.startswith(f"ft:{api.base}:more:")
     run = json.loads((api.home / "runs" / done.model_extra["run_id"] / "run.json").read_text())
     assert run["parent_run"] == first.model_extra["run_id"]
+
+
+def test_an_unknown_executor_is_refused_before_the_service_starts(capsys, home):
+    from clihelp import run_cli
+
+    result = run_cli(capsys, "api", "--executor", "slurm", "--port", "1")
+    assert result.code == 2 and "unknown executor 'slurm'" in result.err and "--executor local" in result.err and "Traceback" not in result.err

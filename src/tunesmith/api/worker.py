@@ -97,12 +97,16 @@ class Worker:
             self.store.release(job_id, self.id)  # a killed job's lease is free now: the next claim resumes it
 
 
+def check_executor(name: str) -> None:
+    if name not in ("local", "ray"):
+        raise UserError(f"unknown executor '{name}'", fix="use --executor local (this machine) or --executor ray (a Ray cluster)")
+
+
 def executor_for(name: str, **options: Any) -> Executor:
     """ "local" (the default, needs nothing) or "ray" (Ray Jobs; options: address)."""
+    check_executor(name)
     if name == "local":
         return LocalExecutor(options["log_dir"])
-    if name == "ray":
-        from tunesmith.api.ray_executor import RayExecutor  # owned by the ray executor's module; ray is an extra
+    from tunesmith.api.ray_executor import RayExecutor  # owned by the ray executor's module; ray is an extra
 
-        return RayExecutor(address=options.get("address"))
-    raise UserError(f"unknown executor '{name}'", fix="use --executor local (this machine) or --executor ray (a Ray cluster)")
+    return RayExecutor(address=options.get("address"))

@@ -39,6 +39,9 @@ def api_cmd(
     """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued)."""
     if ctx.invoked_subcommand is not None:
         return
+    from tunesmith.api.worker import check_executor
+
+    check_executor(executor)  # here, not only in the worker process, whose refusal the service would outlive
     import uvicorn
 
     from tunesmith.api.app import create_api_app
