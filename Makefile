@@ -26,6 +26,8 @@ $(DEV_STAMP): $(STAMP)
 	# llama.cpp's HF-to-GGUF converter (export --to gguf|ollama): not in the llama-cpp-python wheel, so it is
 	# taken from the same version's sdist into the model cache (pip's cache usually holds it from the build above).
 	$(PY) -m tunesmith.export.gguf install-converter
+	# The dashboard's tests drive Debian's Chromium through playwright, which downloads no browser.
+	test -x /usr/bin/chromium || bash scripts/install_chromium.sh
 	touch $(DEV_STAMP)
 
 demo: install
@@ -38,7 +40,7 @@ lint: install-dev
 	$(VENV)/bin/lint-imports
 
 test: install-dev lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"

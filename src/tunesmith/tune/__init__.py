@@ -1,0 +1,1 @@
+"""Hyperparameter and base-model search over training runs (Optuna studies kept in the workspace)."""
