@@ -42,6 +42,7 @@ class TrafficRecord(BaseModel):
     max_tokens: int | None = None  # the limit the answer ran under (to tell "cut off" from "ended")
     latency_ms: float
     finish_reason: str | None = None  # stop, length, tool_calls; None when the request failed
+    confidence: float | None = None  # mean probability of the answer's tokens, when the engine reports it
     status: int = 200  # the HTTP status answered
     error: str | None = None
     redactions: int = 0  # PII spans replaced before writing
