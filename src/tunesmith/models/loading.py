@@ -59,7 +59,13 @@ def _convert_gguf(package: str, gguf_name: str, install_hint: str, target: Path)
         import_deepspeed_quietly()
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process (a second worker, a parallel search trial) converted it first: theirs is
+            # the same file, so keep it. Anything else is a real failure.
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
