@@ -161,16 +161,25 @@ def run_detail(workspace: Workspace, store: ApiStore, registry: Registry, ref: s
     train = [[r["step"], r["loss"]] for r in records if "loss" in r and "step" in r]
     validation = [[r["step"], r["val_loss"]] for r in records if r.get("val_loss") is not None and "step" in r]
     if not job:  # a run trained outside the service: its own events and checkpoint folders
-        detail["events"] = [{"created_at": None, "level": "info", "message": f"{r['event']}: {r.get('reason') or r.get('message') or ''}".strip(": ")}
-                            for r in records if "event" in r]
+        detail["events"] = [
+            {"created_at": None, "level": "info", "message": f"{r['event']}: {r.get('reason') or r.get('message') or ''}".strip(": ")}
+            for r in records
+            if "event" in r
+        ]
         ckpt = folder / "checkpoints"
-        detail["checkpoints"] = [
-            {"step_number": int(p.name.split("-", 1)[1]), "fine_tuned_model_checkpoint": None}
-            for p in sorted(ckpt.glob("step-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
-            if p.name.split("-", 1)[1].isdigit()
-        ] if ckpt.is_dir() else []
+        detail["checkpoints"] = (
+            [
+                {"step_number": int(p.name.split("-", 1)[1]), "fine_tuned_model_checkpoint": None}
+                for p in sorted(ckpt.glob("step-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
+                if p.name.split("-", 1)[1].isdigit()
+            ]
+            if ckpt.is_dir()
+            else []
+        )
     estimate = _read_json(folder / "estimate.json")
     price = price_of(folder, job)
+    if isinstance(estimate, dict) and estimate.get("cost") is None and price and estimate.get("total_seconds") is not None:
+        estimate["cost"] = round(estimate["total_seconds"] / 3600 * price, 4)  # a job's price is its budget's, not the run config's
     seconds = (info or {}).get("train_seconds") or (records and max((r.get("elapsed_s") or 0) for r in records)) or None
     peak = max((r.get("peak_mem_mb") or 0 for r in records), default=0)
     detail.update(

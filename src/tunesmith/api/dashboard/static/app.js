@@ -158,7 +158,9 @@ function lineChart(series, { id, xLabel = "step", yLabel = "loss", width = 640, 
     svg.append(s("line", { x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t), class: "grid" }));
     svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", class: "tick" }, t.toPrecision(3)));
   }
-  for (const t of ticks(x0, x1)) svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle", class: "tick" }, fmt(Math.round(t))));
+  const xs = all.map((p) => p[0]), xmin = Math.min(...xs), xmax = Math.max(...xs);
+  const xt = [...new Set(ticks(xmin, xmax, Math.min(6, xmax - xmin + 1)).map(Math.round))]; // steps are whole numbers
+  for (const t of xt) svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle", class: "tick" }, fmt(t)));
   svg.append(s("text", { x: (width + m.l) / 2, y: height - 6, "text-anchor": "middle", class: "axis" }, xLabel));
   svg.append(s("text", { x: 14, y: height / 2, transform: `rotate(-90 14 ${height / 2})`, "text-anchor": "middle", class: "axis" }, yLabel));
   series.forEach((line, i) => {
