@@ -8,6 +8,7 @@ const FINAL = new Set(["succeeded", "failed", "cancelled", "completed", "stopped
 const SVGNS = "http://www.w3.org/2000/svg";
 const COLOURS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"];
 let timer = null;
+const runsState = { sort: "created", desc: true, text: "", status: "", selected: new Set() };
 
 // ------------------------------------------------------------------ DOM helpers
 
@@ -237,15 +238,14 @@ function poll(fn, ms) {
 
 async function runsPage() {
   const { data } = await api("/ui/api/runs");
-  const state = { sort: "created", desc: true, text: "", status: "" };
-  const selected = new Set();
+  const state = runsState, selected = runsState.selected; // kept across the page's own refreshes
   const body = h("tbody");
   const cols = [
     ["status", "status"], ["id", "run / job"], ["base_model", "base model"], ["method", "method"], ["dataset", "dataset@version"],
     ["metric", "key metric"], ["best_val_loss", "best val loss"], ["cost", "cost"], ["seconds", "duration"], ["created", "created"],
   ];
   const key = (r, c) => c === "metric" ? (r.headline ? r.headline.tuned : null) : r[c];
-  const compareButton = h("button", { id: "compare-selected", disabled: true, onclick: () => { location.hash = `#/compare?runs=${[...selected].map(encodeURIComponent).join(",")}`; } }, "Compare selected");
+  const compareButton = h("button", { id: "compare-selected", disabled: selected.size < 2 || selected.size > 4, onclick: () => { location.hash = `#/compare?runs=${[...selected].map(encodeURIComponent).join(",")}`; } }, "Compare selected");
   function draw() {
     const text = state.text.toLowerCase();
     const rows = data.filter((r) => (!state.status || r.status === state.status) &&
@@ -278,8 +278,8 @@ async function runsPage() {
   view(
     h("h1", {}, "Runs & jobs"),
     h("div", { class: "toolbar" },
-      h("input", { id: "filter", type: "search", placeholder: "filter by id, model, dataset…", oninput: (e) => { state.text = e.target.value; draw(); } }),
-      h("select", { id: "status-filter", onchange: (e) => { state.status = e.target.value; draw(); } }, h("option", { value: "" }, "any status"), statuses.map((st) => h("option", { value: st }, st))),
+      h("input", { id: "filter", type: "search", value: state.text, placeholder: "filter by id, model, dataset…", oninput: (e) => { state.text = e.target.value; draw(); } }),
+      h("select", { id: "status-filter", onchange: (e) => { state.status = e.target.value; draw(); } }, h("option", { value: "" }, "any status"), statuses.map((st) => h("option", { value: st, selected: st === state.status }, st))),
       h("span", { id: "row-count", class: "muted" }), compareButton, h("a", { href: "#/new", class: "button" }, "New job")),
     h("table", { id: "runs", class: "grid" }, h("thead", {}, head), body),
   );
