@@ -135,6 +135,12 @@ def find_job(store: ApiStore, ref: str) -> dict[str, Any] | None:
     return store.job(row["id"]) if row else None
 
 
+def folder_checkpoints(folder: Path, val_loss: dict[int, float]) -> list[dict[str, Any]]:
+    """The checkpoints kept in a run folder (checkpoints/step-N), newest first, with the validation loss at that step."""
+    steps = sorted((int(p.name[5:]) for p in (folder / "checkpoints").glob("step-*") if p.name[5:].isdigit()), reverse=True)
+    return [{"step_number": step, "fine_tuned_model_checkpoint": None, "metrics": {"valid_loss": val_loss.get(step)}} for step in steps]
+
+
 def run_detail(workspace: Workspace, store: ApiStore, registry: Registry, ref: str) -> dict[str, Any] | None:
     """Everything the run page shows: live status, events, loss curves, checkpoints, estimate vs actual, config."""
     job = find_job(store, ref)
@@ -166,16 +172,7 @@ def run_detail(workspace: Workspace, store: ApiStore, registry: Registry, ref: s
             for r in records
             if "event" in r
         ]
-        ckpt = folder / "checkpoints"
-        detail["checkpoints"] = (
-            [
-                {"step_number": int(p.name.split("-", 1)[1]), "fine_tuned_model_checkpoint": None}
-                for p in sorted(ckpt.glob("step-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
-                if p.name.split("-", 1)[1].isdigit()
-            ]
-            if ckpt.is_dir()
-            else []
-        )
+        detail["checkpoints"] = folder_checkpoints(folder, dict((step, loss) for step, loss in validation))
     estimate = _read_json(folder / "estimate.json")
     price = price_of(folder, job)
     if isinstance(estimate, dict) and estimate.get("cost") is None and price and estimate.get("total_seconds") is not None:

@@ -185,9 +185,10 @@ function barChart(groups, series, value, { id, width = 0, height = 260 } = {}) {
   const svg = s("svg", { id, class: "chart", viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
   const gw = (width - m.l - m.r) / Math.max(1, groups.length), bw = (gw * 0.8) / Math.max(1, series.length);
   const Y = (y) => height - m.b - (y / top) * (height - m.t - m.b);
-  for (const t of ticks(0, top)) {
+  const counts = vals.length && vals.every((v) => Number.isInteger(v.mean) && v.low === undefined); // a histogram: whole numbers
+  for (const t of counts ? [...new Set(ticks(0, top, Math.min(5, top + 1)).map(Math.round))] : ticks(0, top)) {
     svg.append(s("line", { x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t), class: "grid" }));
-    svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", class: "tick" }, t.toFixed(2)));
+    svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", class: "tick" }, counts ? String(t) : t.toFixed(2)));
   }
   groups.forEach((g, gi) => {
     series.forEach((name, si) => {
@@ -337,7 +338,7 @@ async function runPage(ref) {
       h("tbody", {}, checkpoints.map((c) => h("tr", {}, h("td", {}, fmt(c.step_number)), h("td", {}, c.fine_tuned_model_checkpoint || "(run folder)"),
         h("td", {}, c.metrics ? fmt(c.metrics.valid_loss, 4) : "–"),
         h("td", {}, c.fine_tuned_model_checkpoint ? h("a", { href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "chat") : null))))) : h("p", { class: "muted" }, "none yet")),
-    h("section", { class: "card" }, h("h2", {}, "Events"), h("ol", { id: "events", class: "events" },
+    h("section", { class: "card" }, h("h2", {}, "Events"), (d.events || []).length ? null : h("p", { class: "muted" }, "none recorded"), h("ol", { id: "events", class: "events" },
       (d.events || []).map((e) => h("li", { class: `lv-${e.level}` }, e.created_at ? h("span", { class: "muted small" }, new Date(e.created_at * 1000).toLocaleTimeString() + " ") : null, e.message)))),
     d.config ? h("section", { class: "card" }, h("h2", {}, "Resolved config"), h("pre", { id: "config" }, d.config)) : null,
   );
