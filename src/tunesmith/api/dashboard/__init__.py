@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,10 @@ def add_dashboard(app: FastAPI, store: ApiStore, catalogue: Catalogue, workspace
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="dashboard-static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)  # browsers ask for one; none is shipped
 
     @app.get("/ui/api/session")
     async def session() -> dict[str, Any]:

@@ -160,7 +160,8 @@ function lineChart(series, { id, xLabel = "step", yLabel = "loss", width = 640, 
     svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", class: "tick" }, t.toPrecision(3)));
   }
   const xs = all.map((p) => p[0]), xmin = Math.min(...xs), xmax = Math.max(...xs);
-  const xt = [...new Set(ticks(xmin, xmax, Math.min(6, xmax - xmin + 1)).map(Math.round))]; // steps are whole numbers
+  const xstep = Math.max(1, Math.ceil((xmax - xmin) / 5)); // steps are whole numbers: ticks at a whole stride
+  const xt = Array.from({ length: Math.floor((xmax - xmin) / xstep) + 1 }, (_, i) => xmin + i * xstep);
   for (const t of xt) svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle", class: "tick" }, fmt(t)));
   svg.append(s("text", { x: (width + m.l) / 2, y: height - 6, "text-anchor": "middle", class: "axis" }, xLabel));
   svg.append(s("text", { x: 14, y: height / 2, transform: `rotate(-90 14 ${height / 2})`, "text-anchor": "middle", class: "axis" }, yLabel));
@@ -539,7 +540,7 @@ async function comparePage(params) {
       h("ul", { class: "plain" }, data.filter((r) => r.run_id).map((r) => h("li", {}, h("label", {}, h("input", { type: "checkbox", value: r.run_id, onchange: (e) => {
         e.target.checked ? picks.add(r.run_id) : picks.delete(r.run_id);
         go.disabled = picks.size < 2 || picks.size > 4;
-      } }), " ", r.run_id, " ", h("span", { class: "muted" }, `${r.dataset}@${(r.dataset_version || "").slice(0, 8)}${r.headline ? "" : " (not evaluated)"}`))))), go);
+      } }), " ", r.run_id, " ", h("span", { class: "muted" }, `${r.dataset}@${(r.dataset_version || "").slice(0, 8)}${r.headline ? "" : " (no evaluation of its own)"}`))))), go);
     return;
   }
   const c = await api(`/ui/api/compare?${chosen.map((r) => `run=${encodeURIComponent(r)}`).join("&")}`);
