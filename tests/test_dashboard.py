@@ -214,17 +214,42 @@ def test_start_a_job_from_the_browser_see_the_estimate_then_watch_it_succeed(pag
     shot(page, shots, "03-new-job-estimate")
     page.click("#start")
     page.wait_for_url("**/#/run/ftjob-*")
+    cancel_a_waiting_job(page, site, shots, page.url.rsplit("/", 1)[1])
     page.wait_for_selector("#status [data-status=succeeded]", timeout=90_000)
     assert page.locator("#loss-chart circle[data-series=train]").count() >= 1
     assert "The job has successfully completed" in page.locator("#events").inner_text()
-    shot(page, shots, "04-job-succeeded")
-    job_id = page.url.rsplit("/", 1)[1]
-    request = urllib.request.Request(url(site, f"v1/fine_tuning/jobs/{job_id}"), headers={"Authorization": f"Bearer {site['key']}"})
-    with urllib.request.urlopen(request) as answer:
-        job = json.loads(answer.read())
+    shot(page, shots, "05-job-succeeded")
+    job = call(site, f"v1/fine_tuning/jobs/{page.url.rsplit('/', 1)[1]}")
     assert job["status"] == "succeeded" and job["hyperparameters"]["n_epochs"] == 1 and job["budget"] == {"price_per_hour": 2.5}
     assert page.is_disabled("#cancel") and page.is_disabled("#resume")
     assert not page.errors
+
+
+def call(site, path: str, body: dict | None = None) -> dict:
+    """One API request with the key, as any client would make it."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {site['key']}", "Content-Type": "application/json"}
+    with urllib.request.urlopen(urllib.request.Request(url(site, path), data=data, headers=headers)) as answer:
+        return json.loads(answer.read())
+
+
+def cancel_a_waiting_job(page, site, shots, running: str) -> None:
+    """While the browser's job holds the one worker slot, a second job waits: its page's Cancel button
+    cancels it through the API (at once: it never started)."""
+    first = call(site, f"v1/fine_tuning/jobs/{running}")
+    waiting = call(site, "v1/fine_tuning/jobs", {"model": site["api"].base, "training_file": first["training_file"], "hyperparameters": {"n_epochs": 50}})
+    tab = page.context.new_page()
+    try:
+        tab.goto(url(site, f"#/run/{waiting['id']}"))
+        tab.wait_for_selector("#cancel:not([disabled])")
+        assert tab.is_disabled("#resume") and tab.is_disabled("#pause")  # only a paused job resumes, only a running one pauses
+        tab.click("#cancel")
+        tab.wait_for_selector("#status [data-status=cancelled]")
+        assert "The job was cancelled." in tab.locator("#events").inner_text()
+        shot(tab, shots, "04-job-cancelled")
+    finally:
+        tab.close()
+    assert call(site, f"v1/fine_tuning/jobs/{waiting['id']}")["status"] == "cancelled"
 
 
 # ---------------------------------------------------------------- datasets, escaping
@@ -234,7 +259,7 @@ def test_dataset_page_shows_splits_histogram_and_escapes_a_script_in_an_example(
     open_page(page, site, "#/datasets", "#datasets tbody tr")
     listed = page.locator("#datasets").inner_text()
     assert "tickets" in listed and "risky" in listed
-    shot(page, shots, "05-datasets")
+    shot(page, shots, "06-datasets")
     open_page(page, site, "#/dataset/risky", "#sample .example")
     sample = page.locator("#sample").inner_text()
     assert PAYLOAD in sample  # shown as the text it is
@@ -243,7 +268,7 @@ def test_dataset_page_shows_splits_histogram_and_escapes_a_script_in_an_example(
     assert page.locator("#token-histogram rect.bar").count() >= 1
     manifest = json.loads((site["home"] / "datasets" / "risky" / "manifest.json").read_text())
     assert f"train\n{manifest['counts']['train']}" in page.locator("table.kv").first.inner_text().replace("\t", "\n")
-    shot(page, shots, "06-dataset")
+    shot(page, shots, "07-dataset")
     assert not page.errors
 
 
@@ -259,7 +284,7 @@ def test_evaluation_page_shows_intervals_side_by_side_examples_and_forgetting(pa
     assert page.locator(".pair").count() >= 1  # examples that changed, base beside tuned
     assert page.locator("#forgetting").is_visible()
     assert "tuned vs base" in page.locator("#view").inner_text()
-    shot(page, shots, "07-evaluation")
+    shot(page, shots, "08-evaluation")
     assert not page.errors
 
 
@@ -274,7 +299,7 @@ def test_compare_two_runs_on_the_same_split(page, site, shots):
     assert run_a in header and run_b in header
     assert "Same examples" in page.locator("#view").inner_text()
     assert page.locator("#compare-loss g.series").count() == 2
-    shot(page, shots, "08-compare")
+    shot(page, shots, "09-compare")
     assert not page.errors
 
 
@@ -293,7 +318,7 @@ def test_playground_chats_with_two_models_side_by_side(page, site, shots):
         page.wait_for_selector(f"{pane} .answer", timeout=60_000)
         assert "my invoice is wrong" in page.locator(pane).inner_text()
         assert page.locator(f"{pane} .error").count() == 0
-    shot(page, shots, "09-playground")
+    shot(page, shots, "10-playground")
     assert not page.errors
 
 
@@ -321,5 +346,5 @@ def test_alerts_from_the_monitor_are_listed_escaped(page, site, shots):
     page.click("#alerts summary")
     assert PAYLOAD in page.locator("#alerts").inner_text() and page.evaluate("window.__pwned === undefined")
     assert "refusal rate 31%" in page.locator("#alerts").inner_text()
-    shot(page, shots, "10-alerts")
+    shot(page, shots, "11-alerts")
     assert not page.errors
