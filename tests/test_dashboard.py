@@ -57,7 +57,7 @@ def unlabelled_home(folder: Path):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_model):
     """The workspace (dataset `tickets`, dataset `risky` whose examples carry a <script>, runs A and B, B
-    evaluated against its base and A), an API key, and the server with one worker. The server starts
+    evaluated against its base and A), an API key, and `tunesmith ui` (the API's service) with one worker. It starts
     while the runs train (a thread), as its start-up is mostly imports."""
     import threading
 
@@ -69,7 +69,7 @@ def site(tmp_path_factory, tiny_model):
     workspace = unlabelled_home(root / "home")
     _, secret = KeyStore(api_db(workspace)).create("dashboard-test")
     started: dict = {}
-    server = threading.Thread(target=lambda: started.update(api=start_api(workspace.home, tiny_model, "--workers", "1")))
+    server = threading.Thread(target=lambda: started.update(api=start_api(workspace.home, tiny_model, "--workers", "1", command_name="ui")))
     server.start()
     try:
         run_a = train_tiny(workspace, tiny_model, epochs=1, batch_size=4)
