@@ -52,17 +52,18 @@ class Api:
         self.process.wait()
 
 
-def start_api(home: Path, tiny_model: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> Api:
+def start_api(home: Path, tiny_model: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None, command_name: str = "api") -> Api:
+    """`command_name` "ui" starts the same service as `tunesmith ui` (the dashboard's name for it)."""
     port = port or free_port()
     environment = {**os.environ, "TUNESMITH_HOME": str(home), "TUNESMITH_API_LEASE_S": LEASE_S, **(env or {})}
-    command = [sys.executable, "-m", "tunesmith", "api", "--port", str(port), "--base-model", str(tiny_model), *args]
+    command = [sys.executable, "-m", "tunesmith", command_name, "--port", str(port), "--base-model", str(tiny_model), *args]
     log = (home.parent / f"api-{port}.log").open("ab")
     process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = Api(home, port, process, tiny_model.name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"tunesmith api exited with {process.returncode}: {(home.parent / f'api-{port}.log').read_text()[-3000:]}")
+            raise AssertionError(f"tunesmith {command_name} exited with {process.returncode}: {(home.parent / f'api-{port}.log').read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
                 if json.loads(answer.read())["status"] == "ok":

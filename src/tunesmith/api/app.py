@@ -38,13 +38,24 @@ METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def create_api_app(workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES) -> Any:
-    """The ASGI app: the key and size gate, around the chat router, around the OpenAI routes."""
+    """The ASGI app: the key and size gate, around the chat router, around the OpenAI routes and the
+    dashboard (whose static shell alone is open: its data routes need the key like the API's)."""
+    from tunesmith.api import dashboard
+
     store = ApiStore(workspace)
     catalogue = catalogue or Catalogue()
     app = routes(store, catalogue, max_upload)
+    dashboard.add_dashboard(app, store, catalogue, workspace, max_upload)
     chat = ChatRouter(app, store, catalogue, workspace, max_body)
     app.state.forget = chat.forget  # a deleted model's weights leave memory
-    return Gate(chat, keys=KeyStore(api_db(workspace)), max_body=max_body, path_limits={"/v1/files": max_upload})
+    return Gate(
+        chat,
+        keys=KeyStore(api_db(workspace)),
+        max_body=max_body,
+        path_limits={"/v1/files": max_upload},
+        open_paths=dashboard.OPEN_PATHS,
+        open_prefixes=dashboard.OPEN_PREFIXES,
+    )
 
 
 # ---------------------------------------------------------------- chat through the serving layer
@@ -118,7 +129,19 @@ class ChatRouter:
         base = self.catalogue.base_path(name)
         if base is not None:
             return base
+        run = self._registered_run(name)
+        if run is not None:  # a run trained outside the service (`tunesmith train`), by its run id: the dashboard's playground
+            return run
         raise ServeError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+
+    def _registered_run(self, name: str) -> str | None:
+        """The folder the registry records for a completed run with this id (an index lookup: the name never becomes a path)."""
+        from tunesmith.registry.store import Registry
+
+        if not self.workspace.registry_db.is_file():
+            return None
+        row = Registry(self.workspace.registry_db).run(name)
+        return row["path"] if row is not None and row["status"] == "completed" else None
 
     def _load(self, name: str, folder: str) -> Any:
         from tunesmith.serve.app import create_app

@@ -36,9 +36,14 @@ def api_cmd(
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", min=0.001, help="largest file files.create accepts"),
     base_model: list[Path] = typer.Option([], "--base-model", help="a model folder jobs may fine-tune, named by its folder's name (repeatable)"),
 ) -> None:
-    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued)."""
+    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued); the dashboard is at http://HOST:PORT/."""
     if ctx.invoked_subcommand is not None:
         return
+    start_service(host, port, workers, executor, ray_address, max_upload_mb, base_model)
+
+
+def start_service(host: str, port: int, workers: int, executor: str, ray_address: str | None, max_upload_mb: float, base_model: list[Path]) -> None:
+    """The API, its dashboard and its worker, until interrupted (`tunesmith api` and `tunesmith ui`)."""
     from tunesmith.api.worker import check_executor
 
     check_executor(executor)  # here, not only in the worker process, whose refusal the service would outlive
@@ -52,6 +57,7 @@ def api_cmd(
     app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20))
     worker = _start_worker(workspace.home, workers, executor, ray_address, base_model) if workers else None
     console.print(f"tunesmith api on http://{host}:{port}/v1 (workspace {workspace.home}; {workers} job(s) at once, executor {executor})")
+    console.print(f"dashboard: http://{host}:{port}/")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

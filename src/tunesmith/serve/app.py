@@ -124,7 +124,9 @@ class Gate:
     `api_key`; with neither, or while a KeyCheck has no active key, every route is open.
     `max_body` (None: no limit here, the app sets its own) holds for every path but those in
     `path_limits` (the jobs API's uploads are larger than its JSON bodies). A body is counted as it
-    arrives, so one sent without Content-Length is cut off at its limit too. `metrics` may be None."""
+    arrives, so one sent without Content-Length is cut off at its limit too. `metrics` may be None.
+    `open_prefixes`: paths starting with one of these need no key (the dashboard's static shell, which
+    holds no data: its data routes stay gated)."""
 
     def __init__(
         self,
@@ -134,9 +136,12 @@ class Gate:
         max_body: int | None = None,
         keys: KeyCheck | Callable[[str], bool] | None = None,
         path_limits: Mapping[str, int] | None = None,
+        open_paths: frozenset[str] = frozenset(),
+        open_prefixes: tuple[str, ...] = (),
     ):
         self.app, self.keys, self.metrics = app, key_check(api_key, keys), metrics
         self.max_body, self.path_limits = max_body, dict(path_limits or {})
+        self.open_paths, self.open_prefixes = OPEN_PATHS | open_paths, open_prefixes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -163,7 +168,9 @@ class Gate:
 
     def _refusal(self, scope: dict, limit: int | None) -> Response | None:
         headers = dict(scope.get("headers") or [])
-        if self.keys is not None and scope["path"] not in OPEN_PATHS and self.keys.any_active():
+        path = scope["path"]
+        open_path = path in self.open_paths or (scope["method"] == "GET" and path.startswith(self.open_prefixes))
+        if self.keys is not None and not open_path and self.keys.any_active():
             given = headers.get(b"authorization", b"")
             if not given:
                 return _error(401, "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.", code="invalid_api_key")
