@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         prepare_dataset,
         resume,
         serving_app,
+        traffic,
         train,
     )
     from tunesmith.workspace import Workspace
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
+        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "traffic", "Run", "Chat", "Evaluation"),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -55,7 +56,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
+    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app", "traffic",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip

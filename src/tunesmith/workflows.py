@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tunesmith.data.dataset import Dataset
     from tunesmith.export.pipeline import ExportResult
     from tunesmith.registry.runfolder import RunInfo
+    from tunesmith.serve.traffic import TrafficRecord
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget, Control
 
@@ -328,13 +329,28 @@ def export(
 # ---------------------------------------------------------------- serving
 
 
-def serving_app(models: Sequence[str | Path], *, engine: str = "auto", api_key: str | None = None, max_batch: int = 32, workspace: WorkspaceLike = None) -> Any:
+def serving_app(
+    models: Sequence[str | Path],
+    *,
+    engine: str = "auto",
+    api_key: str | None = None,
+    max_batch: int = 32,
+    workspace: WorkspaceLike = None,
+    log: str = "redacted",
+    log_max_mb: float = 64,
+    log_keep_files: int | None = None,
+    log_keep_days: float | None = 30,
+) -> Any:
     """The OpenAI-compatible server's ASGI app (FastAPI) over these models, loaded now, to run under
     any ASGI server or mount in another app. models, engine: as `serve`. api_key: required of every
-    route but /health when given. `app.state.server.close()` stops its engine threads."""
+    route but /health when given. log: off | redacted | full, how answered requests are kept under
+    <home>/traffic (redacted: PII removed first; see `traffic`). `app.state.server.close()` stops its
+    engine threads and writes what the log still holds."""
     from tunesmith.serve.launch import open_server
+    from tunesmith.serve.traffic_log import log_settings
 
-    server = open_server([str(m) for m in models], engine=engine, api_key=api_key, workspace=workspace_of(workspace), max_batch=max_batch)
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
+    server = open_server([str(m) for m in models], engine=engine, api_key=api_key, workspace=workspace_of(workspace), max_batch=max_batch, log=settings)
     server.app.state.server = server
     return server.app
 
@@ -347,13 +363,33 @@ def serve(
     api_key_env: str | None = None,
     engine: str = "auto",
     workspace: WorkspaceLike = None,
+    log: str = "redacted",
+    log_max_mb: float = 64,
+    log_keep_files: int | None = None,
+    log_keep_days: float | None = 30,
 ) -> None:
     """Serve models behind an OpenAI-compatible API until interrupted (`tunesmith serve`; docs/serve.md).
 
     models: run ids or names, run or export folders, GGUF files, base model names. LoRA runs on one
     base share one copy of its weights. engine: auto | transformers | vllm | llamacpp (auto says
     which it picked and why). api_key_env: the environment variable holding the API key that every
-    route but /health then requires."""
+    route but /health then requires. log: off | redacted (default: PII removed by the data
+    pipeline's detectors before anything is written) | full; files rotate at log_max_mb, and the
+    oldest go past log_keep_files files or log_keep_days days (docs/monitoring.md)."""
     from tunesmith.serve.launch import serve as run_server
+    from tunesmith.serve.traffic_log import log_settings
 
-    run_server([str(m) for m in models], host=host, port=port, api_key_env=api_key_env, engine=engine, workspace=workspace_of(workspace))
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
+    run_server([str(m) for m in models], host=host, port=port, api_key_env=api_key_env, engine=engine, workspace=workspace_of(workspace), log=settings)
+
+
+def traffic(
+    model: str | None = None, *, since: float | str | None = None, until: float | str | None = None, workspace: WorkspaceLike = None
+) -> list[TrafficRecord]:
+    """Logged served requests (`tunesmith serve`/`api` write them), oldest first. model: the name a client
+    asked for, or the run id behind it (None: all). since/until: unix seconds, or a duration back from
+    now such as "24h", "30m", "7d"."""
+    from tunesmith.serve.traffic import point_in_time, read_traffic
+
+    home = workspace_of(workspace).home
+    return list(read_traffic(home, model=model, since=point_in_time(since, "since"), until=point_in_time(until, "until")))

@@ -28,6 +28,7 @@ from tunesmith.api.store import ApiStore, api_db, now
 from tunesmith.errors import UserError
 from tunesmith.serve.app import Gate, _param_of
 from tunesmith.serve.protocol import ServeError, error_body
+from tunesmith.serve.traffic_log import LogSettings, TrafficLog, open_log
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.api")
@@ -37,12 +38,17 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def create_api_app(workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES) -> Any:
-    """The ASGI app: the key and size gate, around the chat router, around the OpenAI routes."""
+def create_api_app(
+    workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES, log: LogSettings | None = None
+) -> Any:
+    """The ASGI app: the key and size gate, around the chat router, around the OpenAI routes. `log`: how
+    chat and completion requests are logged under <home>/traffic (default redacted; serve/traffic_log.py)."""
     store = ApiStore(workspace)
     catalogue = catalogue or Catalogue()
+    traffic = open_log(workspace.home, log)
     app = routes(store, catalogue, max_upload)
-    chat = ChatRouter(app, store, catalogue, workspace, max_body)
+    app.state.traffic = traffic  # written out when the service shuts down (routes' lifespan)
+    chat = ChatRouter(app, store, catalogue, workspace, max_body, traffic)
     app.state.forget = chat.forget  # a deleted model's weights leave memory
     return Gate(chat, keys=KeyStore(api_db(workspace)), max_body=max_body, path_limits={"/v1/files": max_upload})
 
@@ -54,8 +60,9 @@ class ChatRouter:
     """Pure ASGI: a chat or completion request goes to the serving layer's own app for its model (a
     fine-tuned model, one of its checkpoints, or a base), loaded on the first request and kept."""
 
-    def __init__(self, app: Any, store: ApiStore, catalogue: Catalogue, workspace: Workspace, max_body: int):
+    def __init__(self, app: Any, store: ApiStore, catalogue: Catalogue, workspace: Workspace, max_body: int, traffic: TrafficLog | None = None):
         self.app, self.store, self.catalogue, self.workspace, self.max_body = app, store, catalogue, workspace, max_body
+        self.traffic = traffic
         self.served: dict[str, Any] = {}
         self.lock = asyncio.Lock()
 
@@ -90,7 +97,7 @@ class ChatRouter:
         if "" not in self.served:
             from tunesmith.serve.app import create_app
 
-            self.served[""] = create_app([], max_body=self.max_body)
+            self.served[""] = create_app([], max_body=self.max_body, traffic=self.traffic)
         return self.served[""]
 
     async def app_for(self, name: str) -> Any:
@@ -126,7 +133,20 @@ class ChatRouter:
 
         source = resolve(folder, self.workspace)
         source.names = [name]
-        return create_app(load_transformers([source]), max_body=self.max_body)
+        served = load_transformers([source])
+        for item in served:  # the traffic log names the run (and checkpoint) behind an ft: model id
+            item.run_id, item.checkpoint = self.lineage_of(name, item.run_id)
+        return create_app(served, max_body=self.max_body, traffic=self.traffic)
+
+    def lineage_of(self, name: str, run_id: str | None) -> tuple[str | None, str | None]:
+        job = self.store.job_by_model(name)
+        if job is not None:
+            return job["run_id"], None
+        checkpoint = self.store.checkpoint_by_model(name)
+        if checkpoint is not None:
+            parent = self.store.job(checkpoint["job_id"])
+            return (parent["run_id"] if parent else run_id), f"step-{checkpoint['step']}"
+        return run_id, None
 
     def forget(self, name: str) -> None:
         for key in [k for k in self.served if k == name or k.startswith(name + ":")]:
@@ -157,6 +177,9 @@ def routes(store: ApiStore, catalogue: Catalogue, max_upload: int) -> FastAPI:
     async def lifespan(app: FastAPI) -> Any:
         store.sweep_partial_uploads()
         yield
+        traffic = getattr(app.state, "traffic", None)
+        if traffic is not None:
+            traffic.close()
 
     app = FastAPI(title="tunesmith fine-tuning service", lifespan=lifespan, docs_url=None, redoc_url=None)
 

@@ -13,6 +13,7 @@ import typer
 
 from tunesmith.cli.api_keys import keys_app
 from tunesmith.cli.common import current_workspace
+from tunesmith.cli.serve import LOG_KEEP_DAYS_OPTION, LOG_KEEP_FILES_OPTION, LOG_MAX_MB_OPTION, LOG_OPTION
 from tunesmith.ui import console
 
 PARENT_ENV = "TUNESMITH_API_PID"  # the worker `tunesmith api` starts ends with it
@@ -35,13 +36,20 @@ def api_cmd(
     ray_address: str | None = typer.Option(None, "--ray-address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS)"),
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", min=0.001, help="largest file files.create accepts"),
     base_model: list[Path] = typer.Option([], "--base-model", help="a model folder jobs may fine-tune, named by its folder's name (repeatable)"),
+    log: str = LOG_OPTION,
+    log_max_mb: float = LOG_MAX_MB_OPTION,
+    log_keep_files: int | None = LOG_KEEP_FILES_OPTION,
+    log_keep_days: float | None = LOG_KEEP_DAYS_OPTION,
 ) -> None:
-    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued)."""
+    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued).
+    Chat and completion requests are logged under <home>/traffic with PII removed (--log; docs/monitoring.md)."""
     if ctx.invoked_subcommand is not None:
         return
     from tunesmith.api.worker import check_executor
+    from tunesmith.serve.traffic_log import log_settings
 
     check_executor(executor)  # here, not only in the worker process, whose refusal the service would outlive
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
     import uvicorn
 
     from tunesmith.api.app import create_api_app
@@ -49,7 +57,7 @@ def api_cmd(
 
     workspace = current_workspace()
     catalogue = Catalogue(_model_folders(base_model))
-    app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20))
+    app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20), log=settings)
     worker = _start_worker(workspace.home, workers, executor, ray_address, base_model) if workers else None
     console.print(f"tunesmith api on http://{host}:{port}/v1 (workspace {workspace.home}; {workers} job(s) at once, executor {executor})")
     try:

@@ -1,0 +1,152 @@
+"""Served traffic: what `tunesmith serve` logs (a real uvicorn on 127.0.0.1, the official openai client),
+with PII removed before anything is written; rotation and retention; and the way back into training
+(`data from-logs`, review sheet, new dataset version) with the lineage that records it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import httpx
+import openai
+import pytest
+from clihelp import run_cli
+from conftest import tickets_home, train_tiny
+from test_serve import running
+
+EMAIL, PHONE = "jane.doe@example.com", "+1 415-555-0134"
+PII_PROMPT = f"my invoice is wrong, write to {EMAIL} or call {PHONE}"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
+    ws = tickets_home(tmp_path_factory.mktemp("traffic") / "home", 30)
+    run = train_tiny(ws, tiny_model, max_steps=4, lr=3e-2, batch_size=4)
+    return {"ws": ws, "run": run}
+
+
+def traffic_lines(home) -> list[dict]:
+    return [json.loads(line) for path in sorted((home / "traffic").glob("traffic-*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def send_traffic(url: str, run: str) -> dict:
+    """A chat, a completion, a streamed chat, a refused request (unknown model) and a bad parameter."""
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+    chat = c.chat.completions.create(model=run, messages=[{"role": "user", "content": PII_PROMPT}], temperature=0, max_tokens=12)
+    done = c.completions.create(model=run, prompt="refund please, I was charged twice", temperature=0, max_tokens=6)
+    chunks = list(c.chat.completions.create(model=run, messages=[{"role": "user", "content": "the app crashes"}], temperature=0, max_tokens=8, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model=run, messages=[{"role": "user", "content": "hi"}], temperature=9)
+    metrics = httpx.get(url + "/metrics").text
+    return {"chat": chat, "completion": done, "stream": "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), "metrics": metrics}
+
+
+def test_every_request_is_logged_with_pii_removed(served, tmp_path):
+    import tunesmith
+
+    home = served["ws"].home
+    app = tunesmith.serving_app([served["run"]], engine="transformers", workspace=home)  # --log redacted is the default
+    with running(app) as url:
+        sent = send_traffic(url, served["run"])
+    assert "tunesmith_traffic_dropped_total 0.0" in sent["metrics"]
+    records = traffic_lines(home)  # running() closed the server: the log is flushed
+    assert [(r["endpoint"], r["status"]) for r in records] == [
+        ("chat.completions", 200),
+        ("completions", 200),
+        ("chat.completions", 200),
+        ("chat.completions", 404),
+        ("chat.completions", 400),
+    ]
+    chat, completion, stream, missing, bad = records
+    text = json.dumps(records)
+    assert EMAIL not in text and "415-555-0134" not in text
+    assert "<EMAIL>" in chat["messages"][0]["content"] and "<PHONE>" in chat["messages"][0]["content"]
+    assert chat["redactions"] >= 2 and chat["log_mode"] == "redacted"
+    assert chat["id"] == sent["chat"].id and chat["answer"] == sent["chat"].choices[0].message.content
+    assert chat["run_id"] == served["run"] and chat["model"] == served["run"]
+    assert chat["completion_tokens"] == sent["chat"].usage.completion_tokens and chat["prompt_tokens"] == sent["chat"].usage.prompt_tokens
+    assert chat["finish_reason"] == sent["chat"].choices[0].finish_reason and chat["max_tokens"] == 12 and chat["latency_ms"] > 0
+    assert 0 < chat["confidence"] <= 1
+    assert completion["prompt"] == "refund please, I was charged twice" and completion["answer"] == sent["completion"].choices[0].text
+    assert stream["answer"] == sent["stream"] and stream["finish_reason"] in ("stop", "length")
+    assert missing["model"] == "no-such-model" and "does not exist" in missing["error"]
+    assert "temperature" in bad["error"]
+    # the Python API reads the same records, by model or run id, by time
+    assert [r.id for r in tunesmith.traffic(served["run"], workspace=home)] == [chat["id"], completion["id"], stream["id"], bad["id"]]
+    assert tunesmith.traffic(since="1h", workspace=home)[0].id == chat["id"]
+    assert tunesmith.traffic(since=time.time() + 60, workspace=home) == []
+
+
+def test_full_keeps_the_text_and_off_writes_nothing(served, tmp_path):
+    import tunesmith
+
+    for mode in ("full", "off"):
+        home = tmp_path / mode
+        home.mkdir()
+        folder = served["ws"].run_dir(served["run"])  # served by path from a workspace of its own: each mode's log apart
+        app = tunesmith.serving_app([folder], engine="transformers", workspace=home, log=mode)
+        with running(app) as url:
+            c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+            c.chat.completions.create(model=served["run"], messages=[{"role": "user", "content": PII_PROMPT}], temperature=0, max_tokens=4)
+        if mode == "full":
+            (record,) = traffic_lines(home)
+            assert record["messages"][0]["content"] == PII_PROMPT and record["log_mode"] == "full" and record["redactions"] == 0
+        else:
+            assert not (home / "traffic").exists()
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    import tunesmith
+    from tunesmith.serve.traffic import TrafficRecord, TrafficWriter
+
+    writer = TrafficWriter(tmp_path)
+    for n in range(3):
+        writer.write(TrafficRecord(id=f"r{n}", time=time.time(), model="m", endpoint="completions", prompt="p", answer="a", latency_ms=1.0))
+    with open(next((tmp_path / "traffic").glob("*.jsonl")), "a", encoding="utf-8") as handle:
+        handle.write('{"id": "r3", "time": 1, "mod')  # the process died mid-line
+    assert [r.id for r in tunesmith.traffic(workspace=tmp_path)] == ["r0", "r1", "r2"]
+
+
+def test_files_rotate_by_size_and_the_oldest_go(tmp_path):
+    from tunesmith.serve.traffic import TrafficRecord, TrafficWriter, read_traffic
+
+    writer = TrafficWriter(tmp_path, max_bytes=400, keep_files=3)
+    for n in range(40):
+        writer.write(TrafficRecord(id=f"r{n:02d}", time=1000.0 + n, model="m", endpoint="completions", prompt="p" * 50, answer="a", latency_ms=1.0))
+    files = sorted((tmp_path / "traffic").glob("traffic-*.jsonl"))
+    assert len(files) == 3 and all(f.stat().st_size < 800 for f in files)
+    ids = [r.id for r in read_traffic(tmp_path)]
+    assert ids == sorted(ids) and ids[-1] == "r39" and len(ids) < 40  # the newest kept, in order; the oldest gone
+    # keep_days: a file last written long ago goes when the next file starts
+    old = files[0]
+    stamp = time.time() - 40 * 86400
+    os.utime(old, (stamp, stamp))
+    aging = TrafficWriter(tmp_path, max_bytes=400, keep_days=30)
+    aging.write(TrafficRecord(id="new", time=2000.0, model="m", endpoint="completions", prompt="p", answer="a", latency_ms=1.0))
+    assert not old.exists() and files[1].exists()
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
+    from tunesmith.serve.traffic import TrafficRecord
+    from tunesmith.serve.traffic_log import LogSettings, TrafficLog
+
+    log = TrafficLog(tmp_path, LogSettings(mode="full", queue_size=2))
+    record = TrafficRecord(id="r", time=1.0, model="m", endpoint="completions", prompt="p", answer="a", latency_ms=1.0)
+    with log.writer._lock:  # the disk stalls: the log thread waits, the server must not
+        started = time.perf_counter()
+        for _ in range(50):
+            log.submit(record)
+        assert time.perf_counter() - started < 0.5
+        assert log.dropped >= 45
+    log.close()
+    assert log.written + log.dropped == 50
+    assert len(traffic_lines(tmp_path)) == log.written
+
+
+def test_serve_refuses_an_unknown_log_mode(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    result = run_cli(capsys, "serve", "whatever", "--log", "verbose")
+    assert result.code == 2 and "--log" in result.out + result.err and "redacted" in result.out + result.err
