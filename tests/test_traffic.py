@@ -150,3 +150,93 @@ def test_serve_refuses_an_unknown_log_mode(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
     result = run_cli(capsys, "serve", "whatever", "--log", "verbose")
     assert result.code == 2 and "--log" in result.out + result.err and "redacted" in result.out + result.err
+
+
+# ---------------------------------------------------------------- back into training, and the lineage that records it
+
+TICKETS = ["refund please, I was charged twice", "the app crashes on login", "KST-12 is down", "my invoice is wrong", "thanks, great support", "login fails"]
+
+
+def fill(sheet, choices: dict[int, tuple[str, str | None]]) -> None:
+    """A reviewer's work: row n gets preferred (and, for 2, a rewritten answer 2); other rows stay empty."""
+    import csv
+
+    with sheet.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for n, (preferred, rewrite) in choices.items():
+        rows[n]["preferred"] = preferred
+        if rewrite is not None:
+            rows[n]["answer_2"] = rewrite
+    with sheet.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_reviewed_traffic_becomes_a_dataset_version_and_the_lineage_shows_both_runs(served, capsys, monkeypatch):
+    import tunesmith
+    from tunesmith.config import RunSpec
+    from tunesmith.eval.review import COLUMNS
+    from tunesmith.registry.store import Registry, reindex
+    from tunesmith.train.recipe import train
+
+    ws, run = served["ws"], served["run"]
+    monkeypatch.setenv("TUNESMITH_HOME", str(ws.home))
+    started = time.time()
+    app = tunesmith.serving_app([run], engine="transformers", workspace=ws.home)
+    with running(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        ids = [c.chat.completions.create(model=run, messages=[{"role": "user", "content": t}], temperature=0, max_tokens=8).id for t in [*TICKETS, PII_PROMPT]]
+    # monitor flagged two of them (the alert's shape: INTERFACES.md)
+    (ws.home / "monitor").mkdir(exist_ok=True)
+    alert = {"id": "al-1", "time": time.time(), "model": run, "run_id": run, "check": "input_drift", "status": "alert", "request_ids": ids[1:3]}
+    (ws.home / "monitor" / "alerts.jsonl").write_text(json.dumps(alert) + "\n" + '{"id": "torn', encoding="utf-8")
+    alerted = run_cli(capsys, "data", "from-logs", run, "--out", "tickets-alerted", "--only", "alerted", "--since", "10m")
+    assert alerted.code == 0, alerted.out + alerted.err
+    sheet = ws.home / "reviews" / "from-logs" / "tickets-alerted" / "review.csv"
+    assert [r.split(",")[0] for r in sheet.read_text().splitlines()] == [",".join(COLUMNS).split(",")[0], *ids[1:3]]
+    nothing = run_cli(capsys, "data", "from-logs", run, "--out", "x", "--only", "low-confidence", "--below", "0.0")
+    assert nothing.code == 2 and "nothing to review" in nothing.err
+
+    made = run_cli(capsys, "data", "from-logs", run, "--out", "tickets-logs", "--since", "10m")
+    assert made.code == 0, made.out + made.err
+    folder = ws.home / "reviews" / "from-logs" / "tickets-logs"
+    sheet = folder / "review.csv"
+    assert sheet.read_text().splitlines()[0] == ",".join(COLUMNS)  # the eval stage's review format, not another
+    assert 'textarea id="answer_2-0"' in (folder / "review.html").read_text()
+    assert EMAIL not in (folder / "from-logs.json").read_text()  # what was logged redacted stays redacted
+    fixed = "billing: duplicate charge, refund it"
+    fill(sheet, {0: ("2", fixed), 1: ("1", None), 2: ("tie", None), 3: ("1", None), 4: ("2", "praise"), 5: ("1", None)})  # row 6 not reviewed
+
+    imported = run_cli(capsys, "data", "from-logs", "--import", str(sheet))
+    assert imported.code == 0, imported.out + imported.err
+    manifest = json.loads((ws.dataset_dir("tickets-logs") / "manifest.json").read_text())
+    parent = tunesmith.load_dataset("tickets", workspace=ws.home)
+    assert manifest["source_kind"] == "logs" and manifest["parent_dataset"] == f"tickets@{parent.version}"
+    window = manifest["traffic_window"]
+    assert window["model"] == run and window["run_id"] == run and started - 600 <= window["since"] <= window["until"] <= time.time()
+    assert sum(manifest["counts"].values()) == 6
+    dataset = tunesmith.load_dataset("tickets-logs", workspace=ws.home)
+    answers = {e.messages[-1].content for split in dataset.splits.values() for e in split}
+    assert fixed in answers and "praise" in answers
+    assert Registry(ws.registry_db).dataset("tickets-logs")["source_kind"] == "logs"
+
+    # the next iteration: continue the served run on the reviewed version, evaluate both, and follow the chain
+    child = train(
+        RunSpec.model_validate({"model": {"from_run": run}, "data": {"dataset": "tickets-logs"}, "train": {"max_steps": 2, "batch_size": 2}}), ws
+    ).info.run_id
+    for each in (run, child):
+        tunesmith.evaluate(each, split="test", settings={"max_new_tokens": 8}, workspace=ws.home)
+    assert Registry(ws.registry_db).run(child)["parent_run"] == run
+    reindex(ws.home)  # the folders are the truth: a rebuilt registry knows the lineage too
+    assert Registry(ws.registry_db).run(child)["parent_run"] == run and Registry(ws.registry_db).dataset("tickets-logs")["parent_dataset"]
+
+    printed = run_cli(capsys, "runs", "lineage", child)
+    assert printed.code == 0, printed.out + printed.err
+    text = " ".join(printed.out.split())
+    assert child in text and f"← {run}" in text and "tickets-logs" in text and "logs: traffic of" in text and "exact match" in text.lower()
+    as_json = run_cli(capsys, "runs", "lineage", child, "--json")
+    chain = json.loads(as_json.out)["chain"]
+    assert [s["run_id"] for s in chain] == [child, run]
+    assert chain[0]["dataset"]["source_kind"] == "logs" and chain[0]["dataset"]["parent_dataset"] == f"tickets@{parent.version}"
+    assert chain[1]["dataset"]["source_kind"] == "file" and all(s["metric"] and s["metric"]["split"] == "test" for s in chain)

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
         Evaluation,
         Run,
         classify,
+        dataset_from_review,
         evaluate,
         export,
         generate,
+        lineage,
         load_dataset,
         load_run,
+        logs_to_review,
         prepare_dataset,
         resume,
         serving_app,
@@ -41,7 +44,23 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "traffic", "Run", "Chat", "Evaluation"),
+        (
+            "prepare_dataset",
+            "load_dataset",
+            "resume",
+            "evaluate",
+            "load_run",
+            "generate",
+            "classify",
+            "serving_app",
+            "traffic",
+            "logs_to_review",
+            "dataset_from_review",
+            "lineage",
+            "Run",
+            "Chat",
+            "Evaluation",
+        ),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -56,7 +75,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app", "traffic",
+    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app", "traffic", "logs_to_review", "dataset_from_review", "lineage",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip

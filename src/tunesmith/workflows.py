@@ -393,3 +393,52 @@ def traffic(
 
     home = workspace_of(workspace).home
     return list(read_traffic(home, model=model, since=point_in_time(since, "since"), until=point_in_time(until, "until")))
+
+
+# ---------------------------------------------------------------- served traffic back into training
+
+
+def logs_to_review(
+    model: str,
+    *,
+    out: str,
+    only: str = "all",
+    since: float | str | None = None,
+    until: float | str | None = None,
+    below: float = 0.5,
+    limit: int | None = None,
+    workspace: WorkspaceLike = None,
+) -> Any:
+    """Logged traffic of `model` → a review sheet (`tunesmith data from-logs MODEL --out NAME`): review.csv,
+    review.html and from-logs.json under <home>/reviews/from-logs/NAME/. only: all | alerted (requests
+    named by `tunesmith monitor` alerts) | low-confidence (mean token probability under `below`).
+    since/until: unix seconds or a duration back from now ("24h"). Returns the paths and the window."""
+    from tunesmith.monitor.from_logs import export_sheet
+    from tunesmith.serve.traffic import point_in_time
+
+    return export_sheet(
+        workspace_of(workspace),
+        model,
+        out,
+        only=only,
+        since=point_in_time(since, "--since"),
+        until=point_in_time(until, "--until"),
+        below=below,
+        limit=limit,
+    )
+
+
+def dataset_from_review(sheet: str | Path, *, out: str | None = None, key: str | Path | None = None, workspace: WorkspaceLike = None) -> Dataset:
+    """A filled from-logs review sheet → a new dataset version (`tunesmith data from-logs --import SHEET`),
+    whose manifest names its parent dataset and the traffic window (source_kind "logs")."""
+    from tunesmith.monitor.from_logs import import_sheet
+
+    return import_sheet(workspace_of(workspace), Path(sheet), out=out, key_path=None if key is None else Path(key))
+
+
+def lineage(run_ref: str | Path, *, workspace: WorkspaceLike = None) -> list[dict[str, Any]]:
+    """The run, the run it continued, and so on (`tunesmith runs lineage RUN`): each with its dataset
+    version (source_kind file | logs | augment, parent dataset, traffic window) and key metric."""
+    from tunesmith.registry.lineage import run_lineage
+
+    return run_lineage(workspace_of(workspace), str(run_ref))
