@@ -74,12 +74,14 @@ class ChatRouter:
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
         try:
-            name = json.loads(body or b"null").get("model")
+            parsed = json.loads(body or b"null")
+            name = parsed.get("model")
         except (ValueError, AttributeError):
-            name = None
+            parsed, name = None, None
         try:
             target = await self.app_for(name) if isinstance(name, str) else None
         except ServeError as exc:
+            self.log_refusal(scope["path"], parsed, exc)
             return await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
         replayed = False
 
@@ -92,6 +94,18 @@ class ChatRouter:
 
         # No usable model name: the serving app's own checks answer (missing parameter, bad JSON), over no model.
         await (target or self.app_for_nothing())(scope, replay, send)
+
+    def log_refusal(self, path: str, body: Any, exc: ServeError) -> None:
+        """A request refused before any serving app saw it (an unknown or deleted model) is logged too."""
+        if self.traffic is None:
+            return
+        from tunesmith.serve.protocol import new_id
+        from tunesmith.serve.traffic_log import Trace
+
+        chat = path == "/v1/chat/completions"
+        trace = Trace("chat.completions" if chat else "completions")
+        trace.read(body)
+        self.traffic.submit(trace.record(new_id("chatcmpl" if chat else "cmpl"), status=exc.status, error=exc.message))
 
     def app_for_nothing(self) -> Any:
         if "" not in self.served:
