@@ -173,6 +173,7 @@ def fill(sheet, choices: dict[int, tuple[str, str | None]]) -> None:
         writer.writerows(rows)
 
 
+@pytest.mark.slow  # trains and evaluates a second run: about a minute on two cores
 def test_reviewed_traffic_becomes_a_dataset_version_and_the_lineage_shows_both_runs(served, capsys, monkeypatch):
     import tunesmith
     from tunesmith.config import RunSpec
@@ -240,3 +241,27 @@ def test_reviewed_traffic_becomes_a_dataset_version_and_the_lineage_shows_both_r
     assert [s["run_id"] for s in chain] == [child, run]
     assert chain[0]["dataset"]["source_kind"] == "logs" and chain[0]["dataset"]["parent_dataset"] == f"tickets@{parent.version}"
     assert chain[1]["dataset"]["source_kind"] == "file" and all(s["metric"] and s["metric"]["split"] == "test" for s in chain)
+
+
+def test_a_registry_from_before_lineage_gains_its_columns(tmp_path):
+    import sqlite3
+
+    from tunesmith.registry.store import Registry
+
+    db_path = tmp_path / "registry.db"
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        "CREATE TABLE datasets (name TEXT PRIMARY KEY, version TEXT NOT NULL, path TEXT NOT NULL, format TEXT NOT NULL,"
+        " counts TEXT NOT NULL, source TEXT NOT NULL, created TEXT NOT NULL);"
+        "INSERT INTO datasets VALUES ('tickets', 'v1', '/x', 'messages', '{}', 'tickets.jsonl', '2026-01-01');"
+    )
+    old.commit()
+    old.close()
+    registry = Registry(db_path)
+    assert registry.dataset("tickets")["source_kind"] is None  # an older row: no lineage recorded (read as a file)
+    window = {"model": "m", "since": 1.0, "until": 2.0}
+    registry.add_dataset(
+        "tickets-v2", "v2", tmp_path, "messages", {"train": 3}, "r.jsonl", source_kind="logs", parent_dataset="tickets@v1", traffic_window=window
+    )
+    row = registry.dataset("tickets-v2")
+    assert (row["source_kind"], row["parent_dataset"], json.loads(row["traffic_window"])) == ("logs", "tickets@v1", window)

@@ -85,6 +85,7 @@ class _TrafficCounts:
         yield CounterMetricFamily("tunesmith_traffic_logged", "served requests written to the traffic log", value=t.written)
         yield CounterMetricFamily("tunesmith_traffic_dropped", "served requests not logged: the log's queue was full", value=t.dropped)
         yield CounterMetricFamily("tunesmith_traffic_failed", "served requests not logged: the scrub or the write failed", value=t.failed)
+        yield CounterMetricFamily("tunesmith_traffic_log_cpu_seconds", "CPU time spent scrubbing and writing the traffic log", value=t.cpu_s)
 
 
 def _route_label(path: str) -> str:

@@ -92,6 +92,7 @@ class TrafficLog:
         self.dropped = 0  # records the full queue turned away
         self.written = 0
         self.failed = 0  # records lost to an error in the scrub or the write (logged)
+        self.cpu_s = 0.0  # CPU time the log thread spent scrubbing and writing: what logging costs the server
         self._scrubber: Any = None
         self._closed = False
         self.thread = threading.Thread(target=self._loop, name="tunesmith-traffic-log", daemon=True)
@@ -146,6 +147,7 @@ class TrafficLog:
     def _write(self, batch: list[TrafficRecord]) -> None:
         if not batch:
             return
+        started = time.thread_time()
         try:
             records = self.scrub(batch) if self.mode == "redacted" else [r.model_copy(update={"log_mode": "full"}) for r in batch]
             self.writer.write_many(records)
@@ -153,6 +155,8 @@ class TrafficLog:
         except Exception:  # the log must never take the server down: say so and go on
             self.failed += len(batch)
             log.exception("could not write %d served-traffic record(s)", len(batch))
+        finally:
+            self.cpu_s += time.thread_time() - started
 
     def scrub(self, batch: list[TrafficRecord]) -> list[TrafficRecord]:
         """Every text field of every record with its PII replaced by typed placeholders (`<EMAIL>`),
