@@ -199,7 +199,7 @@ def test_reviewed_traffic_becomes_a_dataset_version_and_the_lineage_shows_both_r
     nothing = run_cli(capsys, "data", "from-logs", run, "--out", "x", "--only", "low-confidence", "--below", "0.0")
     assert nothing.code == 2 and "nothing to review" in nothing.err
 
-    made = run_cli(capsys, "data", "from-logs", run, "--out", "tickets-logs", "--since", "10m")
+    made = run_cli(capsys, "data", "from-logs", run, "--out", "tickets-logs", "--since", str(started))  # this test's requests only
     assert made.code == 0, made.out + made.err
     folder = ws.home / "reviews" / "from-logs" / "tickets-logs"
     sheet = folder / "review.csv"
