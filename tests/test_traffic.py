@@ -241,6 +241,7 @@ def test_reviewed_traffic_becomes_a_dataset_version_and_the_lineage_shows_both_r
     assert [s["run_id"] for s in chain] == [child, run]
     assert chain[0]["dataset"]["source_kind"] == "logs" and chain[0]["dataset"]["parent_dataset"] == f"tickets@{parent.version}"
     assert chain[1]["dataset"]["source_kind"] == "file" and all(s["metric"] and s["metric"]["split"] == "test" for s in chain)
+    assert chain[0]["metric"]["metric"] == chain[1]["metric"]["metric"]  # one metric along the chain, so it reads as a trend
 
 
 def test_a_registry_from_before_lineage_gains_its_columns(tmp_path):

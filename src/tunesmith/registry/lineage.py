@@ -29,21 +29,33 @@ def _manifest(run_dir: Path, workspace: Workspace, name: str) -> dict[str, Any]:
     return {}
 
 
-def key_metric(registry: Registry, run_id: str, info: Any) -> dict[str, Any] | None:
-    """{metric, value, split} of the tuned model's latest evaluation (test before validation), else the
-    classifier's validation scores kept at training, else None."""
+def scores(registry: Registry, run_id: str, info: Any) -> tuple[dict[str, Any], str | None, list[str]] | None:
+    """(the tuned model's metrics, their split, metric names in order of preference) from its latest
+    evaluation (test before validation), else the classifier's validation scores kept at training."""
     rows = [r for r in registry.evaluations(run_id) if r["model_id"] == "tuned"]
     rows.sort(key=lambda r: {"test": 0, "validation": 1}.get(r["split"], 2))
     for row in rows:
-        metrics = row["metrics"]
-        names = ([row["headline"]] if row.get("headline") else []) + list(KEY_METRICS)
-        for name in names:
-            if isinstance(metrics.get(name), (int, float)):
-                return {"metric": name, "value": metrics[name], "split": row["split"]}
-    for name in KEY_METRICS:
-        if info.best_metrics and isinstance(info.best_metrics.get(name), (int, float)):
-            return {"metric": name, "value": info.best_metrics[name], "split": "validation"}
+        return row["metrics"], row["split"], ([row["headline"]] if row.get("headline") else []) + list(KEY_METRICS)
+    if info.best_metrics:
+        return info.best_metrics, "validation", list(KEY_METRICS)
     return None
+
+
+def _pick(found: tuple[dict[str, Any], str | None, list[str]] | None, names: list[str]) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    metrics, split, _ = found
+    name = next((n for n in names if isinstance(metrics.get(n), (int, float))), None)
+    return None if name is None else {"metric": name, "value": metrics[name], "split": split}
+
+
+def key_metrics(found: list[tuple[dict[str, Any], str | None, list[str]] | None]) -> list[dict[str, Any] | None]:
+    """One metric for every step when they share one (the oldest step's headline first), so the chain
+    reads as a trend; otherwise each step's own headline."""
+    evaluated = [f for f in found if f is not None]
+    order = list(dict.fromkeys(name for f in reversed(evaluated) for name in f[2]))
+    shared = next((n for n in order if all(isinstance(f[0].get(n), (int, float)) for f in evaluated)), None)
+    return [_pick(f, [shared] if shared else f[2]) if f is not None else None for f in found]
 
 
 def run_lineage(workspace: Workspace, run_ref: str) -> list[dict[str, Any]]:
@@ -80,9 +92,12 @@ def run_lineage(workspace: Workspace, run_ref: str) -> list[dict[str, Any]]:
                     "traffic_window": manifest.get("traffic_window"),
                     "train_examples": (manifest.get("counts") or {}).get("train"),
                 },
-                "metric": key_metric(registry, info.run_id, info),
+                "metric": scores(registry, info.run_id, info),
                 "best_val_loss": info.best_val_loss,
             }
         )
         ref = info.parent_run
+    steps = [step for step in chain if not step.get("missing")]
+    for step, metric in zip(steps, key_metrics([step["metric"] for step in steps]), strict=True):
+        step["metric"] = metric
     return chain
