@@ -146,10 +146,12 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     assert len(traffic_lines(tmp_path)) == log.written
 
 
-def test_serve_refuses_an_unknown_log_mode(capsys, tmp_path, monkeypatch):
+def test_serve_and_api_refuse_an_unknown_log_mode(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
-    result = run_cli(capsys, "serve", "whatever", "--log", "verbose")
-    assert result.code == 2 and "--log" in result.out + result.err and "redacted" in result.out + result.err
+    for command in (["serve", "whatever"], ["api"]):
+        result = run_cli(capsys, *command, "--log", "verbose")
+        assert result.code == 2 and "--log" in result.out + result.err and "redacted" in result.out + result.err, command
+    assert not (tmp_path / "traffic").exists()
 
 
 # ---------------------------------------------------------------- back into training, and the lineage that records it
