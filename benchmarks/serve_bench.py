@@ -22,6 +22,15 @@ resident memory (process tree) after serving one adapter, then after serving fou
 Targets (issue 16): at 32 clients the default engine >= 8x one-by-one generate; `--engine auto`
 within 0.8x of the fastest engine measured; four adapters' memory <= 1.2x one adapter's.
 Prints a markdown table and writes benchmarks/results/serve_bench.json.
+
+    python benchmarks/serve_bench.py --log-compare 3 --clients 8   # the cost of traffic logging (issue 19)
+
+--log-compare N measures only what logging served traffic costs: two servers of the same run, one
+with `--log off` and one with `--log redacted` (the default: PII scrubbed in a background thread),
+loaded side by side and measured alternately, N waves each at each client count; after each
+redacted wave it waits until the log has written every request (the scrub's backlog, reported as
+"drain s") before the next wave starts, so neither server's work spills into the other's wave.
+Target: redacted within 5% of off (median tokens/s). Writes benchmarks/results/serve_log_cost.json.
 """
 
 from __future__ import annotations
@@ -218,6 +227,96 @@ def tunesmith_command(models: list[str], port: int, engine: str) -> list[str]:
     return [sys.executable, "-m", "tunesmith", "serve", *models, "--port", str(port), "--engine", engine]
 
 
+def logged_count(port: int, metric: str = "tunesmith_traffic_logged_total") -> float:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(metric + " "))
+
+
+def cpu_seconds(server: Server) -> float:
+    """The server process's CPU time so far (user + system, every thread)."""
+    import psutil
+
+    times = psutil.Process(server.process.pid).cpu_times()
+    return times.user + times.system
+
+
+def log_cost(home: Path, runs: list[str], prompts: list[list[dict]], env: dict, args: argparse.Namespace) -> None:
+    """--log-compare: tokens/s with --log off against --log redacted, alternating waves, medians."""
+    servers = {}
+    for mode in ("off", "redacted"):
+        port = free_port()
+        servers[mode] = Server([*tunesmith_command(runs[:1], port, "transformers"), "--log", mode], port, env, f"tunesmith serve --log {mode}")
+    rows, sent = [], 0
+    try:
+        for mode, server in servers.items():
+            wave(server.port, runs[:1], prompts, 2, 1, 4)  # warm-up (and, for redacted, loading the NER model)
+        sent = 2
+        deadline = time.monotonic() + 120
+        while logged_count(servers["redacted"].port) < sent and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # Throughput on a shared machine moves by more than 5% from wave to wave; the log thread's own CPU
+        # time against the whole server's, over the same waves, is the cost measured without that noise.
+        cpu_before = cpu_seconds(servers["redacted"])
+        log_cpu_before = logged_count(servers["redacted"].port, "tunesmith_traffic_log_cpu_seconds_total")
+        for clients in [int(c) for c in args.clients.split(",")]:
+            n = per_client(clients, args)
+            for round_ in range(args.log_compare):
+                order = ("off", "redacted") if round_ % 2 == 0 else ("redacted", "off")
+                for mode in order:
+                    port = servers[mode].port
+                    latencies, ttfts, tokens, wall = wave(port, runs[:1], prompts, clients, n, args.max_tokens)
+                    drain = 0.0
+                    if mode == "redacted":
+                        sent += len(latencies)
+                        waited = time.perf_counter()
+                        while logged_count(port) < sent and time.perf_counter() - waited < 300:
+                            time.sleep(0.1)
+                        drain = time.perf_counter() - waited
+                    row = {"log": mode, "clients": clients, "round": round_, "requests": len(latencies), "tokens": tokens, "wall_s": round(wall, 2)}
+                    rows.append({**row, **summarise(latencies, ttfts, tokens, wall), "drain_s": round(drain, 2)})
+                    print(rows[-1], file=sys.stderr)
+        logged = logged_count(servers["redacted"].port)
+        server_cpu = cpu_seconds(servers["redacted"]) - cpu_before
+        log_cpu = logged_count(servers["redacted"].port, "tunesmith_traffic_log_cpu_seconds_total") - log_cpu_before
+    finally:
+        for server in servers.values():
+            server.stop()
+    print("| clients | --log | waves | median tokens/s | each wave's tokens/s | median latency p50 s | max drain s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    summary = {}
+    for clients in sorted({r["clients"] for r in rows}):
+        for mode in ("off", "redacted"):
+            mine = [r for r in rows if r["clients"] == clients and r["log"] == mode]
+            speeds = [r["tokens_per_s"] for r in mine]
+            summary[(clients, mode)] = statistics.median(speeds)
+            print(
+                f"| {clients} | {mode} | {len(mine)} | {statistics.median(speeds):.1f} | {', '.join(f'{v:.1f}' for v in speeds)} "
+                f"| {statistics.median(r['latency_p50_s'] for r in mine):.3f} | {max(r['drain_s'] for r in mine):.2f} |"
+            )
+    for clients in sorted({r["clients"] for r in rows}):
+        off, redacted = summary[(clients, "off")], summary[(clients, "redacted")]
+        print(f"\n{clients} clients: redacted / off = {redacted / off:.3f} (cost {100 * (1 - redacted / off):.1f}%; target <= 5%)")
+    print(f"records written by the redacted server: {logged:.0f} of {sent} requests sent")
+    share = log_cpu / server_cpu if server_cpu else 0.0
+    print(
+        f"redacted server's CPU over its waves: {server_cpu:.1f} s, of which the log thread (scrub + write): {log_cpu:.2f} s = {100 * share:.2f}% "
+        f"({1000 * log_cpu / max(1, sent - 2):.1f} ms per request)"
+    )
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "max_tokens": args.max_tokens,
+        "rows": rows,
+        "server_cpu_s": round(server_cpu, 2),
+        "log_cpu_s": round(log_cpu, 3),
+        "log_cpu_share": round(share, 4),
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "serve_log_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,8,32")
@@ -227,6 +326,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="one request per client, 16 new tokens")
     parser.add_argument("--home", type=Path, default=None, help="a workspace to keep the runs in (default: a temporary folder)")
+    parser.add_argument("--log-compare", type=int, default=0, metavar="N", help="only measure traffic logging: --log off vs redacted, N waves each")
     args = parser.parse_args()
     if args.quick:
         args.requests_per_client, args.max_tokens = 1, 16
@@ -235,6 +335,17 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TUNESMITH_HOME": str(home), "PYTHONPATH": str(HERE.parent / "src")}
 
+    if args.log_compare:
+        existing = sorted(p.name for p in (home / "runs").glob("bench-0-*") if (p / "run.json").is_file()) if (home / "runs").is_dir() else []
+        if existing:  # a kept --home: reuse its run and prompts
+            import tunesmith
+
+            dataset = tunesmith.load_dataset("tickets", workspace=home)
+            runs, prompts = existing[:1], [[m.model_dump(exclude_none=True) for m in e.prompt_messages] for e in dataset.iter_split("test")]
+        else:
+            runs, prompts = prepare_runs(home, 1)
+        log_cost(home, runs, prompts, env, args)
+        return
     runs, prompts = prepare_runs(home, args.adapters)
     rows: list[dict] = []
     n_baseline = min(len(prompts), max(8, args.requests_per_client * 4))

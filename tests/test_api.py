@@ -80,10 +80,21 @@ def test_upload_train_follow_events_and_chat_with_the_fine_tuned_model(api, tmp_
     assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     assert [int(r["step"]) for r in rows] == steps
 
-    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "my invoice is wrong"}], max_tokens=5)
-    assert answer.model == done.fine_tuned_model and answer.choices[0].message.content
+    answer_final = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "my invoice is wrong"}], max_tokens=5)
+    assert answer_final.model == done.fine_tuned_model and answer_final.choices[0].message.content
     answer = client.chat.completions.create(model=checkpoints[0].fine_tuned_model_checkpoint, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert answer.usage.completion_tokens <= 3
+
+    # both answers are in the workspace's traffic log, naming the job's run and the checkpoint served
+    import tunesmith
+
+    deadline = time.time() + 60
+    while len(logged := tunesmith.traffic(workspace=api.home, since=created)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    by_model = {r.model: r for r in logged}
+    final, at_checkpoint = by_model[done.fine_tuned_model], by_model[checkpoints[0].fine_tuned_model_checkpoint]
+    assert final.status == 200 and final.messages[0]["content"] == "my invoice is wrong" and final.answer == answer_final.choices[0].message.content
+    assert final.run_id and at_checkpoint.run_id == final.run_id and at_checkpoint.checkpoint == f"step-{checkpoints[0].step_number}"
 
     models = [m.id for m in client.models.list()]
     assert done.fine_tuned_model in models and api.base in models and "smollm2-135m-instruct" in models
@@ -92,6 +103,10 @@ def test_upload_train_follow_events_and_chat_with_the_fine_tuned_model(api, tmp_
     with pytest.raises(openai.NotFoundError) as gone:
         client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
     assert gone.value.body["code"] == "model_not_found"
+    deadline = time.time() + 30
+    while not any(r.status == 404 for r in tunesmith.traffic(done.fine_tuned_model, workspace=api.home)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert any(r.status == 404 and r.error for r in tunesmith.traffic(done.fine_tuned_model, workspace=api.home))  # refusals are logged too
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ def test_endpoint_paraphrases_join_train_only_and_are_listed_for_review(capsys, 
     train = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
     synthetic = [e for e in train if e["meta"].get("synthetic")]
     assert len(synthetic) == step["report"]["added"] > 0
+    assert manifest["source_kind"] == "augment" and manifest["parent_dataset"] is None  # lineage: paraphrases joined the file's examples
     assert step["report"]["rejected"]["lost_code_or_number"] == step["report"]["requested"] - step["report"]["added"]
     assert all(e["messages"][1]["content"].startswith("Rephrased: ") and e["meta"]["source_id"] for e in synthetic)
     for split in ("validation", "test"):

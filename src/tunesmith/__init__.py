@@ -1,7 +1,7 @@
 """tunesmith: turn a general LLM into a specialist for one job.
 
 The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
-generate, classify, export, serve, serving_app; bad input raises tunesmith.errors.UserError with the CLI's message.
+generate, classify, export, serve, serving_app, traffic, logs_to_review, dataset_from_review, lineage; bad input raises tunesmith.errors.UserError with the CLI's message.
 
 Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
 stages can import tunesmith's submodules without running into a half-initialised package root."""
@@ -25,14 +25,18 @@ if TYPE_CHECKING:
         Evaluation,
         Run,
         classify,
+        dataset_from_review,
         evaluate,
         export,
         generate,
+        lineage,
         load_dataset,
         load_run,
+        logs_to_review,
         prepare_dataset,
         resume,
         serving_app,
+        traffic,
         train,
     )
     from tunesmith.workspace import Workspace
@@ -40,7 +44,23 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
+        (
+            "prepare_dataset",
+            "load_dataset",
+            "resume",
+            "evaluate",
+            "load_run",
+            "generate",
+            "classify",
+            "serving_app",
+            "traffic",
+            "logs_to_review",
+            "dataset_from_review",
+            "lineage",
+            "Run",
+            "Chat",
+            "Evaluation",
+        ),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -56,6 +76,7 @@ _EXPORTS = {
 
 __all__ = [
     "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
+    "traffic", "logs_to_review", "dataset_from_review", "lineage",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tunesmith.data.dataset import Dataset
     from tunesmith.export.pipeline import ExportResult
     from tunesmith.registry.runfolder import RunInfo
+    from tunesmith.serve.traffic import TrafficRecord
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget, Control
 
@@ -328,13 +329,28 @@ def export(
 # ---------------------------------------------------------------- serving
 
 
-def serving_app(models: Sequence[str | Path], *, engine: str = "auto", api_key: str | None = None, max_batch: int = 32, workspace: WorkspaceLike = None) -> Any:
+def serving_app(
+    models: Sequence[str | Path],
+    *,
+    engine: str = "auto",
+    api_key: str | None = None,
+    max_batch: int = 32,
+    workspace: WorkspaceLike = None,
+    log: str = "redacted",
+    log_max_mb: float = 64,
+    log_keep_files: int | None = None,
+    log_keep_days: float | None = 30,
+) -> Any:
     """The OpenAI-compatible server's ASGI app (FastAPI) over these models, loaded now, to run under
     any ASGI server or mount in another app. models, engine: as `serve`. api_key: required of every
-    route but /health when given. `app.state.server.close()` stops its engine threads."""
+    route but /health when given. log: off | redacted | full, how answered requests are kept under
+    <home>/traffic (redacted: PII removed first; see `traffic`). `app.state.server.close()` stops its
+    engine threads and writes what the log still holds."""
     from tunesmith.serve.launch import open_server
+    from tunesmith.serve.traffic_log import log_settings
 
-    server = open_server([str(m) for m in models], engine=engine, api_key=api_key, workspace=workspace_of(workspace), max_batch=max_batch)
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
+    server = open_server([str(m) for m in models], engine=engine, api_key=api_key, workspace=workspace_of(workspace), max_batch=max_batch, log=settings)
     server.app.state.server = server
     return server.app
 
@@ -347,13 +363,82 @@ def serve(
     api_key_env: str | None = None,
     engine: str = "auto",
     workspace: WorkspaceLike = None,
+    log: str = "redacted",
+    log_max_mb: float = 64,
+    log_keep_files: int | None = None,
+    log_keep_days: float | None = 30,
 ) -> None:
     """Serve models behind an OpenAI-compatible API until interrupted (`tunesmith serve`; docs/serve.md).
 
     models: run ids or names, run or export folders, GGUF files, base model names. LoRA runs on one
     base share one copy of its weights. engine: auto | transformers | vllm | llamacpp (auto says
     which it picked and why). api_key_env: the environment variable holding the API key that every
-    route but /health then requires."""
+    route but /health then requires. log: off | redacted (default: PII removed by the data
+    pipeline's detectors before anything is written) | full; files rotate at log_max_mb, and the
+    oldest go past log_keep_files files or log_keep_days days (docs/monitoring.md)."""
     from tunesmith.serve.launch import serve as run_server
+    from tunesmith.serve.traffic_log import log_settings
 
-    run_server([str(m) for m in models], host=host, port=port, api_key_env=api_key_env, engine=engine, workspace=workspace_of(workspace))
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
+    run_server([str(m) for m in models], host=host, port=port, api_key_env=api_key_env, engine=engine, workspace=workspace_of(workspace), log=settings)
+
+
+def traffic(
+    model: str | None = None, *, since: float | str | None = None, until: float | str | None = None, workspace: WorkspaceLike = None
+) -> list[TrafficRecord]:
+    """Logged served requests (`tunesmith serve`/`api` write them), oldest first. model: the name a client
+    asked for, or the run id behind it (None: all). since/until: unix seconds, or a duration back from
+    now such as "24h", "30m", "7d"."""
+    from tunesmith.serve.traffic import point_in_time, read_traffic
+
+    home = workspace_of(workspace).home
+    return list(read_traffic(home, model=model, since=point_in_time(since, "since"), until=point_in_time(until, "until")))
+
+
+# ---------------------------------------------------------------- served traffic back into training
+
+
+def logs_to_review(
+    model: str,
+    *,
+    out: str,
+    only: str = "all",
+    since: float | str | None = None,
+    until: float | str | None = None,
+    below: float = 0.5,
+    limit: int | None = None,
+    workspace: WorkspaceLike = None,
+) -> Any:
+    """Logged traffic of `model` → a review sheet (`tunesmith data from-logs MODEL --out NAME`): review.csv,
+    review.html and from-logs.json under <home>/reviews/from-logs/NAME/. only: all | alerted (requests
+    named by `tunesmith monitor` alerts) | low-confidence (mean token probability under `below`).
+    since/until: unix seconds or a duration back from now ("24h"). Returns the paths and the window."""
+    from tunesmith.monitor.from_logs import export_sheet
+    from tunesmith.serve.traffic import point_in_time
+
+    return export_sheet(
+        workspace_of(workspace),
+        model,
+        out,
+        only=only,
+        since=point_in_time(since, "--since"),
+        until=point_in_time(until, "--until"),
+        below=below,
+        limit=limit,
+    )
+
+
+def dataset_from_review(sheet: str | Path, *, out: str | None = None, key: str | Path | None = None, workspace: WorkspaceLike = None) -> Dataset:
+    """A filled from-logs review sheet → a new dataset version (`tunesmith data from-logs --import SHEET`),
+    whose manifest names its parent dataset and the traffic window (source_kind "logs")."""
+    from tunesmith.monitor.from_logs import import_sheet
+
+    return import_sheet(workspace_of(workspace), Path(sheet), out=out, key_path=None if key is None else Path(key))
+
+
+def lineage(run_ref: str | Path, *, workspace: WorkspaceLike = None) -> list[dict[str, Any]]:
+    """The run, the run it continued, and so on (`tunesmith runs lineage RUN`): each with its dataset
+    version (source_kind file | logs | augment, parent dataset, traffic window) and key metric."""
+    from tunesmith.registry.lineage import run_lineage
+
+    return run_lineage(workspace_of(workspace), str(run_ref))

@@ -28,6 +28,7 @@ from tunesmith.api.store import ApiStore, api_db, now
 from tunesmith.errors import UserError
 from tunesmith.serve.app import Gate, _param_of
 from tunesmith.serve.protocol import ServeError, error_body
+from tunesmith.serve.traffic_log import LogSettings, TrafficLog, open_log
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.api")
@@ -37,16 +38,21 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def create_api_app(workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES) -> Any:
+def create_api_app(
+    workspace: Workspace, catalogue: Catalogue | None = None, *, max_upload: int = 512 << 20, max_body: int = MAX_BODY_BYTES, log: LogSettings | None = None
+) -> Any:
     """The ASGI app: the key and size gate, around the chat router, around the OpenAI routes and the
-    dashboard (whose static shell alone is open: its data routes need the key like the API's)."""
+    dashboard (whose static shell alone is open: its data routes need the key like the API's). `log`: how
+    chat and completion requests are logged under <home>/traffic (default redacted; serve/traffic_log.py)."""
     from tunesmith.api import dashboard
 
     store = ApiStore(workspace)
     catalogue = catalogue or Catalogue()
+    traffic = open_log(workspace.home, log)
     app = routes(store, catalogue, max_upload)
     dashboard.add_dashboard(app, store, catalogue, workspace, max_upload)
-    chat = ChatRouter(app, store, catalogue, workspace, max_body)
+    app.state.traffic = traffic  # written out when the service shuts down (routes' lifespan)
+    chat = ChatRouter(app, store, catalogue, workspace, max_body, traffic)
     app.state.forget = chat.forget  # a deleted model's weights leave memory
     return Gate(
         chat,
@@ -65,8 +71,9 @@ class ChatRouter:
     """Pure ASGI: a chat or completion request goes to the serving layer's own app for its model (a
     fine-tuned model, one of its checkpoints, or a base), loaded on the first request and kept."""
 
-    def __init__(self, app: Any, store: ApiStore, catalogue: Catalogue, workspace: Workspace, max_body: int):
+    def __init__(self, app: Any, store: ApiStore, catalogue: Catalogue, workspace: Workspace, max_body: int, traffic: TrafficLog | None = None):
         self.app, self.store, self.catalogue, self.workspace, self.max_body = app, store, catalogue, workspace, max_body
+        self.traffic = traffic
         self.served: dict[str, Any] = {}
         self.lock = asyncio.Lock()
 
@@ -78,12 +85,14 @@ class ChatRouter:
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
         try:
-            name = json.loads(body or b"null").get("model")
+            parsed = json.loads(body or b"null")
+            name = parsed.get("model")
         except (ValueError, AttributeError):
-            name = None
+            parsed, name = None, None
         try:
             target = await self.app_for(name) if isinstance(name, str) else None
         except ServeError as exc:
+            self.log_refusal(scope["path"], parsed, exc)
             return await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
         replayed = False
 
@@ -97,11 +106,23 @@ class ChatRouter:
         # No usable model name: the serving app's own checks answer (missing parameter, bad JSON), over no model.
         await (target or self.app_for_nothing())(scope, replay, send)
 
+    def log_refusal(self, path: str, body: Any, exc: ServeError) -> None:
+        """A request refused before any serving app saw it (an unknown or deleted model) is logged too."""
+        if self.traffic is None:
+            return
+        from tunesmith.serve.protocol import new_id
+        from tunesmith.serve.traffic_log import Trace
+
+        chat = path == "/v1/chat/completions"
+        trace = Trace("chat.completions" if chat else "completions")
+        trace.read(body)
+        self.traffic.submit(trace.record(new_id("chatcmpl" if chat else "cmpl"), status=exc.status, error=exc.message))
+
     def app_for_nothing(self) -> Any:
         if "" not in self.served:
             from tunesmith.serve.app import create_app
 
-            self.served[""] = create_app([], max_body=self.max_body)
+            self.served[""] = create_app([], max_body=self.max_body, traffic=self.traffic)
         return self.served[""]
 
     async def app_for(self, name: str) -> Any:
@@ -149,7 +170,20 @@ class ChatRouter:
 
         source = resolve(folder, self.workspace)
         source.names = [name]
-        return create_app(load_transformers([source]), max_body=self.max_body)
+        served = load_transformers([source])
+        for item in served:  # the traffic log names the run (and checkpoint) behind an ft: model id
+            item.run_id, item.checkpoint = self.lineage_of(name, item.run_id)
+        return create_app(served, max_body=self.max_body, traffic=self.traffic)
+
+    def lineage_of(self, name: str, run_id: str | None) -> tuple[str | None, str | None]:
+        job = self.store.job_by_model(name)
+        if job is not None:
+            return job["run_id"], None
+        checkpoint = self.store.checkpoint_by_model(name)
+        if checkpoint is not None:
+            parent = self.store.job(checkpoint["job_id"])
+            return (parent["run_id"] if parent else run_id), f"step-{checkpoint['step']}"
+        return run_id, None
 
     def forget(self, name: str) -> None:
         for key in [k for k in self.served if k == name or k.startswith(name + ":")]:
@@ -180,6 +214,9 @@ def routes(store: ApiStore, catalogue: Catalogue, max_upload: int) -> FastAPI:
     async def lifespan(app: FastAPI) -> Any:
         store.sweep_partial_uploads()
         yield
+        traffic = getattr(app.state, "traffic", None)
+        if traffic is not None:
+            traffic.close()
 
     app = FastAPI(title="tunesmith fine-tuning service", lifespan=lifespan, docs_url=None, redoc_url=None)
 

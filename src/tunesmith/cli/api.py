@@ -8,12 +8,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tunesmith.cli.api_keys import keys_app
 from tunesmith.cli.common import current_workspace
+from tunesmith.cli.serve import LOG_KEEP_DAYS_OPTION, LOG_KEEP_FILES_OPTION, LOG_MAX_MB_OPTION, LOG_OPTION
 from tunesmith.ui import console
+
+if TYPE_CHECKING:
+    from tunesmith.serve.traffic_log import LogSettings
 
 PARENT_ENV = "TUNESMITH_API_PID"  # the worker `tunesmith api` starts ends with it
 EXECUTOR_HELP = "local (child processes on this machine, the default) or ray (Ray Jobs on the cluster at --ray-address or RAY_ADDRESS)"
@@ -35,14 +40,24 @@ def api_cmd(
     ray_address: str | None = typer.Option(None, "--ray-address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS)"),
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", min=0.001, help="largest file files.create accepts"),
     base_model: list[Path] = typer.Option([], "--base-model", help="a model folder jobs may fine-tune, named by its folder's name (repeatable)"),
+    log: str = LOG_OPTION,
+    log_max_mb: float = LOG_MAX_MB_OPTION,
+    log_keep_files: int | None = LOG_KEEP_FILES_OPTION,
+    log_keep_days: float | None = LOG_KEEP_DAYS_OPTION,
 ) -> None:
-    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued); the dashboard is at http://HOST:PORT/."""
+    """Start the service on HOST:PORT and its worker (`--workers N` jobs at once; others wait in queued); the dashboard is at http://HOST:PORT/.
+    Chat and completion requests are logged under <home>/traffic with PII removed (--log; docs/monitoring.md)."""
     if ctx.invoked_subcommand is not None:
         return
-    start_service(host, port, workers, executor, ray_address, max_upload_mb, base_model)
+    from tunesmith.serve.traffic_log import log_settings
+
+    settings = log_settings(log, max_mb=log_max_mb, keep_files=log_keep_files, keep_days=log_keep_days)
+    start_service(host, port, workers, executor, ray_address, max_upload_mb, base_model, settings)
 
 
-def start_service(host: str, port: int, workers: int, executor: str, ray_address: str | None, max_upload_mb: float, base_model: list[Path]) -> None:
+def start_service(
+    host: str, port: int, workers: int, executor: str, ray_address: str | None, max_upload_mb: float, base_model: list[Path], log: LogSettings | None = None
+) -> None:
     """The API, its dashboard and its worker, until interrupted (`tunesmith api` and `tunesmith ui`)."""
     from tunesmith.api.worker import check_executor
 
@@ -54,7 +69,7 @@ def start_service(host: str, port: int, workers: int, executor: str, ray_address
 
     workspace = current_workspace()
     catalogue = Catalogue(_model_folders(base_model))
-    app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20))
+    app = create_api_app(workspace, catalogue, max_upload=int(max_upload_mb * 2**20), log=log)
     worker = _start_worker(workspace.home, workers, executor, ray_address, base_model) if workers else None
     console.print(f"tunesmith api on http://{host}:{port}/v1 (workspace {workspace.home}; {workers} job(s) at once, executor {executor})")
     console.print(f"dashboard: http://{host}:{port}/")

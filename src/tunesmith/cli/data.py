@@ -88,6 +88,46 @@ def data_prepare(
     summarise_dataset(dataset, model)
 
 
+@data_app.command("from-logs")
+def data_from_logs(
+    model: str | None = typer.Argument(None, help="the served model: the name clients asked for, or its run id"),
+    out: str | None = typer.Option(None, "--out", help="name of the dataset version to make (the sheet goes to <home>/reviews/from-logs/NAME/)"),
+    only: str = typer.Option("all", "--only", help="all | alerted (requests `tunesmith monitor` alerts name) | low-confidence (see --below)"),
+    since: str | None = typer.Option(None, "--since", help="traffic from this long ago (30m, 24h, 7d) or this time (2026-12-01T08:00, UTC); default: all"),
+    until: str | None = typer.Option(None, "--until", help="traffic before this (same forms as --since); default: now"),
+    below: float = typer.Option(0.5, "--below", min=0.0, max=1.0, help="--only low-confidence: answers whose mean token probability is under this"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="at most the N most recent requests"),
+    import_sheet: Path | None = typer.Option(None, "--import", help="a filled review.csv: make the dataset version from its reviewed rows"),
+    key: Path | None = typer.Option(None, "--key", help="with --import: the from-logs.json written with the sheet (default: beside it)"),
+) -> None:
+    """Served traffic back into training: logged requests become a review sheet; `--import` turns the reviewed
+    answers into a new dataset version whose manifest names its parent dataset and the traffic window."""
+    from tunesmith.ui import console
+
+    if import_sheet is not None:
+        from tunesmith.workflows import dataset_from_review
+
+        if model is not None:
+            raise UserError("--import takes the filled sheet alone", where="MODEL", fix=f"tunesmith data from-logs --import {import_sheet} [--out NAME]")
+        dataset = dataset_from_review(import_sheet, out=out, key=key)
+        m = dataset.manifest
+        window = m.traffic_window or {}
+        console.print(f"dataset {m.name} version {m.version}: {m.counts['train']} train / {m.counts['validation']} validation / {m.counts['test']} test")
+        console.print(f"  from the traffic of {window.get('model')} (run {window.get('run_id') or '-'}); parent dataset {m.parent_dataset or '-'}")
+        run = window.get("run_id")
+        if run:
+            console.print(f"continue training on it: tunesmith train --from {run} --data {m.name}  (data.replay keeps the parent's examples in)")
+        return
+    from tunesmith.workflows import logs_to_review
+
+    if model is None or out is None:
+        raise UserError("from-logs needs the served model and a name for the new dataset", fix="tunesmith data from-logs MODEL --out NAME [--only ...]")
+    made = logs_to_review(model, out=out, only=only, since=since, until=until, below=below, limit=limit)
+    console.print(f"{made.rows} request(s) to review: {made.csv}\n  the same as a page where answers can be rewritten: {made.html}")
+    console.print(f"  the requests as logged (keep it with the sheet): {made.key}")
+    console.print(f"when reviewed: tunesmith data from-logs --import {made.csv}")
+
+
 @data_app.command("stats")
 def data_stats(
     source: str = typer.Argument(..., help="a prepared dataset's name, or a file"),

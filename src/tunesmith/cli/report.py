@@ -236,3 +236,49 @@ def print_reindex(workspace: Workspace) -> None:
     out.print(
         f"registry {workspace.registry_db} rebuilt from the folders: {found['runs']} runs, {found['datasets']} datasets, {found['evaluations']} evaluations"
     )
+
+
+def _window_text(window: dict[str, Any] | None) -> str:
+    import time
+
+    if not window:
+        return ""
+
+    def at(t: Any) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if isinstance(t, (int, float)) else "-"
+
+    return f"traffic of {window.get('model')} {at(window.get('since'))} to {at(window.get('until'))} UTC"
+
+
+def print_lineage(workspace: Workspace, run_ref: str, as_json: bool = False) -> None:
+    """`runs lineage`: newest run first, each line one step back (run ← parent run ...)."""
+    import json
+    import sys
+
+    from rich.markup import escape
+
+    from tunesmith.eval.metrics import metric_label
+    from tunesmith.workflows import lineage
+
+    chain = lineage(run_ref, workspace=workspace)
+    if as_json:
+        sys.stdout.write(json.dumps({"run": chain[0]["run_id"], "chain": chain}, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"lineage of {chain[0]['run_id']} ({len(chain)} step(s), newest first)")
+    for column in ("run", "method", "dataset", "source", "key metric"):
+        table.add_column(column)
+    for step in chain:
+        if step.get("missing"):
+            table.add_row(escape(step["run_id"]), "-", "-", "(run folder not found)", "-")
+            continue
+        d = step["dataset"]
+        source = d["source_kind"]
+        if d["source_kind"] == "logs":
+            source = f"logs: {_window_text(d['traffic_window'])}"
+        if d["parent_dataset"]:
+            source += f"; parent {d['parent_dataset']}"
+        metric = step["metric"]
+        score = f"{metric_label(metric['metric'])} {metric['value']:.3g} ({metric['split']})" if metric else "not evaluated"
+        arrow = "" if step is chain[0] else "← "
+        table.add_row(escape(arrow + step["run_id"]), step["method"], escape(f"{d['name']}@{d['version']}"), escape(source), score)
+    out.print(table)

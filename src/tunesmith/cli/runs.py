@@ -39,3 +39,14 @@ def runs_compare(runs: list[str] = typer.Argument(..., help="two or more run ids
     from tunesmith.cli.report import print_runs_compare
 
     print_runs_compare(current_workspace(), runs)
+
+
+@runs_app.command("lineage")
+def runs_lineage(
+    run: str = typer.Argument(..., help="run id or the run's --name"),
+    as_json: bool = typer.Option(False, "--json", help="print the chain as JSON"),
+) -> None:
+    """The run, the run it continued (`train --from`), and so on: each step's dataset version, where that came from, and its key metric."""
+    from tunesmith.cli.report import print_lineage
+
+    print_lineage(current_workspace(), run, as_json)

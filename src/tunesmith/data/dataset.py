@@ -8,10 +8,10 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from tunesmith.config import PrepareSpec
 from tunesmith.data.example import Example
@@ -26,11 +26,20 @@ from tunesmith.ui import console
 from tunesmith.workspace import Workspace, safe_name, staging_dir, sweep_staging
 
 
+class Origin(BaseModel):
+    """Where a dataset version came from, beyond its file: what `tunesmith runs lineage` follows."""
+
+    model_config = ConfigDict(extra="forbid")
+    source_kind: Literal["file", "logs", "augment"] = "file"
+    parent_dataset: str | None = None  # NAME@VERSION of the dataset this one continues
+    traffic_window: dict[str, Any] | None = None  # logs: {"model", "run_id", "since", "until"} of the served traffic it was made from
+
+
 class Manifest(BaseModel):
     name: str
     version: str
     format: str
-    source: str
+    source: str  # the file it was prepared from (source_kind says what kind of source that file was)
     source_sha256: str
     seed: int
     split_ratios: tuple[float, float, float]
@@ -42,6 +51,10 @@ class Manifest(BaseModel):
     steps: list[StepRecord] = []
     warnings: list[str] = []
     skipped: list[dict[str, Any]] = []  # lines --skip-invalid left out: file, line, code, message
+    # Lineage (absent from manifests written before it: a file, no parent)
+    source_kind: Literal["file", "logs", "augment"] = "file"
+    parent_dataset: str | None = None
+    traffic_window: dict[str, Any] | None = None
 
 
 class Dataset(BaseModel):
@@ -154,8 +167,10 @@ def prepare_dataset(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     options: PrepareSpec | None = None,
     length: LengthLimit | None = None,
+    origin: Origin | None = None,
 ) -> Dataset:
-    """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register."""
+    """read → clean → PII → dedup → split by seed → keep over-long examples in train → remove leaks → write → register.
+    `origin`: where the file came from, when not simply a user's file (reviewed traffic, `data from-logs`)."""
     options = options or PrepareSpec()
     explicit_name = name is not None
     if name is None:
@@ -172,7 +187,7 @@ def prepare_dataset(
     try:
         prepared = run_steps(source, fmt, seed, ratios, options, workdir, length)
         try:
-            return _register(prepared, source, workspace, registry, name, explicit_name, seed, ratios, options)
+            return _register(prepared, source, workspace, registry, name, explicit_name, seed, ratios, options, origin)
         finally:
             prepared.rows.close()
     finally:
@@ -189,8 +204,10 @@ def _register(
     seed: int,
     ratios: tuple[float, float, float],
     options: PrepareSpec,
+    origin: Origin | None = None,
 ) -> Dataset:
     rows, splits, extra = prepared.rows, prepared.splits, {"train": prepared.extra_train}
+    origin = origin or Origin(source_kind="augment" if prepared.extra_train else "file")  # paraphrases joined the file's examples
     split_hashes = {s: content_hash(rows, splits[s], extra.get(s, [])) for s in SPLITS}
     version = hashlib.sha256(json.dumps([prepared.format, seed, list(ratios), split_hashes], sort_keys=True).encode()).hexdigest()[:12]
     manifest = Manifest(
@@ -209,6 +226,7 @@ def _register(
         steps=prepared.steps,
         warnings=prepared.warnings,
         skipped=prepared.skipped,
+        **origin.model_dump(),
     )
     target = workspace.dataset_dir(name)
     existing = read_manifest(target) if (target / "manifest.json").exists() else None
@@ -231,7 +249,7 @@ def _register(
         _write_atomically(target, files)
     # Registered right after the folder is in place; should this fail or be killed, the folder is
     # the truth: preparing the file again or `tunesmith runs reindex` registers it.
-    registry.add_dataset(name, version, target, prepared.format, manifest.counts, str(source))
+    registry.add_dataset(name, version, target, prepared.format, manifest.counts, str(source), **origin.model_dump())
     return Dataset(path=target, manifest=manifest)
 
 

@@ -236,25 +236,35 @@ def load_key(path: Path) -> dict[str, list[str]]:
     return order
 
 
-def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str | None, dict[str, int], str]]:
-    """id -> (preferred model or "tie" or None, ratings per model, comment). Every problem in the
-    file is reported at once, each with its file:line."""
+def read_cells(path: Path, needed: Sequence[str] = ("id", "preferred", "rating_1", "rating_2")) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) for every row of a filled sheet, its cells as written before the CSV-injection guard
+    (`defuse`) was added. The file may be saved by any spreadsheet (see below); a missing column is refused."""
     from tunesmith.files import read_text
 
     # A spreadsheet saves as UTF-8 with a BOM, UTF-16 ("Unicode text") or, on Windows, CP1252: all are read.
     text = read_text(path, fix="check the path; save the sheet as CSV UTF-8", fallbacks=("cp1252",))
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle, delimiter=_delimiter(text.split("\n", 1)[0]))
-        missing = [c for c in ("id", "preferred", "rating_1", "rating_2") if c not in (reader.fieldnames or [])]
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"missing column(s) {', '.join(missing)}", where=f"{path}:1", fix=f"keep the header row of the exported sheet: {','.join(COLUMNS)}")
-        rows, problems, line = {}, [], 1
+        rows, line = [], 1
         for record in reader:
             start, line = line + 1, reader.line_num
-            parsed, errors = _read_row(record, order, rows)
-            problems += [f"{path}:{start}: {e}" for e in errors]
-            if parsed is not None:
-                rows[parsed[0]] = parsed[1:]
+            rows.append((start, {k: undefuse(v) if isinstance(v, str) else (v or "") for k, v in record.items() if k is not None}))
+    return rows
+
+
+def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str | None, dict[str, int], str]]:
+    """id -> (preferred model or "tie" or None, ratings per model, comment). Every problem in the
+    file is reported at once, each with its file:line."""
+    rows: dict[str, tuple] = {}
+    problems: list[str] = []
+    for start, record in read_cells(path):
+        parsed, errors = _read_row(record, order, rows)
+        problems += [f"{path}:{start}: {e}" for e in errors]
+        if parsed is not None:
+            rows[parsed[0]] = parsed[1:]
     if problems:
         raise ProblemList(
             f"{len(problems)} problem(s) in the review sheet {path}",
@@ -265,7 +275,6 @@ def read_sheet(path: Path, order: dict[str, list[str]]) -> dict[str, tuple[str |
 
 
 def _read_row(record: dict, order: dict[str, list[str]], seen: dict) -> tuple[tuple | None, list[str]]:
-    record = {k: undefuse(v) if isinstance(v, str) else v for k, v in record.items()}
     row_id = (record.get("id") or "").strip()
     if row_id not in order:
         return None, [f"unknown id {row_id!r} (not in the review key)"]
@@ -335,6 +344,8 @@ function downloadCsv() {
       rating_2: document.getElementById('rating_2-' + i).value,
       comment: document.getElementById('comment-' + i).value,
     });
+    const edited = document.getElementById('answer_2-' + i);  // a sheet whose answer 2 is the reviewer's to write
+    if (edited) filled.answer_2 = edited.value;
     lines.push(COLUMNS.map(c => cell(filled[c])).join(','));
   });
   const blob = new Blob([lines.join('\\r\\n') + '\\r\\n'], {type: 'text/csv'});
@@ -346,33 +357,41 @@ function downloadCsv() {
 """
 
 
-def render_html(sheet: list[dict]) -> str:
+BLIND_INTRO = (
+    "For each example, pick the better answer (or tie) and rate each answer from 1 (poor) to 5 (excellent). "
+    "The answers' order is random. When done, press the button and send the downloaded file back."
+)
+
+
+def render_html(sheet: list[dict], *, title: str = "Blind review", intro: str = BLIND_INTRO, editable_answer_2: bool = False) -> str:
     """One page, no external assets: every row with radio buttons and selects, and a button that
-    downloads the ratings as a CSV in the same format as review.csv."""
-    blocks = [_row_html(i, row) for i, row in enumerate(sheet)]
+    downloads the ratings as a CSV in the same format as review.csv. `editable_answer_2`: answer 2 is a
+    text box the reviewer may rewrite (served traffic under review: answer 1 as served, answer 2 as it should be)."""
+    blocks = [_row_html(i, row, editable_answer_2) for i, row in enumerate(sheet)]
     data = json.dumps(sheet, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>tunesmith review</title>'
-        f"<style>{_STYLE}</style></head><body>\n<h1>Blind review: {len(sheet)} example(s)</h1>\n"
-        "<p>For each example, pick the better answer (or tie) and rate each answer from 1 (poor) to 5 (excellent). "
-        "The answers' order is random. When done, press the button and send the downloaded file back.</p>\n"
-        + "\n".join(blocks)
-        + '\n<p><button type="button" onclick="downloadCsv()">Download ratings (CSV)</button></p>\n'
+        f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}: {len(sheet)} example(s)</h1>\n"
+        f"<p>{html.escape(intro)}</p>\n" + "\n".join(blocks) + '\n<p><button type="button" onclick="downloadCsv()">Download ratings (CSV)</button></p>\n'
         f'<script type="application/json" id="rows">{data}</script>\n'
         f"<script>{_SCRIPT % json.dumps(COLUMNS)}</script>\n</body></html>\n"
     )
 
 
-def _row_html(i: int, row: dict) -> str:
+def _row_html(i: int, row: dict, editable_answer_2: bool = False) -> str:
     e = html.escape
     options = "".join(f'<option value="{v}">{v or "-"}</option>' for v in ("", "1", "2", "3", "4", "5"))
     radios = "".join(
         f'<label><input type="radio" name="preferred-{i}" value="{v}"> {text}</label>' for v, text in (("1", "Answer 1"), ("2", "Answer 2"), ("tie", "Tie"))
     )
     reference = f"<h3>Reference</h3><pre>{e(row['reference'])}</pre>" if row["reference"] else ""
-    answers = "".join(
-        f'<div><h3>Answer {n}</h3><pre>{e(row[f"answer_{n}"])}</pre><label>Rating <select id="rating_{n}-{i}">{options}</select></label></div>' for n in (1, 2)
-    )
+
+    def shown(n: int) -> str:
+        if n == 2 and editable_answer_2:
+            return f'<textarea id="answer_2-{i}" style="height:6rem">{e(row["answer_2"])}</textarea>'
+        return f"<pre>{e(row[f'answer_{n}'])}</pre>"
+
+    answers = "".join(f'<div><h3>Answer {n}</h3>{shown(n)}<label>Rating <select id="rating_{n}-{i}">{options}</select></label></div>' for n in (1, 2))
     return (
         f'<div class="row" data-id="{e(row["id"])}"><h2>#{i + 1} <small>{e(row["id"])}</small></h2>'
         f'<h3>Prompt</h3><pre>{e(row["prompt"])}</pre>{reference}<div class="answers">{answers}</div>'

@@ -35,6 +35,9 @@ def now() -> str:
 
 
 REINDEX = "tunesmith runs reindex"
+# Where a dataset version came from (its manifest says the same; docs/monitoring.md "Lineage"):
+# source_kind file | logs | augment, parent_dataset NAME@VERSION, traffic_window as JSON.
+LINEAGE_COLUMNS = ("source_kind", "parent_dataset", "traffic_window")
 
 
 class RegistryUnusable(UserError):
@@ -77,8 +80,14 @@ class Registry:
             for column in ("evaluation_id", "headline"):
                 if column not in columns:
                     _add_column(db, "evaluations", column)
-            if "owner" not in {row["name"] for row in db.execute("PRAGMA table_info(runs)")}:  # a registry from before run owners
-                _add_column(db, "runs", "owner")
+            run_columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for column in ("owner", "parent_run"):  # a registry from before run owners, or before lineage
+                if column not in run_columns:
+                    _add_column(db, "runs", column)
+            dataset_columns = {row["name"] for row in db.execute("PRAGMA table_info(datasets)")}
+            for column in LINEAGE_COLUMNS:
+                if column not in dataset_columns:
+                    _add_column(db, "datasets", column)
         if missing and _has_folders(db_path.parent):
             # The folders are the truth and the index is gone (deleted, or a copied workspace): rebuild it, and say so.
             from tunesmith.ui import console
@@ -101,11 +110,24 @@ class Registry:
         finally:
             db.close()
 
-    def add_dataset(self, name: str, version: str, path: Path, fmt: str, counts: dict[str, int], source: str) -> None:
+    def add_dataset(
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        fmt: str,
+        counts: dict[str, int],
+        source: str,
+        *,
+        source_kind: str = "file",
+        parent_dataset: str | None = None,
+        traffic_window: dict[str, Any] | None = None,
+    ) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?,?,?)",
-                (name, version, str(path), fmt, json.dumps(counts), source, now()),
+                "INSERT OR REPLACE INTO datasets (name, version, path, format, counts, source, created, source_kind, parent_dataset, traffic_window)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (name, version, str(path), fmt, json.dumps(counts), source, now(), source_kind, parent_dataset, _json_or_none(traffic_window)),
             )
 
     def dataset(self, name: str) -> dict[str, Any] | None:
@@ -113,14 +135,16 @@ class Registry:
             row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
         return dict(row) if row else None
 
-    def start_run(self, run_id: str, name: str | None, base_model: str, method: str, dataset: str, dataset_version: str, path: Path) -> None:
+    def start_run(
+        self, run_id: str, name: str | None, base_model: str, method: str, dataset: str, dataset_version: str, path: Path, parent_run: str | None = None
+    ) -> None:
         from tunesmith.workspace import owner
 
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, created, owner)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run_id, name, base_model, method, dataset, dataset_version, "running", str(path), now(), json.dumps(owner())),
+                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, created, owner, parent_run)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, name, base_model, method, dataset, dataset_version, "running", str(path), now(), json.dumps(owner()), parent_run),
             )
 
     def mark_running(self, run_id: str) -> None:
@@ -189,6 +213,10 @@ class Registry:
 # ---------------------------------------------------------------- rebuilding the index from the folders
 
 
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def _has_folders(home: Path) -> bool:
     return any((home / "runs").glob("*/run.json")) or any((home / "datasets").glob("*/manifest.json"))
 
@@ -206,7 +234,8 @@ def _dataset_rows(home: Path, skipped: list[str]) -> list[tuple]:
     for manifest in sorted((home / "datasets").glob("*/manifest.json")):
         try:
             m = _read_json(manifest)
-            rows.append((m["name"], m["version"], str(manifest.parent), m["format"], json.dumps(m["counts"]), m["source"], _mtime(manifest)))
+            lineage = (m.get("source_kind") or "file", m.get("parent_dataset"), _json_or_none(m.get("traffic_window")))
+            rows.append((m["name"], m["version"], str(manifest.parent), m["format"], json.dumps(m["counts"]), m["source"], _mtime(manifest), *lineage))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             skipped.append(f"{manifest}: {exc}")
     return rows
@@ -237,6 +266,7 @@ def _run_rows(home: Path, skipped: list[str]) -> tuple[list[tuple], list[tuple]]
                     _mtime(first),
                     finished,
                     json.dumps(info.get("owner")) if info.get("owner") else None,
+                    info.get("parent_run"),
                 )
             )
         except (OSError, ValueError, KeyError, TypeError, UserError) as exc:
@@ -300,10 +330,17 @@ def reindex(home: Path) -> dict[str, Any]:
     try:
         with db:
             db.executescript(_SCHEMA)
-            db.executemany("INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?,?,?)", datasets)
+            for column in LINEAGE_COLUMNS:
+                _add_column(db, "datasets", column)
+            _add_column(db, "runs", "parent_run")
             db.executemany(
-                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, best_val_loss, created, finished, owner)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO datasets (name, version, path, format, counts, source, created, source_kind, parent_dataset, traffic_window)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                datasets,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO runs (id, name, base_model, method, dataset, dataset_version, status, path, best_val_loss, created, finished, owner,"
+                " parent_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 runs,
             )
             db.executemany(

@@ -40,7 +40,8 @@ from tunesmith.serve.protocol import (
     now,
     usage,
 )
-from tunesmith.serve.tools import CallStream, Offer, answer, offer
+from tunesmith.serve.tools import CallStream, Offer, answer, offer, split_answer
+from tunesmith.serve.traffic_log import Trace, TrafficLog
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -52,7 +53,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (several apps in one process stay apart)."""
 
-    def __init__(self, engines: list[Any]):
+    def __init__(self, engines: list[Any], traffic: TrafficLog | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("tunesmith_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r)
@@ -67,6 +68,24 @@ class Metrics:
         self.batch_size = Histogram("tunesmith_batch_size", "rows decoded together", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         for engine in engines:
             engine.on_batch = self.batch_size.observe
+        if traffic is not None:
+            r.register(_TrafficCounts(traffic))
+
+
+class _TrafficCounts:
+    """The traffic log's counts, read when scraped (one log may serve several apps, each with its own registry)."""
+
+    def __init__(self, traffic: TrafficLog):
+        self.traffic = traffic
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        t = self.traffic
+        yield CounterMetricFamily("tunesmith_traffic_logged", "served requests written to the traffic log", value=t.written)
+        yield CounterMetricFamily("tunesmith_traffic_dropped", "served requests not logged: the log's queue was full", value=t.dropped)
+        yield CounterMetricFamily("tunesmith_traffic_failed", "served requests not logged: the scrub or the write failed", value=t.failed)
+        yield CounterMetricFamily("tunesmith_traffic_log_cpu_seconds", "CPU time spent scrubbing and writing the traffic log", value=t.cpu_s)
 
 
 def _route_label(path: str) -> str:
@@ -255,11 +274,14 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise ServeError(400, "The request body is not valid JSON.", code="invalid_json") from None
 
 
-def create_app(served: list[Served], *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES, engine_name: str = "transformers") -> FastAPI:
-    """The ASGI app over models already loaded (`serve.launch.open_models`)."""
+def create_app(
+    served: list[Served], *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES, engine_name: str = "transformers", traffic: TrafficLog | None = None
+) -> FastAPI:
+    """The ASGI app over models already loaded (`serve.launch.open_models`). `traffic`: where every
+    answered request is logged (serve/traffic_log.py); None logs nothing."""
     by_name: dict[str, Served] = {name: s for s in served for name in s.names}
     engines = list({id(s.engine): s.engine for s in served}.values())
-    metrics = Metrics(engines)
+    metrics = Metrics(engines, traffic)
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engines = engines
 
@@ -307,35 +329,86 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
         found = lookup(model)
         return model_card(model, found.owned_by, found.created)
 
+    def logged_failure(trace: Trace | None, exc: Exception) -> None:
+        """A request answered with an error is logged too, with the status the client got."""
+        if traffic is None or trace is None:
+            return
+        status, message = (exc.status, exc.message) if isinstance(exc, ServeError) else (500, f"{type(exc).__name__}")
+        traffic.submit(trace.record(new_id("chatcmpl" if trace.endpoint == "chat.completions" else "cmpl"), status=status, error=message))
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         started = time.perf_counter()
-        req: ChatCompletionRequest = _parse(ChatCompletionRequest, await _read_json(request, max_body))
-        served = lookup(req.model)
-        _refuse_unsupported(req)
-        messages = [m.for_template() for m in req.messages]
-        if served.system and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": served.system})  # the run was trained with it (docs/serve.md)
-        offered = offer(req)
-        prompt_ids = served.encode(served.render(messages, tools=offered.tools) + offered.prefix)
-        sampling = _sampling(req, req.token_limit(), len(prompt_ids), served.context_length, "messages")
-        prompts = [prompt_ids]
-        return await _answer(served, req, prompts, sampling, started, chat=True, offered=offered)
+        trace = Trace("chat.completions") if traffic is not None else None
+        try:
+            body = await _read_json(request, max_body)
+            if trace is not None:
+                trace.read(body)
+            req: ChatCompletionRequest = _parse(ChatCompletionRequest, body)
+            served = lookup(req.model)
+            _refuse_unsupported(req)
+            messages = [m.for_template() for m in req.messages]
+            if served.system and not any(m["role"] == "system" for m in messages):
+                messages.insert(0, {"role": "system", "content": served.system})  # the run was trained with it (docs/serve.md)
+            offered = offer(req)
+            prompt_ids = served.encode(served.render(messages, tools=offered.tools) + offered.prefix)
+            sampling = _sampling(req, req.token_limit(), len(prompt_ids), served.context_length, "messages")
+            prompts = [prompt_ids]
+            return await _answer(served, req, prompts, sampling, started, chat=True, offered=offered, trace=trace)
+        except Exception as exc:
+            logged_failure(trace, exc)
+            raise
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         started = time.perf_counter()
-        req: CompletionRequest = _parse(CompletionRequest, await _read_json(request, max_body))
-        served = lookup(req.model)
-        _refuse_unsupported(req)
-        prompts = [served.encode(text) for text in req.prompts()]
-        longest = max(len(p) for p in prompts)
-        if min(len(p) for p in prompts) == 0:
-            raise ServeError(400, "The prompt is empty.", param="prompt", code="invalid_value")
-        sampling = _sampling(req, req.token_limit(), longest, served.context_length, "prompt")
-        return await _answer(served, req, prompts, sampling, started, chat=False)
+        trace = Trace("completions") if traffic is not None else None
+        try:
+            body = await _read_json(request, max_body)
+            if trace is not None:
+                trace.read(body)
+            req: CompletionRequest = _parse(CompletionRequest, body)
+            served = lookup(req.model)
+            _refuse_unsupported(req)
+            prompts = [served.encode(text) for text in req.prompts()]
+            longest = max(len(p) for p in prompts)
+            if min(len(p) for p in prompts) == 0:
+                raise ServeError(400, "The prompt is empty.", param="prompt", code="invalid_value")
+            sampling = _sampling(req, req.token_limit(), longest, served.context_length, "prompt")
+            return await _answer(served, req, prompts, sampling, started, chat=False, trace=trace)
+        except Exception as exc:
+            logged_failure(trace, exc)
+            raise
 
-    async def _answer(served: Served, req: Any, prompts: list[list[int]], sampling: Sampling, started: float, chat: bool, offered: Offer | None = None) -> Any:
+    def logged(
+        trace: Trace | None, rid: str, text: str, reason: str | None, prompt_tokens: int, generated: int, confidence: float | None, offered: Offer | None
+    ) -> None:
+        """The first choice of an answered request, to the log."""
+        if traffic is None or trace is None:
+            return
+        content, calls = split_answer(text, offered) if offered is not None and offered.tools is not None else (text, [])
+        traffic.submit(
+            trace.record(
+                rid,
+                answer=content,
+                tool_calls=calls or None,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=generated,
+                finish_reason="tool_calls" if calls and reason == "stop" else reason,
+                confidence=confidence,
+            )
+        )
+
+    async def _answer(
+        served: Served,
+        req: Any,
+        prompts: list[list[int]],
+        sampling: Sampling,
+        started: float,
+        chat: bool,
+        offered: Offer | None = None,
+        trace: Trace | None = None,
+    ) -> Any:
         route = "/v1/chat/completions" if chat else "/v1/completions"
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -349,6 +422,8 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
             except RuntimeError:  # the server is shutting down and its loop is closed: nobody is listening
                 pass
 
+        if trace is not None:
+            trace.serving(served, sampling.max_tokens)
         n = req.n or 1
         jobs = []
         for p, prompt in enumerate(prompts):
@@ -376,6 +451,7 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
 
         if not req.stream:
             texts, reasons, generated = [""] * len(jobs), [""] * len(jobs), 0
+            confidence: float | None = None
             try:
                 pending = len(jobs)
                 while pending:
@@ -385,11 +461,13 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                         texts[index] += ev.text
                     elif ev.kind == "done":
                         reasons[index], pending, generated = ev.finish_reason or "stop", pending - 1, generated + ev.tokens
+                        confidence = ev.confidence if index == 0 else confidence
                     else:
                         raise ServeError(500, "The server had an error while processing your request.", type="server_error")
             finally:
                 cancel_all()
             metrics.latency.labels(route).observe(time.perf_counter() - started)
+            logged(trace, rid, texts[0], reasons[0], prompt_tokens, generated, confidence, offered)
             if chat:
                 choices = [answer(text, reason, offered or Offer()) for text, reason in zip(texts, reasons, strict=True)]
                 return chat_completion(rid, req.model, choices, prompt_tokens, generated)
@@ -405,6 +483,7 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
 
         async def stream() -> AsyncIterator[str]:
             generated = 0
+            first_text, first_reason, confidence, failed = "", None, None, None
             try:
                 if chat:
                     for index in range(len(jobs)):
@@ -414,6 +493,8 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                     index, ev = await events.get()
                     note(ev)
                     if ev.kind == "delta" and ev.text:
+                        if index == 0:
+                            first_text += ev.text
                         if calls is not None:
                             for delta in calls[index].push(ev.text):
                                 yield sse(chat_chunk(rid, req.model, created, index, delta, None))
@@ -426,6 +507,8 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                     elif ev.kind == "done":
                         pending, generated = pending - 1, generated + ev.tokens
                         reason = ev.finish_reason
+                        if index == 0:
+                            first_reason, confidence = ev.finish_reason or "stop", ev.confidence
                         if calls is not None:
                             last, reason = calls[index].finish(ev.finish_reason or "stop")
                             for delta in last:
@@ -434,6 +517,7 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                             chat_chunk(rid, req.model, created, index, {}, reason) if chat else completion_chunk(rid, req.model, created, index, "", reason)
                         )
                     elif ev.kind == "error":
+                        failed = ev.text or "generation failed"
                         yield sse(error_body("The server had an error while processing your request.", "server_error"))
                         return
                 if include_usage:
@@ -444,6 +528,14 @@ def create_app(served: list[Served], *, api_key: str | None = None, max_body: in
                 # Also reached when the client goes away mid-stream (the task is cancelled): its rows leave the batch.
                 cancel_all()
                 metrics.latency.labels(route).observe(time.perf_counter() - started)
+                if failed is not None and traffic is not None and trace is not None:
+                    traffic.submit(trace.record(rid, status=500, error=failed, prompt_tokens=prompt_tokens, completion_tokens=generated))
+                elif first_reason is None and traffic is not None and trace is not None:  # the client left before the answer ended
+                    traffic.submit(
+                        trace.record(rid, answer=first_text, prompt_tokens=prompt_tokens, completion_tokens=generated, status=499, error="client disconnected")
+                    )
+                else:
+                    logged(trace, rid, first_text, first_reason, prompt_tokens, generated, confidence, offered)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

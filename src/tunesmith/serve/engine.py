@@ -53,6 +53,7 @@ class Event:
     text: str = ""
     finish_reason: str | None = None
     tokens: int = 0  # tokens generated so far
+    confidence: float | None = None  # "done": the mean probability the model gave the tokens it chose, when the engine knows it
 
 
 @dataclass
@@ -242,6 +243,11 @@ class Row:
     stream: TextStream
     generator: torch.Generator | None
     count: int = 0
+    prob_sum: float = 0.0  # the chosen tokens' probabilities (untempered), for the answer's confidence
+
+    @property
+    def confidence(self) -> float | None:
+        return round(self.prob_sum / self.count, 4) if self.count else None
 
 
 @dataclass(eq=False)
@@ -331,25 +337,32 @@ class TransformersEngine(Engine):
 
     def _advance(self, batch: Batch, logits: torch.Tensor) -> list[int]:
         """Each row's next token, emitted; rows that end (or whose client left) are dropped from the batch."""
+        picked = [(index, pick_token(logits[index], row.job.sampling, row.generator)) for index, row in enumerate(batch.rows) if not row.job.cancelled]
+        if picked:
+            # The chosen tokens' probabilities in one vectorised step (one sync for the batch): an answer's
+            # mean token probability is the confidence `data from-logs --only low-confidence` selects by.
+            at = torch.tensor([i for i, _ in picked], device=logits.device)
+            chosen = torch.tensor([t for _, t in picked], device=logits.device)
+            rows_logits = logits[at].float()
+            probs = torch.exp(rows_logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(rows_logits, -1)).tolist()
         keep, tokens = [], []
-        for index, row in enumerate(batch.rows):
+        for (index, token), prob in zip(picked, probs if picked else [], strict=True):
+            row = batch.rows[index]
             job = row.job
-            if job.cancelled:
-                continue
-            token = pick_token(logits[index], job.sampling, row.generator)
             row.count += 1
+            row.prob_sum += prob
             if token in job.route.eot_ids:
                 job.emit(Event("delta", row.stream.finish(), tokens=row.count))
-                job.emit(Event("done", finish_reason="stop", tokens=row.count))
+                job.emit(Event("done", finish_reason="stop", tokens=row.count, confidence=row.confidence))
                 continue
             delta = row.stream.push(token)
             if row.stream.stopped:
                 job.emit(Event("delta", delta, tokens=row.count))
-                job.emit(Event("done", finish_reason="stop", tokens=row.count))
+                job.emit(Event("done", finish_reason="stop", tokens=row.count, confidence=row.confidence))
                 continue
             if row.count >= job.sampling.max_tokens:
                 job.emit(Event("delta", delta + row.stream.finish(), tokens=row.count))
-                job.emit(Event("done", finish_reason="length", tokens=row.count))
+                job.emit(Event("done", finish_reason="length", tokens=row.count, confidence=row.confidence))
                 continue
             job.emit(Event("delta", delta, tokens=row.count))
             keep.append(index)

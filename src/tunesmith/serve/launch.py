@@ -10,6 +10,7 @@ from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.serve.models import Served, Source, resolve
+from tunesmith.serve.traffic_log import LogSettings, TrafficLog, open_log
 from tunesmith.workspace import Workspace
 
 ENGINES = ("auto", "transformers", "vllm", "llamacpp")
@@ -21,10 +22,13 @@ class Server:
     served: list[Served]
     engine: str  # what answers: "transformers", "llamacpp", or both joined by "+"
     reason: str  # why that engine, in words
+    traffic: TrafficLog | None = None  # where answered requests are logged (None: --log off)
 
     def close(self) -> None:
         for engine in self.app.state.engines:
             engine.close()
+        if self.traffic is not None:
+            self.traffic.close()  # what is still queued is scrubbed and written before the process ends
 
 
 def api_key_from(env_var: str | None) -> str | None:
@@ -89,14 +93,32 @@ def _cuda() -> bool:
 
 
 def open_server(
-    models: Sequence[str], *, engine: str = "auto", api_key: str | None = None, workspace: Workspace, max_batch: int = 32, n_ctx: int | None = None
+    models: Sequence[str],
+    *,
+    engine: str = "auto",
+    api_key: str | None = None,
+    workspace: Workspace,
+    max_batch: int = 32,
+    n_ctx: int | None = None,
+    log: LogSettings | None = None,
 ) -> Server:
-    """Load every model and build the app (the vLLM engine is a separate process: see `serve`)."""
+    """Load every model and build the app (the vLLM engine is a separate process: see `serve`).
+    `log`: how answered requests are logged under <home>/traffic (default: redacted)."""
     sources = resolve_all(models, workspace)
-    return _open(sources, *choose_engine(engine, sources), api_key=api_key, max_batch=max_batch, n_ctx=n_ctx)
+    return _open(sources, *choose_engine(engine, sources), api_key=api_key, max_batch=max_batch, n_ctx=n_ctx, log=log, home=workspace.home)
 
 
-def _open(sources: list[Source], chosen: str, reason: str, *, api_key: str | None, max_batch: int = 32, n_ctx: int | None = None) -> Server:
+def _open(
+    sources: list[Source],
+    chosen: str,
+    reason: str,
+    *,
+    api_key: str | None,
+    max_batch: int = 32,
+    n_ctx: int | None = None,
+    log: LogSettings | None = None,
+    home: Any = None,
+) -> Server:
     from tunesmith.serve.app import create_app
 
     if chosen == "vllm":
@@ -112,12 +134,20 @@ def _open(sources: list[Source], chosen: str, reason: str, *, api_key: str | Non
         from tunesmith.serve.llamacpp import load_llamacpp
 
         served += load_llamacpp(ggufs, n_ctx=n_ctx)
-    app = create_app(served, api_key=api_key, engine_name=chosen)
-    return Server(app, served, chosen, reason)
+    traffic = open_log(home, log) if home is not None else None
+    app = create_app(served, api_key=api_key, engine_name=chosen, traffic=traffic)
+    return Server(app, served, chosen, reason, traffic)
 
 
 def serve(
-    models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None, engine: str = "auto", workspace: Workspace
+    models: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    engine: str = "auto",
+    workspace: Workspace,
+    log: LogSettings | None = None,
 ) -> None:
     """Serve until interrupted."""
     from tunesmith.serve import vllm
@@ -130,14 +160,18 @@ def serve(
     chosen, reason = choose_engine(engine, sources)
     if chosen == "vllm":
         console.print(f"engine: vllm ({reason})")
+        if (log or LogSettings()).mode != "off":
+            console.print("[yellow]note:[/] vLLM answers from its own server process: its traffic is not logged (serve with --engine transformers to log it)")
         raise SystemExit(vllm.run(sources, host=host, port=port, api_key=key))
     console.print(f"engine: {chosen} ({reason}); loading {len(sources)} model(s)")
-    server = _open(sources, chosen, reason, api_key=key)
+    server = _open(sources, chosen, reason, api_key=key, log=log, home=workspace.home)
     import uvicorn
 
     for item in server.served:
         console.print(f"serving {', '.join(item.names)}")
     console.print(f"OpenAI-compatible API at http://{host}:{port}/v1" + (" (API key required)" if key else ""))
+    if server.traffic is not None:
+        console.print(f"traffic logged ({server.traffic.mode}) under {workspace.home / 'traffic'}")
     try:
         uvicorn.run(server.app, host=host, port=port, log_level="warning")
     finally:

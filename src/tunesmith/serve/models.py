@@ -58,6 +58,8 @@ class Served:
     route: Any  # the engine's handle
     engine: Any
     created: int = field(default_factory=lambda: int(time.time()))
+    run_id: str | None = None  # the run behind these names, when it is one (traffic records name it)
+    checkpoint: str | None = None  # the checkpoint served, when not the run's final model (e.g. "step-40")
 
 
 def _gguf_in(folder: Path) -> Path | None:
@@ -236,7 +238,11 @@ def load_transformers(sources: list[Source], max_batch: int = 32) -> list[Served
         render, encode, decode = _prompting(tokenizer)
         eot = source.eot_ids or end_of_turn_ids(tokenizer)
         route = Route(group, None if alone else f"a{index}", eot, decode)
-        served.append(Served(source.names, "tunesmith", context_length(group.model.config, tokenizer), source.system, render, encode, route, engine))
+        served.append(
+            Served(
+                source.names, "tunesmith", context_length(group.model.config, tokenizer), source.system, render, encode, route, engine, run_id=_run_id(source)
+            )
+        )
     for source in sources:
         if source in shared:
             continue
@@ -253,5 +259,13 @@ def load_transformers(sources: list[Source], max_batch: int = 32) -> list[Served
             adapter = BASE_ADAPTER if group.mixed_adapters else None
         render, encode, decode = _prompting(tokenizer)
         route = Route(group, adapter, source.eot_ids or end_of_turn_ids(tokenizer), decode)
-        served.append(Served(source.names, "tunesmith", context_length(group.model.config, tokenizer), source.system, render, encode, route, engine))
+        served.append(
+            Served(
+                source.names, "tunesmith", context_length(group.model.config, tokenizer), source.system, render, encode, route, engine, run_id=_run_id(source)
+            )
+        )
     return served
+
+
+def _run_id(source: Source) -> str | None:
+    return source.info.run_id if source.kind == "run" and source.info is not None else None

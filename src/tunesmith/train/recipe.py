@@ -20,7 +20,7 @@ from tunesmith.data.prepare import length_limit_for
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.registry.runfolder import load_run_info, new_run_id, save_run_info, write_config, write_json
 from tunesmith.registry.store import Registry
-from tunesmith.train.continued import base_path_of, check_system_prompt, continue_from
+from tunesmith.train.continued import base_path_of, check_system_prompt, continue_from, lineage
 from tunesmith.train.loop import TrainResult, open_run_info
 from tunesmith.train.parallel import accel, distributed
 from tunesmith.train.run.guards import Budget
@@ -88,7 +88,8 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     # run.json from the first moment, owner included: a run killed while its model loads is still a
     # run that `runs list` reports truly and `train --resume` starts again (training fills in the rest)
     open_run_info(run_dir, spec, dataset, base_path)
-    registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir)
+    parent = lineage(spec).get("parent_run")
+    registry.start_run(run_id, spec.name, spec.model.name, spec.train.method, dataset.name, dataset.version, run_dir, parent_run=parent)
     if budget is not None:
         budget.announce(run_id, run_dir)
     return run_registered(registry, run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget), run_dir, new_run=True)
