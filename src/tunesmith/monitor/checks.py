@@ -23,8 +23,9 @@ class Evidence:
 class CheckResult:
     """`value` is the window's figure and `baseline` the reference's (training data for drift, the
     earlier window for output health, the training-time evaluation for quality). `threshold` is what
-    the verdict compares: for a statistical test it is the significance level its `p_value` is held
-    to; otherwise the limit `value` may not pass."""
+    the verdict compares: for the tests judged by their p-value (input_embedding, input_language,
+    input_vocabulary) the significance level `p_value` must fall below; otherwise the limit `value`
+    may not pass (below it, for quality)."""
 
     name: str
     value: float | None

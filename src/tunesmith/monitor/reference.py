@@ -29,8 +29,8 @@ class Reference:
     vocab: set[str]  # token shapes of the training prompts (text.tokens)
     languages: set[str]
     held_languages: list[str]
-    train_lengths: np.ndarray
-    embeddings: np.ndarray  # a seeded sample of training prompts, unit-normed
+    lengths: np.ndarray  # of every prompt in the dataset (train and held out)
+    embeddings: np.ndarray  # a seeded sample of the dataset's prompts, unit-normed
     answers: AnswerFormat
     eval_quality: dict[str, float] | None  # the training-time judge's rubric means, when the run has them
 
@@ -64,7 +64,10 @@ def dataset_reference(
     train_langs = languages(train_prompts)
     counts = Counter(train_langs)
     trained = {lang for lang, n in counts.items() if n >= LANGUAGE_SHARE * len(train_langs)} or {counts.most_common(1)[0][0]}
-    chosen = sorted(rng.sample(range(len(train_prompts)), min(sample, len(train_prompts))))
+    # Length and embeddings are compared with every prompt of the dataset: a bigger reference strays less
+    # from the distribution it samples, and a window is tested against that distribution, not one draw of it.
+    every = train_prompts + held_prompts
+    chosen = sorted(rng.sample(range(len(every)), min(sample, len(every))))
     return Reference(
         dataset=f"{dataset.name}@{dataset.version[:12]}",
         train_prompts=train_prompts,
@@ -72,8 +75,8 @@ def dataset_reference(
         vocab={t.shape for p in train_prompts for t in tokens(p)},
         languages=trained,
         held_languages=languages(held_prompts),
-        train_lengths=np.array([len(p) for p in train_prompts], dtype=float),
-        embeddings=encoder.embed([train_prompts[i] for i in chosen]),
+        lengths=np.array([len(p) for p in every], dtype=float),
+        embeddings=encoder.embed([every[i] for i in chosen]),
         answers=answer_format(references, labels),
         eval_quality=eval_quality,
     )
