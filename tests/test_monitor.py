@@ -81,6 +81,7 @@ def test_traffic_from_the_training_distribution_raises_no_alert(home, run_id, ca
         assert check in result.out
     assert read_alerts(home) == []
     assert len(list((home / "monitor" / "reports").glob("router-*.json"))) == 1
+    assert len(list((home / "monitor" / "cache").glob("tickets-*.npy"))) == 1  # the dataset is embedded once, not every run
 
 
 @pytest.mark.parametrize(

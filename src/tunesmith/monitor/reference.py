@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,23 @@ def build_reference(workspace: Workspace, run_dir: Path, encoder: Encoder, *, sa
     from tunesmith.registry.runfolder import load_run_info
 
     info = load_run_info(run_dir)
-    return dataset_reference(load_dataset(workspace, info.dataset), encoder, labels=info.labels, sample=sample, seed=seed, eval_quality=_eval_quality(run_dir))
+    dataset = load_dataset(workspace, info.dataset)
+    cache = workspace.home / "monitor" / "cache" / f"{dataset.name}-{dataset.version[:16]}-{sample}-{seed}.npy"
+    return dataset_reference(dataset, encoder, labels=info.labels, sample=sample, seed=seed, eval_quality=_eval_quality(run_dir), cache=cache)
 
 
 def dataset_reference(
-    dataset: Dataset, encoder: Encoder, *, labels: list[str] | None = None, sample: int = 500, seed: int = 0, eval_quality: dict[str, float] | None = None
+    dataset: Dataset,
+    encoder: Encoder,
+    *,
+    labels: list[str] | None = None,
+    sample: int = 500,
+    seed: int = 0,
+    eval_quality: dict[str, float] | None = None,
+    cache: Path | None = None,
 ) -> Reference:
+    """`cache`: where the dataset's embeddings are kept between runs (a dataset version never changes),
+    so an hourly cron does not embed the training prompts every hour."""
     train = list(dataset.iter_split("train"))
     held = [e for split in ("validation", "test") for e in dataset.iter_split(split)]
     references = [e.reference for e in train if e.reference is not None]
@@ -76,10 +88,27 @@ def dataset_reference(
         languages=trained,
         held_languages=languages(held_prompts),
         lengths=np.array([len(p) for p in every], dtype=float),
-        embeddings=encoder.embed([every[i] for i in chosen]),
+        embeddings=_cached(cache, lambda: encoder.embed([every[i] for i in chosen]), len(chosen)),
         answers=answer_format(references, labels),
         eval_quality=eval_quality,
     )
+
+
+def _cached(path: Path | None, compute: Callable[[], np.ndarray], rows: int) -> np.ndarray:
+    if path is not None and path.is_file():
+        try:
+            found = np.load(path, allow_pickle=False)
+            if found.ndim == 2 and len(found) == rows:
+                return found
+        except (OSError, ValueError):
+            pass  # damaged: computed again below
+    value = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        np.save(tmp, value, allow_pickle=False)
+        tmp.replace(path)
+    return value
 
 
 def _eval_quality(run_dir: Path) -> dict[str, float] | None:
