@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="trials per kind of shift")
     parser.add_argument("--grid", default="10,20,30,40,60,80,120", help="window sizes tried for the detection delay")
     parser.add_argument("--alpha", type=float, default=None, help="thresholds.alpha (default: monitor.yaml's default)")
+    parser.add_argument("--min-requests", type=int, default=None, help="drift.min_requests (default: monitor.yaml's default, 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "monitor_sim.json")
     args = parser.parse_args()
@@ -51,6 +52,8 @@ def main() -> None:
     config = MonitorConfig()
     if args.alpha is not None:
         config.thresholds.alpha = args.alpha
+    if args.min_requests is not None:
+        config.drift.min_requests = args.min_requests
     grid = [int(n) for n in args.grid.split(",")]
     started = time.time()
     with tempfile.TemporaryDirectory() as folder:
@@ -122,6 +125,7 @@ def main() -> None:
             {
                 "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "alpha": config.thresholds.alpha,
+                "min_requests": config.drift.min_requests,
                 "false_alarm_rate": false_alarm,
                 "false_alarm_checks": dict(fired),
                 "delays": delays,
