@@ -220,6 +220,17 @@ def test_quality_is_graded_by_the_configured_judge(home, run_id, tmp_path):
     assert bad.evidence and "judge: correctness 1" in bad.evidence[0].why
 
 
+def test_a_served_base_model_gets_output_health_only(home, capsys):
+    """A model that is not a run (a base model served by name) has no training data: drift is skipped, said why."""
+    write(home, "broken_outputs", 30, hours_ago=0, run_id=None, seed=13, model="smollm2-135m-instruct")
+    result = run_cli(capsys, "monitor", "smollm2-135m-instruct", "--since", "1h", "--json")
+    report = json.loads(result.out)
+    assert result.code == 1 and report["requests"] == 30
+    assert report["checks"]["input_embedding"]["status"] == "skipped" and "not a run" in report["checks"]["input_embedding"]["message"]
+    assert report["checks"]["output_format"]["status"] == "skipped"
+    assert [a["check"] for a in report["alerts"]] == ["output_refusals"]
+
+
 def test_read_alerts_filters_by_model_and_time(home, run_id):
     import tunesmith
 
