@@ -14,6 +14,7 @@ import numpy as np
 
 from tunesmith.data.dataset import Dataset
 from tunesmith.data.example import Example
+from tunesmith.errors import UserError
 from tunesmith.monitor.answers import AnswerFormat, answer_format
 from tunesmith.monitor.text import Encoder, languages, tokens
 from tunesmith.workspace import Workspace
@@ -73,6 +74,11 @@ def dataset_reference(
         held, train = train[:cut], train[cut:]
     train_prompts = [p for p in map(prompt_of, train) if p]
     held_prompts = [p for p in map(prompt_of, held) if p]
+    if len(train_prompts) < MIN_HELD_OUT or len(held_prompts) < MIN_HELD_OUT // 2:
+        raise UserError(
+            f"dataset {dataset.name} has {len(train_prompts)} training and {len(held_prompts)} held-out prompts: too few to test drift against",
+            fix=f"train on at least {2 * MIN_HELD_OUT} examples to have input drift checked",
+        )
     train_langs = languages(train_prompts)
     counts = Counter(train_langs)
     trained = {lang for lang, n in counts.items() if n >= LANGUAGE_SHARE * len(train_langs)} or {counts.most_common(1)[0][0]}

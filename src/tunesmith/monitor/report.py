@@ -120,7 +120,7 @@ def _reference(workspace: Workspace, run_dir: Path | None, encoder: Encoder, opt
     try:
         return build_reference(workspace, run_dir, encoder, sample=options.drift.reference_sample, seed=options.drift.seed), ""
     except UserError as exc:
-        return None, f"the run's training data cannot be read: {exc}"
+        return None, f"no training data to compare with: {exc}"
 
 
 def save_report(home: Path, report: MonitorReport) -> Path:
