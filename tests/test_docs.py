@@ -48,6 +48,7 @@ TOPICS = [
     "docs/ray.md",
     "docs/tools.md",
     "docs/preference.md",
+    "docs/monitoring.md",
 ]
 CHECKED = ["README.md", *TOPICS]
 README_MAX_LINES = 170

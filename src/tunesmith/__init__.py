@@ -76,34 +76,35 @@ _EXPORTS = {
 
 __all__ = [
     "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
-    "traffic", "logs_to_review", "dataset_from_review", "lineage",
+    "traffic", "logs_to_review", "dataset_from_review", "lineage", "monitor",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", "train", "export", "serve", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", "export", "serve", "monitor", *_EXPORTS}
 
 
 class _CallablePackage(types.ModuleType):
-    """`tunesmith.train`, `tunesmith.export` and `tunesmith.serve` each name both a package
-    (tunesmith/train/, export/, serve/) and a function of the API. The import system binds the package on its parent whenever any stage
+    """`tunesmith.train`, `tunesmith.export`, `tunesmith.serve` and `tunesmith.monitor` each name both a package
+    (tunesmith/train/, export/, serve/, monitor/) and a function of the API. The import system binds the package on its parent whenever any stage
     imports its modules, so the package itself is made callable: `tunesmith.train(spec)` is
     `workflows.train(spec)`, `tunesmith.serve(models)` is `workflows.serve(models)`, and every import
     form of the packages' modules keeps working."""
 
     def __call__(self, *args: Any, **options: Any) -> Any:
-        """tunesmith.workflows.train, .export or .serve (the function this package is named for): docs/python-api.md."""
+        """tunesmith.workflows.train, .export, .serve or .monitor (the function this package is named for): docs/python-api.md."""
         import tunesmith.workflows as workflows
 
         return getattr(workflows, self.__name__.rsplit(".", 1)[1])(*args, **options)
 
 
 import tunesmith.export as _exporting  # noqa: E402  (the packages' __init__ are docstrings: no torch)
+import tunesmith.monitor as _monitoring  # noqa: E402
 import tunesmith.serve as _serving  # noqa: E402
 import tunesmith.train as _training  # noqa: E402
 
-for _package in (_training, _exporting, _serving):
+for _package in (_training, _exporting, _serving, _monitoring):
     _package.__class__ = _CallablePackage
 
 

@@ -442,3 +442,23 @@ def lineage(run_ref: str | Path, *, workspace: WorkspaceLike = None) -> list[dic
     from tunesmith.registry.lineage import run_lineage
 
     return run_lineage(workspace_of(workspace), str(run_ref))
+
+
+def monitor(
+    model: str,
+    *,
+    since: str | float = "24h",
+    until: float | None = None,
+    config: Any = None,
+    webhook: str | None = None,
+    workspace: WorkspaceLike = None,
+) -> Any:
+    """Check a window of `model`'s logged traffic (`tunesmith monitor`; docs/monitoring.md): input drift
+    against its training data, output health, quality when a judge is configured. Returns the
+    MonitorReport (`.alerts`, `.checks`, `.as_json()`); alerts are also appended to
+    <home>/monitor/alerts.jsonl. model: a run id or name, or a served model name. since: a duration
+    (24h), a time or unix seconds. config: a MonitorConfig, or the path of a monitor.yaml.
+    Unknown model or an empty window: UserError."""
+    from tunesmith.monitor.report import monitor as run_monitor
+
+    return run_monitor(model, since=since, until=until, config=config, webhook=webhook, workspace=workspace_of(workspace))

@@ -12,6 +12,7 @@ from tunesmith.cli.common import FORMAT_HELP, current_workspace
 from tunesmith.cli.data import data_app
 from tunesmith.cli.eval import eval_app
 from tunesmith.cli.export import export_cmd
+from tunesmith.cli.monitor import monitor_cmd
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve_cmd
 from tunesmith.cli.train import train_cmd
@@ -164,6 +165,7 @@ def _text_of(record: object) -> str | None:
 
 
 app.command("export")(export_cmd)  # after the commands that use a run in tunesmith: export takes it elsewhere
+app.command("monitor")(monitor_cmd)  # watches what serve answers
 app.add_typer(api_app, name="api")  # the service over all of the above
 app.command("worker")(worker_cmd)
 app.command("ui")(ui_cmd)  # the same service, named for people who came for the dashboard

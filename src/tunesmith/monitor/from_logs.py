@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunesmith.errors import ProblemList, UserError
+from tunesmith.monitor.alerts import read_alerts
 from tunesmith.serve.traffic import TrafficRecord, read_traffic
 from tunesmith.workspace import Workspace, safe_name
 
@@ -49,36 +50,8 @@ def review_folder(workspace: Workspace, name: str) -> Path:
     return workspace.home / REVIEW_FOLDER / "from-logs" / safe_name(name, "--out")
 
 
-# ---------------------------------------------------------------- the alerts monitor writes
-
-
-def _read_alerts(home: Path, *, model: str | None = None, since: float | None = None) -> list[dict]:
-    """<home>/monitor/alerts.jsonl (the shape in INTERFACES.md), a torn line skipped; used until
-    monitor's own reader (tunesmith.monitor.alerts.read_alerts) is there."""
-    path = Path(home) / "monitor" / "alerts.jsonl"
-    if not path.is_file():
-        return []
-    found = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            alert = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(alert, dict):
-            continue
-        if model is not None and model not in (alert.get("model"), alert.get("run_id")):
-            continue
-        if since is not None and not (isinstance(alert.get("time"), (int, float)) and alert["time"] >= since):
-            continue
-        found.append(alert)
-    return found
-
-
 def alerted_ids(home: Path, model: str, since: float | None) -> set[str]:
-    try:
-        from tunesmith.monitor.alerts import read_alerts  # monitor's reader, once merged
-    except ImportError:
-        read_alerts = _read_alerts
+    """The request ids that `tunesmith monitor` alerts name as evidence."""
     return {str(i) for alert in read_alerts(home, model=model, since=since) for i in alert.get("request_ids") or ()}
 
 
