@@ -1,7 +1,7 @@
 """tunesmith: turn a general LLM into a specialist for one job.
 
 The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
-generate, classify, export, serve, serving_app; bad input raises tunesmith.errors.UserError with the CLI's message.
+generate, classify, export, serve, serving_app, tune, resume_tune; bad input raises tunesmith.errors.UserError with the CLI's message.
 
 Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
 stages can import tunesmith's submodules without running into a half-initialised package root."""
@@ -32,15 +32,17 @@ if TYPE_CHECKING:
         load_run,
         prepare_dataset,
         resume,
+        resume_tune,
         serving_app,
         train,
+        tune,
     )
     from tunesmith.workspace import Workspace
 
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
+        ("prepare_dataset", "load_dataset", "resume", "resume_tune", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",
@@ -55,17 +57,17 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
+    "__version__", "prepare_dataset", "load_dataset", "train", "tune", "resume", "resume_tune", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", "train", "export", "serve", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", "tune", "export", "serve", *_EXPORTS}
 
 
 class _CallablePackage(types.ModuleType):
-    """`tunesmith.train`, `tunesmith.export` and `tunesmith.serve` each name both a package
+    """`tunesmith.train`, `tunesmith.tune`, `tunesmith.export` and `tunesmith.serve` each name both a package
     (tunesmith/train/, export/, serve/) and a function of the API. The import system binds the package on its parent whenever any stage
     imports its modules, so the package itself is made callable: `tunesmith.train(spec)` is
     `workflows.train(spec)`, `tunesmith.serve(models)` is `workflows.serve(models)`, and every import
@@ -81,8 +83,9 @@ class _CallablePackage(types.ModuleType):
 import tunesmith.export as _exporting  # noqa: E402  (the packages' __init__ are docstrings: no torch)
 import tunesmith.serve as _serving  # noqa: E402
 import tunesmith.train as _training  # noqa: E402
+import tunesmith.tune as _tuning  # noqa: E402
 
-for _package in (_training, _exporting, _serving):
+for _package in (_training, _tuning, _exporting, _serving):
     _package.__class__ = _CallablePackage
 
 

@@ -15,6 +15,7 @@ from tunesmith.cli.export import export_cmd
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve_cmd
 from tunesmith.cli.train import train_cmd
+from tunesmith.cli.tune import tune_app
 from tunesmith.errors import UserError
 from tunesmith.ui import console
 
@@ -163,6 +164,7 @@ def _text_of(record: object) -> str | None:
 
 
 app.command("export")(export_cmd)  # after the commands that use a run in tunesmith: export takes it elsewhere
+app.add_typer(tune_app, name="tune")  # many runs of train and eval, searched
 app.add_typer(api_app, name="api")  # the service over all of the above
 app.command("worker")(worker_cmd)
 
