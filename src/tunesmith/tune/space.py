@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunesmith.config import RunSpec, run_spec_from, validate_spec
 from tunesmith.errors import ProblemList, UserError
@@ -64,7 +64,15 @@ class SpaceFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     use_defaults: bool = Field(True, description="start from the training method's default space")
-    params: dict[str, Param | list[Any] | None] = Field(default_factory=dict, description="config path -> {low, high, log, step} or a list of choices")
+    params: dict[str, Param | None] = Field(default_factory=dict, description="config path -> {low, high, log, step}, {choices: [...]} or a list of choices")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _list_is_choices(cls, value: Any) -> Any:
+        # a bare list is the short form of {choices: [...]}: one shape to validate, so an error names one field
+        if isinstance(value, dict):
+            return {k: {"choices": v} if isinstance(v, list) else v for k, v in value.items()}
+        return value
 
 
 LORA = {
@@ -140,7 +148,7 @@ def build_space(base: RunSpec, path: Path | None = None, stored: dict[str, Any] 
             if given is None:
                 params.pop(name, None)
             else:
-                params[name] = given if isinstance(given, Param) else Param(choices=given)
+                params[name] = given
     if not params:
         raise UserError(
             f"the search space in {source} has no parameters", fix="add at least one entry under params (e.g. train.lr: {low: 1e-5, high: 1e-2, log: true})"

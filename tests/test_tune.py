@@ -1,0 +1,223 @@
+"""`tunesmith tune`: the search finds the learning rate where it is known, prunes bad trials and says so,
+never reads the test split but for the best trial, resumes a killed study without redoing trials, runs
+trials in parallel processes, and refuses a bad space file naming the field. Tiny model, ~10 steps a trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from clihelp import SRC, run_cli, tunesmith
+from conftest import tickets_home, train_steps
+
+MAX_STEPS = 10
+
+
+def write_config(folder: Path, tiny_model: Path, **train) -> Path:
+    """A run config on the `tickets` dataset: 10 steps of 4 examples, a validation every half epoch (5 steps)."""
+    import yaml
+
+    config = folder / "run.yaml"
+    settings = {"max_steps": MAX_STEPS, "batch_size": 4, "evals_per_epoch": 2, "lora": {"r": 8}, **train}
+    config.write_text(yaml.safe_dump({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}, "train": settings}), encoding="utf-8")
+    return config
+
+
+def lr_only(folder: Path, low: float = 1e-5, high: float = 1.0) -> Path:
+    space = folder / "space.yaml"
+    space.write_text(f"use_defaults: false\nparams:\n  train.lr: {{low: {low}, high: {high}, log: true}}\n", encoding="utf-8")
+    return space
+
+
+def registry_rows(home: Path, sql: str, *args) -> list[tuple]:
+    with sqlite3.connect(home / "registry.db") as db:
+        return db.execute(sql, args).fetchall()
+
+
+def run_json(home: Path, run_id: str) -> dict:
+    return json.loads((home / "runs" / run_id / "run.json").read_text())
+
+
+# ---------------------------------------------------------------- what the search finds, prunes and reads
+
+
+@pytest.mark.slow
+def test_search_finds_the_learning_rate_decade_prunes_and_reads_test_only_for_the_best(tmp_path, tiny_model):
+    """On the tiny ticket task at 10 steps, validation loss against lr (measured): 1e-5 6.64, 1e-4 6.58,
+    1e-3 6.03, 1e-2 4.19, 3e-2 3.77, 1e-1 5.13, 1.0 5.06: too low learns nothing, too high overshoots;
+    the best decade is [1e-2, 1e-1). The search over [1e-5, 1] (log) must land there."""
+    import tunesmith
+
+    home = tmp_path / "home"
+    workspace = tickets_home(home, 30)
+    result = tunesmith.tune(write_config(tmp_path, tiny_model), trials=8, space=lr_only(tmp_path), name="lr", workspace=workspace)
+    report = result.best
+    assert 1e-2 <= report.best_params["train.lr"] < 1e-1, report.rows
+
+    # a pruned trial stopped early, and says so in the table, run.json and the registry
+    pruned = [r for r in report.rows if r["state"] == "pruned"]
+    assert pruned, f"no trial was pruned: {report.rows}"
+    for row in pruned:
+        info = run_json(home, row["run_id"])
+        assert info["status"] == "pruned" and info["study"] == {"name": "lr", "trial": row["trial"]}
+        assert "pruned by study lr" in info["stop_reason"]
+        assert len(train_steps(home / "runs" / row["run_id"])) < MAX_STEPS
+        assert registry_rows(home, "SELECT status FROM runs WHERE id = ?", row["run_id"]) == [("pruned",)]
+    # every trial is a registered run that names its study
+    for row in report.rows:
+        assert run_json(home, row["run_id"])["study"] == {"name": "lr", "trial": row["trial"]}
+
+    # the test split was scored once, for the best trial's run only; every other run has no evaluation at all
+    scored = registry_rows(home, "SELECT run_id, split FROM evaluations")
+    assert scored == [(report.best_run, "test")]
+    assert report.test["run_id"] == report.best_run and "exact_match" in report.test["metrics"]
+    assert not any((home / "runs" / r["run_id"] / "eval").exists() for r in report.rows if r["run_id"] != report.best_run)
+
+    # tune list and tune show, as a user runs them
+    env_home = {"TUNESMITH_HOME": str(home)}
+    listed = _cli(env_home, "tune", "list")
+    assert listed.returncode == 0 and "lr" in listed.stdout and "8/8" in listed.stdout, listed.stdout + listed.stderr
+    shown = _cli(env_home, "tune", "show", "lr")
+    assert shown.returncode == 0, shown.stderr
+    assert "pruned" in shown.stdout and f"best: trial {report.best_trial}" in shown.stdout
+    assert "test split (scored once, for the best trial only" in shown.stdout
+    page = (home / "tune" / "lr" / "report.html").read_text()
+    assert page.count("<img") == 1 and "optimisation history" in page  # importance needs 2 parameters: said so
+    assert "parameter importance needs at least" in page
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], env={**os.environ, "PYTHONPATH": str(SRC), **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+# ---------------------------------------------------------------- a killed study resumes
+
+
+def _trials(home: Path, study: str):
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{home / 'tune.db'}")
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny_model):
+    home = tmp_path / "home"
+    tickets_home(home, 30)
+    config, space = write_config(tmp_path, tiny_model), lr_only(tmp_path, 1e-3, 1e-1)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "tune", "--config", str(config), "--space", str(space), "--trials", "2", "--name", "k", "--pruner", "none"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # kill once trial 1 has trained a step
+            trials = _trials(home, "k") if (home / "tune.db").exists() else []
+            if len(trials) == 2 and (run := trials[1].user_attrs.get("run_id")):
+                if train_steps(home / "runs" / run):
+                    break
+            assert process.poll() is None, "tune ended before it could be killed"
+            time.sleep(0.3)
+        else:
+            pytest.fail("trial 1 never started")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    before = _trials(home, "k")
+    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
+    finished_run, killed_run = before[0].user_attrs["run_id"], before[1].user_attrs["run_id"]
+
+    resumed = tunesmith("tune", "--resume", "k")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trial 1 of k was cut short" in resumed.stderr
+    after = _trials(home, "k")
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert after[0].user_attrs["run_id"] == finished_run  # trial 0 kept as it was, not run again
+    assert after[2].params == after[1].params and after[2].user_attrs["retry_of"] == 1
+    runs = sorted(p.name for p in (home / "runs").iterdir())
+    assert len(runs) == 3 and sum(r.startswith("k-t0-") for r in runs) == 1
+    killed = run_json(home, killed_run)
+    assert killed["study"] == {"name": "k", "trial": 1} and killed["status"] == "running"  # as the kill left it: `runs list` says interrupted
+    assert "retry of trial 1" in resumed.stdout
+
+
+# ---------------------------------------------------------------- parallel trials
+
+
+@pytest.mark.slow
+def test_two_jobs_run_trials_in_parallel_processes(tmp_path, tiny_model):
+    home = tmp_path / "home"
+    tickets_home(home, 30)
+    done = tunesmith_env(home, "tune", "--config", str(write_config(tmp_path, tiny_model)), "--space", str(lr_only(tmp_path, 1e-3, 1e-1)), "--trials", "2", "--jobs", "2", "--name", "par")
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = _trials(home, "par")
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    owners = {t.user_attrs["owner"]["pid"] for t in trials}
+    assert len(owners) == 2 and os.getpid() not in owners  # each trial in a process of its own
+    assert trials[1].datetime_start < trials[0].datetime_complete  # at the same time
+    for t in trials:
+        assert run_json(home, t.user_attrs["run_id"])["study"] == {"name": "par", "trial": t.number}
+        assert (home / "tune" / "par" / "logs" / f"trial-{t.number}.log").is_file()
+
+
+def tunesmith_env(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return _cli({"TUNESMITH_HOME": str(home)}, *args)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_a_bad_space_file_exits_2_naming_each_field(tmp_path, tiny_model, capsys, monkeypatch):
+    home = tmp_path / "home"
+    tickets_home(home, 30)
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "params:\n"
+        "  train.lr: {low: 0.1, high: 0.001, log: true}\n"
+        "  train.lora.rank: [4, 8]\n"
+        "  train.lora.r: {low: 0, high: 8}\n"
+        "  train.epochs: {lo: 1, high: 3}\n",
+        encoding="utf-8",
+    )
+    done = run_cli(capsys, "tune", "--config", str(write_config(tmp_path, tiny_model)), "--space", str(space), "--trials", "2")
+    assert done.code == 2, done.err
+    err = " ".join(done.err.split())
+    assert "params.train.lr" in err and "low (0.1) is above high (0.001)" in err
+    assert "params.train.epochs.lo" in err
+    assert not (home / "tune.db").exists() or "Traceback" not in done.err
+    assert "Traceback" not in done.err
+    # the range checked against the run config's own rules: an unknown setting, a rank of 0
+    space.write_text("params:\n  train.lora.rank: [4, 8]\n  train.lora.r: {low: 0, high: 8}\n", encoding="utf-8")
+    done = run_cli(capsys, "tune", "--config", str(write_config(tmp_path, tiny_model)), "--space", str(space), "--trials", "2")
+    err = " ".join(done.err.split())
+    assert done.code == 2 and "params.train.lora.rank" in err and "unknown setting" in err, err
+    assert "params.train.lora.r: 0 is refused" in err and "greater than or equal to 1" in err, err
+    assert not any((home / "runs").iterdir())
+
+
+def test_metric_that_does_not_fit_the_task_and_resume_of_an_unknown_study_exit_2(tmp_path, tiny_model, capsys, monkeypatch):
+    home = tmp_path / "home"
+    tickets_home(home, 30)
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    config = write_config(tmp_path, tiny_model)
+    done = run_cli(capsys, "tune", "--config", str(config), "--trials", "2", "--metric", "f1_macro")
+    assert done.code == 2 and "--metric f1_macro does not fit train.task causal_lm" in " ".join(done.err.split())
+    done = run_cli(capsys, "tune", "--resume", "nothing-here")
+    assert done.code == 2 and "no study named nothing-here" in done.err
+    done = run_cli(capsys, "tune", "--config", str(config), "--trials", "0")
+    assert done.code == 2 and "--trials must be a whole number from 1" in done.err
