@@ -101,10 +101,14 @@ def main() -> None:
     g, s = summary["grid"], summary["search"]
     print("| | runs | best val_loss | best setting | optimiser steps | train s | wall s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| grid | {g['runs']} | {g['best_val_loss']:.4f} | lr {g['best']['lr']:g}, r {g['best']['r']} | {g['steps']} | {g['train_seconds']} | {g['wall_seconds']} |")
+    print(
+        f"| grid | {g['runs']} | {g['best_val_loss']:.4f} | lr {g['best']['lr']:g}, r {g['best']['r']} | {g['steps']} | {g['train_seconds']} | {g['wall_seconds']} |"
+    )
     best = ", ".join(f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}" for k, v in s["best"].items())
     print(f"| search | {s['trials']} ({s['pruned']} pruned) | {s['best_val_loss']:.4f} | {best} | {s['steps']} | {s['train_seconds']} | {s['wall_seconds']} |")
-    print(f"\nsearch / grid: best val_loss {s['best_val_loss'] / g['best_val_loss']:.3f}x, steps {s['steps'] / g['steps']:.2f}x, wall {s['wall_seconds'] / g['wall_seconds']:.2f}x")
+    print(
+        f"\nsearch / grid: best val_loss {s['best_val_loss'] / g['best_val_loss']:.3f}x, steps {s['steps'] / g['steps']:.2f}x, wall {s['wall_seconds'] / g['wall_seconds']:.2f}x"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clihelp import SRC, run_cli, tunesmith
+from clihelp import SRC, run_cli
 from conftest import tickets_home, train_steps
 
 MAX_STEPS = 10
@@ -125,9 +125,9 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # kill once trial 1 has trained a step
             trials = _trials(home, "k") if (home / "tune.db").exists() else []
-            if len(trials) == 2 and (run := trials[1].user_attrs.get("run_id")):
-                if train_steps(home / "runs" / run):
-                    break
+            run = trials[1].user_attrs.get("run_id") if len(trials) == 2 else None
+            if run and (home / "runs" / run / "metrics.jsonl").is_file() and train_steps(home / "runs" / run):
+                break
             assert process.poll() is None, "tune ended before it could be killed"
             time.sleep(0.3)
         else:
@@ -141,7 +141,7 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny
     assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
     finished_run, killed_run = before[0].user_attrs["run_id"], before[1].user_attrs["run_id"]
 
-    resumed = tunesmith("tune", "--resume", "k")
+    resumed = tunesmith_env(home, "tune", "--resume", "k")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "trial 1 of k was cut short" in resumed.stderr
     after = _trials(home, "k")
@@ -162,7 +162,20 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny
 def test_two_jobs_run_trials_in_parallel_processes(tmp_path, tiny_model):
     home = tmp_path / "home"
     tickets_home(home, 30)
-    done = tunesmith_env(home, "tune", "--config", str(write_config(tmp_path, tiny_model)), "--space", str(lr_only(tmp_path, 1e-3, 1e-1)), "--trials", "2", "--jobs", "2", "--name", "par")
+    done = tunesmith_env(
+        home,
+        "tune",
+        "--config",
+        str(write_config(tmp_path, tiny_model)),
+        "--space",
+        str(lr_only(tmp_path, 1e-3, 1e-1)),
+        "--trials",
+        "2",
+        "--jobs",
+        "2",
+        "--name",
+        "par",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     trials = _trials(home, "par")
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
@@ -221,3 +234,54 @@ def test_metric_that_does_not_fit_the_task_and_resume_of_an_unknown_study_exit_2
     assert done.code == 2 and "no study named nothing-here" in done.err
     done = run_cli(capsys, "tune", "--config", str(config), "--trials", "0")
     assert done.code == 2 and "--trials must be a whole number from 1" in done.err
+
+
+# ---------------------------------------------------------------- several base models, and the general-skills constraint
+
+
+def bigger_tiny_model(tiny_model: Path, folder: Path) -> Path:
+    """The tiny model's tokenizer under a wider Llama (hidden 64): the same task, more parameters."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.hidden_size, config.intermediate_size = 64, 128
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_models_verdict_names_the_smallest_feasible_model_and_keep_general_makes_trials_infeasible(tmp_path, tiny_model):
+    """Random tiny models answer no probe question, so both score 0 on the general-skills probe; the small
+    model's study is given a base score of 1.0 (its base_probe.json, which the study computes once and keeps)
+    so that its trial drops by 1.0: over --keep-general 0.5, infeasible. The verdict then names the big model."""
+    import shutil
+
+    import tunesmith
+
+    home = tmp_path / "home"
+    workspace = tickets_home(home, 30)
+    small = tmp_path / "small"
+    shutil.copytree(tiny_model, small)
+    big = bigger_tiny_model(tiny_model, tmp_path / "big")
+    folder = home / "tune" / "g--small"
+    folder.mkdir(parents=True)
+    (folder / "base_probe.json").write_text(json.dumps({"score": 1.0, "per_category": {}, "rows": []}))
+    result = tunesmith.tune(
+        write_config(tmp_path, tiny_model, lr=0.03),
+        trials=1,
+        space=lr_only(tmp_path, 0.01, 0.05),
+        models=[str(small), str(big)],
+        target=100.0,  # any validation loss reaches it: the verdict turns on feasibility and size
+        keep_general=0.5,
+        name="g",
+        workspace=workspace,
+    )
+    by_name = {r.name: r for r in result.studies}
+    assert set(by_name) == {"g:small", "g:big"}
+    assert by_name["g:small"].parameters < by_name["g:big"].parameters
+    assert by_name["g:small"].rows[0]["probe_drop"] == 1.0 and by_name["g:small"].best_trial is None  # infeasible
+    assert by_name["g:small"].test is None  # no best trial: the test split stays unread
+    assert by_name["g:big"].rows[0]["probe_drop"] == 0.0 and by_name["g:big"].best_trial == 0
+    assert result.smallest == str(big)
+    assert result.verdict.startswith(f"the smallest model that reaches validation val_loss 100 is {big}")

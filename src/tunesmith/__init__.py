@@ -42,7 +42,20 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        ("prepare_dataset", "load_dataset", "resume", "resume_tune", "evaluate", "load_run", "generate", "classify", "serving_app", "Run", "Chat", "Evaluation"),
+        (
+            "prepare_dataset",
+            "load_dataset",
+            "resume",
+            "resume_tune",
+            "evaluate",
+            "load_run",
+            "generate",
+            "classify",
+            "serving_app",
+            "Run",
+            "Chat",
+            "Evaluation",
+        ),
         "tunesmith.workflows",
     ),
     "Workspace": "tunesmith.workspace",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.config import RunSpec
+from tunesmith.config import EvalSpec, RunSpec
 from tunesmith.errors import UserError
 
 # The generation probe's metrics (train.generation_eval, eval's scoring): maximised.
@@ -54,9 +54,7 @@ def final_value(metric: Metric, result: Any, workspace: Any) -> tuple[float | No
     if not metric.scored_by_eval:
         found = result.best_metrics
         return found.get(metric.name), found
-    from tunesmith.workflows import evaluate
-
-    scored = evaluate(result.run_id, split="validation", workspace=workspace).metrics["tuned"]
+    scored = score_split(workspace, result.run_id, "validation")
     value = scored.get(metric.name)
     if value is None:
         raise UserError(
@@ -64,3 +62,18 @@ def final_value(metric: Metric, result: Any, workspace: Any) -> tuple[float | No
             fix=f"metrics it has: {', '.join(sorted(scored))}; choose one of them with --metric",
         )
     return value, scored
+
+
+def score_split(workspace: Any, run_id: str, split: str) -> dict[str, float]:
+    """The run's kept model scored on one split as `tunesmith eval RUN --split SPLIT` scores it (the run
+    config's eval settings; kept under eval/ and registered, so which splits a study read is on record)."""
+    from tunesmith.config import validate_spec
+    from tunesmith.eval.evaluate import evaluate_run
+    from tunesmith.eval.report import write_report
+    from tunesmith.registry.runfolder import find_run, read_config
+
+    run_dir = find_run(workspace, run_id)
+    spec = validate_spec(EvalSpec, {**read_config(run_dir).eval.model_dump(), "split": split}, f"the eval section of {run_id}'s config")
+    metrics = evaluate_run(workspace, run_dir, spec)["tuned"]
+    write_report(run_dir)
+    return metrics

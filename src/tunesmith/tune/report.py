@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunesmith.eval.report import _png, _pyplot, _table
-from tunesmith.tune.study import StudySettings, storage, study_folder
+from tunesmith.tune.study import StudySettings, best_trial, storage, study_folder
 from tunesmith.workspace import Workspace
 
 MIN_FOR_IMPORTANCE = 2  # completed trials fANOVA-style importance needs to say anything
@@ -69,8 +69,6 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 def study_report(workspace: Workspace, name: str) -> StudyReport:
     """The study's table and best, with report.html written (or rewritten) in its folder."""
-    from tunesmith.tune.search import best_trial
-
     study = optuna.load_study(study_name=name, storage=storage(workspace))
     settings = StudySettings.model_validate(study.user_attrs["settings"])
     best = best_trial(study)
@@ -166,7 +164,6 @@ def _fmt(value: Any) -> str:
 
 def study_summary(workspace: Workspace, name: str) -> dict[str, Any]:
     """One line of `tune list`: no report written."""
-    from tunesmith.tune.search import best_trial
     from tunesmith.tune.study import counted
 
     study = optuna.load_study(study_name=name, storage=storage(workspace))

@@ -22,7 +22,7 @@ from tunesmith.train.recipe import prepared_for_launch
 from tunesmith.tune.objective import resolve_metric
 from tunesmith.tune.report import StudyReport, study_report
 from tunesmith.tune.space import build_space
-from tunesmith.tune.study import StudySettings, counted, create, load_settings, members, open_study, recover, study_folder
+from tunesmith.tune.study import StudySettings, best_trial, counted, create, load_settings, members, open_study, recover, study_folder
 from tunesmith.tune.trial import base_probe, run_trial
 from tunesmith.ui import console
 from tunesmith.workspace import Workspace, safe_name
@@ -94,14 +94,12 @@ def new_search(
     pruner: str = "median",
     seed: int = 0,
 ) -> SearchResult:
-    from tunesmith.workflows import run_spec
-
     _check_numbers(trials=trials, jobs=jobs, max_time=max_time, max_cost=max_cost, price_per_hour=price_per_hour, keep_general=keep_general)
     if pruner not in ("median", "halving", "none"):
         raise UserError(f"--pruner {pruner} is not one of median, halving, none")
     if target is not None and not models:
         raise UserError("--target names the smallest model that reaches it, and needs --models a,b,...", fix="add --models, or drop --target")
-    base = run_spec(config)
+    base = _run_spec(config)
     price = price_per_hour if price_per_hour is not None else base.train.price_per_hour
     if max_cost is not None and not price:
         raise UserError("--max-cost needs a price per hour to turn time into money", fix="add --price-per-hour (or train.price_per_hour in the config)")
@@ -146,6 +144,19 @@ def resume_search(name: str, workspace: Workspace, *, jobs: int | None = None) -
         _check_numbers(jobs=jobs)
         settings = [s.model_copy(update={"jobs": jobs}) for s in settings]
     return _run_all(workspace, settings[0].group or name, settings)
+
+
+def _run_spec(config: RunSpec | dict[str, Any] | str | Path) -> RunSpec:
+    """As tunesmith.train reads its spec: a RunSpec, a mapping or a YAML file's path, checked the same way."""
+    from tunesmith.config import load_run_spec, run_spec_from
+    from tunesmith.train.run.tracking import check_installed
+
+    if isinstance(config, (str, Path)):
+        spec = load_run_spec(Path(config))
+    else:
+        spec = run_spec_from(config if isinstance(config, RunSpec) else dict(config), "the run config given to tunesmith.tune")
+    check_installed(spec.train.report_to)
+    return spec
 
 
 def _run_all(workspace: Workspace, name: str, settings: list[StudySettings]) -> SearchResult:
@@ -276,22 +287,10 @@ def _say_budget(limits: Limits) -> None:
 # ---------------------------------------------------------------- the best trial, once on the test split
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best completed trial that meets the study's constraint (--keep-general), if any."""
-    settings = StudySettings.model_validate(study.user_attrs["settings"])
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if settings.keep_general is not None:
-        done = [t for t in done if t.user_attrs.get("probe_drop", 0.0) <= settings.keep_general]
-    if not done:
-        return None
-    pick = min if settings.direction == "minimize" else max
-    return pick(done, key=lambda t: (t.value, -t.number) if settings.direction == "maximize" else (t.value, t.number))
-
-
 def score_best_on_test(workspace: Workspace, study: optuna.Study) -> None:
     """The test split, read for the first time: the best trial's run scored on it once (again only if a later
     session found a better trial), kept in the study as `test`."""
-    from tunesmith.workflows import evaluate
+    from tunesmith.tune.objective import score_split
 
     best = best_trial(study)
     if best is None:
@@ -301,7 +300,7 @@ def score_best_on_test(workspace: Workspace, study: optuna.Study) -> None:
         return
     run_id = best.user_attrs["run_id"]
     console.print(f"best trial {best.number} (run {run_id}): scoring it on the test split, the only run of the study that reads it")
-    metrics = evaluate(run_id, split="test", workspace=workspace).metrics["tuned"]
+    metrics = score_split(workspace, run_id, "test")
     study.set_user_attr("test", {"trial": best.number, "run_id": run_id, "metrics": metrics})
 
 

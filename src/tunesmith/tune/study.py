@@ -68,7 +68,7 @@ def pruner_of(settings: StudySettings) -> optuna.pruners.BasePruner:
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
     if settings.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(settings.trials), n_warmup_steps=0)
 
 
@@ -177,3 +177,15 @@ def _mark_run(workspace: Workspace, run_id: str | None, study_name: str, number:
         info = load_run_info(folder)
         info.study = {"name": study_name, "trial": number}
         write_json(folder / "run.json", info.model_dump(mode="json"))  # not save_run_info: it would make this process the run's owner
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial that meets the study's constraint (--keep-general), if any."""
+    settings = StudySettings.model_validate(study.user_attrs["settings"])
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if settings.keep_general is not None:
+        done = [t for t in done if t.user_attrs.get("probe_drop", 0.0) <= settings.keep_general]
+    if not done:
+        return None
+    pick = min if settings.direction == "minimize" else max
+    return pick(done, key=lambda t: (t.value, -t.number) if settings.direction == "maximize" else (t.value, t.number))

@@ -79,7 +79,7 @@ def trial_spec(settings: StudySettings, params: dict[str, Any], number: int) -> 
 def run_trial(workspace: Workspace, settings: StudySettings, trial: optuna.Trial, *, max_seconds: float | None = None, parent_pid: int | None = None) -> str:
     """Train, score and tell one trial; returns its state's name (COMPLETE, PRUNED, FAIL, or RUNNING when
     its parent went away and it was left for --resume)."""
-    from tunesmith.workflows import train
+    from tunesmith.train.recipe import train
 
     claim(trial)
     spec = trial_spec(settings, trial.params, trial.number)
@@ -87,7 +87,7 @@ def run_trial(workspace: Workspace, settings: StudySettings, trial: optuna.Trial
     control = TrialControl(trial, metric, parent_pid)
     console.rule(f"study {settings.name}: trial {trial.number}  " + "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items()))
     try:
-        result = train(spec, workspace=workspace, budget=Budget(max_seconds=max_seconds) if max_seconds else None, control=control)
+        result = train(spec, workspace, Budget(max_seconds=max_seconds or None, control=control))
     except UserError as exc:  # diverged, or input a trial's values made bad: the study goes on without it
         _stamp(workspace, trial.user_attrs.get("run_id"), settings.name, trial.number)
         return _fail(trial, str(exc).splitlines()[0])
@@ -175,9 +175,11 @@ def probe_drop(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, float]:
 def _probe_general(workspace: Workspace, settings: StudySettings, trial: optuna.Trial, run_id: str) -> None:
     """The trial's probe drop against the base, as a user attribute the sampler's constraint reads."""
     from tunesmith.eval.forgetting import run_probe
-    from tunesmith.workflows import load_run
+    from tunesmith.models.artefact import load_run_model
+    from tunesmith.registry.runfolder import read_config
 
-    model, tokenizer = load_run(run_id, workspace=workspace).model()
+    folder = workspace.run_dir(run_id)
+    model, tokenizer = load_run_model(folder, load_run_info(folder), read_config(folder).model)
     found = probe_drop(base_probe(workspace, settings), run_probe(model, tokenizer))
     trial.set_user_attr("probe_drop", found["drop"])
     trial.set_user_attr("probe_interval", [found["low"], found["high"]])
