@@ -49,7 +49,7 @@ def run_json(home: Path, run_id: str) -> dict:
 
 
 @pytest.mark.slow
-def test_search_finds_the_learning_rate_decade_prunes_and_reads_test_only_for_the_best(tmp_path, tiny_model):
+def test_search_finds_the_learning_rate_decade_prunes_and_reads_test_only_for_the_best(tmp_path, tiny_model, capsys, monkeypatch):
     """On the tiny ticket task at 10 steps, validation loss against lr (measured): 1e-5 6.64, 1e-4 6.58,
     1e-3 6.03, 1e-2 4.19, 3e-2 3.77, 1e-1 5.13, 1.0 5.06: too low learns nothing, too high overshoots;
     the best decade is [1e-2, 1e-1). The search over [1e-5, 1] (log) must land there."""
@@ -81,13 +81,13 @@ def test_search_finds_the_learning_rate_decade_prunes_and_reads_test_only_for_th
     assert not any((home / "runs" / r["run_id"] / "eval").exists() for r in report.rows if r["run_id"] != report.best_run)
 
     # tune list and tune show, as a user runs them
-    env_home = {"TUNESMITH_HOME": str(home)}
-    listed = _cli(env_home, "tune", "list")
-    assert listed.returncode == 0 and "lr" in listed.stdout and "8/8" in listed.stdout, listed.stdout + listed.stderr
-    shown = _cli(env_home, "tune", "show", "lr")
-    assert shown.returncode == 0, shown.stderr
-    assert "pruned" in shown.stdout and f"best: trial {report.best_trial}" in shown.stdout
-    assert "test split (scored once, for the best trial only" in shown.stdout
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    listed = run_cli(capsys, "tune", "list")
+    assert listed.code == 0 and "lr" in listed.out and "8/8" in listed.out, listed.out + listed.err
+    shown = run_cli(capsys, "tune", "show", "lr")
+    assert shown.code == 0, shown.err
+    assert "pruned" in shown.out and f"best: trial {report.best_trial}" in shown.out
+    assert "test split (scored once, for the best trial only" in shown.out
     page = (home / "tune" / "lr" / "report.html").read_text()
     assert page.count("<img") == 1 and "optimisation history" in page  # importance needs 2 parameters: said so
     assert "parameter importance needs at least" in page
