@@ -1,7 +1,7 @@
 """`tunesmith tune` against a grid over the same space: the best validation loss each finds, and the compute
 each spends (optimiser steps actually run, and training seconds).
 
-    PYTHONPATH=src python benchmarks/tune_bench.py [--trials 8] [--examples 60] [--steps 20] [--out benchmarks/results/tune_bench.json]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/tune_bench.py [--trials 8] [--examples 60] [--steps 20] [--seed 0] [--out FILE]
 
 Scaled down from the quickstart so it runs in minutes on 2 CPU cores: the quickstart's task (demo support
 tickets routed to JSON) on the test suite's tiny random-weight Llama (2 layers, hidden 32, its own BPE
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--examples", type=int, default=60)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="the search's sampler seed")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tune_bench.json")
     args = parser.parse_args()
 
@@ -67,7 +68,7 @@ def main() -> None:
     config.write_text(yaml.safe_dump(base))
     started = time.perf_counter()
     console.quiet = True
-    found = tunesmith.tune(config, trials=args.trials, space=space, name="bench", workspace=workspace).best
+    found = tunesmith.tune(config, trials=args.trials, space=space, name="bench", seed=args.seed, workspace=workspace).best
     console.quiet = False
     search_wall = time.perf_counter() - started
     search = []
@@ -78,6 +79,7 @@ def main() -> None:
 
     best_grid = min(grid, key=lambda g: g["val_loss"])
     summary = {
+        "seed": args.seed,
         "task": f"demo tickets x{args.examples}, tiny random Llama, LoRA {args.steps} steps, objective validation loss",
         "grid": {
             "runs": len(grid),
