@@ -87,7 +87,8 @@ def run_trial(workspace: Workspace, settings: StudySettings, trial: optuna.Trial
     control = TrialControl(trial, metric, parent_pid)
     console.rule(f"study {settings.name}: trial {trial.number}  " + "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items()))
     try:
-        result = train(spec, workspace, Budget(max_seconds=max_seconds or None, control=control))
+        # what is left of the study's budget, never 0: the driver checked it was above 0 a moment ago
+        result = train(spec, workspace, Budget(max_seconds=None if max_seconds is None else max(max_seconds, 0.1), control=control))
     except UserError as exc:  # diverged, or input a trial's values made bad: the study goes on without it
         _stamp(workspace, trial.user_attrs.get("run_id"), settings.name, trial.number)
         return _fail(trial, str(exc).splitlines()[0])
@@ -102,7 +103,10 @@ def run_trial(workspace: Workspace, settings: StudySettings, trial: optuna.Trial
         return "RUNNING"
     if result.status != "completed":
         return _fail(trial, f"stopped before its last step: {result.info.stop_reason}")
-    value, seen = final_value(metric, result, workspace)
+    try:
+        value, seen = final_value(metric, result, workspace)
+    except UserError as exc:  # e.g. no validation example with a reference answer to score
+        return _fail(trial, str(exc).splitlines()[0])
     trial.set_user_attr("validation", seen)
     if settings.keep_general is not None:
         _probe_general(workspace, settings, trial, result.run_id)
