@@ -109,6 +109,17 @@ def _trials(home: Path, study: str):
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
 
+def _study_exists(home: Path, study: str) -> bool:
+    """Read with plain SQLite: opening Optuna's storage while `tune` is still creating its tables races with it."""
+    if not (home / "tune.db").is_file():
+        return False  # connecting would create it
+    try:
+        with sqlite3.connect(home / "tune.db") as db:
+            return (study,) in db.execute("SELECT study_name FROM studies").fetchall()
+    except sqlite3.Error:
+        return False
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny_model):
     home = tmp_path / "home"
@@ -124,7 +135,7 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # kill once trial 1 has trained a step
-            trials = _trials(home, "k") if (home / "tune.db").exists() else []
+            trials = _trials(home, "k") if _study_exists(home, "k") else []
             run = trials[1].user_attrs.get("run_id") if len(trials) == 2 else None
             if run and (home / "runs" / run / "metrics.jsonl").is_file() and train_steps(home / "runs" / run):
                 break
@@ -309,3 +320,28 @@ def test_the_study_budget_stops_the_running_trial_and_starts_no_more_even_after_
     resumed = run_cli(capsys, "tune", "--resume", "b")
     assert resumed.code == 0 and len(_trials(home, "b")) == 1
     assert "best: no completed trial" in resumed.out and "test split" not in resumed.out
+
+
+# ---------------------------------------------------------------- a task metric as the objective
+
+
+@pytest.mark.slow
+def test_a_task_metric_is_scored_on_validation_and_fed_to_the_pruner_from_the_generation_probe(tmp_path, tiny_model):
+    """--metric exact_match: each trial's value is eval's score of its kept model on the validation split
+    (registered as a validation evaluation); during training the pruner gets the generation probe's
+    gen/exact_match records; only the best trial's run is ever scored on the test split."""
+    import tunesmith
+
+    home = tmp_path / "home"
+    workspace = tickets_home(home, 30)
+    config = write_config(tmp_path, tiny_model, generation_eval={"every_steps": 5, "sample_size": 3, "max_new_tokens": 8})
+    result = tunesmith.tune(config, trials=2, metric="exact_match", space=lr_only(tmp_path, 1e-2, 1e-1), name="em", workspace=workspace)
+    report = result.best
+    assert report.metric == "exact_match" and report.direction == "maximize"
+    trials = _trials(home, "em")
+    for t in trials:
+        assert t.state.name == "COMPLETE" and t.value == t.user_attrs["validation"]["exact_match"]
+        assert sorted(t.intermediate_values) == [5]  # the probe at step 5 (the last step, 10, ends the run: nothing left to prune)
+    rows = registry_rows(home, "SELECT run_id, split FROM evaluations WHERE model_id = 'tuned' ORDER BY id")
+    assert sorted(r for r in rows if r[1] == "validation") == sorted((t.user_attrs["run_id"], "validation") for t in trials)
+    assert [r for r in rows if r[1] == "test"] == [(report.best_run, "test")]
