@@ -1,7 +1,8 @@
 """tunesmith: turn a general LLM into a specialist for one job.
 
 The Python API (docs/python-api.md): prepare_dataset, load_dataset, train, resume, evaluate, load_run,
-generate, classify, export, serve, serving_app, traffic, logs_to_review, dataset_from_review, lineage; bad input raises tunesmith.errors.UserError with the CLI's message.
+generate, classify, export, serve, serving_app, traffic, logs_to_review, dataset_from_review, lineage, monitor, tune, resume_tune;
+bad input raises tunesmith.errors.UserError with the CLI's message.
 
 Names are resolved on first use (module __getattr__): `import tunesmith` stays cheap (no torch) and the
 stages can import tunesmith's submodules without running into a half-initialised package root."""
@@ -35,9 +36,11 @@ if TYPE_CHECKING:
         logs_to_review,
         prepare_dataset,
         resume,
+        resume_tune,
         serving_app,
         traffic,
         train,
+        tune,
     )
     from tunesmith.workspace import Workspace
 
@@ -48,6 +51,7 @@ _EXPORTS = {
             "prepare_dataset",
             "load_dataset",
             "resume",
+            "resume_tune",
             "evaluate",
             "load_run",
             "generate",
@@ -75,25 +79,25 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "prepare_dataset", "load_dataset", "train", "resume", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
+    "__version__", "prepare_dataset", "load_dataset", "train", "tune", "resume", "resume_tune", "evaluate", "load_run", "generate", "classify", "export", "serve", "serving_app",
     "traffic", "logs_to_review", "dataset_from_review", "lineage", "monitor",
     "Run", "Chat",
     "Evaluation", "Workspace", "UserError", "RunSpec", "PrepareSpec", "EvalSpec", "Dataset", "RunInfo", "TrainResult", "Budget",
 ]  # fmt: skip
 
 
-assert set(__all__) == {"__version__", "train", "export", "serve", "monitor", *_EXPORTS}
+assert set(__all__) == {"__version__", "train", "tune", "export", "serve", "monitor", *_EXPORTS}
 
 
 class _CallablePackage(types.ModuleType):
-    """`tunesmith.train`, `tunesmith.export`, `tunesmith.serve` and `tunesmith.monitor` each name both a package
-    (tunesmith/train/, export/, serve/, monitor/) and a function of the API. The import system binds the package on its parent whenever any stage
+    """`tunesmith.train`, `tunesmith.tune`, `tunesmith.export`, `tunesmith.serve` and `tunesmith.monitor` each name both a
+    package (tunesmith/train/, tune/, export/, serve/, monitor/) and a function of the API. The import system binds the package on its parent whenever any stage
     imports its modules, so the package itself is made callable: `tunesmith.train(spec)` is
     `workflows.train(spec)`, `tunesmith.serve(models)` is `workflows.serve(models)`, and every import
     form of the packages' modules keeps working."""
 
     def __call__(self, *args: Any, **options: Any) -> Any:
-        """tunesmith.workflows.train, .export, .serve or .monitor (the function this package is named for): docs/python-api.md."""
+        """tunesmith.workflows.train, .tune, .export, .serve or .monitor (the function this package is named for): docs/python-api.md."""
         import tunesmith.workflows as workflows
 
         return getattr(workflows, self.__name__.rsplit(".", 1)[1])(*args, **options)
@@ -103,8 +107,9 @@ import tunesmith.export as _exporting  # noqa: E402  (the packages' __init__ are
 import tunesmith.monitor as _monitoring  # noqa: E402
 import tunesmith.serve as _serving  # noqa: E402
 import tunesmith.train as _training  # noqa: E402
+import tunesmith.tune as _tuning  # noqa: E402
 
-for _package in (_training, _exporting, _serving, _monitoring):
+for _package in (_training, _tuning, _exporting, _serving, _monitoring):
     _package.__class__ = _CallablePackage
 
 

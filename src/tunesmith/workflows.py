@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tunesmith.serve.traffic import TrafficRecord
     from tunesmith.train.loop import TrainResult
     from tunesmith.train.run.guards import Budget, Control
+    from tunesmith.tune.search import SearchResult
 
 WorkspaceLike = Workspace | str | Path | None
 
@@ -132,6 +133,66 @@ def resume(run_ref: str | Path, *, workspace: WorkspaceLike = None, budget: Budg
 
     ws = workspace_of(workspace)
     return continue_run(ws, resumable_run(ws, str(run_ref), None, {}), with_control(budget, control))
+
+
+# ---------------------------------------------------------------- search
+
+
+def tune(
+    config: RunSpec | Mapping[str, Any] | str | Path,
+    *,
+    trials: int,
+    jobs: int = 1,
+    name: str | None = None,
+    metric: str | None = None,
+    space: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    target: float | None = None,
+    keep_general: float | None = None,
+    max_time: float | None = None,
+    max_cost: float | None = None,
+    price_per_hour: float | None = None,
+    pruner: str = "median",
+    seed: int = 0,
+    workspace: WorkspaceLike = None,
+) -> SearchResult:
+    """Search a run config's hyperparameters (`tunesmith tune`, docs/tune.md): an Optuna study (TPE, seeded;
+    a pruner fed by the training loop's validations) in <home>/tune.db, each trial a registered run.
+
+    trials: how many trials end (completed, pruned or failed) per study. jobs: trials at once, each in its own
+    process. metric: val_loss (default; f1_macro for a classifier), exact_match, valid_json, label_macro_f1,
+    field_accuracy.<field>, accuracy: always on the validation split; the test split is scored once, for the
+    best trial, when the search ends. space: a YAML file changing the method's default space. models: the
+    same search per base model; with target, the verdict names the smallest model whose best reaches it.
+    keep_general: trials whose general-skills probe drop exceeds it are infeasible. max_time (seconds),
+    max_cost (at price_per_hour): the whole study's budget. Returns a SearchResult (one StudyReport per study)."""
+    from tunesmith.tune.search import new_search
+
+    return new_search(
+        config if isinstance(config, (str, Path)) or hasattr(config, "model_dump") else dict(config),
+        workspace_of(workspace),
+        trials=trials,
+        jobs=jobs,
+        name=name,
+        metric=metric,
+        space=space,
+        models=list(models) if models else None,
+        target=target,
+        keep_general=keep_general,
+        max_time=max_time,
+        max_cost=max_cost,
+        price_per_hour=price_per_hour,
+        pruner=pruner,
+        seed=seed,
+    )
+
+
+def resume_tune(name: str, *, jobs: int | None = None, workspace: WorkspaceLike = None) -> SearchResult:
+    """Continue a study killed or stopped by its budget (`tunesmith tune --resume STUDY`): finished trials are
+    kept, a trial cut short is failed and its parameters tried again."""
+    from tunesmith.tune.search import resume_search
+
+    return resume_search(name, workspace_of(workspace), jobs=jobs)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -16,6 +16,7 @@ from tunesmith.cli.monitor import monitor_cmd
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve_cmd
 from tunesmith.cli.train import train_cmd
+from tunesmith.cli.tune import tune_app
 from tunesmith.cli.ui import ui_cmd
 from tunesmith.errors import UserError
 from tunesmith.ui import console
@@ -166,6 +167,7 @@ def _text_of(record: object) -> str | None:
 
 app.command("export")(export_cmd)  # after the commands that use a run in tunesmith: export takes it elsewhere
 app.command("monitor")(monitor_cmd)  # watches what serve answers
+app.add_typer(tune_app, name="tune")  # many runs of train and eval, searched
 app.add_typer(api_app, name="api")  # the service over all of the above
 app.command("worker")(worker_cmd)
 app.command("ui")(ui_cmd)  # the same service, named for people who came for the dashboard

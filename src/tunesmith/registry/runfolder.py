@@ -47,6 +47,7 @@ class RunInfo(BaseModel):
     best_metrics: dict[str, float] | None = None  # classification: validation accuracy and macro-F1 of the kept checkpoint
     owner: dict[str, Any] | None = None  # the training process (host, pid, start time) while status is "running": see live_status
     parent_run: str | None = None  # the run this one continued (model.from_run), by run id
+    study: dict[str, Any] | None = None  # a search's trial: {"name": the study, "trial": its number} (tunesmith tune)
 
 
 def versions() -> dict[str, str]:
