@@ -8,6 +8,7 @@ service, datasets, evaluations, estimates, alerts. See docs/dashboard.md."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,13 +122,21 @@ def add_dashboard(app: FastAPI, store: ApiStore, catalogue: Catalogue, workspace
                 found[key] = saved["id"]
         return found
 
+    # An estimate loads the base model and times real steps: two at once would each measure the other's
+    # load (wrong figures) and hold two models in memory, so they wait their turn.
+    estimating = threading.Lock()
+
+    def measured(spec: Any) -> Any:
+        from tunesmith.train.dry_run import dry_run
+
+        with estimating:
+            return dry_run(spec, workspace)
+
     @app.post("/ui/api/estimate")
     async def estimate(body: EstimateRequest) -> dict[str, Any]:
         spec = _estimate_spec(body, store, catalogue, registry())
-        from tunesmith.train.dry_run import dry_run
-
         try:
-            found = await run_in_threadpool(dry_run, spec, workspace)
+            found = await run_in_threadpool(measured, spec)
         except UserError as exc:
             raise refuse(exc.render().strip(), "training_file" if body.training_file else "dataset", "estimate_failed") from None
         return found.model_dump()
