@@ -75,7 +75,7 @@ class KeepGeneralSpec(_Spec):
     quickstart (docs/forgetting.md)."""
 
     fraction: float = Field(0.2, gt=0.0, le=0.9, description="share of each epoch's examples that are the base model's own answers to general prompts")
-    max_new_tokens: int = Field(64, ge=8, le=2048, description="length limit of those answers; an answer cut off by it is left out")
+    max_new_tokens: int = Field(64, ge=8, le=2048, description="length limit of those answers; one cut off by it ends at its last full sentence")
 
 
 class DataSpec(_Spec):

@@ -165,7 +165,7 @@ def probe_drop(base_result: dict[str, Any], tuned_result: dict[str, Any], *, n_b
         "n": found.n,
         "regressed": found.regressed,
         "improved": found.improved,
-        "p_value": round(found.p_value, 6),
+        "p_value": found.p_value,
         "confidence": confidence,
         "method": "paired bootstrap (percentile), exact McNemar",
         "n_boot": n_boot,

@@ -58,8 +58,9 @@ def self_distilled(model_spec: ModelSpec, base_path: str, keep: KeepGeneralSpec,
 
 
 def _generate(model_spec: ModelSpec, base_path: str, prompts: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, Any]]:
-    """Greedy answers of the base model; answers that ran out of tokens, or are empty, are left out:
-    training on them would teach the model to stop mid-sentence."""
+    """Greedy answers of the base model. An answer that ran out of tokens is cut back to its last
+    finished sentence, and left out if it has none: trained on whole, it would teach the model to end
+    its turn mid-sentence."""
     console.print(f"keep_general: the base model answers {len(prompts)} general prompts once (cached in the workspace for later runs)")
     model, tokenizer, _ = load_model(model_spec, base_path)
     eot = end_of_turn_ids(tokenizer)
@@ -68,7 +69,18 @@ def _generate(model_spec: ModelSpec, base_path: str, prompts: list[dict[str, str
     rows = []
     for prompt, ids in zip(prompts, tokens):
         answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        if ids and ids[-1] in eot and answer:
+        if not (ids and ids[-1] in eot):
+            answer = _finished_part(answer)
+        if answer:
             rows.append({"id": prompt["id"], "prompt": prompt["prompt"], "answer": answer})
-    console.print(f"keep_general: {len(rows)} of {len(prompts)} answers finished within {max_new_tokens} tokens and are replayed")
+    console.print(f"keep_general: {len(rows)} of {len(prompts)} answers replayed (those cut off at {max_new_tokens} tokens end at their last full sentence)")
+    if len(rows) < len(prompts) // 4:
+        console.print("[yellow]keep_general: the base model finished few of its answers; raise data.keep_general.max_new_tokens for more to replay")
     return rows
+
+
+def _finished_part(answer: str) -> str:
+    """The answer up to its last sentence end or line break, or "" when it has none."""
+    ends = [answer.rfind(mark) for mark in (". ", "! ", "? ", "\n")] + [len(answer) - 1 if answer.endswith((".", "!", "?")) else -1]
+    end = max(ends)
+    return answer[: end + 1].strip() if end > 0 else ""
