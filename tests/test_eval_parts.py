@@ -25,7 +25,7 @@ def _ideal(probe) -> str:
         "bullets": lambda: "\n".join(["- item"] * answer),
         "uppercase": lambda: "GOOD MORNING!",
         "one_of": lambda: answer[0],
-        "max_words": lambda: "a bright hot star",
+        "max_words": lambda: " ".join(["word"] * answer),
         "starts_with": lambda: f"{answer}, blue.",
     }[check]()
 

@@ -9,10 +9,13 @@ import pytest
 import scipy.stats
 from conftest import tickets_home, train_tiny
 
-from tunesmith.config import RunSpec
+from tunesmith.cli.train import TrainFlags
+from tunesmith.config import RunSpec, load_run_spec
 from tunesmith.data.dataset import load_dataset
 from tunesmith.eval.forgetting import CHECKS, load_probes, probe_drop, wilson_interval
 from tunesmith.train.keep_general import cache_file, general_prompts, self_distilled
+
+FLAGS = {name: None for name in TrainFlags.__dataclass_fields__} | {"skip_invalid": False, "dry_run": False, "nproc": 1}
 
 
 def _rows(correct: list[int], prefix: str = "q") -> dict:
@@ -86,6 +89,12 @@ def test_keep_general_is_on_by_default_and_can_be_turned_off():
     spec = RunSpec.model_validate({"data": {"dataset": "x"}})
     assert spec.data.keep_general is not None and spec.data.keep_general.fraction == pytest.approx(0.2)
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": None}}).data.keep_general is None
+    assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": False}}).data.keep_general is None
+    # The command line: --keep-general 0 turns it off, another share sets the fraction.
+    off = TrainFlags(**{**FLAGS, "keep_general": 0.0}).overrides([])
+    assert load_run_spec(None, {"data": {"dataset": "x"}, **off}).data.keep_general is None
+    more = TrainFlags(**{**FLAGS, "keep_general": 0.4}).overrides([])
+    assert load_run_spec(None, {"data": {"dataset": "x"}, **more}).data.keep_general.fraction == 0.4
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {"fraction": 0.4}}}).data.keep_general.fraction == 0.4
     # A classifier has no text to keep: the default quietly does not apply, an explicit setting is refused.
     assert RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"task": "classification"}}).data.keep_general is None

@@ -93,8 +93,13 @@ class DataSpec(_Spec):
     keep_general: KeepGeneralSpec | None = Field(
         default_factory=KeepGeneralSpec,
         description="keep general skills while learning the task: mix the base model's own answers to general prompts into each epoch "
-        "(self-distilled replay; causal_lm runs); null turns it off",
+        "(self-distilled replay; causal_lm runs); null or false turns it off",
     )
+
+    @field_validator("keep_general", mode="before")
+    @classmethod
+    def _false_is_off(cls, value: Any) -> Any:
+        return None if value is False else value  # `keep_general: false` reads as naturally as null
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
