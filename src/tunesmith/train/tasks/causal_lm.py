@@ -161,7 +161,9 @@ def train_causal_lm(
     trainable, total = count_parameters(model)
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
     if resume_from is None:
-        print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
+        # The first epoch as trained, replay included, so the estimate's steps are the run's.
+        epoch_items = items.for_epoch(cfg.seed, 1)
+        print_estimate(estimate_training(model, tokenizer, device, cfg, epoch_items, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
     info = open_run_info(
         run_dir, spec, dataset, base_path, resuming=resume_from is not None, end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped
     )
