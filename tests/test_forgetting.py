@@ -87,7 +87,7 @@ def test_probe_drop_pairs_questions_by_id_not_by_position():
 
 def test_keep_general_is_on_by_default_and_can_be_turned_off():
     spec = RunSpec.model_validate({"data": {"dataset": "x"}})
-    assert spec.data.keep_general is not None and spec.data.keep_general.fraction == pytest.approx(0.2)
+    assert spec.data.keep_general is not None and spec.data.keep_general.fraction == pytest.approx(0.1)
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": None}}).data.keep_general is None
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": False}}).data.keep_general is None
     # The command line: --keep-general 0 turns it off, another share sets the fraction.
@@ -127,7 +127,7 @@ def test_self_distilled_replay_draws_only_from_the_base_models_answers_to_genera
     tickets = {m.content for e in load_dataset(workspace, "tickets").splits["train"] for m in e.messages}
     assert not tickets & {m.content for e in examples for m in e.messages}  # no task data among them
     config = (workspace.run_dir(run_id) / "config.yaml").read_text()
-    assert "keep_general:" in config and "fraction: 0.2" in config  # the run records that it replayed, and how much
+    assert "keep_general:" in config and "fraction: 0.1" in config  # the run records that it replayed, and how much
 
 
 def test_the_replay_draw_is_seeded_and_never_takes_task_examples(replay_run, tiny_model):

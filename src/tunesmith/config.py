@@ -74,7 +74,12 @@ class KeepGeneralSpec(_Spec):
     asked to keep answering general requests as it did, while it learns the task. Chosen by measurement on the
     quickstart (docs/forgetting.md)."""
 
-    fraction: float = Field(0.2, gt=0.0, le=0.9, description="share of each epoch's examples that are the base model's own answers to general prompts")
+    fraction: float = Field(
+        0.1,
+        gt=0.0,
+        le=0.9,
+        description="share of each epoch's examples that are the base model's own answers to general prompts (0.1: measured best balance of task and general skills on the quickstart, docs/forgetting.md)",
+    )
     max_new_tokens: int = Field(64, ge=8, le=2048, description="length limit of those answers; one cut off by it ends at its last full sentence")
 
 
