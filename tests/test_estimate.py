@@ -39,7 +39,8 @@ def test_dry_run_prints_the_estimate_and_creates_nothing_then_the_run_takes_thos
 
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
     registry_before = _registry_counts(home)
-    args = ("train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4")
+    # --keep-general 0: the dry run counts the task's own examples; replay draws are not estimated
+    args = ("train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4", "--keep-general", "0")
     dry = run_cli(capsys, *args, "--price-per-hour", "3.6", "--dry-run")
     assert dry.code == 0, dry.err
     for label in ("tokens per epoch", "optimizer steps", "estimated time", "peak memory", "estimated cost"):

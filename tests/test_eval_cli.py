@@ -84,7 +84,14 @@ def test_eval_against_other_run_baselines_and_probe(capsys, ws_home, tmp_path, m
     assert verdict["best_prompt"] in ("base", "few-shot", "system") and "best prompt" in verdict["text"]
     assert "Fine-tuning vs the best prompt" in result.err
     forgetting = report["forgetting"]
-    assert 0 <= forgetting["base"]["score"] <= 1 and set(forgetting["base"]["per_category"]) == {"facts", "arithmetic", "instructions", "formatting"}
+    assert 0 <= forgetting["base"]["score"] <= 1 and set(forgetting["base"]["per_category"]) == {
+        "facts",
+        "arithmetic",
+        "instructions",
+        "formatting",
+        "reasoning",
+        "language",
+    }
     assert forgetting["drop"] == pytest.approx(forgetting["base"]["score"] - forgetting["tuned"]["score"], abs=1e-4)
     assert forgetting["threshold"] == 0.5
     folder = home / "runs" / run1 / "eval"

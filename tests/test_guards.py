@@ -70,7 +70,7 @@ def test_early_stopping_restores_the_best_checkpoint_and_warns_of_overfitting(ca
     assert prepared.code == 0, prepared.err
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"model: {{name: {tiny_model}}}\ndata: {{dataset: scrambled}}\n"
+        f"model: {{name: {tiny_model}}}\ndata: {{dataset: scrambled, keep_general: false}}\n"
         "train: {epochs: 4, batch_size: 4, lr: 3.0e-2, evals_per_epoch: 2, early_stopping_patience: 2}\n"
     )
     result = run_cli(capsys, "train", "--config", str(config))
@@ -93,7 +93,9 @@ def test_early_stopping_restores_the_best_checkpoint_and_warns_of_overfitting(ca
 
 def test_time_budget_stops_cleanly_and_the_run_resumes_to_the_end(capsys, home, tiny_model, tickets_file):
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets", "--pii", "off").code == 0
-    result = run_cli(capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "10", "--batch-size", "4", "--max-time", "1")
+    result = run_cli(
+        capsys, "train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "10", "--batch-size", "4", "--max-time", "1", "--keep-general", "0"
+    )
     assert result.code == 0, result.err
     run_id = run_id_from(result.out)
     run_dir = home / "runs" / run_id

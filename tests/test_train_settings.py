@@ -91,7 +91,7 @@ def test_auto_max_steps_multiplier_constant_and_replay_in_a_real_run(capsys, hom
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {{name: {tiny_model}}}\n"
-        f"data: {{dataset: tickets, replay: {{dataset: other, fraction: 0.2}}}}\n"
+        f"data: {{dataset: tickets, replay: {{dataset: other, fraction: 0.2}}, keep_general: null}}\n"
         "train: {epochs: auto, batch_size: 4, lr_multiplier: 3, scheduler: constant, warmup_ratio: 0.0, max_steps: 20}\n"
     )
     result = run_cli(capsys, "train", "--config", str(config))

@@ -67,6 +67,22 @@ class ReplaySpec(_Spec):
         return self
 
 
+class KeepGeneralSpec(_Spec):
+    """Self-distilled replay against forgetting: the base model's own greedy answers to general prompts shipped
+    with tunesmith (eval/probes/general_prompts.jsonl, none of them a probe question), generated once per base
+    model and cached in the workspace, mixed into every epoch as data.replay mixes a dataset. The model is then
+    asked to keep answering general requests as it did, while it learns the task. Chosen by measurement on the
+    quickstart (docs/forgetting.md)."""
+
+    fraction: float = Field(
+        0.1,
+        gt=0.0,
+        le=0.9,
+        description="share of each epoch's examples that are the base model's own answers to general prompts (0.1: measured best balance of task and general skills on the quickstart, docs/forgetting.md)",
+    )
+    max_new_tokens: int = Field(64, ge=8, le=2048, description="length limit of those answers; one cut off by it ends at its last full sentence")
+
+
 class DataSpec(_Spec):
     """Where the examples come from: a registered dataset name, or a file prepared on the fly."""
 
@@ -79,6 +95,16 @@ class DataSpec(_Spec):
     seed: int = 0
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)
     replay: ReplaySpec | None = Field(None, description="mix another dataset's training examples into each epoch against forgetting")
+    keep_general: KeepGeneralSpec | None = Field(
+        default_factory=KeepGeneralSpec,
+        description="keep general skills while learning the task: mix the base model's own answers to general prompts into each epoch "
+        "(self-distilled replay; causal_lm runs); null or false turns it off",
+    )
+
+    @field_validator("keep_general", mode="before")
+    @classmethod
+    def _false_is_off(cls, value: Any) -> Any:
+        return None if value is False else value  # `keep_general: false` reads as naturally as null
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -410,6 +436,10 @@ class RunSpec(_Spec):
         # The classifier trains on its own labels only; a replay set would be silently ignored.
         if self.train.task != "causal_lm" and self.data.replay is not None:
             raise ValueError(f"data.replay mixes in examples for causal_lm runs only; remove it for train.task {self.train.task}")
+        if self.train.task != "causal_lm" and self.data.keep_general is not None:
+            if "keep_general" in self.data.model_fields_set:
+                raise ValueError(f"data.keep_general mixes in answers for causal_lm runs only; set it to null for train.task {self.train.task}")
+            self.data.keep_general = None  # the default is for causal LMs; the resolved config shows it off
         return self
 
 

@@ -33,6 +33,13 @@ def train_cmd(
     batch_size: str | None = typer.Option(None, "--batch-size", help="examples per micro-batch, or auto (from the device)"),
     grad_accum: str | None = typer.Option(None, "--grad-accum", help="micro-batches per optimiser step, or auto (from the number of examples)"),
     name: str | None = typer.Option(None, help="a label for the run"),
+    keep_general: float | None = typer.Option(
+        None,
+        "--keep-general",
+        min=0.0,
+        max=0.9,
+        help="share of each epoch that is the base model's own answers to general prompts, against forgetting (default 0.1; 0 turns it off; docs/forgetting.md)",
+    ),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"
     ),
@@ -87,6 +94,7 @@ class TrainFlags:
     batch_size: str | None
     grad_accum: str | None
     name: str | None
+    keep_general: float | None
     skip_invalid: bool
     resume: str | None
     max_time: float | None
@@ -117,6 +125,8 @@ class TrainFlags:
         if self.data is not None:
             overrides["data"] = _data_source(self.data, problems)
         overrides["data.prepare.skip_invalid"] = True if self.skip_invalid else None
+        if self.keep_general is not None:
+            overrides.update({"data.keep_general": False} if self.keep_general == 0 else {"data.keep_general.fraction": self.keep_general})
         return overrides
 
     def budget(self) -> Any:

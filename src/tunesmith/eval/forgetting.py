@@ -3,8 +3,14 @@ arithmetic, following simple instructions, output formats), shipped with the pac
 the base and the tuned model. Greedy decoding and rule-based checks keep the score reproducible
 and free of any judge.
 
-`run_probe(model, tokenizer)` scores one model; `probe_callback()` gives the same probe in the
-(model, tokenizer, step) -> metrics shape of a during-training callback."""
+`run_probe(model, tokenizer)` scores one model, with a Wilson interval; `probe_drop(base, tuned)` is
+the paired difference of two such results with its bootstrap interval (the same questions answered by
+both models, so the pairs are resampled together); `probe_callback()` gives the probe in the
+(model, tokenizer, step) -> metrics shape of a during-training callback.
+
+The probe (eval/probes/general_skills.jsonl) holds questions the embedded base model answers right
+about half the time across six kinds of skill: a probe the base fails everywhere cannot show
+forgetting. Its size and speed are in docs/forgetting.md."""
 
 from __future__ import annotations
 
@@ -15,10 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
+
 from tunesmith.chat_template import end_of_turn_ids
 from tunesmith.data.example import Example, Message
 from tunesmith.errors import UserError
 from tunesmith.eval.judge import json_objects
+from tunesmith.eval.significance import compare_paired
 from tunesmith.models.generate import generate_batched
 from tunesmith.registry.runfolder import write_json
 from tunesmith.ui import console
@@ -111,7 +120,57 @@ def run_probe(
     for category in dict.fromkeys(r["category"] for r in rows):
         scored = [r["correct"] for r in rows if r["category"] == category]
         per_category[category] = round(sum(scored) / len(scored), 4)
-    return {"score": round(sum(r["correct"] for r in rows) / len(rows), 4), "per_category": per_category, "rows": rows, "seconds": round(seconds, 2)}
+    correct = sum(r["correct"] for r in rows)
+    low, high = wilson_interval(correct, len(rows))
+    return {
+        "score": round(correct / len(rows), 4),
+        "low": round(low, 4),
+        "high": round(high, 4),
+        "n": len(rows),
+        "per_category": per_category,
+        "rows": rows,
+        "seconds": round(seconds, 2),
+    }
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a share: unlike the normal approximation it stays inside [0, 1] and
+    is honest near 0 and 1 with a few hundred questions."""
+    if n == 0:
+        return 0.0, 1.0
+    found = scipy.stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(found.low), float(found.high)
+
+
+def probe_drop(base_result: dict[str, Any], tuned_result: dict[str, Any], *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """How much the probe fell from base to tuned, with a paired interval: {drop, low, high, base, tuned,
+    n, regressed, improved, p_value, confidence}. drop = base - tuned (positive: skills lost); low/high
+    bound it by a seeded paired bootstrap over the questions both models answered (the base and tuned
+    answers to one question stay together, so their correlation narrows the interval as it should);
+    p_value is the exact McNemar test on the questions where the two disagree. regressed counts
+    questions the base got right and the tuned model wrong; improved the reverse."""
+    tuned_by_id = {r["id"]: r["correct"] for r in tuned_result["rows"]}
+    shared = [r for r in base_result["rows"] if r["id"] in tuned_by_id]
+    if not shared:
+        raise UserError("the two probe results share no question", fix="score the base and the tuned model on the same probe set")
+    base = [float(r["correct"]) for r in shared]
+    tuned = [float(tuned_by_id[r["id"]]) for r in shared]
+    found = compare_paired(base, tuned, n_boot=n_boot, seed=seed, alpha=1 - confidence)
+    return {
+        "drop": round(-found.delta, 4),
+        "low": round(-found.ci_high, 4),
+        "high": round(-found.ci_low, 4),
+        "base": round(found.mean_a, 4),
+        "tuned": round(found.mean_b, 4),
+        "n": found.n,
+        "regressed": found.regressed,
+        "improved": found.improved,
+        "p_value": found.p_value,
+        "confidence": confidence,
+        "method": "paired bootstrap (percentile), exact McNemar",
+        "n_boot": n_boot,
+        "seed": seed,
+    }
 
 
 def probe_callback(probes: list[dict[str, Any]] | None = None, *, batch_size: int = 64) -> Callable[[Any, Any, int], dict[str, float]]:
@@ -140,15 +199,20 @@ def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold:
     section: dict[str, Any] = {m: {k: v for k, v in r.items() if k != "rows"} for m, r in probes.items()}
     section["threshold"] = threshold
     if "base" in probes and "tuned" in probes:
-        drop = round(probes["base"]["score"] - probes["tuned"]["score"], 4)
+        change = probe_drop(probes["base"], probes["tuned"])
+        drop = change["drop"]
         section["drop"], section["warning"] = drop, drop > threshold
+        section["drop_interval"] = {k: change[k] for k in ("low", "high", "confidence", "p_value", "regressed", "improved", "method")}
         worst = {c: round(probes["base"]["per_category"][c] - probes["tuned"]["per_category"].get(c, 0.0), 4) for c in probes["base"]["per_category"]}
         section["drop_per_category"] = worst
         message = (
-            f"general-skills probe: base {probes['base']['score']:.2f}, tuned {probes['tuned']['score']:.2f} (drop {drop:+.2f}; threshold {threshold:.2f})"
+            f"general-skills probe: base {probes['base']['score']:.2f}, tuned {probes['tuned']['score']:.2f} "
+            f"(drop {drop:+.2f}, 95% interval {change['low']:+.2f} to {change['high']:+.2f}; threshold {threshold:.2f})"
         )
         console.print(
-            f"[yellow]warning: forgetting[/] {message}; lower the learning rate or epochs, or mix general data into training" if section["warning"] else message
+            f"[yellow]warning: forgetting[/] {message}; keep data.keep_general on, lower the learning rate or epochs, or mix general data into training"
+            if section["warning"]
+            else message
         )
     summary_path = folder / "report.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}

@@ -99,6 +99,9 @@ def read_config(run_dir: Path) -> RunSpec:
     if missing:
         raise UserError(f"{path} is damaged (cut short?): no {', '.join(missing)} section", fix=DAMAGED_RUN_FIX)
     data.pop("versions", None)
+    # Resolved configs always name data.keep_general; one without it was trained before the setting
+    # existed, without self-distilled replay, and a resume must not switch the replay on halfway.
+    data["data"].setdefault("keep_general", None)
     return validate_spec(RunSpec, data, str(path))
 
 

@@ -72,17 +72,32 @@ class TrainResult:
 
 
 @dataclass
+class Replay:
+    """Examples mixed into every epoch besides the task's (data.replay, data.keep_general): `fraction`
+    of the epoch's examples, drawn afresh each epoch from `examples` (Examples, then Encoded)."""
+
+    name: str
+    examples: list
+    fraction: float
+    per_epoch: int = 0
+
+
+@dataclass
 class Items:
-    """Encoded examples; the replay draw differs per epoch but not per process."""
+    """Encoded examples; the replay draws differ per epoch but not per process."""
 
     train: list[Encoded]
     validation: list[Encoded]
     dropped: list[str]
-    replay: list[Encoded] = field(default_factory=list)
-    replay_per_epoch: int = 0
+    replay: list[Replay] = field(default_factory=list)
+
+    @property
+    def replay_per_epoch(self) -> int:
+        return sum(pool.per_epoch for pool in self.replay)
 
     def for_epoch(self, seed: int, epoch: int) -> list[Encoded]:
-        return self.train + replay_sample(self.replay, self.replay_per_epoch, seed, epoch)
+        # Each pool has its own stream (seed offset by its place), so adding one leaves the other's draw as it was.
+        return self.train + [item for i, pool in enumerate(self.replay) for item in replay_sample(pool.examples, pool.per_epoch, seed + 7_777 * i, epoch)]
 
 
 def open_run_info(run_dir: Path, spec: RunSpec, dataset: Any, base_path: str, *, resuming: bool = False, **fields: Any) -> RunInfo:

@@ -15,13 +15,13 @@ from typing import Any
 
 from tunesmith.config import RunSpec
 from tunesmith.data.dataset import Dataset, load_dataset, prepare_dataset
-from tunesmith.data.example import Example
 from tunesmith.data.prepare import length_limit_for
 from tunesmith.errors import TrainingFailed, UserError
 from tunesmith.registry.runfolder import load_run_info, new_run_id, save_run_info, write_config, write_json
 from tunesmith.registry.store import Registry
 from tunesmith.train.continued import base_path_of, check_system_prompt, continue_from, lineage
-from tunesmith.train.loop import TrainResult, open_run_info
+from tunesmith.train.keep_general import self_distilled
+from tunesmith.train.loop import Replay, TrainResult, open_run_info
 from tunesmith.train.parallel import accel, distributed
 from tunesmith.train.run.guards import Budget
 from tunesmith.train.tasks import task_for
@@ -44,13 +44,18 @@ def resolve_dataset(spec: RunSpec, workspace: Workspace) -> Dataset:
     return load_dataset(workspace, spec.data.dataset or "")
 
 
-def resolve_replay(spec: RunSpec, workspace: Workspace) -> list[Example]:
-    """The training split of the replay dataset (validation and test stay out of training)."""
+def resolve_replay(spec: RunSpec, workspace: Workspace, base_path: str) -> list[Replay]:
+    """What each epoch mixes in besides the task: the training split of the replay dataset (validation
+    and test stay out of training), and the base model's own answers to general prompts (keep_general)."""
+    pools = []
     replay = spec.data.replay
-    if replay is None:
-        return []
-    source = prepare_dataset(replay.path, workspace) if replay.path is not None else load_dataset(workspace, replay.dataset or "")
-    return source.splits["train"]
+    if replay is not None:
+        source = prepare_dataset(replay.path, workspace) if replay.path is not None else load_dataset(workspace, replay.dataset or "")
+        pools.append(Replay("replay", source.splits["train"], replay.fraction))
+    keep = spec.data.keep_general
+    if keep is not None and spec.train.task == "causal_lm":
+        pools.append(Replay("keep_general", self_distilled(spec.model, base_path, keep, workspace.home), keep.fraction))
+    return pools
 
 
 def prepared_for_launch(spec: RunSpec, workspace: Workspace) -> RunSpec:
@@ -62,7 +67,9 @@ def prepared_for_launch(spec: RunSpec, workspace: Workspace) -> RunSpec:
     replay = spec.data.replay
     if replay is not None and replay.path is not None:
         data["replay"] = replay.model_copy(update={"dataset": prepare_dataset(replay.path, workspace).name, "path": None})
-    base_path_of(spec)
+    base_path = base_path_of(spec)
+    if spec.data.keep_general is not None and spec.train.task == "causal_lm":
+        self_distilled(spec.model, base_path, spec.data.keep_general, workspace.home)  # cached once here, not raced for by every process
     return spec.model_copy(update={"data": spec.data.model_copy(update=data)})
 
 
@@ -77,7 +84,7 @@ def train(spec: RunSpec, workspace: Workspace, budget: Budget | None = None) -> 
     registry = Registry(workspace.registry_db)
     base_path = base_path_of(spec)
     dataset = resolve_dataset(spec, workspace)
-    replay = resolve_replay(spec, workspace)
+    replay = resolve_replay(spec, workspace, base_path)
     check_system_prompt(spec, workspace, dataset)
     distributed.share_from_main(dataset.name)
     run_id = new_run_id(spec.name or dataset.name)
@@ -101,7 +108,8 @@ def _train_as_worker(spec: RunSpec, workspace: Workspace, budget: Budget | None)
     console.quiet = True
     run_dir = distributed.worker_folder()
     try:
-        return train_task(spec, dataset, resolve_replay(spec, workspace), run_dir, base_path_of(spec), budget)
+        base_path = base_path_of(spec)
+        return train_task(spec, dataset, resolve_replay(spec, workspace, base_path), run_dir, base_path, budget)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -158,7 +166,7 @@ def _quietly(action: Callable[..., None], *args: Any) -> None:
 
 
 def train_task(
-    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
+    spec: RunSpec, dataset: Dataset, replay: list[Replay], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
 ) -> TrainResult:
     """The run's task trained in run_dir, in every process of a data-parallel run alike."""
     return task_for(spec.train.task).train(spec, dataset, replay, run_dir, base_path, budget, resume_from)

@@ -103,10 +103,10 @@ def resume(workspace: Workspace, run_dir: Path, budget: Budget | None = None) ->
     distributed.share_from_main(checkpoint)
     if budget is not None:
         budget.announce(info.run_id, run_dir)
-    replay = resolve_replay(spec, workspace)
+    base_path = base_path_of(spec)
+    replay = resolve_replay(spec, workspace, base_path)
     registry = Registry(workspace.registry_db)
     registry.mark_running(info.run_id)
-    base_path = base_path_of(spec)
     return run_registered(registry, info.run_id, lambda: train_task(spec, dataset, replay, run_dir, base_path, budget, resume_from=checkpoint), run_dir)
 
 
@@ -118,6 +118,7 @@ def _resume_as_worker(workspace: Workspace, run_dir: Path, spec: RunSpec, datase
     folder = distributed.worker_folder()
     try:
         shutil.copy2(run_dir / "run.json", folder / "run.json")
-        return train_task(spec, dataset, resolve_replay(spec, workspace), folder, base_path_of(spec), budget, resume_from=checkpoint)
+        base_path = base_path_of(spec)
+        return train_task(spec, dataset, resolve_replay(spec, workspace, base_path), folder, base_path, budget, resume_from=checkpoint)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -28,7 +28,7 @@ from tunesmith.train import kernels
 from tunesmith.train.batching import batch_tensors
 from tunesmith.train.continued import start_adapter
 from tunesmith.train.kernels.head_loss import fused_head_loss
-from tunesmith.train.loop import Items, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
+from tunesmith.train.loop import Items, Replay, TrainingLoop, TrainResult, finish, open_run_info, run_interruptible
 from tunesmith.train.parallel import strategy
 from tunesmith.train.parallel.fsdp import is_sharded
 from tunesmith.train.run.estimate import TrainEstimate, estimate_training, print_estimate
@@ -124,7 +124,7 @@ def evaluate_loss(model, items: list[Encoded], pad_id: int, device, batch_size: 
     return round(total / max(1, count), 5)
 
 
-def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: Any) -> Items:
+def _encode(spec: RunSpec, dataset: Dataset, replay: list[Replay], tokenizer: Any) -> Items:
     cfg = spec.train
     train_items, dropped = encode_all(tokenizer, dataset.splits["train"], cfg.max_seq_len, cfg.train_on)
     val_items, _ = encode_all(tokenizer, dataset.splits["validation"], cfg.max_seq_len, cfg.train_on)
@@ -133,15 +133,16 @@ def _encode(spec: RunSpec, dataset: Dataset, replay: list[Example], tokenizer: A
     if dropped:
         console.print(f"[yellow]dropped {len(dropped)} example(s) with nothing to learn after truncation to {cfg.max_seq_len} tokens")
     items = Items(train_items, val_items, dropped)
-    if replay and spec.data.replay is not None:
-        items.replay, _ = encode_all(tokenizer, replay, cfg.max_seq_len, cfg.train_on)
-        items.replay_per_epoch = replay_count(len(train_items), spec.data.replay.fraction) if items.replay else 0
-        console.print(f"replay: {items.replay_per_epoch} of {len(items.replay)} replay examples mixed into each epoch")
+    for pool in replay:
+        encoded, _ = encode_all(tokenizer, pool.examples, cfg.max_seq_len, cfg.train_on)
+        per_epoch = replay_count(len(train_items), pool.fraction) if encoded else 0
+        items.replay.append(Replay(pool.name, encoded, pool.fraction, per_epoch))
+        console.print(f"{pool.name}: {per_epoch} of {len(encoded)} examples mixed into each epoch")
     return items
 
 
 def train_causal_lm(
-    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
+    spec: RunSpec, dataset: Dataset, replay: list[Replay], run_dir: Path, base_path: str, budget: Budget | None, resume_from: Path | None = None
 ) -> TrainResult:
     """A causal LM trained with its method (full, LoRA, QLoRA, DoRA, prompt or prefix tuning) in
     run_dir: load → encode → settle the numbers → apply the method → estimate → loop → artefact."""
@@ -160,7 +161,9 @@ def train_causal_lm(
     trainable, total = count_parameters(model)
     console.print(f"training {trainable:,} of {total:,} parameters ({cfg.method}) on {len(items.train)} examples, device {device}")
     if resume_from is None:
-        print_estimate(estimate_training(model, tokenizer, device, cfg, items.train, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
+        # The first epoch as trained, replay included, so the estimate's steps are the run's.
+        epoch_items = items.for_epoch(cfg.seed, 1)
+        print_estimate(estimate_training(model, tokenizer, device, cfg, epoch_items, items.validation, len(items.dropped), objective=CAUSAL_LM), run_dir)
     info = open_run_info(
         run_dir, spec, dataset, base_path, resuming=resume_from is not None, end_of_turn_ids=end_of_turn_ids(tokenizer), dropped_examples=items.dropped
     )

@@ -56,7 +56,7 @@ def label_names(splits: dict[str, list[Example]], name: str) -> list[str]:
 
 
 def train_classifier(
-    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
+    spec: RunSpec, dataset: Dataset, replay: list[Any], run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
 ) -> TrainResult:
     """load → encode → train in the shared loop (checkpoints, resume, guards, early stopping) → keep the best → save.
     `replay` mixes generative examples back in against forgetting; a classifier has nothing to forget that way."""

@@ -179,7 +179,7 @@ def _compute_reference(model: Any, tokenizer: Any, device: torch.device, pairs: 
 
 
 def train_preference(
-    spec: RunSpec, dataset: Dataset, replay: list[Example], run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
+    spec: RunSpec, dataset: Dataset, replay: list[Any], run_dir: Path, base_path: str, budget: Budget | None = None, resume_from: Path | None = None
 ) -> TrainResult:
     """load → encode the pairs → the reference log-probabilities (once, base weights) → settle the
     numbers → apply the method → estimate → loop → artefact. `replay` is always empty: the config

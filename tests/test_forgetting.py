@@ -1,0 +1,150 @@
+"""Keeping general skills: the probe set, its intervals, and self-distilled replay (data.keep_general)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import scipy.stats
+from conftest import tickets_home, train_tiny
+
+from tunesmith.cli.train import TrainFlags
+from tunesmith.config import RunSpec, load_run_spec
+from tunesmith.data.dataset import load_dataset
+from tunesmith.eval.forgetting import CHECKS, load_probes, probe_drop, wilson_interval
+from tunesmith.train.keep_general import cache_file, general_prompts, self_distilled
+
+FLAGS = {name: None for name in TrainFlags.__dataclass_fields__} | {"skip_invalid": False, "dry_run": False, "nproc": 1}
+
+
+def _rows(correct: list[int], prefix: str = "q") -> dict:
+    rows = [{"id": f"{prefix}{i}", "category": "facts", "correct": bool(c)} for i, c in enumerate(correct)]
+    return {"score": sum(correct) / len(correct), "rows": rows}
+
+
+# ---------------------------------------------------------------- the probe set
+
+
+def test_the_probe_set_is_large_varied_unique_and_checkable():
+    probes = load_probes()
+    assert len(probes) >= 200
+    assert len({p["id"] for p in probes}) == len(probes)
+    assert len({p["question"].strip().lower() for p in probes}) == len(probes)
+    categories = {p["category"] for p in probes}
+    assert len(categories) >= 5 and {"facts", "arithmetic", "instructions", "formatting", "reasoning", "language"} <= categories
+    assert min(sum(p["category"] == c for p in probes) for c in categories) >= 20  # every category big enough to read on its own
+    assert all(p["check"] in CHECKS for p in probes)
+
+
+def test_general_prompts_for_replay_are_not_probe_questions():
+    # Replaying probe questions would make the probe measure rehearsal, not what was kept.
+    probes = {p["question"].strip().lower() for p in load_probes()}
+    prompts = general_prompts()
+    assert len(prompts) >= 100 and len({p["id"] for p in prompts}) == len(prompts)
+    assert not probes & {p["prompt"].strip().lower() for p in prompts}
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def test_wilson_interval_matches_the_formula_by_hand():
+    # 120 right of 200 at 95%: centre (p + z²/2n) / (1 + z²/n), half-width z sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
+    z, n, p = scipy.stats.norm.ppf(0.975), 200, 0.6
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = wilson_interval(120, 200)
+    assert low == pytest.approx(centre - half, abs=1e-9) and high == pytest.approx(centre + half, abs=1e-9)
+    assert wilson_interval(0, 50)[0] == 0.0 and 0.05 < wilson_interval(0, 50)[1] < 0.1  # never below 0, not a zero-width interval
+
+
+def test_probe_drop_is_paired_seeded_and_centred_on_the_drop():
+    base = _rows([1] * 60 + [0] * 40)
+    tuned = _rows([1] * 40 + [0] * 20 + [0] * 40)  # 20 questions lost, none gained
+    found = probe_drop(base, tuned)
+    assert found["drop"] == pytest.approx(0.2) and found["regressed"] == 20 and found["improved"] == 0
+    assert 0 < found["low"] < 0.2 < found["high"] < 0.35
+    # The paired bootstrap of a difference of 0/1 scores: resampling 100 questions, each lost with share 0.2;
+    # its spread is that of a binomial share, sqrt(0.2 * 0.8 / 100) = 0.04, so the 95% interval is about ±0.08.
+    assert found["high"] - found["low"] == pytest.approx(2 * 1.96 * 0.04, abs=0.03)
+    assert found["p_value"] == pytest.approx(2 * 0.5**20, rel=1e-6)  # exact McNemar: 20 discordant pairs, all one way
+    assert probe_drop(base, tuned) == found  # seeded: the same interval every time
+    # An unchanged model: no drop, and an interval that is exactly zero (every pair agrees).
+    same = probe_drop(base, base)
+    assert same["drop"] == 0 and same["low"] == 0 and same["high"] == 0 and same["p_value"] == 1.0
+
+
+def test_probe_drop_pairs_questions_by_id_not_by_position():
+    base = _rows([1, 1, 0, 0])
+    tuned = {"rows": list(reversed(_rows([1, 1, 0, 0])["rows"]))}
+    assert probe_drop(base, tuned)["drop"] == 0 and probe_drop(base, tuned)["high"] == 0
+    with pytest.raises(Exception, match="share no question"):
+        probe_drop(base, _rows([1, 1], prefix="other"))
+
+
+# ---------------------------------------------------------------- the config default
+
+
+def test_keep_general_is_on_by_default_and_can_be_turned_off():
+    spec = RunSpec.model_validate({"data": {"dataset": "x"}})
+    assert spec.data.keep_general is not None and spec.data.keep_general.fraction == pytest.approx(0.1)
+    assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": None}}).data.keep_general is None
+    assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": False}}).data.keep_general is None
+    # The command line: --keep-general 0 turns it off, another share sets the fraction.
+    off = TrainFlags(**{**FLAGS, "keep_general": 0.0}).overrides([])
+    assert load_run_spec(None, {"data": {"dataset": "x"}, **off}).data.keep_general is None
+    more = TrainFlags(**{**FLAGS, "keep_general": 0.4}).overrides([])
+    assert load_run_spec(None, {"data": {"dataset": "x"}, **more}).data.keep_general.fraction == 0.4
+    assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {"fraction": 0.4}}}).data.keep_general.fraction == 0.4
+    # A classifier has no text to keep: the default quietly does not apply, an explicit setting is refused.
+    assert RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"task": "classification"}}).data.keep_general is None
+    with pytest.raises(Exception, match="data.keep_general mixes in answers for causal_lm runs only"):
+        RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {"fraction": 0.2}}, "train": {"task": "classification"}})
+
+
+# ---------------------------------------------------------------- self-distilled replay in a real run
+
+
+@pytest.fixture(scope="module")
+def replay_run(tmp_path_factory, tiny_model):
+    workspace = tickets_home(tmp_path_factory.mktemp("keep-general"), 40)
+    run_id = train_tiny(workspace, tiny_model, max_steps=3, batch_size=4, seed=3)
+    return workspace, run_id
+
+
+def test_self_distilled_replay_draws_only_from_the_base_models_answers_to_general_prompts(replay_run, tiny_model):
+    workspace, run_id = replay_run
+    keep = RunSpec.model_validate({"data": {"dataset": "x"}}).data.keep_general
+    cached = cache_file(workspace.home, str(tiny_model), general_prompts(), keep)
+    assert cached.is_file()  # generated once, in the workspace
+    rows = [json.loads(line) for line in cached.read_text().splitlines()]
+    prompts = {p["prompt"] for p in general_prompts()}
+    assert rows and all(r["prompt"] in prompts for r in rows)
+    examples = self_distilled(
+        RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "x"}}).model, str(tiny_model), keep, workspace.home
+    )
+    assert [e.messages[-1].content for e in examples] == [r["answer"] for r in rows]  # read back from the cache, not generated again
+    tickets = {m.content for e in load_dataset(workspace, "tickets").splits["train"] for m in e.messages}
+    assert not tickets & {m.content for e in examples for m in e.messages}  # no task data among them
+    config = (workspace.run_dir(run_id) / "config.yaml").read_text()
+    assert "keep_general:" in config and "fraction: 0.1" in config  # the run records that it replayed, and how much
+
+
+def test_the_replay_draw_is_seeded_and_never_takes_task_examples(replay_run, tiny_model):
+    from tunesmith.chat_template import encode_all
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.train.loop import Items, Replay
+
+    workspace, _ = replay_run
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}})
+    tokenizer = load_tokenizer(str(tiny_model))
+    task, _ = encode_all(tokenizer, load_dataset(workspace, "tickets").splits["train"], 512, "assistant")
+    general, _ = encode_all(tokenizer, self_distilled(spec.model, str(tiny_model), spec.data.keep_general, workspace.home), 512, "assistant")
+    items = Items(task, [], [], [Replay("keep_general", general, 0.2, 7)])
+    drawn = items.for_epoch(seed=0, epoch=1)[len(task) :]
+    assert len(drawn) == 7 and all(any(d is g for g in general) for d in drawn)  # drawn from the general answers only
+    assert not {tuple(d.input_ids) for d in drawn} & {tuple(t.input_ids) for t in task}
+    same = Items(task, [], [], [Replay("keep_general", general, 0.2, 7)]).for_epoch(seed=0, epoch=1)[len(task) :]
+    assert [d.input_ids for d in same] == [d.input_ids for d in drawn]  # same seed, same draw
+    other = items.for_epoch(seed=1, epoch=1)[len(task) :]
+    assert [d.input_ids for d in other] != [d.input_ids for d in drawn]
