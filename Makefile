@@ -40,10 +40,12 @@ lint: install-dev
 	$(VENV)/bin/lint-imports
 
 test: install-dev lint
-	$(PY) -m pytest -q --durations=30
+	# Two workers, whole files each (a file's module fixtures are built once): most tests wait on processes
+	# and servers, so the suite ran on 1.1 of 2 cores alone.
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 test-fast: install-dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) .tunesmith

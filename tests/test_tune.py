@@ -18,6 +18,7 @@ from clihelp import SRC, run_cli
 from conftest import tickets_home, train_steps
 
 MAX_STEPS = 10
+LONG_TRIAL_STEPS = 500
 
 
 def write_config(folder: Path, tiny_model: Path, **train) -> Path:
@@ -308,7 +309,9 @@ def test_the_study_budget_stops_the_running_trial_and_starts_no_more_even_after_
     home = tmp_path / "home"
     tickets_home(home, 30)
     monkeypatch.setenv("TUNESMITH_HOME", str(home))
-    args = ("tune", "--config", str(write_config(tmp_path, tiny_model)), "--space", str(lr_only(tmp_path, 1e-2, 1e-1)), "--trials", "3", "--name", "b")
+    # far more steps than fit in the budget on any machine: a fast machine must not finish the trial inside it
+    config = write_config(tmp_path, tiny_model, max_steps=LONG_TRIAL_STEPS)
+    args = ("tune", "--config", str(config), "--space", str(lr_only(tmp_path, 1e-2, 1e-1)), "--trials", "3", "--name", "b")
     done = run_cli(capsys, *args, "--max-time", "0.5")
     assert done.code == 0, done.err
     trials = _trials(home, "b")
@@ -316,7 +319,7 @@ def test_the_study_budget_stops_the_running_trial_and_starts_no_more_even_after_
     assert "--max-time" in trials[0].user_attrs["error"] and "budget is spent" in " ".join(done.err.split())
     info = run_json(home, trials[0].user_attrs["run_id"])
     assert info["status"] == "stopped" and info["study"] == {"name": "b", "trial": 0}
-    assert len(train_steps(home / "runs" / info["run_id"])) < MAX_STEPS
+    assert len(train_steps(home / "runs" / info["run_id"])) < LONG_TRIAL_STEPS
     resumed = run_cli(capsys, "tune", "--resume", "b")
     assert resumed.code == 0 and len(_trials(home, "b")) == 1
     assert "best: no completed trial" in resumed.out and "test split" not in resumed.out
