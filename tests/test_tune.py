@@ -278,7 +278,10 @@ def test_models_verdict_names_the_smallest_feasible_model_and_keep_general_makes
     big = bigger_tiny_model(tiny_model, tmp_path / "big")
     folder = home / "tune" / "g--small"
     folder.mkdir(parents=True)
-    (folder / "base_probe.json").write_text(json.dumps({"score": 1.0, "per_category": {}, "rows": []}))
+    from tunesmith.eval.forgetting import load_probes
+
+    every_answer_right = [{"id": probe["id"], "correct": True} for probe in load_probes()]
+    (folder / "base_probe.json").write_text(json.dumps({"score": 1.0, "per_category": {}, "rows": every_answer_right}))
     result = tunesmith.tune(
         write_config(tmp_path, tiny_model, lr=0.03),
         trials=1,
@@ -292,7 +295,7 @@ def test_models_verdict_names_the_smallest_feasible_model_and_keep_general_makes
     by_name = {r.name: r for r in result.studies}
     assert set(by_name) == {"g:small", "g:big"}
     assert by_name["g:small"].parameters < by_name["g:big"].parameters
-    assert by_name["g:small"].rows[0]["probe_drop"] == 1.0 and by_name["g:small"].best_trial is None  # infeasible
+    assert by_name["g:small"].rows[0]["probe_drop"] > 0.9 and by_name["g:small"].best_trial is None  # infeasible
     assert by_name["g:small"].test is None  # no best trial: the test split stays unread
     assert by_name["g:big"].rows[0]["probe_drop"] < 0.5 and by_name["g:big"].best_trial == 0  # a random model may guess one probe right
     assert result.smallest == str(big)

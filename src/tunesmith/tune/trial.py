@@ -165,20 +165,9 @@ def base_probe(workspace: Workspace, settings: StudySettings) -> dict[str, Any]:
     return result
 
 
-def probe_drop(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, float]:
-    """{"drop", "low", "high"}: forget's probe_drop (eval/forgetting.py) when it is there, with its interval."""
-    try:
-        from tunesmith.eval.forgetting import probe_drop as measured  # type: ignore[attr-defined]
-    except ImportError:
-        # TODO(probe_drop): forget's eval.forgetting.probe_drop gives the interval; until it lands, the point drop alone.
-        drop = round(base["score"] - tuned["score"], 4)
-        return {"drop": drop, "low": drop, "high": drop}
-    return measured(base, tuned)
-
-
 def _probe_general(workspace: Workspace, settings: StudySettings, trial: optuna.Trial, run_id: str) -> None:
     """The trial's probe drop against the base, as a user attribute the sampler's constraint reads."""
-    from tunesmith.eval.forgetting import run_probe
+    from tunesmith.eval.forgetting import probe_drop, run_probe
     from tunesmith.models.artefact import load_run_model
     from tunesmith.registry.runfolder import read_config
 
