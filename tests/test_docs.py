@@ -51,6 +51,7 @@ TOPICS = [
     "docs/monitoring.md",
     "docs/dashboard.md",
     "docs/tune.md",
+    "docs/forgetting.md",
 ]
 CHECKED = ["README.md", *TOPICS]
 README_MAX_LINES = 200

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import scipy.stats
-from conftest import tickets_home, train_tiny
+from conftest import tickets_home
 
 from tunesmith.cli.train import TrainFlags
 from tunesmith.config import RunSpec, load_run_spec
@@ -85,9 +85,10 @@ def test_probe_drop_pairs_questions_by_id_not_by_position():
 # ---------------------------------------------------------------- the config default
 
 
-def test_keep_general_is_on_by_default_and_can_be_turned_off():
-    spec = RunSpec.model_validate({"data": {"dataset": "x"}})
-    assert spec.data.keep_general is not None and spec.data.keep_general.fraction == pytest.approx(0.1)
+def test_keep_general_is_off_by_default_and_turned_on_by_the_flag_or_the_config():
+    assert RunSpec.model_validate({"data": {"dataset": "x"}}).data.keep_general is None
+    on = RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {}}}).data.keep_general
+    assert on is not None and on.fraction == pytest.approx(0.1)  # `{}`: on, at the measured share
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": None}}).data.keep_general is None
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": False}}).data.keep_general is None
     # The command line: --keep-general 0 turns it off, another share sets the fraction.
@@ -96,8 +97,7 @@ def test_keep_general_is_on_by_default_and_can_be_turned_off():
     more = TrainFlags(**{**FLAGS, "keep_general": 0.4}).overrides([])
     assert load_run_spec(None, {"data": {"dataset": "x"}, **more}).data.keep_general.fraction == 0.4
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {"fraction": 0.4}}}).data.keep_general.fraction == 0.4
-    # A classifier has no text to keep: the default quietly does not apply, an explicit setting is refused.
-    assert RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"task": "classification"}}).data.keep_general is None
+    # A classifier has no text to keep: an explicit setting is refused.
     with pytest.raises(Exception, match="data.keep_general mixes in answers for causal_lm runs only"):
         RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {"fraction": 0.2}}, "train": {"task": "classification"}})
 
@@ -108,13 +108,16 @@ def test_keep_general_is_on_by_default_and_can_be_turned_off():
 @pytest.fixture(scope="module")
 def replay_run(tmp_path_factory, tiny_model):
     workspace = tickets_home(tmp_path_factory.mktemp("keep-general"), 40)
-    run_id = train_tiny(workspace, tiny_model, max_steps=3, batch_size=4, seed=3)
-    return workspace, run_id
+    from tunesmith.train.recipe import train as run_training
+
+    train = {"max_steps": 3, "batch_size": 4, "seed": 3}
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets", "keep_general": {}}, "train": train})
+    return workspace, run_training(spec, workspace).info.run_id
 
 
 def test_self_distilled_replay_draws_only_from_the_base_models_answers_to_general_prompts(replay_run, tiny_model):
     workspace, run_id = replay_run
-    keep = RunSpec.model_validate({"data": {"dataset": "x"}}).data.keep_general
+    keep = RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {}}}).data.keep_general
     cached = cache_file(workspace.home, str(tiny_model), general_prompts(), keep)
     assert cached.is_file()  # generated once, in the workspace
     rows = [json.loads(line) for line in cached.read_text().splitlines()]
@@ -136,7 +139,7 @@ def test_the_replay_draw_is_seeded_and_never_takes_task_examples(replay_run, tin
     from tunesmith.train.loop import Items, Replay
 
     workspace, _ = replay_run
-    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}})
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets", "keep_general": {}}})
     tokenizer = load_tokenizer(str(tiny_model))
     task, _ = encode_all(tokenizer, load_dataset(workspace, "tickets").splits["train"], 512, "assistant")
     general, _ = encode_all(tokenizer, self_distilled(spec.model, str(tiny_model), spec.data.keep_general, workspace.home), 512, "assistant")
