@@ -135,7 +135,7 @@ function extent(values, pad = 0.05) {
   if (!isFinite(lo)) return [0, 1];
   if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
   const p = (hi - lo) * pad;
-  return [lo - p, hi + p];
+  return [lo >= 0 ? Math.max(0, lo - p) : lo - p, hi + p]; // a loss or a share never gets a negative axis from the padding
 }
 
 function ticks(lo, hi, n = 5) {
