@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from apiserver import free_port
 from chatserver import ChatCompletions, serve
 from clihelp import run_cli
 from conftest import tickets_home, train_tiny
@@ -180,9 +180,7 @@ def test_webhook_receives_the_alerts(home, run_id, capsys):
     assert body["model"] == MODEL and body["alerts"] == read_alerts(home)
     assert "output_format" in {a["check"] for a in body["alerts"]}
     # a receiver that is down: the alerts are kept, the user is told, the exit status still says "alert"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     down = run_cli(capsys, "monitor", MODEL, "--since", "1h", "--webhook", f"http://127.0.0.1:{port}/hook")
     assert down.code == 1 and "not delivered to the webhook" in down.err
     assert len(read_alerts(home)) == 2 * len(body["alerts"])
@@ -253,9 +251,7 @@ def test_served_traffic_end_to_end_after_logging_lands(home, run_id, capsys):
 
     from tunesmith.demo.tickets import SYSTEM_PROMPT, generate
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = [sys.executable, "-m", "tunesmith", "serve", run_id, "--port", str(port), "--log", "redacted"]
     process = subprocess.Popen(argv, env={**os.environ, "TUNESMITH_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

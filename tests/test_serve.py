@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
+from apiserver import free_port
 from clihelp import run_cli
 from conftest import tickets_home, train_tiny
 
@@ -31,9 +31,7 @@ def running(app):
     """The app under a real uvicorn on a free port of 127.0.0.1; its base URL."""
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -316,9 +314,7 @@ def tunesmith_error():
 
 def test_the_command_serves_and_says_which_engine(tiny_model, tmp_path):
     """`tunesmith serve` as a user starts it: it names the engine and why, answers, and stops on Ctrl-C."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "SERVE_TEST_KEY": KEY}
     argv = [sys.executable, "-m", "tunesmith", "serve", str(tiny_model), "--port", str(port), "--api-key-env", "SERVE_TEST_KEY"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
