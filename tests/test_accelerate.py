@@ -179,8 +179,9 @@ def assert_same_training(one_dir: Path, two_dir: Path, artefact: str = "adapter/
 
 
 def write_run_config(tmp_path: Path, tiny_model: Path, tickets_file: Path, train: str) -> Path:
+    """keep_general off: the step counts are the file's own examples (test_distributed runs with the replay on)."""
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\ntrain: {{{train}}}\n")
+    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}, keep_general: false}}\ntrain: {{{train}}}\n")
     return config
 
 

@@ -28,7 +28,7 @@ def assert_same_training(one_dir: Path, run_dir: Path) -> None:
 
 
 def budget_run_config(tmp_path: Path, tiny_model, tickets_file, extra: str = "") -> Path:
-    """48 training examples / batch 6 = 8 steps."""
+    """48 training examples + 12 of the default general-skills replay / batch 6 = 10 steps."""
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\n"
@@ -85,8 +85,8 @@ def test_two_processes_stop_on_a_budget_together_and_resume_exactly(capsys, tmp_
 
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 8") == 1
-    assert [r["step"] for r in train_steps(run_dir)] == list(range(1, 9))
+    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 10") == 1
+    assert [r["step"] for r in train_steps(run_dir)] == list(range(1, 11))
     assert [r["step"] for r in events(run_dir, "resumed")] == [1]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
     assert_same_training(one_dir, run_dir)
@@ -162,7 +162,7 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeyp
     _, run_dir = stop_after_step_one_in_two_processes(home, config)
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming at step 1 of 8" in resumed.stderr
+    assert "resuming at step 1 of 10" in resumed.stderr
     assert_same_training(one_dir, run_dir)
 
 
@@ -181,5 +181,5 @@ def test_a_run_stopped_in_one_process_resumes_in_two(capsys, tmp_path, monkeypat
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]
     resumed = tunesmith_procs(home, "train", "--resume", run_dir.name, "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 8") == 1
+    assert resumed.stdout.split() == [run_dir.name] and resumed.stderr.count("resuming at step 1 of 10") == 1
     assert_same_training(one_dir, run_dir)

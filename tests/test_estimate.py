@@ -39,7 +39,7 @@ def test_dry_run_prints_the_estimate_and_creates_nothing_then_the_run_takes_thos
 
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
     registry_before = _registry_counts(home)
-    # --keep-general 0: the dry run counts the task's own examples; replay draws are not estimated
+    # --keep-general 0: the task's own examples only, so the counts below are the split's
     args = ("train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "3", "--batch-size", "4", "--keep-general", "0")
     dry = run_cli(capsys, *args, "--price-per-hour", "3.6", "--dry-run")
     assert dry.code == 0, dry.err
@@ -71,6 +71,28 @@ def test_dry_run_prints_the_estimate_and_creates_nothing_then_the_run_takes_thos
     assert "optimizer steps" in run.err  # train prints the same table before it starts
 
 
+def test_dry_run_counts_the_default_general_replay_as_the_run_mixes_it_in(capsys, home, tiny_model, tickets_file):
+    from tunesmith.data.dataset import load_dataset
+    from tunesmith.train.settings import replay_count
+    from tunesmith.workspace import Workspace
+
+    assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
+    args = ("train", "--model", str(tiny_model), "--data", "tickets", "--epochs", "1", "--batch-size", "4")
+    dry = run_cli(capsys, *args, "--dry-run")
+    assert dry.code == 0, dry.err
+    n_train = len(load_dataset(Workspace.from_env(), "tickets").splits["train"])
+    replayed = replay_count(n_train, 0.2)  # keep_general's default share
+    assert replayed > 0 and _first_int(_row(dry.out, "examples")) == n_train + replayed
+    steps = _first_int(_row(dry.out, "optimizer steps"))
+    assert steps == -(-(n_train + replayed) // 4)
+    assert list((home / "runs").iterdir()) == []
+    assert list((home / "cache" / "keep-general").glob("*.jsonl")), "the base model's answers are cached for the run"
+
+    run = run_cli(capsys, *args)
+    assert run.code == 0, run.err
+    assert max(r["step"] for r in read_metrics(home / "runs" / run_id_from(run.out))) == steps
+
+
 def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(capsys, home, tiny_model, tickets_file, tmp_path):
     from transformers import AutoTokenizer
 
@@ -78,7 +100,10 @@ def test_dry_run_on_a_file_registers_no_dataset_and_counts_truncated_tokens(caps
     from tunesmith.data.prepare import LengthLimit, run_steps
 
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}}}\ntrain: {{batch_size: 8, grad_accum: 2, max_seq_len: 140, epochs: 1}}\n")
+    # keep_general off: the counts below are the file's own examples
+    config.write_text(
+        f"model: {{name: {tiny_model}}}\ndata: {{path: {tickets_file}, keep_general: false}}\ntrain: {{batch_size: 8, grad_accum: 2, max_seq_len: 140, epochs: 1}}\n"
+    )
     dry = run_cli(capsys, "train", "--config", str(config), "--dry-run")
     assert dry.code == 0, dry.err
     assert list((home / "runs").iterdir()) == [] and list((home / "datasets").iterdir()) == []

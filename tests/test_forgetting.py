@@ -85,13 +85,16 @@ def test_probe_drop_pairs_questions_by_id_not_by_position():
 # ---------------------------------------------------------------- the config default
 
 
-def test_keep_general_is_off_by_default_and_turned_on_by_the_flag_or_the_config():
-    assert RunSpec.model_validate({"data": {"dataset": "x"}}).data.keep_general is None
-    on = RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {}}}).data.keep_general
-    assert on is not None and on.fraction == pytest.approx(0.1)  # `{}`: on, at the measured share
+def test_keep_general_is_on_by_default_at_the_measured_share_and_set_or_turned_off_by_the_flag_or_the_config():
+    default = RunSpec.model_validate({"data": {"dataset": "x"}}).data.keep_general
+    assert default is not None and default.fraction == pytest.approx(0.2)  # the share measured on the quickstart
+    assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": {}}}).data.keep_general == default
+    # A classifier has no answers to keep: the default is off there, and the resolved config says so.
+    assert RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"task": "classification"}}).data.keep_general is None
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": None}}).data.keep_general is None
     assert RunSpec.model_validate({"data": {"dataset": "x", "keep_general": False}}).data.keep_general is None
     # The command line: --keep-general 0 turns it off, another share sets the fraction.
+    assert load_run_spec(None, {"data": {"dataset": "x"}}).data.keep_general.fraction == pytest.approx(0.2)
     off = TrainFlags(**{**FLAGS, "keep_general": 0.0}).overrides([])
     assert load_run_spec(None, {"data": {"dataset": "x"}, **off}).data.keep_general is None
     more = TrainFlags(**{**FLAGS, "keep_general": 0.4}).overrides([])
@@ -130,7 +133,7 @@ def test_self_distilled_replay_draws_only_from_the_base_models_answers_to_genera
     tickets = {m.content for e in load_dataset(workspace, "tickets").splits["train"] for m in e.messages}
     assert not tickets & {m.content for e in examples for m in e.messages}  # no task data among them
     config = (workspace.run_dir(run_id) / "config.yaml").read_text()
-    assert "keep_general:" in config and "fraction: 0.1" in config  # the run records that it replayed, and how much
+    assert "keep_general:" in config and "fraction: 0.2" in config  # the run records that it replayed, and how much
 
 
 def test_the_replay_draw_is_seeded_and_never_takes_task_examples(replay_run, tiny_model):

@@ -100,6 +100,8 @@ def test_unknown_run_is_a_clear_error(capsys, home, ref):
 
 
 def test_validation_several_times_per_epoch_keeps_the_best_checkpoint(capsys, home, tiny_model, tickets_file, tmp_path):
+    from tunesmith.train.settings import replay_count
+
     assert run_cli(capsys, "data", "prepare", str(tickets_file), "--out", "tickets").code == 0
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {{name: {tiny_model}}}\ndata: {{dataset: tickets}}\ntrain: {{epochs: 2, batch_size: 4, lr: 3.0e-2, evals_per_epoch: 3}}\n")
@@ -107,7 +109,8 @@ def test_validation_several_times_per_epoch_keeps_the_best_checkpoint(capsys, ho
     assert result.code == 0, result.err
     run_dir = home / "runs" / run_id_from(result.out)
     checked = validations(run_dir)
-    per_epoch = -(-json.loads((run_dir / "dataset.json").read_text())["counts"]["train"] // 4)
+    n_train = json.loads((run_dir / "dataset.json").read_text())["counts"]["train"]
+    per_epoch = -(-(n_train + replay_count(n_train, 0.2)) // 4)  # the task's examples and the default general-skills replay
     expected = sorted({e * per_epoch - (k * per_epoch) // 3 for e in (1, 2) for k in range(3)})
     assert [r["step"] for r in checked] == expected and len(expected) == 6
     best = min(checked, key=lambda r: r["val_loss"])

@@ -38,7 +38,9 @@ app.add_typer(runs_app, name="runs")
 @app.command()
 def quickstart(
     examples: int = typer.Option(500, min=1, help="how many demo tickets to generate"),
-    epochs: int = typer.Option(1, min=1, help="training epochs (one reaches the target on the demo task)"),
+    epochs: int = typer.Option(
+        2, min=1, help="training epochs (two learn the task while the default general-skills replay keeps the probe; docs/forgetting.md)"
+    ),
     seed: int = typer.Option(0, help="drives the data, the split and the initialisation"),
 ) -> None:
     """The whole loop on the embedded defaults: demo data, base eval, LoRA fine-tune, tuned eval, report."""

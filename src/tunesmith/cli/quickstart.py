@@ -24,7 +24,7 @@ DATASET = "support-tickets"
 EVAL = EvalSpec(split="test", max_new_tokens=48, batch_size=16)
 
 
-def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 1, seed: int = 0) -> None:
+def run_quickstart(workspace: Workspace, n_examples: int = 500, epochs: int = 2, seed: int = 0) -> None:
     started = time.perf_counter()
     source = workspace.home / "demo" / f"{DATASET}-{n_examples}-{seed}.jsonl"
     source.parent.mkdir(parents=True, exist_ok=True)

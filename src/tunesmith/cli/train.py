@@ -38,7 +38,7 @@ def train_cmd(
         "--keep-general",
         min=0.0,
         max=0.9,
-        help="share of each epoch that is the base model's own answers to general prompts, against forgetting (off by default; 0.1 measured on the quickstart: probe drop 0.33 -> 0.05, exact match 0.86 -> 0.78; docs/forgetting.md)",
+        help="share of each epoch that is the base model's own answers to general prompts, against forgetting (default 0.2, measured on the quickstart: probe drop 0.33 -> 0.00 at exact match 0.90; 0 turns it off; docs/forgetting.md)",
     ),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="with --data FILE: leave out lines that cannot be read as examples (listed in the dataset's manifest)"

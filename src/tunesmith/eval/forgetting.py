@@ -210,7 +210,7 @@ def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold:
             f"(drop {drop:+.2f}, 95% interval {change['low']:+.2f} to {change['high']:+.2f}; threshold {threshold:.2f})"
         )
         console.print(
-            f"[yellow]warning: forgetting[/] {message}; train with --keep-general 0.1 (self-distilled replay), lower the learning rate or epochs, or mix general data in with data.replay (docs/forgetting.md)"
+            f"[yellow]warning: forgetting[/] {message}; train with a larger --keep-general share (self-distilled replay; 0.2 by default, 0 is off), a lower learning rate or fewer epochs, or mix your own general data in with data.replay (docs/forgetting.md)"
             if section["warning"]
             else message
         )

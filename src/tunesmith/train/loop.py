@@ -41,7 +41,7 @@ from tunesmith.train.run.checkpoint import (
 from tunesmith.train.run.guards import Budget, Monitor, peak_memory_mb
 from tunesmith.train.run.probes import Probes
 from tunesmith.train.run.tracking import open_trackers
-from tunesmith.train.settings import make_schedule, plan_steps, replay_sample
+from tunesmith.train.settings import make_schedule, plan_steps, replay_draws
 from tunesmith.train.step import Diverged, StepStrategy, optimizer_step
 from tunesmith.ui import console, progress
 
@@ -96,8 +96,7 @@ class Items:
         return sum(pool.per_epoch for pool in self.replay)
 
     def for_epoch(self, seed: int, epoch: int) -> list[Encoded]:
-        # Each pool has its own stream (seed offset by its place), so adding one leaves the other's draw as it was.
-        return self.train + [item for i, pool in enumerate(self.replay) for item in replay_sample(pool.examples, pool.per_epoch, seed + 7_777 * i, epoch)]
+        return self.train + replay_draws([(pool.examples, pool.per_epoch) for pool in self.replay], seed, epoch)
 
 
 def open_run_info(run_dir: Path, spec: RunSpec, dataset: Any, base_path: str, *, resuming: bool = False, **fields: Any) -> RunInfo:

@@ -112,3 +112,9 @@ def replay_sample(pool: list, count: int, seed: int, epoch: int) -> list:
         rng.shuffle(order)
         drawn.extend(order[: count - len(drawn)])
     return drawn
+
+
+def replay_draws(pools: list[tuple[list, int]], seed: int, epoch: int) -> list:
+    """One epoch's draws from each (pool, count): each pool has its own seeded stream, so adding a pool
+    leaves the others' draws as they were."""
+    return [item for i, (pool, count) in enumerate(pools) for item in replay_sample(pool, count, seed + 7_777 * i, epoch)]
