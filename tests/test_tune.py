@@ -351,3 +351,18 @@ def test_a_task_metric_is_scored_on_validation_and_fed_to_the_pruner_from_the_ge
     rows = registry_rows(home, "SELECT run_id, split FROM evaluations WHERE model_id = 'tuned' ORDER BY id")
     assert sorted(r for r in rows if r[1] == "validation") == sorted((t.user_attrs["run_id"], "validation") for t in trials)
     assert [r for r in rows if r[1] == "test"] == [(report.best_run, "test")]
+
+
+def test_a_study_that_limits_the_probe_drop_also_searches_the_replay_share_and_only_then(tiny_model):
+    from tunesmith.config import RunSpec
+    from tunesmith.tune.space import build_space
+
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets"}})
+    assert "data.keep_general.fraction" not in build_space(spec).params  # free to lower it, a search would trade general skills away
+    space = build_space(spec, keeps_general=True)
+    share = space.params["data.keep_general.fraction"]
+    assert (share.low, share.high) == (0.05, 0.4) and "train.lr" in space.params
+    trial = space.apply(spec, {"data.keep_general.fraction": 0.3, "train.lr": 1e-3}, "trial 0")
+    assert trial.data.keep_general.fraction == 0.3 and trial.train.lr == 1e-3
+    off = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets", "keep_general": False}})
+    assert "data.keep_general.fraction" not in build_space(off, keeps_general=True).params  # replay turned off stays off

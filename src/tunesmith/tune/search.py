@@ -109,7 +109,7 @@ def new_search(
     settings = []
     for model in chosen:
         spec = base.model_copy(update={"model": base.model.model_copy(update={"name": model})}) if models else base
-        checked_space = build_space(spec, Path(space) if space is not None else None)
+        checked_space = build_space(spec, Path(space) if space is not None else None, keeps_general=keep_general is not None)
         found = resolve_metric(metric, spec)
         spec = prepared_for_launch(spec, workspace)  # the data is prepared once, here, not by every trial
         settings.append(

@@ -126,18 +126,26 @@ def _is_int(base: RunSpec, name: str) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or (name == "train.epochs")
 
 
-def default_space(base: RunSpec) -> dict[str, Param]:
+# The general-skills replay's share, searched only when the study limits the probe's drop: without that
+# constraint the search would trade general skills away for the task metric, a trade nobody asked for.
+REPLAY_SHARE = {"data.keep_general.fraction": Param(low=0.05, high=0.4)}
+
+
+def default_space(base: RunSpec, *, keeps_general: bool = False) -> dict[str, Param]:
     params = dict(DEFAULT_SPACES[base.train.method])
     if base.train.max_steps is not None:
         params.pop("train.epochs", None)  # max_steps overrides epochs: searching epochs would change nothing
+    if keeps_general and base.data.keep_general is not None:
+        params.update(REPLAY_SHARE)
     return params
 
 
-def build_space(base: RunSpec, path: Path | None = None, stored: dict[str, Any] | None = None) -> Space:
-    """The study's space: the method's default, changed by the YAML file at `path`, or as a resumed study stored it."""
+def build_space(base: RunSpec, path: Path | None = None, stored: dict[str, Any] | None = None, *, keeps_general: bool = False) -> Space:
+    """The study's space: the method's default (with the replay's share when the study limits the
+    general-skills drop), changed by the YAML file at `path`, or as a resumed study stored it."""
     if stored is not None:
         return Space({name: Param.model_validate(p) for name, p in stored.items()}, base)
-    params = default_space(base)
+    params = default_space(base, keeps_general=keeps_general)
     source = "the default search space"
     if path is not None:
         source = str(path)
