@@ -125,7 +125,9 @@ def _study_exists(home: Path, study: str) -> bool:
 def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, tiny_model):
     home = tmp_path / "home"
     tickets_home(home, 30)
-    config, space = write_config(tmp_path, tiny_model), lr_only(tmp_path, 1e-3, 1e-1)
+    # 80 steps a trial: the kill must land while trial 1 trains; with 10 a trial could finish between two polls
+    # (seen once in CI: the killed trial's run had completed)
+    config, space = write_config(tmp_path, tiny_model, max_steps=80), lr_only(tmp_path, 1e-3, 1e-1)
     env = {**os.environ, "PYTHONPATH": str(SRC), "TUNESMITH_HOME": str(home)}
     process = subprocess.Popen(
         [sys.executable, "-m", "tunesmith", "tune", "--config", str(config), "--space", str(space), "--trials", "2", "--name", "k", "--pruner", "none"],
