@@ -102,6 +102,9 @@ def test_eval_against_other_run_baselines_and_probe(capsys, ws_home, tmp_path, m
     page = (home / "runs" / run1 / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3  # metric bars, confusion matrix, loss curves
     assert "Confusion matrix" in page and "General skills" in page and "best prompt" in page
+    interval = forgetting["drop_interval"]  # the page shows the drop with its paired interval and the questions it moved
+    assert f"95% interval {round(interval['low'], 3) + 0.0:+.3f} to {round(interval['high'], 3) + 0.0:+.3f}" in page
+    assert f"{interval['regressed']} questions lost, {interval['improved']} gained" in page
 
 
 def test_metrics_named_in_the_run_config_and_sampling_is_seeded(capsys, ws_home):
