@@ -190,6 +190,11 @@ def probe_callback(probes: list[dict[str, Any]] | None = None, *, batch_size: in
     return callback
 
 
+def signed(value: float, digits: int = 2) -> str:
+    """A change with its sign; + 0.0 after rounding makes no change read +0.00, not -0.00."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold: float) -> dict[str, Any]:
     """eval/forgetting-<model>.jsonl and a `forgetting` section in eval/report.json; warns past the threshold."""
     folder = run_dir / "eval"
@@ -207,7 +212,7 @@ def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold:
         section["drop_per_category"] = worst
         message = (
             f"general-skills probe: base {probes['base']['score']:.2f}, tuned {probes['tuned']['score']:.2f} "
-            f"(drop {drop:+.2f}, 95% interval {change['low']:+.2f} to {change['high']:+.2f}; threshold {threshold:.2f})"
+            f"(drop {signed(drop)}, 95% interval {signed(change['low'])} to {signed(change['high'])}; threshold {threshold:.2f})"
         )
         console.print(
             f"[yellow]warning: forgetting[/] {message}; train with a larger --keep-general share (self-distilled replay; 0.2 by default, 0 is off), a lower learning rate or fewer epochs, or mix your own general data in with data.replay (docs/forgetting.md)"

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.eval.forgetting import signed
 from tunesmith.eval.metrics import headline_first
 
 SECTIONS = {
@@ -281,17 +282,13 @@ def _metrics_section(run_dir: Path, report: dict) -> str:
     return "".join(parts) or "<p>No evaluation yet: run <code>tunesmith eval RUN --compare-base</code>.</p>"
 
 
-def _signed(value: float) -> str:
-    return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: a drop of -0.0 reads as 0.000, not -0.000
-
-
 def _drop_interval(forgetting: dict) -> str:
     """The drop's paired interval and McNemar test, when the run recorded them (runs before them did not)."""
     found = forgetting.get("drop_interval")
     if not found:
         return ""
     return (
-        f", 95% interval {_signed(found['low'])} to {_signed(found['high'])}, McNemar p {found['p_value']:.2g}; "
+        f", 95% interval {signed(found['low'], 3)} to {signed(found['high'], 3)}, McNemar p {found['p_value']:.2g}; "
         f"{found['regressed']} questions lost, {found['improved']} gained"
     )
 
@@ -310,7 +307,7 @@ def _extras_section(report: dict) -> str:
             ""
             if "drop" not in forgetting
             else (
-                f"<p class='{'bad' if warn else 'ok'}'>Probe score drop {_signed(forgetting['drop'])}{_drop_interval(forgetting)} "
+                f"<p class='{'bad' if warn else 'ok'}'>Probe score drop {signed(forgetting['drop'], 3)}{_drop_interval(forgetting)} "
                 f"(warning threshold {forgetting['threshold']:.3f}){': the tuned model lost general skills' if warn else ''}.</p>"
             )
         )
