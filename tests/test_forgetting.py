@@ -154,3 +154,142 @@ def test_the_replay_draw_is_seeded_and_never_takes_task_examples(replay_run, tin
     assert [d.input_ids for d in same] == [d.input_ids for d in drawn]  # same seed, same draw
     other = items.for_epoch(seed=1, epoch=1)[len(task) :]
     assert [d.input_ids for d in other] != [d.input_ids for d in drawn]
+
+
+# ---------------------------------------------------------------- the base's distribution as the replay's target
+
+
+@pytest.fixture(scope="module")
+def lora_on_tiny(tiny_model):
+    """The tiny model under LoRA with tunesmith's kernels, its adapters moved off zero so that it
+    predicts unlike its base; and a task and a general example, encoded."""
+    import torch
+
+    from tunesmith.chat_template import encode_all
+    from tunesmith.data.example import Example, Message
+    from tunesmith.models.methods import apply_method, load_for_method
+    from tunesmith.train import kernels
+
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "x"}, "train": {"method": "lora", "seed": 0}})
+    model, tokenizer, device = load_for_method(spec.model, str(tiny_model), spec.train)
+    torch.manual_seed(0)
+    model = apply_method(model, spec.train)
+    kernels.switch_on(model, device)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    pair = [
+        Example(id="task", messages=[Message(role="user", content="printer on floor 2 is jammed"), Message(role="assistant", content='{"team": "it"}')]),
+        Example(id="general", messages=[Message(role="user", content="What is two plus two?"), Message(role="assistant", content="Two plus two is four.")]),
+    ]
+    task, general = encode_all(tokenizer, pair, 512, "assistant")[0]
+    return model, tokenizer, task, general
+
+
+def _by_hand(model, item, distill: bool):
+    """One example's summed loss from the full logits: cross-entropy on its trained tokens, or
+    KL(base || tuned) there when it distils."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor([item.input_ids])
+    trained = torch.tensor(item.labels[1:]) != -100
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits[0, :-1][trained].float()
+        if not distill:
+            return float(F.cross_entropy(tuned, torch.tensor(item.labels[1:])[trained], reduction="sum"))
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits[0, :-1][trained].float()
+    return float((F.softmax(base, -1) * (F.log_softmax(base, -1) - F.log_softmax(tuned, -1))).sum())
+
+
+def test_a_distilled_example_costs_its_kl_to_the_base_in_every_layout_of_the_batch(lora_on_tiny):
+    from dataclasses import replace
+
+    import torch
+
+    from tunesmith.chat_template import collate, collate_flat
+    from tunesmith.train.batching import collate_packed
+    from tunesmith.train.tasks.causal_lm import summed_loss
+
+    model, tokenizer, task, general = lora_on_tiny
+    distilled = replace(general, distill=True)
+    expected = _by_hand(model, task, False) + _by_hand(model, general, True)
+    assert _by_hand(model, general, True) > 1e-3  # the adapters moved the model: there is a divergence to pay
+    layouts = {
+        "padded": collate([task, distilled], tokenizer.pad_token_id),
+        "packed": collate_packed([task, distilled], tokenizer.pad_token_id, 1024),
+        "flat": collate_flat([task, distilled]),
+    }
+    for layout, tensors in layouts.items():
+        assert tensors["distill"].sum() == len(general.input_ids), layout
+        with torch.no_grad():
+            loss, n_tokens = summed_loss(model, tensors)
+        assert n_tokens == task.n_trained + general.n_trained, layout  # a distilled token weighs as much as a written one
+        assert float(loss) == pytest.approx(expected, rel=1e-4), layout
+    plain = collate([task, general], tokenizer.pad_token_id)
+    assert "distill" not in plain  # without distilled examples, batches are as before
+    with torch.no_grad():
+        assert float(summed_loss(model, plain)[0]) == pytest.approx(_by_hand(model, task, False) + _by_hand(model, general, False), rel=1e-4)
+
+
+def test_the_kl_pulls_only_the_adapters_and_is_zero_where_the_model_still_predicts_as_its_base(lora_on_tiny):
+    from dataclasses import replace
+
+    import torch
+
+    from tunesmith.chat_template import collate
+    from tunesmith.train.tasks.causal_lm import summed_loss
+
+    model, tokenizer, _, general = lora_on_tiny
+    tensors = collate([replace(general, distill=True)], tokenizer.pad_token_id)
+    model.zero_grad()
+    summed_loss(model, tensors)[0].backward()
+    moved = [name for name, param in model.named_parameters() if param.grad is not None and param.grad.abs().sum() > 0]
+    assert moved and all("lora_" in name for name in moved)
+    model.zero_grad()
+    with model.disable_adapter(), torch.no_grad():  # the tuned model is its base: nothing to pay
+        assert float(summed_loss(model, tensors)[0]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_base_distribution_target_is_refused_where_there_is_no_base_to_read():
+    from tunesmith.errors import UserError
+    from tunesmith.train.parallel.accel import check_spec
+
+    keep = {"dataset": "x", "keep_general": {"target": "distribution"}}
+    assert RunSpec.model_validate({"data": keep}).data.keep_general.target == "distribution"
+    with pytest.raises(Exception, match="method full has none; use method lora, qlora or dora, or target answer"):
+        RunSpec.model_validate({"data": keep, "train": {"method": "full"}})
+    with pytest.raises(UserError, match="does not run on a model sharded with fsdp"):
+        check_spec("fsdp", RunSpec.model_validate({"data": keep}))
+    check_spec("fsdp", RunSpec.model_validate({"data": {"dataset": "x"}}))  # the greedy answers shard as any data does
+
+
+def test_a_run_that_distils_from_its_base_resumes_exactly_and_records_the_target(replay_run, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+
+    from tunesmith.train.recipe import train as run_training
+    from tunesmith.train.resume import resume
+    from tunesmith.train.run.guards import Budget
+
+    workspace, _ = replay_run  # its base model's general answers are cached there already
+    data = {"dataset": "tickets", "keep_general": {"target": "distribution", "fraction": 0.4}}
+    spec = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": data, "train": {"max_steps": 6, "batch_size": 4, "lr": 3e-2, "seed": 3}})
+    whole = run_training(spec, workspace)
+    assert whole.info.status == "completed"
+    assert "target: distribution" in (whole.run_dir / "config.yaml").read_text()
+    stopped = run_training(spec, workspace, Budget(max_seconds=1e-3))  # any step takes longer: stops after step 1
+    assert stopped.info.status == "stopped"
+    finished = resume(workspace, stopped.run_dir)
+
+    def steps(result):
+        return [(row["step"], row["loss"]) for row in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
+
+    assert finished.info.status == "completed" and [s for s, _ in steps(whole)] == list(range(1, 7))
+    assert all(math.isfinite(loss) for _, loss in steps(whole))
+    assert [s for s, _ in steps(finished)] == list(range(1, 7))
+    assert all(abs(a - b) <= 1.01e-5 for (_, a), (_, b) in zip(steps(whole), steps(finished)))  # metrics.jsonl rounds to 5 decimals
+    adapter_a, adapter_b = (load_file(str(r.run_dir / "adapter" / "adapter_model.safetensors")) for r in (whole, finished))
+    assert all(torch.allclose(adapter_a[k], adapter_b[k], atol=1e-6, rtol=0) for k in adapter_a)

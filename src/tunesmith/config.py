@@ -82,6 +82,14 @@ class KeepGeneralSpec(_Spec):
         description="share of each epoch's examples that are the base model's own answers to general prompts (0.2: measured on the quickstart, docs/forgetting.md)",
     )
     max_new_tokens: int = Field(64, ge=8, le=2048, description="length limit of those answers; one cut off by it ends at its last full sentence")
+    target: Literal["answer", "distribution"] = Field(
+        "answer",
+        description=(
+            "what a replayed answer teaches: the base model's greedy tokens (cross-entropy, the default), or at each of its tokens"
+            " the base model's whole next-token distribution (KL divergence to the base, read with the adapters switched off;"
+            " adapter methods only, one more forward pass per step)"
+        ),
+    )
 
 
 class DataSpec(_Spec):
@@ -441,6 +449,18 @@ class RunSpec(_Spec):
             if "keep_general" in self.data.model_fields_set:
                 raise ValueError(f"data.keep_general mixes in answers for causal_lm runs only; set it to null for train.task {self.train.task}")
             self.data.keep_general = None  # the default is for causal LMs; the resolved config shows it off
+        return self
+
+    @model_validator(mode="after")
+    def _base_distribution_needs_adapters(self) -> RunSpec:
+        # The base's distribution comes from the same weights with the adapters switched off; a full
+        # fine-tune or a prompt method has no such switch, and a second copy of the model would double its memory.
+        keep = self.data.keep_general
+        if keep is not None and keep.target == "distribution" and self.train.method not in ("lora", "qlora", "dora"):
+            raise ValueError(
+                f"data.keep_general.target distribution reads the base model with the adapters switched off, and method {self.train.method}"
+                " has none; use method lora, qlora or dora, or target answer"
+            )
         return self
 
 

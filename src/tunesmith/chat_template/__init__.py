@@ -41,6 +41,9 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     example_id: str
+    # Its trained tokens learn the base model's whole next-token distribution rather than the token
+    # written (data.keep_general.target distribution): collation marks them in a "distill" mask.
+    distill: bool = False
 
     @property
     def n_trained(self) -> int:
@@ -152,7 +155,18 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, :n] = torch.tensor(item.input_ids)
         labels[row, :n] = torch.tensor(item.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, **distill_mask(batch, [(row, 0) for row in range(len(batch))], labels.shape)}
+
+
+def distill_mask(items: list[Encoded], places: list[tuple[int, int]], shape: torch.Size) -> dict[str, torch.Tensor]:
+    """{"distill": where the distilled items lie} given each item's (row, first column); nothing when
+    no item distils, so ordinary batches carry no extra tensor."""
+    if not any(item.distill for item in items):
+        return {}
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for item, (row, start) in zip(items, places):
+        mask[row, start : start + len(item.input_ids)] = item.distill
+    return {"distill": mask}
 
 
 def collate_flat(items: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -171,4 +185,5 @@ def collate_flat(items: list[Encoded]) -> dict[str, torch.Tensor]:
         "position_ids": torch.tensor([positions]),
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
+        **distill_mask(items, [(0, start) for start in bounds[:-1]], torch.Size([1, len(ids)])),
     }

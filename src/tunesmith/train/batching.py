@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from tunesmith.chat_template import IGNORE, Encoded, collate, collate_flat
+from tunesmith.chat_template import IGNORE, Encoded, collate, collate_flat, distill_mask
 
 
 def length_grouped_batches(items: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
@@ -128,6 +128,7 @@ def _packed_tensors(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.T
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    placed, places = [], []
     for r, row in enumerate(rows):
         start = 0
         for item in row:
@@ -136,9 +137,11 @@ def _packed_tensors(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.T
             labels[r, start : start + n] = torch.tensor(item.labels)
             labels[r, start] = IGNORE  # nothing in this example predicts its first token; the previous example must not
             positions[r, start : start + n] = torch.arange(n)
+            placed.append(item)
+            places.append((r, start))
             start += n
         positions[r, start:] = torch.arange(width - start)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, **distill_mask(placed, places, labels.shape)}
 
 
 def flat_passes(items: list[Encoded], max_tokens: int | None) -> list[list[Encoded]]:

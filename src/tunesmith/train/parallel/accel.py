@@ -128,6 +128,15 @@ def check_spec(config: AccelerateConfig | str, spec: Any) -> None:
     """A sharded model needs a method whose weights FSDP can split and gather back; DeepSpeed runs
     the methods it was tested with."""
     mode = config if isinstance(config, str) else config.mode
+    keep = spec.data.keep_general
+    if mode in ("fsdp", "deepspeed") and keep is not None and keep.target == "distribution":
+        # The base's forward pass runs only in the passes that hold a distilled example, and a sharded
+        # model's processes must all run the same passes, or they wait on each other for ever.
+        raise UserError(
+            f"data.keep_general.target distribution does not run on a model sharded with {mode}",
+            where="data.keep_general.target",
+            fix="use target: answer with a sharded model, or --nproc N without an accelerate config",
+        )
     if mode == "deepspeed":
         _check_deepspeed_spec(config, spec)
     if mode != "fsdp":

@@ -10,6 +10,7 @@ run together in chunks (kernels/head_loss.py), so no full logits tensor is ever 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,34 @@ def _selective_head_supported(model: Any) -> bool:
 
 def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of trained tokens): the caller divides by the tokens of the
-    whole optimiser step, so gradient accumulation weighs every token equally."""
+    whole optimiser step, so gradient accumulation weighs every token equally. A token of a
+    distilled example (Encoded.distill) costs its KL divergence from the base model's next-token
+    distribution instead of its cross-entropy."""
     targets = batch["labels"][:, 1:]
     selected = targets != IGNORE
     n_tokens = int(selected.sum())
+    hidden, project = _trained_positions(model, batch, selected)
+    if "distill" not in batch:
+        return _cross_entropy(hidden, project, targets[selected]), n_tokens
+    distilled = batch["distill"][:, 1:][selected]
+    with torch.no_grad(), _adapters_off(model):
+        base_hidden, base_project = _trained_positions(model, batch, selected)
+        base_logits = base_project(base_hidden[distilled]).float()
+    written = ~distilled
+    return _cross_entropy(hidden[written], project, targets[selected][written]) + distribution_loss(project(hidden[distilled]), base_logits), n_tokens
+
+
+def distribution_loss(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """Summed KL(base || tuned) over positions: zero where the tuned model predicts as the base
+    does, and, unlike the cross-entropy on the base's greedy token, it also keeps how sure the base
+    was and what it ranked second."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), F.log_softmax(base_logits, dim=-1), log_target=True, reduction="sum")
+
+
+def _trained_positions(model: Any, batch: dict[str, torch.Tensor], selected: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(what the model computes at the trained positions, the projection from that to logits): the
+    decoder's hidden states and the output head where the head may run on those positions alone,
+    else the logits themselves and the identity."""
     # Packed rows carry position_ids and no attention_mask; with no cache, transformers then keeps
     # the packed examples from attending to each other. Flat rows also carry their example
     # boundaries, for segments.segment_attention.
@@ -73,16 +98,29 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     if _selective_head_supported(model):
         base = _unwrap(model)
         hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1][selected]
-        head = base.get_output_embeddings()
-        if type(head) is torch.nn.Linear:  # an adapter or wrapper on the head has its own forward
-            return fused_head_loss(hidden, head, targets[selected]), n_tokens
-        logits = head(hidden)
-    else:
-        logits = model(**inputs, use_cache=False).logits  # as above: no cache keeps packed examples apart
-        # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
-        logits = logits[:, -batch["input_ids"].shape[1] :][:, :-1][selected]
-    loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
-    return loss, n_tokens
+        return hidden, base.get_output_embeddings()
+    logits = model(**inputs, use_cache=False).logits  # as above: no cache keeps packed examples apart
+    # Prompt tuning returns logits for its virtual tokens first; the input's are the last ones.
+    return logits[:, -batch["input_ids"].shape[1] :][:, :-1][selected], torch.nn.Identity()
+
+
+def _cross_entropy(hidden: torch.Tensor, project: Any, targets: torch.Tensor) -> torch.Tensor:
+    if type(project) is torch.nn.Linear:  # an adapter or wrapper on the head has its own forward
+        return fused_head_loss(hidden, project, targets)
+    return F.cross_entropy(project(hidden).float(), targets, reduction="sum")
+
+
+def _adapters_off(model: Any) -> Any:
+    """The base model's own forward pass: PEFT's switch, which every adapter layer reads (the fused
+    LoRA kernel included)."""
+    switch = getattr(model, "disable_adapter", None)
+    if switch is None:
+        raise UserError(
+            "data.keep_general.target distribution needs the base model's predictions, and this model has no adapters to switch off",
+            where="data.keep_general.target",
+            fix="train with method lora, qlora or dora, or set target: answer",
+        )
+    return switch()
 
 
 class CausalLM:
@@ -133,8 +171,11 @@ def _encode(spec: RunSpec, dataset: Dataset, replay: list[Replay], tokenizer: An
     if dropped:
         console.print(f"[yellow]dropped {len(dropped)} example(s) with nothing to learn after truncation to {cfg.max_seq_len} tokens")
     items = Items(train_items, val_items, dropped)
+    keep = spec.data.keep_general
     for pool in replay:
         encoded, _ = encode_all(tokenizer, pool.examples, cfg.max_seq_len, cfg.train_on)
+        if pool.name == "keep_general" and keep is not None and keep.target == "distribution":
+            encoded = [replace(item, distill=True) for item in encoded]
         per_epoch = replay_count(len(train_items), pool.fraction) if encoded else 0
         items.replay.append(Replay(pool.name, encoded, pool.fraction, per_epoch))
         console.print(f"{pool.name}: {per_epoch} of {len(encoded)} examples mixed into each epoch")
