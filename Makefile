@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $(STAMP)
 
 # The tests' extras: linters, the openai client, and llama.cpp (llama-cpp-python compiles from
-# source: several minutes the first time on a machine, then pip's wheel cache makes it seconds).
+# source for any AVX2 CPU: several minutes the first time on a machine, then its wheel is kept).
 install-dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP)
 	@echo "installing the test extras; llama-cpp-python compiles llama.cpp (minutes, the first time on this machine)"
+	bash scripts/install_llama_cpp.sh $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	# llama.cpp's HF-to-GGUF converter (export --to gguf|ollama): not in the llama-cpp-python wheel, so it is
 	# taken from the same version's sdist into the model cache (pip's cache usually holds it from the build above).
