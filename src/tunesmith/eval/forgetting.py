@@ -215,7 +215,7 @@ def save_forgetting(run_dir: Path, probes: dict[str, dict[str, Any]], threshold:
             f"(drop {signed(drop)}, 95% interval {signed(change['low'])} to {signed(change['high'])}; threshold {threshold:.2f})"
         )
         console.print(
-            f"[yellow]warning: forgetting[/] {message}; train with a larger --keep-general share (self-distilled replay; 0.2 by default, 0 is off), a lower learning rate or fewer epochs, or mix your own general data in with data.replay (docs/forgetting.md)"
+            f"[yellow]warning: forgetting[/] {message}; train with a larger --keep-general share (self-distilled replay; 0.2 by default, 0 is off) or data.keep_general.target: distribution, or mix your own general data in with data.replay; a lower learning rate or rank alone only slows the loss (docs/forgetting.md)"
             if section["warning"]
             else message
         )
