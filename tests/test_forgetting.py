@@ -293,3 +293,20 @@ def test_a_run_that_distils_from_its_base_resumes_exactly_and_records_the_target
     assert all(abs(a - b) <= 1.01e-5 for (_, a), (_, b) in zip(steps(whole), steps(finished)))  # metrics.jsonl rounds to 5 decimals
     adapter_a, adapter_b = (load_file(str(r.run_dir / "adapter" / "adapter_model.safetensors")) for r in (whole, finished))
     assert all(torch.allclose(adapter_a[k], adapter_b[k], atol=1e-6, rtol=0) for k in adapter_a)
+
+
+def test_data_given_on_the_command_line_keeps_the_configs_replay_settings(tmp_path, capsys):
+    from clihelp import run_cli
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  path: old.jsonl\n  keep_general: {fraction: 0.3, target: distribution}\ntrain: {method: full}\n")
+    flags = TrainFlags(**{**FLAGS, "data": "my-data"})
+    with pytest.raises(Exception, match="method full has none"):  # the config's keep_general is still read: refused, not dropped
+        load_run_spec(config, flags.overrides([]))
+    config.write_text("data:\n  path: old.jsonl\n  keep_general: {fraction: 0.3, target: distribution}\n")
+    spec = load_run_spec(config, flags.overrides([]))
+    assert (spec.data.dataset, spec.data.path) == ("my-data", None)  # --data replaced the config's source
+    assert (spec.data.keep_general.fraction, spec.data.keep_general.target) == (0.3, "distribution")
+    config.write_text("data:\n  keep_general: {fraction: 0.3, target: distribution}\ntrain: {method: full}\n")
+    refused = run_cli(capsys, "train", "--data", "my-data", "--config", str(config))
+    assert refused.code == 2 and "target distribution" in " ".join(refused.err.split()) and "Traceback" not in refused.err

@@ -501,6 +501,11 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> str | None:
         if not isinstance(node, dict):
             section = ".".join(parents[: depth + 1])
             return f"{dotted}: cannot be set, {section} is not a section (it is {type(node).__name__} in the config)"
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        # A section given whole (--data's source) updates the config's section, a None in it removing
+        # that key: replacing the section would silently drop the config's other settings in it.
+        node[leaf] = {key: item for key, item in {**node[leaf], **value}.items() if item is not None}
+        return None
     node[leaf] = value
     return None
 

@@ -217,19 +217,21 @@ def _report(result: Any) -> None:
     typer.echo(info.run_id)
 
 
-def _data_source(value: str, problems: list[str]) -> dict[str, str]:
+def _data_source(value: str, problems: list[str]) -> dict[str, str | None]:
     """--data: an existing file, or a value that looks like one (a folder in it, a data file's suffix),
     is a file to prepare; anything else names a prepared dataset. A missing file is added to `problems`
-    (and still given as the source, so the config is not also told it has no data)."""
+    (and still given as the source, so the config is not also told it has no data). The other source is
+    None: it replaces the config's source and leaves the rest of its data section (keep_general, replay,
+    prepare) as the config set it."""
     from tunesmith.data.formats import PARQUET_SUFFIXES
 
     path = Path(value).expanduser()
     if path.is_file():
-        return {"path": str(path)}
+        return {"path": str(path), "dataset": None}
     if path.suffix.lower() in (".jsonl", ".json", ".csv", *PARQUET_SUFFIXES) or "/" in value or "\\" in value:
         problems.append(f"--data: no such file: {value}; check the path, or give the name of a dataset made by `tunesmith data prepare`")
-        return {"path": str(path)}
-    return {"dataset": value}
+        return {"path": str(path), "dataset": None}
+    return {"dataset": value, "path": None}
 
 
 def _number_or_auto(flag: str, text: str | None, kind: type, problems: list[str]) -> int | float | str | None:
