@@ -456,7 +456,7 @@ class RunSpec(_Spec):
         # The base's distribution comes from the same weights with the adapters switched off; a full
         # fine-tune or a prompt method has no such switch, and a second copy of the model would double its memory.
         keep = self.data.keep_general
-        if keep is not None and keep.target == "distribution" and self.train.method not in ("lora", "qlora", "dora"):
+        if keep is not None and keep.target == "distribution" and "lora" not in METHOD_SECTIONS[self.train.method]:
             raise ValueError(
                 f"data.keep_general.target distribution reads the base model with the adapters switched off, and method {self.train.method}"
                 " has none; use method lora, qlora or dora, or target answer"

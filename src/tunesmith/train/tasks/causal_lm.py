@@ -70,7 +70,9 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     if "distill" not in batch:
         return _cross_entropy(hidden, project, targets[selected]), n_tokens
     distilled = batch["distill"][:, 1:][selected]
-    with torch.no_grad(), _adapters_off(model):
+    # The base's own predictions: PEFT's switch, which every adapter layer reads (the fused LoRA kernel
+    # included); the config admits this target for adapter methods only.
+    with torch.no_grad(), model.disable_adapter():
         base_hidden, base_project = _trained_positions(model, batch, selected)
         base_logits = base_project(base_hidden[distilled]).float()
     written = ~distilled
@@ -108,19 +110,6 @@ def _cross_entropy(hidden: torch.Tensor, project: Any, targets: torch.Tensor) ->
     if type(project) is torch.nn.Linear:  # an adapter or wrapper on the head has its own forward
         return fused_head_loss(hidden, project, targets)
     return F.cross_entropy(project(hidden).float(), targets, reduction="sum")
-
-
-def _adapters_off(model: Any) -> Any:
-    """The base model's own forward pass: PEFT's switch, which every adapter layer reads (the fused
-    LoRA kernel included)."""
-    switch = getattr(model, "disable_adapter", None)
-    if switch is None:
-        raise UserError(
-            "data.keep_general.target distribution needs the base model's predictions, and this model has no adapters to switch off",
-            where="data.keep_general.target",
-            fix="train with method lora, qlora or dora, or set target: answer",
-        )
-    return switch()
 
 
 class CausalLM:
