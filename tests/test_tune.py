@@ -368,3 +368,17 @@ def test_a_study_that_limits_the_probe_drop_also_searches_the_replay_share_and_o
     assert trial.data.keep_general.fraction == 0.3 and trial.train.lr == 1e-3
     off = RunSpec.model_validate({"model": {"name": str(tiny_model)}, "data": {"dataset": "tickets", "keep_general": False}})
     assert "data.keep_general.fraction" not in build_space(off, keeps_general=True).params  # replay turned off stays off
+
+
+def test_each_method_has_the_default_space_the_docs_promise():
+    from tunesmith.config import RunSpec
+    from tunesmith.tune.space import build_space
+
+    def searched(method: str) -> set[str]:
+        return set(build_space(RunSpec.model_validate({"data": {"dataset": "x"}, "train": {"method": method}})).params)
+
+    assert {"train.lr", "train.lora.r", "train.lora.alpha", "train.epochs", "train.lora.dropout"} <= searched("lora")
+    assert searched("full") == {"train.lr", "train.epochs"}
+    assert {"train.lr", "train.prompt_tuning.num_virtual_tokens"} <= searched("prompt_tuning")
+    lr = build_space(RunSpec.model_validate({"data": {"dataset": "x"}})).params["train.lr"]
+    assert lr.log  # a learning rate is searched on a log scale
