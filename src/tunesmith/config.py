@@ -306,6 +306,12 @@ class TrainSpec(_Spec):
         description="split each batch into forward passes of at most this many tokens (padding included): less memory, "
         "same result; default max(max_seq_len, 1024) on CPU, no split on GPU",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each layer's activations in the backward pass instead of keeping them: activation memory "
+        "of one layer instead of all (long sequences, large models) for about a third more compute; qlora has its own "
+        "switch, on by default",
+    )
     seed: int = 0
     lora: LoraSpec = Field(default_factory=LoraSpec, description="settings of lora, qlora and dora")
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="settings of qlora's quantised base")

@@ -166,6 +166,19 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm", start: Pa
         from tunesmith.models.loading import load_adapter
 
         model = load_adapter(model, start).merge_and_unload()
+    if method.quantized:
+        from tunesmith.models.loading import quiet_libraries
+
+        quiet_libraries()
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
+        checkpointing = spec.qlora.gradient_checkpointing or spec.gradient_checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif spec.gradient_checkpointing:
+        # Non-reentrant: it needs no input that requires grad (a frozen embedding under adapters gives none)
+        # and recomputes through tunesmith's own autograd kernels (fused LoRA, per-example attention).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method.peft_config is None:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -173,11 +186,8 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm", start: Pa
     from tunesmith.models.loading import quiet_libraries
 
     quiet_libraries()
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    if method.quantized:
-        # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.qlora.gradient_checkpointing)
     if start is not None:
         from tunesmith.models.loading import load_adapter
 
