@@ -55,15 +55,14 @@ def test_checkpointing_gives_the_same_loss_and_gradients_and_keeps_less_for_back
     results = {}
     for checkpointing in (False, True):
         model, tokenizer = _model(tiny_model, method, checkpointing)
-        items = encode_all(tokenizer, [Example.model_validate({"id": f"t{i}", "messages": r["messages"]}) for i, r in enumerate(generate(6, 0))], 512, "assistant")[0]
+        items = encode_all(
+            tokenizer, [Example.model_validate({"id": f"t{i}", "messages": r["messages"]}) for i, r in enumerate(generate(6, 0))], 512, "assistant"
+        )[0]
         # a padded batch, and a flat row of whole examples (per-example attention), the trainer's two layouts
-        results[checkpointing] = [
-            _loss_grads_and_kept_bytes(model, tensors) for tensors in (collate(items, tokenizer.pad_token_id), collate_flat(items))
-        ]
+        results[checkpointing] = [_loss_grads_and_kept_bytes(model, tensors) for tensors in (collate(items, tokenizer.pad_token_id), collate_flat(items))]
     for (loss, grads, kept), (loss_gc, grads_gc, kept_gc) in zip(results[False], results[True]):
         assert loss_gc == pytest.approx(loss, rel=1e-5)
         assert grads.keys() == grads_gc.keys() and len(grads) > 0
         for name, grad in grads.items():
             torch.testing.assert_close(grads_gc[name], grad, rtol=1e-4, atol=1e-6, msg=name)
         assert kept_gc < 0.5 * kept  # only each layer's input stays, not everything inside it
-

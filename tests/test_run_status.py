@@ -132,3 +132,20 @@ def test_a_really_full_disk_fails_the_run_cleanly(capsys, monkeypatch, small_dis
     filler.unlink()  # the user frees space, and goes on where the run stopped
     resumed = run_cli(capsys, "train", "--resume", run_dir.name)
     assert resumed.code == 0, resumed.err
+
+
+def test_a_run_that_runs_out_of_memory_names_the_settings_that_need_less_and_keeps_its_record(capsys, home, tiny_model, tickets_file):
+    """TUNESMITH_TEST_KILL_AT=oom:5 makes a real allocation inside step 5 that the allocator refuses, as a
+    batch too big for a GPU does: one message with what could not be allocated and the settings that
+    need less memory for the same result, no traceback, the run recorded as failed."""
+    prepared(capsys, tickets_file)
+    result = tunesmith("train", "--model", str(tiny_model), "--data", "tickets", *TRAIN, "--max-steps", "8", kill_at="oom:5")
+    run_dir = only_run(home)
+    err = squash(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert squash(f"training run {run_dir.name} ran out of memory (can't allocate memory: you tried to allocate {1 << 60} bytes)") in err
+    assert squash("train.gradient_checkpointing: true") in err and squash("train.tokens_per_forward: N") in err
+    assert "Traceback" not in result.stderr
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "ran out of memory" in info["stop_reason"]
+    assert Registry(home / "registry.db").run(run_dir.name)["status"] == "failed"

@@ -137,7 +137,15 @@ def run_registered(registry: Registry, run_id: str, work: Callable[[], TrainResu
 
 
 def _as_training_failure(exc: BaseException, run_id: str, run_dir: Path) -> TrainingFailed | None:
-    """A write that failed mid-run (disk full, folder gone read-only) as the one line a user needs."""
+    """A write that failed mid-run (disk full, folder gone read-only), or memory that ran out, as the
+    one line a user needs."""
+    if _out_of_memory(exc):
+        return TrainingFailed(
+            f"training run {run_id} ran out of memory ({_memory_shortage(exc)})",
+            fix="train again with less memory per forward pass, each giving the same result: train.gradient_checkpointing: true "
+            "(recomputes activations instead of keeping them), train.tokens_per_forward: N (each batch in passes of at most N "
+            "tokens); or a smaller train.batch_size or max_seq_len, or method qlora (a 4-bit base)",
+        )
     if not isinstance(exc, OSError):
         return None
     import errno
@@ -148,6 +156,23 @@ def _as_training_failure(exc: BaseException, run_id: str, run_dir: Path) -> Trai
     return TrainingFailed(
         f"training run {run_id} could not write {where}: {exc.strerror or exc}", fix=f"fix the folder, then `tunesmith train --resume {run_id}`"
     )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA (and other accelerators') out-of-memory error, or a CPU allocation that failed."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _memory_shortage(exc: BaseException) -> str:
+    """The allocator's own words on what it could not allocate, without its source location or advice."""
+    import re
+
+    sentences = re.split(r"\.\s+", " ".join(str(exc).split()))
+    wanted = [s for s in sentences if re.match(r"(CUDA out of memory|Tried to allocate|GPU \d+ has a total)", s)]
+    wanted += [s[s.index("can't allocate") :] for s in sentences if "can't allocate memory" in s]
+    return ". ".join(wanted).rstrip(".") if wanted else sentences[0][:200]
 
 
 def _record_end(run_dir: Path, status: str, exc: BaseException) -> None:

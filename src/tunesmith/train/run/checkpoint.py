@@ -28,10 +28,13 @@ _STEP_FOLDER = re.compile(r"^step-(\d+)$")
 def test_kill(point: str, step: int) -> None:
     """Test hook: TUNESMITH_TEST_KILL_AT=step:7 (inside optimiser step 7) or ckpt:12 (inside the
     checkpoint write of step 12) SIGKILLs this process, as a power cut would; enospc:12 fails that
-    write as a full disk does. Inert unless set."""
+    write as a full disk does; oom:7 makes an allocation inside step 7 that no machine can satisfy,
+    as a batch too big for the GPU does. Inert unless set."""
     wanted = os.environ.get("TUNESMITH_TEST_KILL_AT")
     if wanted == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if point == "step" and wanted == f"oom:{step}":
+        torch.empty(1 << 60, dtype=torch.uint8)  # an exabyte: the allocator itself refuses, as a real shortage would
     if point == "ckpt" and wanted == f"enospc:{step}":  # a disk that fills up mid-checkpoint, where no small filesystem can be mounted
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "trainer_state.pt")
 
