@@ -4,6 +4,7 @@
     python benchmarks/train_bench.py --quick    # 8 examples (1 step)
     python benchmarks/train_bench.py --examples 32 --threads 2 --rounds 3 --configs hf_padded,trl_packed,tunesmith   # the README figures
     python benchmarks/train_bench.py --device cuda --dtype bfloat16 --batch 64 [--model FOLDER] [--liger]   # on a GPU
+    python benchmarks/train_bench.py --device cuda --dtype bfloat16 --model /tmp/llama-1b --method full --lengths 512-4096
     bash benchmarks/gpu_run.sh 1; bash benchmarks/gpu_run.sh 2   # the same on the device machine (see benchmarks/README.md)
 
 LoRA r16 (alpha 32, no dropout) on every linear layer of the embedded SmolLM2-135M-Instruct,
@@ -23,12 +24,17 @@ tokens per second of training steps (model loading and data preparation excluded
 second of wall time and per second of CPU time (all threads; steadier on a shared machine). The
 held-out loss is the same token-weighted assistant loss on the same 8 unseen chats for all.
 
-MFU: model FLOPs per real token = 4*N, N = the base model's 134.5M weights (the tied
-embedding counted once, as the output head): forward 2N, backward 2N for the activation
-gradients, none for the weight gradients of frozen weights; LoRA's own FLOPs (<1%) and the
-attention scores are left out. Divided by this machine's matmul rate in the run's dtype on its
-device, measured in the same run (best of several square torch.matmul of 1024 and 2048, and
-4096 on a GPU, before and after the configs).
+MFU: model FLOPs per real token (model_flops_per_token): 4N with LoRA, 6N for full fine-tuning,
+N = the weights of every linear layer, the output head counted only at trained positions (the
+loss needs no other logits), plus attention's 6·s·d per layer at the data's lengths. (Tables
+before 2026-12-06 counted the head at every token, as SmolLM2-135M's 134.5M weights, and no
+attention.) Divided by this
+machine's matmul rate in the run's dtype on its device, measured in the same run (best of several
+square torch.matmul of 1024 and 2048, and 4096 on a GPU, before and after the configs).
+
+At the scale users train (issue 22), on a GPU: `random_model.py --shape llama-1b|llama-8b` makes
+the model, `--method full`, `--lengths 512-4096` and `--gradient-checkpointing` set the rest, and
+benchmarks/gpu_scale.sh runs the whole comparison in one device call.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ["hf_padded", "trl_default", "trl_padfree", "trl_packed", "tunesmith", "tunesmith_nproc2"]
-LR, MAX_LEN, SEED = 1e-3, 512, 0
+LR, SEED = 1e-3, 0
+FULL_LR = 1e-5  # full fine-tuning of every weight: LoRA's 1e-3 would diverge, and a NaN stops tunesmith's run
 
 
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str = "cpu", dtype: str = "float32") -> tuple[float, float]:
@@ -71,15 +78,15 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8, device: str 
     return 2 * size**3 / best_wall / 1e9, 2 * size**3 / cpu_each / 1e9
 
 
-def make_chats(n: int, seed: int, tokenizer) -> list[dict]:
-    """Conversations of one or more ticket exchanges, each grown towards a length drawn from 64-512 tokens."""
+def make_chats(n: int, seed: int, tokenizer, lengths: tuple[int, int] = (64, 512)) -> list[dict]:
+    """Conversations of one or more ticket exchanges, each grown towards a length drawn from `lengths` tokens."""
     from tunesmith.demo.tickets import generate
 
     rng = random.Random(seed)
-    pool = generate(n * 12, seed)
+    pool = generate(n * max(12, lengths[1] // 40), seed)  # an exchange is 60-150 tokens: enough for the longest chats
     chats, cursor = [], 0
     for _ in range(n):
-        target = rng.randint(64, MAX_LEN)
+        target = rng.randint(*lengths)
         messages = list(pool[cursor]["messages"])
         cursor += 1
         while True:
@@ -97,13 +104,13 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
-def encoded(folder: Path, name: str, tokenizer):
+def encoded(folder: Path, name: str, tokenizer, max_len: int):
     from tunesmith.chat_template import encode_all
     from tunesmith.data.example import Example, Message
 
     records = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
     examples = [Example(id=f"{name}-{i}", messages=[Message(**m) for m in r["messages"]]) for i, r in enumerate(records)]
-    items, dropped = encode_all(tokenizer, examples, MAX_LEN, "assistant")
+    items, dropped = encode_all(tokenizer, examples, max_len, "assistant")
     assert not dropped
     return items
 
@@ -191,11 +198,37 @@ class StepClock:
 class Hardware:
     """Where and how every config runs: the CPU in fp32 by default; on a GPU, bf16 with a chosen
     attention kernel and, if asked, Liger's kernels for the HF and TRL configs. Also the batch size
-    (a GPU needs bigger batches to be busy), the steps left out of the timing, and the model."""
+    (a GPU needs bigger batches to be busy), the steps left out of the timing, the model, the
+    method (LoRA or every weight), the chats' token lengths, gradient checkpointing (every config
+    alike) and tunesmith's forward-pass size."""
 
-    def __init__(self, device="cpu", dtype="float32", attn="sdpa", liger=False, batch=8, warmup=0, model=None):
+    def __init__(
+        self,
+        device="cpu",
+        dtype="float32",
+        attn="sdpa",
+        liger=False,
+        batch=8,
+        warmup=0,
+        model=None,
+        method="lora",
+        lengths=(64, 512),
+        grad_ckpt=False,
+        tokens_per_forward=None,
+        profile_steps=0,
+    ):
         self.device, self.dtype, self.attn, self.liger = device, dtype, attn, liger
         self.batch, self.warmup, self.model = batch, warmup, model
+        self.method, self.lengths, self.grad_ckpt, self.tokens_per_forward = method, lengths, grad_ckpt, tokens_per_forward
+        self.profile_steps = profile_steps
+
+    @property
+    def max_len(self) -> int:
+        return self.lengths[1]
+
+    @property
+    def lr(self) -> float:
+        return LR if self.method == "lora" else FULL_LR
 
     def argv(self) -> list[str]:
         return [
@@ -211,6 +244,13 @@ class Hardware:
             "--warmup-steps",
             str(self.warmup),
             *(["--model", self.model] if self.model else []),
+            "--method",
+            self.method,
+            "--lengths",
+            f"{self.lengths[0]}-{self.lengths[1]}",
+            *(["--gradient-checkpointing"] if self.grad_ckpt else []),
+            *(["--tokens-per-forward", str(self.tokens_per_forward)] if self.tokens_per_forward else []),
+            *(["--profile-steps", str(self.profile_steps)] if self.profile_steps else []),
         ]
 
     def model_path(self) -> str:
@@ -235,14 +275,14 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     from tunesmith.train.tasks.causal_lm import evaluate_loss
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_items, val_items = encoded(folder, "train", tokenizer), encoded(folder, "val", tokenizer)
+    train_items, val_items = encoded(folder, "train", tokenizer, hw.max_len), encoded(folder, "val", tokenizer, hw.max_len)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn).to(hw.device)
     torch.manual_seed(SEED)
     common = dict(
         output_dir=str(folder / name),
         per_device_train_batch_size=hw.batch,
         num_train_epochs=1,
-        learning_rate=LR,
+        learning_rate=hw.lr,
         lr_scheduler_type="linear",
         warmup_steps=0,
         weight_decay=0.0,
@@ -254,11 +294,14 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
         disable_tqdm=True,
         **hw.trainer_args(),
     )
+    if hw.grad_ckpt:
+        common.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     clock = StepClock(hw.warmup)
     if name == "hf_padded":
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config())
+        if hw.method == "lora":
+            model = get_peft_model(model, lora_config())
         rows = [{"input_ids": i.input_ids, "labels": i.labels} for i in train_items]
         trainer = Trainer(
             model=model,
@@ -270,10 +313,12 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     else:
         from trl import SFTConfig, SFTTrainer
 
+        # TRL's own choices, except that --gradient-checkpointing sets it for every config alike.
+        checkpointing = {"gradient_checkpointing": hw.grad_ckpt}
         options = {
             "trl_default": {},
-            "trl_padfree": {"padding_free": True, "max_length": None, "gradient_checkpointing": False},
-            "trl_packed": {"packing": True, "max_length": MAX_LEN, "gradient_checkpointing": False, "per_device_train_batch_size": max(1, hw.batch // 2)},
+            "trl_padfree": {"padding_free": True, "max_length": None, **checkpointing},
+            "trl_packed": {"packing": True, "max_length": hw.max_len, **checkpointing, "per_device_train_batch_size": max(1, hw.batch // 2)},
         }[name]
         rows = [{"input_ids": i.input_ids, "assistant_masks": [int(label != -100) for label in i.labels]} for i in train_items]
         trainer = SFTTrainer(
@@ -281,7 +326,7 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
             args=SFTConfig(**{**common, **options}),
             train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tokenizer,
-            peft_config=lora_config(),
+            peft_config=lora_config() if hw.method == "lora" else None,
             callbacks=[clock.callback()],
         )
     clock.count_inputs(trainer)
@@ -294,6 +339,38 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
     }
 
 
+class StepProfiler:
+    """torch.profiler over `steps` optimiser steps right after the warm-up, written as a table of
+    kernel (on a CPU, operator) time by op: where a speed target is missed, this says where the time
+    went. Profiled steps run slower and stay inside the timing window, so a profiled run's
+    throughput reads a little low: profile in a run of its own when the figure matters."""
+
+    def __init__(self, path: Path, warmup: int, steps: int):
+        self.path, self.first, self.last = path, warmup + 1, warmup + steps
+        self.step, self.active = 0, None
+
+    def before_step(self) -> None:
+        self.step += 1
+        if self.step == self.first and self.last >= self.first:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.active = profile(activities=activities)
+            self.active.__enter__()
+
+    def after_step(self) -> None:
+        if self.active is None or self.step != self.last:
+            return
+        import torch
+
+        self.active.__exit__(None, None, None)
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = self.active.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
+        self.path.write_text(f"steps {self.first}-{self.last}, sorted by {key}\n{table}\n", encoding="utf-8")
+        self.active = None
+
+
 def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     from tunesmith.train import loop as loop_module
     from tunesmith.train.recipe import train
@@ -301,12 +378,15 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
 
     # The same window as the HF callback: around every optimiser step.
     clock, step = StepClock(hw.warmup), loop_module.optimizer_step
+    profiler = StepProfiler(folder / "tunesmith.profile.txt", hw.warmup, hw.profile_steps)
 
     def timed_step(*args, **kwargs):
         clock.begin()
+        profiler.before_step()
         out = step(*args, **kwargs)
         clock.count(out[3])  # (loss, grad norm, trained tokens, real tokens)
         clock.finish()
+        profiler.after_step()
         return out
 
     loop_module.optimizer_step = timed_step
@@ -323,8 +403,20 @@ def tunesmith_spec(folder: Path, model_path: str, hw: Hardware):
     return RunSpec(
         name="bench",
         model=ModelSpec(name=model_path, dtype=hw.dtype, device=hw.device),
-        data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare),
-        train=TrainSpec(epochs=1, lr=LR, batch_size=hw.batch, max_seq_len=MAX_LEN, warmup_ratio=0.0, seed=SEED),
+        # No replay of the base's general answers (on by default since 2026-12-05): the peers train on the
+        # bench's chats alone, and so must tunesmith for the tokens and steps to be the same.
+        data=DataSpec(path=folder / "train.jsonl", split_ratios=(1.0, 0.0, 0.0), prepare=prepare, keep_general=None),
+        train=TrainSpec(
+            method=hw.method,
+            epochs=1,
+            lr=hw.lr,
+            batch_size=hw.batch,
+            max_seq_len=hw.max_len,
+            warmup_ratio=0.0,
+            seed=SEED,
+            gradient_checkpointing=hw.grad_ckpt,
+            tokens_per_forward=hw.tokens_per_forward,
+        ),
     )
 
 
@@ -423,9 +515,30 @@ def main() -> None:
         help="run every config this many times, interleaved, and report each config's median round (ratios: median of the per-round ratios)",
     )
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=["lora", "full"], default="lora", help="LoRA r16 on every linear layer, or every weight (lr 1e-5)")
+    parser.add_argument("--lengths", default="64-512", help="MIN-MAX: each chat grows towards a length drawn from this range of tokens")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for every config (TRL's default config has it on anyway)")
+    parser.add_argument("--tokens-per-forward", type=int, help="tunesmith: split each batch into forward passes of at most this many tokens")
+    parser.add_argument(
+        "--profile-steps", type=int, default=0, help="tunesmith: profile this many steps after the warm-up (kernel time by op, tunesmith.profile.txt)"
+    )
     args = parser.parse_args()
     warmup = args.warmup_steps if args.warmup_steps is not None else (3 if args.device == "cuda" else 0)
-    hw = Hardware(args.device, args.dtype, args.attn, args.liger, args.batch, warmup, args.model)
+    low, high = (int(x) for x in args.lengths.split("-"))
+    hw = Hardware(
+        args.device,
+        args.dtype,
+        args.attn,
+        args.liger,
+        args.batch,
+        warmup,
+        args.model,
+        args.method,
+        (low, high),
+        args.gradient_checkpointing,
+        args.tokens_per_forward,
+        args.profile_steps,
+    )
     if args.worker:
         worker(args.worker, args.folder, args.threads, hw, args.round)
         return
@@ -434,13 +547,16 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(hw.model_path())
     folder = args.folder or Path(tempfile.mkdtemp(prefix="train-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "train.jsonl").is_file():
-        write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer))
-        write_jsonl(folder / "val.jsonl", make_chats(8, SEED + 1, tokenizer))
+        write_jsonl(folder / "train.jsonl", make_chats(n, SEED, tokenizer, hw.lengths))
+        write_jsonl(folder / "val.jsonl", make_chats(8, SEED + 1, tokenizer, hw.lengths))
     print(f"data and per-config results in {folder}", flush=True)
-    lengths = [len(i.input_ids) for i in encoded(folder, "train", tokenizer)]
+    train_items = encoded(folder, "train", tokenizer, hw.max_len)
+    lengths = [len(i.input_ids) for i in train_items]
     n = len(lengths)
-    rounds = [run_round(folder, args.configs.split(","), args.threads, hw, r) for r in range(args.rounds)]
+    flops = model_flops_per_token(hw.model_path(), train_items, hw.method)
+    rounds = [run_round(folder, args.configs.split(","), args.threads, hw, r, flops) for r in range(args.rounds)]
     results = summarise(rounds)
     payload = {
         "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
@@ -456,8 +572,11 @@ def main() -> None:
             "tokens_mean": round(sum(lengths) / len(lengths), 1),
             "real_tokens": sum(lengths),
         },
+        "model_flops_per_real_token": flops,
         "settings": {
-            "method": "LoRA r16 alpha32 all-linear",
+            "method": "LoRA r16 alpha32 all-linear" if hw.method == "lora" else "full fine-tuning",
+            "gradient_checkpointing": hw.grad_ckpt,
+            "tunesmith_tokens_per_forward": hw.tokens_per_forward,
             "device": hw.device,
             "dtype": hw.dtype,
             "attention (HF, TRL)": hw.attn,
@@ -466,8 +585,8 @@ def main() -> None:
             "warmup_steps_left_out_of_timing": hw.warmup,
             "model": hw.model or "embedded SmolLM2-135M-Instruct",
             "epochs": 1,
-            "lr": LR,
-            "max_len": MAX_LEN,
+            "lr": hw.lr,
+            "lengths": list(hw.lengths),
         },
         "results": results,
     }
@@ -476,7 +595,7 @@ def main() -> None:
     print(table(payload))
 
 
-def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, round_index: int) -> dict:
+def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, round_index: int, flops: dict) -> dict:
     """Every config once, each in its own process, between two matmul probes; figures against this round's probes."""
     gflops = probe_gflops(threads, hw)
     results = {}
@@ -503,15 +622,51 @@ def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, roun
     for r in results.values():
         r["tokens_per_s"] = round(r["real_tokens"] / r["train_seconds"], 1)
         r["tokens_per_cpu_s"] = round(r["real_tokens"] / r["train_cpu_seconds"], 1) if r["train_cpu_seconds"] else None
-        r["mfu"] = round(4 * 134.5e6 * r["tokens_per_s"] / peak_wall, 4)
-        r["mfu_cpu_time"] = round(4 * 134.5e6 * r["tokens_per_cpu_s"] / peak_cpu, 4) if r["tokens_per_cpu_s"] else None
+        r["mfu"] = round(flops["total"] * r["tokens_per_s"] / peak_wall, 4)
+        r["mfu_cpu_time"] = round(flops["total"] * r["tokens_per_cpu_s"] / peak_cpu, 4) if r["tokens_per_cpu_s"] else None
     base = results.get("hf_padded")
     for r in results.values():
         if base:
             r["speed_vs_hf_padded"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
             r["cpu_speed_vs_hf_padded"] = round(r["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 2) if r["tokens_per_cpu_s"] else None
             r["rss_vs_hf_padded"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
+            if r.get("peak_gpu_mb") and base.get("peak_gpu_mb"):
+                r["gpu_memory_vs_hf_padded"] = round(r["peak_gpu_mb"] / base["peak_gpu_mb"], 2)
     return {"gflops": [[round(g, 1) for g in pair] for pair in gflops], "results": results}
+
+
+def model_flops_per_token(model_path: str, items: list, method: str) -> dict:
+    """Model FLOPs per real token, the work the task needs whichever trainer does it (recomputation by
+    gradient checkpointing is not counted: it is the price of memory, not work the model needs).
+    N = the weights of every linear layer (the input embedding is a lookup). Forward 2N; backward 2N
+    for the activations' gradients plus, in full fine-tuning, 2N for the weights' (LoRA's frozen
+    weights get none; its own FLOPs, under 1%, are left out). The output head counts only at the
+    positions whose next token is trained: the loss needs no logits elsewhere (tunesmith computes
+    none there; HF and TRL compute them all and get no credit for it). Attention scores and their
+    use cost 2·s·d per token per layer forward under a causal mask (s the example's length,
+    d = heads x head_dim), three times that with the backward pass, whichever weights learn."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings().weight.numel()
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    lengths = [len(item.input_ids) for item in items]
+    trained_share = sum(sum(label != -100 for label in item.labels) for item in items) / sum(lengths)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width, layers = config.num_attention_heads * head_dim, config.num_hidden_layers
+    weights = (6 if method == "full" else 4) * (linear - head + head * trained_share)
+    attention = 3 * 2 * width * layers * sum(s * s for s in lengths) / sum(lengths)
+    return {
+        "linear_weights": linear,
+        "head_weights": head,
+        "trained_share": round(trained_share, 4),
+        "weights": round(weights),
+        "attention": round(attention),
+        "total": round(weights + attention),
+    }
 
 
 def probe_gflops(threads: int, hw: Hardware) -> list[tuple[float, float]]:

@@ -1,0 +1,56 @@
+#!/bin/bash
+# Training at the scale users train (issue 22), on the device machine, in two calls of a few minutes each:
+#   bash benchmarks/gpu_scale.sh 1b   # the Llama-3.2-1B shape, chats of 512-4096 tokens: LoRA r16, then full
+#                                     # fine-tuning; tunesmith, HF Trainer + PEFT (SDPA; + Liger), TRL packed
+#   bash benchmarks/gpu_scale.sh 8b   # the Llama-3.1-8B shape, LoRA r16 at 3.5k-4k tokens: tunesmith with and
+#                                     # without gradient checkpointing, and HF (which may not fit)
+# Before the first call, here: `bash benchmarks/gpu_prepare.sh` (fills .whl and .gpu); the call carries both:
+#   run(command="bash benchmarks/gpu_scale.sh 1b", carry=[".whl", ".gpu"], timeout_s=540)
+# Random weights made on the GPU (benchmarks/random_model.py --shape): nothing is downloaded. Each config runs
+# in its own process under its own time limit, so one that fails or does not fit costs only itself; its line
+# says why. Under $OUT: each phase's table (train_scale_<phase>.json) and tunesmith's profile (kernel time by
+# op, a few steps after the warm-up).
+set -u
+OUT=${OUT:-/tmp/out}
+PHASE=${1:?usage: gpu_scale.sh 1b|8b}
+mkdir -p "$OUT"
+if [ ! -d /tmp/site/trl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, peft, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__)"
+
+model=/tmp/llama-$PHASE
+[ -f "$model/model.safetensors.index.json" ] || [ -f "$model/model.safetensors" ] ||
+    python3 benchmarks/random_model.py "$model" --shape "llama-$PHASE" --like .gpu/smollm2-arch --device cuda --dtype bfloat16 2>&1 | tail -1
+
+bench() {  # bench NAME LIMIT_S CONFIGS [train_bench args]: one folder per NAME, one process per config
+    local name=$1 limit=$2 configs=$3
+    shift 3
+    local folder=/tmp/scale-$name
+    mkdir -p "$folder"
+    [ -f /tmp/scale-data-$PHASE/train.jsonl ] && cp /tmp/scale-data-$PHASE/*.jsonl "$folder/" 2>/dev/null
+    local common=(--device cuda --dtype bfloat16 --model "$model" --folder "$folder" "$@")
+    for config in ${configs//,/ }; do
+        timeout "$limit" python3 benchmarks/train_bench.py "${common[@]}" --configs "$config" --out "$folder/partial.json" 2>&1 |
+            grep -E "^round|failed|Error|error:|out of memory" | cut -c1-300 | tail -3
+        mkdir -p /tmp/scale-data-$PHASE && cp -n "$folder"/train.jsonl "$folder"/val.jsonl /tmp/scale-data-$PHASE/ 2>/dev/null
+    done
+    [ -f "$folder/tunesmith.profile.txt" ] && cp "$folder/tunesmith.profile.txt" "$OUT/profile-$name.txt"
+    local measured
+    measured=$(for config in ${configs//,/ }; do [ -f "$folder/$config.json" ] && printf '%s,' "$config"; done)
+    [ -n "$measured" ] && python3 benchmarks/train_bench.py "${common[@]}" --configs "${measured%,}" --out "$OUT/train_scale_$name.json" 2>&1 | tail -8
+}
+
+if [ "$PHASE" = 1b ]; then
+    # 320 chats of 512-4096 tokens (mean ~2.3k), batch 8: 40 steps, the first 3 left out of the timing.
+    bench 1b-lora 75 tunesmith,hf_padded,trl_packed --examples 320 --batch 8 --lengths 512-4096 --profile-steps 3
+    bench 1b-lora-liger 75 hf_padded --examples 320 --batch 8 --lengths 512-4096 --liger
+    bench 1b-full 90 tunesmith,hf_padded,trl_packed --examples 320 --batch 8 --lengths 512-4096 --method full --profile-steps 3
+else
+    # 96 chats of 3.5k-4k tokens, batch 8: 12 steps; gradient checkpointing where the activations would not fit.
+    bench 8b-lora 150 tunesmith,hf_padded --examples 96 --batch 8 --lengths 3584-4096 --warmup-steps 2 --profile-steps 2
+    bench 8b-lora-gc 150 tunesmith,hf_padded --examples 96 --batch 8 --lengths 3584-4096 --warmup-steps 2 --gradient-checkpointing
+fi
+ls "$OUT"
