@@ -25,6 +25,7 @@ from tunesmith.train.continued import lineage
 from tunesmith.train.layout import plan_layout
 from tunesmith.train.objective import Objective
 from tunesmith.train.parallel import distributed
+from tunesmith.train.precision import make_optimizer
 from tunesmith.train.run.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
@@ -175,7 +176,7 @@ class TrainingLoop:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.params = [p for p in model.parameters() if p.requires_grad]
         distributed.same_start(self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay, masters=strategy.name == "plain")
         self.plan = plan_steps(cfg, len(items.train) + items.replay_per_epoch)
         self.schedule = make_schedule(self.optimizer, cfg, self.plan.total_steps)
         self.monitor = Monitor(cfg.early_stopping_patience)

@@ -23,6 +23,7 @@ from tunesmith.train import kernels
 from tunesmith.train.layout import plan_layout
 from tunesmith.train.objective import Objective
 from tunesmith.train.parallel.strategy import Plain
+from tunesmith.train.precision import make_optimizer
 from tunesmith.train.settings import plan_steps
 from tunesmith.train.step import Diverged, optimizer_step
 from tunesmith.ui import console, out
@@ -140,7 +141,7 @@ def calibrate(
     warm = [max(groups, key=lambda g: sum(len(b) * max(len(i.input_ids) for i in b) for b in g)), *groups[: WARMUP_STEPS - 1]]
     timed = _representative(groups, CALIBRATION_STEPS) + _representative(groups, MAX_CALIBRATION_STEPS - CALIBRATION_STEPS)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, 0.0, cfg.weight_decay)  # the run's own kind, so the memory measured is the run's
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     was_training = model.training
