@@ -360,14 +360,20 @@ class StepProfiler:
             self.active.__enter__()
 
     def after_step(self) -> None:
-        if self.active is None or self.step != self.last:
+        if self.active is not None and self.step == self.last:
+            self.close()
+
+    def close(self) -> None:
+        """Stop and write the table: after the last profiled step, or at the run's end if it had fewer
+        steps (a profiler left running makes the process fail as it exits)."""
+        if self.active is None:
             return
         import torch
 
         self.active.__exit__(None, None, None)
         key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         table = self.active.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
-        self.path.write_text(f"steps {self.first}-{self.last}, sorted by {key}\n{table}\n", encoding="utf-8")
+        self.path.write_text(f"steps {self.first}-{min(self.step, self.last)}, sorted by {key}\n{table}\n", encoding="utf-8")
         self.active = None
 
 
@@ -392,6 +398,7 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     loop_module.optimizer_step = timed_step
 
     result = train(tunesmith_spec(folder, model_path, hw), Workspace.from_env())
+    profiler.close()
     steps = [r for r in result.history if "loss" in r]
     return {"steps": len(steps), **clock.figures(), "heldout_loss": result.info.best_val_loss}
 
@@ -608,7 +615,8 @@ def run_round(folder: Path, configs: list[str], threads: int, hw: Hardware, roun
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)  # a worker that wrote its figures and then failed must not be reused as measured
+            print(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
         results[name] = json.loads(path.read_text())
         results[name]["process_seconds"] = round(time.perf_counter() - started, 1)
