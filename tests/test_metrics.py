@@ -31,6 +31,27 @@ def test_text_metrics_equal_rouge_score_and_sacrebleu():
     assert compute_metrics(["cats"], ["cat"], ["rouge"])["rouge1"] == 1.0
 
 
+def test_the_bleu_and_chrf_intervals_are_sacrebleus_score_on_every_resample(monkeypatch):
+    """compare_rows sums each example's n-gram counts per resample instead of rescoring the text (minutes
+    on a large split): the interval and p-value must be what sacrebleu gives rescoring each resample."""
+    from tunesmith.eval import compare
+    from tunesmith.eval.compare import _bleu, _chrf, _corpus_comparison
+
+    monkeypatch.setattr(compare, "N_BOOT", 200)  # the fewest resamples it takes; rescoring 2 x 1000 of them takes a while
+
+    a = [{"prediction": p, "reference": r} for p, r in zip(TEXT_PREDS * 2, TEXT_REFS * 2)]
+    b = [{"prediction": r if i % 3 else "", "reference": r} for i, r in enumerate(TEXT_REFS * 2)]
+
+    def rescored(corpus):
+        return lambda rows: float(corpus([r["prediction"] for r in rows], [[r["reference"] for r in rows]]).score)
+
+    for counted, corpus in ((_bleu(), sacrebleu.corpus_bleu), (_chrf(), sacrebleu.corpus_chrf)):
+        fast, slow = _corpus_comparison(counted, a, b, seed=3), _corpus_comparison(rescored(corpus), a, b, seed=3)
+        assert fast["mean_a"] == slow["mean_a"] == rescored(corpus)(a) and fast["mean_b"] == slow["mean_b"]
+        assert (fast["ci_low"], fast["ci_high"], fast["p_value"]) == (slow["ci_low"], slow["ci_high"], slow["p_value"])
+        assert slow["ci_low"] < slow["ci_high"] and slow["p_value"] < 1
+
+
 def test_classification_metrics_equal_sklearn():
     refs = ["billing", "tech", "billing", "account", "tech", "billing", "account", "tech"]
     preds = ["billing", "tech", "tech", "account", " tech ", "no idea", "billing", "tech"]
