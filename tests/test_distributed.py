@@ -37,6 +37,25 @@ def budget_run_config(tmp_path: Path, tiny_model, tickets_file, extra: str = "")
     return config
 
 
+@pytest.fixture(scope="module")
+def budget_reference(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
+    """budget_run_config and its uninterrupted one-process run, trained once for the tests that stop
+    and resume that config in other process counts: (config, the run folder)."""
+    from conftest import tiny_records
+
+    from tunesmith.config import load_run_spec
+    from tunesmith.train.recipe import train
+    from tunesmith.workspace import Workspace
+
+    folder = tmp_path_factory.mktemp("budget-reference")
+    tickets = folder / "tickets.jsonl"  # what the tickets_file fixture holds
+    tickets.write_text("".join(json.dumps(r) + "\n" for r in tiny_records(60)), encoding="utf-8")
+    config = budget_run_config(folder, tiny_model, tickets)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(folder / "one"))
+        return config, train(load_run_spec(config), Workspace.from_env(folder / "one")).run_dir
+
+
 def stop_after_step_one_in_two_processes(home: Path, config: Path) -> tuple[subprocess.CompletedProcess, Path]:
     """--max-time 0.001 stops both processes after step 1 (process 0's clock decides)."""
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--nproc", "2", "--max-time", "0.001")
@@ -152,11 +171,10 @@ def test_loading_a_model_keeps_the_thread_count_a_launcher_set(tiny_model, monke
 
 
 @pytest.mark.slow  # three runs, one of them in two processes: about 1.5 minutes on 2 cores
-def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+def test_a_run_stopped_in_two_processes_resumes_in_one(tmp_path, budget_reference):
     """The global batch, not the process count, fixes what a step trains: a run stopped under
     --nproc 2 and resumed in one process gives the uninterrupted one-process curve and adapter."""
-    config = budget_run_config(tmp_path, tiny_model, tickets_file)
-    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
+    config, one_dir = budget_reference
 
     home = tmp_path / "switched"
     _, run_dir = stop_after_step_one_in_two_processes(home, config)
@@ -167,12 +185,11 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(capsys, tmp_path, monkeyp
 
 
 @pytest.mark.slow  # three runs, one of them in two processes: about 40 s on 2 cores
-def test_a_run_stopped_in_one_process_resumes_in_two(capsys, tmp_path, monkeypatch, tiny_model, tickets_file):
+def test_a_run_stopped_in_one_process_resumes_in_two(tmp_path, budget_reference):
     """The other way round: stopped after step 1 in one process, resumed with --nproc 2 (process 1
     has no RNG state of its own in the checkpoint and takes process 0's), the curve and adapter are
     the uninterrupted one-process run's."""
-    config = budget_run_config(tmp_path, tiny_model, tickets_file)
-    one_dir = train_one_process(capsys, monkeypatch, tmp_path / "one", config)
+    config, one_dir = budget_reference
 
     home = tmp_path / "switched"
     stopped = tunesmith_procs(home, "train", "--config", str(config), "--max-time", "0.001")

@@ -31,6 +31,43 @@ def test_text_metrics_equal_rouge_score_and_sacrebleu():
     assert compute_metrics(["cats"], ["cat"], ["rouge"])["rouge1"] == 1.0
 
 
+def test_corpus_metric_intervals_are_the_librarys_score_on_every_resample(monkeypatch):
+    """compare_rows sums each example's counts per resample for BLEU, chrF and macro-F1 instead of rescoring
+    the rows (minutes on a large split): the interval and p-value must be what sacrebleu and sklearn give
+    rescoring each resample, a class that a resample leaves out included."""
+    from sklearn.metrics import f1_score
+
+    from tunesmith.eval import compare
+    from tunesmith.eval.compare import _bleu, _chrf, _corpus_comparison, _macro_f1
+
+    monkeypatch.setattr(compare, "N_BOOT", 200)  # the fewest resamples it takes; rescoring 2 x 1000 of them takes a while
+    a = [{"prediction": p, "reference": r} for p, r in zip(TEXT_PREDS * 2, TEXT_REFS * 2)]
+    b = [{"prediction": r if i % 3 else "", "reference": r} for i, r in enumerate(TEXT_REFS * 2)]
+
+    def rescored(corpus):
+        return lambda rows: float(corpus([r["prediction"] for r in rows], [[r["reference"] for r in rows]]).score)
+
+    def sklearn_macro_f1(rows):
+        truth = [r["label"] for r in rows]
+        return float(f1_score(truth, [r["predicted_label"] for r in rows], labels=sorted(set(truth)), average="macro", zero_division=0))
+
+    truth = ["bug"] * 5 + ["billing"] * 4 + ["praise"]  # one praise: many resamples leave it out
+    classes_a = [
+        {"label": t, "predicted_label": p} for t, p in zip(truth, ["bug", "bug", "billing", "bug", "praise", "billing", "bug", "billing", "billing", "bug"])
+    ]
+    classes_b = [{"label": t, "predicted_label": p} for t, p in zip(truth, ["bug"] * 4 + ["billing"] * 5 + ["praise"])]
+    cases = [
+        (_bleu(), rescored(sacrebleu.corpus_bleu), a, b),
+        (_chrf(), rescored(sacrebleu.corpus_chrf), a, b),
+        (_macro_f1(sorted(set(truth))), sklearn_macro_f1, classes_a, classes_b),
+    ]
+    for counted, library, rows_a, rows_b in cases:
+        fast, slow = _corpus_comparison(counted, rows_a, rows_b, seed=3), _corpus_comparison(library, rows_a, rows_b, seed=3)
+        assert fast["mean_a"] == slow["mean_a"] == library(rows_a) and fast["mean_b"] == slow["mean_b"]
+        assert (fast["ci_low"], fast["ci_high"], fast["p_value"]) == (slow["ci_low"], slow["ci_high"], slow["p_value"])
+        assert slow["ci_low"] < slow["ci_high"] and slow["p_value"] < 1
+
+
 def test_classification_metrics_equal_sklearn():
     refs = ["billing", "tech", "billing", "account", "tech", "billing", "account", "tech"]
     preds = ["billing", "tech", "tech", "account", " tech ", "no idea", "billing", "tech"]
