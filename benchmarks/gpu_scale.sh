@@ -62,10 +62,10 @@ bench() {  # bench NAME LIMIT_S CONFIGS [train_bench args]: one folder per NAME,
 }
 
 if [ "$PHASE" = 1b ]; then
-    # 320 chats of 512-4096 tokens (mean ~2.3k), batch 8: 40 steps, the first 3 left out of the timing.
-    bench 1b-lora 75 tunesmith,hf_padded,trl_packed --examples 320 --batch 8 --lengths "$(lengths 512-4096)" --profile-steps 3
-    bench 1b-lora-liger 75 hf_padded --examples 320 --batch 8 --lengths "$(lengths 512-4096)" --liger
-    bench 1b-full 90 tunesmith,hf_padded,trl_packed --examples 320 --batch 8 --lengths "$(lengths 512-4096)" --method full --profile-steps 3
+    # 256 chats of 512-4096 tokens (mean ~2.3k), batch 8: 32 steps, the first 3 left out of the timing.
+    bench 1b-lora 75 tunesmith,hf_padded,trl_packed --examples 256 --batch 8 --lengths "$(lengths 512-4096)" --profile-steps 3
+    bench 1b-lora-liger 75 hf_padded --examples 256 --batch 8 --lengths "$(lengths 512-4096)" --liger
+    bench 1b-full 90 tunesmith,hf_padded,trl_packed --examples 256 --batch 8 --lengths "$(lengths 512-4096)" --method full --profile-steps 3
 else
     # 96 chats of 3.5k-4k tokens, batch 8: 12 steps; gradient checkpointing where the activations would not fit.
     bench 8b-lora 150 tunesmith,hf_padded --examples 96 --batch 8 --lengths "$(lengths 3584-4096)" --warmup-steps 2 --profile-steps 2
