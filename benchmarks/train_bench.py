@@ -342,8 +342,7 @@ def run_hf_trainer(name: str, folder: Path, model_path: str, hw: Hardware) -> di
 class StepProfiler:
     """torch.profiler over `steps` optimiser steps right after the warm-up, written as a table of
     kernel (on a CPU, operator) time by op: where a speed target is missed, this says where the time
-    went. Profiled steps run slower and stay inside the timing window, so a profiled run's
-    throughput reads a little low: profile in a run of its own when the figure matters."""
+    went. Profiled steps run slower: the clock leaves them out, with the warm-up."""
 
     def __init__(self, path: Path, warmup: int, steps: int):
         self.path, self.first, self.last = path, warmup + 1, warmup + steps
@@ -382,8 +381,9 @@ def run_tunesmith(folder: Path, model_path: str, hw: Hardware) -> dict:
     from tunesmith.train.recipe import train
     from tunesmith.workspace import Workspace
 
-    # The same window as the HF callback: around every optimiser step.
-    clock, step = StepClock(hw.warmup), loop_module.optimizer_step
+    # The same window as the HF callback: around every optimiser step. Profiled steps (slower) come right
+    # after the warm-up and are left out of the timing with it.
+    clock, step = StepClock(hw.warmup + hw.profile_steps), loop_module.optimizer_step
     profiler = StepProfiler(folder / "tunesmith.profile.txt", hw.warmup, hw.profile_steps)
 
     def timed_step(*args, **kwargs):
