@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "$TRIAL" = --cpu-trial ]; then
     PYTHON=${PYTHON:-python3}
-    device=(--device cpu --dtype float32 --threads 2) shape=(--layers 1 --device cpu --dtype float32) scale=(--examples 4 --batch 2)
+    device=(--device cpu --dtype float32 --threads 2) shape=(--layers 1 --device cpu --dtype float32) scale=(--examples 6 --batch 2 --profile-steps 1)
     lengths() { echo 64-256; }
     root=/tmp/scale-trial
 else
