@@ -62,17 +62,10 @@ SHAPES = {
 }
 
 
-def shaped_config(shape: str, tokenizer_folder: Path, layers: int | None) -> dict:
-    """The shape's configuration with the tokenizer's special-token ids, so the chat template's
-    end-of-turn token is the model's end of sequence, as in the embedded model."""
-    config = dict(SHAPES[shape])
-    like = json.loads((tokenizer_folder / "config.json").read_text())
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if key in like:
-            config[key] = like[key]
-    if layers is not None:
-        config["num_hidden_layers"] = layers
-    return config
+def shaped_config(shape: str, like: dict) -> dict:
+    """The shape's configuration with the special-token ids of `like` (the tokenizer's model), so the
+    chat template's end-of-turn token is the model's end of sequence, as in the embedded model."""
+    return {**SHAPES[shape], **{key: like[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in like}}
 
 
 def main() -> None:
@@ -94,9 +87,9 @@ def main() -> None:
         if (args.like / name).is_file():
             shutil.copy2(args.like / name, args.out / name)
     if args.shape or args.layers:
-        config = shaped_config(args.shape, args.like, args.layers) if args.shape else json.loads((args.like / "config.json").read_text())
-        if args.layers and not args.shape:
-            config["num_hidden_layers"] = args.layers
+        config = json.loads((args.like / "config.json").read_text())
+        config = shaped_config(args.shape, config) if args.shape else config
+        config["num_hidden_layers"] = args.layers or config["num_hidden_layers"]
         (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if args.config_only:
         return

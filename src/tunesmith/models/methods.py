@@ -166,10 +166,11 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm", start: Pa
         from tunesmith.models.loading import load_adapter
 
         model = load_adapter(model, start).merge_and_unload()
-    if method.quantized:
+    if method.peft_config is not None:
         from tunesmith.models.loading import quiet_libraries
 
         quiet_libraries()
+    if method.quantized:
         from peft import prepare_model_for_kbit_training
 
         # Casts norms and the head to fp32 and lets gradients reach the adapters through the frozen 4-bit layers.
@@ -183,9 +184,6 @@ def apply_method(model: Any, spec: TrainSpec, task: str = "causal_lm", start: Pa
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
-    from tunesmith.models.loading import quiet_libraries
-
-    quiet_libraries()
     from peft import get_peft_model
 
     if start is not None:

@@ -39,21 +39,21 @@ class MasterWeightAdamW(torch.optim.AdamW):
     the unrounded values, exactly as if it had not stopped."""
 
     def __init__(self, params: list[torch.nn.Parameter], **options: Any):
-        self.weights = list(params)
-        masters = [p.detach().float() if p.dtype in HALF else p for p in self.weights]
+        weights = list(params)
+        masters = [p.detach().float() if p.dtype in HALF else p for p in weights]
         super().__init__(masters, **options)
+        self.weights = weights
         self.masters = masters
+        self.halves = [(weight, master) for weight, master in zip(weights, masters) if master is not weight]  # (model's, fp32 copy)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        for weight, master in zip(self.weights, self.masters):
-            if master is not weight:
-                master.grad = None if weight.grad is None else weight.grad.float()
-                weight.grad = None
+        for weight, master in self.halves:
+            master.grad = None if weight.grad is None else weight.grad.float()
+            weight.grad = None
         loss = super().step(closure)
-        for weight, master in zip(self.weights, self.masters):
-            if master is not weight:
-                weight.copy_(master)
+        for weight, master in self.halves:
+            weight.copy_(master)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -63,19 +63,15 @@ class MasterWeightAdamW(torch.optim.AdamW):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["master_weights"] = [master.detach().clone() for master, weight in zip(self.masters, self.weights) if master is not weight]
+        state["master_weights"] = [master.detach().clone() for _, master in self.halves]
         return state
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         saved = state.pop("master_weights", None)
-        halves = [master for master, weight in zip(self.masters, self.weights) if master is not weight]
-        if saved is not None and len(saved) == len(halves):
-            for master, value in zip(halves, saved):
-                master.copy_(value)
-        else:  # a checkpoint written without masters (fp32 weights, an older run): start them from the weights
-            for master, weight in zip(self.masters, self.weights):
-                if master is not weight:
-                    master.copy_(weight.float())
+        if saved is None or len(saved) != len(self.halves):  # written without masters (fp32 weights, an older run)
+            saved = [weight.float() for weight, _ in self.halves]
+        for (_, master), value in zip(self.halves, saved):
+            master.copy_(value)
         super().load_state_dict(state)

@@ -144,7 +144,7 @@ def _as_training_failure(exc: BaseException, run_id: str, run_dir: Path) -> Trai
             f"training run {run_id} ran out of memory ({_memory_shortage(exc)})",
             fix="train again with less memory per forward pass, each giving the same result: train.gradient_checkpointing: true "
             "(recomputes activations instead of keeping them), train.tokens_per_forward: N (each batch in passes of at most N "
-            "tokens); or a smaller train.batch_size or max_seq_len, or method qlora (a 4-bit base)",
+            "tokens); or a smaller train.batch_size or train.max_seq_len, or method qlora (a 4-bit base)",
         )
     if not isinstance(exc, OSError):
         return None
