@@ -93,7 +93,12 @@ def test_upload_train_follow_events_and_chat_with_the_fine_tuned_model(api, tmp_
         time.sleep(0.5)
     by_model = {r.model: r for r in logged}
     final, at_checkpoint = by_model[done.fine_tuned_model], by_model[checkpoints[0].fine_tuned_model_checkpoint]
-    assert final.status == 200 and final.messages[0]["content"] == "my invoice is wrong" and final.answer == answer_final.choices[0].message.content
+    assert final.status == 200 and final.messages[0]["content"] == "my invoice is wrong"
+    # The log keeps the answer as its PII scrub leaves it (redacted, the default): the tiny model's near-random
+    # text sometimes reads as a name to the NER (CI once logged "halow\x11\ufffd\ufffd" as "<PERSON>").
+    from tunesmith.data.pii import Scrubber
+
+    assert final.answer == Scrubber("redact", ner=True).scrub_value(answer_final.choices[0].message.content)
     assert final.run_id and at_checkpoint.run_id == final.run_id and at_checkpoint.checkpoint == f"step-{checkpoints[0].step_number}"
 
     models = [m.id for m in client.models.list()]
